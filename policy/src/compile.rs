@@ -1,0 +1,520 @@
+//! Compilation of a validated [`PolicySet`] into the tables the kernel reads.
+//!
+//! The result, [`Dataplane`], is the one compiled form: the standalone agent
+//! and the control plane produce it the same way, and the agent only programs
+//! it into maps. Rule lookups cost the same at 10 rules or 100,000: the kernel
+//! makes at most eight longest-prefix lookups per new connection, keyed by
+//! (protocol, source segment or `any`, destination segment or `any`, port).
+//! Port ranges are split into prefixes of the port's bits; where policies
+//! overlap on a port, the compiler merges them into one entry that carries
+//! both the lowest deny id and the lowest allow id, so that "deny wins" needs
+//! no ordering in the kernel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use time::OffsetDateTime;
+use wardline_ebpf_abi::{
+    PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RuleValue, SEGMENT_ANY,
+    SEGMENT_WORLD, config_flags,
+};
+
+use crate::model::{Action, Mode, Peer, PolicySet, Protocol};
+
+/// A node known to the control plane, for segments with a `nodeSelector`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Policies are compiled as in force at this instant.
+    pub now: OffsetDateTime,
+    /// Registered nodes, whose addresses join segments that select them.
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl CompileOptions {
+    pub fn at(now: OffsetDateTime) -> Self {
+        CompileOptions {
+            now,
+            nodes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    /// More prefixes than the dataplane holds.
+    #[error("the policy needs {needed} prefixes; the dataplane holds {limit}")]
+    TooManyPrefixes { needed: usize, limit: usize },
+    /// More rule entries than the dataplane holds.
+    #[error(
+        "the policy compiles to {needed} rule entries (port ranges split into prefixes); the dataplane holds {limit}"
+    )]
+    TooManyRules { needed: usize, limit: usize },
+    /// A node's address is claimed by two segments at the same prefix.
+    #[error("node {node} address {address} joins segment {segment}, but segment {other} already claims {address}")]
+    NodeAddressConflict {
+        node: String,
+        address: IpAddr,
+        segment: String,
+        other: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledSegment {
+    /// 1-based; 0 is `world`.
+    pub id: u32,
+    pub name: String,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// 1-based; 0 means "no policy".
+    pub id: u32,
+    pub name: String,
+    pub action: Action,
+    /// Whether its window includes the compile instant.
+    pub in_force: bool,
+}
+
+/// One entry of the rule table: a port prefix for a (protocol, source,
+/// destination) triple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleEntry {
+    pub proto: u8,
+    /// Segment id or [`SEGMENT_ANY`].
+    pub src: u32,
+    pub dst: u32,
+    pub port: u16,
+    /// Bits of `port` that must match (0..=16).
+    pub port_bits: u8,
+    pub value: RuleValue,
+}
+
+/// The compiled form of a policy set: everything the kernel needs, nothing
+/// it does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataplane {
+    pub segments: Vec<CompiledSegment>,
+    pub policies: Vec<CompiledPolicy>,
+    /// Normalised prefixes and the segment each belongs to.
+    pub prefixes: Vec<(IpNet, u32)>,
+    /// VLAN id to segment id.
+    pub vlans: Vec<(u16, u32)>,
+    /// Ids of segments in monitor mode.
+    pub monitor: Vec<u32>,
+    pub rules: Vec<RuleEntry>,
+    /// [`config_flags`] that describe the rule table.
+    pub flags: u32,
+    /// The next instant a policy window opens or closes, when the tables must
+    /// be compiled again.
+    pub next_change: Option<OffsetDateTime>,
+}
+
+/// Per-generation capacity of the kernel's tables.
+pub const PREFIX_LIMIT: usize = wardline_ebpf_abi::MAX_PREFIXES as usize / 2;
+pub const RULE_LIMIT: usize = wardline_ebpf_abi::MAX_RULE_ENTRIES as usize / 2;
+
+impl Dataplane {
+    pub fn compile(set: &PolicySet, options: &CompileOptions) -> Result<Dataplane, CompileError> {
+        let ids = Ids::new(set);
+        let segments = ids.segments(set);
+        let prefixes = prefixes(set, &ids, &options.nodes)?;
+        if prefixes.len() > PREFIX_LIMIT {
+            return Err(CompileError::TooManyPrefixes {
+                needed: prefixes.len(),
+                limit: PREFIX_LIMIT,
+            });
+        }
+        let mut vlans: Vec<(u16, u32)> = set
+            .segments
+            .iter()
+            .flat_map(|s| s.vlans.iter().map(|v| (*v, ids.segment(&s.name))))
+            .collect();
+        vlans.sort_unstable();
+        let monitor = segments
+            .iter()
+            .filter(|s| s.mode == Mode::Monitor)
+            .map(|s| s.id)
+            .collect();
+
+        let policies: Vec<CompiledPolicy> = set
+            .policies
+            .iter()
+            .map(|p| CompiledPolicy {
+                id: ids.policy(&p.name),
+                name: p.name.clone(),
+                action: p.action,
+                in_force: p.in_force(options.now),
+            })
+            .collect();
+
+        let (rules, flags) = rules(set, &ids, options.now);
+        if rules.len() > RULE_LIMIT {
+            return Err(CompileError::TooManyRules {
+                needed: rules.len(),
+                limit: RULE_LIMIT,
+            });
+        }
+
+        let next_change = set
+            .policies
+            .iter()
+            .flat_map(|p| [p.valid_from, p.valid_until])
+            .flatten()
+            .filter(|t| *t > options.now)
+            .min();
+
+        let mut policies = policies;
+        policies.sort_by_key(|p| p.id);
+        Ok(Dataplane {
+            segments,
+            policies,
+            prefixes,
+            vlans,
+            monitor,
+            rules,
+            flags,
+            next_change,
+        })
+    }
+
+    pub fn segment_name(&self, id: u32) -> &str {
+        match id {
+            SEGMENT_WORLD => "world",
+            SEGMENT_ANY => "any",
+            id => self
+                .segments
+                .get(id as usize - 1)
+                .map_or("unknown", |s| s.name.as_str()),
+        }
+    }
+
+    /// The kernel's lookup algorithm run over the compiled tables: up to
+    /// eight exact-key, longest-port-prefix lookups, deny before allow, then
+    /// monitor mode, then default deny. Used to test the compiler against
+    /// the reference and to explain a verdict.
+    pub fn decide(&self, src: u32, dst: u32, proto: u8, port: u16) -> (wardline_ebpf_abi::Reason, u32) {
+        use wardline_ebpf_abi::Reason;
+        let mut deny = 0;
+        let mut allow = 0;
+        for s in [src, SEGMENT_ANY] {
+            for d in [dst, SEGMENT_ANY] {
+                for (p, n) in [(proto, port), (PROTO_ANY, 0)] {
+                    let hit = self.rules.iter().find(|r| {
+                        r.proto == p
+                            && r.src == s
+                            && r.dst == d
+                            && (r.port_bits == 0
+                                || r.port >> (16 - r.port_bits) == n >> (16 - r.port_bits))
+                    });
+                    if let Some(r) = hit {
+                        for (slot, id) in [(&mut deny, r.value.deny), (&mut allow, r.value.allow)] {
+                            if id != 0 && (*slot == 0 || id < *slot) {
+                                *slot = id;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if deny != 0 {
+            (Reason::PolicyDeny, deny)
+        } else if allow != 0 {
+            (Reason::PolicyAllow, allow)
+        } else if self.monitor.contains(&src) || self.monitor.contains(&dst) {
+            (Reason::Monitor, 0)
+        } else {
+            (Reason::DefaultDeny, 0)
+        }
+    }
+
+    pub fn policy_name(&self, id: u32) -> Option<&str> {
+        if id == 0 {
+            return None;
+        }
+        self.policies.get(id as usize - 1).map(|p| p.name.as_str())
+    }
+}
+
+/// Segment and policy ids: positions in name order, so that the same set of
+/// documents compiles to the same tables whatever their order in the file.
+struct Ids {
+    segments: HashMap<String, u32>,
+    policies: HashMap<String, u32>,
+}
+
+impl Ids {
+    fn new(set: &PolicySet) -> Ids {
+        fn number<'a>(names: impl Iterator<Item = &'a String>) -> HashMap<String, u32> {
+            let mut names: Vec<&String> = names.collect();
+            names.sort();
+            names
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i as u32 + 1))
+                .collect()
+        }
+        Ids {
+            segments: number(set.segments.iter().map(|s| &s.name)),
+            policies: number(set.policies.iter().map(|p| &p.name)),
+        }
+    }
+
+    fn segment(&self, name: &str) -> u32 {
+        self.segments[name]
+    }
+
+    fn policy(&self, name: &str) -> u32 {
+        self.policies[name]
+    }
+
+    fn peer(&self, peer: &Peer) -> u32 {
+        match peer {
+            Peer::Any => SEGMENT_ANY,
+            Peer::World => SEGMENT_WORLD,
+            Peer::Segment(name) => self.segment(name),
+        }
+    }
+
+    fn segments(&self, set: &PolicySet) -> Vec<CompiledSegment> {
+        let mut out: Vec<CompiledSegment> = set
+            .segments
+            .iter()
+            .map(|s| CompiledSegment {
+                id: self.segment(&s.name),
+                name: s.name.clone(),
+                mode: s.mode,
+            })
+            .collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+}
+
+fn prefixes(
+    set: &PolicySet,
+    ids: &Ids,
+    nodes: &[NodeInfo],
+) -> Result<Vec<(IpNet, u32)>, CompileError> {
+    let mut out: BTreeMap<IpNet, (u32, &str)> = BTreeMap::new();
+    for s in &set.segments {
+        for c in &s.cidrs {
+            out.insert(*c, (ids.segment(&s.name), s.name.as_str()));
+        }
+    }
+    for s in &set.segments {
+        let Some(selector) = &s.node_selector else {
+            continue;
+        };
+        for node in nodes {
+            if !selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+                continue;
+            }
+            for addr in &node.addresses {
+                let net = IpNet::from(*addr);
+                let id = ids.segment(&s.name);
+                match out.get(&net) {
+                    Some((other, _)) if *other == id => {}
+                    Some((_, other)) => {
+                        return Err(CompileError::NodeAddressConflict {
+                            node: node.name.clone(),
+                            address: *addr,
+                            segment: s.name.clone(),
+                            other: (*other).to_owned(),
+                        });
+                    }
+                    None => {
+                        out.insert(net, (id, s.name.as_str()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(net, (id, _))| (net, id)).collect())
+}
+
+/// The protocol bytes and port range one `ports` entry covers.
+pub(crate) fn port_keys(rule: &crate::model::PortRule) -> Vec<(u8, u16, u16)> {
+    let (lo, hi) = rule.range();
+    match rule.protocol {
+        Protocol::Tcp => vec![(PROTO_TCP, lo, hi)],
+        Protocol::Udp => vec![(PROTO_UDP, lo, hi)],
+        Protocol::Sctp => vec![(PROTO_SCTP, lo, hi)],
+        Protocol::Icmp => vec![(PROTO_ICMP, 0, u16::MAX)],
+        Protocol::Icmpv6 => vec![(PROTO_ICMPV6, 0, u16::MAX)],
+        Protocol::Any if rule.port.is_none() => vec![(PROTO_ANY, 0, u16::MAX)],
+        Protocol::Any => vec![(PROTO_TCP, lo, hi), (PROTO_UDP, lo, hi), (PROTO_SCTP, lo, hi)],
+    }
+}
+
+/// A policy's claim on a port interval of one (protocol, source, destination).
+#[derive(Clone, Copy)]
+struct Claim {
+    lo: u16,
+    hi: u16,
+    action: Action,
+    id: u32,
+}
+
+fn rules(set: &PolicySet, ids: &Ids, now: OffsetDateTime) -> (Vec<RuleEntry>, u32) {
+    let mut groups: HashMap<(u8, u32, u32), Vec<Claim>> = HashMap::new();
+    let mut flags = 0;
+    for p in set.policies.iter().filter(|p| p.in_force(now)) {
+        let id = ids.policy(&p.name);
+        let keys: Vec<(u8, u16, u16)> = if p.ports.is_empty() {
+            vec![(PROTO_ANY, 0, u16::MAX)]
+        } else {
+            p.ports.iter().flat_map(port_keys).collect()
+        };
+        for from in &p.from {
+            let src = ids.peer(from);
+            for to in &p.to {
+                let dst = ids.peer(to);
+                for &(proto, lo, hi) in &keys {
+                    if src == SEGMENT_ANY {
+                        flags |= config_flags::HAS_SRC_ANY;
+                    }
+                    if dst == SEGMENT_ANY {
+                        flags |= config_flags::HAS_DST_ANY;
+                    }
+                    if proto == PROTO_ANY {
+                        flags |= config_flags::HAS_PROTO_ANY;
+                    }
+                    groups.entry((proto, src, dst)).or_default().push(Claim {
+                        lo,
+                        hi,
+                        action: p.action,
+                        id,
+                    });
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut keys: Vec<_> = groups.keys().copied().collect();
+    keys.sort_unstable();
+    for key in keys {
+        let (proto, src, dst) = key;
+        for (lo, hi, value) in merge(&groups[&key]) {
+            for (port, port_bits) in split_range(lo, hi) {
+                out.push(RuleEntry {
+                    proto,
+                    src,
+                    dst,
+                    port,
+                    port_bits,
+                    value,
+                });
+            }
+        }
+    }
+    (out, flags)
+}
+
+/// Disjoint port intervals with the lowest deny and allow id that covers each;
+/// adjacent intervals with equal values are joined.
+fn merge(claims: &[Claim]) -> Vec<(u16, u16, RuleValue)> {
+    // Sweep over interval boundaries (as u32 so that 65535 + 1 fits).
+    let mut bounds: Vec<u32> = claims
+        .iter()
+        .flat_map(|c| [c.lo as u32, c.hi as u32 + 1])
+        .collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut out: Vec<(u16, u16, RuleValue)> = Vec::new();
+    for w in bounds.windows(2) {
+        let (lo, hi) = (w[0], w[1] - 1);
+        let mut value = RuleValue::default();
+        for c in claims {
+            if (c.lo as u32) <= lo && hi <= c.hi as u32 {
+                let slot = match c.action {
+                    Action::Deny => &mut value.deny,
+                    Action::Allow => &mut value.allow,
+                };
+                if *slot == 0 || c.id < *slot {
+                    *slot = c.id;
+                }
+            }
+        }
+        if value == RuleValue::default() {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.2 == value && last.1 as u32 + 1 == lo => last.1 = hi as u16,
+            _ => out.push((lo as u16, hi as u16, value)),
+        }
+    }
+    out
+}
+
+/// The fewest aligned prefixes of the 16-bit port space that cover exactly
+/// `lo..=hi`: (port, number of leading bits that must match).
+pub fn split_range(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (lo as u32, hi as u32);
+    while lo <= hi {
+        // The largest block that starts at lo (aligned) and ends by hi.
+        let mut size = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros() };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, (16 - size.trailing_zeros()) as u8));
+        lo += size;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_range_covers_exactly() {
+        assert_eq!(split_range(0, u16::MAX), vec![(0, 0)]);
+        assert_eq!(split_range(443, 443), vec![(443, 16)]);
+        assert_eq!(split_range(5000, 5010).len(), 4);
+        for (lo, hi) in [(1, 1023), (5000, 5010), (0, 0), (65535, 65535), (1024, 65535)] {
+            let blocks = split_range(lo, hi);
+            let mut covered = Vec::new();
+            for (port, bits) in blocks {
+                let size = 1u32 << (16 - bits);
+                assert_eq!(port as u32 % size, 0, "block {port}/{bits} not aligned");
+                covered.extend(port as u32..port as u32 + size);
+            }
+            assert_eq!(covered, (lo as u32..=hi as u32).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn merge_deny_wins_and_lowest_ids() {
+        let claims = [
+            Claim { lo: 0, hi: 65535, action: Action::Allow, id: 5 },
+            Claim { lo: 443, hi: 443, action: Action::Deny, id: 7 },
+            Claim { lo: 400, hi: 500, action: Action::Allow, id: 2 },
+        ];
+        let merged = merge(&claims);
+        let at = |port: u16| {
+            merged
+                .iter()
+                .find(|(lo, hi, _)| *lo <= port && port <= *hi)
+                .map(|m| m.2)
+        };
+        assert_eq!(at(80), Some(RuleValue { deny: 0, allow: 5 }));
+        assert_eq!(at(450), Some(RuleValue { deny: 0, allow: 2 }));
+        assert_eq!(at(443), Some(RuleValue { deny: 7, allow: 2 }));
+        assert_eq!(at(65535), Some(RuleValue { deny: 0, allow: 5 }));
+        // Intervals are disjoint and sorted.
+        for w in merged.windows(2) {
+            assert!(w[0].1 < w[1].0);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The Wardline policy language as code: documents, validation, compilation
+//! to dataplane tables and the reference verdict. Pure: no I/O.
+#![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod error;
+pub mod model;
+pub mod packet;
+pub mod parse;
+pub mod reference;
+
+pub use compile::{CompileOptions, Dataplane};
+pub use error::{PolicyError, PolicyErrors};
+pub use model::*;
+pub use parse::parse;

@@ -1,0 +1,124 @@
+//! Validated policy documents, as the spec (`policy.md`) defines them.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use time::OffsetDateTime;
+
+/// Every document of one policy source, validated as a whole: names are
+/// unique, every segment a policy names exists, no two segments claim the
+/// same prefix or VLAN.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicySet {
+    pub segments: Vec<Segment>,
+    pub policies: Vec<Policy>,
+}
+
+/// Where a document stands in its source, for error messages and events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DocRef {
+    /// 1-based position among the source's documents (`---` separated).
+    pub index: usize,
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Normalised (host bits zero).
+    pub cidrs: Vec<IpNet>,
+    /// 802.1Q VLAN ids, 1..=4094.
+    pub vlans: Vec<u16>,
+    /// Managed mode: labels a node must carry for its addresses to join.
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub mode: Mode,
+    pub doc: DocRef,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// One entry of a policy's `from` or `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// Every segment, `world` included.
+    Any,
+    /// Addresses that no segment claims.
+    World,
+    Segment(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+    Icmpv6,
+    /// Every protocol; with a port: TCP, UDP and SCTP on that port.
+    Any,
+}
+
+impl Protocol {
+    /// Protocols that carry ports.
+    pub fn has_ports(self) -> bool {
+        matches!(
+            self,
+            Protocol::Tcp | Protocol::Udp | Protocol::Sctp | Protocol::Any
+        )
+    }
+}
+
+/// One entry of a policy's `ports`. `port: None` means every port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRule {
+    pub protocol: Protocol,
+    pub port: Option<u16>,
+    /// Inclusive end of a range; `None` for a single port.
+    pub end_port: Option<u16>,
+}
+
+impl PortRule {
+    /// The inclusive port range this entry covers.
+    pub fn range(&self) -> (u16, u16) {
+        match (self.port, self.end_port) {
+            (None, _) => (0, u16::MAX),
+            (Some(p), None) => (p, p),
+            (Some(p), Some(e)) => (p, e),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub action: Action,
+    pub from: Vec<Peer>,
+    pub to: Vec<Peer>,
+    /// Empty: every protocol and port.
+    pub ports: Vec<PortRule>,
+    pub valid_from: Option<OffsetDateTime>,
+    pub valid_until: Option<OffsetDateTime>,
+    pub doc: DocRef,
+}
+
+impl Policy {
+    /// Whether the policy is in force at `now` (its window, if any).
+    pub fn in_force(&self, now: OffsetDateTime) -> bool {
+        self.valid_from.is_none_or(|from| now >= from)
+            && self.valid_until.is_none_or(|until| now < until)
+    }
+}
