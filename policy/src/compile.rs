@@ -58,7 +58,9 @@ pub enum CompileError {
     )]
     TooManyRules { needed: usize, limit: usize },
     /// A node's address is claimed by two segments at the same prefix.
-    #[error("node {node} address {address} joins segment {segment}, but segment {other} already claims {address}")]
+    #[error(
+        "node {node} address {address} joins segment {segment}, but segment {other} already claims {address}"
+    )]
     NodeAddressConflict {
         node: String,
         address: IpAddr,
@@ -202,7 +204,13 @@ impl Dataplane {
     /// eight exact-key, longest-port-prefix lookups, deny before allow, then
     /// monitor mode, then default deny. Used to test the compiler against
     /// the reference and to explain a verdict.
-    pub fn decide(&self, src: u32, dst: u32, proto: u8, port: u16) -> (wardline_ebpf_abi::Reason, u32) {
+    pub fn decide(
+        &self,
+        src: u32,
+        dst: u32,
+        proto: u8,
+        port: u16,
+    ) -> (wardline_ebpf_abi::Reason, u32) {
         use wardline_ebpf_abi::Reason;
         let mut deny = 0;
         let mut allow = 0;
@@ -352,7 +360,11 @@ pub(crate) fn port_keys(rule: &crate::model::PortRule) -> Vec<(u8, u16, u16)> {
         Protocol::Icmp => vec![(PROTO_ICMP, 0, u16::MAX)],
         Protocol::Icmpv6 => vec![(PROTO_ICMPV6, 0, u16::MAX)],
         Protocol::Any if rule.port.is_none() => vec![(PROTO_ANY, 0, u16::MAX)],
-        Protocol::Any => vec![(PROTO_TCP, lo, hi), (PROTO_UDP, lo, hi), (PROTO_SCTP, lo, hi)],
+        Protocol::Any => vec![
+            (PROTO_TCP, lo, hi),
+            (PROTO_UDP, lo, hi),
+            (PROTO_SCTP, lo, hi),
+        ],
     }
 }
 
@@ -463,7 +475,11 @@ pub fn split_range(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (lo as u32, hi as u32);
     while lo <= hi {
         // The largest block that starts at lo (aligned) and ends by hi.
-        let mut size = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros() };
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1 << lo.trailing_zeros()
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
@@ -482,7 +498,13 @@ mod tests {
         assert_eq!(split_range(0, u16::MAX), vec![(0, 0)]);
         assert_eq!(split_range(443, 443), vec![(443, 16)]);
         assert_eq!(split_range(5000, 5010).len(), 4);
-        for (lo, hi) in [(1, 1023), (5000, 5010), (0, 0), (65535, 65535), (1024, 65535)] {
+        for (lo, hi) in [
+            (1, 1023),
+            (5000, 5010),
+            (0, 0),
+            (65535, 65535),
+            (1024, 65535),
+        ] {
             let blocks = split_range(lo, hi);
             let mut covered = Vec::new();
             for (port, bits) in blocks {
@@ -497,9 +519,24 @@ mod tests {
     #[test]
     fn merge_deny_wins_and_lowest_ids() {
         let claims = [
-            Claim { lo: 0, hi: 65535, action: Action::Allow, id: 5 },
-            Claim { lo: 443, hi: 443, action: Action::Deny, id: 7 },
-            Claim { lo: 400, hi: 500, action: Action::Allow, id: 2 },
+            Claim {
+                lo: 0,
+                hi: 65535,
+                action: Action::Allow,
+                id: 5,
+            },
+            Claim {
+                lo: 443,
+                hi: 443,
+                action: Action::Deny,
+                id: 7,
+            },
+            Claim {
+                lo: 400,
+                hi: 500,
+                action: Action::Allow,
+                id: 2,
+            },
         ];
         let merged = merge(&claims);
         let at = |port: u16| {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use time::{Duration, OffsetDateTime};
-use wardline_ebpf_abi::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SEGMENT_WORLD};
+use wardline_ebpf_abi::{
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SEGMENT_WORLD,
+};
 use wardline_policy::reference::Reference;
 use wardline_policy::{
     Action, CompileOptions, Dataplane, DocRef, Mode, Peer, Policy, PolicySet, PortRule, Protocol,
@@ -22,7 +24,11 @@ fn random_set(rng: &mut StdRng, now: OffsetDateTime) -> PolicySet {
             cidrs: vec![format!("198.18.{i}.0/24").parse::<IpNet>().unwrap()],
             vlans: vec![],
             node_selector: None,
-            mode: if rng.random_bool(0.2) { Mode::Monitor } else { Mode::Enforce },
+            mode: if rng.random_bool(0.2) {
+                Mode::Monitor
+            } else {
+                Mode::Enforce
+            },
             doc: DocRef::default(),
         })
         .collect();
@@ -52,14 +58,22 @@ fn random_set(rng: &mut StdRng, now: OffsetDateTime) -> PolicySet {
                         let e = rng.random_bool(0.5).then(|| p + rng.random_range(0..50u16));
                         (Some(p), e)
                     };
-                    PortRule { protocol, port, end_port }
+                    PortRule {
+                        protocol,
+                        port,
+                        end_port,
+                    }
                 })
                 .collect();
             let window = rng.random_range(0..4);
             Policy {
                 name: format!("pol-{i:02}"),
                 labels: BTreeMap::new(),
-                action: if rng.random_bool(0.3) { Action::Deny } else { Action::Allow },
+                action: if rng.random_bool(0.3) {
+                    Action::Deny
+                } else {
+                    Action::Allow
+                },
                 from: (0..rng.random_range(1..3)).map(|_| peer(rng)).collect(),
                 to: (0..rng.random_range(1..3)).map(|_| peer(rng)).collect(),
                 ports,
@@ -85,7 +99,14 @@ fn compiled_tables_agree_with_reference() {
         for _ in 0..200 {
             let src = rng.random_range(0..=nseg);
             let dst = rng.random_range(0..=nseg);
-            let proto = [PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP, PROTO_ICMPV6, 47][rng.random_range(0..6)];
+            let proto = [
+                PROTO_TCP,
+                PROTO_UDP,
+                PROTO_SCTP,
+                PROTO_ICMP,
+                PROTO_ICMPV6,
+                47,
+            ][rng.random_range(0..6)];
             let port = match proto {
                 PROTO_TCP | PROTO_UDP | PROTO_SCTP => rng.random_range(0..260u16),
                 _ => 0,
@@ -130,7 +151,11 @@ fn hundred_thousand_rules_compile_within_capacity() {
             action: Action::Allow,
             from: vec![Peer::Segment(format!("s{:04}", i % 1000))],
             to: vec![Peer::Segment(format!("s{:04}", (i / 1000) % 1000))],
-            ports: vec![PortRule { protocol: Protocol::Tcp, port: Some(1000 + (i % 5000) as u16), end_port: None }],
+            ports: vec![PortRule {
+                protocol: Protocol::Tcp,
+                port: Some(1000 + (i % 5000) as u16),
+                end_port: None,
+            }],
             valid_from: None,
             valid_until: None,
             doc: DocRef::default(),

@@ -87,7 +87,7 @@ fn v6_at(ctx: &TcContext, at: usize) -> Result<[u8; 16], Reason> {
 
 /// Parses the frame into `p`. The 802.1Q tag may already sit in skb
 /// metadata (as at ingress on a bridge port) or still be in the frame.
-#[inline(always)]
+#[inline(never)]
 pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<Parsed, Reason> {
     need(ctx, 14)?;
     let mut ethertype = u16_at(ctx, 12)?;

@@ -14,9 +14,9 @@ use wardline_ebpf_abi::{
     FlowState, FragmentKey, FragmentState, MAX_CONNECTIONS, MAX_ETHERTYPES, MAX_FAILSAFE,
     MAX_FRAGMENTS, MAX_MONITOR_ENTRIES, MAX_PREFIXES, MAX_RULE_ENTRIES, MAX_VLAN_ENTRIES,
     MonitorKey, PREFIX_KEY_FIXED_BITS, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PrefixData,
-    RULE_KEY_FIXED_BITS, Reason, RuleData, RuleValue, SEGMENT_ANY, SEGMENT_WORLD, TCP_CLOSE_REPORTED,
-    TCP_FIN_ORIG, TCP_FIN_REPLY, TCP_RST, TCP_SEEN_REPLY, TIMEOUT_FRAGMENT, Verdict, config_flags,
-    counter_index, flow_timeout, vlan_key,
+    RULE_KEY_FIXED_BITS, Reason, RuleData, RuleValue, SEGMENT_ANY, SEGMENT_WORLD,
+    TCP_CLOSE_REPORTED, TCP_FIN_ORIG, TCP_FIN_REPLY, TCP_RST, TCP_SEEN_REPLY, TIMEOUT_FRAGMENT,
+    Verdict, config_flags, counter_index, flow_timeout, vlan_key,
 };
 
 use crate::parse::{FRAG_FIRST, FRAG_LATER, ICMP_ERROR, Packet, Parsed, parse};
@@ -45,6 +45,10 @@ static WL_FRAGMENTS: LruHashMap<FragmentKey, FragmentState> =
 static WL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 #[map]
 static WL_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+/// Per-CPU scratch for the packet being judged: the BPF stack is 512 bytes
+/// for the whole call chain. Not pinned: it holds nothing between packets.
+#[map]
+static WL_SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST_FLAG: u8 = 0x04;
@@ -84,21 +88,24 @@ pub fn try_judge(ctx: &TcContext, direction: u8) -> bool {
         Some(c) => (c.generation, c.flags),
         None => (0, 0),
     };
-    let mut p = Packet {
-        src: [0; 16],
-        dst: [0; 16],
-        inner: FlowKey::default(),
-        frag_id: 0,
-        sport: 0,
-        dport: 0,
-        vlan: 0,
-        family: 0,
-        proto: 0,
-        tcp_flags: 0,
-        icmp: 0,
-        fragment: 0,
-        has_inner: false,
+    let Some(p) = WL_SCRATCH.get_ptr_mut(0) else {
+        return false;
     };
+    // SAFETY: this CPU's scratch slot, used by this program run only.
+    let p = unsafe { &mut *p };
+    p.src = [0; 16];
+    p.dst = [0; 16];
+    p.inner = FlowKey::default();
+    p.frag_id = 0;
+    p.sport = 0;
+    p.dport = 0;
+    p.vlan = 0;
+    p.family = 0;
+    p.proto = 0;
+    p.tcp_flags = 0;
+    p.icmp = 0;
+    p.fragment = 0;
+    p.has_inner = false;
     let mut env = Env {
         ctx,
         now: 0,
@@ -107,9 +114,9 @@ pub fn try_judge(ctx: &TcContext, direction: u8) -> bool {
         vlan_segment: SEGMENT_WORLD,
         direction,
     };
-    let reason = match parse(ctx, &mut p) {
+    let reason = match parse(ctx, p) {
         Err(reason) => {
-            drop_event(&env, &p, reason);
+            drop_event(&env, p, reason);
             reason
         }
         Ok(Parsed::L2Pass) => Reason::L2Pass,
@@ -118,11 +125,11 @@ pub fn try_judge(ctx: &TcContext, direction: u8) -> bool {
             if unsafe { WL_ETHERTYPES.get(&(t as u32)) }.is_some() {
                 Reason::L2Pass
             } else {
-                drop_event(&env, &p, Reason::Ethertype);
+                drop_event(&env, p, Reason::Ethertype);
                 Reason::Ethertype
             }
         }
-        Ok(Parsed::Ip) => judge_ip(&mut env, &p),
+        Ok(Parsed::Ip) => judge_ip(&mut env, p),
     };
     count(direction, reason);
     reason.verdict() != Verdict::Dropped
@@ -177,8 +184,11 @@ fn judge_ip(env: &mut Env<'_>, p: &Packet) -> Reason {
         proto: p.proto,
         _pad: [0; 3],
     };
-    let reason = match tracked(env, p, &key) {
-        Some(r) => r,
+    let mut reply = false;
+    let reason = match lookup_flow(&key, env.now, &mut reply) {
+        // SAFETY: a pointer into an LRU hash value, valid for this program run.
+        Some(s) => established(env, p, &key, unsafe { &mut *s }, reply),
+        None if related(env, p) => Reason::Related,
         None => new_connection(env, p, &key),
     };
     if p.fragment == FRAG_FIRST {
@@ -230,41 +240,42 @@ fn later_fragment(env: &Env<'_>, p: &Packet) -> Reason {
     }
 }
 
-/// The verdict from connection tracking, or `None` when the packet opens a
-/// new connection (or is an untracked ICMP error).
+/// The tracked connection of `key` in either orientation; `reply` says
+/// whether the packet goes responder to initiator. An expired entry is
+/// removed and not returned.
 #[inline(never)]
-fn tracked(env: &Env<'_>, p: &Packet, key: &FlowKey) -> Option<Reason> {
-    let mut reply = false;
-    let mut state = WL_CONNTRACK.get_ptr_mut(key);
+fn lookup_flow(key: &FlowKey, now: u64, reply: &mut bool) -> Option<*mut FlowState> {
     let reversed = key.reversed();
-    if state.is_none() {
-        state = WL_CONNTRACK.get_ptr_mut(&reversed);
-        reply = true;
+    let mut found = WL_CONNTRACK.get_ptr_mut(key);
+    *reply = false;
+    if found.is_none() {
+        found = WL_CONNTRACK.get_ptr_mut(&reversed);
+        *reply = true;
     }
-    if let Some(s) = state {
-        // SAFETY: a pointer into an LRU hash value, valid for this program run.
-        let s = unsafe { &mut *s };
-        let timeout = flow_timeout(key.proto, s.status, s.tcp);
-        if env.now.wrapping_sub(s.last_seen_ns) >= timeout {
-            let _ = WL_CONNTRACK.remove(if reply { &reversed } else { key });
-        } else {
-            return Some(established(env, p, key, s, reply));
-        }
+    let s = found?;
+    // SAFETY: a pointer into an LRU hash value, valid for this program run.
+    let (last, status, tcp) = unsafe { ((*s).last_seen_ns, (*s).status, (*s).tcp) };
+    if now.wrapping_sub(last) >= flow_timeout(key.proto, status, tcp) {
+        let _ = WL_CONNTRACK.remove(if *reply { &reversed } else { key });
+        return None;
     }
-    if p.icmp == ICMP_ERROR && p.has_inner {
-        let inner_rev = p.inner.reversed();
-        // SAFETY: values copied out immediately.
-        let s = unsafe { WL_CONNTRACK.get(&p.inner) }
-            .copied()
-            .or_else(|| unsafe { WL_CONNTRACK.get(&inner_rev) }.copied());
-        if let Some(s) = s
-            && (s.status == FLOW_ALLOWED || s.status == FLOW_AUDITED || s.status == FLOW_FAILSAFE)
-            && (s.generation == env.generation || s.status == FLOW_FAILSAFE)
-        {
-            return Some(Reason::Related);
-        }
+    Some(s)
+}
+
+/// Whether an ICMP error quotes a connection tracked and still allowed.
+#[inline(never)]
+fn related(env: &Env<'_>, p: &Packet) -> bool {
+    if p.icmp != ICMP_ERROR || !p.has_inner {
+        return false;
     }
-    None
+    let inner_rev = p.inner.reversed();
+    // SAFETY: values copied out immediately.
+    let s = unsafe { WL_CONNTRACK.get(&p.inner) }
+        .copied()
+        .or_else(|| unsafe { WL_CONNTRACK.get(&inner_rev) }.copied());
+    matches!(s, Some(s)
+        if (s.status == FLOW_ALLOWED || s.status == FLOW_AUDITED || s.status == FLOW_FAILSAFE)
+            && (s.generation == env.generation || s.status == FLOW_FAILSAFE))
 }
 
 /// A packet of a tracked connection: pass or drop by its stamp, re-judge it
@@ -378,6 +389,29 @@ fn fold(slot: u8, proto: u8, src: u32, dst: u32, port: u16, deny: &mut u32, allo
 /// policy.md's four steps for a new connection.
 #[inline(always)]
 fn decide(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> Judged {
+    let packed = decide_packed(env, src, dst, proto, port);
+    Judged {
+        reason: reason_from(packed >> 32),
+        policy: packed as u32,
+        src_segment: src,
+        dst_segment: dst,
+    }
+}
+
+#[inline(always)]
+fn reason_from(v: u64) -> Reason {
+    match v as u8 {
+        1 => Reason::PolicyAllow,
+        2 => Reason::PolicyDeny,
+        4 => Reason::Monitor,
+        _ => Reason::DefaultDeny,
+    }
+}
+
+/// The lookups, in a subprogram of their own so that their keys do not
+/// weigh on the stack of every caller. Returns `reason << 32 | policy`.
+#[inline(never)]
+fn decide_packed(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> u64 {
     let flags = env.flags;
     let slot = slot_of(env.generation);
     let mut deny = 0u32;
@@ -385,8 +419,16 @@ fn decide(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> Judged {
     let any_proto = flags & config_flags::HAS_PROTO_ANY != 0;
     let srcs = [src, SEGMENT_ANY];
     let dsts = [dst, SEGMENT_ANY];
-    let nsrc = if flags & config_flags::HAS_SRC_ANY != 0 { 2 } else { 1 };
-    let ndst = if flags & config_flags::HAS_DST_ANY != 0 { 2 } else { 1 };
+    let nsrc = if flags & config_flags::HAS_SRC_ANY != 0 {
+        2
+    } else {
+        1
+    };
+    let ndst = if flags & config_flags::HAS_DST_ANY != 0 {
+        2
+    } else {
+        1
+    };
     for i in 0..2 {
         if i >= nsrc {
             break;
@@ -410,12 +452,7 @@ fn decide(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> Judged {
     } else {
         (Reason::DefaultDeny, 0)
     };
-    Judged {
-        reason,
-        policy,
-        src_segment: src,
-        dst_segment: dst,
-    }
+    ((reason as u64) << 32) | policy as u64
 }
 
 #[inline(always)]
@@ -514,27 +551,30 @@ fn flow_event(env: &Env<'_>, p: &Packet, kind: u8, reason: Reason, s: &FlowState
         count_lost();
         return;
     };
-    entry.write(FlowEvent {
-        time_ns: now_ns(),
-        packets: s.packets,
-        bytes: s.bytes,
-        src: p.src,
-        dst: p.dst,
-        ifindex: ifindex(env.ctx),
-        generation: env.generation,
-        policy: s.policy,
-        src_segment: s.src_segment,
-        dst_segment: s.dst_segment,
-        sport: p.sport,
-        dport: p.dport,
-        vlan: p.vlan,
-        kind,
-        verdict: reason.verdict() as u8,
-        reason: reason as u8,
-        direction: env.direction,
-        proto: p.proto,
-        family: p.family,
-    });
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points at the reserved, exclusively owned record; every
+    // field is plain data, so field-wise writes initialise it fully.
+    unsafe {
+        (*e).time_ns = now_ns();
+        (*e).packets = s.packets;
+        (*e).bytes = s.bytes;
+        (*e).src = p.src;
+        (*e).dst = p.dst;
+        (*e).ifindex = ifindex(env.ctx);
+        (*e).generation = env.generation;
+        (*e).policy = s.policy;
+        (*e).src_segment = s.src_segment;
+        (*e).dst_segment = s.dst_segment;
+        (*e).sport = p.sport;
+        (*e).dport = p.dport;
+        (*e).vlan = p.vlan;
+        (*e).kind = kind;
+        (*e).verdict = reason.verdict() as u8;
+        (*e).reason = reason as u8;
+        (*e).direction = env.direction;
+        (*e).proto = p.proto;
+        (*e).family = p.family;
+    }
     entry.submit(0);
 }
 

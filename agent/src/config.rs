@@ -1,0 +1,383 @@
+//! The agent's configuration (`agent.md`): one `AgentConfig` document.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
+
+/// Environment variables the agent reads, in one place.
+pub mod env {
+    /// Log filter, `tracing_subscriber::EnvFilter` syntax (default `info`).
+    pub const LOG: &str = "WARDLINE_LOG";
+}
+
+pub const DEFAULT_STATUS_ADDRESS: &str = "127.0.0.1:9464";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/wardline";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// YAML that does not fit the schema.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value the schema allows but the agent cannot use.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Document {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: Spec,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Spec {
+    interfaces: Vec<String>,
+    policy_file: Option<PathBuf>,
+    control_plane: Option<ControlPlane>,
+    status_address: Option<String>,
+    bpffs: Option<PathBuf>,
+    #[serde(default)]
+    failsafe: Vec<FailsafeEntry>,
+    #[serde(default)]
+    pass_ethertypes: Vec<Ethertype>,
+    flow_log: Option<String>,
+}
+
+/// Managed mode's connection to the control plane.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ControlPlane {
+    pub endpoint: String,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailsafeEntry {
+    direction: FailsafeDirection,
+    protocol: String,
+    port: u16,
+    cidrs: Vec<String>,
+}
+
+/// An ethertype as a number (`0x88cc`, `35020`) in YAML.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum Ethertype {
+    Number(u32),
+    Text(String),
+}
+
+/// Where flow events go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowLog {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+#[derive(Clone, Debug)]
+pub enum Mode {
+    Standalone { policy_file: PathBuf },
+    Managed(ControlPlane),
+}
+
+/// A validated agent configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    pub interfaces: Vec<String>,
+    pub mode: Mode,
+    pub status_address: SocketAddr,
+    pub bpffs: PathBuf,
+    pub failsafe: Vec<FailsafeFlow>,
+    pub pass_ethertypes: Vec<u16>,
+    pub flow_log: FlowLog,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        let doc: Document = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if doc.api_version != "wardline/v1" {
+            return Err(invalid(
+                "apiVersion",
+                format!(
+                    "{:?} is not supported; expected \"wardline/v1\"",
+                    doc.api_version
+                ),
+            ));
+        }
+        if doc.kind != "AgentConfig" {
+            return Err(invalid(
+                "kind",
+                format!("{:?}: expected \"AgentConfig\"", doc.kind),
+            ));
+        }
+        let name = doc.metadata.name;
+        if !is_dns_label(&name) {
+            return Err(invalid(
+                "metadata.name",
+                format!(
+                    "{name:?} is not a DNS label (lowercase letters, digits and '-', at most 63)"
+                ),
+            ));
+        }
+        let spec = doc.spec;
+        if spec.interfaces.is_empty() {
+            return Err(invalid(
+                "spec.interfaces",
+                "at least one interface is required".into(),
+            ));
+        }
+        for (i, ifname) in spec.interfaces.iter().enumerate() {
+            if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
+                return Err(invalid(
+                    &format!("spec.interfaces[{i}]"),
+                    format!("{ifname:?} is not an interface name"),
+                ));
+            }
+            if spec.interfaces[..i].contains(ifname) {
+                return Err(invalid(
+                    &format!("spec.interfaces[{i}]"),
+                    format!("{ifname:?} is listed twice"),
+                ));
+            }
+        }
+        let mode = match (spec.policy_file, spec.control_plane) {
+            (Some(policy_file), None) => Mode::Standalone { policy_file },
+            (None, Some(cp)) => Mode::Managed(cp),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "spec",
+                    "policyFile (standalone) and controlPlane (managed) exclude each other".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "spec",
+                    "either policyFile (standalone) or controlPlane (managed) is required".into(),
+                ));
+            }
+        };
+        let status = spec
+            .status_address
+            .unwrap_or_else(|| DEFAULT_STATUS_ADDRESS.to_owned());
+        let status_address = status.parse().map_err(|_| {
+            invalid(
+                "spec.statusAddress",
+                format!("{status:?} is not an address:port"),
+            )
+        })?;
+        let mut failsafe = Vec::new();
+        for (i, f) in spec.failsafe.into_iter().enumerate() {
+            let field = format!("spec.failsafe[{i}]");
+            let protocol = match f.protocol.as_str() {
+                "tcp" => wardline_ebpf_abi::PROTO_TCP,
+                "udp" => wardline_ebpf_abi::PROTO_UDP,
+                "sctp" => wardline_ebpf_abi::PROTO_SCTP,
+                other => {
+                    return Err(invalid(
+                        &format!("{field}.protocol"),
+                        format!("{other:?}: a failsafe flow is tcp, udp or sctp"),
+                    ));
+                }
+            };
+            if f.port == 0 {
+                return Err(invalid(&format!("{field}.port"), "0 is not a port".into()));
+            }
+            if f.cidrs.is_empty() {
+                return Err(invalid(
+                    &format!("{field}.cidrs"),
+                    "at least one CIDR is required".into(),
+                ));
+            }
+            let mut cidrs = Vec::new();
+            for (j, c) in f.cidrs.iter().enumerate() {
+                let net: IpNet = c.parse().map_err(|e| {
+                    invalid(
+                        &format!("{field}.cidrs[{j}]"),
+                        format!("{c:?} is not a CIDR: {e}"),
+                    )
+                })?;
+                cidrs.push(net.trunc());
+            }
+            failsafe.push(FailsafeFlow {
+                direction: f.direction,
+                protocol,
+                port: f.port,
+                cidrs,
+            });
+        }
+        let mut pass_ethertypes = Vec::new();
+        for (i, e) in spec.pass_ethertypes.into_iter().enumerate() {
+            let value = match &e {
+                Ethertype::Number(n) => Some(*n),
+                Ethertype::Text(t) => t
+                    .strip_prefix("0x")
+                    .and_then(|h| u32::from_str_radix(h, 16).ok()),
+            };
+            match value {
+                Some(v) if (0x0600..=0xffff).contains(&v) => pass_ethertypes.push(v as u16),
+                _ => {
+                    return Err(invalid(
+                        &format!("spec.passEthertypes[{i}]"),
+                        format!("{e:?} is not an ethertype (0x0600..0xffff)"),
+                    ));
+                }
+            }
+        }
+        let flow_log = match spec.flow_log.as_deref() {
+            None | Some("stdout") => FlowLog::Stdout,
+            Some("off") => FlowLog::Off,
+            Some(p) => FlowLog::File(PathBuf::from(p)),
+        };
+        Ok(AgentConfig {
+            node: name,
+            labels: doc.metadata.labels,
+            interfaces: spec.interfaces,
+            mode,
+            status_address,
+            bpffs: spec.bpffs.unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS)),
+            failsafe,
+            pass_ethertypes,
+            flow_log,
+        })
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("agent.yaml"), text)
+    }
+
+    const GOOD: &str = r#"
+apiVersion: wardline/v1
+kind: AgentConfig
+metadata:
+  name: gw-icu
+  labels: {role: gateway}
+spec:
+  interfaces: [eth0, eth1]
+  policyFile: /etc/wardline/policy.yaml
+  statusAddress: 127.0.0.1:9464
+  failsafe:
+    - {direction: ingress, protocol: tcp, port: 22, cidrs: ["198.18.250.0/24"]}
+  passEthertypes: [0x88cc, "0x88e5"]
+"#;
+
+    #[test]
+    fn the_spec_example_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.node, "gw-icu");
+        assert_eq!(c.interfaces, ["eth0", "eth1"]);
+        assert!(matches!(c.mode, Mode::Standalone { .. }));
+        assert_eq!(c.bpffs, PathBuf::from(DEFAULT_BPFFS));
+        assert_eq!(c.failsafe.len(), 1);
+        assert_eq!(c.pass_ethertypes, [0x88cc, 0x88e5]);
+        assert_eq!(c.flow_log, FlowLog::Stdout);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases: [(&str, &str, &str); 8] = [
+            (
+                "interfaces: [eth0, eth1]",
+                "interfaces: []",
+                "spec.interfaces: at least one",
+            ),
+            (
+                "name: gw-icu",
+                "name: GW",
+                "metadata.name: \"GW\" is not a DNS label",
+            ),
+            ("port: 22", "port: 0", "spec.failsafe[0].port"),
+            (
+                "protocol: tcp",
+                "protocol: icmp",
+                "spec.failsafe[0].protocol",
+            ),
+            (
+                "198.18.250.0/24",
+                "198.18.250.0/40",
+                "spec.failsafe[0].cidrs[0]",
+            ),
+            ("127.0.0.1:9464", "localhost", "spec.statusAddress"),
+            ("0x88cc,", "0x0100,", "spec.passEthertypes[0]"),
+            ("kind: AgentConfig", "kind: Agent", "kind: \"Agent\""),
+        ];
+        for (from, to, expected) in cases {
+            let text = GOOD.replace(from, to);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{to}: got {err:?}, expected {expected:?}"
+            );
+        }
+        let err = parse(&GOOD.replace("  statusAddress", "  statusAdress")).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `statusAdress`"),
+            "{err}"
+        );
+        let err =
+            parse(&GOOD.replace("  policyFile: /etc/wardline/policy.yaml\n", "")).unwrap_err();
+        assert!(err.to_string().contains("either policyFile"), "{err}");
+    }
+}

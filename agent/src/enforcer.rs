@@ -1,0 +1,611 @@
+//! Loading, pinning, adopting and programming the kernel dataplane.
+//!
+//! Everything lives under `<bpffs>/<node>/abi-<ABI_VERSION>/`: `maps/` (the
+//! maps, adopted as they are by a restarted agent, so tracked connections
+//! survive), `programs/` and `links/` (one TCX link per interface and
+//! direction). A restarted agent swaps its freshly loaded program into the
+//! pinned links atomically (`BPF_LINK_UPDATE`): enforcement never pauses.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use wardline_ebpf_abi as abi;
+use wardline_ebpf_abi::{
+    ABI_VERSION, Config, FailsafeData, MonitorKey, PrefixData, RuleData, RuleValue, config_flags,
+};
+use wardline_policy::Dataplane;
+use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
+
+/// The kernel programs, built by build.rs for the BPF target.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wardline"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforcerError {
+    #[error("mounting bpffs at {path}: {source}")]
+    Mount { path: PathBuf, source: nix::Error },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the kernel programs: {0}")]
+    Load(#[from] Box<aya::EbpfError>),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("attaching to {interface} ({direction}): {message}")]
+    Attach {
+        interface: String,
+        direction: &'static str,
+        message: String,
+    },
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> EnforcerError {
+    move |source| EnforcerError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> EnforcerError + '_ {
+    move |source| EnforcerError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Packet counters summed over CPUs: `[direction][reason]`, plus lost events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: [[u64; abi::REASON_COUNT]; 2],
+    pub lost_events: u64,
+}
+
+impl Counters {
+    pub fn by_verdict(&self, verdict: abi::Verdict) -> u64 {
+        abi::Reason::ALL
+            .iter()
+            .filter(|r| r.verdict() == verdict)
+            .map(|r| self.packets[0][*r as usize] + self.packets[1][*r as usize])
+            .sum()
+    }
+}
+
+pub struct Enforcer {
+    dir: PathBuf,
+    ebpf: Ebpf,
+    config: Array<MapData, Config>,
+    prefixes: LpmTrie<MapData, PrefixData, u32>,
+    vlans: HashMap<MapData, u32, u32>,
+    monitor: HashMap<MapData, MonitorKey, u32>,
+    rules: LpmTrie<MapData, RuleData, RuleValue>,
+    failsafe: LpmTrie<MapData, FailsafeData, u32>,
+    ethertypes: HashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    conntrack: HashMap<MapData, abi::FlowKey, abi::FlowState>,
+    fragments: HashMap<MapData, abi::FragmentKey, abi::FragmentState>,
+    events: Option<RingBuf<MapData>>,
+    /// Whether maps were found pinned (a restart) rather than created.
+    adopted: bool,
+}
+
+/// The pin directory of one node.
+pub fn node_dir(bpffs: &Path, node: &str) -> PathBuf {
+    bpffs.join(node)
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` if nothing is mounted there, then creates `dir`.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), EnforcerError> {
+    let root = Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) && !is_bpffs(root) {
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| EnforcerError::Mount {
+            path: root.to_owned(),
+            source,
+        })?;
+        tracing::info!(path = %root.display(), "mounted bpffs");
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EnforcerError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(EnforcerError::Map {
+        name,
+        source: Box::new(aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        }),
+    })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+const PROGRAMS_BY_DIRECTION: [(&str, TcAttachType, &str); 2] = [
+    (abi::PROG_INGRESS, TcAttachType::Ingress, "ingress"),
+    (abi::PROG_EGRESS, TcAttachType::Egress, "egress"),
+];
+
+/// An address and prefix length as the 16-byte LPM form: (data, bits).
+fn lpm_addr(addr: IpAddr, prefix: u8) -> ([u8; 16], u32) {
+    match addr {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + prefix as u32),
+        IpAddr::V6(v6) => (v6.octets(), prefix as u32),
+    }
+}
+
+impl Enforcer {
+    /// Loads the programs against the node's pinned maps (creating and
+    /// pinning them the first time) and pins the programs.
+    pub fn open(bpffs: &Path, node: &str) -> Result<Enforcer, EnforcerError> {
+        let dir = node_dir(bpffs, node).join(format!("abi-{ABI_VERSION}"));
+        ensure_bpffs(&dir)?;
+        for sub in ["maps", "programs", "links"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let adopted = dir.join("maps").join(abi::MAP_CONFIG).exists();
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = abi::ALL_MAPS
+            .iter()
+            .map(|m| (*m, dir.join("maps").join(m)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(PROGRAMS)
+            .map_err(|e| EnforcerError::Load(Box::new(e)))?;
+        for (name, _, _) in PROGRAMS_BY_DIRECTION {
+            let prog_err = |source: aya::programs::ProgramError| EnforcerError::Program {
+                name: if name == abi::PROG_INGRESS {
+                    abi::PROG_INGRESS
+                } else {
+                    abi::PROG_EGRESS
+                },
+                source: Box::new(source),
+            };
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| prog_err(aya::programs::ProgramError::NotLoaded))?
+                .try_into()
+                .map_err(prog_err)?;
+            program.load().map_err(prog_err)?;
+            let pin = dir.join("programs").join(name);
+            // Replace the pin of an earlier run's program with this one.
+            let _ = std::fs::remove_file(&pin);
+            program.pin(&pin).map_err(|e| EnforcerError::Io {
+                path: pin.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+        let config = take(&mut ebpf, abi::MAP_CONFIG)?;
+        let prefixes = take(&mut ebpf, abi::MAP_PREFIXES)?;
+        let vlans = take(&mut ebpf, abi::MAP_VLANS)?;
+        let monitor = take(&mut ebpf, abi::MAP_MONITOR)?;
+        let rules = take(&mut ebpf, abi::MAP_RULES)?;
+        let failsafe = take(&mut ebpf, abi::MAP_FAILSAFE)?;
+        let ethertypes = take(&mut ebpf, abi::MAP_ETHERTYPES)?;
+        let counters = take(&mut ebpf, abi::MAP_COUNTERS)?;
+        let conntrack = take(&mut ebpf, abi::MAP_CONNTRACK)?;
+        let fragments = take(&mut ebpf, abi::MAP_FRAGMENTS)?;
+        let events = Some(take(&mut ebpf, abi::MAP_EVENTS)?);
+        // Pins of another ABI version are replaced once this one is attached.
+        Ok(Enforcer {
+            dir,
+            ebpf,
+            config,
+            prefixes,
+            vlans,
+            monitor,
+            rules,
+            failsafe,
+            ethertypes,
+            counters,
+            conntrack,
+            fragments,
+            events,
+            adopted,
+        })
+    }
+
+    /// Whether the maps were adopted from an earlier run.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The live generation (0 before any policy).
+    pub fn generation(&self) -> Result<u32, EnforcerError> {
+        Ok(self
+            .config
+            .get(&0, 0)
+            .map_err(map_err(abi::MAP_CONFIG))?
+            .generation)
+    }
+
+    /// The ring buffer of flow events, taken once by the event reader.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// A program, loaded, for tests that run it through `BPF_PROG_TEST_RUN`.
+    pub fn program(&mut self, name: &str) -> Option<&mut SchedClassifier> {
+        self.ebpf.program_mut(name)?.try_into().ok()
+    }
+
+    /// Attaches both directions to `interface`, or swaps this run's program
+    /// into the links an earlier run pinned. Idempotent.
+    pub fn attach(&mut self, interface: &str) -> Result<(), EnforcerError> {
+        for (name, attach_type, direction) in PROGRAMS_BY_DIRECTION {
+            let failed = |message: String| EnforcerError::Attach {
+                interface: interface.to_owned(),
+                direction,
+                message,
+            };
+            let pin = self
+                .dir
+                .join("links")
+                .join(format!("{interface}-{direction}"));
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| failed("program missing".into()))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| failed(e.to_string()))?;
+            let our_id = program.info().map_err(|e| failed(e.to_string()))?.id();
+            if pin.exists() {
+                let attached = SchedClassifier::query_tcx(interface, attach_type)
+                    .map(|(_, progs)| !progs.is_empty())
+                    .unwrap_or(false);
+                if attached {
+                    let pinned = PinnedLink::from_pin(&pin).map_err(|e| failed(e.to_string()))?;
+                    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .map_err(|e| failed(e.to_string()))?;
+                    let id = program
+                        .attach_to_link(link)
+                        .map_err(|e| failed(format!("replacing the pinned link: {e}")))?;
+                    // The pin keeps the link; our handle may go.
+                    drop(program.take_link(id));
+                    continue;
+                }
+                // The interface was recreated: its old link is defunct.
+                let _ = std::fs::remove_file(&pin);
+            }
+            let id = program
+                .attach_with_options(
+                    interface,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| failed(e.to_string()))?;
+            let link = program.take_link(id).map_err(|e| failed(e.to_string()))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| failed(e.to_string()))?;
+            fd.pin(&pin)
+                .map_err(|e| failed(format!("pinning {}: {e}", pin.display())))?;
+            tracing::debug!(interface, direction, program = our_id, "attached");
+        }
+        Ok(())
+    }
+
+    /// Whether this node's programs are attached in both directions of `interface`.
+    pub fn is_attached(&self, interface: &str) -> bool {
+        PROGRAMS_BY_DIRECTION
+            .iter()
+            .all(|(_, attach_type, direction)| {
+                let pin = self
+                    .dir
+                    .join("links")
+                    .join(format!("{interface}-{direction}"));
+                pin.exists()
+                    && SchedClassifier::query_tcx(interface, *attach_type).is_ok_and(
+                        |(_, progs)| {
+                            progs.iter().any(|p| {
+                                p.name_as_str().is_some_and(|n| {
+                                    abi::PROG_INGRESS.starts_with(n)
+                                        || abi::PROG_EGRESS.starts_with(n)
+                                })
+                            })
+                        },
+                    )
+            })
+    }
+
+    /// Sets the failsafe flows and passed ethertypes (the agent's config, not
+    /// policy: they hold across generations).
+    pub fn set_local_rules(
+        &mut self,
+        failsafe: &[FailsafeFlow],
+        ethertypes: &[u16],
+    ) -> Result<(), EnforcerError> {
+        let mut wanted = Vec::new();
+        for f in failsafe {
+            let kind = match f.direction {
+                FailsafeDirection::Ingress => abi::FAILSAFE_REMOTE_INITIATES,
+                FailsafeDirection::Egress => abi::FAILSAFE_LOCAL_INITIATES,
+            };
+            for c in &f.cidrs {
+                let (addr, bits) = lpm_addr(c.network(), c.prefix_len());
+                wanted.push(Key::new(
+                    abi::FAILSAFE_KEY_FIXED_BITS + bits,
+                    FailsafeData {
+                        kind,
+                        proto: f.protocol,
+                        port: f.port.to_be_bytes(),
+                        addr,
+                    },
+                ));
+            }
+        }
+        for k in &wanted {
+            self.failsafe
+                .insert(k, 1, 0)
+                .map_err(map_err(abi::MAP_FAILSAFE))?;
+        }
+        let stale: Vec<Key<FailsafeData>> = self
+            .failsafe
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for k in stale {
+            self.failsafe
+                .remove(&k)
+                .map_err(map_err(abi::MAP_FAILSAFE))?;
+        }
+        for t in ethertypes {
+            self.ethertypes
+                .insert(*t as u32, 1, 0)
+                .map_err(map_err(abi::MAP_ETHERTYPES))?;
+        }
+        let stale: Vec<u32> = self
+            .ethertypes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|t| !ethertypes.iter().any(|w| *w as u32 == *t))
+            .collect();
+        for t in stale {
+            self.ethertypes
+                .remove(&t)
+                .map_err(map_err(abi::MAP_ETHERTYPES))?;
+        }
+        let mut config = self.config.get(&0, 0).map_err(map_err(abi::MAP_CONFIG))?;
+        if failsafe.is_empty() {
+            config.flags &= !config_flags::HAS_FAILSAFE;
+        } else {
+            config.flags |= config_flags::HAS_FAILSAFE;
+        }
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(abi::MAP_CONFIG))
+    }
+
+    /// Programs `dp` as the next generation beside the live one, switches to
+    /// it with one write, then clears the old one. Returns the new generation.
+    pub fn apply(&mut self, dp: &Dataplane) -> Result<u32, EnforcerError> {
+        let live = self.config.get(&0, 0).map_err(map_err(abi::MAP_CONFIG))?;
+        let next = live.generation.wrapping_add(1).max(1);
+        let slot = (next & 1) as u8;
+        // Leftovers of an interrupted run may sit in the free slot.
+        self.clear_slot(slot)?;
+        for (net, id) in &dp.prefixes {
+            let (addr, bits) = lpm_addr(net.network(), net.prefix_len());
+            let key = Key::new(
+                abi::PREFIX_KEY_FIXED_BITS + bits,
+                PrefixData {
+                    slot,
+                    _pad: [0; 3],
+                    addr,
+                },
+            );
+            self.prefixes
+                .insert(&key, id, 0)
+                .map_err(map_err(abi::MAP_PREFIXES))?;
+        }
+        for (vid, id) in &dp.vlans {
+            self.vlans
+                .insert(abi::vlan_key(slot, *vid), id, 0)
+                .map_err(map_err(abi::MAP_VLANS))?;
+        }
+        for id in &dp.monitor {
+            let key = MonitorKey {
+                slot: slot as u32,
+                segment: *id,
+            };
+            self.monitor
+                .insert(key, 1, 0)
+                .map_err(map_err(abi::MAP_MONITOR))?;
+        }
+        for r in &dp.rules {
+            let key = Key::new(
+                abi::RULE_KEY_FIXED_BITS + r.port_bits as u32,
+                RuleData {
+                    slot,
+                    proto: r.proto,
+                    src: r.src.to_be_bytes(),
+                    dst: r.dst.to_be_bytes(),
+                    port: r.port.to_be_bytes(),
+                },
+            );
+            self.rules
+                .insert(&key, r.value, 0)
+                .map_err(map_err(abi::MAP_RULES))?;
+        }
+        // The switch: one write of the generation a packet reads first.
+        let keep = live.flags & (config_flags::HAS_FAILSAFE | config_flags::NO_EVENTS);
+        let config = Config {
+            generation: next,
+            flags: keep | dp.flags,
+        };
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(abi::MAP_CONFIG))?;
+        self.clear_slot(slot ^ 1)?;
+        Ok(next)
+    }
+
+    fn clear_slot(&mut self, slot: u8) -> Result<(), EnforcerError> {
+        let keys: Vec<_> = self
+            .prefixes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().slot == slot)
+            .collect();
+        for k in keys {
+            self.prefixes
+                .remove(&k)
+                .map_err(map_err(abi::MAP_PREFIXES))?;
+        }
+        let keys: Vec<_> = self
+            .rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().slot == slot)
+            .collect();
+        for k in keys {
+            self.rules.remove(&k).map_err(map_err(abi::MAP_RULES))?;
+        }
+        let keys: Vec<_> = self
+            .vlans
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| (k >> 16) as u8 == slot)
+            .collect();
+        for k in keys {
+            self.vlans.remove(&k).map_err(map_err(abi::MAP_VLANS))?;
+        }
+        let keys: Vec<_> = self
+            .monitor
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.slot == slot as u32)
+            .collect();
+        for k in keys {
+            self.monitor.remove(&k).map_err(map_err(abi::MAP_MONITOR))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every tracked connection and fragment: each next packet is
+    /// judged as a new connection.
+    pub fn flush_tracking(&mut self) -> Result<usize, EnforcerError> {
+        let keys: Vec<_> = self.conntrack.keys().filter_map(Result::ok).collect();
+        let n = keys.len();
+        for k in keys {
+            let _ = self.conntrack.remove(&k);
+        }
+        let keys: Vec<_> = self.fragments.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.fragments.remove(&k);
+        }
+        Ok(n)
+    }
+
+    /// The tracked connections, for inspection.
+    pub fn connections(&self) -> Vec<(abi::FlowKey, abi::FlowState)> {
+        self.conntrack.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Switches flow events off or on (counters always count).
+    pub fn set_events(&mut self, on: bool) -> Result<(), EnforcerError> {
+        let mut config = self.config.get(&0, 0).map_err(map_err(abi::MAP_CONFIG))?;
+        if on {
+            config.flags &= !config_flags::NO_EVENTS;
+        } else {
+            config.flags |= config_flags::NO_EVENTS;
+        }
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(abi::MAP_CONFIG))
+    }
+
+    pub fn counters(&self) -> Result<Counters, EnforcerError> {
+        let mut c = Counters::default();
+        for direction in 0..2u8 {
+            for reason in 0..abi::REASON_COUNT as u8 {
+                let values = self
+                    .counters
+                    .get(&abi::counter_index(direction, reason), 0)
+                    .map_err(map_err(abi::MAP_COUNTERS))?;
+                c.packets[direction as usize][reason as usize] = values.iter().sum();
+            }
+        }
+        c.lost_events = self
+            .counters
+            .get(&abi::COUNTER_LOST_EVENTS, 0)
+            .map_err(map_err(abi::MAP_COUNTERS))?
+            .iter()
+            .sum();
+        Ok(c)
+    }
+
+    /// The raw fd of the events ring buffer, for readiness polling.
+    pub fn events_fd(ring: &RingBuf<MapData>) -> i32 {
+        ring.as_raw_fd()
+    }
+}
+
+/// Removes every pin of `node` under `bpffs`: links (so the programs
+/// detach), programs and maps, of every ABI version.
+pub fn uninstall(bpffs: &Path, node: &str) -> Result<bool, EnforcerError> {
+    let dir = node_dir(bpffs, node);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+    Ok(true)
+}
+
+/// Removes pins this ABI version does not use (an upgrade), after the new
+/// programs are attached.
+pub fn remove_other_abi_versions(bpffs: &Path, node: &str) -> Result<(), EnforcerError> {
+    let dir = node_dir(bpffs, node);
+    let current = format!("abi-{ABI_VERSION}");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy() != current {
+            let p = e.path();
+            tracing::info!(path = %p.display(), "removing pins of another ABI version");
+            std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
+        }
+    }
+    Ok(())
+}

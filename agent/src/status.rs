@@ -1,0 +1,236 @@
+//! The status endpoint (`agent.md`): `/healthz`, `/readyz`, `/status`, `/metrics`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use wardline_ebpf_abi as abi;
+
+use crate::enforcer::{Counters, Enforcer};
+use crate::events::EventStats;
+
+/// What the agent knows of itself, shared with the endpoint.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentState {
+    pub node: String,
+    pub mode: &'static str,
+    /// SHA-256 of the policy source now enforced; `None` before any.
+    pub policy_sha256: Option<String>,
+    pub generation: u32,
+    pub interfaces: Vec<InterfaceState>,
+    /// When the enforced policy was applied (RFC 3339).
+    pub policy_applied_at: Option<String>,
+    /// The last policy source refused, and why; cleared by the next success.
+    pub last_error: Option<String>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceState {
+    pub name: String,
+    pub enforced: bool,
+}
+
+impl AgentState {
+    pub fn ready(&self) -> bool {
+        self.policy_sha256.is_some()
+            && !self.interfaces.is_empty()
+            && self.interfaces.iter().all(|i| i.enforced)
+    }
+}
+
+#[derive(Clone)]
+pub struct Shared {
+    pub state: Arc<Mutex<AgentState>>,
+    pub enforcer: Arc<Mutex<Enforcer>>,
+    pub events: Arc<Mutex<EventStats>>,
+}
+
+impl Shared {
+    fn state(&self) -> AgentState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn counters(&self) -> Counters {
+        self.enforcer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counters()
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusBody {
+    #[serde(flatten)]
+    state: AgentState,
+    ready: bool,
+    counters: CounterBody,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CounterBody {
+    allowed: u64,
+    audited: u64,
+    dropped: u64,
+    lost_events: u64,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Shared>) -> Response {
+    let state = s.state();
+    if state.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let missing: Vec<&str> = state
+            .interfaces
+            .iter()
+            .filter(|i| !i.enforced)
+            .map(|i| i.name.as_str())
+            .collect();
+        let why = if state.policy_sha256.is_none() {
+            "no policy enforced yet".to_owned()
+        } else {
+            format!("not enforced on: {}", missing.join(", "))
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(s): State<Shared>) -> Response {
+    let state = s.state();
+    let c = s.counters();
+    let body = StatusBody {
+        ready: state.ready(),
+        counters: CounterBody {
+            allowed: c.by_verdict(abi::Verdict::Allowed),
+            audited: c.by_verdict(abi::Verdict::Audited),
+            dropped: c.by_verdict(abi::Verdict::Dropped),
+            lost_events: c.lost_events,
+        },
+        state,
+    };
+    axum::Json(body).into_response()
+}
+
+/// Prometheus text format.
+pub fn render_metrics(state: &AgentState, c: &Counters, events: &EventStats) -> String {
+    let mut out = String::new();
+    let node = &state.node;
+    out.push_str(
+        "# HELP wardline_packets_total Packets judged, by direction, verdict and reason.\n",
+    );
+    out.push_str("# TYPE wardline_packets_total counter\n");
+    for (d, direction) in ["ingress", "egress"].iter().enumerate() {
+        for r in abi::Reason::ALL {
+            let verdict = crate::events::verdict_name(r.verdict() as u8);
+            let _ = writeln!(
+                out,
+                "wardline_packets_total{{node=\"{node}\",direction=\"{direction}\",verdict=\"{verdict}\",reason=\"{}\"}} {}",
+                r.name(),
+                c.packets[d][r as usize]
+            );
+        }
+    }
+    out.push_str(
+        "# HELP wardline_events_lost_total Flow events the ring buffer had no room for.\n",
+    );
+    out.push_str("# TYPE wardline_events_lost_total counter\n");
+    let _ = writeln!(
+        out,
+        "wardline_events_lost_total{{node=\"{node}\"}} {}",
+        c.lost_events
+    );
+    out.push_str("# HELP wardline_flow_events_total Flow events read, by kind and verdict.\n");
+    out.push_str("# TYPE wardline_flow_events_total counter\n");
+    for ((kind, verdict), n) in &events.by_kind_verdict {
+        let _ = writeln!(
+            out,
+            "wardline_flow_events_total{{node=\"{node}\",kind=\"{kind}\",verdict=\"{verdict}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP wardline_policy_generation The policy generation in force.\n");
+    out.push_str("# TYPE wardline_policy_generation gauge\n");
+    let _ = writeln!(
+        out,
+        "wardline_policy_generation{{node=\"{node}\"}} {}",
+        state.generation
+    );
+    out.push_str("# HELP wardline_policy_reloads_total Policy loads, by result.\n");
+    out.push_str("# TYPE wardline_policy_reloads_total counter\n");
+    let _ = writeln!(
+        out,
+        "wardline_policy_reloads_total{{node=\"{node}\",result=\"ok\"}} {}",
+        state.reloads_ok
+    );
+    let _ = writeln!(
+        out,
+        "wardline_policy_reloads_total{{node=\"{node}\",result=\"error\"}} {}",
+        state.reloads_failed
+    );
+    out.push_str(
+        "# HELP wardline_interface_enforced Whether the policy is enforced on an interface.\n",
+    );
+    out.push_str("# TYPE wardline_interface_enforced gauge\n");
+    for i in &state.interfaces {
+        let _ = writeln!(
+            out,
+            "wardline_interface_enforced{{node=\"{node}\",interface=\"{}\"}} {}",
+            i.name, i.enforced as u8
+        );
+    }
+    out.push_str(
+        "# HELP wardline_ready Whether the agent is ready (policy enforced everywhere).\n",
+    );
+    out.push_str("# TYPE wardline_ready gauge\n");
+    let _ = writeln!(
+        out,
+        "wardline_ready{{node=\"{node}\"}} {}",
+        state.ready() as u8
+    );
+    out
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    let state = s.state();
+    let c = s.counters();
+    let events = s.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&state, &c, &events),
+    )
+        .into_response()
+}
+
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+pub async fn serve(address: SocketAddr, shared: Shared) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    tracing::info!(%address, "status endpoint listening");
+    axum::serve(listener, router(shared)).await
+}
