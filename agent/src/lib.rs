@@ -2,6 +2,7 @@
 //! attached, programs policy generations into their maps, reports flows.
 
 pub mod config;
+pub mod emulation;
 pub mod enforcer;
 pub mod events;
 pub mod standalone;

@@ -54,7 +54,7 @@ pub const ALL_MAPS: [&str; 11] = [
 // Capacities.
 
 /// Prefixes per generation (two generations share the trie).
-pub const MAX_PREFIXES: u32 = 131_072;
+pub const MAX_PREFIXES: u32 = 262_144;
 /// Compiled rule entries per generation (port ranges split into prefixes).
 pub const MAX_RULE_ENTRIES: u32 = 1_048_576;
 pub const MAX_VLAN_ENTRIES: u32 = 2 * 4096;
@@ -514,3 +514,30 @@ mod user {
         FlowEvent
     );
 }
+
+// ---------------------------------------------------------------------------
+// The emulated 802.1Q switch port (labs and tests on kernels without 8021q).
+
+pub const PROG_ACCESS_PORT: &str = "wardline_access_port";
+pub const MAP_ACCESS_PORTS: &str = "WL_ACCESS_PORTS";
+
+/// A device-facing port: tag what the device sends with `vid`.
+pub const PORT_ACCESS: u16 = 1;
+/// A trunk-facing port: untag what goes to the device.
+pub const PORT_TRUNK: u16 = 2;
+
+/// `WL_ACCESS_PORTS[ingress ifindex]`: where frames arriving there go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AccessPort {
+    pub out_ifindex: u32,
+    /// VLAN id pushed on an access port; 0 pushes nothing.
+    pub vid: u16,
+    pub mode: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<AccessPort>() == 8);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), Copy, every byte a field.
+unsafe impl aya::Pod for AccessPort {}

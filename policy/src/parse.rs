@@ -1,0 +1,1291 @@
+//! From YAML text to a validated [`PolicySet`].
+//!
+//! A source holds several documents separated by `---`. Each is read on its
+//! own, so that a syntax error in one document does not hide the problems of
+//! the others, then checked field by field against the spec (`policy.md`),
+//! then against the other documents: names unique per kind, no prefix or VLAN
+//! claimed by two segments, every segment a policy names defined somewhere in
+//! the source. Every problem found is reported, not only the first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_yaml::{Mapping, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{DocLabel, Location, PolicyError, PolicyErrors};
+use crate::model::{Action, DocRef, Mode, Peer, Policy, PolicySet, PortRule, Protocol, Segment};
+
+/// The only `apiVersion` this version of the language reads.
+pub const API_VERSION: &str = "wardline/v1";
+
+/// `kind` of a document that defines a segment.
+pub const SEGMENT_KIND: &str = "Segment";
+
+/// `kind` of a document that defines a policy.
+pub const POLICY_KIND: &str = "Policy";
+
+/// Names no segment may take: a policy's `from` and `to` give them a meaning
+/// of their own.
+pub const RESERVED_SEGMENT_NAMES: [&str; 2] = ["world", "any"];
+
+const DOCUMENT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
+const METADATA_FIELDS: &[&str] = &["name", "labels"];
+const SEGMENT_FIELDS: &[&str] = &["cidrs", "vlans", "nodeSelector", "mode"];
+const NODE_SELECTOR_FIELDS: &[&str] = &["matchLabels"];
+const POLICY_FIELDS: &[&str] = &["action", "from", "to", "ports", "validFrom", "validUntil"];
+const PORT_FIELDS: &[&str] = &["protocol", "port", "endPort"];
+const PROTOCOLS: &[&str] = &["tcp", "udp", "sctp", "icmp", "icmpv6", "any"];
+
+/// Reads and validates a policy source: one or more YAML documents
+/// separated by `---`, each a `Segment` or a `Policy` (see the spec,
+/// `policy.md`). Documents with nothing but comments, such as after a
+/// trailing `---`, are skipped.
+///
+/// Segments and policies keep their document order. On failure, every
+/// problem found in every document is returned, in document order.
+pub fn parse(source: &str) -> Result<PolicySet, PolicyErrors> {
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for chunk in split_documents(source) {
+        match serde_yaml::from_str::<Value>(&chunk.text) {
+            Ok(Value::Null) => {}
+            Ok(value) => documents.push(Some(value)),
+            Err(error) => {
+                errors.push(syntax_error(documents.len() + 1, &chunk, &error));
+                documents.push(None);
+            }
+        }
+    }
+
+    let mut validator = Validator::new(&documents, errors);
+    for (position, document) in documents.iter().enumerate() {
+        if let Some(value) = document {
+            validator.document(position + 1, value);
+        }
+    }
+    validator.finish()
+}
+
+/// The text of one document of a source.
+#[derive(Debug, PartialEq, Eq)]
+struct Chunk {
+    /// 0-based line of the source on which the document starts.
+    first_line: usize,
+    /// The document's lines, its `---` marker blanked out so that columns
+    /// stay those of the source.
+    text: String,
+}
+
+/// Cuts a source into its documents at the `---` (and `...`) markers, which
+/// YAML recognises only at the start of a line and followed by a blank or
+/// the end of the line, wherever they stand.
+fn split_documents(source: &str) -> Vec<Chunk> {
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
+    let mut chunks = Vec::new();
+    let mut current = Chunk {
+        first_line: 0,
+        text: String::new(),
+    };
+    let mut has_content = false;
+    for (number, line) in source.split_inclusive('\n').enumerate() {
+        let marker = ["---", "..."].into_iter().find_map(|marker| {
+            line.strip_prefix(marker)
+                .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+        });
+        if let Some(rest) = marker {
+            let next = Chunk {
+                first_line: number,
+                text: format!("   {rest}"),
+            };
+            chunks.push(std::mem::replace(&mut current, next));
+            has_content = !rest.trim().is_empty() && !rest.trim_start().starts_with('#');
+        } else if line.starts_with('%') && !has_content {
+            // A directive (`%YAML 1.2`) before the document: nothing this
+            // language uses; kept as a blank line so lines keep their numbers.
+            current.text.push('\n');
+        } else {
+            let trimmed = line.trim();
+            has_content |= !trimmed.is_empty() && !trimmed.starts_with('#');
+            current.text.push_str(line);
+        }
+    }
+    chunks.push(current);
+    chunks
+}
+
+/// A YAML syntax error in the `index`th document, located in the source.
+fn syntax_error(index: usize, chunk: &Chunk, error: &serde_yaml::Error) -> PolicyError {
+    // Parse the document again behind as many blank lines as precede it in
+    // the source, so that every line number in the message is the source's.
+    let padded = format!("{}{}", "\n".repeat(chunk.first_line), chunk.text);
+    let shifted = serde_yaml::from_str::<Value>(&padded).err();
+    let error = shifted.as_ref().unwrap_or(error);
+    let location = error.location().map(|at| Location {
+        line: at.line(),
+        column: at.column(),
+    });
+    let mut message = error.to_string();
+    if let Some(at) = location {
+        let suffix = format!(" at line {} column {}", at.line, at.column);
+        if let Some(start) = message.find(&suffix) {
+            message.replace_range(start..start + suffix.len(), "");
+        }
+    }
+    PolicyError {
+        document: index,
+        kind: None,
+        name: None,
+        field: None,
+        location,
+        message: format!("invalid YAML: {message}"),
+    }
+}
+
+/// Where something was claimed first: a prefix, a VLAN, a name.
+#[derive(Clone, Debug)]
+struct Claim {
+    doc: DocRef,
+    field: String,
+}
+
+/// Checks documents one after the other, remembering what earlier documents
+/// claimed.
+struct Validator {
+    errors: Vec<PolicyError>,
+    /// The document being checked.
+    doc: DocRef,
+    /// Name of every Segment document of the source, valid or not, in
+    /// document order: what a policy's `from` and `to` may refer to.
+    segment_names: Vec<String>,
+    /// The same names, to look up.
+    segment_name_set: HashSet<String>,
+    /// Whether every document could be read. If one could not, a segment a
+    /// policy names may be defined there, so unknown names are not reported.
+    complete: bool,
+    names: HashMap<(&'static str, String), Claim>,
+    cidrs: HashMap<IpNet, Claim>,
+    vlans: HashMap<u16, Claim>,
+    set: PolicySet,
+}
+
+impl Validator {
+    fn new(documents: &[Option<Value>], errors: Vec<PolicyError>) -> Self {
+        let mut segment_names = Vec::new();
+        let mut segment_name_set = HashSet::new();
+        for value in documents.iter().flatten() {
+            if value.get("kind").and_then(Value::as_str) == Some(SEGMENT_KIND)
+                && let Some(name) = value
+                    .get("metadata")
+                    .and_then(|metadata| metadata.get("name"))
+                    .and_then(Value::as_str)
+                && segment_name_set.insert(name.to_owned())
+            {
+                segment_names.push(name.to_owned());
+            }
+        }
+        Self {
+            errors,
+            doc: DocRef::default(),
+            segment_names,
+            segment_name_set,
+            complete: documents.iter().all(Option::is_some),
+            names: HashMap::new(),
+            cidrs: HashMap::new(),
+            vlans: HashMap::new(),
+            set: PolicySet::default(),
+        }
+    }
+
+    fn finish(self) -> Result<PolicySet, PolicyErrors> {
+        if self.errors.is_empty() {
+            Ok(self.set)
+        } else {
+            let mut errors = self.errors;
+            // Syntax errors were found before the checks: put every error in
+            // document order, keeping the order within a document.
+            errors.sort_by_key(|error| error.document);
+            Err(PolicyErrors(errors))
+        }
+    }
+
+    /// Records a problem with `field` (`""`: the document as a whole) of the
+    /// current document.
+    fn error(&mut self, field: &str, message: impl Into<String>) {
+        let error = if field.is_empty() {
+            PolicyError::in_document(&self.doc, message)
+        } else {
+            PolicyError::at(&self.doc, field, message)
+        };
+        self.errors.push(error);
+    }
+
+    /// Checks the `index`th document of the source.
+    fn document(&mut self, index: usize, value: &Value) {
+        let kind = match value.get("kind").and_then(Value::as_str) {
+            Some(SEGMENT_KIND) => Some(SEGMENT_KIND),
+            Some(POLICY_KIND) => Some(POLICY_KIND),
+            _ => None,
+        };
+        let name = value
+            .get("metadata")
+            .and_then(|metadata| metadata.get("name"))
+            .and_then(Value::as_str);
+        self.doc = DocRef {
+            index,
+            kind: kind.unwrap_or_default().to_owned(),
+            name: name.unwrap_or_default().to_owned(),
+        };
+        let errors_before = self.errors.len();
+
+        let Some(top) = self.mapping(
+            "",
+            value,
+            DOCUMENT_FIELDS,
+            "a document with apiVersion, kind, metadata and spec",
+        ) else {
+            return;
+        };
+
+        match self.required_string(top, "apiVersion") {
+            Some(API_VERSION) | None => {}
+            Some(other) => self.error(
+                "apiVersion",
+                format!("{other:?} is not supported (expected {API_VERSION})"),
+            ),
+        }
+
+        if let Some(text) = self.required_string(top, "kind")
+            && kind.is_none()
+        {
+            let hint = hint(text, [SEGMENT_KIND, POLICY_KIND]);
+            self.error(
+                "kind",
+                format!("{text:?} is not a kind of document (expected Segment or Policy{hint})"),
+            );
+        }
+
+        let labels = match self.required(top, "metadata") {
+            Some(metadata) => self.metadata(metadata, kind),
+            None => BTreeMap::new(),
+        };
+
+        let Some(spec) = self.required(top, "spec") else {
+            return;
+        };
+        match kind {
+            Some(SEGMENT_KIND) => {
+                let segment = self.segment_spec(spec, labels);
+                if self.errors.len() == errors_before {
+                    self.set.segments.push(segment);
+                }
+            }
+            Some(_) => {
+                let policy = self.policy_spec(spec, labels);
+                if self.errors.len() == errors_before {
+                    self.set.policies.push(policy);
+                }
+            }
+            // Without a kind there is no knowing which fields spec may have.
+            None => {}
+        }
+    }
+
+    /// `metadata`: checks the name and returns the labels.
+    fn metadata(&mut self, value: &Value, kind: Option<&'static str>) -> BTreeMap<String, String> {
+        let Some(metadata) = self.mapping(
+            "metadata",
+            value,
+            METADATA_FIELDS,
+            "a mapping with name and labels",
+        ) else {
+            return BTreeMap::new();
+        };
+        if let Some(name) = self.required_string_at("metadata", metadata, "name") {
+            self.name(name, kind);
+        }
+        match present(metadata, "labels") {
+            Some(labels) => self.labels("metadata.labels", labels),
+            None => BTreeMap::new(),
+        }
+    }
+
+    /// `metadata.name`: a DNS label, not reserved, unique among the
+    /// documents of its kind.
+    fn name(&mut self, name: &str, kind: Option<&'static str>) {
+        const FIELD: &str = "metadata.name";
+        if let Some(problem) = dns_label_problem(name) {
+            self.error(FIELD, format!("{name:?} is not a valid name ({problem})"));
+        }
+        if kind == Some(SEGMENT_KIND) {
+            match name {
+                "world" => self.error(
+                    FIELD,
+                    "\"world\" is reserved: in a policy it means the addresses no segment claims",
+                ),
+                "any" => self.error(
+                    FIELD,
+                    "\"any\" is reserved: in a policy it means every segment, world included",
+                ),
+                _ => {}
+            }
+        }
+        let Some(kind) = kind else {
+            return;
+        };
+        let claim = Claim {
+            doc: self.doc.clone(),
+            field: FIELD.to_owned(),
+        };
+        if let Some(first) = self.names.get(&(kind, name.to_owned())) {
+            let message = format!(
+                "{name:?} is already the name of {}",
+                DocLabel::of(&first.doc)
+            );
+            self.error(FIELD, message);
+        } else {
+            self.names.insert((kind, name.to_owned()), claim);
+        }
+    }
+
+    /// A map of Kubernetes-style labels (`metadata.labels`,
+    /// `nodeSelector.matchLabels`).
+    fn labels(&mut self, field: &str, value: &Value) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        let Some(mapping) = self.mapping_of(field, value, "a mapping of label names to values")
+        else {
+            return labels;
+        };
+        for (key, value) in mapping {
+            let Some(key) = self.key(field, key) else {
+                continue;
+            };
+            if let Some(problem) = label_key_problem(key) {
+                self.error(
+                    field,
+                    format!("{key:?} is not a valid label name ({problem})"),
+                );
+                continue;
+            }
+            let value_field = format!("{field}.{key}");
+            let Some(text) = self.label_value(&value_field, value) else {
+                continue;
+            };
+            if let Some(problem) = label_value_problem(&text) {
+                self.error(
+                    &value_field,
+                    format!("{text:?} is not a valid label value ({problem})"),
+                );
+                continue;
+            }
+            labels.insert(key.to_owned(), text);
+        }
+        labels
+    }
+
+    /// A label's value: a string. A number or boolean is refused with the
+    /// quoted form to write, as Kubernetes does.
+    fn label_value(&mut self, field: &str, value: &Value) -> Option<String> {
+        match value {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(_) | Value::Bool(_) => {
+                let text = scalar_text(value);
+                self.error(
+                    field,
+                    format!(
+                        "expected a string, found {}; quote it: \"{text}\"",
+                        describe(value)
+                    ),
+                );
+                None
+            }
+            other => {
+                self.error(
+                    field,
+                    format!("expected a string, found {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn segment_spec(&mut self, value: &Value, labels: BTreeMap<String, String>) -> Segment {
+        let mut segment = Segment {
+            name: self.doc.name.clone(),
+            labels,
+            cidrs: Vec::new(),
+            vlans: Vec::new(),
+            node_selector: None,
+            mode: Mode::default(),
+            doc: self.doc.clone(),
+        };
+        let Some(spec) = self.mapping(
+            "spec",
+            value,
+            SEGMENT_FIELDS,
+            "a mapping with cidrs, vlans, nodeSelector and mode",
+        ) else {
+            return segment;
+        };
+
+        let cidrs = present(spec, "cidrs");
+        let vlans = present(spec, "vlans");
+        let node_selector = present(spec, "nodeSelector");
+        if let Some(cidrs) = cidrs {
+            segment.cidrs = self.cidrs(cidrs);
+        }
+        if let Some(vlans) = vlans {
+            segment.vlans = self.vlans(vlans);
+        }
+        if let Some(selector) = node_selector {
+            segment.node_selector = self.node_selector(selector);
+        }
+        if let Some(mode) = present(spec, "mode") {
+            segment.mode = self.mode(mode);
+        }
+
+        let empty = |value: Option<&Value>| match value {
+            None => true,
+            Some(Value::Sequence(items)) => items.is_empty(),
+            Some(_) => false,
+        };
+        if empty(cidrs) && empty(vlans) && node_selector.is_none() {
+            self.error(
+                "spec",
+                "a segment needs at least one of cidrs, vlans or nodeSelector, or it has no members",
+            );
+        }
+        segment
+    }
+
+    /// `spec.cidrs`: prefixes, each with no host bits, none claimed twice.
+    fn cidrs(&mut self, value: &Value) -> Vec<IpNet> {
+        const WHAT: &str = "a list of CIDRs, such as [\"198.18.30.0/24\"]";
+        let mut cidrs = Vec::new();
+        let Some(items) = self.sequence("spec.cidrs", value, WHAT) else {
+            return cidrs;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("spec.cidrs[{i}]");
+            let Some(text) = self.string(&field, item, "a CIDR such as \"198.18.30.0/24\"") else {
+                continue;
+            };
+            let net = match parse_cidr(text) {
+                Ok(net) => net,
+                Err(message) => {
+                    self.error(&field, message);
+                    continue;
+                }
+            };
+            if let Some(first) = self.cidrs.get(&net) {
+                let message = if first.doc.index == self.doc.index {
+                    format!("{text:?} is listed twice (also {})", first.field)
+                } else {
+                    format!(
+                        "{text:?} is already claimed by {}",
+                        DocLabel::of(&first.doc)
+                    )
+                };
+                self.error(&field, message);
+                continue;
+            }
+            let claim = Claim {
+                doc: self.doc.clone(),
+                field,
+            };
+            self.cidrs.insert(net, claim);
+            cidrs.push(net);
+        }
+        cidrs
+    }
+
+    /// `spec.vlans`: 802.1Q VLAN IDs 1..=4094, none claimed twice.
+    fn vlans(&mut self, value: &Value) -> Vec<u16> {
+        let mut vlans = Vec::new();
+        let Some(items) = self.sequence("spec.vlans", value, "a list of VLAN IDs, such as [30]")
+        else {
+            return vlans;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("spec.vlans[{i}]");
+            let Some(number) = self.integer(&field, item, "a VLAN ID (1..=4094)") else {
+                continue;
+            };
+            let vlan = match u16::try_from(number) {
+                Ok(vlan @ 1..=4094) => vlan,
+                _ => {
+                    let why = match number {
+                        0 => "VLAN 0 only carries a priority, it is not a VLAN; ",
+                        4095 => "4095 is reserved; ",
+                        _ => "",
+                    };
+                    self.error(
+                        &field,
+                        format!("{number} is not a valid VLAN ID ({why}must be 1..=4094)"),
+                    );
+                    continue;
+                }
+            };
+            if let Some(first) = self.vlans.get(&vlan) {
+                let message = if first.doc.index == self.doc.index {
+                    format!("VLAN {vlan} is listed twice (also {})", first.field)
+                } else {
+                    format!(
+                        "VLAN {vlan} is already claimed by {}",
+                        DocLabel::of(&first.doc)
+                    )
+                };
+                self.error(&field, message);
+                continue;
+            }
+            let claim = Claim {
+                doc: self.doc.clone(),
+                field,
+            };
+            self.vlans.insert(vlan, claim);
+            vlans.push(vlan);
+        }
+        vlans
+    }
+
+    /// `spec.nodeSelector`: `{matchLabels: {...}}`, at least one label.
+    fn node_selector(&mut self, value: &Value) -> Option<BTreeMap<String, String>> {
+        const FIELD: &str = "spec.nodeSelector";
+        let selector = self.mapping(
+            FIELD,
+            value,
+            NODE_SELECTOR_FIELDS,
+            "a mapping with matchLabels",
+        )?;
+        let Some(labels) = present(selector, "matchLabels") else {
+            self.error(
+                &format!("{FIELD}.matchLabels"),
+                "required field is missing (an empty selector would match every node)",
+            );
+            return None;
+        };
+        let field = format!("{FIELD}.matchLabels");
+        let errors_before = self.errors.len();
+        let labels = self.labels(&field, labels);
+        if labels.is_empty() && self.errors.len() == errors_before {
+            self.error(
+                &field,
+                "must name at least one label (an empty selector would match every node)",
+            );
+        }
+        Some(labels)
+    }
+
+    /// `spec.mode`: enforce or monitor.
+    fn mode(&mut self, value: &Value) -> Mode {
+        const FIELD: &str = "spec.mode";
+        match self.string(FIELD, value, "enforce or monitor") {
+            Some("enforce") => Mode::Enforce,
+            Some("monitor") => Mode::Monitor,
+            Some(other) => {
+                let hint = hint(other, ["enforce", "monitor"]);
+                self.error(
+                    FIELD,
+                    format!("{other:?} is not a mode (expected enforce or monitor{hint})"),
+                );
+                Mode::default()
+            }
+            None => Mode::default(),
+        }
+    }
+
+    fn policy_spec(&mut self, value: &Value, labels: BTreeMap<String, String>) -> Policy {
+        let mut policy = Policy {
+            name: self.doc.name.clone(),
+            labels,
+            action: Action::Deny,
+            from: Vec::new(),
+            to: Vec::new(),
+            ports: Vec::new(),
+            valid_from: None,
+            valid_until: None,
+            doc: self.doc.clone(),
+        };
+        let Some(spec) = self.mapping(
+            "spec",
+            value,
+            POLICY_FIELDS,
+            "a mapping with action, from, to, ports, validFrom and validUntil",
+        ) else {
+            return policy;
+        };
+
+        match self.required_string_at("spec", spec, "action") {
+            Some("allow") => policy.action = Action::Allow,
+            Some("deny") => policy.action = Action::Deny,
+            Some(other) => {
+                let hint = hint(other, ["allow", "deny"]);
+                self.error(
+                    "spec.action",
+                    format!("{other:?} is not an action (expected allow or deny{hint})"),
+                );
+            }
+            None => {}
+        }
+        policy.from = self.peers(spec, "from");
+        policy.to = self.peers(spec, "to");
+
+        match spec.get("ports") {
+            None => {}
+            Some(Value::Null) => self.error(
+                "spec.ports",
+                "has no value: omit ports, or write ports: [], to mean every protocol and port",
+            ),
+            Some(ports) => policy.ports = self.ports(ports),
+        }
+
+        let valid_from = self.timestamp(spec, "validFrom");
+        let valid_until = self.timestamp(spec, "validUntil");
+        if let (Some((from, from_text)), Some((until, until_text))) = (valid_from, valid_until)
+            && from >= until
+        {
+            self.error(
+                "spec.validFrom",
+                format!("{from_text} is not before validUntil {until_text}"),
+            );
+        }
+        policy.valid_from = valid_from.map(|(at, _)| at);
+        policy.valid_until = valid_until.map(|(at, _)| at);
+        policy
+    }
+
+    /// `spec.from` or `spec.to`: at least one segment name, `world` or `any`.
+    fn peers(&mut self, spec: &Mapping, key: &str) -> Vec<Peer> {
+        let field = format!("spec.{key}");
+        let mut peers = Vec::new();
+        let Some(value) = self.required_at("spec", spec, key) else {
+            return peers;
+        };
+        if let Value::String(name) = value {
+            self.error(
+                &field,
+                format!(
+                    "expected a list of segment names, found a string ({name:?}); write [{name}]"
+                ),
+            );
+            return peers;
+        }
+        let Some(items) = self.sequence(&field, value, "a list of segment names, world or any")
+        else {
+            return peers;
+        };
+        if items.is_empty() {
+            self.error(&field, "must name at least one segment, world or any");
+        }
+        for (i, item) in items.iter().enumerate() {
+            let item_field = format!("{field}[{i}]");
+            let Some(name) = self.string(&item_field, item, "a segment name, world or any") else {
+                continue;
+            };
+            let peer = match name {
+                "any" => Peer::Any,
+                "world" => Peer::World,
+                _ if self.segment_name_set.contains(name) || !self.complete => {
+                    Peer::Segment(name.to_owned())
+                }
+                _ => {
+                    let names = self.segment_names.iter().map(String::as_str);
+                    let hint = match suggestion(name, names.chain(["world", "any"])) {
+                        Some(close) => format!("did you mean {close:?}?"),
+                        None => "no Segment document has this name".to_owned(),
+                    };
+                    self.error(&item_field, format!("{name:?} is not a segment ({hint})"));
+                    continue;
+                }
+            };
+            peers.push(peer);
+        }
+        peers
+    }
+
+    /// `spec.ports`: `{protocol, port?, endPort?}` entries.
+    fn ports(&mut self, value: &Value) -> Vec<PortRule> {
+        let mut rules = Vec::new();
+        let Some(items) = self.sequence(
+            "spec.ports",
+            value,
+            "a list of port entries, such as [{protocol: tcp, port: 443}]",
+        ) else {
+            return rules;
+        };
+        for (i, item) in items.iter().enumerate() {
+            if let Some(rule) = self.port_rule(&format!("spec.ports[{i}]"), item) {
+                rules.push(rule);
+            }
+        }
+        rules
+    }
+
+    fn port_rule(&mut self, field: &str, value: &Value) -> Option<PortRule> {
+        let entry = self.mapping(
+            field,
+            value,
+            PORT_FIELDS,
+            "a port entry such as {protocol: tcp, port: 443}",
+        )?;
+        let errors_before = self.errors.len();
+
+        let protocol = match self.required_string_at(field, entry, "protocol") {
+            Some("tcp") => Some(Protocol::Tcp),
+            Some("udp") => Some(Protocol::Udp),
+            Some("sctp") => Some(Protocol::Sctp),
+            Some("icmp") => Some(Protocol::Icmp),
+            Some("icmpv6") => Some(Protocol::Icmpv6),
+            Some("any") => Some(Protocol::Any),
+            Some(other) => {
+                let hint = hint(other, PROTOCOLS.iter().copied());
+                self.error(
+                    &format!("{field}.protocol"),
+                    format!(
+                        "{other:?} is not a protocol (expected tcp, udp, sctp, icmp, icmpv6 or any{hint})"
+                    ),
+                );
+                None
+            }
+            None => None,
+        };
+
+        let port_field = format!("{field}.port");
+        let end_field = format!("{field}.endPort");
+        let port_value = present(entry, "port");
+        let end_value = present(entry, "endPort");
+        if let Some(protocol @ (Protocol::Icmp | Protocol::Icmpv6)) = protocol {
+            let name = if protocol == Protocol::Icmp {
+                "icmp"
+            } else {
+                "icmpv6"
+            };
+            for (key_field, key, value) in [
+                (&port_field, "port", port_value),
+                (&end_field, "endPort", end_value),
+            ] {
+                if value.is_some() {
+                    self.error(key_field, format!("{name} has no ports; remove {key}"));
+                }
+            }
+            return (self.errors.len() == errors_before).then_some(PortRule {
+                protocol,
+                port: None,
+                end_port: None,
+            });
+        }
+
+        let port = port_value.and_then(|value| self.port_number(&port_field, value));
+        let end_port = end_value.and_then(|value| self.port_number(&end_field, value));
+        match (port_value, port, end_port) {
+            (None, _, Some(_)) => self.error(
+                &end_field,
+                "endPort needs port, the first port of the range",
+            ),
+            (_, Some(port), Some(end)) if end < port => self.error(
+                &end_field,
+                format!("{end} is less than port {port} (a range runs from port up to endPort)"),
+            ),
+            _ => {}
+        }
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        Some(PortRule {
+            protocol: protocol?,
+            port,
+            // A range of one port is that port.
+            end_port: end_port.filter(|&end| Some(end) != port),
+        })
+    }
+
+    /// A TCP, UDP or SCTP port: 1..=65535.
+    fn port_number(&mut self, field: &str, value: &Value) -> Option<u16> {
+        if let Value::String(text) = value
+            && text.contains('-')
+        {
+            self.error(
+                field,
+                format!("expected a port number, found a string ({text:?}); write a range as port and endPort"),
+            );
+            return None;
+        }
+        let number = self.integer(field, value, "a port number (1..=65535)")?;
+        match u16::try_from(number) {
+            Ok(port @ 1..=u16::MAX) => Some(port),
+            _ => {
+                self.error(
+                    field,
+                    format!("{number} is not a valid port (must be 1..=65535)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `spec.validFrom` or `spec.validUntil`: an RFC 3339 date and time.
+    /// Returns it with its text, for messages.
+    fn timestamp<'v>(&mut self, spec: &'v Mapping, key: &str) -> Option<(OffsetDateTime, &'v str)> {
+        let field = format!("spec.{key}");
+        let value = present(spec, key)?;
+        let text = self.string(
+            &field,
+            value,
+            "an RFC 3339 date and time such as 2026-01-01T08:00:00Z",
+        )?;
+        match OffsetDateTime::parse(text, &Rfc3339) {
+            Ok(at) => Some((at, text)),
+            Err(error) => {
+                self.error(
+                    &field,
+                    format!(
+                        "{text:?} is not an RFC 3339 date and time such as 2026-01-01T08:00:00Z ({error})"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    // The shapes of YAML values. Each reports a value of the wrong shape,
+    // describing what was expected and what was found.
+
+    /// A mapping whose keys are all among `fields`; an unknown key is
+    /// reported (with the known field it may be a typo of) and skipped.
+    fn mapping<'v>(
+        &mut self,
+        field: &str,
+        value: &'v Value,
+        fields: &[&str],
+        what: &str,
+    ) -> Option<&'v Mapping> {
+        let mapping = self.mapping_of(field, value, what)?;
+        for key in mapping.keys() {
+            let Some(key) = self.key(field, key) else {
+                continue;
+            };
+            if !fields.contains(&key) {
+                let hint = match suggestion(key, fields.iter().copied()) {
+                    Some(close) => format!("did you mean {close:?}?"),
+                    None => format!("expected one of: {}", fields.join(", ")),
+                };
+                self.error(&join(field, key), format!("unknown field ({hint})"));
+            }
+        }
+        Some(mapping)
+    }
+
+    /// A mapping, any keys.
+    fn mapping_of<'v>(&mut self, field: &str, value: &'v Value, what: &str) -> Option<&'v Mapping> {
+        match value {
+            Value::Mapping(mapping) => Some(mapping),
+            other => {
+                self.error(field, format!("expected {what}, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    /// A mapping's key, which must be a string.
+    fn key<'v>(&mut self, field: &str, key: &'v Value) -> Option<&'v str> {
+        match key {
+            Value::String(key) => Some(key),
+            other => {
+                self.error(
+                    field,
+                    format!("field names are strings, found {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn sequence<'v>(&mut self, field: &str, value: &'v Value, what: &str) -> Option<&'v [Value]> {
+        match value {
+            Value::Sequence(items) => Some(items),
+            other => {
+                self.error(field, format!("expected {what}, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn string<'v>(&mut self, field: &str, value: &'v Value, what: &str) -> Option<&'v str> {
+        match value {
+            Value::String(text) => Some(text),
+            other => {
+                self.error(field, format!("expected {what}, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    /// A whole number, of any size.
+    fn integer(&mut self, field: &str, value: &Value, what: &str) -> Option<i128> {
+        let number = match value {
+            Value::Number(number) => number
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| number.as_u64().map(i128::from)),
+            _ => None,
+        };
+        if number.is_none() {
+            self.error(field, format!("expected {what}, found {}", describe(value)));
+        }
+        number
+    }
+
+    /// A field of the document's top level that must be there.
+    fn required<'v>(&mut self, mapping: &'v Mapping, key: &str) -> Option<&'v Value> {
+        self.required_at("", mapping, key)
+    }
+
+    /// A field of the mapping at `parent` that must be there (and not null).
+    fn required_at<'v>(
+        &mut self,
+        parent: &str,
+        mapping: &'v Mapping,
+        key: &str,
+    ) -> Option<&'v Value> {
+        let value = present(mapping, key);
+        if value.is_none() {
+            self.error(&join(parent, key), "required field is missing");
+        }
+        value
+    }
+
+    /// A string field of the document's top level that must be there.
+    fn required_string<'v>(&mut self, mapping: &'v Mapping, key: &str) -> Option<&'v str> {
+        self.required_string_at("", mapping, key)
+    }
+
+    /// A string field of the mapping at `parent` that must be there.
+    fn required_string_at<'v>(
+        &mut self,
+        parent: &str,
+        mapping: &'v Mapping,
+        key: &str,
+    ) -> Option<&'v str> {
+        let value = self.required_at(parent, mapping, key)?;
+        self.string(&join(parent, key), value, "a string")
+    }
+}
+
+/// The value of `key`, unless absent or null (`key:` with nothing after it).
+fn present<'v>(mapping: &'v Mapping, key: &str) -> Option<&'v Value> {
+    mapping.get(key).filter(|value| !value.is_null())
+}
+
+/// `parent.key`, or `key` at the top level.
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// What a value is, for "expected …, found …": `a string ("198.18.30.0/24")`.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing".to_owned(),
+        Value::Bool(_) => format!("a boolean ({})", scalar_text(value)),
+        Value::Number(_) => format!("a number ({})", scalar_text(value)),
+        Value::String(text) => format!("a string ({text:?})"),
+        Value::Sequence(_) => "a list".to_owned(),
+        Value::Mapping(_) => "a mapping".to_owned(),
+        Value::Tagged(tagged) => format!("a value tagged {}", tagged.tag),
+    }
+}
+
+/// A boolean's or number's text.
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Parses a CIDR, refusing host bits. The error is the whole message.
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let invalid = |why: &str| format!("{text:?} is not a valid CIDR ({why})");
+    let Some((address, length)) = text.split_once('/') else {
+        return Err(match text.parse::<IpAddr>() {
+            Ok(address) => {
+                let full = if address.is_ipv4() { 32 } else { 128 };
+                invalid(&format!(
+                    "no prefix length; for this one address write \"{address}/{full}\""
+                ))
+            }
+            Err(_) => invalid("expected an address and a prefix length, such as 198.18.30.0/24"),
+        });
+    };
+    let address: IpAddr = address.parse().map_err(|_| invalid("invalid address"))?;
+    let length: u8 =
+        if !length.is_empty() && length.len() <= 3 && length.bytes().all(|b| b.is_ascii_digit()) {
+            length
+                .parse()
+                .map_err(|_| invalid("invalid prefix length"))?
+        } else {
+            return Err(invalid("invalid prefix length"));
+        };
+    let net = IpNet::new(address, length).map_err(|_| invalid("invalid prefix length"))?;
+    if net.network() != address {
+        return Err(format!(
+            "{text:?} has host bits set (did you mean \"{}\"?)",
+            net.trunc()
+        ));
+    }
+    if let IpAddr::V6(v6) = address
+        && let Some(v4) = v6.to_ipv4_mapped()
+        && length >= 96
+    {
+        return Err(format!(
+            "{text:?} is an IPv4-mapped IPv6 prefix, which no packet carries; write \"{v4}/{}\"",
+            length - 96
+        ));
+    }
+    Ok(net)
+}
+
+/// Why `name` is not a DNS label (`[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?`),
+/// or `None` if it is one.
+fn dns_label_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".to_owned());
+    }
+    if let Some(c) = name.chars().find(|c| c.is_ascii_uppercase()) {
+        return Some(format!("uppercase {c:?}; names are lowercase"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    {
+        return Some(format!(
+            "{c:?} is not allowed; use lowercase letters, digits and '-'"
+        ));
+    }
+    if name.len() > 63 {
+        return Some(format!("{} characters; at most 63", name.len()));
+    }
+    if name.starts_with('-') {
+        return Some("must start with a letter or digit".to_owned());
+    }
+    if name.ends_with('-') {
+        return Some("must end with a letter or digit".to_owned());
+    }
+    None
+}
+
+/// Why `key` is not a Kubernetes label name (`[prefix/]name`), if it is not.
+fn label_key_problem(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        let valid = !prefix.is_empty()
+            && prefix.len() <= 253
+            && prefix
+                .split('.')
+                .all(|label| dns_label_problem(label).is_none());
+        if !valid {
+            return Some(format!(
+                "the prefix {prefix:?} is not a DNS subdomain such as example.org"
+            ));
+        }
+    }
+    if name.is_empty() {
+        return Some("it is empty".to_owned());
+    }
+    qualified_name_problem(name)
+}
+
+/// Why `value` is not a Kubernetes label value, if it is not.
+fn label_value_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        None
+    } else {
+        qualified_name_problem(value)
+    }
+}
+
+/// At most 63 letters, digits, `-`, `_` and `.`, starting and ending with a
+/// letter or digit: a label's name and value.
+fn qualified_name_problem(text: &str) -> Option<String> {
+    if let Some(c) = text
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Some(format!(
+            "{c:?} is not allowed; use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if text.len() > 63 {
+        return Some(format!("{} characters; at most 63", text.len()));
+    }
+    let alphanumeric = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !alphanumeric(text.chars().next()) || !alphanumeric(text.chars().last()) {
+        return Some("must start and end with a letter or digit".to_owned());
+    }
+    None
+}
+
+/// `; did you mean "x"?` when one of `candidates` is close to `word`.
+fn hint<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    suggestion(word, candidates)
+        .map(|close| format!("; did you mean {close:?}?"))
+        .unwrap_or_default()
+}
+
+/// The candidate closest to `word`, ignoring case, if close enough to be a
+/// likely typo: at most one edit per three characters (at least one), or
+/// `word` is the candidate with something added (`monitoring`, `monitor`).
+fn suggestion<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(&word, &candidate.to_lowercase()), candidate))
+        .filter(|&(distance, candidate)| {
+            distance <= (candidate.chars().count() / 3).max(1)
+                || (candidate.len() >= 3 && word.starts_with(&candidate.to_lowercase()))
+        })
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Edits (insertion, deletion, substitution, swap of neighbours) between
+/// `a` and `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // rows[i][j]: distance between a[..i] and b[..j].
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_cut_at_markers_keeping_lines() {
+        let chunks = split_documents("# header\n---\na: 1\n--- # two\nb: 2\n...\n---\n");
+        let texts: Vec<_> = chunks
+            .iter()
+            .map(|c| (c.first_line, c.text.as_str()))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                (0, "# header\n"),
+                (1, "   \na: 1\n"),
+                (3, "    # two\nb: 2\n"),
+                (5, "   \n"),
+                (6, "   \n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_marker_needs_a_blank_after_it() {
+        let chunks = split_documents("a: |\n  x\n----\n");
+        assert_eq!(chunks.len(), 1, "---- is not a marker: {chunks:?}");
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(
+            parse_cidr("198.18.30.0/24"),
+            Ok("198.18.30.0/24".parse().expect("CIDR"))
+        );
+        assert_eq!(
+            parse_cidr("2001:db8:30::/64"),
+            Ok("2001:db8:30::/64".parse().expect("CIDR"))
+        );
+        assert_eq!(
+            parse_cidr("198.18.30.0/33"),
+            Err("\"198.18.30.0/33\" is not a valid CIDR (invalid prefix length)".to_owned())
+        );
+        assert_eq!(
+            parse_cidr("198.18.30.0/+8"),
+            Err("\"198.18.30.0/+8\" is not a valid CIDR (invalid prefix length)".to_owned())
+        );
+        assert_eq!(
+            parse_cidr("2001:db8:30::1/64"),
+            Err(
+                "\"2001:db8:30::1/64\" has host bits set (did you mean \"2001:db8:30::/64\"?)"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            parse_cidr("198.18.30.7"),
+            Err("\"198.18.30.7\" is not a valid CIDR (no prefix length; for this one address write \"198.18.30.7/32\")".to_owned())
+        );
+        assert_eq!(
+            parse_cidr("::ffff:198.18.30.0/120"),
+            Err("\"::ffff:198.18.30.0/120\" is an IPv4-mapped IPv6 prefix, which no packet carries; write \"198.18.30.0/24\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn dns_labels() {
+        for good in ["a", "pacs", "infusion-pumps", "a1-b2", &"x".repeat(63)] {
+            assert_eq!(dns_label_problem(good), None, "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(dns_label_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_names_and_values() {
+        assert_eq!(label_key_problem("zone"), None);
+        assert_eq!(label_key_problem("wardline.example/device-class"), None);
+        assert_eq!(label_key_problem("Device_Class.v2"), None);
+        assert!(label_key_problem("device class").is_some());
+        assert!(label_key_problem("/zone").is_some());
+        assert!(label_key_problem("Example.org/zone").is_some());
+        assert_eq!(label_value_problem(""), None);
+        assert!(label_value_problem("-clinical").is_some());
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggestion("form", ["from", "to"]), Some("from"));
+        assert_eq!(suggestion("TCP", PROTOCOLS.iter().copied()), Some("tcp"));
+        assert_eq!(
+            suggestion("pumps-server", ["pump-server", "pacs"]),
+            Some("pump-server")
+        );
+        assert_eq!(suggestion("radiology", ["pump-server", "pacs"]), None);
+        assert_eq!(
+            suggestion("monitoring", ["enforce", "monitor"]),
+            Some("monitor")
+        );
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abcd", "abdc"), 1);
+    }
+}
