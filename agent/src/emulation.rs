@@ -8,7 +8,9 @@ use aya::programs::links::LinkOrder;
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use wardline_ebpf_abi::{AccessPort, MAP_ACCESS_PORTS, PORT_ACCESS, PORT_TRUNK, PROG_ACCESS_PORT};
+use wardline_ebpf_abi::{
+    AccessPort, MAP_ACCESS_PORTS, PORT_ACCESS, PORT_TRUNK, PORT_UNTAG, PROG_ACCESS_PORT,
+};
 
 static PROGRAM: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wardline-access-port"));
@@ -35,16 +37,56 @@ impl AccessSwitch {
     /// Attaches to the interfaces of `pairs`, which must be in the calling
     /// thread's network namespace. A trunk may serve one device only.
     pub fn attach(pairs: &[PortPair]) -> anyhow::Result<AccessSwitch> {
+        Self::attach_with(pairs, &[])
+    }
+
+    /// A host's own interface on a trunk: tagged frames arriving there are
+    /// untagged in place (the host has no VLAN interface).
+    pub fn untag(interface: &str) -> anyhow::Result<AccessSwitch> {
+        Self::attach_with(&[], &[interface])
+    }
+
+    fn attach_with(pairs: &[PortPair], untag: &[&str]) -> anyhow::Result<AccessSwitch> {
         let mut ebpf = EbpfLoader::new().load(PROGRAM)?;
-        let mut ports: HashMap<_, u32, AccessPort> =
-            HashMap::try_from(ebpf.map_mut(MAP_ACCESS_PORTS).ok_or_else(|| anyhow::anyhow!("map missing"))?)?;
+        let mut ports: HashMap<_, u32, AccessPort> = HashMap::try_from(
+            ebpf.map_mut(MAP_ACCESS_PORTS)
+                .ok_or_else(|| anyhow::anyhow!("map missing"))?,
+        )?;
         let mut ifaces = Vec::new();
         for p in pairs {
             let (a, t) = (ifindex(&p.access)?, ifindex(&p.trunk)?);
-            ports.insert(a, AccessPort { out_ifindex: t, vid: p.vid, mode: PORT_ACCESS }, 0)?;
-            ports.insert(t, AccessPort { out_ifindex: a, vid: 0, mode: PORT_TRUNK }, 0)?;
+            ports.insert(
+                a,
+                AccessPort {
+                    out_ifindex: t,
+                    vid: p.vid,
+                    mode: PORT_ACCESS,
+                },
+                0,
+            )?;
+            ports.insert(
+                t,
+                AccessPort {
+                    out_ifindex: a,
+                    vid: 0,
+                    mode: PORT_TRUNK,
+                },
+                0,
+            )?;
             ifaces.push(p.access.clone());
             ifaces.push(p.trunk.clone());
+        }
+        for u in untag {
+            ports.insert(
+                ifindex(u)?,
+                AccessPort {
+                    out_ifindex: 0,
+                    vid: 0,
+                    mode: PORT_UNTAG,
+                },
+                0,
+            )?;
+            ifaces.push((*u).to_owned());
         }
         let program: &mut SchedClassifier = ebpf
             .program_mut(PROG_ACCESS_PORT)

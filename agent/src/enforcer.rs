@@ -589,6 +589,8 @@ pub fn uninstall(bpffs: &Path, node: &str) -> Result<bool, EnforcerError> {
         return Ok(false);
     }
     std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+    // The bpffs directory itself goes too once no node is left in it.
+    let _ = std::fs::remove_dir(bpffs);
     Ok(true)
 }
 

@@ -525,6 +525,8 @@ pub const MAP_ACCESS_PORTS: &str = "WL_ACCESS_PORTS";
 pub const PORT_ACCESS: u16 = 1;
 /// A trunk-facing port: untag what goes to the device.
 pub const PORT_TRUNK: u16 = 2;
+/// A host's own port on a trunk: untag in place, no redirect.
+pub const PORT_UNTAG: u16 = 3;
 
 /// `WL_ACCESS_PORTS[ingress ifindex]`: where frames arriving there go.
 #[repr(C)]

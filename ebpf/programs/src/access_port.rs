@@ -14,7 +14,7 @@ mod program {
         maps::HashMap,
         programs::TcContext,
     };
-    use wardline_ebpf_abi::{AccessPort, ETH_P_8021Q, PORT_ACCESS};
+    use wardline_ebpf_abi::{AccessPort, ETH_P_8021Q, PORT_ACCESS, PORT_UNTAG};
 
     #[map]
     static WL_ACCESS_PORTS: HashMap<u32, AccessPort> = HashMap::with_max_entries(64, 0);
@@ -36,6 +36,9 @@ mod program {
         } else if tagged {
             // SAFETY: helper call on this program's skb.
             unsafe { bpf_skb_vlan_pop(skb.cast()) };
+        }
+        if port.mode == PORT_UNTAG {
+            return TC_ACT_OK;
         }
         // SAFETY: helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
         unsafe { bpf_redirect(port.out_ifindex, 0) as i32 }

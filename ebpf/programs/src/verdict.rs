@@ -154,7 +154,7 @@ fn segment_of(slot: u8, addr: &[u8; 16]) -> u32 {
 }
 
 #[inline(never)]
-fn judge_ip(env: &mut Env<'_>, p: &Packet) -> Reason {
+fn judge_ip(env: &mut Env<'_>, p: &mut Packet) -> Reason {
     let slot = slot_of(env.generation);
     env.now = now_ns();
 
@@ -281,7 +281,13 @@ fn related(env: &Env<'_>, p: &Packet) -> bool {
 /// A packet of a tracked connection: pass or drop by its stamp, re-judge it
 /// when the policy generation changed since.
 #[inline(never)]
-fn established(env: &Env<'_>, p: &Packet, key: &FlowKey, s: &mut FlowState, reply: bool) -> Reason {
+fn established(
+    env: &Env<'_>,
+    p: &mut Packet,
+    key: &FlowKey,
+    s: &mut FlowState,
+    reply: bool,
+) -> Reason {
     let generation = env.generation;
     s.last_seen_ns = env.now;
     s.packets += 1;
@@ -327,6 +333,7 @@ fn established(env: &Env<'_>, p: &Packet, key: &FlowKey, s: &mut FlowState, repl
         s.status = status_of(j.reason);
         if s.status == FLOW_DENIED {
             if was_passing {
+                as_initiator(p, reply);
                 flow_event(env, p, EVENT_REVOKED, j.reason, s);
             }
             return Reason::DroppedFlow;
@@ -341,9 +348,21 @@ fn established(env: &Env<'_>, p: &Packet, key: &FlowKey, s: &mut FlowState, repl
         && (s.tcp & TCP_RST != 0 || (s.tcp & TCP_FIN_ORIG != 0 && s.tcp & TCP_FIN_REPLY != 0))
     {
         s.tcp |= TCP_CLOSE_REPORTED;
+        as_initiator(p, reply);
         flow_event(env, p, EVENT_CLOSE, Reason::Established, s);
     }
     Reason::Established
+}
+
+/// Turns a reply's addresses and ports around, so that a connection's
+/// events always name it as its initiator opened it. The packet is not
+/// looked at again afterwards.
+#[inline(always)]
+fn as_initiator(p: &mut Packet, reply: bool) {
+    if reply {
+        core::mem::swap(&mut p.src, &mut p.dst);
+        core::mem::swap(&mut p.sport, &mut p.dport);
+    }
 }
 
 #[inline(always)]
