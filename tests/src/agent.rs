@@ -79,6 +79,29 @@ impl Agent {
 
     /// As [`Agent::start`], with extra `spec` lines (e.g. failsafe flows).
     pub fn start_with(ns: &Netns, interfaces: &[&str], policy: &str, extra_spec: &str) -> Agent {
+        let agent = Self::launch(ns, interfaces, policy, extra_spec);
+        agent.wait_ready(ns, Duration::from_secs(15));
+        agent
+    }
+
+    /// Starts the agent and returns once its status endpoint answers,
+    /// ready or not.
+    pub fn start_unready(ns: &Netns, interfaces: &[&str], policy: &str) -> Agent {
+        let agent = Self::launch(ns, interfaces, policy, "");
+        let start = Instant::now();
+        while agent.get(ns, "/healthz").is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "agent {} does not answer; log:\n{}",
+                agent.node,
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent
+    }
+
+    fn launch(ns: &Netns, interfaces: &[&str], policy: &str, extra_spec: &str) -> Agent {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let node = format!("wl-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("wardline-agent-{node}"));
@@ -101,7 +124,6 @@ impl Agent {
             interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
         };
         agent.spawn();
-        agent.wait_ready(ns, Duration::from_secs(15));
         agent
     }
 

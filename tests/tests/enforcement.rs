@@ -514,3 +514,96 @@ fn privileged_bad_policy_file_keeps_the_last_good_policy() {
         "still enforced: default deny still drops"
     );
 }
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_status_endpoint_readiness_reload_and_metrics() {
+    require_root();
+    let topo = topology::routed_gateway();
+    let ns = topo.agent_ns();
+    // One configured interface does not exist yet: not ready, and says which.
+    let mut interfaces = topo.interfaces();
+    interfaces.push("late0");
+    let policy = with_segments(&[policy(
+        "ws-ehr-web",
+        "allow",
+        "ws",
+        "ehr",
+        "[{protocol: tcp, port: 443}]",
+    )]);
+    // Start without waiting for readiness: it cannot come yet.
+    let agent = Agent::start_unready(ns, &interfaces, &policy);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some((code, body)) = agent.get(ns, "/readyz") {
+            assert_eq!(code, 503, "{body}");
+            if body.contains("late0") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 503 naming late0; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(agent.get(ns, "/healthz").unwrap().0, 200);
+    // The other interfaces already enforce.
+    assert!(topo.host("ws").ns.tcp_ok(topo.host("ehr").v4, 443));
+    assert!(!topo.host("ws").ns.tcp_ok(topo.host("ehr").v4, 8080));
+    // The interface appears: the agent attaches and becomes ready.
+    ns.ip([
+        "link", "add", "late0", "type", "veth", "peer", "name", "late1",
+    ]);
+    ns.ip(["link", "set", "late0", "up"]);
+    agent.wait_ready(ns, Duration::from_secs(5));
+    let status = agent.status_json(ns);
+    assert_eq!(status["mode"], "standalone");
+    assert_eq!(status["node"], agent.node.as_str());
+    let sha = status["policySha256"].as_str().unwrap().to_owned();
+    assert_eq!(sha.len(), 64);
+
+    // A change of the file is picked up without a signal.
+    let generation = agent.generation(ns);
+    let changed = policy.replace("port: 443", "port: 8080");
+    std::fs::write(agent.policy_path(), &changed).unwrap();
+    let start = Instant::now();
+    while agent.generation(ns) == generation {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "file change not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = agent.status_json(ns);
+    assert_ne!(status["policySha256"].as_str().unwrap(), sha);
+    assert!(topo.host("ws").ns.tcp_ok(topo.host("ehr").v4, 8080));
+    assert!(!topo.host("ws").ns.tcp_ok(topo.host("ehr").v4, 443));
+
+    let (code, metrics) = agent.get(ns, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for needle in [
+        "wardline_packets_total{",
+        "reason=\"policy-allow\"",
+        "wardline_events_lost_total{",
+        "wardline_flow_events_total{",
+        "wardline_policy_generation{",
+        "wardline_interface_enforced{",
+        "interface=\"late0\"} 1",
+        "wardline_ready{",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
+    }
+    let dropped: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("wardline_packets_total{") && l.contains("reason=\"default-deny\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(dropped > 0, "default-deny drops are counted:\n{metrics}");
+}
