@@ -53,3 +53,4 @@ pub fn require_root() {
 pub mod agent;
 pub mod matrix;
 pub mod topology;
+pub mod lab;

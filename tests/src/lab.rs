@@ -1,0 +1,324 @@
+//! The hospital lab: a small hospital in network namespaces, enforced by a
+//! real agent running `examples/hospital.yaml`, with example traffic that
+//! includes a blocked lateral-movement attempt. `cargo xtask lab` runs it.
+//!
+//! ```text
+//!  pump-1  pump-2  ct-scanner  rogue         (VLAN 30, 30, 44, 30)
+//!     \      |       |         /
+//!      [ emulated access switch ]  tags each device's frames
+//!        | trunk ports (802.1Q)
+//!   [ bridge gateway "gw": wardline-agent on every port ]
+//!        | untagged ports
+//!   workstation  ehr  pacs  pump-server  mgmt  vendor
+//! ```
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use wardline_agent::emulation::{AccessSwitch, PortPair};
+
+use crate::agent::Agent;
+use crate::link::{bridge, link_up, veth};
+use crate::netns::Netns;
+use crate::probe::ServerHandle;
+
+/// The policy the lab enforces.
+pub const POLICY: &str = include_str!("../../examples/hospital.yaml");
+
+struct Device {
+    name: &'static str,
+    addr: &'static str,
+    /// The VLAN its access port tags with; 0 for an untagged host.
+    vlan: u16,
+    ns: Netns,
+    _server: Option<ServerHandle>,
+}
+
+/// One example connection and what the hospital expects of it.
+struct Flow {
+    from: &'static str,
+    to: &'static str,
+    proto: &'static str,
+    port: u16,
+    story: &'static str,
+}
+
+const DEVICES: [(&str, &str, u16); 10] = [
+    ("pump-1", "198.18.30.11", 30),
+    ("pump-2", "198.18.30.12", 30),
+    ("ct-scanner", "198.18.44.20", 44),
+    ("rogue", "198.18.41.66", 30),
+    ("workstation", "198.18.20.10", 0),
+    ("ehr", "198.18.41.10", 0),
+    ("pacs", "198.18.40.10", 0),
+    ("pump-server", "198.18.42.10", 0),
+    ("mgmt", "198.18.250.10", 0),
+    ("vendor", "203.0.113.50", 0),
+];
+
+const FLOWS: [Flow; 13] = [
+    Flow {
+        from: "pump-1",
+        to: "pump-server",
+        proto: "tcp",
+        port: 443,
+        story: "a pump fetches its drug library",
+    },
+    Flow {
+        from: "pump-1",
+        to: "pump-server",
+        proto: "udp",
+        port: 5000,
+        story: "a pump streams its status",
+    },
+    Flow {
+        from: "workstation",
+        to: "ehr",
+        proto: "tcp",
+        port: 443,
+        story: "a clinician opens the EHR",
+    },
+    Flow {
+        from: "workstation",
+        to: "pacs",
+        proto: "tcp",
+        port: 104,
+        story: "a clinician pulls a study (DICOM)",
+    },
+    Flow {
+        from: "ct-scanner",
+        to: "pacs",
+        proto: "tcp",
+        port: 104,
+        story: "the CT scanner stores a study",
+    },
+    Flow {
+        from: "ct-scanner",
+        to: "ehr",
+        proto: "tcp",
+        port: 443,
+        story: "the CT scanner, still in monitor mode, reaches the EHR",
+    },
+    Flow {
+        from: "workstation",
+        to: "pump-1",
+        proto: "tcp",
+        port: 22,
+        story: "LATERAL MOVEMENT: a phished workstation tries SSH on a pump",
+    },
+    Flow {
+        from: "workstation",
+        to: "pump-1",
+        proto: "tcp",
+        port: 443,
+        story: "LATERAL MOVEMENT: ... and the pump's web interface",
+    },
+    Flow {
+        from: "pump-1",
+        to: "pump-2",
+        proto: "tcp",
+        port: 22,
+        story: "pump to pump",
+    },
+    Flow {
+        from: "pump-1",
+        to: "ehr",
+        proto: "tcp",
+        port: 443,
+        story: "a pump goes straight to the EHR",
+    },
+    Flow {
+        from: "mgmt",
+        to: "pump-1",
+        proto: "tcp",
+        port: 22,
+        story: "a biomedical engineer logs in to a pump",
+    },
+    Flow {
+        from: "vendor",
+        to: "pump-server",
+        proto: "tcp",
+        port: 443,
+        story: "the vendor, outside its maintenance window",
+    },
+    Flow {
+        from: "rogue",
+        to: "pump-server",
+        proto: "tcp",
+        port: 443,
+        story: "a device on the pump VLAN claims an EHR address",
+    },
+];
+
+/// Builds the hospital, runs the traffic, prints each flow's verdict and
+/// the policy that decided it. With `hold`, keeps everything up until
+/// SIGINT or SIGTERM so that an operator can explore; everything is
+/// removed on return.
+pub fn run(hold: bool) -> anyhow::Result<()> {
+    crate::require_root();
+    if hold {
+        // Blocked before any thread or child exists, so that the signal
+        // reaches `wait_for_signal` and the lab is removed in order.
+        signals().thread_block()?;
+    }
+    println!("Building the hospital: 10 hosts, an 802.1Q access switch, a bridge gateway...");
+    let gw = Netns::new("lab-gw");
+    let sw = Netns::new("lab-sw");
+    let mut devices: Vec<Device> = DEVICES
+        .iter()
+        .map(|(name, addr, vlan)| Device {
+            name,
+            addr,
+            vlan: *vlan,
+            ns: Netns::new(&format!("lab-{name}")),
+            _server: None,
+        })
+        .collect();
+    let mut bridge_ports = Vec::new();
+    let mut pairs = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        if d.vlan != 0 {
+            let (access, trunk) = (format!("a{i}"), format!("t{i}"));
+            veth(&sw, &access, &d.ns, "eth0");
+            veth(&sw, &trunk, &gw, &trunk);
+            link_up(&sw, &access);
+            link_up(&sw, &trunk);
+            pairs.push(PortPair {
+                access,
+                trunk: trunk.clone(),
+                vid: d.vlan,
+            });
+            bridge_ports.push(trunk);
+        } else {
+            let port = format!("p{i}");
+            veth(&gw, &port, &d.ns, "eth0");
+            bridge_ports.push(port);
+        }
+    }
+    let mut switches = vec![sw.run_in(move || AccessSwitch::attach(&pairs))?];
+    for d in devices.iter().filter(|d| d.vlan == 0) {
+        switches.push(d.ns.run_in(|| AccessSwitch::untag("eth0"))?);
+    }
+    let refs: Vec<&str> = bridge_ports.iter().map(String::as_str).collect();
+    bridge(&gw, "br0", &refs);
+    for d in devices.iter_mut() {
+        d.ns.ip(["addr", "add", &format!("{}/24", d.addr), "dev", "eth0"]);
+        d.ns.ip(["link", "set", "eth0", "up"]);
+        for r in ["198.18.0.0/15", "203.0.113.0/24"] {
+            d.ns.ip(["route", "replace", r, "dev", "eth0"]);
+        }
+        d._server = Some(d.ns.serve(&[22, 104, 443, 2575], &[5000]));
+    }
+
+    println!(
+        "Starting wardline-agent on the gateway's {} bridge ports with examples/hospital.yaml...",
+        refs.len()
+    );
+    let agent = Agent::start(&gw, &refs, POLICY);
+    let status = agent.status_json(&gw);
+    println!(
+        "Enforcing generation {} (policy sha256 {}).\n",
+        status["generation"],
+        status["policySha256"].as_str().unwrap_or("?")
+    );
+
+    let addr_of = |name: &str| -> IpAddr {
+        DEVICES
+            .iter()
+            .find(|d| d.0 == name)
+            .map(|d| d.1.parse().expect("address"))
+            .expect("device")
+    };
+    let ns_of = |name: &str| &devices.iter().find(|d| d.name == name).expect("device").ns;
+    println!(
+        "{:<9} {:<34} {:<9} {:<30} story",
+        "VERDICT", "connection", "service", "decided by"
+    );
+    let mut blocked_lateral = false;
+    for f in &FLOWS {
+        let to = addr_of(f.to);
+        let ok = match f.proto {
+            "tcp" => ns_of(f.from).tcp_ok(to, f.port),
+            _ => ns_of(f.from).udp_ok(to, f.port),
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        let from = addr_of(f.from).to_string();
+        let to_s = to.to_string();
+        let event = agent.flows().into_iter().rev().find(|e| {
+            e["dst"] == to_s.as_str()
+                && e["dport"] == f.port
+                && e["protocol"] == f.proto
+                && (e["src"] == from.as_str())
+                && e["kind"] != "close"
+        });
+        let (verdict, decided) = match &event {
+            Some(e) => (
+                e["verdict"].as_str().unwrap_or("?").to_uppercase(),
+                match e["policy"].as_str() {
+                    Some(p) => format!("policy {p}"),
+                    None => e["reason"].as_str().unwrap_or("?").to_owned(),
+                },
+            ),
+            None => ("?".to_owned(), "no event".to_owned()),
+        };
+        if f.story.starts_with("LATERAL") && !ok && verdict == "DROPPED" {
+            blocked_lateral = true;
+        }
+        println!(
+            "{:<9} {:<34} {:<9} {:<30} {}{}",
+            verdict,
+            format!("{} -> {}", f.from, f.to),
+            format!("{}/{}", f.proto, f.port),
+            decided,
+            f.story,
+            if ok { "" } else { " [no answer]" }
+        );
+    }
+    let status = agent.status_json(&gw);
+    println!(
+        "\nCounters: {} packets allowed, {} audited, {} dropped. Flow log: {}",
+        status["counters"]["allowed"],
+        status["counters"]["audited"],
+        status["counters"]["dropped"],
+        agent.dir.join("flows.jsonl").display()
+    );
+    anyhow::ensure!(
+        blocked_lateral,
+        "the lateral-movement attempt was not blocked"
+    );
+    println!("The lateral-movement attempt from the workstation to the pump was dropped.");
+
+    if hold {
+        println!("\nThe lab stays up. Enter a host with:");
+        for d in &devices {
+            println!(
+                "  ip netns exec {} bash    # {} {}",
+                d.ns.name(),
+                d.name,
+                d.addr
+            );
+        }
+        println!(
+            "The agent's status endpoint: ip netns exec {} wget -qO- http://127.0.0.1:9464/status\nCtrl-C ends the lab and removes everything.",
+            gw.name()
+        );
+        wait_for_signal();
+    }
+    println!("Removing the lab...");
+    drop(agent);
+    drop(switches);
+    Ok(())
+}
+
+fn signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set
+}
+
+/// Blocks until SIGINT or SIGTERM arrives.
+fn wait_for_signal() {
+    let _ = signals().wait();
+}

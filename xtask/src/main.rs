@@ -1,0 +1,53 @@
+//! `cargo xtask`: see the `xtask` library for the tasks.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Wardline's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks (Debian packages, nightly with
+    /// rust-src, bpf-linker, cargo-nextest) and mount bpffs; idempotent.
+    Setup,
+    /// Set up, build every binary, and run every test with nextest
+    /// (privileged tests too when run as root).
+    Test {
+        /// Passed on to `cargo nextest run` (after `--`).
+        #[arg(last = true)]
+        nextest_args: Vec<String>,
+    },
+    /// The main job: set up, build, and run the hospital lab, a small
+    /// hospital in network namespaces enforced by wardline-agent, with
+    /// example traffic including a blocked lateral-movement attempt.
+    Lab {
+        /// Keep the lab up after the example traffic, until Ctrl-C.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Benchmarks against nftables and iptables (not built yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.task {
+        Task::Setup => xtask::setup::setup().map(|()| ExitCode::SUCCESS),
+        Task::Test { nextest_args } => xtask::test::test(&nextest_args),
+        Task::Lab { hold } => xtask::lab::lab(hold),
+        Task::Bench => {
+            eprintln!("not built yet");
+            return ExitCode::from(2);
+        }
+    };
+    outcome.unwrap_or_else(|err| {
+        eprintln!("xtask: {err:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask test`: the one command that runs every test, privileged
+//! ones included when it runs as root.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cmd::{cargo, run, status};
+use crate::{is_root, setup, workspace_root};
+
+/// Sets the machine up, builds every binary (the tests run them: the probe,
+/// the agent), then runs the whole workspace's tests with nextest, extra
+/// arguments passed on to it. Returns nextest's exit code.
+pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
+    setup::setup()?;
+    let root = workspace_root();
+    run(cargo()
+        .current_dir(&root)
+        .args(["build", "--workspace", "--bins", "--tests"]))?;
+    let mut nextest = cargo();
+    nextest
+        .current_dir(&root)
+        .args(["nextest", "run", "--workspace"]);
+    if is_root() {
+        nextest.args(["--run-ignored", "all"]);
+    } else {
+        println!(
+            "test: not root: the privileged tests (#[ignore = \"needs root...\"]) are skipped; \
+             run as root to include them"
+        );
+    }
+    nextest.arg("--no-fail-fast").args(nextest_args);
+    let status = status(&mut nextest)?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => {
+            println!("test: nextest was killed ({status})");
+            ExitCode::FAILURE
+        }
+    })
+}
