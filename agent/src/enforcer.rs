@@ -132,7 +132,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), EnforcerError> {
 
 fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EnforcerError>

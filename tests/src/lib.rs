@@ -51,6 +51,6 @@ pub fn require_root() {
 }
 
 pub mod agent;
+pub mod lab;
 pub mod matrix;
 pub mod topology;
-pub mod lab;

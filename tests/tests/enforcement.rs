@@ -346,9 +346,9 @@ fn watch_stream(child: &mut std::process::Child) -> std::thread::JoinHandle<Vec<
 /// The instant the count last went up.
 fn last_progress(seen: &[(Instant, u64)]) -> Option<Instant> {
     seen.windows(2)
-        .filter(|w| w[1].1 > w[0].1)
+        .rev()
+        .find(|w| w[1].1 > w[0].1)
         .map(|w| w[1].0)
-        .last()
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod lab;
+pub mod lint;
 pub mod setup;
 pub mod test;
 

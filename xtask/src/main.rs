@@ -16,7 +16,10 @@ enum Task {
     /// Install what this machine lacks (Debian packages, nightly with
     /// rust-src, bpf-linker, cargo-nextest) and mount bpffs; idempotent.
     Setup,
-    /// Set up, build every binary, and run every test with nextest
+    /// cargo fmt --check and clippy -D warnings, user-space and kernel
+    /// crates alike.
+    Lint,
+    /// Set up, lint, build every binary, and run every test with nextest
     /// (privileged tests too when run as root).
     Test {
         /// Passed on to `cargo nextest run` (after `--`).
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Task::Setup => xtask::setup::setup().map(|()| ExitCode::SUCCESS),
         Task::Test { nextest_args } => xtask::test::test(&nextest_args),
         Task::Lab { hold } => xtask::lab::lab(hold),
+        Task::Lint => xtask::lint::lint().map(|()| ExitCode::SUCCESS),
         Task::Bench => {
             eprintln!("not built yet");
             return ExitCode::from(2);

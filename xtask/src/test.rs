@@ -13,6 +13,7 @@ use crate::{is_root, setup, workspace_root};
 /// arguments passed on to it. Returns nextest's exit code.
 pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
     setup::setup()?;
+    crate::lint::lint()?;
     let root = workspace_root();
     run(cargo()
         .current_dir(&root)

@@ -25,7 +25,7 @@ mod program {
         // SAFETY: `skb` is the context pointer the kernel handed to the program.
         let (ifindex, tagged) = unsafe { ((*skb).ifindex, (*skb).vlan_present != 0) };
         // SAFETY: the value is copied out at once.
-        let Some(port) = (unsafe { WL_ACCESS_PORTS.get(&ifindex) }).copied() else {
+        let Some(port) = (unsafe { WL_ACCESS_PORTS.get(ifindex) }).copied() else {
             return TC_ACT_OK;
         };
         if port.mode == PORT_ACCESS {

@@ -4,10 +4,6 @@
 //! it is tested packet by packet through `BPF_PROG_TEST_RUN`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-#![cfg_attr(
-    not(target_arch = "bpf"),
-    expect(unused, reason = "the programs exist only in the BPF target")
-)]
 
 #[cfg(target_arch = "bpf")]
 mod parse;

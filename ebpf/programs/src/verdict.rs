@@ -122,7 +122,7 @@ pub fn try_judge(ctx: &TcContext, direction: u8) -> bool {
         Ok(Parsed::L2Pass) => Reason::L2Pass,
         Ok(Parsed::Ethertype(t)) => {
             // SAFETY: a hash-map lookup; the value is not used.
-            if unsafe { WL_ETHERTYPES.get(&(t as u32)) }.is_some() {
+            if unsafe { WL_ETHERTYPES.get(t as u32) }.is_some() {
                 Reason::L2Pass
             } else {
                 drop_event(&env, p, Reason::Ethertype);
@@ -162,7 +162,7 @@ fn judge_ip(env: &mut Env<'_>, p: &mut Packet) -> Reason {
     // another segment on that VLAN is spoofed.
     if p.vlan != 0 {
         // SAFETY: a hash-map lookup of a u32 value, copied out.
-        if let Some(seg) = unsafe { WL_VLANS.get(&vlan_key(slot, p.vlan)) }.copied() {
+        if let Some(seg) = unsafe { WL_VLANS.get(vlan_key(slot, p.vlan)) }.copied() {
             let by_address = segment_of(slot, &p.src);
             if by_address != SEGMENT_WORLD && by_address != seg {
                 drop_event(env, p, Reason::SpoofedSource);
@@ -204,7 +204,7 @@ fn judge_ip(env: &mut Env<'_>, p: &mut Packet) -> Reason {
             passed: (reason.verdict() != Verdict::Dropped) as u32,
             _pad: 0,
         };
-        let _ = WL_FRAGMENTS.insert(&fkey, &state, 0);
+        let _ = WL_FRAGMENTS.insert(fkey, state, 0);
     }
     reason
 }
@@ -225,7 +225,7 @@ fn later_fragment(env: &Env<'_>, p: &Packet) -> Reason {
         _pad: [0; 3],
     };
     // SAFETY: the value is copied out before any other map call.
-    match unsafe { WL_FRAGMENTS.get(&fkey) }.copied() {
+    match unsafe { WL_FRAGMENTS.get(fkey) }.copied() {
         Some(s) if env.now.wrapping_sub(s.seen_ns) < TIMEOUT_FRAGMENT => {
             if s.passed != 0 {
                 Reason::Fragment
@@ -249,7 +249,7 @@ fn lookup_flow(key: &FlowKey, now: u64, reply: &mut bool) -> Option<*mut FlowSta
     let mut found = WL_CONNTRACK.get_ptr_mut(key);
     *reply = false;
     if found.is_none() {
-        found = WL_CONNTRACK.get_ptr_mut(&reversed);
+        found = WL_CONNTRACK.get_ptr_mut(reversed);
         *reply = true;
     }
     let s = found?;
@@ -270,9 +270,9 @@ fn related(env: &Env<'_>, p: &Packet) -> bool {
     }
     let inner_rev = p.inner.reversed();
     // SAFETY: values copied out immediately.
-    let s = unsafe { WL_CONNTRACK.get(&p.inner) }
+    let s = unsafe { WL_CONNTRACK.get(p.inner) }
         .copied()
-        .or_else(|| unsafe { WL_CONNTRACK.get(&inner_rev) }.copied());
+        .or_else(|| unsafe { WL_CONNTRACK.get(inner_rev) }.copied());
     matches!(s, Some(s)
         if (s.status == FLOW_ALLOWED || s.status == FLOW_AUDITED || s.status == FLOW_FAILSAFE)
             && (s.generation == env.generation || s.status == FLOW_FAILSAFE))
@@ -448,17 +448,11 @@ fn decide_packed(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> u64
     } else {
         1
     };
-    for i in 0..2 {
-        if i >= nsrc {
-            break;
-        }
-        for j in 0..2 {
-            if j >= ndst {
-                break;
-            }
-            fold(slot, proto, srcs[i], dsts[j], port, &mut deny, &mut allow);
+    for s in srcs.iter().take(nsrc) {
+        for d in dsts.iter().take(ndst) {
+            fold(slot, proto, *s, *d, port, &mut deny, &mut allow);
             if any_proto {
-                fold(slot, PROTO_ANY, srcs[i], dsts[j], 0, &mut deny, &mut allow);
+                fold(slot, PROTO_ANY, *s, *d, 0, &mut deny, &mut allow);
             }
         }
     }
@@ -481,7 +475,7 @@ fn monitored(slot: u8, segment: u32) -> bool {
         segment,
     };
     // SAFETY: a hash-map lookup; the value is not used.
-    unsafe { WL_MONITOR.get(&key) }.is_some()
+    unsafe { WL_MONITOR.get(key) }.is_some()
 }
 
 #[inline(always)]
@@ -527,7 +521,7 @@ fn new_connection(env: &Env<'_>, p: &Packet, key: &FlowKey) -> Reason {
         _pad: [0; 7],
     };
     if env.flags & config_flags::HAS_FAILSAFE != 0 && is_failsafe(p) {
-        let _ = WL_CONNTRACK.insert(key, &state, 0);
+        let _ = WL_CONNTRACK.insert(key, state, 0);
         return Reason::Failsafe;
     }
     let src = if env.vlan_segment != SEGMENT_WORLD {
@@ -545,7 +539,7 @@ fn new_connection(env: &Env<'_>, p: &Packet, key: &FlowKey) -> Reason {
     if key.proto == PROTO_TCP && p.tcp_flags & TCP_RST_FLAG != 0 {
         state.tcp |= TCP_RST;
     }
-    let _ = WL_CONNTRACK.insert(key, &state, 0);
+    let _ = WL_CONNTRACK.insert(key, state, 0);
     let kind = if state.status == FLOW_DENIED {
         EVENT_DROP
     } else {
