@@ -524,3 +524,139 @@ impl Drop for PinGuard {
         let _ = enforcer::uninstall(&self.0, &self.1);
     }
 }
+
+/// A QinQ frame: dropped before any connection exists, so every run of it
+/// writes one event.
+fn qinq_frame() -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    f.extend(abi::ETH_P_8021AD.to_be_bytes());
+    f.extend(30u16.to_be_bytes());
+    f.extend(abi::ETH_P_8021Q.to_be_bytes());
+    f.extend(31u16.to_be_bytes());
+    f.extend(abi::ETH_P_IP.to_be_bytes());
+    f.extend([0u8; 40]);
+    f
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_lost_events_are_counted() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root: run via cargo xtask test"
+    );
+    let bpffs = std::path::PathBuf::from("/sys/fs/bpf");
+    let node = format!("wl-test-lost-{}", std::process::id());
+    let _cleanup = PinGuard(bpffs.clone(), node.clone());
+    let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
+    let mut ring = enforcer.take_events().unwrap();
+    let frame = qinq_frame();
+    // More events than the ring buffer holds, none read meanwhile.
+    let runs: u32 = 60_000;
+    let program = enforcer.program(abi::PROG_INGRESS).unwrap();
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            repeat: runs,
+            ..TestRunOptions::default()
+        })
+        .expect("test run");
+    assert_eq!(result.return_value, 2, "QinQ is dropped");
+    let mut read = 0u64;
+    while let Some(item) = ring.next() {
+        let e = decode(&item).expect("an event");
+        assert_eq!(e.reason, abi::Reason::UnsupportedL2 as u8);
+        read += 1;
+    }
+    let c = enforcer.counters().unwrap();
+    let dropped = c.packets[0][abi::Reason::UnsupportedL2 as usize];
+    assert_eq!(dropped, u64::from(runs), "every packet is counted");
+    assert!(c.lost_events > 0, "the ring buffer overflowed");
+    assert_eq!(
+        read + c.lost_events,
+        u64::from(runs),
+        "every event is read or counted lost"
+    );
+    eprintln!("{read} events read, {} counted lost", c.lost_events);
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_programs_100k_rules_and_prefixes() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root: run via cargo xtask test"
+    );
+    // 1,000 segments of 100 host prefixes; 100,000 single-port policies.
+    let mut yaml = String::new();
+    for i in 0..1000u32 {
+        let cidrs: Vec<String> = (0..100u32)
+            .map(|j| {
+                let n = i * 100 + j;
+                format!(
+                    "\"198.{}.{}.{}/32\"",
+                    18 + (n >> 16),
+                    (n >> 8) & 255,
+                    n & 255
+                )
+            })
+            .collect();
+        yaml.push_str(&format!(
+            "---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: s{i:04}}}\nspec: {{cidrs: [{}]}}\n",
+            cidrs.join(", ")
+        ));
+    }
+    for i in 0..100_000u32 {
+        yaml.push_str(&format!(
+            "---\napiVersion: wardline/v1\nkind: Policy\nmetadata: {{name: p{i:06}}}\nspec: {{action: allow, from: [s{:04}], to: [s{:04}], ports: [{{protocol: tcp, port: {}}}]}}\n",
+            i % 1000,
+            (i / 1000) % 1000,
+            1000 + i % 5000
+        ));
+    }
+    let started = std::time::Instant::now();
+    let set = wardline_policy::parse(&yaml).expect("parses");
+    let parsed = started.elapsed();
+    let dp = Dataplane::compile(&set, &CompileOptions::at(OffsetDateTime::now_utc())).unwrap();
+    let compiled = started.elapsed();
+    assert_eq!((dp.prefixes.len(), dp.rules.len()), (100_000, 100_000));
+
+    let bpffs = std::path::PathBuf::from("/sys/fs/bpf");
+    let node = format!("wl-test-100k-{}", std::process::id());
+    let _cleanup = PinGuard(bpffs.clone(), node.clone());
+    let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
+    let t = std::time::Instant::now();
+    let first = enforcer.apply(&dp).expect("the first generation fits");
+    let programmed = t.elapsed();
+    // The next generation is written beside the live one: both must fit.
+    let t = std::time::Instant::now();
+    let second = enforcer
+        .apply(&dp)
+        .expect("the second generation fits beside the first");
+    let switched = t.elapsed();
+    assert_eq!(second, first + 1);
+    eprintln!(
+        "parse {parsed:?}, compile {:?}, program 100k+100k {programmed:?}, next generation {switched:?}",
+        compiled - parsed
+    );
+
+    // A packet judged at this scale: s0000 -> s0000 tcp/1000 is policy p000000.
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend([
+        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2,
+    ]);
+    frame.extend(40000u16.to_be_bytes());
+    frame.extend(1000u16.to_be_bytes());
+    frame.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut ring = enforcer.take_events().unwrap();
+    let program = enforcer.program(abi::PROG_INGRESS).unwrap();
+    let r = program
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..TestRunOptions::default()
+        })
+        .unwrap();
+    assert_eq!(r.return_value, 0, "allowed");
+    let e = decode(&ring.next().expect("an event")).unwrap();
+    assert_eq!(dp.policy_name(e.policy), Some("p000000"));
+}

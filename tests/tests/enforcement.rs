@@ -54,6 +54,17 @@ fn is(c: &Cell, from: &str, to: &str) -> bool {
     c.from == from && c.to == to
 }
 
+/// The agent's packet counter for a reason, both directions, from /metrics.
+fn packets_with_reason(agent: &Agent, ns: &wardline_tests::Netns, reason: &str) -> u64 {
+    let (_, metrics) = agent.get(ns, "/metrics").expect("metrics");
+    let needle = format!("reason=\"{reason}\"}}");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("wardline_packets_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn start(topo: &Topology, policy: &str) -> Agent {
     Agent::start(topo.agent_ns(), &topo.interfaces(), policy)
 }
@@ -98,6 +109,14 @@ fn privileged_routed_gateway_scenarios() {
     check_matrix(&topo, "port range", |c| {
         is(c, "pump", "ehr") && matches!(c.service, Service::Udp(5000) | Service::Tcp(8080))
     });
+    // An allowed port with no listener: the EHR's ICMP port-unreachable is
+    // about a tracked connection and passes back as related.
+    let related_before = packets_with_reason(&agent, ns, "related");
+    assert!(!topo.host("pump").ns.udp_ok(topo.host("ehr").v4, 5005));
+    assert!(
+        packets_with_reason(&agent, ns, "related") > related_before,
+        "the ICMP error about an allowed connection passed as related"
+    );
 
     // 4. Deny beats allow, whatever their order: ws may reach anything but pumps.
     agent.set_policy(
