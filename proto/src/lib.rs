@@ -1,5 +1,13 @@
-//! The wire between the control plane and agents: `.proto` definitions,
-//! their generated code and the conversions to the policy crate's domain
-//! types. The agent and the control plane meet only here. Its code arrives
-//! with managed mode.
+//! The wire between the control plane and agents: the `.proto` definitions
+//! (`wardline/v1/`), their generated code (committed, checked by a test that
+//! regenerates it) and hand-written conversions to the policy crate's
+//! domain types. The agent and the control plane meet only here.
 #![forbid(unsafe_code)]
+
+#[rustfmt::skip]
+#[expect(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
+pub mod v1 {
+    include!("gen/wardline.v1.rs");
+}
+
+pub mod convert;

@@ -1,0 +1,403 @@
+//! Conversions between wire messages and the policy crate's domain types.
+//! Wire to domain is fallible: a message from the network is checked field
+//! by field, and an error names the field and the bad value.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use wardline_ebpf_abi::RuleValue;
+use wardline_policy::compile::{CompiledPolicy, CompiledSegment, NodeInfo, RuleEntry};
+use wardline_policy::{Action, Dataplane, Mode, PolicyErrors};
+
+use crate::v1;
+
+/// A wire message that does not make a valid domain value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct WireError {
+    pub field: String,
+    pub message: String,
+}
+
+fn wire_err(field: impl Into<String>, message: impl Into<String>) -> WireError {
+    WireError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn narrow<T: TryFrom<u32>>(field: impl Into<String>, v: u32) -> Result<T, WireError> {
+    T::try_from(v).map_err(|_| wire_err(field, format!("{v} is out of range")))
+}
+
+fn parse_time(field: &str, s: &str) -> Result<Option<OffsetDateTime>, WireError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(Some)
+        .map_err(|e| wire_err(field, format!("{s:?} is not RFC 3339: {e}")))
+}
+
+pub fn format_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn ip_from_bytes(field: &str, b: &[u8]) -> Result<IpAddr, WireError> {
+    match b.len() {
+        4 => Ok(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            Ok(IpAddr::V6(Ipv6Addr::from(a)))
+        }
+        n => Err(wire_err(
+            field,
+            format!("an address has 4 or 16 bytes, not {n}"),
+        )),
+    }
+}
+
+fn ip_to_bytes(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+impl From<&Dataplane> for v1::Dataplane {
+    fn from(dp: &Dataplane) -> Self {
+        v1::Dataplane {
+            segments: dp
+                .segments
+                .iter()
+                .map(|s| v1::Segment {
+                    id: s.id,
+                    name: s.name.clone(),
+                    monitor: s.mode == Mode::Monitor,
+                })
+                .collect(),
+            policies: dp
+                .policies
+                .iter()
+                .map(|p| v1::PolicyRef {
+                    id: p.id,
+                    name: p.name.clone(),
+                    deny: p.action == Action::Deny,
+                    in_force: p.in_force,
+                })
+                .collect(),
+            prefixes: dp
+                .prefixes
+                .iter()
+                .map(|(net, seg)| v1::Prefix {
+                    address: ip_to_bytes(net.network()),
+                    prefix_len: net.prefix_len() as u32,
+                    segment: *seg,
+                })
+                .collect(),
+            vlans: dp
+                .vlans
+                .iter()
+                .map(|(vid, seg)| v1::Vlan {
+                    vid: *vid as u32,
+                    segment: *seg,
+                })
+                .collect(),
+            monitor: dp.monitor.clone(),
+            rules: dp
+                .rules
+                .iter()
+                .map(|r| v1::Rule {
+                    proto: r.proto as u32,
+                    src: r.src,
+                    dst: r.dst,
+                    port: r.port as u32,
+                    port_bits: r.port_bits as u32,
+                    deny: r.value.deny,
+                    allow: r.value.allow,
+                })
+                .collect(),
+            flags: dp.flags,
+            next_change: dp.next_change.map(format_time).unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<&v1::Dataplane> for Dataplane {
+    type Error = WireError;
+
+    fn try_from(w: &v1::Dataplane) -> Result<Self, WireError> {
+        let segments = w
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if s.id as usize != i + 1 {
+                    return Err(wire_err(
+                        format!("dataplane.segments[{i}].id"),
+                        format!("{} out of sequence (expected {})", s.id, i + 1),
+                    ));
+                }
+                Ok(CompiledSegment {
+                    id: s.id,
+                    name: s.name.clone(),
+                    mode: if s.monitor {
+                        Mode::Monitor
+                    } else {
+                        Mode::Enforce
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let policies = w
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if p.id as usize != i + 1 {
+                    return Err(wire_err(
+                        format!("dataplane.policies[{i}].id"),
+                        format!("{} out of sequence (expected {})", p.id, i + 1),
+                    ));
+                }
+                Ok(CompiledPolicy {
+                    id: p.id,
+                    name: p.name.clone(),
+                    action: if p.deny { Action::Deny } else { Action::Allow },
+                    in_force: p.in_force,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let known_segment = |field: String, id: u32, any_ok: bool| {
+            let ok = id == wardline_ebpf_abi::SEGMENT_WORLD
+                || (any_ok && id == wardline_ebpf_abi::SEGMENT_ANY)
+                || (id as usize) <= segments.len();
+            if ok {
+                Ok(id)
+            } else {
+                Err(wire_err(
+                    field,
+                    format!("segment {id} is not in dataplane.segments"),
+                ))
+            }
+        };
+        let known_policy = |field: String, id: u32| {
+            if (id as usize) <= policies.len() {
+                Ok(id)
+            } else {
+                Err(wire_err(
+                    field,
+                    format!("policy {id} is not in dataplane.policies"),
+                ))
+            }
+        };
+        let mut prefixes = Vec::with_capacity(w.prefixes.len());
+        for (i, p) in w.prefixes.iter().enumerate() {
+            let field = format!("dataplane.prefixes[{i}]");
+            let addr = ip_from_bytes(&format!("{field}.address"), &p.address)?;
+            let len = narrow::<u8>(format!("{field}.prefix_len"), p.prefix_len)?;
+            let net = IpNet::new(addr, len)
+                .map_err(|e| wire_err(format!("{field}.prefix_len"), e.to_string()))?;
+            prefixes.push((
+                net,
+                known_segment(format!("{field}.segment"), p.segment, false)?,
+            ));
+        }
+        let mut vlans = Vec::with_capacity(w.vlans.len());
+        for (i, v) in w.vlans.iter().enumerate() {
+            let field = format!("dataplane.vlans[{i}]");
+            let vid = narrow::<u16>(format!("{field}.vid"), v.vid)?;
+            if !(1..=4094).contains(&vid) {
+                return Err(wire_err(
+                    format!("{field}.vid"),
+                    format!("{vid} is not a VLAN id"),
+                ));
+            }
+            vlans.push((
+                vid,
+                known_segment(format!("{field}.segment"), v.segment, false)?,
+            ));
+        }
+        let monitor = w
+            .monitor
+            .iter()
+            .enumerate()
+            .map(|(i, id)| known_segment(format!("dataplane.monitor[{i}]"), *id, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rules = Vec::with_capacity(w.rules.len());
+        for (i, r) in w.rules.iter().enumerate() {
+            let field = format!("dataplane.rules[{i}]");
+            let port_bits = narrow::<u8>(format!("{field}.port_bits"), r.port_bits)?;
+            if port_bits > 16 {
+                return Err(wire_err(
+                    format!("{field}.port_bits"),
+                    format!("{port_bits} is over 16"),
+                ));
+            }
+            rules.push(RuleEntry {
+                proto: narrow(format!("{field}.proto"), r.proto)?,
+                src: known_segment(format!("{field}.src"), r.src, true)?,
+                dst: known_segment(format!("{field}.dst"), r.dst, true)?,
+                port: narrow(format!("{field}.port"), r.port)?,
+                port_bits,
+                value: RuleValue {
+                    deny: known_policy(format!("{field}.deny"), r.deny)?,
+                    allow: known_policy(format!("{field}.allow"), r.allow)?,
+                },
+            });
+        }
+        Ok(Dataplane {
+            segments,
+            policies,
+            prefixes,
+            vlans,
+            monitor,
+            rules,
+            flags: w.flags,
+            next_change: parse_time("dataplane.next_change", &w.next_change)?,
+        })
+    }
+}
+
+impl From<&NodeInfo> for v1::NodeInfo {
+    fn from(n: &NodeInfo) -> Self {
+        v1::NodeInfo {
+            name: n.name.clone(),
+            labels: n.labels.clone().into_iter().collect(),
+            addresses: n.addresses.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl TryFrom<&v1::NodeInfo> for NodeInfo {
+    type Error = WireError;
+
+    fn try_from(w: &v1::NodeInfo) -> Result<Self, WireError> {
+        let addresses = w
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse::<IpAddr>().map_err(|_| {
+                    wire_err(
+                        format!("nodes[{}].addresses[{i}]", w.name),
+                        format!("{a:?} is not an address"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NodeInfo {
+            name: w.name.clone(),
+            labels: w.labels.clone().into_iter().collect(),
+            addresses,
+        })
+    }
+}
+
+/// Every validation error as the wire carries it.
+pub fn validation_errors(errors: &PolicyErrors) -> Vec<v1::ValidationError> {
+    errors
+        .iter()
+        .map(|e| v1::ValidationError {
+            document: e.document as u32,
+            kind: e.kind.clone().unwrap_or_default(),
+            name: e.name.clone().unwrap_or_default(),
+            field: e.field.clone().unwrap_or_default(),
+            message: e.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wardline_policy::CompileOptions;
+
+    const POLICY: &str = include_str!("../../examples/hospital.yaml");
+
+    #[test]
+    fn a_compiled_dataplane_survives_the_wire() {
+        let set = wardline_policy::parse(POLICY).unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_773_475_200).unwrap(); // inside the vendor window
+        let dp = Dataplane::compile(&set, &CompileOptions::at(now)).unwrap();
+        assert!(dp.next_change.is_some() && !dp.rules.is_empty());
+        let wire = v1::Dataplane::from(&dp);
+        let bytes = prost::Message::encode_to_vec(&wire);
+        let back: v1::Dataplane = prost::Message::decode(bytes.as_slice()).unwrap();
+        assert_eq!(Dataplane::try_from(&back).unwrap(), dp);
+    }
+
+    #[test]
+    fn bad_wire_values_name_the_field() {
+        let set = wardline_policy::parse(POLICY).unwrap();
+        let dp = Dataplane::compile(&set, &CompileOptions::at(OffsetDateTime::now_utc())).unwrap();
+        let good = v1::Dataplane::from(&dp);
+        let cases: Vec<(Box<dyn Fn(&mut v1::Dataplane)>, &str)> = vec![
+            (
+                Box::new(|w| w.prefixes[0].address = vec![1, 2, 3]),
+                "dataplane.prefixes[0].address",
+            ),
+            (
+                Box::new(|w| w.prefixes[0].prefix_len = 40),
+                "dataplane.prefixes[0].prefix_len",
+            ),
+            (
+                Box::new(|w| w.prefixes[0].segment = 999),
+                "dataplane.prefixes[0].segment",
+            ),
+            (
+                Box::new(|w| w.vlans[0].vid = 4095),
+                "dataplane.vlans[0].vid",
+            ),
+            (
+                Box::new(|w| w.rules[0].port_bits = 17),
+                "dataplane.rules[0].port_bits",
+            ),
+            (
+                Box::new(|w| w.rules[0].proto = 256),
+                "dataplane.rules[0].proto",
+            ),
+            (
+                Box::new(|w| w.rules[0].allow = 9999),
+                "dataplane.rules[0].allow",
+            ),
+            (
+                Box::new(|w| w.segments[1].id = 7),
+                "dataplane.segments[1].id",
+            ),
+            (
+                Box::new(|w| w.next_change = "tomorrow".into()),
+                "dataplane.next_change",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut w = good.clone();
+            mutate(&mut w);
+            let err = Dataplane::try_from(&w).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn nodes_round_trip_and_bad_addresses_are_named() {
+        let n = NodeInfo {
+            name: "gw-icu".into(),
+            labels: [("role".to_owned(), "gateway".to_owned())].into(),
+            addresses: vec![
+                "198.18.42.10".parse().unwrap(),
+                "2001:db8:42::10".parse().unwrap(),
+            ],
+        };
+        let w = v1::NodeInfo::from(&n);
+        assert_eq!(NodeInfo::try_from(&w).unwrap(), n);
+        let mut bad = w.clone();
+        bad.addresses[1] = "nowhere".into();
+        assert_eq!(
+            NodeInfo::try_from(&bad).unwrap_err().field,
+            "nodes[gw-icu].addresses[1]"
+        );
+    }
+}
