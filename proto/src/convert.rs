@@ -335,7 +335,8 @@ mod tests {
         let set = wardline_policy::parse(POLICY).unwrap();
         let dp = Dataplane::compile(&set, &CompileOptions::at(OffsetDateTime::now_utc())).unwrap();
         let good = v1::Dataplane::from(&dp);
-        let cases: Vec<(Box<dyn Fn(&mut v1::Dataplane)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut v1::Dataplane)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|w| w.prefixes[0].address = vec![1, 2, 3]),
                 "dataplane.prefixes[0].address",
