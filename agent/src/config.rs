@@ -16,6 +16,7 @@ pub mod env {
 
 pub const DEFAULT_STATUS_ADDRESS: &str = "127.0.0.1:9464";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/wardline";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/wardline/agent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,6 +68,7 @@ struct Spec {
     #[serde(default)]
     pass_ethertypes: Vec<Ethertype>,
     flow_log: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 /// Managed mode's connection to the control plane.
@@ -122,6 +124,8 @@ pub struct AgentConfig {
     pub failsafe: Vec<FailsafeFlow>,
     pub pass_ethertypes: Vec<u16>,
     pub flow_log: FlowLog,
+    /// Managed mode keeps the last snapshot here (`<stateDir>/<node>/`).
+    pub state_dir: PathBuf,
 }
 
 impl AgentConfig {
@@ -286,6 +290,9 @@ impl AgentConfig {
             failsafe,
             pass_ethertypes,
             flow_log,
+            state_dir: spec
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         })
     }
 }

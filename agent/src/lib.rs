@@ -5,5 +5,18 @@ pub mod config;
 pub mod emulation;
 pub mod enforcer;
 pub mod events;
+pub mod managed;
+pub mod runtime;
 pub mod standalone;
 pub mod status;
+
+/// How a spawned task ended, for an error message.
+pub fn describe_end<E: std::fmt::Display>(
+    r: Result<Result<(), E>, tokio::task::JoinError>,
+) -> String {
+    match r {
+        Ok(Ok(())) => "stopped".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
+}

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wardline_agent::config::{self, AgentConfig, Mode};
-use wardline_agent::{enforcer, standalone};
+use wardline_agent::{enforcer, managed, standalone};
 
 /// Exit status for a bad configuration (sysexits' EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -58,18 +58,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let (true, Mode::Managed(_)) = (args.check, &config.mode) {
+        println!("{}: valid (managed mode)", args.config.display());
+        return ExitCode::SUCCESS;
+    }
     let policy_file = match &config.mode {
-        Mode::Standalone { policy_file } => policy_file.clone(),
-        Mode::Managed(_) => {
-            eprintln!(
-                "wardline-agent: {}: spec.controlPlane: managed mode is not supported by this agent; use spec.policyFile",
-                args.config.display()
-            );
-            return ExitCode::from(EX_USAGE);
-        }
+        Mode::Standalone { policy_file } => Some(policy_file.clone()),
+        Mode::Managed(_) => None,
     };
-    if args.check {
-        return match std::fs::read_to_string(&policy_file)
+    if let (true, Some(policy_file)) = (args.check, &policy_file) {
+        return match std::fs::read_to_string(policy_file)
             .map_err(|e| e.to_string())
             .and_then(|t| wardline_policy::parse(&t).map_err(|e| e.to_string()))
         {
@@ -99,7 +97,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(standalone::run(config, policy_file)) {
+    let run = async move {
+        match (policy_file, config.mode.clone()) {
+            (Some(file), _) => standalone::run(config, file).await,
+            (None, Mode::Managed(cp)) => managed::run(config, cp).await,
+            (None, Mode::Standalone { .. }) => unreachable!("standalone mode has a policy file"),
+        }
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wardline-agent: {e:#}");

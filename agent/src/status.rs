@@ -24,6 +24,11 @@ pub struct AgentState {
     /// SHA-256 of the policy source now enforced; `None` before any.
     pub policy_sha256: Option<String>,
     pub generation: u32,
+    /// Managed mode: the control plane's revision now enforced.
+    pub revision: Option<u64>,
+    /// Managed mode: whether the control plane is connected, and its last error.
+    pub control_plane_connected: Option<bool>,
+    pub control_plane_error: Option<String>,
     pub interfaces: Vec<InterfaceState>,
     /// When the enforced policy was applied (RFC 3339).
     pub policy_applied_at: Option<String>,

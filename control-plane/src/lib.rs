@@ -1,7 +1,11 @@
-//! The Wardline control plane: the versioned policy store, distribution to
-//! agents over gRPC with mutual TLS, agent tracking, the flow store and
-//! `wardctl`. Its place in the workspace is fixed by the architecture (it
-//! depends on `wardline-policy` and `wardline-proto`, never on the agent);
-//! its code arrives with managed mode. Until then agents run standalone
-//! from a policy file.
+//! The Wardline control plane: the versioned policy store (embedded or
+//! etcd), distribution of per-node snapshots to agents over gRPC with mutual
+//! TLS, agent tracking, the site PKI and `wardctl`. It depends on
+//! `wardline-policy` and `wardline-proto`, never on the agent.
 #![forbid(unsafe_code)]
+
+pub mod pki;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod tls;

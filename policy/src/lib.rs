@@ -12,4 +12,4 @@ pub mod reference;
 pub use compile::{CompileOptions, Dataplane};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::*;
-pub use parse::parse;
+pub use parse::{SourceDocument, documents, parse};

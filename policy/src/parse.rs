@@ -69,6 +69,48 @@ pub fn parse(source: &str) -> Result<PolicySet, PolicyErrors> {
     validator.finish()
 }
 
+/// One non-empty document of a source, as written, with its kind and name
+/// where they can be read (the control plane stores documents one by one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceDocument {
+    /// 1-based, counting as [`parse`] counts (empty documents skipped).
+    pub index: usize,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    /// The document's text, without its `---` marker.
+    pub text: String,
+}
+
+/// Cuts a source into its documents, by the same rules as [`parse`].
+pub fn documents(source: &str) -> Vec<SourceDocument> {
+    let mut out = Vec::new();
+    for chunk in split_documents(source) {
+        let value = serde_yaml::from_str::<Value>(&chunk.text);
+        if let Ok(Value::Null) = value {
+            continue;
+        }
+        let field = |v: &Value, path: &[&str]| {
+            path.iter()
+                .try_fold(v, |v, k| v.get(*k))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (kind, name) = match &value {
+            Ok(v) => (field(v, &["kind"]), field(v, &["metadata", "name"])),
+            Err(_) => (None, None),
+        };
+        let text = chunk.text.trim_start_matches([' ', '\t']);
+        let text = text.strip_prefix('\n').unwrap_or(text).trim_end();
+        out.push(SourceDocument {
+            index: out.len() + 1,
+            kind,
+            name,
+            text: format!("{text}\n"),
+        });
+    }
+    out
+}
+
 /// The text of one document of a source.
 #[derive(Debug, PartialEq, Eq)]
 struct Chunk {
@@ -1184,6 +1226,40 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     rows[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod documents_tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_cut_as_parse_counts_them() {
+        let src = "# header\n---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {name: a}\nspec: {vlans: [3]}\n---\n# nothing\n---\nkind: Policy\nmetadata:\n  name: b\n";
+        let docs = documents(src);
+        assert_eq!(docs.len(), 2);
+        assert_eq!(
+            (
+                docs[0].index,
+                docs[0].kind.as_deref(),
+                docs[0].name.as_deref()
+            ),
+            (1, Some("Segment"), Some("a"))
+        );
+        assert_eq!(
+            (
+                docs[1].index,
+                docs[1].kind.as_deref(),
+                docs[1].name.as_deref()
+            ),
+            (2, Some("Policy"), Some("b"))
+        );
+        assert!(docs[0].text.starts_with("apiVersion"), "{:?}", docs[0].text);
+        let again: String = docs.iter().map(|d| format!("---\n{}", d.text)).collect();
+        assert_eq!(
+            parse(&again).unwrap_err().len(),
+            parse(src).unwrap_err().len()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,228 @@
+//! What both modes share: the loaded dataplane, the enforced policy, the
+//! status endpoint, flow events, interface watching and policy windows.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context as _;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::task::JoinHandle;
+use wardline_policy::compile::NodeInfo;
+use wardline_policy::{CompileOptions, Dataplane, PolicySet};
+
+use crate::config::{AgentConfig, FlowLog};
+use crate::enforcer::{self, Enforcer};
+use crate::events::{self, EventStats, Generations, Namer};
+use crate::status::{self, AgentState, InterfaceState, Shared};
+
+/// The policy now enforced: enough to compile it again when a window opens
+/// or closes, whoever supplied it.
+#[derive(Clone, Debug)]
+pub struct Enforced {
+    pub sha256: String,
+    pub set: PolicySet,
+    /// Nodes `nodeSelector`s resolve against (managed mode).
+    pub nodes: Vec<NodeInfo>,
+    /// The control plane's revision (managed mode).
+    pub revision: Option<u64>,
+}
+
+pub struct Runtime {
+    pub config: AgentConfig,
+    pub shared: Shared,
+    generations: Arc<Mutex<Generations>>,
+    pub enforced: Option<Enforced>,
+    next_change: Option<OffsetDateTime>,
+    /// The generation found pinned at start (0: none).
+    pub adopted_generation: u32,
+    events: Option<(
+        aya::maps::RingBuf<aya::maps::MapData>,
+        Box<dyn Write + Send>,
+    )>,
+}
+
+fn flow_sink(log: &FlowLog) -> anyhow::Result<Option<Box<dyn Write + Send>>> {
+    Ok(match log {
+        FlowLog::Off => None,
+        FlowLog::Stdout => Some(Box::new(std::io::stdout())),
+        FlowLog::File(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening flow log {}", path.display()))?,
+        )),
+    })
+}
+
+fn interface_exists(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+impl Runtime {
+    /// Loads (or adopts) the dataplane and sets the local rules.
+    pub fn open(config: AgentConfig, mode: &'static str) -> anyhow::Result<Runtime> {
+        let mut enforcer = Enforcer::open(&config.bpffs, &config.node)
+            .with_context(|| format!("loading the dataplane under {}", config.bpffs.display()))?;
+        let adopted_generation = enforcer.generation()?;
+        if enforcer.adopted() {
+            tracing::info!(
+                generation = adopted_generation,
+                pins = %enforcer.pin_dir().display(),
+                "adopted pinned dataplane"
+            );
+        }
+        enforcer.set_local_rules(&config.failsafe, &config.pass_ethertypes)?;
+        let sink = flow_sink(&config.flow_log)?;
+        enforcer.set_events(sink.is_some())?;
+        let ring = enforcer.take_events();
+        let shared = Shared {
+            state: Arc::new(Mutex::new(AgentState {
+                node: config.node.clone(),
+                mode,
+                generation: adopted_generation,
+                interfaces: config
+                    .interfaces
+                    .iter()
+                    .map(|name| InterfaceState {
+                        name: name.clone(),
+                        enforced: false,
+                    })
+                    .collect(),
+                ..AgentState::default()
+            })),
+            enforcer: Arc::new(Mutex::new(enforcer)),
+            events: Arc::new(Mutex::new(EventStats::default())),
+        };
+        Ok(Runtime {
+            config,
+            shared,
+            generations: Arc::new(Mutex::new(Generations::default())),
+            enforced: None,
+            next_change: None,
+            adopted_generation,
+            events: ring.zip(sink),
+        })
+    }
+
+    /// After the first policy: attach, drop other ABI versions' pins, start
+    /// the flow events and the status endpoint.
+    pub fn serve(&mut self) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+        self.check_interfaces();
+        enforcer::remove_other_abi_versions(&self.config.bpffs, &self.config.node)?;
+        if let Some((ring, sink)) = self.events.take() {
+            let namer = Namer::new(self.config.node.clone());
+            let stats = self.shared.events.clone();
+            let generations = self.generations.clone();
+            tokio::spawn(async move {
+                if let Err(e) = events::run(ring, namer, generations, stats, sink).await {
+                    tracing::error!("flow events stopped: {e}");
+                }
+            });
+        }
+        Ok(tokio::spawn(status::serve(
+            self.config.status_address,
+            self.shared.clone(),
+        )))
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, AgentState> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn enforcer(&self) -> MutexGuard<'_, Enforcer> {
+        self.shared
+            .enforcer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Programs `dp` (compiled elsewhere) for the enforced policy, or, with
+    /// `None`, compiles the enforced policy for now. Returns the generation.
+    pub fn program(&mut self, dp: Option<Dataplane>) -> anyhow::Result<u32> {
+        let Some(enforced) = &self.enforced else {
+            anyhow::bail!("no policy to program");
+        };
+        let now = OffsetDateTime::now_utc();
+        let dp = match dp {
+            Some(dp) => dp,
+            None => Dataplane::compile(
+                &enforced.set,
+                &CompileOptions {
+                    now,
+                    nodes: enforced.nodes.clone(),
+                },
+            )?,
+        };
+        let dp = Arc::new(dp);
+        let generation = self.enforcer().apply(&dp)?;
+        self.generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(generation, dp.clone());
+        self.next_change = dp.next_change;
+        let (sha, revision) = (enforced.sha256.clone(), enforced.revision);
+        let mut state = self.state();
+        state.generation = generation;
+        state.policy_sha256 = Some(sha.clone());
+        state.revision = revision;
+        state.policy_applied_at = now.format(&Rfc3339).ok();
+        drop(state);
+        tracing::info!(
+            generation,
+            revision = ?revision,
+            policy_sha256 = %sha,
+            segments = dp.segments.len(),
+            policies = dp.policies.len(),
+            rules = dp.rules.len(),
+            next_change = ?dp.next_change,
+            "policy enforced"
+        );
+        Ok(generation)
+    }
+
+    /// Compiles again when a policy window has opened or closed.
+    pub fn check_windows(&mut self) {
+        if self
+            .next_change
+            .is_some_and(|t| OffsetDateTime::now_utc() >= t)
+        {
+            tracing::info!("a policy window opened or closed");
+            if let Err(e) = self.program(None) {
+                tracing::error!("reprogramming at a window boundary failed: {e:#}");
+            }
+        }
+    }
+
+    /// Attaches to interfaces that appeared and notes those that vanished.
+    pub fn check_interfaces(&mut self) {
+        let mut states = Vec::new();
+        for name in self.config.interfaces.clone() {
+            let mut enforcer = self.enforcer();
+            let mut enforced = enforcer.is_attached(&name);
+            if !enforced && interface_exists(&name) {
+                match enforcer.attach(&name) {
+                    Ok(()) => {
+                        enforced = enforcer.is_attached(&name);
+                        tracing::info!(interface = %name, "enforcing");
+                    }
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            states.push(InterfaceState { name, enforced });
+        }
+        let mut state = self.state();
+        for s in &states {
+            let was = state
+                .interfaces
+                .iter()
+                .find(|i| i.name == s.name)
+                .is_some_and(|i| i.enforced);
+            if was && !s.enforced {
+                tracing::warn!(interface = %s.name, "interface missing: not enforced there");
+            }
+        }
+        state.interfaces = states;
+    }
+}

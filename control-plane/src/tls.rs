@@ -1,0 +1,401 @@
+//! Mutual TLS for the control plane's gRPC APIs.
+//!
+//! There is no plaintext mode: the server always requires a client
+//! certificate signed by the site CA, and clients always verify the server
+//! against the site CA. [`server_tls`] and [`client_tls`] read and check the
+//! PEM files up front (readable, PEM, key matching certificate, certificate
+//! issued by the CA, not expired) so that a bad file is reported by name at
+//! start-up rather than as a failed handshake later.
+//!
+//! On the server, [`peer_identity`] reads who the caller is from its
+//! verified certificate, and [`require`] / [`authorize`] refuse callers
+//! without the role a method needs.
+
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
+
+use crate::pki::{self, Identity, PkiError, Role};
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors setting up TLS. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A file holds no PEM certificate, or malformed PEM.
+    #[error("{path} is not a PEM certificate file: {reason}")]
+    NotCertificatePem {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A file holds no PEM private key, or malformed PEM.
+    #[error("{path} is not a PEM private key file: {reason}")]
+    NotKeyPem {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A private key is of a kind TLS cannot use.
+    #[error("the private key in {path} cannot be used: {reason}")]
+    UnsupportedKey {
+        /// The key file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A certificate cannot be parsed.
+    #[error("cannot parse the certificate in {path}: {reason}")]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The private key does not belong to the certificate.
+    #[error("the private key in {key} does not match the certificate in {cert}")]
+    KeyMismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+    },
+    /// The CA file holds a certificate that is not a CA.
+    #[error("{path} is not a CA certificate")]
+    NotCa {
+        /// The CA file.
+        path: PathBuf,
+    },
+    /// The certificate was not signed by the site CA.
+    #[error("the certificate in {cert} was not issued by the site CA in {ca}")]
+    NotIssuedByCa {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The CA file.
+        ca: PathBuf,
+    },
+    /// The certificate has expired.
+    #[error("the certificate in {path} expired at {not_after}")]
+    Expired {
+        /// The certificate file.
+        path: PathBuf,
+        /// When it expired.
+        not_after: String,
+    },
+    /// The certificate carries no Wardline identity.
+    #[error("the certificate in {path} carries no Wardline identity: {source}")]
+    NoIdentity {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why its identity cannot be read.
+        source: PkiError,
+    },
+    /// A server certificate belongs to a role other than the control plane.
+    #[error(
+        "the certificate in {path} is for {identity}, but serving needs a control-plane certificate"
+    )]
+    NotServerCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// Who the certificate is for.
+        identity: Identity,
+    },
+    /// The domain name to verify the server by is not a valid name.
+    #[error("invalid server domain name {domain:?}: {reason}")]
+    InvalidDomain {
+        /// The value given.
+        domain: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// TLS settings for a control-plane gRPC server: serves the certificate
+/// `cert` with key `key`, and requires every client to present a
+/// certificate signed by the CA in `ca`.
+///
+/// `cert` must be a control-plane certificate issued by that CA.
+///
+/// Also installs `ring` as the process's TLS crypto provider if none is
+/// installed yet, the one tonic's server uses.
+pub fn server_tls(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
+    let material = Material::load(ca, cert, key)?;
+    if material.identity.role != Role::ControlPlane {
+        return Err(TlsError::NotServerCertificate {
+            path: cert.to_owned(),
+            identity: material.identity,
+        });
+    }
+    // Fails only when a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            material.cert_pem,
+            material.key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(material.ca_pem))
+        .client_auth_optional(false)
+        .timeout(HANDSHAKE_TIMEOUT))
+}
+
+/// TLS settings for a client of the control plane: presents the
+/// certificate `cert` with key `key`, and accepts only a server whose
+/// certificate is signed by the CA in `ca` and valid for `domain` (a host
+/// name or IP address among its subject alternative names).
+pub fn client_tls(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    domain: &str,
+) -> Result<ClientTlsConfig, TlsError> {
+    ServerName::try_from(domain).map_err(|err| TlsError::InvalidDomain {
+        domain: domain.to_owned(),
+        reason: err.to_string(),
+    })?;
+    let material = Material::load(ca, cert, key)?;
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(material.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            material.cert_pem,
+            material.key_pem,
+        ))
+        .domain_name(domain)
+        .timeout(HANDSHAKE_TIMEOUT))
+}
+
+/// Who the caller of a request is, from the client certificate its TLS
+/// connection was verified with.
+///
+/// Returns `unauthenticated` when the request carries no client
+/// certificate (not served over TLS) or its certificate carries no
+/// Wardline identity.
+pub fn peer_identity<T>(req: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+    let peer = req.remote_addr();
+    let Some(certs) = req.peer_certs() else {
+        tracing::warn!(peer = %display_peer(peer), "refused: no client certificate");
+        return Err(tonic::Status::unauthenticated(
+            "no client certificate presented",
+        ));
+    };
+    let Some(leaf) = certs.first() else {
+        tracing::warn!(peer = %display_peer(peer), "refused: empty client certificate chain");
+        return Err(tonic::Status::unauthenticated(
+            "no client certificate presented",
+        ));
+    };
+    pki::identity_of(leaf.as_ref()).map_err(|err| {
+        tracing::warn!(
+            peer = %display_peer(peer),
+            error = %err,
+            "refused: client certificate carries no identity"
+        );
+        tonic::Status::unauthenticated(format!(
+            "client certificate carries no Wardline identity: {err}"
+        ))
+    })
+}
+
+/// Allows the call if `identity` has `role`; otherwise returns
+/// `permission_denied` naming the role needed and the caller, and logs the
+/// refusal.
+///
+/// This has no request to read the peer's address from: handlers that have
+/// the request use [`authorize`], which logs it.
+pub fn require(identity: &Identity, role: Role) -> Result<(), tonic::Status> {
+    check_role(identity, role, None)
+}
+
+/// [`peer_identity`] then [`require`]: the caller's identity if it has
+/// `role`; refusals are logged with the caller's address.
+pub fn authorize<T>(req: &tonic::Request<T>, role: Role) -> Result<Identity, tonic::Status> {
+    let identity = peer_identity(req)?;
+    check_role(&identity, role, req.remote_addr())?;
+    Ok(identity)
+}
+
+/// Checks a role and logs a refusal.
+fn check_role(
+    identity: &Identity,
+    role: Role,
+    peer: Option<SocketAddr>,
+) -> Result<(), tonic::Status> {
+    if identity.role == role {
+        return Ok(());
+    }
+    tracing::warn!(
+        caller = %identity,
+        peer = %display_peer(peer),
+        needed = %role,
+        "refused: caller lacks the role"
+    );
+    Err(tonic::Status::permission_denied(format!(
+        "the {role} role is required; caller is {identity}"
+    )))
+}
+
+/// A peer address for logs.
+fn display_peer(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "unknown".to_owned(), |addr| addr.to_string())
+}
+
+/// The PEM files of one party, checked.
+struct Material {
+    /// The CA file's contents.
+    ca_pem: Vec<u8>,
+    /// The certificate file's contents.
+    cert_pem: Vec<u8>,
+    /// The key file's contents.
+    key_pem: Vec<u8>,
+    /// Who the certificate is for.
+    identity: Identity,
+}
+
+impl Material {
+    /// Reads the three files and checks that the CA file holds CA
+    /// certificates, that the key matches the certificate, that one of the
+    /// CAs issued the certificate and that it has not expired.
+    fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let ca_pem = read(ca)?;
+        let cert_pem = read(cert)?;
+        let key_pem = read(key)?;
+
+        let ca_ders = certificates(ca, &ca_pem)?;
+        let cert_ders = certificates(cert, &cert_pem)?;
+        let key_der =
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| TlsError::NotKeyPem {
+                path: key.to_owned(),
+                reason: err.to_string(),
+            })?;
+
+        let provider: CryptoProvider = rustls::crypto::ring::default_provider();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(|err| TlsError::UnsupportedKey {
+                path: key.to_owned(),
+                reason: err.to_string(),
+            })?;
+        let certified = rustls::sign::CertifiedKey::new(cert_ders.clone(), signing_key);
+        match certified.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                return Err(TlsError::KeyMismatch {
+                    key: key.to_owned(),
+                    cert: cert.to_owned(),
+                });
+            }
+            Err(err) => {
+                return Err(TlsError::BadCertificate {
+                    path: cert.to_owned(),
+                    reason: err.to_string(),
+                });
+            }
+        }
+
+        let mut cas = Vec::with_capacity(ca_ders.len());
+        for der in &ca_ders {
+            let parsed = parse(ca, der)?;
+            if !parsed.is_ca() {
+                return Err(TlsError::NotCa {
+                    path: ca.to_owned(),
+                });
+            }
+            cas.push(parsed);
+        }
+        let leaf_der = cert_ders
+            .first()
+            .ok_or_else(|| TlsError::NotCertificatePem {
+                path: cert.to_owned(),
+                reason: "no certificate found".to_owned(),
+            })?;
+        let leaf = parse(cert, leaf_der)?;
+        let issued = cas.iter().any(|ca_cert| {
+            leaf.issuer() == ca_cert.subject()
+                && leaf.verify_signature(Some(ca_cert.public_key())).is_ok()
+        });
+        if !issued {
+            return Err(TlsError::NotIssuedByCa {
+                cert: cert.to_owned(),
+                ca: ca.to_owned(),
+            });
+        }
+        let not_after = leaf.validity().not_after.to_datetime();
+        if not_after < OffsetDateTime::now_utc() {
+            return Err(TlsError::Expired {
+                path: cert.to_owned(),
+                not_after: not_after
+                    .format(&Rfc3339)
+                    .unwrap_or_else(|_| not_after.to_string()),
+            });
+        }
+        let identity = pki::identity_of(leaf_der).map_err(|source| TlsError::NoIdentity {
+            path: cert.to_owned(),
+            source,
+        })?;
+
+        Ok(Self {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            identity,
+        })
+    }
+}
+
+/// Reads a whole file.
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Every PEM certificate in a file; at least one.
+fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| TlsError::NotCertificatePem {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NotCertificatePem {
+            path: path.to_owned(),
+            reason: "no certificate found".to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Parses a DER certificate read from `path`.
+fn parse<'a>(
+    path: &Path,
+    der: &'a CertificateDer<'_>,
+) -> Result<x509_parser::certificate::X509Certificate<'a>, TlsError> {
+    x509_parser::parse_x509_certificate(der.as_ref())
+        .map(|(_, cert)| cert)
+        .map_err(|err| TlsError::BadCertificate {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })
+}

@@ -1,0 +1,525 @@
+//! Both APIs over real mutual TLS on loopback, with the embedded store:
+//! what operators and agents may do, and every refusal.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+use wardline_control_plane::pki::{self, Role};
+use wardline_control_plane::registry::Registry;
+use wardline_control_plane::server::{self, ControlPlane};
+use wardline_control_plane::store::{self, StoreSpec};
+use wardline_control_plane::tls;
+use wardline_proto::v1::{
+    self, agent_api_client::AgentApiClient, management_client::ManagementClient,
+};
+
+struct Site {
+    dir: PathBuf,
+    endpoint: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "wardline-cp-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn site(tag: &str) -> Site {
+    let dir = scratch(tag);
+    let ca = dir.join("ca");
+    pki::init_ca(&ca, "test-hospital").unwrap();
+    let sans = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    pki::issue(&ca, Role::ControlPlane, "cp", &sans, &dir, 30).unwrap();
+    for (role, name) in [
+        (Role::Operator, "alice"),
+        (Role::Agent, "gw-1"),
+        (Role::Agent, "gw-2"),
+    ] {
+        pki::issue(&ca, role, name, &[], &dir, 30).unwrap();
+    }
+    let spec: StoreSpec = format!("embedded:{}", dir.join("store.redb").display())
+        .parse()
+        .unwrap();
+    let cp = ControlPlane::start(
+        Registry::new(store::open(&spec).await.unwrap()),
+        "replica-a".into(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let tls = tls::server_tls(
+        &ca.join("ca.pem"),
+        &dir.join("cp.pem"),
+        &dir.join("cp-key.pem"),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(server::serve(cp, listener, tls, async {
+        let _ = rx.await;
+    }));
+    Site {
+        dir,
+        endpoint,
+        shutdown: Some(tx),
+    }
+}
+
+impl Site {
+    async fn channel_as(&self, name: &str) -> Channel {
+        let tls = tls::client_tls(
+            &self.dir.join("ca/ca.pem"),
+            &self.dir.join(format!("{name}.pem")),
+            &self.dir.join(format!("{name}-key.pem")),
+            "127.0.0.1",
+        )
+        .unwrap();
+        Endpoint::from_shared(self.endpoint.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(3))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn operator(&self) -> ManagementClient<Channel> {
+        ManagementClient::new(self.channel_as("alice").await)
+    }
+
+    async fn agent(&self, node: &str) -> AgentApiClient<Channel> {
+        AgentApiClient::new(self.channel_as(node).await)
+    }
+}
+
+const SEGMENTS: &str = "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: pumps}\nspec: {cidrs: [\"198.18.30.0/24\"], vlans: [30]}\n---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {name: pump-server}\nspec:\n  nodeSelector: {matchLabels: {role: pump-server}}\n";
+const POLICY: &str = "apiVersion: wardline/v1\nkind: Policy\nmetadata: {name: pumps-to-server}\nspec: {action: allow, from: [pumps], to: [pump-server], ports: [{protocol: tcp, port: 443}]}\n";
+
+fn apply(source: &str, expected: Option<u64>, message: &str) -> v1::ApplyRequest {
+    v1::ApplyRequest {
+        source: source.into(),
+        expected_revision: expected,
+        message: message.into(),
+    }
+}
+
+#[tokio::test]
+async fn apply_history_rollback_and_optimistic_concurrency() {
+    let site = site("apply").await;
+    let mut op = site.operator().await;
+    let r = op
+        .apply(apply(SEGMENTS, Some(0), "first segments"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 1);
+    assert_eq!(r.changes.len(), 2);
+    let r = op
+        .apply(apply(POLICY, None, "pump policy"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 2);
+    // Unchanged documents write nothing.
+    let r = op
+        .apply(apply(POLICY, None, "again"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.unchanged);
+    assert_eq!(r.revision, 2);
+    // A stale writer is refused, not merged.
+    let err = op
+        .apply(apply(&POLICY.replace("443", "8443"), Some(1), "stale"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("expected 1") && err.message().contains("current revision is 2"),
+        "{}",
+        err.message()
+    );
+    // Diff shows what an apply would change.
+    let d = op
+        .diff(v1::DiffRequest {
+            source: POLICY.replace("443", "8443"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.changes.len(), 1);
+    assert!(
+        d.diff.contains("-") && d.diff.contains("+") && d.diff.contains("8443"),
+        "{}",
+        d.diff
+    );
+    let r = op
+        .apply(apply(
+            &POLICY.replace("443", "8443"),
+            Some(2),
+            "move to 8443",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 3);
+    // Get, by kind and name, now and at an earlier revision.
+    let g = op
+        .get(v1::GetRequest {
+            kind: "policy".into(),
+            name: "pumps-to-server".into(),
+            revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.documents[0].yaml.contains("8443"));
+    let g = op
+        .get(v1::GetRequest {
+            kind: "policy".into(),
+            name: "pumps-to-server".into(),
+            revision: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.documents[0].yaml.contains("port: 443"));
+    // Rollback to revision 2 is revision 4, recorded as such.
+    let r = op
+        .rollback(v1::RollbackRequest {
+            to_revision: 2,
+            expected_revision: Some(3),
+            message: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 4);
+    let h = op
+        .history(v1::HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.revisions.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        [4, 3, 2, 1]
+    );
+    assert_eq!(h.revisions[0].action, "rollback");
+    assert_eq!(h.revisions[0].author, "operator:alice");
+    assert_eq!(h.revisions[1].message, "move to 8443");
+    // Delete: a segment a policy names cannot go; the policy can.
+    let err = op
+        .delete(v1::DeleteRequest {
+            kind: "segment".into(),
+            name: "pumps".into(),
+            expected_revision: None,
+            message: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let r = op
+        .delete(v1::DeleteRequest {
+            kind: "policy".into(),
+            name: "pumps-to-server".into(),
+            expected_revision: Some(4),
+            message: "gone".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 5);
+    let err = op
+        .get(v1::GetRequest {
+            kind: "policy".into(),
+            name: "pumps-to-server".into(),
+            revision: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_the_store_is_unchanged() {
+    let site = site("bad").await;
+    let mut op = site.operator().await;
+    op.apply(apply(&format!("{SEGMENTS}---\n{POLICY}"), None, ""))
+        .await
+        .unwrap();
+    let cases = [
+        (POLICY.replace("to: [pump-server]", "to: [nowhere]"), "spec.to[0]"),
+        (POLICY.replace("port: 443", "port: 70000"), "spec.ports[0].port"),
+        (SEGMENTS.replace("vlans: [30]", "vlans: [4095]"), "spec.vlans[0]"),
+        // A new segment claiming a stored segment's prefix.
+        ("apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: dup}\nspec: {cidrs: [\"198.18.30.0/24\"]}\n".to_owned(), "198.18.30.0/24"),
+        // And its VLAN.
+        ("apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: dup}\nspec: {vlans: [30]}\n".to_owned(), "30"),
+        ("kind: Policy\n: : :\n".to_owned(), "document 1"),
+    ];
+    for (source, needle) in cases {
+        let err = op.apply(apply(&source, None, "")).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{source}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{needle:?} not in {}",
+            err.message()
+        );
+        let v = op
+            .validate(v1::ValidateRequest {
+                source: source.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!v.errors.is_empty(), "validate agrees for {source}");
+    }
+    // Oversized.
+    let big = format!("# {}\n{POLICY}", "x".repeat(17 << 20));
+    let err = op.apply(apply(&big, None, "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("limit"), "{}", err.message());
+    let h = op
+        .history(v1::HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.revisions.len(), 1, "nothing was written");
+}
+
+#[tokio::test]
+async fn refusals_agents_and_operators_stay_in_their_lanes() {
+    let site = site("refuse").await;
+    // An agent cannot call the management API.
+    let mut as_agent = ManagementClient::new(site.channel_as("gw-1").await);
+    let err = as_agent.status(v1::StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // An operator cannot pose as an agent.
+    let mut as_operator = AgentApiClient::new(site.channel_as("alice").await);
+    let err = as_operator
+        .register(v1::RegisterRequest {
+            node: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // An agent cannot speak for, or read the policy of, another node.
+    let mut gw1 = site.agent("gw-1").await;
+    for err in [
+        gw1.register(v1::RegisterRequest {
+            node: "gw-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+        gw1.watch(v1::WatchRequest {
+            node: "gw-2".into(),
+            known_revision: 0,
+        })
+        .await
+        .unwrap_err(),
+        gw1.ack(v1::AckRequest {
+            node: "gw-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+        gw1.heartbeat(v1::HeartbeatRequest {
+            node: "gw-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert!(
+            err.message().contains("gw-1") && err.message().contains("gw-2"),
+            "{}",
+            err.message()
+        );
+    }
+    // No client certificate at all: the handshake fails, nothing is served.
+    let ca =
+        tonic::transport::Certificate::from_pem(std::fs::read(site.dir.join("ca/ca.pem")).unwrap());
+    let plain_tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("127.0.0.1");
+    let channel = Endpoint::from_shared(site.endpoint.clone())
+        .unwrap()
+        .tls_config(plain_tls)
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = channel {
+        let err = ManagementClient::new(channel)
+            .status(Request::new(v1::StatusRequest {}))
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), Code::Ok);
+    }
+    // A certificate from another CA: refused too.
+    let other = scratch("other-ca");
+    pki::init_ca(&other.join("ca"), "elsewhere").unwrap();
+    pki::issue(
+        &other.join("ca"),
+        Role::Operator,
+        "mallory",
+        &[],
+        &other,
+        30,
+    )
+    .unwrap();
+    // (client_tls refuses such a certificate up front; the server must too.)
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(site.dir.join("ca/ca.pem")).unwrap(),
+        ))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(other.join("mallory.pem")).unwrap(),
+            std::fs::read(other.join("mallory-key.pem")).unwrap(),
+        ))
+        .domain_name("127.0.0.1");
+    let channel = Endpoint::from_shared(site.endpoint.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = channel {
+        let err = ManagementClient::new(channel)
+            .status(v1::StatusRequest {})
+            .await
+            .unwrap_err();
+        assert_ne!(
+            err.code(),
+            Code::Ok,
+            "a foreign certificate must not be served"
+        );
+    }
+    std::fs::remove_dir_all(other).unwrap();
+}
+
+async fn next(stream: &mut tonic::Streaming<v1::PolicySnapshot>) -> v1::PolicySnapshot {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a snapshot within 5 s")
+        .expect("the stream goes on")
+        .expect("a snapshot")
+}
+
+#[tokio::test]
+async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
+    let site = site("agents").await;
+    let mut op = site.operator().await;
+    op.apply(apply(&format!("{SEGMENTS}---\n{POLICY}"), None, ""))
+        .await
+        .unwrap();
+    let mut gw1 = site.agent("gw-1").await;
+    gw1.register(v1::RegisterRequest {
+        node: "gw-1".into(),
+        labels: [("role".into(), "gateway".into())].into(),
+        addresses: vec!["198.18.20.1".into()],
+    })
+    .await
+    .unwrap();
+    let mut stream = gw1
+        .watch(v1::WatchRequest {
+            node: "gw-1".into(),
+            known_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await;
+    assert_eq!(first.revision, 1);
+    let dp = wardline_policy::Dataplane::try_from(first.dataplane.as_ref().unwrap()).unwrap();
+    assert!(
+        !dp.prefixes
+            .iter()
+            .any(|(n, _)| n.to_string() == "198.18.42.10/32")
+    );
+    gw1.ack(v1::AckRequest {
+        node: "gw-1".into(),
+        revision: 1,
+        policy_sha256: first.policy_sha256.clone(),
+        generation: 7,
+        error: String::new(),
+    })
+    .await
+    .unwrap();
+
+    // A pump server joins: its address joins the selecting segment, and
+    // gw-1 gets a new snapshot of the same revision with it.
+    let mut gw2 = site.agent("gw-2").await;
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        labels: [("role".into(), "pump-server".into())].into(),
+        addresses: vec!["198.18.42.10".into()],
+    })
+    .await
+    .unwrap();
+    let joined = next(&mut stream).await;
+    assert_eq!(joined.revision, 1);
+    let dp = wardline_policy::Dataplane::try_from(joined.dataplane.as_ref().unwrap()).unwrap();
+    let server = dp
+        .segments
+        .iter()
+        .find(|s| s.name == "pump-server")
+        .unwrap()
+        .id;
+    assert!(
+        dp.prefixes
+            .iter()
+            .any(|(n, id)| n.to_string() == "198.18.42.10/32" && *id == server)
+    );
+    // Registering again with the same addresses changes nothing: no push.
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        labels: [("role".into(), "pump-server".into())].into(),
+        addresses: vec!["198.18.42.10".into()],
+    })
+    .await
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), stream.next())
+            .await
+            .is_err(),
+        "nothing changed, nothing sent"
+    );
+
+    // A new revision reaches the stream.
+    op.apply(apply(&POLICY.replace("443", "8443"), None, ""))
+        .await
+        .unwrap();
+    let second = next(&mut stream).await;
+    assert_eq!(second.revision, 2);
+    let status = op.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.revision, 2);
+    let a = status.agents.iter().find(|a| a.node == "gw-1").unwrap();
+    assert_eq!(a.acked_revision, 1);
+    assert!(a.connected);
+    assert_eq!(a.addresses, ["198.18.20.1"]);
+    assert_eq!(status.agents.len(), 2);
+}
