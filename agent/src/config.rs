@@ -76,6 +76,9 @@ struct Spec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ControlPlane {
     pub endpoint: String,
+    /// More replicas, tried in turn after `endpoint` when it fails.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
     pub ca_file: PathBuf,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -104,6 +107,20 @@ pub enum FlowLog {
     Stdout,
     File(PathBuf),
     Off,
+}
+
+impl ControlPlane {
+    /// `endpoint` first, then the other replicas.
+    pub fn all_endpoints(&self) -> Vec<String> {
+        let mut all = vec![self.endpoint.clone()];
+        all.extend(
+            self.endpoints
+                .iter()
+                .filter(|e| **e != self.endpoint)
+                .cloned(),
+        );
+        all
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -174,19 +174,23 @@ fn apply_snapshot(rt: &mut Runtime, s: &v1::PolicySnapshot, dir: &Path) -> Resul
 
 /// Runs the agent in managed mode until SIGTERM or SIGINT.
 pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()> {
-    let (host, port) = host_port(&cp.endpoint)?;
-    // The agent's own control-plane connection can never be cut by policy.
-    match tokio::net::lookup_host((host.as_str(), port)).await {
-        Ok(addrs) => {
-            let cidrs: Vec<IpNet> = addrs.map(|a| IpNet::from(a.ip())).collect();
-            config.failsafe.push(FailsafeFlow {
-                direction: FailsafeDirection::Egress,
-                protocol: wardline_ebpf_abi::PROTO_TCP,
-                port,
-                cidrs,
-            });
+    let mut endpoints = Vec::new();
+    for endpoint in cp.all_endpoints() {
+        let (host, port) = host_port(&endpoint)?;
+        // The agent's own control-plane connection can never be cut by policy.
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => {
+                let cidrs: Vec<IpNet> = addrs.map(|a| IpNet::from(a.ip())).collect();
+                config.failsafe.push(FailsafeFlow {
+                    direction: FailsafeDirection::Egress,
+                    protocol: wardline_ebpf_abi::PROTO_TCP,
+                    port,
+                    cidrs,
+                });
+            }
+            Err(e) => tracing::warn!("resolving {host}: {e}; no failsafe flow for {endpoint}"),
         }
-        Err(e) => tracing::warn!("resolving {host}: {e}; no failsafe flow for the control plane"),
+        endpoints.push((endpoint, host));
     }
     let dir = config.state_dir.join(&config.node);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -205,7 +209,7 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
     let session = Session {
         config: config.clone(),
         cp: cp.clone(),
-        host,
+        endpoints,
         shared: rt.shared.clone(),
         tx,
     };
@@ -241,7 +245,8 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
 struct Session {
     config: AgentConfig,
     cp: ControlPlane,
-    host: String,
+    /// (URL, host for certificate verification), tried in turn.
+    endpoints: Vec<(String, String)>,
     shared: Shared,
     tx: mpsc::Sender<Incoming>,
 }
@@ -249,19 +254,26 @@ struct Session {
 impl Session {
     async fn run(self) {
         let mut backoff = BACKOFF_MIN;
+        let mut turn = 0usize;
         loop {
             let started = std::time::Instant::now();
-            let result = self.once().await;
-            self.set_connected(false, result.as_ref().err().map(|e| format!("{e:#}")));
+            let (url, host) = &self.endpoints[turn % self.endpoints.len()];
+            turn += 1;
+            let result = self.once(url, host).await;
+            self.set_connected(
+                false,
+                result.as_ref().err().map(|e| format!("{url}: {e:#}")),
+            );
             match result {
-                Ok(()) => tracing::warn!("the control plane closed the stream; reconnecting"),
-                Err(e) => tracing::warn!(
-                    "control plane {}: {e:#}; retrying in {backoff:?}",
-                    self.cp.endpoint
-                ),
+                Ok(()) => tracing::warn!("control plane {url} closed the stream; reconnecting"),
+                Err(e) => tracing::warn!("control plane {url}: {e:#}"),
             }
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = BACKOFF_MIN;
+            }
+            // The next replica at once; a pause only after a whole round.
+            if !turn.is_multiple_of(self.endpoints.len()) {
+                continue;
             }
             // Jitter spreads a fleet's reconnects after an outage.
             let jitter = Duration::from_millis(u64::from(std::process::id() % 100));
@@ -285,9 +297,9 @@ impl Session {
         (state.revision.unwrap_or(0), state.generation)
     }
 
-    async fn once(&self) -> anyhow::Result<()> {
-        let channel = Endpoint::from_shared(self.cp.endpoint.clone())?
-            .tls_config(tls(&self.cp, &self.host)?)?
+    async fn once(&self, url: &str, host: &str) -> anyhow::Result<()> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .tls_config(tls(&self.cp, host)?)?
             .connect_timeout(Duration::from_secs(3))
             .tcp_keepalive(Some(Duration::from_secs(10)))
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -313,7 +325,7 @@ impl Session {
             .into_inner();
         self.set_connected(true, None);
         let (known, _) = self.enforced();
-        tracing::info!(node = %node, enforced = known, current = registered.revision, "connected to the control plane");
+        tracing::info!(node = %node, endpoint = url, enforced = known, current = registered.revision, "connected to the control plane");
         let mut stream = client
             .watch(v1::WatchRequest {
                 node: node.clone(),

@@ -196,6 +196,12 @@ pub struct Plan {
 /// Merges the documents of `source` into `current` by (kind, name): new ones
 /// are created, same-named ones replaced. Nothing is validated here.
 pub fn plan_apply(current: &[StoredDocument], source: &str) -> Result<Plan, RegistryError> {
+    plan(current, source, false)
+}
+
+/// As [`plan_apply`]; with `prune`, stored documents the source does not
+/// have are deleted: the source becomes the whole policy.
+pub fn plan(current: &[StoredDocument], source: &str, prune: bool) -> Result<Plan, RegistryError> {
     if source.len() > MAX_SOURCE_BYTES {
         return Err(RegistryError::TooLarge {
             size: source.len(),
@@ -226,6 +232,23 @@ pub fn plan_apply(current: &[StoredDocument], source: &str) -> Result<Plan, Regi
             kind,
             name,
             action: action.into(),
+        });
+    }
+    if prune {
+        let named: Vec<(String, String)> = wardline_policy::documents(source)
+            .into_iter()
+            .filter_map(|d| Some((d.kind?, d.name?)))
+            .collect();
+        docs.retain(|key, _| {
+            let keep = named.contains(key);
+            if !keep {
+                changes.push(ChangeRecord {
+                    kind: key.0.clone(),
+                    name: key.1.clone(),
+                    action: "deleted".into(),
+                });
+            }
+            keep
         });
     }
     Ok(Plan {
@@ -404,12 +427,13 @@ impl Registry {
     pub async fn apply(
         &self,
         source: &str,
+        prune: bool,
         expected: Option<u64>,
         author: &str,
         message: &str,
     ) -> Result<(Option<RevisionRecord>, Plan), RegistryError> {
         let (current, current_mod) = self.current().await?;
-        let plan = plan_apply(&current.documents, source)?;
+        let plan = plan(&current.documents, source, prune)?;
         let nodes = self.node_infos().await?;
         validate_plan(source, &plan, &nodes)?;
         if let Some(expected) = expected

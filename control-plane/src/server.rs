@@ -310,7 +310,13 @@ impl Management for ControlPlane {
         let r = req.into_inner();
         let (record, plan) = self
             .registry
-            .apply(&r.source, r.expected_revision, &author(&id), &r.message)
+            .apply(
+                &r.source,
+                r.prune,
+                r.expected_revision,
+                &author(&id),
+                &r.message,
+            )
             .await
             .map_err(registry_status)?;
         let (revision, unchanged) = match &record {
@@ -340,7 +346,8 @@ impl Management for ControlPlane {
         self.operator(&req)?;
         let source = &req.get_ref().source;
         let (current, _) = self.registry.current().await.map_err(registry_status)?;
-        let plan = plan_apply(&current.documents, source).map_err(registry_status)?;
+        let plan = crate::registry::plan(&current.documents, source, req.get_ref().prune)
+            .map_err(registry_status)?;
         let old: BTreeMap<_, _> = current
             .documents
             .iter()

@@ -121,6 +121,7 @@ fn apply(source: &str, expected: Option<u64>, message: &str) -> v1::ApplyRequest
         source: source.into(),
         expected_revision: expected,
         message: message.into(),
+        prune: false,
     }
 }
 
@@ -164,6 +165,7 @@ async fn apply_history_rollback_and_optimistic_concurrency() {
     let d = op
         .diff(v1::DiffRequest {
             source: POLICY.replace("443", "8443"),
+            prune: false,
         })
         .await
         .unwrap()

@@ -84,6 +84,15 @@ async fn watch_of_compacted_history_fails_clearly() {
         s.put("/wl/c/a", b"2".to_vec()).await.expect("put");
         let last = s.put("/wl/c/b", b"3".to_vec()).await.expect("put");
         s.compact(last).await.expect("compact");
+        s.compact(last).await.expect("compacting again is a no-op");
+        let future = s
+            .compact(last + 100)
+            .await
+            .expect_err("a future revision is refused");
+        assert!(
+            future.to_string().contains("compact to revision"),
+            "{future}"
+        );
 
         let mut watch = s.watch("/wl/c/", first).await.expect("watch");
         match next_item(&mut watch).await {

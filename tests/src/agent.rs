@@ -102,16 +102,76 @@ impl Agent {
     }
 
     fn launch(ns: &Netns, interfaces: &[&str], policy: &str, extra_spec: &str) -> Agent {
+        let node = Self::next_node();
+        let dir = Self::dir_of(&node);
+        std::fs::write(dir.join("policy.yaml"), policy).expect("policy file");
+        let mode = format!("  policyFile: {}\n", dir.join("policy.yaml").display());
+        Self::launch_mode(ns, interfaces, node, &mode, extra_spec)
+    }
+
+    fn next_node() -> String {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let node = format!("wl-{}-{n}", std::process::id());
+        format!("wl-{}-{n}", std::process::id())
+    }
+
+    fn dir_of(node: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("wardline-agent-{node}"));
         std::fs::create_dir_all(&dir).expect("agent dir");
+        dir
+    }
+
+    /// A managed agent of `site`, with its own agent certificate, labels
+    /// and the control-plane replicas `endpoints`. Returns once its status
+    /// endpoint answers (ready or not).
+    pub fn start_managed(
+        ns: &Netns,
+        interfaces: &[&str],
+        site: &crate::site::Site,
+        labels: &str,
+        endpoints: &[String],
+    ) -> Agent {
+        let node = Self::next_node();
+        let dir = Self::dir_of(&node);
+        let (cert, key) = site.issue("agent", &node);
+        let mode = format!(
+            "  controlPlane:\n    endpoint: {}\n    endpoints: [{}]\n    caFile: {}\n    certFile: {}\n    keyFile: {}\n  stateDir: {}\n",
+            endpoints[0],
+            endpoints.join(", "),
+            site.ca().display(),
+            cert.display(),
+            key.display(),
+            dir.join("state").display(),
+        );
+        let agent = Self::launch_mode(ns, interfaces, node, &mode, &format!("__labels__{labels}"));
+        let start = Instant::now();
+        while agent.get(ns, "/healthz").is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "agent {} does not answer; log:\n{}",
+                agent.node,
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent
+    }
+
+    fn launch_mode(
+        ns: &Netns,
+        interfaces: &[&str],
+        node: String,
+        mode: &str,
+        extra_spec: &str,
+    ) -> Agent {
+        let dir = Self::dir_of(&node);
         let status: SocketAddr = "127.0.0.1:9464".parse().unwrap();
-        std::fs::write(dir.join("policy.yaml"), policy).expect("policy file");
+        let (labels, extra_spec) = match extra_spec.strip_prefix("__labels__") {
+            Some(l) => (l.to_owned(), ""),
+            None => ("{}".to_owned(), extra_spec),
+        };
         let config = format!(
-            "apiVersion: wardline/v1\nkind: AgentConfig\nmetadata: {{name: {node}}}\nspec:\n  interfaces: [{}]\n  policyFile: {}\n  statusAddress: {status}\n  bpffs: {BPFFS}\n  flowLog: {}\n{extra_spec}",
+            "apiVersion: wardline/v1\nkind: AgentConfig\nmetadata: {{name: {node}, labels: {labels}}}\nspec:\n  interfaces: [{}]\n{mode}  statusAddress: {status}\n  bpffs: {BPFFS}\n  flowLog: {}\n{extra_spec}",
             interfaces.join(", "),
-            dir.join("policy.yaml").display(),
             dir.join("flows.jsonl").display(),
         );
         std::fs::write(dir.join("agent.yaml"), config).expect("agent config");

@@ -53,4 +53,5 @@ pub fn require_root() {
 pub mod agent;
 pub mod lab;
 pub mod matrix;
+pub mod site;
 pub mod topology;

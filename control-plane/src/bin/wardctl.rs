@@ -70,6 +70,9 @@ enum Command {
     Apply {
         #[arg(short, long)]
         file: PathBuf,
+        /// Delete stored documents the file does not have.
+        #[arg(long)]
+        prune: bool,
         /// Refuse unless the current revision is this one.
         #[arg(long)]
         expected_revision: Option<u64>,
@@ -88,6 +91,8 @@ enum Command {
     Diff {
         #[arg(short, long)]
         file: PathBuf,
+        #[arg(long)]
+        prune: bool,
     },
     /// Show documents: wardctl get [segment|policy] [NAME].
     Get {
@@ -419,6 +424,7 @@ async fn remote(
     match command {
         Command::Apply {
             file,
+            prune,
             expected_revision,
             message,
             output,
@@ -429,6 +435,7 @@ async fn remote(
                     source,
                     expected_revision: *expected_revision,
                     message: message.clone(),
+                    prune: *prune,
                 })
                 .await
                 .map_err(from_status)?
@@ -449,10 +456,13 @@ async fn remote(
                 }
             });
         }
-        Command::Diff { file } => {
+        Command::Diff { file, prune } => {
             let source = read_file(file)?;
             let r = c
-                .diff(v1::DiffRequest { source })
+                .diff(v1::DiffRequest {
+                    source,
+                    prune: *prune,
+                })
                 .await
                 .map_err(from_status)?
                 .into_inner();

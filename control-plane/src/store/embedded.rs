@@ -277,7 +277,7 @@ impl Inner {
             .db
             .begin_write()
             .map_err(|e| self.fail("begin a write transaction", e))?;
-        let (outcome, events) = {
+        let (outcome, events) = 'apply: {
             let mut meta = wtx
                 .open_table(META)
                 .map_err(|e| self.fail("transaction: open table meta", e))?;
@@ -299,10 +299,13 @@ impl Inner {
                         actual,
                         "embedded store transaction compare failed"
                     );
-                    return Ok(TxnOutcome {
-                        succeeded: false,
-                        revision: current,
-                    });
+                    break 'apply (
+                        TxnOutcome {
+                            succeeded: false,
+                            revision: current,
+                        },
+                        Vec::new(),
+                    );
                 }
             }
             let next = current + 1;
@@ -360,9 +363,9 @@ impl Inner {
             }
         };
         if events.is_empty() {
-            // Nothing changed: drop the transaction without a commit.
+            // A compare failed or nothing changed: no commit, no revision.
             wtx.abort()
-                .map_err(|e| self.fail("abort an empty transaction", e))?;
+                .map_err(|e| self.fail("abort a transaction that changed nothing", e))?;
             return Ok(outcome);
         }
         wtx.commit()

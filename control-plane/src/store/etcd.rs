@@ -138,10 +138,18 @@ impl EtcdStore {
             .with_require_leader(true);
         let client = Client::connect(endpoints, Some(connect_options))
             .await
-            .map_err(|e| StoreError::Unavailable {
-                operation: "connect to etcd".to_owned(),
-                endpoints: endpoints.join(","),
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                etcd_client::Error::InvalidUri(_) | etcd_client::Error::InvalidArgs(_) => {
+                    StoreError::InvalidRequest(format!(
+                        "connect to etcd at {}: {e}",
+                        endpoints.join(",")
+                    ))
+                }
+                other => StoreError::Unavailable {
+                    operation: "connect to etcd".to_owned(),
+                    endpoints: endpoints.join(","),
+                    reason: describe(&other),
+                },
             })?;
         let (shutdown, _) = tokio::sync::watch::channel(());
         let store = Self {
@@ -163,14 +171,25 @@ impl EtcdStore {
     /// Discards the history before `revision`: watches after an older
     /// revision then fail with [`StoreError::Compacted`]. The control plane
     /// calls this now and then so that etcd's history does not grow without
-    /// bound.
+    /// bound. Compacting to a revision already compacted is a no-op.
     pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
         let operation = format!("etcd compact to revision {revision}");
         let revision = to_etcd_revision(&operation, revision)?;
         self.call(&operation, Retry::Read, |mut client| async move {
-            client
+            match client
                 .compact(revision, Some(CompactionOptions::new().with_physical()))
                 .await
+            {
+                Ok(_) => Ok(()),
+                // Done before (perhaps by an attempt whose answer was lost).
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.code() == tonic::Code::OutOfRange
+                        && status.message().contains("has been compacted") =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
         })
         .await?;
         tracing::info!(revision, "etcd history compacted");
@@ -287,16 +306,21 @@ fn is_connect_failure(status: &tonic::Status) -> bool {
     .any(|needle| text.contains(needle))
 }
 
-/// An etcd client error with its causes.
+/// An etcd client error with its causes, each said once.
 fn describe(err: &etcd_client::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = match err {
-        etcd_client::Error::GRpcStatus(status) => std::error::Error::source(status),
-        other => std::error::Error::source(other),
+    let (mut text, mut source) = match err {
+        etcd_client::Error::GRpcStatus(status) => (
+            format!("gRPC {:?}: {}", status.code(), status.message()),
+            std::error::Error::source(status),
+        ),
+        other => (other.to_string(), std::error::Error::source(other)),
     };
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text

@@ -201,8 +201,10 @@ pub enum StoreError {
     /// the key or prefix and the backend's error.
     #[error("{0}")]
     Backend(String),
-    /// No etcd endpoint could serve the operation.
-    #[error("{operation}: no etcd endpoint answered (endpoints: {endpoints}): {reason}")]
+    /// etcd could not complete the operation: no endpoint answered, the
+    /// cluster had no leader, or the outcome of a write is unknown (read
+    /// again before retrying it).
+    #[error("{operation}: etcd did not complete it (endpoints: {endpoints}): {reason}")]
     Unavailable {
         /// What was being done.
         operation: String,

@@ -42,6 +42,10 @@ pub struct ApplyRequest {
     /// Why: kept in the history for auditors.
     #[prost(string, tag = "3")]
     pub message: ::prost::alloc::string::String,
+    /// Delete every stored document the source does not have: the source
+    /// becomes the whole policy.
+    #[prost(bool, tag = "4")]
+    pub prune: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -70,6 +74,8 @@ pub struct ApplyResponse {
 pub struct DiffRequest {
     #[prost(string, tag = "1")]
     pub source: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub prune: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

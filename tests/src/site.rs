@@ -1,0 +1,388 @@
+//! A managed site in namespaces: a management namespace holding the
+//! control-plane replicas (and etcd members) on a management bridge
+//! (192.0.2.0/24), certificates issued with `wardctl pki`, and a management
+//! link into each agent's namespace. Everything it started is ended by PID
+//! and removed on drop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::link::{addr, link_up, veth};
+use crate::netns::Netns;
+use crate::probe::probe_bin;
+
+fn bin(name: &str) -> PathBuf {
+    let b = probe_bin().with_file_name(name);
+    assert!(
+        b.exists(),
+        "{} is missing: run `cargo build --workspace --bins`",
+        b.display()
+    );
+    b
+}
+
+/// Replica addresses on the management bridge.
+pub const REPLICAS: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
+pub const PORT: u16 = 7443;
+
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Site {
+    pub ns: Netns,
+    pub dir: PathBuf,
+    links: u8,
+    pub replicas: Vec<Process>,
+    pub etcd: Vec<Process>,
+}
+
+impl Site {
+    pub fn new() -> Site {
+        let ns = Netns::new("mgmt");
+        let dir = std::env::temp_dir().join(format!(
+            "wardline-site-{}-{}",
+            std::process::id(),
+            ns.name()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        ns.ip(["link", "add", "mg", "type", "bridge"]);
+        ns.ip(["link", "set", "mg", "up"]);
+        for a in REPLICAS {
+            ns.ip(["addr", "add", &format!("{a}/24"), "dev", "mg"]);
+        }
+        let site = Site {
+            ns,
+            dir,
+            links: 10,
+            replicas: Vec::new(),
+            etcd: Vec::new(),
+        };
+        let ca = site.dir.join("ca");
+        site.wardctl_local(&[
+            "pki",
+            "init",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--site",
+            "test-hospital",
+        ]);
+        let mut args = vec![
+            "pki",
+            "issue",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--role",
+            "control-plane",
+            "--name",
+            "cp",
+        ];
+        for a in REPLICAS {
+            args.extend(["--san", a]);
+        }
+        let out = site.dir.to_str().unwrap().to_owned();
+        args.extend(["--out", &out]);
+        site.wardctl_local(&args);
+        site.issue("operator", "ops");
+        site
+    }
+
+    fn wardctl_local(&self, args: &[&str]) -> Output {
+        let out = Command::new(bin("wardctl"))
+            .args(args)
+            .output()
+            .expect("wardctl runs");
+        assert!(
+            out.status.success(),
+            "wardctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Issues a certificate; returns (cert, key).
+    pub fn issue(&self, role: &str, name: &str) -> (PathBuf, PathBuf) {
+        let ca = self.dir.join("ca");
+        self.wardctl_local(&[
+            "pki",
+            "issue",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--role",
+            role,
+            "--name",
+            name,
+            "--out",
+            self.dir.to_str().unwrap(),
+        ]);
+        (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        )
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca/ca.pem")
+    }
+
+    /// A management link into `other` (its interface `mg0`, 192.0.2.N).
+    pub fn connect(&mut self, other: &Netns) -> String {
+        self.links += 1;
+        let port = format!("mg{}", self.links);
+        veth(&self.ns, &port, other, "mg0");
+        self.ns.ip(["link", "set", &port, "master", "mg"]);
+        link_up(&self.ns, &port);
+        let a = format!("192.0.2.{}", self.links);
+        addr(other, "mg0", &format!("{a}/24"));
+        a
+    }
+
+    pub fn endpoint(i: usize) -> String {
+        format!("https://{}:{PORT}", REPLICAS[i])
+    }
+
+    /// Starts replica `i` with `store` (e.g. `embedded:/path`), waiting until it listens.
+    pub fn start_replica(&mut self, i: usize, store: &str) {
+        let log = self.dir.join(format!("replica-{i}.log"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.ns.name()])
+            .arg(bin("wardline-control-plane"))
+            .args([
+                "--listen",
+                &format!("{}:{PORT}", REPLICAS[i]),
+                "--store",
+                store,
+            ])
+            .arg("--ca")
+            .arg(self.ca())
+            .arg("--cert")
+            .arg(self.dir.join("cp.pem"))
+            .arg("--key")
+            .arg(self.dir.join("cp-key.pem"))
+            .args(["--replica", &format!("replica-{i}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("control plane starts");
+        let p = Process {
+            name: format!("replica-{i}"),
+            child: Some(child),
+            log,
+        };
+        let addr: SocketAddr = format!("{}:{PORT}", REPLICAS[i]).parse().unwrap();
+        let start = Instant::now();
+        while !self.ns.run_in(move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        }) {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "replica {i} does not listen:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if self.replicas.len() > i {
+            self.replicas[i] = p;
+        } else {
+            self.replicas.push(p);
+        }
+    }
+
+    pub fn embedded_store(&self) -> String {
+        format!("embedded:{}", self.dir.join("control-plane.redb").display())
+    }
+
+    /// Starts `n` etcd members on the management namespace's loopback;
+    /// returns the store spec naming them all.
+    pub fn start_etcd(&mut self, n: usize) -> String {
+        let cluster: Vec<String> = (0..n)
+            .map(|i| format!("m{i}=http://127.0.0.1:{}", 23800 + i))
+            .collect();
+        for i in 0..n {
+            let data = self.dir.join(format!("etcd-{i}"));
+            let log = self.dir.join(format!("etcd-{i}.log"));
+            let child = Command::new("ip")
+                .args(["netns", "exec", self.ns.name(), "etcd"])
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(&data)
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{}", 23790 + i),
+                ])
+                .args([
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{}", 23790 + i),
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{}", 23800 + i),
+                ])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{}", 23800 + i),
+                ])
+                .args(["--initial-cluster", &cluster.join(",")])
+                .args([
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "wardline-test",
+                ])
+                .args(["--max-request-bytes", "33554432"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("etcd starts");
+            self.etcd.push(Process {
+                name: format!("etcd-{i}"),
+                child: Some(child),
+                log,
+            });
+        }
+        let endpoints: Vec<String> = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 23790 + i))
+            .collect();
+        // Healthy when a quorum answers.
+        let start = Instant::now();
+        loop {
+            let out = self.ns.try_exec([
+                "etcdctl",
+                "--endpoints",
+                &endpoints.join(","),
+                "endpoint",
+                "health",
+            ]);
+            if out.is_ok() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd not healthy:\n{}",
+                self.etcd[0].log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        format!("etcd:{}", endpoints.join(","))
+    }
+
+    /// `wardctl ARGS` as the operator, against replica `replica`.
+    pub fn wardctl(&self, replica: usize, args: &[&str]) -> Output {
+        let (cert, key) = (self.dir.join("ops.pem"), self.dir.join("ops-key.pem"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns.name()])
+            .arg(bin("wardctl"))
+            .args(["--endpoint", &Self::endpoint(replica)])
+            .arg("--ca")
+            .arg(self.ca())
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.output().expect("wardctl runs")
+    }
+
+    /// Applies `policy` as the whole policy (`--prune`); returns the revision.
+    pub fn apply(&self, replica: usize, policy: &str) -> u64 {
+        let file = self.dir.join("apply.yaml");
+        std::fs::write(&file, policy).unwrap();
+        let out = self.wardctl(
+            replica,
+            &[
+                "apply",
+                "--prune",
+                "-f",
+                file.to_str().unwrap(),
+                "-o",
+                "json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "wardctl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["revision"].as_u64().expect("revision")
+    }
+
+    pub fn status(&self, replica: usize) -> serde_json::Value {
+        let out = self.wardctl(replica, &["status", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "wardctl status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    /// Waits until every node in `nodes` acknowledges `revision`; returns how long it took.
+    pub fn wait_acked(
+        &self,
+        replica: usize,
+        nodes: &[&str],
+        revision: u64,
+        within: Duration,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let s = self.status(replica);
+            let acked = nodes.iter().all(|n| {
+                s["agents"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a["node"] == *n && a["ackedRevision"].as_u64() >= Some(revision))
+            });
+            if acked {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "not every agent acknowledged revision {revision}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.replicas.clear();
+        self.etcd.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,288 @@
+//! A control plane and managed agents in namespaces: the reachability
+//! matrices driven through `wardctl apply`, propagation from apply to every
+//! agent's acknowledgement, and faults (control plane killed, agent
+//! restarted while it is away, an etcd member and a replica lost).
+
+use std::time::Duration;
+
+use wardline_tests::agent::Agent;
+use wardline_tests::matrix::{Cell, Service, check_matrix};
+use wardline_tests::require_root;
+use wardline_tests::site::Site;
+use wardline_tests::topology;
+
+const SEGMENTS: &str = r#"
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ws}
+spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: pump}
+spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"], vlans: [30]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ehr}
+spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: pump-server}
+spec: {cidrs: ["198.18.42.0/24", "2001:db8:42::/64"]}
+"#;
+
+fn policy(name: &str, action: &str, from: &str, to: &str, ports: &str) -> String {
+    let ports = if ports.is_empty() {
+        String::new()
+    } else {
+        format!("\n  ports: {ports}")
+    };
+    format!(
+        "---\napiVersion: wardline/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  action: {action}\n  from: [{from}]\n  to: [{to}]{ports}\n"
+    )
+}
+
+fn is(c: &Cell, from: &str, to: &str) -> bool {
+    c.from == from && c.to == to
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_managed_fleet_matrices_and_propagation() {
+    require_root();
+    let mut site = Site::new();
+    site.start_replica(0, &site.embedded_store());
+    let routed = topology::routed_gateway();
+    let host = topology::host_agent();
+    let bridge = topology::vlan_bridge();
+    for t in [&routed, &host, &bridge] {
+        site.connect(t.agent_ns());
+    }
+    let endpoints = [Site::endpoint(0)];
+    let agents = [
+        Agent::start_managed(
+            routed.agent_ns(),
+            &routed.interfaces(),
+            &site,
+            "{role: gateway}",
+            &endpoints,
+        ),
+        Agent::start_managed(
+            host.agent_ns(),
+            &host.interfaces(),
+            &site,
+            "{role: ehr-server}",
+            &endpoints,
+        ),
+        Agent::start_managed(
+            bridge.agent_ns(),
+            &bridge.interfaces(),
+            &site,
+            "{role: bridge}",
+            &endpoints,
+        ),
+    ];
+    let nodes: Vec<&str> = agents.iter().map(|a| a.node.as_str()).collect();
+
+    // Scenario 1: a single port, and the pump VLAN's identity.
+    let first = format!(
+        "{SEGMENTS}{}{}",
+        policy(
+            "ws-ehr-web",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 443}]"
+        ),
+        policy(
+            "pumps-to-server",
+            "allow",
+            "pump",
+            "pump-server",
+            "[{protocol: tcp, port: 443}, {protocol: udp, port: 5000, endPort: 5010}, {protocol: icmp}, {protocol: icmpv6}]"
+        ),
+    );
+    let revision = site.apply(0, &first);
+    let took = site.wait_acked(0, &nodes, revision, Duration::from_secs(10));
+    eprintln!("revision {revision}: apply to acknowledgement by all 3 agents in {took:?}");
+    for (a, t) in agents.iter().zip([&routed, &host, &bridge]) {
+        a.wait_ready(t.agent_ns(), Duration::from_secs(5));
+        assert_eq!(a.status_json(t.agent_ns())["mode"], "managed");
+    }
+    check_matrix(&routed, "managed routed: single port", |c| {
+        is(c, "ws", "ehr") && c.service == Service::Tcp(443)
+    });
+    check_matrix(&host, "managed host: single port", |c| {
+        (c.from != "ehr" && c.to != "ehr") || (is(c, "ws", "ehr") && c.service == Service::Tcp(443))
+    });
+    check_matrix(&bridge, "managed bridge: VLAN identity", |c| {
+        (is(c, "pump", "pump-server") || is(c, "vlan-only", "pump-server"))
+            && matches!(
+                c.service,
+                Service::Tcp(443) | Service::Udp(5000) | Service::Icmp
+            )
+    });
+
+    // Scenario 2: deny beats allow, and `world`; the old policies are gone.
+    let second = format!(
+        "{SEGMENTS}{}{}{}",
+        policy("ws-anything", "allow", "ws", "any", ""),
+        policy("never-ws-to-pumps", "deny", "ws", "pump", ""),
+        policy(
+            "world-to-ehr-web",
+            "allow",
+            "world",
+            "ehr",
+            "[{protocol: tcp, port: 443}]"
+        ),
+    );
+    let revision = site.apply(0, &second);
+    let took = site.wait_acked(0, &nodes, revision, Duration::from_secs(10));
+    eprintln!("revision {revision}: apply to acknowledgement by all 3 agents in {took:?}");
+    check_matrix(&routed, "managed routed: deny beats allow, world", |c| {
+        (c.from == "ws" && c.to != "pump")
+            || (is(c, "ext", "ehr") && c.service == Service::Tcp(443))
+    });
+    check_matrix(&host, "managed host: deny beats allow, world", |c| {
+        (c.from != "ehr" && c.to != "ehr")
+            || is(c, "ws", "ehr")
+            || (is(c, "ext", "ehr") && c.service == Service::Tcp(443))
+    });
+    check_matrix(&bridge, "managed bridge: nothing allowed there", |_| false);
+
+    let status = site.status(0);
+    for a in status["agents"].as_array().unwrap() {
+        assert_eq!(a["connected"], true, "{a}");
+        assert_eq!(a["behind"], false, "{a}");
+    }
+    // Revisions and their authors, for auditors.
+    let out = site.wardctl(0, &["history", "-o", "json"]);
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history[0]["author"], "operator:ops");
+    assert_eq!(history.as_array().unwrap().len(), 2);
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_managed_faults_control_plane_away_and_agent_restart() {
+    require_root();
+    let mut site = Site::new();
+    let store = site.embedded_store();
+    site.start_replica(0, &store);
+    let routed = topology::routed_gateway();
+    site.connect(routed.agent_ns());
+    let ns = routed.agent_ns();
+    let mut agent = Agent::start_managed(
+        ns,
+        &routed.interfaces(),
+        &site,
+        "{role: gateway}",
+        &[Site::endpoint(0)],
+    );
+    let web = format!(
+        "{SEGMENTS}{}",
+        policy(
+            "ws-ehr-web",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 443}]"
+        )
+    );
+    let revision = site.apply(0, &web);
+    site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
+    let expect_web = |c: &Cell| is(c, "ws", "ehr") && c.service == Service::Tcp(443);
+    check_matrix(&routed, "control plane up", expect_web);
+
+    // The control plane dies: nothing changes, nothing opens.
+    site.replicas[0].kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(agent.status_json(ns)["controlPlaneConnected"], false);
+    check_matrix(&routed, "control plane away", expect_web);
+
+    // The agent restarts while the control plane is away: it enforces the
+    // persisted snapshot and becomes ready on its own.
+    agent.kill9();
+    agent.spawn();
+    agent.wait_ready(ns, Duration::from_secs(10));
+    assert_eq!(agent.status_json(ns)["revision"], revision);
+    check_matrix(&routed, "agent restarted, control plane away", expect_web);
+
+    // The control plane returns: the agent resynchronises and the next
+    // change arrives.
+    site.start_replica(0, &store);
+    let moved = web.replace("port: 443", "port: 8080");
+    let revision = site.apply(0, &moved);
+    site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(15));
+    check_matrix(&routed, "after the outage", |c| {
+        is(c, "ws", "ehr") && c.service == Service::Tcp(8080)
+    });
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_etcd_cluster_survives_a_member_and_a_replica() {
+    require_root();
+    let mut site = Site::new();
+    let store = site.start_etcd(3);
+    site.start_replica(0, &store);
+    site.start_replica(1, &store);
+    let routed = topology::routed_gateway();
+    let host = topology::host_agent();
+    site.connect(routed.agent_ns());
+    site.connect(host.agent_ns());
+    let endpoints = [Site::endpoint(0), Site::endpoint(1)];
+    let a1 = Agent::start_managed(
+        routed.agent_ns(),
+        &routed.interfaces(),
+        &site,
+        "{role: gateway}",
+        &endpoints,
+    );
+    let a2 = Agent::start_managed(
+        host.agent_ns(),
+        &host.interfaces(),
+        &site,
+        "{role: ehr-server}",
+        &endpoints,
+    );
+    let nodes = [a1.node.as_str(), a2.node.as_str()];
+    let web = format!(
+        "{SEGMENTS}{}",
+        policy(
+            "ws-ehr-web",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 443}]"
+        )
+    );
+    let revision = site.apply(0, &web);
+    site.wait_acked(1, &nodes, revision, Duration::from_secs(10));
+
+    // Lose one etcd member and the replica every agent is connected to.
+    site.etcd[0].kill9();
+    site.replicas[0].kill9();
+    let moved = web.replace("port: 443", "port: 8080");
+    let revision = site.apply(1, &moved);
+    let took = site.wait_acked(1, &nodes, revision, Duration::from_secs(20));
+    eprintln!(
+        "after losing an etcd member and a replica: revision {revision} acknowledged by every agent in {took:?}"
+    );
+    check_matrix(&routed, "etcd HA: routed", |c| {
+        is(c, "ws", "ehr") && c.service == Service::Tcp(8080)
+    });
+    check_matrix(&host, "etcd HA: host", |c| {
+        (c.from != "ehr" && c.to != "ehr")
+            || (is(c, "ws", "ehr") && c.service == Service::Tcp(8080))
+    });
+    let out = site.wardctl(1, &["history", "-o", "json"]);
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        2,
+        "both revisions, written by two replicas"
+    );
+}
