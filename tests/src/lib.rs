@@ -55,3 +55,4 @@ pub mod lab;
 pub mod matrix;
 pub mod site;
 pub mod topology;
+pub mod bench;
