@@ -1,117 +1,20 @@
 //! Both APIs over real mutual TLS on loopback, with the embedded store:
 //! what operators and agents may do, and every refusal.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{scratch, site};
+
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Request};
 use wardline_control_plane::pki::{self, Role};
-use wardline_control_plane::registry::Registry;
-use wardline_control_plane::server::{self, ControlPlane};
-use wardline_control_plane::store::{self, StoreSpec};
-use wardline_control_plane::tls;
+use wardline_control_plane::server;
 use wardline_proto::v1::{
     self, agent_api_client::AgentApiClient, management_client::ManagementClient,
 };
-
-struct Site {
-    dir: PathBuf,
-    endpoint: String,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "wardline-cp-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-async fn site(tag: &str) -> Site {
-    let dir = scratch(tag);
-    let ca = dir.join("ca");
-    pki::init_ca(&ca, "test-hospital").unwrap();
-    let sans = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-    pki::issue(&ca, Role::ControlPlane, "cp", &sans, &dir, 30).unwrap();
-    for (role, name) in [
-        (Role::Operator, "alice"),
-        (Role::Agent, "gw-1"),
-        (Role::Agent, "gw-2"),
-    ] {
-        pki::issue(&ca, role, name, &[], &dir, 30).unwrap();
-    }
-    let spec: StoreSpec = format!("embedded:{}", dir.join("store.redb").display())
-        .parse()
-        .unwrap();
-    let cp = ControlPlane::start(
-        Registry::new(store::open(&spec).await.unwrap()),
-        "replica-a".into(),
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("https://{}", listener.local_addr().unwrap());
-    let tls = tls::server_tls(
-        &ca.join("ca.pem"),
-        &dir.join("cp.pem"),
-        &dir.join("cp-key.pem"),
-    )
-    .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(server::serve(cp, listener, tls, async {
-        let _ = rx.await;
-    }));
-    Site {
-        dir,
-        endpoint,
-        shutdown: Some(tx),
-    }
-}
-
-impl Site {
-    async fn channel_as(&self, name: &str) -> Channel {
-        let tls = tls::client_tls(
-            &self.dir.join("ca/ca.pem"),
-            &self.dir.join(format!("{name}.pem")),
-            &self.dir.join(format!("{name}-key.pem")),
-            "127.0.0.1",
-        )
-        .unwrap();
-        Endpoint::from_shared(self.endpoint.clone())
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn operator(&self) -> ManagementClient<Channel> {
-        ManagementClient::new(self.channel_as("alice").await)
-    }
-
-    async fn agent(&self, node: &str) -> AgentApiClient<Channel> {
-        AgentApiClient::new(self.channel_as(node).await)
-    }
-}
 
 const SEGMENTS: &str = "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: pumps}\nspec: {cidrs: [\"198.18.30.0/24\"], vlans: [30]}\n---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {name: pump-server}\nspec:\n  nodeSelector: {matchLabels: {role: pump-server}}\n";
 const POLICY: &str = "apiVersion: wardline/v1\nkind: Policy\nmetadata: {name: pumps-to-server}\nspec: {action: allow, from: [pumps], to: [pump-server], ports: [{protocol: tcp, port: 443}]}\n";
@@ -524,4 +427,102 @@ async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
     assert!(a.connected);
     assert_eq!(a.addresses, ["198.18.20.1"]);
     assert_eq!(status.agents.len(), 2);
+}
+
+#[tokio::test]
+async fn a_node_leaving_is_pushed_and_a_lagging_agent_is_flagged() {
+    let site = site("leave").await;
+    let mut op = site.operator().await;
+    op.apply(apply(&format!("{SEGMENTS}---\n{POLICY}"), None, ""))
+        .await
+        .unwrap();
+    let mut gw1 = site.agent("gw-1").await;
+    gw1.register(v1::RegisterRequest {
+        node: "gw-1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = gw1
+        .watch(v1::WatchRequest {
+            node: "gw-1".into(),
+            known_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await;
+    gw1.ack(v1::AckRequest {
+        node: "gw-1".into(),
+        revision: first.revision,
+        policy_sha256: first.policy_sha256,
+        generation: 1,
+        error: String::new(),
+    })
+    .await
+    .unwrap();
+    let has_server = |s: &v1::PolicySnapshot| {
+        let dp = wardline_policy::Dataplane::try_from(s.dataplane.as_ref().unwrap()).unwrap();
+        dp.prefixes
+            .iter()
+            .any(|(n, _)| n.to_string() == "198.18.42.10/32")
+    };
+    let mut gw2 = site.agent("gw-2").await;
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        labels: [("role".into(), "pump-server".into())].into(),
+        addresses: vec!["198.18.42.10".into()],
+    })
+    .await
+    .unwrap();
+    assert!(has_server(&next(&mut stream).await), "joined");
+    // The node leaves (an operator removes it): pushed without its address.
+    op.delete(v1::DeleteRequest {
+        kind: "node".into(),
+        name: "gw-2".into(),
+        expected_revision: None,
+        message: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(!has_server(&next(&mut stream).await), "left");
+
+    // A revision gw-1 receives but does not acknowledge: flagged after the grace period.
+    op.apply(apply(&POLICY.replace("443", "8443"), None, ""))
+        .await
+        .unwrap();
+    let second = next(&mut stream).await;
+    assert_eq!(second.revision, 2);
+    let status = |op: &mut wardline_proto::v1::management_client::ManagementClient<
+        tonic::transport::Channel,
+    >| {
+        let mut op = op.clone();
+        async move { op.status(v1::StatusRequest {}).await.unwrap().into_inner() }
+    };
+    let gw1_of =
+        |s: &v1::StatusResponse| s.agents.iter().find(|a| a.node == "gw-1").cloned().unwrap();
+    assert!(
+        !gw1_of(&status(&mut op).await).behind,
+        "not yet: within the grace period"
+    );
+    tokio::time::sleep(server::BEHIND_GRACE + Duration::from_millis(500)).await;
+    gw1.heartbeat(v1::HeartbeatRequest {
+        node: "gw-1".into(),
+        revision: 1,
+        generation: 1,
+    })
+    .await
+    .unwrap();
+    let s = status(&mut op).await;
+    assert!(gw1_of(&s).behind && gw1_of(&s).connected, "{s:?}");
+    gw1.ack(v1::AckRequest {
+        node: "gw-1".into(),
+        revision: 2,
+        policy_sha256: second.policy_sha256,
+        generation: 2,
+        error: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(!gw1_of(&status(&mut op).await).behind);
 }

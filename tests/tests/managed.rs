@@ -213,6 +213,12 @@ fn privileged_managed_faults_control_plane_away_and_agent_restart() {
     // The control plane returns: the agent resynchronises and the next
     // change arrives.
     site.start_replica(0, &store);
+    // Nothing was lost across the restart.
+    let out = site.wardctl(0, &["get", "policy", "ws-ehr-web", "-o", "yaml"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("port: 443"),
+        "the stored policy survived"
+    );
     let moved = web.replace("port: 443", "port: 8080");
     let revision = site.apply(0, &moved);
     site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(15));
