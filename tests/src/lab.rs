@@ -1,6 +1,9 @@
-//! The hospital lab: a small hospital in network namespaces, enforced by a
-//! real agent running `examples/hospital.yaml`, with example traffic that
-//! includes a blocked lateral-movement attempt. `cargo xtask lab` runs it.
+//! The hospital lab: a small hospital in network namespaces. A control plane
+//! (embedded store) on a management network holds `examples/hospital.yaml`,
+//! applied with `wardctl`; a managed agent on the gateway enforces it.
+//! Example traffic includes a blocked lateral-movement attempt, then the
+//! compromised workstation is quarantined with one `wardctl apply`.
+//! `cargo xtask lab` runs it.
 //!
 //! ```text
 //!  pump-1  pump-2  ct-scanner  rogue         (VLAN 30, 30, 44, 30)
@@ -21,6 +24,7 @@ use crate::agent::Agent;
 use crate::link::{bridge, link_up, veth};
 use crate::netns::Netns;
 use crate::probe::ServerHandle;
+use crate::site::Site;
 
 /// The policy the lab enforces.
 pub const POLICY: &str = include_str!("../../examples/hospital.yaml");
@@ -210,17 +214,35 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         d._server = Some(d.ns.serve(&[22, 104, 443, 2575], &[5000]));
     }
 
+    println!("Starting the control plane (embedded store) on the management network...");
+    let mut site = Site::new();
+    site.start_replica(0, &site.embedded_store());
+    site.connect(&gw);
     println!(
-        "Starting wardline-agent on the gateway's {} bridge ports with examples/hospital.yaml...",
+        "Starting wardline-agent (managed) on the gateway's {} bridge ports...",
         refs.len()
     );
-    let agent = Agent::start(&gw, &refs, POLICY);
-    let status = agent.status_json(&gw);
-    println!(
-        "Enforcing generation {} (policy sha256 {}).\n",
-        status["generation"],
-        status["policySha256"].as_str().unwrap_or("?")
+    let agent = Agent::start_managed(
+        &gw,
+        &refs,
+        &site,
+        "{role: gateway, site: main}",
+        &[Site::endpoint(0)],
     );
+    println!("$ wardctl apply -f examples/hospital.yaml");
+    let revision = site.apply(0, POLICY);
+    let took = site.wait_acked(0, &[agent.node.as_str()], revision, Duration::from_secs(10));
+    agent.wait_ready(&gw, Duration::from_secs(5));
+    println!(
+        "revision {revision} applied; the gateway acknowledged it {} ms later.",
+        took.as_millis()
+    );
+    println!("$ wardctl status");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&site.wardctl(0, &["status"]).stdout)
+    );
+    println!();
 
     let addr_of = |name: &str| -> IpAddr {
         DEVICES
@@ -274,6 +296,60 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
             if ok { "" } else { " [no answer]" }
         );
     }
+    anyhow::ensure!(
+        blocked_lateral,
+        "the lateral-movement attempt was not blocked"
+    );
+    println!("\nThe lateral-movement attempt from the workstation to the pump was dropped.");
+
+    // The workstation is compromised: quarantine it. Its /32 in a segment
+    // of its own wins over clinician-workstations (longest prefix), and no
+    // policy lets a quarantined host talk to anything.
+    println!("\nQuarantining the compromised workstation:\n$ wardctl apply -f quarantine.yaml");
+    let quarantine = "apiVersion: wardline/v1\nkind: Segment\nmetadata:\n  name: quarantine\n  labels: {incident: ir-2291}\nspec:\n  cidrs: [\"198.18.20.10/32\"]\n";
+    let file = site.dir.join("quarantine.yaml");
+    std::fs::write(&file, quarantine)?;
+    let out = site.wardctl(
+        0,
+        &[
+            "apply",
+            "-f",
+            file.to_str().unwrap_or_default(),
+            "-m",
+            "IR-2291: workstation beaconing",
+            "-o",
+            "json",
+        ],
+    );
+    anyhow::ensure!(
+        out.status.success(),
+        "wardctl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let revision = applied["revision"].as_u64().unwrap_or(0);
+    let took = site.wait_acked(0, &[agent.node.as_str()], revision, Duration::from_secs(10));
+    println!(
+        "revision {revision} enforced on the gateway {} ms after apply.",
+        took.as_millis()
+    );
+    let ehr = addr_of("ehr");
+    let before = ns_of("workstation").tcp_ok(ehr, 443);
+    println!(
+        "workstation -> ehr tcp/443: {}",
+        if before {
+            "still open (unexpected)"
+        } else {
+            "DROPPED: quarantined"
+        }
+    );
+    anyhow::ensure!(!before, "the quarantine did not take effect");
+    println!("$ wardctl history");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&site.wardctl(0, &["history"]).stdout)
+    );
+
     let status = agent.status_json(&gw);
     println!(
         "\nCounters: {} packets allowed, {} audited, {} dropped. Flow log: {}",
@@ -282,11 +358,6 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         status["counters"]["dropped"],
         agent.dir.join("flows.jsonl").display()
     );
-    anyhow::ensure!(
-        blocked_lateral,
-        "the lateral-movement attempt was not blocked"
-    );
-    println!("The lateral-movement attempt from the workstation to the pump was dropped.");
 
     if hold {
         println!("\nThe lab stays up. Enter a host with:");
@@ -306,6 +377,7 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
     }
     println!("Removing the lab...");
     drop(agent);
+    drop(site);
     drop(switches);
     Ok(())
 }

@@ -360,8 +360,23 @@ fn changes_json(c: &[v1::Change]) -> Value {
 }
 
 fn changes_text(c: &[v1::Change]) -> String {
-    c.iter()
-        .map(|c| format!("{} {} {}", c.action, c.kind.to_lowercase(), c.name))
+    if c.len() <= 3 {
+        return c
+            .iter()
+            .map(|c| format!("{} {} {}", c.action, c.kind.to_lowercase(), c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    // Many changes: counted by action and kind (-o json lists them all).
+    let mut counts: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    for c in c {
+        *counts
+            .entry((c.action.as_str(), c.kind.as_str()))
+            .or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|((action, kind), n)| format!("{action} {n} {}", kind.to_lowercase()))
         .collect::<Vec<_>>()
         .join(", ")
 }
