@@ -157,6 +157,31 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Updates what is known of an agent: `change`, then the time it was
+    /// last heard from and the replica that heard it.
+    async fn touch_agent(
+        &self,
+        node: &str,
+        change: impl FnOnce(&mut AgentRecord),
+    ) -> Result<(), Status> {
+        let mut record = self
+            .registry
+            .agent(node)
+            .await
+            .map_err(registry_status)?
+            .unwrap_or_default();
+        record.node = node.to_owned();
+        change(&mut record);
+        record.last_heartbeat = format_time(OffsetDateTime::now_utc());
+        record.replica = self.replica.clone();
+        self.registry
+            .put_agent(&record)
+            .await
+            .map_err(registry_status)
+    }
+}
+
 /// Rebuilds the cluster view on every change under `/wardline/`, and at the
 /// next policy window boundary.
 struct Follower {
@@ -657,28 +682,18 @@ impl AgentApi for ControlPlane {
     async fn ack(&self, req: Request<v1::AckRequest>) -> Result<Response<v1::AckResponse>, Status> {
         let r = req.get_ref();
         self.agent(&req, &r.node)?;
-        let mut record = self
-            .registry
-            .agent(&r.node)
-            .await
-            .map_err(registry_status)?
-            .unwrap_or_default();
-        record.node = r.node.clone();
-        if r.error.is_empty() {
-            record.acked_revision = r.revision;
-            record.acked_sha256 = r.policy_sha256.clone();
-            record.generation = r.generation;
-            record.error.clear();
-        } else {
-            tracing::warn!(node = %r.node, revision = r.revision, error = %r.error, "agent could not enforce a snapshot");
-            record.error = r.error.clone();
-        }
-        record.last_heartbeat = format_time(OffsetDateTime::now_utc());
-        record.replica = self.replica.clone();
-        self.registry
-            .put_agent(&record)
-            .await
-            .map_err(registry_status)?;
+        self.touch_agent(&r.node, |record| {
+            if r.error.is_empty() {
+                record.acked_revision = r.revision;
+                record.acked_sha256 = r.policy_sha256.clone();
+                record.generation = r.generation;
+                record.error.clear();
+            } else {
+                tracing::warn!(node = %r.node, revision = r.revision, error = %r.error, "agent could not enforce a snapshot");
+                record.error = r.error.clone();
+            }
+        })
+        .await?;
         Ok(Response::new(v1::AckResponse {}))
     }
 
@@ -689,20 +704,8 @@ impl AgentApi for ControlPlane {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let r = req.get_ref();
         self.agent(&req, &r.node)?;
-        let mut record = self
-            .registry
-            .agent(&r.node)
-            .await
-            .map_err(registry_status)?
-            .unwrap_or_default();
-        record.node = r.node.clone();
-        record.generation = r.generation;
-        record.last_heartbeat = format_time(OffsetDateTime::now_utc());
-        record.replica = self.replica.clone();
-        self.registry
-            .put_agent(&record)
-            .await
-            .map_err(registry_status)?;
+        self.touch_agent(&r.node, |record| record.generation = r.generation)
+            .await?;
         let current = self
             .cluster
             .borrow()

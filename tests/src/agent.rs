@@ -88,16 +88,7 @@ impl Agent {
     /// ready or not.
     pub fn start_unready(ns: &Netns, interfaces: &[&str], policy: &str) -> Agent {
         let agent = Self::launch(ns, interfaces, policy, "");
-        let start = Instant::now();
-        while agent.get(ns, "/healthz").is_none() {
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "agent {} does not answer; log:\n{}",
-                agent.node,
-                agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        agent.wait_answering(ns);
         agent
     }
 
@@ -106,7 +97,7 @@ impl Agent {
         let dir = Self::dir_of(&node);
         std::fs::write(dir.join("policy.yaml"), policy).expect("policy file");
         let mode = format!("  policyFile: {}\n", dir.join("policy.yaml").display());
-        Self::launch_mode(ns, interfaces, node, &mode, extra_spec)
+        Self::launch_mode(ns, interfaces, node, &mode, "{}", extra_spec)
     }
 
     fn next_node() -> String {
@@ -142,17 +133,8 @@ impl Agent {
             key.display(),
             dir.join("state").display(),
         );
-        let agent = Self::launch_mode(ns, interfaces, node, &mode, &format!("__labels__{labels}"));
-        let start = Instant::now();
-        while agent.get(ns, "/healthz").is_none() {
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "agent {} does not answer; log:\n{}",
-                agent.node,
-                agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let agent = Self::launch_mode(ns, interfaces, node, &mode, labels, "");
+        agent.wait_answering(ns);
         agent
     }
 
@@ -161,14 +143,11 @@ impl Agent {
         interfaces: &[&str],
         node: String,
         mode: &str,
+        labels: &str,
         extra_spec: &str,
     ) -> Agent {
         let dir = Self::dir_of(&node);
         let status: SocketAddr = "127.0.0.1:9464".parse().unwrap();
-        let (labels, extra_spec) = match extra_spec.strip_prefix("__labels__") {
-            Some(l) => (l.to_owned(), ""),
-            None => ("{}".to_owned(), extra_spec),
-        };
         let config = format!(
             "apiVersion: wardline/v1\nkind: AgentConfig\nmetadata: {{name: {node}, labels: {labels}}}\nspec:\n  interfaces: [{}]\n{mode}  statusAddress: {status}\n  bpffs: {BPFFS}\n  flowLog: {}\n{extra_spec}",
             interfaces.join(", "),
@@ -239,6 +218,20 @@ impl Agent {
 
     pub fn generation(&self, ns: &Netns) -> u64 {
         self.status_json(ns)["generation"].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until the status endpoint answers, ready or not.
+    fn wait_answering(&self, ns: &Netns) {
+        let start = Instant::now();
+        while self.get(ns, "/healthz").is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "agent {} does not answer; log:\n{}",
+                self.node,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits for /readyz to say 200; panics with the agent's log if it does not.

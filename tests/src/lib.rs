@@ -51,8 +51,9 @@ pub fn require_root() {
 }
 
 pub mod agent;
+pub mod bench;
+pub mod docs;
 pub mod lab;
 pub mod matrix;
 pub mod site;
 pub mod topology;
-pub mod bench;

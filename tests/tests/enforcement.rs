@@ -13,41 +13,10 @@ use wardline_tests::matrix::{Cell, Service, check_matrix};
 use wardline_tests::require_root;
 use wardline_tests::topology::{self, Topology};
 
-const SEGMENTS: &str = r#"
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ws}
-spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: pump}
-spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ehr}
-spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
-"#;
-
-/// A Policy document.
-fn policy(name: &str, action: &str, from: &str, to: &str, ports: &str) -> String {
-    let ports = if ports.is_empty() {
-        String::new()
-    } else {
-        format!("\n  ports: {ports}")
-    };
-    format!(
-        "---\napiVersion: wardline/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  action: {action}\n  from: [{from}]\n  to: [{to}]{ports}\n"
-    )
-}
+use wardline_tests::docs::{WS_PUMP_EHR as SEGMENTS, policy};
 
 fn with_segments(policies: &[String]) -> String {
-    let mut s = SEGMENTS.to_owned();
-    for p in policies {
-        s.push_str(p);
-    }
-    s
+    wardline_tests::docs::with(SEGMENTS, policies)
 }
 
 fn is(c: &Cell, from: &str, to: &str) -> bool {

@@ -6,30 +6,22 @@
 use std::time::Duration;
 
 use wardline_tests::agent::{Agent, agent_bin};
+use wardline_tests::docs;
 use wardline_tests::require_root;
 use wardline_tests::topology;
 
-const POLICY: &str = r#"
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ws}
-spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: pump}
-spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ehr}
-spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
----
-apiVersion: wardline/v1
-kind: Policy
-metadata: {name: ws-ehr-web}
-spec: {action: allow, from: [ws], to: [ehr], ports: [{protocol: tcp, port: 443}]}
-"#;
+fn policy() -> String {
+    docs::with(
+        docs::WS_PUMP_EHR,
+        &[docs::policy(
+            "ws-ehr-web",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 443}]",
+        )],
+    )
+}
 
 #[test]
 #[ignore = "needs root: run via cargo xtask test"]
@@ -37,7 +29,7 @@ fn privileged_kill_and_restart_keeps_enforcing() {
     require_root();
     let topo = topology::routed_gateway();
     let ns = topo.agent_ns();
-    let mut agent = Agent::start(ns, &topo.interfaces(), POLICY);
+    let mut agent = Agent::start(ns, &topo.interfaces(), &policy());
     let ehr = topo.host("ehr").v4.to_string();
     let generation = agent.generation(ns);
 

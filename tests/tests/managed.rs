@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use wardline_tests::agent::Agent;
+use wardline_tests::docs::policy;
 use wardline_tests::matrix::{Cell, Service, check_matrix};
 use wardline_tests::require_root;
 use wardline_tests::site::Site;
@@ -32,17 +33,6 @@ kind: Segment
 metadata: {name: pump-server}
 spec: {cidrs: ["198.18.42.0/24", "2001:db8:42::/64"]}
 "#;
-
-fn policy(name: &str, action: &str, from: &str, to: &str, ports: &str) -> String {
-    let ports = if ports.is_empty() {
-        String::new()
-    } else {
-        format!("\n  ports: {ports}")
-    };
-    format!(
-        "---\napiVersion: wardline/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  action: {action}\n  from: [{from}]\n  to: [{to}]{ports}\n"
-    )
-}
 
 fn is(c: &Cell, from: &str, to: &str) -> bool {
     c.from == from && c.to == to

@@ -1,0 +1,42 @@
+//! Policy documents for tests, written the way operators write them.
+
+/// The segments of the routed and host topologies: workstations, pumps and
+/// the EHR (the outside host is `world`).
+pub const WS_PUMP_EHR: &str = r#"
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ws}
+spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: pump}
+spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ehr}
+spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
+"#;
+
+/// A Policy document (with its `---`); `ports` is a YAML flow list or empty
+/// for every protocol and port.
+pub fn policy(name: &str, action: &str, from: &str, to: &str, ports: &str) -> String {
+    let ports = if ports.is_empty() {
+        String::new()
+    } else {
+        format!("\n  ports: {ports}")
+    };
+    format!(
+        "---\napiVersion: wardline/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  action: {action}\n  from: [{from}]\n  to: [{to}]{ports}\n"
+    )
+}
+
+/// `segments` followed by `policies`.
+pub fn with(segments: &str, policies: &[String]) -> String {
+    let mut s = segments.to_owned();
+    for p in policies {
+        s.push_str(p);
+    }
+    s
+}
