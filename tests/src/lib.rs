@@ -55,5 +55,6 @@ pub mod bench;
 pub mod docs;
 pub mod lab;
 pub mod matrix;
+pub mod scenarios;
 pub mod site;
 pub mod topology;

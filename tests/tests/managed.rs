@@ -9,6 +9,7 @@ use wardline_tests::agent::Agent;
 use wardline_tests::docs::policy;
 use wardline_tests::matrix::{Cell, Service, check_matrix};
 use wardline_tests::require_root;
+use wardline_tests::scenarios::{self, Managed};
 use wardline_tests::site::Site;
 use wardline_tests::topology;
 
@@ -281,4 +282,48 @@ fn privileged_etcd_cluster_survives_a_member_and_a_replica() {
         2,
         "both revisions, written by two replicas"
     );
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_managed_scenarios_through_wardctl() {
+    require_root();
+    let mut site = Site::new();
+    site.start_replica(0, &site.embedded_store());
+    let routed = topology::routed_gateway();
+    let bridge = topology::vlan_bridge();
+    site.connect(routed.agent_ns());
+    site.connect(bridge.agent_ns());
+    let endpoints = [Site::endpoint(0)];
+    let gw = Agent::start_managed(
+        routed.agent_ns(),
+        &routed.interfaces(),
+        &site,
+        "{role: gateway}",
+        &endpoints,
+    );
+    let br = Agent::start_managed(
+        bridge.agent_ns(),
+        &bridge.interfaces(),
+        &site,
+        "{role: bridge}",
+        &endpoints,
+    );
+    let nodes = vec![gw.node.clone(), br.node.clone()];
+    let on_routed = Managed {
+        site: &site,
+        nodes: nodes.clone(),
+        agent: &gw,
+        ns: routed.agent_ns(),
+    };
+    scenarios::routed_gateway(&routed, &on_routed);
+    scenarios::established_cut(&routed, &on_routed);
+    scenarios::window_ends(&routed, &on_routed);
+    let on_bridge = Managed {
+        site: &site,
+        nodes,
+        agent: &br,
+        ns: bridge.agent_ns(),
+    };
+    scenarios::vlan_bridge(&bridge, &on_bridge);
 }
