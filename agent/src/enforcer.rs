@@ -537,6 +537,40 @@ impl Enforcer {
         Ok(n)
     }
 
+    /// Removes tracked connections and fragments idle for longer than their
+    /// timeout, as of `now` (`CLOCK_BOOTTIME` nanoseconds, the kernel's
+    /// clock). The kernel keeps them in plain hash maps, which never evict a
+    /// live connection (an LRU map evicts entries long before it is full
+    /// when CPUs contend); this sweep is what frees them. Returns how many
+    /// connections and fragments were removed.
+    pub fn expire(&mut self, now: u64) -> (usize, usize) {
+        let idle: Vec<abi::FlowKey> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, s)| {
+                now.saturating_sub(s.last_seen_ns) >= abi::flow_timeout(k.proto, s.status, s.tcp)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let connections = idle
+            .iter()
+            .filter(|k| self.conntrack.remove(k).is_ok())
+            .count();
+        let old: Vec<abi::FragmentKey> = self
+            .fragments
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, f)| now.saturating_sub(f.seen_ns) >= abi::TIMEOUT_FRAGMENT)
+            .map(|(k, _)| k)
+            .collect();
+        let fragments = old
+            .iter()
+            .filter(|k| self.fragments.remove(k).is_ok())
+            .count();
+        (connections, fragments)
+    }
+
     /// The tracked connections, for inspection.
     pub fn connections(&self) -> Vec<(abi::FlowKey, abi::FlowState)> {
         self.conntrack.iter().filter_map(Result::ok).collect()
@@ -579,6 +613,13 @@ impl Enforcer {
     pub fn events_fd(ring: &RingBuf<MapData>) -> i32 {
         ring.as_raw_fd()
     }
+}
+
+/// Now on the kernel's event and tracking clock (`CLOCK_BOOTTIME`), in ns.
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// Removes every pin of `node` under `bpffs`: links (so the programs

@@ -218,6 +218,7 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
     let address = config.status_address;
     loop {
         tokio::select! {
@@ -232,6 +233,7 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
                 rt.check_windows();
                 rt.check_interfaces();
             }
+            _ = sweep.tick() => rt.expire_connections(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             r = &mut server => anyhow::bail!("status endpoint {address}: {}", crate::describe_end(r)),

@@ -182,6 +182,14 @@ impl Runtime {
         Ok(generation)
     }
 
+    /// Frees the tracking entries of connections that went idle.
+    pub fn expire_connections(&mut self) {
+        let (connections, fragments) = self.enforcer().expire(enforcer::boot_ns());
+        if connections + fragments > 0 {
+            tracing::debug!(connections, fragments, "expired idle tracking entries");
+        }
+    }
+
     /// Compiles again when a policy window has opened or closed.
     pub fn check_windows(&mut self) {
         if self

@@ -147,6 +147,7 @@ pub async fn run(config: AgentConfig, policy_file: PathBuf) -> anyhow::Result<()
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -158,6 +159,7 @@ pub async fn run(config: AgentConfig, policy_file: PathBuf) -> anyhow::Result<()
                 agent.rt.check_windows();
                 agent.rt.check_interfaces();
             }
+            _ = sweep.tick() => agent.rt.expire_connections(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             r = &mut server => anyhow::bail!("status endpoint {address}: {}", crate::describe_end(r)),

@@ -660,3 +660,51 @@ fn privileged_programs_100k_rules_and_prefixes() {
     let e = decode(&ring.next().expect("an event")).unwrap();
     assert_eq!(dp.policy_name(e.policy), Some("p000000"));
 }
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_idle_connections_are_expired_and_live_ones_kept() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root: run via cargo xtask test"
+    );
+    let set = wardline_policy::parse(POLICY).expect("test policy parses");
+    let dp = Dataplane::compile(&set, &CompileOptions::at(OffsetDateTime::now_utc())).unwrap();
+    let bpffs = std::path::PathBuf::from("/sys/fs/bpf");
+    let node = format!("wl-test-expire-{}", std::process::id());
+    let _cleanup = PinGuard(bpffs.clone(), node.clone());
+    let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
+    enforcer.apply(&dp).unwrap();
+    // workstations -> ehr tcp/443 is allowed: a SYN opens a tracked connection.
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend([
+        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 20, 7, 198, 18, 41, 9,
+    ]);
+    frame.extend(40000u16.to_be_bytes());
+    frame.extend(443u16.to_be_bytes());
+    frame.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let r = enforcer
+        .program(abi::PROG_INGRESS)
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..TestRunOptions::default()
+        })
+        .unwrap();
+    assert_eq!(r.return_value, 0);
+    assert_eq!(enforcer.connections().len(), 1);
+    let now = enforcer::boot_ns();
+    assert_eq!(enforcer.expire(now), (0, 0), "a live connection stays");
+    let opening = abi::TIMEOUT_TCP_OPENING;
+    assert_eq!(
+        enforcer.expire(now + opening - abi::SECOND_NS),
+        (0, 0),
+        "not idle long enough"
+    );
+    assert_eq!(
+        enforcer.expire(now + opening + abi::SECOND_NS),
+        (1, 0),
+        "idle past its timeout"
+    );
+    assert!(enforcer.connections().is_empty());
+}

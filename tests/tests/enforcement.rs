@@ -262,3 +262,57 @@ fn privileged_status_endpoint_readiness_reload_and_metrics() {
         .sum();
     assert!(dropped > 0, "default-deny drops are counted:\n{metrics}");
 }
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_bulk_tcp_keeps_its_connection_across_cpus() {
+    require_root();
+    // A bulk stream's packets are judged on both CPUs at once, in both
+    // directions: no packet of the allowed connection may be taken for a
+    // new one (and dropped).
+    let topo = topology::routed_gateway();
+    let agent = start(
+        &topo,
+        &with_segments(&[policy(
+            "ws-ehr-bulk",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 5201}]",
+        )]),
+    );
+    let ehr = topo.host("ehr");
+    let mut server = ehr.ns.spawn(["iperf3", "-s", "-1", "-p", "5201"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = topo.host("ws").ns.exec([
+        "iperf3",
+        "-c",
+        &ehr.v4.to_string(),
+        "-p",
+        "5201",
+        "-t",
+        "3",
+        "-J",
+    ]);
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let bytes = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(bytes > 0, "the stream moved data: {report}");
+    let wrong: Vec<_> = agent
+        .flows()
+        .into_iter()
+        .filter(|f| {
+            f["protocol"] == "tcp"
+                && f["verdict"] == "dropped"
+                && (f["sport"] == 5201 || f["dport"] == 5201)
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "packets of the allowed stream were dropped: {wrong:?}"
+    );
+    eprintln!(
+        "{} bytes, {} retransmits, no packet of the allowed stream dropped",
+        bytes, report["end"]["sum_sent"]["retransmits"]
+    );
+}

@@ -15,7 +15,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout, a map name or a program's meaning changes.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------
 // Names of programs and maps (the ELF symbols and the pin file names).

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 use wardline_ebpf_abi::{
@@ -35,12 +35,15 @@ static WL_RULES: LpmTrie<RuleData, RuleValue> = LpmTrie::with_max_entries(MAX_RU
 static WL_FAILSAFE: LpmTrie<FailsafeData, u32> = LpmTrie::with_max_entries(MAX_FAILSAFE, 0);
 #[map]
 static WL_ETHERTYPES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ETHERTYPES, 0);
+/// A plain hash map, not an LRU one: an LRU map evicts live entries long
+/// before it is full when CPUs contend, which cut established connections.
+/// The agent sweeps idle entries; when the map is full, a new connection
+/// still gets its verdict but is not tracked.
 #[map]
-static WL_CONNTRACK: LruHashMap<FlowKey, FlowState> =
-    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+static WL_CONNTRACK: HashMap<FlowKey, FlowState> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
 #[map]
-static WL_FRAGMENTS: LruHashMap<FragmentKey, FragmentState> =
-    LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
+static WL_FRAGMENTS: HashMap<FragmentKey, FragmentState> =
+    HashMap::with_max_entries(MAX_FRAGMENTS, 0);
 #[map]
 static WL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 #[map]
@@ -226,7 +229,7 @@ fn later_fragment(env: &Env<'_>, p: &Packet) -> Reason {
     };
     // SAFETY: the value is copied out before any other map call.
     match unsafe { WL_FRAGMENTS.get(fkey) }.copied() {
-        Some(s) if env.now.wrapping_sub(s.seen_ns) < TIMEOUT_FRAGMENT => {
+        Some(s) if env.now.saturating_sub(s.seen_ns) < TIMEOUT_FRAGMENT => {
             if s.passed != 0 {
                 Reason::Fragment
             } else {
@@ -255,7 +258,9 @@ fn lookup_flow(key: &FlowKey, now: u64, reply: &mut bool) -> Option<*mut FlowSta
     let s = found?;
     // SAFETY: a pointer into an LRU hash value, valid for this program run.
     let (last, status, tcp) = unsafe { ((*s).last_seen_ns, (*s).status, (*s).tcp) };
-    if now.wrapping_sub(last) >= flow_timeout(key.proto, status, tcp) {
+    // Another CPU may have stamped the entry after this packet read the
+    // clock: a stamp in the future is idle time zero, never a wrap-around.
+    if now.saturating_sub(last) >= flow_timeout(key.proto, status, tcp) {
         let _ = WL_CONNTRACK.remove(if *reply { &reversed } else { key });
         return None;
     }
