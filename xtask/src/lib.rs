@@ -2,6 +2,7 @@
 //! parses the command line; each task lives in its own module, and every
 //! external command goes through [`cmd`], which echoes it before it runs.
 
+pub mod bench;
 pub mod cmd;
 pub mod lab;
 pub mod lint;

@@ -34,8 +34,20 @@ enum Task {
         #[arg(long)]
         hold: bool,
     },
-    /// Benchmarks against nftables and iptables (not built yet).
-    Bench,
+    /// Set up, build with --release, and run the benchmarks: the kernel
+    /// programs' cost per packet, throughput against nftables and iptables,
+    /// policy propagation and flow events. Writes docs/benchmarks.md and
+    /// docs/benchmarks.json.
+    Bench {
+        /// A smoke test of the harness in seconds (CI), written under
+        /// target/bench/ instead of docs/.
+        #[arg(long)]
+        quick: bool,
+        /// Run only this part (packet, throughput, propagation, events);
+        /// may be given more than once.
+        #[arg(long = "part", value_name = "NAME")]
+        parts: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,10 +57,7 @@ fn main() -> ExitCode {
         Task::Test { nextest_args } => xtask::test::test(&nextest_args),
         Task::Lab { hold } => xtask::lab::lab(hold),
         Task::Lint => xtask::lint::lint().map(|()| ExitCode::SUCCESS),
-        Task::Bench => {
-            eprintln!("not built yet");
-            return ExitCode::from(2);
-        }
+        Task::Bench { quick, parts } => xtask::bench::bench(quick, &parts),
     };
     outcome.unwrap_or_else(|err| {
         eprintln!("xtask: {err:#}");

@@ -1,0 +1,960 @@
+//! Policy propagation: from `wardctl apply` to every agent's
+//! acknowledgement, with one real managed agent and a fleet of simulated
+//! ones on real gRPC streams; the control plane's memory per agent; and the
+//! time to program 100,000 rules into the kernel.
+//!
+//! The simulated agents are tonic clients in this process, each with its
+//! own agent certificate of the site CA, connected over mutual TLS to the
+//! replica on the management network (their runtime's threads live in the
+//! management namespace). Each does what the agent's session does, minus
+//! the kernel: Register, Watch, Ack every snapshot at once, and Heartbeat at
+//! the interval the control plane asks for.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::{Value, json};
+use tonic::transport::{ClientTlsConfig, Endpoint};
+use wardline_control_plane::pki::{self, Role};
+use wardline_control_plane::tls::client_tls;
+use wardline_proto::v1::{self, agent_api_client::AgentApiClient};
+
+use crate::agent::{Agent, BPFFS};
+use crate::bench::{Budget, Section};
+use crate::netns::Netns;
+use crate::site::{PORT, REPLICAS, Site};
+use crate::{addr, link_up};
+
+/// The most open files the bench process (and the replica it starts) may
+/// hold: far above two per simulated agent.
+const NOFILE: u64 = 65_536;
+/// Simulated agents connecting at the same time.
+const CONNECT_CONCURRENCY: usize = 32;
+/// How long a whole fleet may take to connect and take its first snapshot.
+const CONNECT_WITHIN: Duration = Duration::from_secs(180);
+/// How long every agent may take to acknowledge one revision.
+const ACK_WITHIN: Duration = Duration::from_secs(60);
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The policy of round `k`: the hospital example with workstation
+/// 198.18.20.`k` quarantined (a /32 in a segment no policy names), as the
+/// lab does it; every round changes what each node enforces.
+fn policy(k: usize) -> String {
+    format!(
+        "{}\n---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: quarantine}}\nspec: {{cidrs: [\"198.18.20.{}/32\"]}}\n",
+        crate::lab::POLICY,
+        100 + k % 150
+    )
+}
+
+/// One acknowledgement seen by a simulated agent.
+#[derive(Clone, Copy)]
+struct Acked {
+    received: Instant,
+    acked: Instant,
+    /// The snapshot's encoded size.
+    bytes: usize,
+}
+
+/// What the simulated agents report back.
+#[derive(Default)]
+struct Fleet {
+    /// Revision -> every simulated agent's acknowledgement of it.
+    acks: Mutex<BTreeMap<u64, Vec<Acked>>>,
+    /// Each simulated agent's last acknowledged revision.
+    latest: Mutex<Vec<u64>>,
+    watching: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Fleet {
+    fn record(&self, id: usize, revision: u64, a: Acked) {
+        self.acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(revision)
+            .or_default()
+            .push(a);
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        if latest.len() <= id {
+            latest.resize(id + 1, 0);
+        }
+        latest[id] = latest[id].max(revision);
+    }
+
+    fn acks_of(&self, revision: u64) -> Vec<Acked> {
+        self.acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&revision)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many of the first `n` agents have acknowledged `revision` or later.
+    fn caught_up(&self, n: usize, revision: u64) -> usize {
+        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        latest.iter().take(n).filter(|r| **r >= revision).count()
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(first) = errors.first() {
+            bail!("{} simulated agent(s) failed; first: {first}", errors.len());
+        }
+        Ok(())
+    }
+}
+
+/// A simulated agent's identity and TLS settings.
+struct SimAgent {
+    id: usize,
+    node: String,
+    address: String,
+    tls: ClientTlsConfig,
+}
+
+async fn sim_agent(me: SimAgent, fleet: Arc<Fleet>, gate: Arc<tokio::sync::Semaphore>) {
+    let node = me.node.clone();
+    if let Err(e) = sim_agent_session(me, &fleet, gate).await {
+        fleet
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(format!("{node}: {e:#}"));
+    }
+}
+
+async fn sim_agent_session(
+    me: SimAgent,
+    fleet: &Fleet,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> anyhow::Result<()> {
+    let permit = gate.acquire_owned().await?;
+    let channel = Endpoint::from_shared(format!("https://{}:{PORT}", REPLICAS[0]))?
+        .tls_config(me.tls)?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .context("connecting")?;
+    let mut client = AgentApiClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let registered = client
+        .register(v1::RegisterRequest {
+            node: me.node.clone(),
+            labels: [
+                ("role".to_owned(), "ward-host".to_owned()),
+                ("bench".to_owned(), "propagation".to_owned()),
+            ]
+            .into(),
+            addresses: vec![me.address.clone()],
+        })
+        .await
+        .context("registering")?
+        .into_inner();
+    let mut stream = client
+        .watch(v1::WatchRequest {
+            node: me.node.clone(),
+            known_revision: 0,
+        })
+        .await
+        .context("watching")?
+        .into_inner();
+    drop(permit);
+    fleet.watching.fetch_add(1, Ordering::Relaxed);
+    // Heartbeats spread over the interval, as a fleet started at different
+    // times would send them.
+    let every = Duration::from_secs(u64::from(registered.heartbeat_seconds.max(1)));
+    let phase = every.mul_f64((me.id % 1000) as f64 / 1000.0);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
+    let mut enforced = 0;
+    loop {
+        tokio::select! {
+            message = stream.message() => {
+                let Some(snapshot) = message.context("receiving a snapshot")? else {
+                    return Ok(());
+                };
+                let received = Instant::now();
+                let bytes = prost::Message::encoded_len(&snapshot);
+                client
+                    .ack(v1::AckRequest {
+                        node: me.node.clone(),
+                        revision: snapshot.revision,
+                        policy_sha256: snapshot.policy_sha256.clone(),
+                        generation: 1,
+                        error: String::new(),
+                    })
+                    .await
+                    .context("acknowledging")?;
+                let acked = Instant::now();
+                enforced = snapshot.revision;
+                fleet.record(me.id, snapshot.revision, Acked { received, acked, bytes });
+            }
+            _ = heartbeat.tick() => {
+                client
+                    .heartbeat(v1::HeartbeatRequest { node: me.node.clone(), revision: enforced, generation: 1 })
+                    .await
+                    .context("heartbeat")?;
+            }
+        }
+    }
+}
+
+/// `(soft, hard)` of a limit named as in `/proc/PID/limits`.
+fn limit(pid: &str, name: &str) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let mut fields = line[name.len()..].split_whitespace();
+    Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
+}
+
+/// Raises this process's open-file limit as far as it may go, towards
+/// [`NOFILE`], so that it and the replica it starts (which inherits it) can
+/// hold every agent's connection: the hard limit if the kernel lets us
+/// raise it, else the soft limit up to the hard one.
+fn raise_nofile() -> anyhow::Result<()> {
+    let me = std::process::id().to_string();
+    let parse = |v: &str| {
+        if v == "unlimited" {
+            u64::MAX
+        } else {
+            v.parse().unwrap_or(0)
+        }
+    };
+    let (soft, hard) = limit(&me, "Max open files").context("reading /proc/self/limits")?;
+    let (soft, hard) = (parse(&soft), parse(&hard));
+    if soft >= NOFILE {
+        return Ok(());
+    }
+    let prlimit = |value: String| -> anyhow::Result<()> {
+        let out = Command::new("prlimit")
+            .args(["--pid", &me, &format!("--nofile={value}")])
+            .output()
+            .context("running prlimit")?;
+        ensure!(
+            out.status.success(),
+            "prlimit --nofile={value}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    };
+    if hard < NOFILE && prlimit(format!("{NOFILE}:{NOFILE}")).is_ok() {
+        return Ok(());
+    }
+    if soft < hard {
+        prlimit(format!("{}:", hard.min(NOFILE)))?;
+    }
+    Ok(())
+}
+
+/// The PID of the control-plane replica this site started: the child of
+/// this process running `wardline-control-plane` on the site's store.
+fn control_plane_pid(site: &Site) -> anyhow::Result<u32> {
+    let me = std::process::id();
+    let store = site.embedded_store();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_cp = args
+            .first()
+            .is_some_and(|a| a.ends_with("wardline-control-plane"));
+        if !is_cp || !args.contains(&store) {
+            continue;
+        }
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+            });
+        if ppid == Some(me) {
+            return Ok(pid);
+        }
+    }
+    bail!("no wardline-control-plane process of this site ({store}) found")
+}
+
+/// VmRSS of a process, in bytes.
+fn vm_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// CPU time a process has used (user and system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime), counted from 3 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // In clock ticks of USER_HZ, which Linux fixes at 100 for /proc.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn show_limit(l: &Option<(String, String)>) -> String {
+    l.as_ref()
+        .map_or_else(|| "unknown".to_owned(), |(s, h)| format!("{s}, {h}"))
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+}
+
+/// The figures of one fleet size.
+struct Scale {
+    agents: usize,
+    rounds: usize,
+    acked: Vec<Duration>,
+    received: Vec<Duration>,
+    real: Vec<Duration>,
+    /// Until the real agent's `/status` showed the new revision enforced.
+    enforced: Vec<Duration>,
+    apply_returned: Vec<Duration>,
+    missing: usize,
+    /// The largest snapshot a simulated agent received, encoded.
+    snapshot_bytes: usize,
+    /// CPUs busy during the applies: (control plane, bench process).
+    cpu: Option<(f64, f64)>,
+    connect: Duration,
+    rss: u64,
+    fds: usize,
+}
+
+impl Scale {
+    fn sorted(v: &[Duration]) -> Vec<Duration> {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    }
+}
+
+/// Issues `count` agent certificates, `first` on, on two threads.
+fn issue_certificates(site: &Site, first: usize, count: usize) -> anyhow::Result<Vec<SimAgent>> {
+    let ca_dir = site.dir.join("ca");
+    let out_dir = site.dir.join("simulated");
+    let ca = site.ca();
+    let issue = |id: usize| -> anyhow::Result<SimAgent> {
+        let node = format!("sim-{id:04}");
+        let paths = pki::issue(&ca_dir, Role::Agent, &node, &[], &out_dir, 1)
+            .with_context(|| format!("issuing the certificate of {node}"))?;
+        let tls = client_tls(&ca, &paths.cert, &paths.key, REPLICAS[0])
+            .with_context(|| format!("TLS settings of {node}"))?;
+        Ok(SimAgent {
+            id,
+            node,
+            address: format!("198.19.{}.{}", 100 + id / 250, 1 + id % 250),
+            tls,
+        })
+    };
+    let ids: Vec<usize> = (first..first + count).collect();
+    let halves: Vec<anyhow::Result<Vec<SimAgent>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ids
+            .chunks(count.div_ceil(2).max(1))
+            .map(|chunk| scope.spawn(move || chunk.iter().map(|id| issue(*id)).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(count);
+    for half in halves {
+        out.extend(half?);
+    }
+    Ok(out)
+}
+
+/// When the real agent's `/status` first shows a revision newer than
+/// `before` (polled every 5 ms); `None` after [`ACK_WITHIN`].
+fn wait_enforced(agent: &Agent, ns: &Netns, before: u64) -> Option<Instant> {
+    let start = Instant::now();
+    while start.elapsed() < ACK_WITHIN {
+        let revision = agent
+            .get(ns, "/status")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(body.trim()).ok())
+            .and_then(|v| v["revision"].as_u64());
+        if revision.is_some_and(|r| r > before) {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// Waits until the first `n` simulated agents are watching and have
+/// acknowledged `revision` (or later).
+fn wait_caught_up(fleet: &Fleet, n: usize, revision: u64, within: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        fleet.check()?;
+        let watching = fleet.watching.load(Ordering::Relaxed);
+        let caught_up = fleet.caught_up(n, revision);
+        if watching >= n && caught_up >= n {
+            return Ok(());
+        }
+        ensure!(
+            start.elapsed() < within,
+            "after {within:?}: {watching} of {n} simulated agents watching, {caught_up} acknowledged revision {revision}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Context<'a> {
+    site: &'a Site,
+    agent: &'a Agent,
+    agent_ns: &'a Netns,
+    cp: u32,
+    fleet: Arc<Fleet>,
+    rounds: usize,
+}
+
+/// Connects the fleet up to each size in turn and measures `rounds` applies
+/// at each. Runs on a thread in the management namespace.
+fn measure_fleet(
+    cx: &Context<'_>,
+    sizes: &[usize],
+    mut revision: u64,
+) -> anyhow::Result<Vec<Scale>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the simulated agents' runtime")?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+    let mut scales = Vec::new();
+    let mut connected = 0;
+    let mut round = 0;
+    let result = (|| -> anyhow::Result<()> {
+        for &n in sizes {
+            eprintln!("propagation: {n} simulated agents...");
+            let start = Instant::now();
+            for me in issue_certificates(cx.site, connected, n - connected)? {
+                rt.spawn(sim_agent(me, cx.fleet.clone(), gate.clone()));
+            }
+            wait_caught_up(&cx.fleet, n, revision, CONNECT_WITHIN)?;
+            let connect = start.elapsed();
+            connected = n;
+            // Let registrations and first acknowledgements settle.
+            std::thread::sleep(Duration::from_secs(2));
+            let rss = vm_rss(cx.cp)?;
+            let fds = open_fds(cx.cp);
+            let mut scale = Scale {
+                agents: n,
+                rounds: cx.rounds,
+                acked: Vec::new(),
+                received: Vec::new(),
+                real: Vec::new(),
+                enforced: Vec::new(),
+                apply_returned: Vec::new(),
+                missing: 0,
+                snapshot_bytes: 0,
+                cpu: None,
+                connect,
+                rss,
+                fds,
+            };
+            let cpu_before = (
+                cpu_time(cx.cp),
+                cpu_time(std::process::id()),
+                Instant::now(),
+            );
+            for _ in 0..cx.rounds {
+                round += 1;
+                let text = policy(round);
+                let before = revision;
+                let t0 = Instant::now();
+                let enforced;
+                (revision, enforced) = std::thread::scope(|scope| {
+                    let poll = scope.spawn(|| wait_enforced(cx.agent, cx.agent_ns, before));
+                    let revision = cx.site.apply(0, &text);
+                    scale.apply_returned.push(t0.elapsed());
+                    (revision, poll.join().ok().flatten())
+                });
+                match enforced {
+                    Some(at) => scale.enforced.push(at.saturating_duration_since(t0)),
+                    None => bail!(
+                        "the real agent did not enforce revision {revision} within {ACK_WITHIN:?}"
+                    ),
+                }
+                cx.site
+                    .wait_acked(0, &[cx.agent.node.as_str()], revision, ACK_WITHIN);
+                scale.real.push(t0.elapsed());
+                let waited = wait_caught_up(&cx.fleet, n, revision, ACK_WITHIN);
+                let acks = cx.fleet.acks_of(revision);
+                scale.missing += n.saturating_sub(acks.len());
+                for a in &acks {
+                    scale.snapshot_bytes = scale.snapshot_bytes.max(a.bytes);
+                    scale.acked.push(a.acked.saturating_duration_since(t0));
+                    scale
+                        .received
+                        .push(a.received.saturating_duration_since(t0));
+                }
+                if let Err(e) = waited {
+                    // A simulated agent that failed stops the part; one that
+                    // is merely late is counted as missing.
+                    cx.fleet.check()?;
+                    eprintln!("propagation: {e:#}");
+                }
+                // A pause between rounds, as between two operators' changes.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            if let (Some(cp0), Some(me0), Some(cp1), Some(me1)) = (
+                cpu_before.0,
+                cpu_before.1,
+                cpu_time(cx.cp),
+                cpu_time(std::process::id()),
+            ) {
+                let wall = cpu_before.2.elapsed().as_secs_f64();
+                scale.cpu = Some((
+                    (cp1.saturating_sub(cp0)).as_secs_f64() / wall,
+                    (me1.saturating_sub(me0)).as_secs_f64() / wall,
+                ));
+            }
+            scales.push(scale);
+        }
+        Ok(())
+    })();
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result.map(|()| scales)
+}
+
+/// Removes a node's pins on drop.
+struct Pins(PathBuf, String);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Err(e) = wardline_agent::enforcer::uninstall(&self.0, &self.1) {
+            eprintln!("propagation: removing the pins of {}: {e}", self.1);
+        }
+    }
+}
+
+/// Parses, compiles and programs 100,000 rules and 100,000 prefixes into
+/// freshly loaded, unattached programs' maps (as in the kernel tests).
+fn program_100k() -> anyhow::Result<Value> {
+    use time::OffsetDateTime;
+    use wardline_policy::{CompileOptions, Dataplane};
+
+    // 1,000 segments of 100 host prefixes; 100,000 single-port policies.
+    let mut yaml = String::new();
+    for i in 0..1000u32 {
+        let cidrs: Vec<String> = (0..100u32)
+            .map(|j| {
+                let n = i * 100 + j;
+                format!(
+                    "\"198.{}.{}.{}/32\"",
+                    18 + (n >> 16),
+                    (n >> 8) & 255,
+                    n & 255
+                )
+            })
+            .collect();
+        let _ = write!(
+            yaml,
+            "---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: s{i:04}}}\nspec: {{cidrs: [{}]}}\n",
+            cidrs.join(", ")
+        );
+    }
+    for i in 0..100_000u32 {
+        let _ = write!(
+            yaml,
+            "---\napiVersion: wardline/v1\nkind: Policy\nmetadata: {{name: p{i:06}}}\nspec: {{action: allow, from: [s{:04}], to: [s{:04}], ports: [{{protocol: tcp, port: {}}}]}}\n",
+            i % 1000,
+            (i / 1000) % 1000,
+            1000 + i % 5000
+        );
+    }
+    let t = Instant::now();
+    let set = wardline_policy::parse(&yaml).context("parsing the 100k-rule policy")?;
+    let parsed = t.elapsed();
+    let t = Instant::now();
+    let dp = Dataplane::compile(&set, &CompileOptions::at(OffsetDateTime::now_utc()))
+        .context("compiling the 100k-rule policy")?;
+    let compiled = t.elapsed();
+    ensure!(
+        (dp.prefixes.len(), dp.rules.len()) == (100_000, 100_000),
+        "expected 100,000 prefixes and rules, compiled {} and {}",
+        dp.prefixes.len(),
+        dp.rules.len()
+    );
+    let bpffs = Path::new(BPFFS).to_path_buf();
+    let node = format!("wl-bench-100k-{}", std::process::id());
+    let _pins = Pins(bpffs.clone(), node.clone());
+    let t = Instant::now();
+    let mut enforcer =
+        wardline_agent::enforcer::Enforcer::open(&bpffs, &node).context("loading the programs")?;
+    let loaded = t.elapsed();
+    let t = Instant::now();
+    let first = enforcer
+        .apply(&dp)
+        .context("programming the first generation")?;
+    let programmed = t.elapsed();
+    let t = Instant::now();
+    let second = enforcer
+        .apply(&dp)
+        .context("programming the next generation beside the live one")?;
+    let next = t.elapsed();
+    ensure!(second == first + 1, "generation {first} then {second}");
+    drop(enforcer);
+    Ok(json!({
+        "prefixes": dp.prefixes.len(),
+        "rules": dp.rules.len(),
+        "policy_bytes": yaml.len(),
+        "parse_seconds": parsed.as_secs_f64(),
+        "compile_seconds": compiled.as_secs_f64(),
+        "load_seconds": loaded.as_secs_f64(),
+        "program_seconds": programmed.as_secs_f64(),
+        "next_generation_seconds": next.as_secs_f64(),
+    }))
+}
+
+/// Part 3 of the benchmarks: propagation to a fleet, control-plane memory
+/// per agent, and programming 100,000 rules.
+pub fn run(budget: Budget) -> anyhow::Result<Section> {
+    ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "the propagation benchmark needs root (namespaces, BPF)"
+    );
+    let started = Instant::now();
+    let (sizes, rounds): (&[usize], usize) = if budget.quick {
+        (&[10], 2)
+    } else {
+        (&[100, 1_000], 5)
+    };
+    raise_nofile()?;
+    let bench_nofile = limit("self", "Max open files");
+
+    let mut site = Site::new();
+    site.start_replica(0, &site.embedded_store());
+    let cp = control_plane_pid(&site)?;
+    let cp_nofile = limit(&cp.to_string(), "Max open files");
+    let cp_soft: u64 = cp_nofile
+        .as_ref()
+        .and_then(|(s, _)| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    let most = *sizes.iter().max().unwrap_or(&0) as u64;
+    ensure!(
+        cp_soft > 2 * most + 256,
+        "the control plane may open only {cp_soft} files, too few for {most} agents"
+    );
+
+    // The real agent: managed, enforcing one interface of its namespace.
+    let agent_ns = Netns::new("bench-agent");
+    agent_ns.ip([
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    link_up(&agent_ns, "eth0");
+    link_up(&agent_ns, "eth1");
+    addr(&agent_ns, "eth0", "198.18.60.1/24");
+    site.connect(&agent_ns);
+    let agent = Agent::start_managed(
+        &agent_ns,
+        &["eth0"],
+        &site,
+        "{role: ward-gateway}",
+        &[Site::endpoint(0)],
+    );
+    let revision = site.apply(0, &policy(0));
+    site.wait_acked(0, &[agent.node.as_str()], revision, ACK_WITHIN);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_base = vm_rss(cp)?;
+    let fds_base = open_fds(cp);
+
+    let cx = Context {
+        site: &site,
+        agent: &agent,
+        agent_ns: &agent_ns,
+        cp,
+        fleet: Arc::new(Fleet::default()),
+        rounds,
+    };
+    let scales = site
+        .ns
+        .run_in(|| measure_fleet(&cx, sizes, revision))
+        .map_err(|e| {
+            let log = site.replicas.first().map(|p| p.log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            e.context(format!(
+                "control-plane log, last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ))
+        })?;
+    drop(cx);
+    drop(agent);
+    drop(agent_ns);
+    drop(site);
+
+    let kernel = if budget.quick {
+        None
+    } else {
+        eprintln!("propagation: programming 100,000 rules...");
+        Some(program_100k()?)
+    };
+    let elapsed = started.elapsed();
+
+    let mut table = String::from(
+        "| simulated agents | applies | apply → ack p50 | apply → ack p99 | apply → ack max | snapshot received p50 / p99 | real agent enforced (median / max) | real agent acked, `wait_acked` (median / max) | `wardctl apply` returned (median) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut raw_scales = Vec::new();
+    let mut targets = Vec::new();
+    for s in &scales {
+        let acked = Scale::sorted(&s.acked);
+        let received = Scale::sorted(&s.received);
+        let real = Scale::sorted(&s.real);
+        let enforced = Scale::sorted(&s.enforced);
+        let returned = Scale::sorted(&s.apply_returned);
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} |",
+            s.agents,
+            s.rounds,
+            ms(percentile(&acked, 50.0)),
+            ms(percentile(&acked, 99.0)),
+            ms(percentile(&acked, 100.0)),
+            ms(percentile(&received, 50.0)),
+            ms(percentile(&received, 99.0)),
+            ms(percentile(&enforced, 50.0)),
+            ms(percentile(&enforced, 100.0)),
+            ms(percentile(&real, 50.0)),
+            ms(percentile(&real, 100.0)),
+            ms(percentile(&returned, 50.0)),
+        );
+        raw_scales.push(json!({
+            "simulated_agents": s.agents,
+            "applies": s.rounds,
+            "acknowledgements": s.acked.len(),
+            "missing_acknowledgements": s.missing,
+            "ack_ms": {
+                "p50": percentile(&acked, 50.0).as_secs_f64() * 1e3,
+                "p90": percentile(&acked, 90.0).as_secs_f64() * 1e3,
+                "p99": percentile(&acked, 99.0).as_secs_f64() * 1e3,
+                "max": percentile(&acked, 100.0).as_secs_f64() * 1e3,
+            },
+            "received_ms": {
+                "p50": percentile(&received, 50.0).as_secs_f64() * 1e3,
+                "p99": percentile(&received, 99.0).as_secs_f64() * 1e3,
+            },
+            "real_agent_enforced_ms": enforced.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+            "real_agent_acked_ms": real.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+            "apply_returned_ms": returned.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+            "connect_seconds": s.connect.as_secs_f64(),
+            "snapshot_bytes": s.snapshot_bytes,
+            "cpus_busy_during_applies": s.cpu.map(|(cp, bench)| json!({"control_plane": cp, "bench_process": bench})),
+            "control_plane_rss_bytes": s.rss,
+            "control_plane_open_files": s.fds,
+        }));
+    }
+    let p99_at = |n: usize| {
+        scales
+            .iter()
+            .find(|s| s.agents == n)
+            .map(|s| (percentile(&Scale::sorted(&s.acked), 99.0), s.missing))
+    };
+    if let Some((p99, missing)) = p99_at(1_000) {
+        targets.push((
+            format!(
+                "apply → acknowledgement p99 under 1 s at 1,000 simulated agents (p99 {}{})",
+                ms(p99),
+                if missing > 0 {
+                    format!(", {missing} acknowledgements missing")
+                } else {
+                    String::new()
+                }
+            ),
+            p99 < Duration::from_secs(1) && missing == 0,
+        ));
+    } else if let Some(s) = scales.last() {
+        let p99 = percentile(&Scale::sorted(&s.acked), 99.0);
+        targets.push((
+            format!(
+                "apply → acknowledgement p99 under 1 s (quick mode: {} simulated agents, p99 {}; the target is set at 1,000)",
+                s.agents,
+                ms(p99)
+            ),
+            p99 < Duration::from_secs(1) && s.missing == 0,
+        ));
+    }
+
+    table.push_str(
+        "\n| simulated agents | snapshot per agent | fleet connected in | CPUs busy during the applies: control plane / bench process |\n|---:|---:|---:|---:|\n",
+    );
+    for s in &scales {
+        let _ = writeln!(
+            table,
+            "| {} | {:.1} KiB | {:.1} s | {} |",
+            s.agents,
+            s.snapshot_bytes as f64 / 1024.0,
+            s.connect.as_secs_f64(),
+            s.cpu.map_or_else(
+                || "unknown".to_owned(),
+                |(cp, me)| format!("{cp:.2} / {me:.2}")
+            ),
+        );
+    }
+    table.push_str(
+        "\n| control-plane memory | VmRSS | per agent | open files |\n|---|---:|---:|---:|\n",
+    );
+    let _ = writeln!(
+        table,
+        "| one real agent, before the fleet | {} | | {fds_base} |",
+        mib(rss_base as f64)
+    );
+    for s in &scales {
+        let per = (s.rss as f64 - rss_base as f64) / s.agents as f64;
+        let _ = writeln!(
+            table,
+            "| + {} simulated agents | {} | {:.1} KiB | {} |",
+            s.agents,
+            mib(s.rss as f64),
+            per / 1024.0,
+            s.fds
+        );
+    }
+    if let Some(k) = &kernel {
+        let secs = |key: &str| k[key].as_f64().unwrap_or(f64::NAN);
+        let _ = write!(
+            table,
+            "\n| 100,000 rules and 100,000 prefixes | time |\n|---|---:|\n| parse | {:.2} s |\n| compile | {:.2} s |\n| load the programs | {:.2} s |\n| **program into the kernel (first generation)** | **{:.2} s** |\n| program the next generation beside the live one | {:.2} s |\n",
+            secs("parse_seconds"),
+            secs("compile_seconds"),
+            secs("load_seconds"),
+            secs("program_seconds"),
+            secs("next_generation_seconds"),
+        );
+    }
+
+    let mut how_to_read = format!(
+        "One control-plane replica (embedded store, redb with fsync on every write) in a management \
+namespace, serving over mutual TLS. One real `wardline-agent`, managed, in its own namespace, \
+and a fleet of simulated agents: tonic clients in the bench process, each with its own agent \
+certificate from the site CA and its own connection, that Register, Watch, Ack each snapshot \
+as soon as it arrives (no kernel work) and send heartbeats every {} s as real agents do (spread \
+over the interval). The fleet connects ({CONNECT_CONCURRENCY} at a time) and takes the current \
+snapshot first; then each apply is `wardctl apply --prune` of the hospital example with one \
+workstation quarantined (a different one each time, so every node's tables change), and the \
+clock starts when `wardctl` is started.\n\n\
+- **apply → ack**: until the simulated agent's Ack call returned (the control plane has \
+stored it), taken in the agent; p50 / p99 / max over every simulated agent and every apply \
+at that size. **snapshot received**: until the snapshot arrived.\n\
+- **real agent enforced**: until the real agent's `/status` showed the new revision (it has \
+programmed the kernel and is about to acknowledge), polled every 5 ms. **real agent acked**: until \
+`Site::wait_acked` saw its acknowledgement in `wardctl status`, polled every 25 ms by a fresh \
+`wardctl` process, so that figure carries the process's start-up and a status listing of every \
+agent; the simulated agents' figures do not.\n\
+- **snapshot per agent**: the encoded size of the snapshot each agent receives: the policy \
+source, the compiled tables and every registered node (for `nodeSelector`), so it grows with \
+the fleet. **CPUs busy**: CPU time the control plane, and the bench process (the simulated \
+agents), used during the applies over their wall time (2.00 would be both cores).\n\
+- **control-plane memory**: VmRSS of the replica from `/proc/PID/status`, after the fleet \
+connected and settled, less the figure with only the real agent, divided by the number of \
+simulated agents. Open files: `/proc/PID/fd`. Before starting the replica, which inherits it, \
+the bench raises its open-file limit as far as it may (soft, hard: bench {}, replica {}).\n\n\
+Everything runs on the same 2-core machine: the control plane, the simulated agents' \
+runtime (2 threads) and the real agent share the CPUs, so the simulated agents' own \
+scheduling delay is part of their figures. This part took {:.0} s.",
+        wardline_control_plane::server::HEARTBEAT_SECONDS,
+        show_limit(&bench_nofile),
+        show_limit(&cp_nofile),
+        elapsed.as_secs_f64()
+    );
+    if kernel.is_some() {
+        how_to_read.push_str(
+            "\n\n**100,000 rules**: the kernel tests' policy (1,000 segments of 100 host /32s, 100,000 \
+single-port policies) parsed and compiled in the bench process, then programmed with \
+`Enforcer::apply` into freshly loaded programs' maps pinned under a private node name (removed \
+afterwards): the first generation, then the next written beside the live one, as a policy \
+change does.",
+        );
+    }
+    if budget.quick {
+        how_to_read.push_str(
+            "\n\nQuick mode: 10 simulated agents, 2 applies, no 100,000-rule programming: a smoke of the harness, not figures to quote.",
+        );
+    }
+
+    Ok(Section {
+        title: "Policy propagation and scale".to_owned(),
+        how_to_read,
+        table,
+        targets,
+        raw: json!({
+            "quick": budget.quick,
+            "store": "embedded",
+            "rss_base_bytes": rss_base,
+            "open_files_base": fds_base,
+            "bench_nofile": bench_nofile,
+            "control_plane_nofile": cp_nofile,
+            "scales": raw_scales,
+            "kernel_100k": kernel,
+            "elapsed_seconds": elapsed.as_secs_f64(),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_round_is_a_valid_policy_that_differs() {
+        let (a, b) = (policy(1), policy(2));
+        assert_ne!(a, b);
+        for p in [a, b] {
+            let set = wardline_policy::parse(&p).expect("the round's policy parses");
+            assert!(set.segments.iter().any(|s| s.name == "quarantine"));
+        }
+    }
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&v, 100.0), Duration::from_millis(100));
+        assert_eq!(percentile(&[], 99.0), Duration::ZERO);
+    }
+}
