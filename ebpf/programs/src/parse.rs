@@ -1,6 +1,8 @@
 //! All packet parsing, in one place. Mirrors `wardline_policy::packet`
 //! decision for decision; reads go through `bpf_skb_load_bytes`, so a read
 //! past the end of the frame is a truncation, never an out-of-bounds access.
+//! Each header is read in one call (a helper call costs more than the bytes
+//! it copies), after `need` has checked that the frame holds all of it.
 
 use aya_ebpf::programs::TcContext;
 use wardline_ebpf_abi::{
@@ -40,22 +42,45 @@ pub enum Parsed {
 }
 
 #[inline(always)]
+fn bytes_at<const N: usize>(ctx: &TcContext, at: usize) -> Result<[u8; N], Reason> {
+    // Headers almost always sit in the linear part of the skb, where they
+    // are read in place; elsewhere the helper copies them out.
+    let start = ctx.data();
+    if at <= 4096 && start + at + N <= ctx.data_end() {
+        // SAFETY: the check above, which the verifier also proves, keeps
+        // the N bytes inside the packet's linear data.
+        return Ok(unsafe { core::ptr::read_unaligned((start + at) as *const [u8; N]) });
+    }
+    ctx.load::<[u8; N]>(at).map_err(|_| Reason::Truncated)
+}
+
+#[inline(always)]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline(always)]
+fn mapped_v4(b: &[u8], at: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[10] = 0xff;
+    a[11] = 0xff;
+    a[12] = b[at];
+    a[13] = b[at + 1];
+    a[14] = b[at + 2];
+    a[15] = b[at + 3];
+    a
+}
+
+#[inline(always)]
 fn u8_at(ctx: &TcContext, at: usize) -> Result<u8, Reason> {
+    // Not `bytes_at::<1>`: LLVM turns its bound `p + 1 <= end` into
+    // `p < end`, from which the verifier derives no readable range.
     ctx.load::<u8>(at).map_err(|_| Reason::Truncated)
 }
 
 #[inline(always)]
 fn u16_at(ctx: &TcContext, at: usize) -> Result<u16, Reason> {
-    ctx.load::<u16>(at)
-        .map(u16::from_be)
-        .map_err(|_| Reason::Truncated)
-}
-
-#[inline(always)]
-fn u32_at(ctx: &TcContext, at: usize) -> Result<u32, Reason> {
-    ctx.load::<u32>(at)
-        .map(u32::from_be)
-        .map_err(|_| Reason::Truncated)
+    Ok(be16(&bytes_at::<2>(ctx, at)?, 0))
 }
 
 #[inline(always)]
@@ -69,20 +94,12 @@ fn need(ctx: &TcContext, end: usize) -> Result<(), Reason> {
 
 #[inline(always)]
 fn v4_at(ctx: &TcContext, at: usize) -> Result<[u8; 16], Reason> {
-    let raw = ctx.load::<[u8; 4]>(at).map_err(|_| Reason::Truncated)?;
-    let mut a = [0u8; 16];
-    a[10] = 0xff;
-    a[11] = 0xff;
-    a[12] = raw[0];
-    a[13] = raw[1];
-    a[14] = raw[2];
-    a[15] = raw[3];
-    Ok(a)
+    Ok(mapped_v4(&bytes_at::<4>(ctx, at)?, 0))
 }
 
 #[inline(always)]
 fn v6_at(ctx: &TcContext, at: usize) -> Result<[u8; 16], Reason> {
-    ctx.load::<[u8; 16]>(at).map_err(|_| Reason::Truncated)
+    bytes_at::<16>(ctx, at)
 }
 
 /// Parses the frame into `p`. The 802.1Q tag may already sit in skb
@@ -110,8 +127,9 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<Parsed, Reason> {
             return Err(Reason::UnsupportedL2);
         }
         need(ctx, 18)?;
-        p.vlan = u16_at(ctx, 14)? & 0x0fff;
-        ethertype = u16_at(ctx, 16)?;
+        let tag = bytes_at::<4>(ctx, 14)?;
+        p.vlan = be16(&tag, 0) & 0x0fff;
+        ethertype = be16(&tag, 2);
         off = 18;
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
             return Err(Reason::UnsupportedL2);
@@ -128,22 +146,23 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<Parsed, Reason> {
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<Parsed, Reason> {
     need(ctx, off + 20)?;
-    let vihl = u8_at(ctx, off)?;
+    let h = bytes_at::<20>(ctx, off)?;
+    let vihl = h[0];
     let ihl = (vihl & 0x0f) as usize;
     if vihl >> 4 != 4 || ihl < 5 {
         return Err(Reason::MalformedHeader);
     }
     let hlen = ihl * 4;
     need(ctx, off + hlen)?;
-    let tot_len = u16_at(ctx, off + 2)? as usize;
+    let tot_len = be16(&h, 2) as usize;
     if tot_len != 0 && tot_len < hlen {
         return Err(Reason::MalformedHeader);
     }
-    let id = u16_at(ctx, off + 4)? as u32;
-    let frag = u16_at(ctx, off + 6)?;
-    p.proto = u8_at(ctx, off + 9)?;
-    p.src = v4_at(ctx, off + 12)?;
-    p.dst = v4_at(ctx, off + 16)?;
+    let id = be16(&h, 4) as u32;
+    let frag = be16(&h, 6);
+    p.proto = h[9];
+    p.src = mapped_v4(&h, 12);
+    p.dst = mapped_v4(&h, 16);
     p.family = 4;
     p.frag_id = id;
     if frag & 0x1fff != 0 {
@@ -164,12 +183,13 @@ fn is_ext_header(nh: u8) -> bool {
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<Parsed, Reason> {
     need(ctx, off + 40)?;
-    if u8_at(ctx, off)? >> 4 != 6 {
+    let h = bytes_at::<40>(ctx, off)?;
+    if h[0] >> 4 != 6 {
         return Err(Reason::MalformedHeader);
     }
-    let mut nh = u8_at(ctx, off + 6)?;
-    p.src = v6_at(ctx, off + 8)?;
-    p.dst = v6_at(ctx, off + 24)?;
+    let mut nh = h[6];
+    p.src.copy_from_slice(&h[8..24]);
+    p.dst.copy_from_slice(&h[24..40]);
     p.family = 6;
     let mut l4 = off + 40;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -180,21 +200,22 @@ fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<Parsed, Rea
         match nh {
             0 | 43 | 60 => {
                 need(ctx, l4 + 2)?;
-                let next = u8_at(ctx, l4)?;
-                l4 += (u8_at(ctx, l4 + 1)? as usize + 1) * 8;
-                nh = next;
+                let e = bytes_at::<2>(ctx, l4)?;
+                l4 += (e[1] as usize + 1) * 8;
+                nh = e[0];
             }
             51 => {
                 need(ctx, l4 + 2)?;
-                let next = u8_at(ctx, l4)?;
-                l4 += (u8_at(ctx, l4 + 1)? as usize + 2) * 4;
-                nh = next;
+                let e = bytes_at::<2>(ctx, l4)?;
+                l4 += (e[1] as usize + 2) * 4;
+                nh = e[0];
             }
             44 => {
                 need(ctx, l4 + 8)?;
-                let next = u8_at(ctx, l4)?;
-                let fo = u16_at(ctx, l4 + 2)?;
-                let id = u32_at(ctx, l4 + 4)?;
+                let e = bytes_at::<8>(ctx, l4)?;
+                let next = e[0];
+                let fo = be16(&e, 2);
+                let id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
                 l4 += 8;
                 nh = next;
                 p.frag_id = id;
@@ -224,22 +245,19 @@ fn transport(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<Parsed, Reaso
     match p.proto {
         PROTO_TCP => {
             need(ctx, l4 + 20)?;
-            p.sport = u16_at(ctx, l4)?;
-            p.dport = u16_at(ctx, l4 + 2)?;
-            if u8_at(ctx, l4 + 12)? >> 4 < 5 {
+            let t = bytes_at::<14>(ctx, l4)?;
+            p.sport = be16(&t, 0);
+            p.dport = be16(&t, 2);
+            if t[12] >> 4 < 5 {
                 return Err(Reason::MalformedHeader);
             }
-            p.tcp_flags = u8_at(ctx, l4 + 13)?;
+            p.tcp_flags = t[13];
         }
-        PROTO_UDP => {
-            need(ctx, l4 + 8)?;
-            p.sport = u16_at(ctx, l4)?;
-            p.dport = u16_at(ctx, l4 + 2)?;
-        }
-        PROTO_SCTP => {
-            need(ctx, l4 + 12)?;
-            p.sport = u16_at(ctx, l4)?;
-            p.dport = u16_at(ctx, l4 + 2)?;
+        PROTO_UDP | PROTO_SCTP => {
+            need(ctx, l4 + if p.proto == PROTO_UDP { 8 } else { 12 })?;
+            let t = bytes_at::<4>(ctx, l4)?;
+            p.sport = be16(&t, 0);
+            p.dport = be16(&t, 2);
         }
         PROTO_ICMP if p.family == 4 => {
             need(ctx, l4 + 4)?;
