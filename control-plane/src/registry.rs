@@ -588,15 +588,19 @@ impl Registry {
     }
 
     pub async fn put_agent(&self, record: &AgentRecord) -> Result<(), RegistryError> {
-        self.store
-            .txn(
-                vec![],
-                vec![Op::Put {
-                    key: format!("{AGENTS_PREFIX}{}", record.node),
-                    value: encode(record),
-                }],
-            )
-            .await?;
+        self.put_agents(std::slice::from_ref(record)).await
+    }
+
+    /// Stores several agents' records in one transaction.
+    pub async fn put_agents(&self, records: &[AgentRecord]) -> Result<(), RegistryError> {
+        let ops = records
+            .iter()
+            .map(|record| Op::Put {
+                key: format!("{AGENTS_PREFIX}{}", record.node),
+                value: encode(record),
+            })
+            .collect();
+        self.store.txn(vec![], ops).await?;
         Ok(())
     }
 

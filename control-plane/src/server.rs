@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use wardline_policy::compile::NodeInfo;
@@ -112,6 +112,72 @@ pub struct ControlPlane {
     registry: Registry,
     replica: String,
     cluster: watch::Receiver<Option<Cluster>>,
+    agents: mpsc::Sender<AgentUpdate>,
+}
+
+/// At most this many agent records in one store transaction (etcd's
+/// default `--max-txn-ops` is 128).
+const AGENT_BATCH: usize = 128;
+
+type AgentChange = Box<dyn FnOnce(&mut AgentRecord) + Send>;
+
+/// One change to an agent's record, and who waits for it to be stored.
+struct AgentUpdate {
+    node: String,
+    change: Option<AgentChange>,
+    done: oneshot::Sender<Result<(), Status>>,
+}
+
+/// Writes agents' records: every ack and every heartbeat (each agent every
+/// `HEARTBEAT_SECONDS`) updates one. A store transaction is durable (an
+/// fsync) before it returns, so one per update held a fleet to one update
+/// per fsync: a thousand agents acknowledging a change waited for each
+/// other's disk writes for over a second. The updates that arrive while a
+/// transaction commits go together into the next one; each caller still
+/// returns only once its update is stored. One writer also keeps an ack and
+/// a heartbeat of the same agent from overwriting each other.
+async fn agent_writer(registry: Registry, replica: String, mut rx: mpsc::Receiver<AgentUpdate>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < AGENT_BATCH {
+            match rx.try_recv() {
+                Ok(u) => batch.push(u),
+                Err(_) => break,
+            }
+        }
+        let result = write_agents(&registry, &replica, &mut batch).await;
+        for u in batch {
+            let _ = u.done.send(result.clone());
+        }
+    }
+}
+
+async fn write_agents(
+    registry: &Registry,
+    replica: &str,
+    batch: &mut [AgentUpdate],
+) -> Result<(), Status> {
+    let mut records: BTreeMap<String, AgentRecord> = BTreeMap::new();
+    let now = format_time(OffsetDateTime::now_utc());
+    for u in batch.iter_mut() {
+        if !records.contains_key(&u.node) {
+            let record = registry
+                .agent(&u.node)
+                .await
+                .map_err(registry_status)?
+                .unwrap_or_default();
+            records.insert(u.node.clone(), record);
+        }
+        let record = records.get_mut(&u.node).expect("inserted above");
+        record.node = u.node.clone();
+        if let Some(change) = u.change.take() {
+            change(record);
+        }
+        record.last_heartbeat = now.clone();
+        record.replica = replica.to_owned();
+    }
+    let records: Vec<AgentRecord> = records.into_values().collect();
+    registry.put_agents(&records).await.map_err(registry_status)
 }
 
 impl ControlPlane {
@@ -124,10 +190,13 @@ impl ControlPlane {
         };
         follower.rebuild().await?;
         tokio::spawn(follower.run());
+        let (agents, updates) = mpsc::channel(4 * AGENT_BATCH);
+        tokio::spawn(agent_writer(registry.clone(), replica.clone(), updates));
         Ok(ControlPlane {
             registry,
             replica,
             cluster: rx,
+            agents,
         })
     }
 
@@ -159,26 +228,23 @@ impl ControlPlane {
 
 impl ControlPlane {
     /// Updates what is known of an agent: `change`, then the time it was
-    /// last heard from and the replica that heard it.
+    /// last heard from and the replica that heard it. Returns once stored.
     async fn touch_agent(
         &self,
         node: &str,
-        change: impl FnOnce(&mut AgentRecord),
+        change: impl FnOnce(&mut AgentRecord) + Send + 'static,
     ) -> Result<(), Status> {
-        let mut record = self
-            .registry
-            .agent(node)
+        let stopping = || Status::unavailable("the control plane is shutting down");
+        let (done, stored) = oneshot::channel();
+        self.agents
+            .send(AgentUpdate {
+                node: node.to_owned(),
+                change: Some(Box::new(change)),
+                done,
+            })
             .await
-            .map_err(registry_status)?
-            .unwrap_or_default();
-        record.node = node.to_owned();
-        change(&mut record);
-        record.last_heartbeat = format_time(OffsetDateTime::now_utc());
-        record.replica = self.replica.clone();
-        self.registry
-            .put_agent(&record)
-            .await
-            .map_err(registry_status)
+            .map_err(|_| stopping())?;
+        stored.await.map_err(|_| stopping())?
     }
 }
 
@@ -682,15 +748,18 @@ impl AgentApi for ControlPlane {
     async fn ack(&self, req: Request<v1::AckRequest>) -> Result<Response<v1::AckResponse>, Status> {
         let r = req.get_ref();
         self.agent(&req, &r.node)?;
-        self.touch_agent(&r.node, |record| {
-            if r.error.is_empty() {
-                record.acked_revision = r.revision;
-                record.acked_sha256 = r.policy_sha256.clone();
-                record.generation = r.generation;
+        if !r.error.is_empty() {
+            tracing::warn!(node = %r.node, revision = r.revision, error = %r.error, "agent could not enforce a snapshot");
+        }
+        let ack = r.clone();
+        self.touch_agent(&r.node, move |record| {
+            if ack.error.is_empty() {
+                record.acked_revision = ack.revision;
+                record.acked_sha256 = ack.policy_sha256;
+                record.generation = ack.generation;
                 record.error.clear();
             } else {
-                tracing::warn!(node = %r.node, revision = r.revision, error = %r.error, "agent could not enforce a snapshot");
-                record.error = r.error.clone();
+                record.error = ack.error;
             }
         })
         .await?;
@@ -704,7 +773,8 @@ impl AgentApi for ControlPlane {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let r = req.get_ref();
         self.agent(&req, &r.node)?;
-        self.touch_agent(&r.node, |record| record.generation = r.generation)
+        let generation = r.generation;
+        self.touch_agent(&r.node, move |record| record.generation = generation)
             .await?;
         let current = self
             .cluster
