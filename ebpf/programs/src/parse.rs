@@ -1,8 +1,10 @@
 //! All packet parsing, in one place. Mirrors `wardline_policy::packet`
-//! decision for decision; reads go through `bpf_skb_load_bytes`, so a read
-//! past the end of the frame is a truncation, never an out-of-bounds access.
-//! Each header is read in one call (a helper call costs more than the bytes
-//! it copies), after `need` has checked that the frame holds all of it.
+//! decision for decision. Each header is read whole, in one step, after
+//! `need` has checked that the frame holds all of it, so a read past the end
+//! of the frame is a truncation, never an out-of-bounds access. A header in
+//! the skb's linear data is read in place; elsewhere `bpf_skb_load_bytes`
+//! copies it out (a helper call per field cost more than the rest of an
+//! established packet's verdict).
 
 use aya_ebpf::programs::TcContext;
 use wardline_ebpf_abi::{
