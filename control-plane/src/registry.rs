@@ -587,10 +587,6 @@ impl Registry {
         Ok(self.nodes().await?.iter().map(NodeInfo::from).collect())
     }
 
-    pub async fn put_agent(&self, record: &AgentRecord) -> Result<(), RegistryError> {
-        self.put_agents(std::slice::from_ref(record)).await
-    }
-
     /// Stores several agents' records in one transaction.
     pub async fn put_agents(&self, records: &[AgentRecord]) -> Result<(), RegistryError> {
         let ops = records

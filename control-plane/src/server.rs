@@ -7,6 +7,7 @@
 //! only when what that agent would enforce changed.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -124,7 +125,7 @@ type AgentChange = Box<dyn FnOnce(&mut AgentRecord) + Send>;
 /// One change to an agent's record, and who waits for it to be stored.
 struct AgentUpdate {
     node: String,
-    change: Option<AgentChange>,
+    change: AgentChange,
     done: oneshot::Sender<Result<(), Status>>,
 }
 
@@ -137,17 +138,17 @@ struct AgentUpdate {
 /// returns only once its update is stored. One writer also keeps an ack and
 /// a heartbeat of the same agent from overwriting each other.
 async fn agent_writer(registry: Registry, replica: String, mut rx: mpsc::Receiver<AgentUpdate>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < AGENT_BATCH {
-            match rx.try_recv() {
-                Ok(u) => batch.push(u),
-                Err(_) => break,
-            }
+    let mut batch = Vec::with_capacity(AGENT_BATCH);
+    while rx.recv_many(&mut batch, AGENT_BATCH).await > 0 {
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for u in batch.drain(..) {
+            changes.push((u.node, u.change));
+            waiting.push(u.done);
         }
-        let result = write_agents(&registry, &replica, &mut batch).await;
-        for u in batch {
-            let _ = u.done.send(result.clone());
+        let result = write_agents(&registry, &replica, changes).await;
+        for done in waiting {
+            let _ = done.send(result.clone());
         }
     }
 }
@@ -155,28 +156,33 @@ async fn agent_writer(registry: Registry, replica: String, mut rx: mpsc::Receive
 async fn write_agents(
     registry: &Registry,
     replica: &str,
-    batch: &mut [AgentUpdate],
+    changes: Vec<(String, AgentChange)>,
 ) -> Result<(), Status> {
     let mut records: BTreeMap<String, AgentRecord> = BTreeMap::new();
     let now = format_time(OffsetDateTime::now_utc());
-    for u in batch.iter_mut() {
-        if !records.contains_key(&u.node) {
-            let record = registry
-                .agent(&u.node)
-                .await
-                .map_err(registry_status)?
-                .unwrap_or_default();
-            records.insert(u.node.clone(), record);
-        }
-        let record = records.get_mut(&u.node).expect("inserted above");
-        record.node = u.node.clone();
-        if let Some(change) = u.change.take() {
-            change(record);
-        }
-        record.last_heartbeat = now.clone();
-        record.replica = replica.to_owned();
+    for (node, change) in changes {
+        let record = match records.entry(node) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let stored = registry
+                    .agent(e.key())
+                    .await
+                    .map_err(registry_status)?
+                    .unwrap_or_default();
+                e.insert(stored)
+            }
+        };
+        change(record);
     }
-    let records: Vec<AgentRecord> = records.into_values().collect();
+    let records: Vec<AgentRecord> = records
+        .into_iter()
+        .map(|(node, mut record)| {
+            record.node = node;
+            record.last_heartbeat = now.clone();
+            record.replica = replica.to_owned();
+            record
+        })
+        .collect();
     registry.put_agents(&records).await.map_err(registry_status)
 }
 
@@ -239,7 +245,7 @@ impl ControlPlane {
         self.agents
             .send(AgentUpdate {
                 node: node.to_owned(),
-                change: Some(Box::new(change)),
+                change: Box::new(change),
                 done,
             })
             .await
