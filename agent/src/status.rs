@@ -1,4 +1,4 @@
-//! The status endpoint (`agent.md`): `/healthz`, `/readyz`, `/status`, `/metrics`.
+//! The status endpoint (`docs/agent.md`): `/healthz`, `/readyz`, `/status`, `/metrics`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

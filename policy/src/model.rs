@@ -1,4 +1,5 @@
-//! Validated policy documents, as the spec (`policy.md`) defines them.
+//! Validated policy documents, as `docs/verdicts.md` defines them (their
+//! fields in detail: `docs/policy-guide.md`).
 
 use std::collections::BTreeMap;
 

@@ -2,10 +2,11 @@
 //!
 //! A source holds several documents separated by `---`. Each is read on its
 //! own, so that a syntax error in one document does not hide the problems of
-//! the others, then checked field by field against the spec (`policy.md`),
-//! then against the other documents: names unique per kind, no prefix or VLAN
-//! claimed by two segments, every segment a policy names defined somewhere in
-//! the source. Every problem found is reported, not only the first.
+//! the others, then checked field by field (`docs/verdicts.md`, and
+//! `docs/policy-guide.md` for each field's rules), then against the other
+//! documents: names unique per kind, no prefix or VLAN claimed by two
+//! segments, every segment a policy names defined somewhere in the source.
+//! Every problem found is reported, not only the first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -40,8 +41,8 @@ const PORT_FIELDS: &[&str] = &["protocol", "port", "endPort"];
 const PROTOCOLS: &[&str] = &["tcp", "udp", "sctp", "icmp", "icmpv6", "any"];
 
 /// Reads and validates a policy source: one or more YAML documents
-/// separated by `---`, each a `Segment` or a `Policy` (see the spec,
-/// `policy.md`). Documents with nothing but comments, such as after a
+/// separated by `---`, each a `Segment` or a `Policy` (see
+/// `docs/verdicts.md`). Documents with nothing but comments, such as after a
 /// trailing `---`, are skipped.
 ///
 /// Segments and policies keep their document order. On failure, every
