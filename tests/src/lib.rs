@@ -57,4 +57,5 @@ pub mod lab;
 pub mod matrix;
 pub mod scenarios;
 pub mod site;
+pub mod tcx;
 pub mod topology;
