@@ -5,10 +5,17 @@
 //! survive), `programs/` and `links/` (one TCX link per interface and
 //! direction). A restarted agent swaps its freshly loaded program into the
 //! pinned links atomically (`BPF_LINK_UPDATE`): enforcement never pauses.
+//!
+//! A policy is programmed as generations (`docs/architecture.md`): the live
+//! one and up to [`abi::MAX_SCHEDULED`] scheduled ones, each in its own slot
+//! of the tables with the `CLOCK_TAI` instant it takes over, so that policy
+//! windows open and close in the kernel on time whether the agent runs or not.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
@@ -18,7 +25,8 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use wardline_ebpf_abi as abi;
 use wardline_ebpf_abi::{
-    ABI_VERSION, Config, FailsafeData, MonitorKey, PrefixData, RuleData, RuleValue, config_flags,
+    ABI_VERSION, Config, FailsafeData, LocalAddr, MonitorKey, PrefixData, RuleData, RuleValue,
+    ScheduleEntry, config_flags, slot_of,
 };
 use wardline_policy::Dataplane;
 use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
@@ -69,11 +77,16 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> EnforcerError + '_ {
     }
 }
 
-/// Packet counters summed over CPUs: `[direction][reason]`, plus lost events.
+/// Packet counters summed over CPUs: `[direction][reason]`, plus lost
+/// events and failed inserts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub packets: [[u64; abi::REASON_COUNT]; 2],
     pub lost_events: u64,
+    /// Connections that passed but found the tracking table full.
+    pub tracking_full: u64,
+    /// First fragments that passed but found the fragment table full.
+    pub fragments_full: u64,
 }
 
 impl Counters {
@@ -86,18 +99,41 @@ impl Counters {
     }
 }
 
+/// A generation to program ahead: the compiled policy of a window boundary
+/// and the `CLOCK_TAI` instant it takes over.
+pub struct Scheduled<'a> {
+    pub dataplane: &'a Dataplane,
+    pub at_tai_ns: u64,
+}
+
+/// The generations one [`Enforcer::apply`] programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The new live generation.
+    pub live: u32,
+    /// The scheduled ones, in the order given.
+    pub scheduled: Vec<u32>,
+}
+
+/// How long a packet that read the old generation may still be judged by
+/// its tables: a program run takes microseconds and never sleeps.
+const GRACE: Duration = Duration::from_millis(2);
+
 pub struct Enforcer {
     dir: PathBuf,
     ebpf: Ebpf,
     config: Array<MapData, Config>,
+    schedule: Array<MapData, ScheduleEntry>,
     prefixes: LpmTrie<MapData, PrefixData, u32>,
     vlans: HashMap<MapData, u32, u32>,
     monitor: HashMap<MapData, MonitorKey, u32>,
     rules: LpmTrie<MapData, RuleData, RuleValue>,
     failsafe: LpmTrie<MapData, FailsafeData, u32>,
+    local_addrs: HashMap<MapData, LocalAddr, u32>,
     ethertypes: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     conntrack: HashMap<MapData, abi::FlowKey, abi::FlowState>,
+    denied: HashMap<MapData, abi::FlowKey, abi::DeniedState>,
     fragments: HashMap<MapData, abi::FragmentKey, abi::FragmentState>,
     events: Option<RingBuf<MapData>>,
     /// Whether maps were found pinned (a restart) rather than created.
@@ -153,12 +189,33 @@ const PROGRAMS_BY_DIRECTION: [(&str, TcAttachType, &str); 2] = [
     (abi::PROG_EGRESS, TcAttachType::Egress, "egress"),
 ];
 
-/// An address and prefix length as the 16-byte LPM form: (data, bits).
-fn lpm_addr(addr: IpAddr, prefix: u8) -> ([u8; 16], u32) {
+/// An address and prefix length as the LPM form: (family, 16-byte data,
+/// address bits).
+fn lpm_addr(addr: IpAddr, prefix: u8) -> (u8, [u8; 16], u32) {
+    let (family, data) = match addr {
+        IpAddr::V4(v4) => (abi::FAMILY_V4, v4.to_ipv6_mapped().octets()),
+        IpAddr::V6(v6) => (abi::FAMILY_V6, v6.octets()),
+    };
+    (family, data, abi::address_bits(family, prefix))
+}
+
+/// The 16-byte form of an address (IPv4-mapped for IPv4).
+fn addr16(addr: IpAddr) -> [u8; 16] {
     match addr {
-        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + prefix as u32),
-        IpAddr::V6(v6) => (v6.octets(), prefix as u32),
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// Now on `CLOCK_TAI`, the clock of scheduled generations, in ns.
+pub fn tai_ns() -> u64 {
+    clock_ns(nix::time::ClockId::CLOCK_TAI)
+}
+
+fn clock_ns(clock: nix::time::ClockId) -> u64 {
+    nix::time::clock_gettime(clock)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 impl Enforcer {
@@ -207,14 +264,17 @@ impl Enforcer {
             })?;
         }
         let config = take(&mut ebpf, abi::MAP_CONFIG)?;
+        let schedule = take(&mut ebpf, abi::MAP_SCHEDULE)?;
         let prefixes = take(&mut ebpf, abi::MAP_PREFIXES)?;
         let vlans = take(&mut ebpf, abi::MAP_VLANS)?;
         let monitor = take(&mut ebpf, abi::MAP_MONITOR)?;
         let rules = take(&mut ebpf, abi::MAP_RULES)?;
         let failsafe = take(&mut ebpf, abi::MAP_FAILSAFE)?;
+        let local_addrs = take(&mut ebpf, abi::MAP_LOCAL_ADDRS)?;
         let ethertypes = take(&mut ebpf, abi::MAP_ETHERTYPES)?;
         let counters = take(&mut ebpf, abi::MAP_COUNTERS)?;
         let conntrack = take(&mut ebpf, abi::MAP_CONNTRACK)?;
+        let denied = take(&mut ebpf, abi::MAP_DENIED)?;
         let fragments = take(&mut ebpf, abi::MAP_FRAGMENTS)?;
         let events = Some(take(&mut ebpf, abi::MAP_EVENTS)?);
         // Pins of another ABI version are replaced once this one is attached.
@@ -222,14 +282,17 @@ impl Enforcer {
             dir,
             ebpf,
             config,
+            schedule,
             prefixes,
             vlans,
             monitor,
             rules,
             failsafe,
+            local_addrs,
             ethertypes,
             counters,
             conntrack,
+            denied,
             fragments,
             events,
             adopted,
@@ -245,13 +308,47 @@ impl Enforcer {
         &self.dir
     }
 
-    /// The live generation (0 before any policy).
+    /// The generation packets are judged by now (0 before any policy): the
+    /// live one, or a scheduled one whose instant has come.
     pub fn generation(&self) -> Result<u32, EnforcerError> {
-        Ok(self
-            .config
-            .get(&0, 0)
-            .map_err(map_err(abi::MAP_CONFIG))?
-            .generation)
+        Ok(self.in_force()?.generation)
+    }
+
+    fn live(&self) -> Result<Config, EnforcerError> {
+        self.config.get(&0, 0).map_err(map_err(abi::MAP_CONFIG))
+    }
+
+    fn set_live(&mut self, config: Config) -> Result<(), EnforcerError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(abi::MAP_CONFIG))
+    }
+
+    fn scheduled(&self) -> Result<Vec<ScheduleEntry>, EnforcerError> {
+        (0..abi::MAX_SCHEDULED)
+            .map(|i| self.schedule.get(&i, 0).map_err(map_err(abi::MAP_SCHEDULE)))
+            .collect()
+    }
+
+    /// What the kernel computes per packet (`generation.rs`), computed here.
+    fn in_force(&self) -> Result<Config, EnforcerError> {
+        let live = self.live()?;
+        if live.flags & config_flags::HAS_SCHEDULE == 0 {
+            return Ok(live);
+        }
+        let now = tai_ns();
+        let mut best = live;
+        for e in self.scheduled()? {
+            let ahead = (e.generation.wrapping_sub(best.generation) as i32) > 0;
+            if e.is_valid() && now >= e.at_tai_ns && ahead {
+                best = Config {
+                    generation: e.generation,
+                    flags: (live.flags & !config_flags::POLICY_FLAGS)
+                        | (e.flags & config_flags::POLICY_FLAGS),
+                };
+            }
+        }
+        Ok(best)
     }
 
     /// The ring buffer of flow events, taken once by the event reader.
@@ -303,10 +400,12 @@ impl Enforcer {
                 let _ = std::fs::remove_file(&pin);
             }
             let id = program
+                // First in the chain: no program attached earlier can pass a
+                // packet around the verdict; passed packets go on (TCX_NEXT).
                 .attach_with_options(
                     interface,
                     attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
                 .map_err(|e| failed(e.to_string()))?;
             let link = program.take_link(id).map_err(|e| failed(e.to_string()))?;
@@ -357,13 +456,15 @@ impl Enforcer {
                 FailsafeDirection::Egress => abi::FAILSAFE_LOCAL_INITIATES,
             };
             for c in &f.cidrs {
-                let (addr, bits) = lpm_addr(c.network(), c.prefix_len());
+                let (family, addr, bits) = lpm_addr(c.network(), c.prefix_len());
                 wanted.push(Key::new(
                     abi::FAILSAFE_KEY_FIXED_BITS + bits,
                     FailsafeData {
                         kind,
                         proto: f.protocol,
                         port: f.port.to_be_bytes(),
+                        family,
+                        _pad: [0; 3],
                         addr,
                     },
                 ));
@@ -416,21 +517,115 @@ impl Enforcer {
             .map_err(map_err(abi::MAP_CONFIG))
     }
 
-    /// Programs `dp` as the next generation beside the live one, switches to
-    /// it with one write, then clears the old one. Returns the new generation.
-    pub fn apply(&mut self, dp: &Dataplane) -> Result<u32, EnforcerError> {
-        let live = self.config.get(&0, 0).map_err(map_err(abi::MAP_CONFIG))?;
-        let next = live.generation.wrapping_add(1).max(1);
-        let slot = (next & 1) as u8;
-        // Leftovers of an interrupted run may sit in the free slot.
-        self.clear_slot(slot)?;
+    /// Makes the node's own addresses the failsafe flows' local ends.
+    /// Returns whether the set changed.
+    pub fn set_local_addresses(&mut self, addrs: &[IpAddr]) -> Result<bool, EnforcerError> {
+        let wanted: BTreeSet<[u8; 16]> = addrs.iter().map(|a| addr16(*a)).collect();
+        let present: BTreeSet<[u8; 16]> = self
+            .local_addrs
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| k.addr)
+            .collect();
+        if wanted == present {
+            return Ok(false);
+        }
+        for addr in wanted.difference(&present) {
+            self.local_addrs
+                .insert(LocalAddr { addr: *addr }, 1, 0)
+                .map_err(map_err(abi::MAP_LOCAL_ADDRS))?;
+        }
+        for addr in present.difference(&wanted) {
+            self.local_addrs
+                .remove(&LocalAddr { addr: *addr })
+                .map_err(map_err(abi::MAP_LOCAL_ADDRS))?;
+        }
+        Ok(true)
+    }
+
+    /// Programs `now` as the new live generation and `ahead` (window
+    /// boundaries in time order, at most [`abi::MAX_SCHEDULED`]; more are
+    /// left out) as scheduled ones.
+    ///
+    /// Packets go on being judged by the generation in force until the one
+    /// write that switches them to the new tables; every generation number
+    /// is new, so no tracked connection's stamp can name tables that were
+    /// rewritten under it.
+    pub fn apply(
+        &mut self,
+        now: &Dataplane,
+        ahead: &[Scheduled<'_>],
+    ) -> Result<Applied, EnforcerError> {
+        // Freeze on what packets use now: no schedule, nothing else live.
+        let current = self.in_force()?;
+        let highest = self
+            .scheduled()?
+            .iter()
+            .map(|e| e.generation)
+            .chain([self.live()?.generation, current.generation])
+            .max_by_key(|g| g.wrapping_sub(current.generation))
+            .unwrap_or(0);
+        let local = current.flags & !config_flags::POLICY_FLAGS & !config_flags::HAS_SCHEDULE;
+        self.set_live(Config {
+            generation: current.generation,
+            flags: current.flags & !config_flags::HAS_SCHEDULE,
+        })?;
+        for i in 0..abi::MAX_SCHEDULED {
+            self.schedule
+                .set(i, ScheduleEntry::default(), 0)
+                .map_err(map_err(abi::MAP_SCHEDULE))?;
+        }
+        std::thread::sleep(GRACE);
+        let current_slot = slot_of(current.generation);
+        // Leftovers: scheduled generations, an interrupted run's tables.
+        let first = current.generation == 0;
+        self.clear_where(|slot| first || slot != current_slot)?;
+
+        // The new live generation, in a slot of its own.
+        let mut live = highest.wrapping_add(1).max(1);
+        if current.generation != 0 && slot_of(live) == current_slot {
+            live = live.wrapping_add(1).max(1);
+        }
+        self.program_slot(slot_of(live), now)?;
+        self.set_live(Config {
+            generation: live,
+            flags: local | now.flags,
+        })?;
+        std::thread::sleep(GRACE);
+        if current.generation != 0 && slot_of(live) != current_slot {
+            self.clear_slot(current_slot)?;
+        }
+
+        // The window boundaries ahead, each in the next slot.
+        let mut scheduled = Vec::new();
+        for (i, step) in ahead.iter().take(abi::MAX_SCHEDULED as usize).enumerate() {
+            let generation = live.wrapping_add(1 + i as u32).max(1);
+            self.program_slot(slot_of(generation), step.dataplane)?;
+            let entry = ScheduleEntry::new(step.at_tai_ns, generation, step.dataplane.flags);
+            self.schedule
+                .set(i as u32, entry, 0)
+                .map_err(map_err(abi::MAP_SCHEDULE))?;
+            scheduled.push(generation);
+        }
+        if !scheduled.is_empty() {
+            self.set_live(Config {
+                generation: live,
+                flags: local | now.flags | config_flags::HAS_SCHEDULE,
+            })?;
+        }
+        Ok(Applied { live, scheduled })
+    }
+
+    /// Writes one generation's tables into `slot` (which packets do not use).
+    fn program_slot(&mut self, slot: u8, dp: &Dataplane) -> Result<(), EnforcerError> {
         for (net, id) in &dp.prefixes {
-            let (addr, bits) = lpm_addr(net.network(), net.prefix_len());
+            let (family, addr, bits) = lpm_addr(net.network(), net.prefix_len());
             let key = Key::new(
                 abi::PREFIX_KEY_FIXED_BITS + bits,
                 PrefixData {
                     slot,
-                    _pad: [0; 3],
+                    family,
+                    _pad: [0; 2],
                     addr,
                 },
             );
@@ -467,25 +662,21 @@ impl Enforcer {
                 .insert(&key, r.value, 0)
                 .map_err(map_err(abi::MAP_RULES))?;
         }
-        // The switch: one write of the generation a packet reads first.
-        let keep = live.flags & (config_flags::HAS_FAILSAFE | config_flags::NO_EVENTS);
-        let config = Config {
-            generation: next,
-            flags: keep | dp.flags,
-        };
-        self.config
-            .set(0, config, 0)
-            .map_err(map_err(abi::MAP_CONFIG))?;
-        self.clear_slot(slot ^ 1)?;
-        Ok(next)
+        Ok(())
     }
 
     fn clear_slot(&mut self, slot: u8) -> Result<(), EnforcerError> {
+        self.clear_where(|s| s == slot)
+    }
+
+    /// Removes every policy-table entry whose slot `drop` says to, in one
+    /// pass over each table.
+    fn clear_where(&mut self, drop: impl Fn(u8) -> bool) -> Result<(), EnforcerError> {
         let keys: Vec<_> = self
             .prefixes
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.data().slot == slot)
+            .filter(|k| drop(k.data().slot))
             .collect();
         for k in keys {
             self.prefixes
@@ -496,7 +687,7 @@ impl Enforcer {
             .rules
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.data().slot == slot)
+            .filter(|k| drop(k.data().slot))
             .collect();
         for k in keys {
             self.rules.remove(&k).map_err(map_err(abi::MAP_RULES))?;
@@ -505,7 +696,7 @@ impl Enforcer {
             .vlans
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| (k >> 16) as u8 == slot)
+            .filter(|k| drop((k >> 16) as u8))
             .collect();
         for k in keys {
             self.vlans.remove(&k).map_err(map_err(abi::MAP_VLANS))?;
@@ -514,7 +705,7 @@ impl Enforcer {
             .monitor
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.slot == slot as u32)
+            .filter(|k| drop(k.slot as u8))
             .collect();
         for k in keys {
             self.monitor.remove(&k).map_err(map_err(abi::MAP_MONITOR))?;
@@ -522,13 +713,17 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Forgets every tracked connection and fragment: each next packet is
-    /// judged as a new connection.
+    /// Forgets every tracked connection, remembered drop and fragment: each
+    /// next packet is judged as a new connection.
     pub fn flush_tracking(&mut self) -> Result<usize, EnforcerError> {
         let keys: Vec<_> = self.conntrack.keys().filter_map(Result::ok).collect();
         let n = keys.len();
         for k in keys {
             let _ = self.conntrack.remove(&k);
+        }
+        let keys: Vec<_> = self.denied.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.denied.remove(&k);
         }
         let keys: Vec<_> = self.fragments.keys().filter_map(Result::ok).collect();
         for k in keys {
@@ -557,6 +752,18 @@ impl Enforcer {
             .iter()
             .filter(|k| self.conntrack.remove(k).is_ok())
             .count();
+        // Remembered drops are evicted when their table is full; forgetting
+        // old ones keeps it small.
+        let forgotten: Vec<abi::FlowKey> = self
+            .denied
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, d)| now.saturating_sub(d.created_ns) >= abi::TIMEOUT_DENIED)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &forgotten {
+            let _ = self.denied.remove(k);
+        }
         let old: Vec<abi::FragmentKey> = self
             .fragments
             .iter()
@@ -600,12 +807,17 @@ impl Enforcer {
                 c.packets[direction as usize][reason as usize] = values.iter().sum();
             }
         }
-        c.lost_events = self
-            .counters
-            .get(&abi::COUNTER_LOST_EVENTS, 0)
-            .map_err(map_err(abi::MAP_COUNTERS))?
-            .iter()
-            .sum();
+        let sum = |index: u32| -> Result<u64, EnforcerError> {
+            Ok(self
+                .counters
+                .get(&index, 0)
+                .map_err(map_err(abi::MAP_COUNTERS))?
+                .iter()
+                .sum())
+        };
+        c.lost_events = sum(abi::COUNTER_LOST_EVENTS)?;
+        c.tracking_full = sum(abi::COUNTER_TRACKING_FULL)?;
+        c.fragments_full = sum(abi::COUNTER_FRAGMENTS_FULL)?;
         Ok(c)
     }
 
@@ -617,9 +829,7 @@ impl Enforcer {
 
 /// Now on the kernel's event and tracking clock (`CLOCK_BOOTTIME`), in ns.
 pub fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
+    clock_ns(nix::time::ClockId::CLOCK_BOOTTIME)
 }
 
 /// Removes every pin of `node` under `bpffs`: links (so the programs

@@ -232,6 +232,7 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
             _ = tick.tick() => {
                 rt.check_windows();
                 rt.check_interfaces();
+                rt.check_addresses();
             }
             _ = sweep.tick() => rt.expire_connections(),
             _ = term.recv() => break,

@@ -74,6 +74,7 @@ impl Runtime {
             );
         }
         enforcer.set_local_rules(&config.failsafe, &config.pass_ethertypes)?;
+        enforcer.set_local_addresses(&local_addresses()?)?;
         let sink = flow_sink(&config.flow_log)?;
         enforcer.set_events(sink.is_some())?;
         let ring = enforcer.take_events();
@@ -156,11 +157,23 @@ impl Runtime {
             )?,
         };
         let dp = Arc::new(dp);
-        let generation = self.enforcer().apply(&dp)?;
-        self.generations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(generation, dp.clone());
+        let ahead = window_boundaries(enforced, &dp, now)?;
+        let tai_now = enforcer::tai_ns();
+        let steps: Vec<enforcer::Scheduled<'_>> = ahead
+            .iter()
+            .map(|(at, dp)| enforcer::Scheduled {
+                dataplane: dp,
+                at_tai_ns: tai_at(tai_now, now, *at),
+            })
+            .collect();
+        let applied = self.enforcer().apply(&dp, &steps)?;
+        let generation = applied.live;
+        let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        generations.insert(generation, dp.clone());
+        for (g, (_, dp)) in applied.scheduled.iter().zip(ahead) {
+            generations.insert(*g, Arc::new(dp));
+        }
+        drop(generations);
         self.next_change = dp.next_change;
         let (sha, revision) = (enforced.sha256.clone(), enforced.revision);
         let mut state = self.state();
@@ -190,7 +203,26 @@ impl Runtime {
         }
     }
 
-    /// Compiles again when a policy window has opened or closed.
+    /// Keeps the failsafe flows' local ends the node's addresses as they are
+    /// now (an address added, moved or removed).
+    pub fn check_addresses(&mut self) {
+        let addrs = match local_addresses() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("reading this node's addresses: {e}");
+                return;
+            }
+        };
+        match self.enforcer().set_local_addresses(&addrs) {
+            Ok(true) => tracing::info!(addresses = ?addrs, "this node's own addresses"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("programming this node's own addresses: {e}"),
+        }
+    }
+
+    /// Compiles again when a policy window has opened or closed. The kernel
+    /// switched on time by itself (a scheduled generation); this programs
+    /// the boundaries after it.
     pub fn check_windows(&mut self) {
         if self
             .next_change
@@ -233,4 +265,53 @@ impl Runtime {
         }
         state.interfaces = states;
     }
+}
+
+/// The policy at each of the next window boundaries after `now`, at most
+/// [`wardline_ebpf_abi::MAX_SCHEDULED`], compiled as it will be in force then.
+fn window_boundaries(
+    enforced: &Enforced,
+    dp: &Dataplane,
+    now: OffsetDateTime,
+) -> anyhow::Result<Vec<(OffsetDateTime, Dataplane)>> {
+    let mut out = Vec::new();
+    let mut next = dp.next_change.filter(|t| *t > now);
+    while let Some(at) = next {
+        if out.len() >= wardline_ebpf_abi::MAX_SCHEDULED as usize {
+            break;
+        }
+        let dp = Dataplane::compile(
+            &enforced.set,
+            &CompileOptions {
+                now: at,
+                nodes: enforced.nodes.clone(),
+            },
+        )?;
+        next = dp.next_change.filter(|t| *t > at);
+        out.push((at, dp));
+    }
+    Ok(out)
+}
+
+/// The `CLOCK_TAI` instant of wall-clock instant `at`, given both clocks now.
+fn tai_at(tai_now: u64, utc_now: OffsetDateTime, at: OffsetDateTime) -> u64 {
+    let ahead = (at - utc_now).whole_nanoseconds().max(0);
+    tai_now.saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX))
+}
+
+/// Every address of every interface of this node (its network namespace).
+pub fn local_addresses() -> nix::Result<Vec<std::net::IpAddr>> {
+    let mut out: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()?
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
 }

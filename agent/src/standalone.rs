@@ -158,6 +158,7 @@ pub async fn run(config: AgentConfig, policy_file: PathBuf) -> anyhow::Result<()
                 agent.reload(false);
                 agent.rt.check_windows();
                 agent.rt.check_interfaces();
+                agent.rt.check_addresses();
             }
             _ = sweep.tick() => agent.rt.expire_connections(),
             _ = term.recv() => break,

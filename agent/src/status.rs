@@ -90,6 +90,10 @@ struct CounterBody {
     audited: u64,
     dropped: u64,
     lost_events: u64,
+    /// Connections that passed but found the tracking table full.
+    tracking_insert_failures: u64,
+    /// First fragments that passed but found the fragment table full.
+    fragment_insert_failures: u64,
 }
 
 async fn healthz() -> &'static str {
@@ -130,6 +134,8 @@ async fn status(State(s): State<Shared>) -> Response {
             audited: c.by_verdict(abi::Verdict::Audited),
             dropped: c.by_verdict(abi::Verdict::Dropped),
             lost_events: c.lost_events,
+            tracking_insert_failures: c.tracking_full,
+            fragment_insert_failures: c.fragments_full,
         },
         state,
     };
@@ -164,6 +170,20 @@ pub fn render_metrics(state: &AgentState, c: &Counters, events: &EventStats) -> 
         "wardline_events_lost_total{{node=\"{node}\"}} {}",
         c.lost_events
     );
+    out.push_str(
+        "# HELP wardline_tracking_insert_failures_total Passed connections (table=connections) \
+         and first fragments (table=fragments) their table had no room for.\n",
+    );
+    out.push_str("# TYPE wardline_tracking_insert_failures_total counter\n");
+    for (table, n) in [
+        ("connections", c.tracking_full),
+        ("fragments", c.fragments_full),
+    ] {
+        let _ = writeln!(
+            out,
+            "wardline_tracking_insert_failures_total{{node=\"{node}\",table=\"{table}\"}} {n}"
+        );
+    }
     out.push_str("# HELP wardline_flow_events_total Flow events read, by kind and verdict.\n");
     out.push_str("# TYPE wardline_flow_events_total counter\n");
     for ((kind, verdict), n) in &events.by_kind_verdict {

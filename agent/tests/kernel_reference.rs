@@ -156,7 +156,11 @@ fn transport(rng: &mut StdRng, b: &mut Vec<u8>, boundaries: &mut Vec<usize>, pro
         }
         abi::PROTO_ICMP | abi::PROTO_ICMPV6 => {
             let types: &[u8] = if v6 {
-                &[128, 129, 1, 3, 135, 136, 133, 143, 2]
+                // Echo, errors, neighbour and router discovery (133..=137:
+                // passed only with hop limit 255), MLD (130..=132, 143).
+                &[
+                    128, 129, 1, 3, 2, 133, 134, 135, 136, 137, 130, 131, 132, 143, 4, 138,
+                ]
             } else {
                 &[8, 0, 3, 11, 13, 5, 12]
             };
@@ -241,9 +245,32 @@ fn generate(rng: &mut StdRng) -> (Frame, SkbVlan) {
             b.extend(31u16.to_be_bytes());
         }
         _ => {
-            let t: u16 = [abi::ETH_P_ARP, 0x88cc, 0x88b5, 0x0842][rng.random_range(0..4)];
+            // Ethertypes, and IEEE 802.3 frames whose field is a length
+            // (listed as ETHERTYPE_802_3), sometimes behind an 802.1Q tag.
+            const TYPES: [u16; 8] = [
+                abi::ETH_P_ARP,
+                0x88cc,
+                0x88b5,
+                0x0842,
+                0x0026,
+                0x05dc,
+                0x0000,
+                0x05ff,
+            ];
+            if rng.random_bool(0.2) {
+                b.extend(abi::ETH_P_8021Q.to_be_bytes());
+                b.extend([30u16, 99][rng.random_range(0..2)].to_be_bytes());
+            }
+            let t = TYPES[rng.random_range(0..TYPES.len())];
             b.extend(t.to_be_bytes());
-            b.extend([0u8; 28]);
+            boundaries.push(b.len());
+            // An LLC header for the 802.3 frames, zeros for the others.
+            b.extend(if t < abi::ETH_P_802_3_MIN {
+                [0x42, 0x42, 0x03]
+            } else {
+                [0; 3]
+            });
+            b.extend([0u8; 25]);
             return (
                 Frame {
                     bytes: b,
@@ -298,15 +325,29 @@ fn generate(rng: &mut StdRng) -> (Frame, SkbVlan) {
     } else {
         let version = if rng.random_bool(0.03) { 4 } else { 6 };
         let next_at = b.len() + 6;
-        b.extend([version << 4, 0, 0, 0, 0, 64, 0, 64]);
+        // Hop limit 255 is what makes neighbour and router discovery L2.
+        let hop_limit = [64u8, 255, 255, 1, 254][rng.random_range(0..5)];
+        b.extend([version << 4, 0, 0, 0, 0, 64, 0, hop_limit]);
         b.extend(addr6(rng));
         b.extend(addr6(rng));
         boundaries.push(b.len());
         let mut nh_at = next_at;
         let nexts = rng.random_range(0..=8usize);
         let mut later_fragment = false;
+        // Every extension header the parser follows: Hop-by-Hop, Routing,
+        // Destination Options, Mobility, HIP, Shim6 and the experimental
+        // 253 and 254 in the generic format, AH, and Fragment (twice as
+        // likely, and often followed by Destination Options).
+        const KINDS: [u8; 11] = [0, 60, 43, 135, 139, 140, 253, 254, 51, 44, 44];
+        let mut kinds = Vec::new();
         for _ in 0..if rng.random_bool(0.6) { 0 } else { nexts } {
-            let kind = [0u8, 60, 43, 44, 51][rng.random_range(0..5)];
+            let kind = KINDS[rng.random_range(0..KINDS.len())];
+            kinds.push(kind);
+            if kind == 44 && rng.random_bool(0.5) {
+                kinds.push(60);
+            }
+        }
+        for kind in kinds {
             b[nh_at] = kind;
             nh_at = b.len();
             match kind {
@@ -325,7 +366,10 @@ fn generate(rng: &mut StdRng) -> (Frame, SkbVlan) {
                     b.extend([0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
                 }
                 _ => {
-                    b.extend([0, 0, 1, 4, 0, 0, 0, 0]);
+                    // Length 0 or 1: 8 or 16 octets.
+                    let len = rng.random_range(0..2u8);
+                    b.extend([0, len, 1, 4, 0, 0, 0, 0]);
+                    b.extend(std::iter::repeat_n(0, usize::from(len) * 8));
                 }
             }
             boundaries.push(b.len());
@@ -416,17 +460,32 @@ fn privileged_kernel_agrees_with_reference() {
         direction: FailsafeDirection::Ingress,
         protocol: abi::PROTO_TCP,
         port: 22,
-        cidrs: vec!["198.51.100.0/24".parse().unwrap()],
+        // Every test range: with the local addresses below, any host may
+        // reach an EHR host on tcp/22.
+        cidrs: ["198.18.0.0/15", "198.51.100.0/24", "2001:db8::/32"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect(),
     }];
-    let ethertypes = [0x88cc];
-    let reference = Reference::new(&set, now, &failsafe, &ethertypes);
+    let ethertypes = [0x88cc, abi::ETHERTYPE_802_3];
+    // The node's own addresses: every EHR host (failsafe flows reach them).
+    let local: Vec<std::net::IpAddr> = (1..255u8)
+        .flat_map(|i| {
+            [
+                std::net::IpAddr::from([198, 18, 41, i]),
+                format!("2001:db8:41::{i:x}").parse().unwrap(),
+            ]
+        })
+        .collect();
+    let reference = Reference::new(&set, now, &failsafe, &ethertypes).with_local(&local);
 
     let bpffs = std::path::PathBuf::from("/sys/fs/bpf");
     let node = format!("wl-test-ref-{}", std::process::id());
     let _cleanup = PinGuard(bpffs.clone(), node.clone());
     let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
     enforcer.set_local_rules(&failsafe, &ethertypes).unwrap();
-    enforcer.apply(&dp).unwrap();
+    enforcer.set_local_addresses(&local).unwrap();
+    enforcer.apply(&dp, &[]).unwrap();
     let mut ring = enforcer.take_events().unwrap();
 
     let mut rng = StdRng::seed_from_u64(0x0057_a7d1);
@@ -458,7 +517,8 @@ fn privileged_kernel_agrees_with_reference() {
             };
             assert_eq!(reason, expected.reason as u8, "{}", ctx());
             let passes = expected.reason.verdict() != abi::Verdict::Dropped;
-            assert_eq!(ret, if passes { 0 } else { 2 }, "{}", ctx());
+            let action = if passes { abi::ACTION_PASS } else { abi::ACTION_DROP };
+            assert_eq!(ret as i32, action, "{}", ctx());
             if let Some(e) = event {
                 assert_eq!(e.reason, expected.reason as u8, "{}", ctx());
                 if matches!(
@@ -561,7 +621,7 @@ fn privileged_lost_events_are_counted() {
             ..TestRunOptions::default()
         })
         .expect("test run");
-    assert_eq!(result.return_value, 2, "QinQ is dropped");
+    assert_eq!(result.return_value as i32, abi::ACTION_DROP, "QinQ is dropped");
     let mut read = 0u64;
     while let Some(item) = ring.next() {
         let e = decode(&item).expect("an event");
@@ -626,13 +686,14 @@ fn privileged_programs_100k_rules_and_prefixes() {
     let _cleanup = PinGuard(bpffs.clone(), node.clone());
     let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
     let t = std::time::Instant::now();
-    let first = enforcer.apply(&dp).expect("the first generation fits");
+    let first = enforcer.apply(&dp, &[]).expect("the first generation fits").live;
     let programmed = t.elapsed();
     // The next generation is written beside the live one: both must fit.
     let t = std::time::Instant::now();
     let second = enforcer
-        .apply(&dp)
-        .expect("the second generation fits beside the first");
+        .apply(&dp, &[])
+        .expect("the second generation fits beside the first")
+        .live;
     let switched = t.elapsed();
     assert_eq!(second, first + 1);
     eprintln!(
@@ -656,7 +717,7 @@ fn privileged_programs_100k_rules_and_prefixes() {
             ..TestRunOptions::default()
         })
         .unwrap();
-    assert_eq!(r.return_value, 0, "allowed");
+    assert_eq!(r.return_value as i32, abi::ACTION_PASS, "allowed");
     let e = decode(&ring.next().expect("an event")).unwrap();
     assert_eq!(dp.policy_name(e.policy), Some("p000000"));
 }
@@ -674,7 +735,7 @@ fn privileged_idle_connections_are_expired_and_live_ones_kept() {
     let node = format!("wl-test-expire-{}", std::process::id());
     let _cleanup = PinGuard(bpffs.clone(), node.clone());
     let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
-    enforcer.apply(&dp).unwrap();
+    enforcer.apply(&dp, &[]).unwrap();
     // workstations -> ehr tcp/443 is allowed: a SYN opens a tracked connection.
     let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     frame.extend([
@@ -691,7 +752,7 @@ fn privileged_idle_connections_are_expired_and_live_ones_kept() {
             ..TestRunOptions::default()
         })
         .unwrap();
-    assert_eq!(r.return_value, 0);
+    assert_eq!(r.return_value as i32, abi::ACTION_PASS);
     assert_eq!(enforcer.connections().len(), 1);
     let now = enforcer::boot_ns();
     assert_eq!(enforcer.expire(now), (0, 0), "a live connection stays");

@@ -122,8 +122,8 @@ pub struct Dataplane {
 }
 
 /// Per-generation capacity of the kernel's tables.
-pub const PREFIX_LIMIT: usize = wardline_ebpf_abi::MAX_PREFIXES as usize / 2;
-pub const RULE_LIMIT: usize = wardline_ebpf_abi::MAX_RULE_ENTRIES as usize / 2;
+pub const PREFIX_LIMIT: usize = wardline_ebpf_abi::PREFIXES_PER_GENERATION as usize;
+pub const RULE_LIMIT: usize = wardline_ebpf_abi::RULES_PER_GENERATION as usize;
 
 impl Dataplane {
     pub fn compile(set: &PolicySet, options: &CompileOptions) -> Result<Dataplane, CompileError> {

@@ -1,20 +1,26 @@
-//! The reference verdict: the spec's rules applied to a packet directly from
-//! the documents, without the compiled tables.
+//! The reference verdict: the rules of `docs/verdicts.md` applied to a
+//! packet directly from the documents, without the compiled tables.
 //!
 //! The kernel (through `BPF_PROG_TEST_RUN`) and the compiler are both tested
-//! against it. It judges a packet as the first packet of its connection, with
-//! no connection or fragment tracked yet.
+//! against it. [`Reference::judge_frame`] judges a packet as the first of its
+//! connection, with nothing tracked yet; [`Tracker`] follows conversations:
+//! connection tracking bound to interfaces and VLANs, remembered drops,
+//! fragments, ICMP errors and policy generations, as the kernel keeps them.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use time::OffsetDateTime;
 use wardline_ebpf_abi::{
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, SEGMENT_WORLD,
+    BOUND_ORIG, BOUND_REPLY_VLAN, DIR_EGRESS, DIR_INGRESS, FLOW_ALLOWED, FLOW_AUDITED, FLOW_DENIED,
+    FLOW_FAILSAFE, FlowKey, FragmentKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, Reason, SEGMENT_WORLD, TCP_FIN_ORIG, TCP_FIN_REPLY, TCP_RST, TCP_SEEN_REPLY,
+    TIMEOUT_DENIED, TIMEOUT_FRAGMENT, flow_timeout,
 };
 
 use crate::model::{Action, Mode, Peer, PolicySet, Protocol};
-use crate::packet::{Fragment, Packet, Parsed, SkbVlan, parse};
+use crate::packet::{Fragment, IcmpKind, Packet, Parsed, SkbVlan, TCP_FIN, parse};
 
 /// Who opens the connections of a failsafe flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -37,18 +43,23 @@ pub struct FailsafeFlow {
 }
 
 impl FailsafeFlow {
-    fn matches(&self, p: &Packet) -> bool {
-        if p.proto != self.protocol {
+    /// Whether a new connection's first packet is this flow: the node's own,
+    /// in this orientation, by the responder's port. A packet's source port
+    /// never makes one, and traffic between two other hosts never matches.
+    pub fn matches(&self, p: &Packet, local: &[IpAddr]) -> bool {
+        if p.proto != self.protocol || p.dport != self.port {
             return false;
         }
-        let inside = |a: &[u8; 16]| self.cidrs.iter().any(|c| c.contains(&to_ip(a)));
+        let inside = |a: &[u8; 16]| {
+            let ip = packet_ip(p, a);
+            self.cidrs
+                .iter()
+                .any(|c| same_family(c, &ip) && c.contains(&ip))
+        };
+        let is_local = |a: &[u8; 16]| local.iter().any(|l| from_ip(*l) == *a);
         match self.direction {
-            FailsafeDirection::Ingress => {
-                (p.dport == self.port && inside(&p.src)) || (p.sport == self.port && inside(&p.dst))
-            }
-            FailsafeDirection::Egress => {
-                (p.dport == self.port && inside(&p.dst)) || (p.sport == self.port && inside(&p.src))
-            }
+            FailsafeDirection::Ingress => inside(&p.src) && is_local(&p.dst),
+            FailsafeDirection::Egress => is_local(&p.src) && inside(&p.dst),
         }
     }
 }
@@ -79,6 +90,8 @@ pub struct Reference<'a> {
     pub now: OffsetDateTime,
     pub failsafe: &'a [FailsafeFlow],
     pub pass_ethertypes: &'a [u16],
+    /// The node's own addresses (failsafe flows are the node's own).
+    pub local: &'a [IpAddr],
     segment_ids: Vec<(String, u32)>,
     policy_ids: Vec<(String, u32)>,
 }
@@ -89,6 +102,16 @@ pub fn to_ip(a: &[u8; 16]) -> IpAddr {
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
+    }
+}
+
+/// An address of `p` as the family of its IP header has it: an IPv6 packet's
+/// `::ffff:a.b.c.d` stays an IPv6 address.
+pub fn packet_ip(p: &Packet, a: &[u8; 16]) -> IpAddr {
+    if p.family == 4 {
+        to_ip(a)
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*a))
     }
 }
 
@@ -121,9 +144,16 @@ impl<'a> Reference<'a> {
             now,
             failsafe,
             pass_ethertypes,
+            local: &[],
             segment_ids: ids(set.segments.iter().map(|s| s.name.clone()).collect()),
             policy_ids: ids(set.policies.iter().map(|p| p.name.clone()).collect()),
         }
+    }
+
+    /// The same, with the node's own addresses.
+    pub fn with_local(mut self, local: &'a [IpAddr]) -> Self {
+        self.local = local;
+        self
     }
 
     fn segment_id(&self, name: &str) -> u32 {
@@ -140,13 +170,14 @@ impl<'a> Reference<'a> {
             .map_or(0, |(_, id)| *id)
     }
 
-    /// The segment whose CIDR is the longest prefix containing `addr`.
+    /// The segment whose CIDR is the longest prefix containing `addr`
+    /// (families apart: no IPv6 prefix holds an IPv4 address).
     pub fn segment_of(&self, addr: IpAddr) -> u32 {
         self.set
             .segments
             .iter()
             .flat_map(|s| s.cidrs.iter().map(move |c| (c, s)))
-            .filter(|(c, _)| c.contains(&addr))
+            .filter(|(c, _)| same_family(c, &addr) && c.contains(&addr))
             .max_by_key(|(c, _)| c.prefix_len())
             .map_or(SEGMENT_WORLD, |(_, s)| self.segment_id(&s.name))
     }
@@ -206,38 +237,73 @@ impl<'a> Reference<'a> {
         }
     }
 
-    /// The verdict of a frame that starts at its Ethernet header, judged as
-    /// the first packet of its connection.
+    /// The verdict of a frame that starts at its Ethernet header, arriving
+    /// at an ingress hook, judged as the first packet of its connection.
     pub fn judge_frame(&self, frame: &[u8], skb_vlan: SkbVlan) -> Outcome {
-        match parse(frame, skb_vlan) {
-            Err(reason) => Outcome::bare(reason),
-            Ok(Parsed::L2Pass) => Outcome::bare(Reason::L2Pass),
-            Ok(Parsed::Ethertype(t)) if self.pass_ethertypes.contains(&t) => {
-                Outcome::bare(Reason::L2Pass)
-            }
-            Ok(Parsed::Ethertype(_)) => Outcome::bare(Reason::Ethertype),
-            Ok(Parsed::Ip(p)) => self.judge_packet(&p),
+        match self.parse_frame(frame, skb_vlan) {
+            Err(outcome) => outcome,
+            Ok(p) => self.judge_packet(&p),
         }
     }
 
-    pub fn judge_packet(&self, p: &Packet) -> Outcome {
-        let addr_src = self.segment_of(to_ip(&p.src));
-        let mut src = addr_src;
-        if p.vlan != 0
-            && let Some(vseg) = self.segment_of_vlan(p.vlan)
-        {
-            if addr_src != SEGMENT_WORLD && addr_src != vseg {
-                return Outcome::bare(Reason::SpoofedSource);
+    /// Parses a frame; what never reaches an IP verdict is the `Err` outcome.
+    fn parse_frame(&self, frame: &[u8], skb_vlan: SkbVlan) -> Result<Packet, Outcome> {
+        match parse(frame, skb_vlan) {
+            Err(reason) => Err(Outcome::bare(reason)),
+            Ok(Parsed::L2Pass) => Err(Outcome::bare(Reason::L2Pass)),
+            Ok(Parsed::Ethertype(t)) if self.pass_ethertypes.contains(&t) => {
+                Err(Outcome::bare(Reason::L2Pass))
             }
-            src = vseg;
+            Ok(Parsed::Ethertype(_)) => Err(Outcome::bare(Reason::Ethertype)),
+            Ok(Parsed::Ip(p)) => Ok(p),
         }
+    }
+
+    /// The source segment a claimed VLAN tag gives at ingress, or the
+    /// spoofed-source outcome (which names the VLAN's segment).
+    fn vlan_identity(&self, p: &Packet, direction: u8) -> Result<Option<u32>, Outcome> {
+        if direction != DIR_INGRESS || p.vlan == 0 {
+            return Ok(None);
+        }
+        let Some(vseg) = self.segment_of_vlan(p.vlan) else {
+            return Ok(None);
+        };
+        let by_address = self.segment_of(packet_ip(p, &p.src));
+        if by_address != SEGMENT_WORLD && by_address != vseg {
+            return Err(Outcome {
+                reason: Reason::SpoofedSource,
+                policy: 0,
+                src_segment: vseg,
+                dst_segment: self.segment_of(packet_ip(p, &p.dst)),
+            });
+        }
+        Ok(Some(vseg))
+    }
+
+    /// An IP packet at an ingress hook, as the first of its connection.
+    pub fn judge_packet(&self, p: &Packet) -> Outcome {
+        let vlan_segment = match self.vlan_identity(p, DIR_INGRESS) {
+            Ok(v) => v,
+            Err(spoofed) => return spoofed,
+        };
         if let Fragment::Later(_) = p.fragment {
             return Outcome::bare(Reason::OrphanFragment);
         }
-        if self.failsafe.iter().any(|f| f.matches(p)) {
+        let trackable = matches!(p.icmp, IcmpKind::NotIcmp | IcmpKind::EchoRequest);
+        if trackable && self.is_failsafe(p) {
             return Outcome::bare(Reason::Failsafe);
         }
-        let dst = self.segment_of(to_ip(&p.dst));
+        self.judge_new(p, vlan_segment)
+    }
+
+    fn is_failsafe(&self, p: &Packet) -> bool {
+        self.failsafe.iter().any(|f| f.matches(p, self.local))
+    }
+
+    /// Policy's verdict of a new connection (after failsafe flows).
+    fn judge_new(&self, p: &Packet, vlan_segment: Option<u32>) -> Outcome {
+        let src = vlan_segment.unwrap_or_else(|| self.segment_of(packet_ip(p, &p.src)));
+        let dst = self.segment_of(packet_ip(p, &p.dst));
         let (reason, policy) = self.decide(src, dst, p.proto, p.policy_port());
         Outcome {
             reason,
@@ -246,6 +312,13 @@ impl<'a> Reference<'a> {
             dst_segment: dst,
         }
     }
+}
+
+fn same_family(net: &IpNet, addr: &IpAddr) -> bool {
+    matches!(
+        (net, addr),
+        (IpNet::V4(_), IpAddr::V4(_)) | (IpNet::V6(_), IpAddr::V6(_))
+    )
 }
 
 fn port_matches(rule: &crate::model::PortRule, proto: u8, port: u16) -> bool {
@@ -266,4 +339,354 @@ fn port_matches(rule: &crate::model::PortRule, proto: u8, port: u16) -> bool {
 /// Unused-address helper for tests and tools: an IPv4 address in the 16-byte form.
 pub fn v4(a: u8, b: u8, c: u8, d: u8) -> [u8; 16] {
     from_ip(IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+}
+
+/// Where a packet is judged: the hook's direction ([`DIR_INGRESS`] or
+/// [`DIR_EGRESS`]) and interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub direction: u8,
+    pub ifindex: u32,
+}
+
+/// A tracked connection that passed, as the kernel keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Flow {
+    last_seen_ns: u64,
+    generation: u32,
+    src_segment: u32,
+    status: u8,
+    tcp: u8,
+    binding: u8,
+    orig_ifindex: u32,
+    orig_vlan: u16,
+    reply_ifindex: u32,
+    reply_vlan: u16,
+}
+
+/// A remembered dropped connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Denied {
+    created_ns: u64,
+    generation: u32,
+    ifindex: u32,
+    vlan: u16,
+    direction: u8,
+}
+
+/// The dataplane's state over time, judged by the rules of
+/// `docs/verdicts.md`: connections that passed (bound to where their ends
+/// live), drops remembered in their own orientation, fragments. The caller
+/// passes the policy in force ([`Reference`]) and its generation with each
+/// packet: a connection admitted under another generation is judged again.
+///
+/// Tables never fill here; the kernel's do, and counts what it could not
+/// track (tests keep below its capacities).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    flows: HashMap<FlowKey, Flow>,
+    denied: HashMap<FlowKey, Denied>,
+    fragments: HashMap<FragmentKey, u64>,
+}
+
+/// Which orientations a packet may belong to a tracked connection in.
+const AS_INITIATOR: u8 = 1;
+const AS_REPLY: u8 = 2;
+
+fn status_of(reason: Reason) -> u8 {
+    match reason {
+        Reason::PolicyAllow => FLOW_ALLOWED,
+        Reason::Monitor => FLOW_AUDITED,
+        Reason::Failsafe => FLOW_FAILSAFE,
+        _ => FLOW_DENIED,
+    }
+}
+
+fn passing(status: u8) -> Reason {
+    if status == FLOW_AUDITED {
+        Reason::MonitorEstablished
+    } else {
+        Reason::Established
+    }
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Tracker::default()
+    }
+
+    /// Forgets everything, as the agent's `flush_tracking` does.
+    pub fn clear(&mut self) {
+        *self = Tracker::default();
+    }
+
+    /// The verdict of one frame at `hook`, at `now_ns` (`CLOCK_BOOTTIME`),
+    /// under generation `generation` of the policy `r`.
+    pub fn judge(
+        &mut self,
+        r: &Reference<'_>,
+        generation: u32,
+        frame: &[u8],
+        skb_vlan: SkbVlan,
+        hook: Hook,
+        now_ns: u64,
+    ) -> Outcome {
+        let p = match r.parse_frame(frame, skb_vlan) {
+            Ok(p) => p,
+            Err(outcome) => return outcome,
+        };
+        let vlan_segment = match r.vlan_identity(&p, hook.direction) {
+            Ok(v) => v,
+            Err(spoofed) => return spoofed,
+        };
+        let cx = Cx {
+            r,
+            generation,
+            hook,
+            now: now_ns,
+            p: &p,
+        };
+        if let Fragment::Later(_) = p.fragment {
+            let key = p.fragment_key().expect("a fragment has a key");
+            return match self.fragments.get(&key) {
+                Some(seen) if now_ns.saturating_sub(*seen) < TIMEOUT_FRAGMENT => {
+                    Outcome::bare(Reason::Fragment)
+                }
+                _ => Outcome::bare(Reason::OrphanFragment),
+            };
+        }
+        let key = p.flow_key();
+        let (which, trackable) = match p.icmp {
+            IcmpKind::Error(_) | IcmpKind::Other => (0, false),
+            IcmpKind::EchoRequest => (AS_INITIATOR, true),
+            IcmpKind::EchoReply => (AS_REPLY, false),
+            IcmpKind::NotIcmp => (AS_INITIATOR | AS_REPLY, true),
+        };
+        let mut outcome = self.tracked(&cx, &key, which).map(Outcome::bare);
+        if outcome.is_none() && self.related(&cx) {
+            outcome = Some(Outcome::bare(Reason::Related));
+        }
+        let outcome = match outcome {
+            Some(o) => o,
+            None => self.new_connection(&cx, &key, trackable, vlan_segment),
+        };
+        if let Fragment::First(_) = p.fragment
+            && outcome.reason.verdict() != wardline_ebpf_abi::Verdict::Dropped
+        {
+            let fkey = p.fragment_key().expect("a fragment has a key");
+            self.fragments.insert(fkey, now_ns);
+        }
+        outcome
+    }
+
+    fn tracked(&mut self, cx: &Cx<'_, '_>, key: &FlowKey, which: u8) -> Option<Reason> {
+        if which & AS_INITIATOR != 0 && self.belongs(cx, key, false) {
+            return Some(self.established(cx, key, false));
+        }
+        if which & AS_REPLY != 0 {
+            let initiator = key.reversed();
+            if self.belongs(cx, &initiator, true) {
+                return Some(self.established(cx, &initiator, true));
+            }
+        }
+        None
+    }
+
+    /// Whether the packet belongs to the live connection of `initiator`
+    /// where it arrives; learns where replies come from.
+    fn belongs(&mut self, cx: &Cx<'_, '_>, initiator: &FlowKey, reply: bool) -> bool {
+        let Some(f) = self.flows.get_mut(initiator) else {
+            return false;
+        };
+        if cx.now.saturating_sub(f.last_seen_ns) >= flow_timeout(initiator.proto, f.status, f.tcp) {
+            self.flows.remove(initiator);
+            return false;
+        }
+        let vlan = cx.p.vlan;
+        if cx.hook.direction == DIR_EGRESS {
+            if !reply && f.reply_ifindex == 0 {
+                f.reply_ifindex = cx.hook.ifindex;
+            }
+            return true;
+        }
+        if !reply {
+            return f.binding & BOUND_ORIG != 0
+                && f.orig_ifindex == cx.hook.ifindex
+                && f.orig_vlan == vlan;
+        }
+        if f.reply_ifindex == 0 || f.reply_ifindex != cx.hook.ifindex {
+            return false;
+        }
+        if f.binding & BOUND_REPLY_VLAN != 0 {
+            return f.reply_vlan == vlan;
+        }
+        f.reply_vlan = vlan;
+        f.binding |= BOUND_REPLY_VLAN;
+        true
+    }
+
+    fn established(&mut self, cx: &Cx<'_, '_>, initiator: &FlowKey, reply: bool) -> Reason {
+        let f = self
+            .flows
+            .get_mut(initiator)
+            .expect("belongs() found the entry");
+        if f.status != FLOW_DENIED {
+            f.last_seen_ns = cx.now;
+            if initiator.proto == PROTO_TCP {
+                if reply {
+                    f.tcp |= TCP_SEEN_REPLY;
+                }
+                if cx.p.tcp_flags & crate::packet::TCP_RST != 0 {
+                    f.tcp |= TCP_RST;
+                }
+                if cx.p.tcp_flags & TCP_FIN != 0 {
+                    f.tcp |= if reply { TCP_FIN_REPLY } else { TCP_FIN_ORIG };
+                }
+            }
+        }
+        if f.status == FLOW_FAILSAFE {
+            return Reason::Failsafe;
+        }
+        if f.generation != cx.generation {
+            // Judged again as its initiator opened it, with today's tables.
+            let by_vlan = if f.binding & BOUND_ORIG != 0 && f.orig_vlan != 0 {
+                cx.r.segment_of_vlan(f.orig_vlan)
+            } else {
+                None
+            };
+            let src = by_vlan.unwrap_or_else(|| cx.r.segment_of(packet_ip(cx.p, &initiator.src)));
+            let dst = cx.r.segment_of(packet_ip(cx.p, &initiator.dst));
+            let port = match initiator.proto {
+                PROTO_TCP | PROTO_UDP | PROTO_SCTP => initiator.dport,
+                _ => 0,
+            };
+            let (reason, _) = cx.r.decide(src, dst, initiator.proto, port);
+            f.generation = cx.generation;
+            f.src_segment = src;
+            f.status = status_of(reason);
+            return if f.status == FLOW_DENIED {
+                Reason::DroppedFlow
+            } else {
+                passing(f.status)
+            };
+        }
+        if f.status == FLOW_DENIED {
+            return Reason::DroppedFlow;
+        }
+        passing(f.status)
+    }
+
+    /// Whether an ICMP error is about a tracked, still passing connection,
+    /// travels towards the source of the packet it quotes, and arrives from
+    /// the side that packet went to.
+    fn related(&self, cx: &Cx<'_, '_>) -> bool {
+        let IcmpKind::Error(Some(inner)) = cx.p.icmp else {
+            return false;
+        };
+        if cx.p.dst != inner.src {
+            return false;
+        }
+        let (f, quoted_reply) = match self.flows.get(&inner) {
+            Some(f) => (f, false),
+            None => match self.flows.get(&inner.reversed()) {
+                Some(f) => (f, true),
+                None => return false,
+            },
+        };
+        if cx.now.saturating_sub(f.last_seen_ns) >= flow_timeout(inner.proto, f.status, f.tcp) {
+            return false;
+        }
+        if cx.hook.direction == DIR_INGRESS {
+            let here = if quoted_reply {
+                f.binding & BOUND_ORIG != 0 && f.orig_ifindex == cx.hook.ifindex
+            } else {
+                f.reply_ifindex != 0 && f.reply_ifindex == cx.hook.ifindex
+            };
+            if !here {
+                return false;
+            }
+        }
+        f.status == FLOW_FAILSAFE || (f.status != FLOW_DENIED && f.generation == cx.generation)
+    }
+
+    fn new_connection(
+        &mut self,
+        cx: &Cx<'_, '_>,
+        key: &FlowKey,
+        trackable: bool,
+        vlan_segment: Option<u32>,
+    ) -> Outcome {
+        if trackable {
+            if cx.r.is_failsafe(cx.p) {
+                self.track(cx, key, Reason::Failsafe, SEGMENT_WORLD);
+                return Outcome::bare(Reason::Failsafe);
+            }
+            if let Some(d) = self.denied.get(key).copied()
+                && d.ifindex == cx.hook.ifindex
+                && d.vlan == cx.p.vlan
+                && d.direction == cx.hook.direction
+            {
+                if cx.now.saturating_sub(d.created_ns) < TIMEOUT_DENIED
+                    && d.generation == cx.generation
+                {
+                    return Outcome::bare(Reason::DroppedFlow);
+                }
+                self.denied.remove(key);
+            }
+        }
+        let vlan_segment = vlan_segment.filter(|_| cx.hook.direction == DIR_INGRESS);
+        let outcome = cx.r.judge_new(cx.p, vlan_segment);
+        if trackable {
+            if status_of(outcome.reason) == FLOW_DENIED {
+                self.denied.insert(
+                    *key,
+                    Denied {
+                        created_ns: cx.now,
+                        generation: cx.generation,
+                        ifindex: cx.hook.ifindex,
+                        vlan: cx.p.vlan,
+                        direction: cx.hook.direction,
+                    },
+                );
+            } else {
+                self.track(cx, key, outcome.reason, outcome.src_segment);
+            }
+        }
+        outcome
+    }
+
+    fn track(&mut self, cx: &Cx<'_, '_>, key: &FlowKey, reason: Reason, src_segment: u32) {
+        let ingress = cx.hook.direction == DIR_INGRESS;
+        let mut tcp = 0;
+        if key.proto == PROTO_TCP && cx.p.tcp_flags & crate::packet::TCP_RST != 0 {
+            tcp = TCP_RST;
+        }
+        // A tuple tracked for a connection that lives elsewhere stays as it is.
+        self.flows.entry(*key).or_insert(Flow {
+            last_seen_ns: cx.now,
+            generation: cx.generation,
+            src_segment,
+            status: status_of(reason),
+            tcp,
+            binding: if ingress { BOUND_ORIG } else { 0 },
+            orig_ifindex: if ingress { cx.hook.ifindex } else { 0 },
+            orig_vlan: if ingress { cx.p.vlan } else { 0 },
+            reply_ifindex: if ingress { 0 } else { cx.hook.ifindex },
+            reply_vlan: 0,
+        });
+    }
+
+    /// Connections tracked (passing or cut), for tests.
+    pub fn connections(&self) -> usize {
+        self.flows.len()
+    }
+}
+
+/// One packet's context in [`Tracker::judge`].
+struct Cx<'r, 'p> {
+    r: &'r Reference<'r>,
+    generation: u32,
+    hook: Hook,
+    now: u64,
+    p: &'p Packet,
 }

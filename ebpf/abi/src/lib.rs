@@ -7,15 +7,31 @@
 //!
 //! # Generations
 //!
-//! Every policy table key starts with a *slot* byte: `generation & 1`. The
-//! agent writes a new policy into the slot the live generation does not use,
-//! then switches by one write of [`Config::generation`]. A packet reads the
-//! generation once, first, so it is judged wholly by the old tables or wholly
-//! by the new ones.
+//! Every policy table key starts with a *slot* byte: [`slot_of`] the
+//! generation, one of [`SLOTS`]. The agent writes a new policy into a slot
+//! the live generation does not use, then switches by one write of
+//! [`Config`], which a packet reads first, in one load: it is judged wholly
+//! by the old tables or wholly by the new ones. The other slots hold the
+//! generations of coming policy-window boundaries, each with the instant it
+//! takes over ([`ScheduleEntry`]), so that windows open and close on time in
+//! the kernel whether or not the agent runs.
 #![no_std]
 
+use core::mem::offset_of;
+
 /// Bumped whenever a map layout, a map name or a program's meaning changes.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
+
+/// Generation slots in the policy tables: the live one and up to
+/// [`MAX_SCHEDULED`] scheduled ones.
+pub const SLOTS: u32 = 4;
+/// Window boundaries programmed ahead, each in a slot of its own.
+pub const MAX_SCHEDULED: u32 = SLOTS - 1;
+
+/// The slot byte of a generation's policy-table keys.
+pub const fn slot_of(generation: u32) -> u8 {
+    (generation % SLOTS) as u8
+}
 
 // ---------------------------------------------------------------------------
 // Names of programs and maps (the ELF symbols and the pin file names).
@@ -29,6 +45,9 @@ pub const MAP_VLANS: &str = "WL_VLANS";
 pub const MAP_MONITOR: &str = "WL_MONITOR";
 pub const MAP_RULES: &str = "WL_RULES";
 pub const MAP_FAILSAFE: &str = "WL_FAILSAFE";
+pub const MAP_LOCAL_ADDRS: &str = "WL_LOCAL_ADDRS";
+pub const MAP_SCHEDULE: &str = "WL_SCHEDULE";
+pub const MAP_DENIED: &str = "WL_DENIED";
 pub const MAP_ETHERTYPES: &str = "WL_ETHERTYPES";
 pub const MAP_CONNTRACK: &str = "WL_CONNTRACK";
 pub const MAP_FRAGMENTS: &str = "WL_FRAGMENTS";
@@ -36,15 +55,18 @@ pub const MAP_COUNTERS: &str = "WL_COUNTERS";
 pub const MAP_EVENTS: &str = "WL_EVENTS";
 
 /// Every map the agent pins, in one place.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_CONFIG,
+    MAP_SCHEDULE,
     MAP_PREFIXES,
     MAP_VLANS,
     MAP_MONITOR,
     MAP_RULES,
     MAP_FAILSAFE,
+    MAP_LOCAL_ADDRS,
     MAP_ETHERTYPES,
     MAP_CONNTRACK,
+    MAP_DENIED,
     MAP_FRAGMENTS,
     MAP_COUNTERS,
     MAP_EVENTS,
@@ -53,15 +75,26 @@ pub const ALL_MAPS: [&str; 11] = [
 // ---------------------------------------------------------------------------
 // Capacities.
 
-/// Prefixes per generation (two generations share the trie).
-pub const MAX_PREFIXES: u32 = 262_144;
-/// Compiled rule entries per generation (port ranges split into prefixes).
-pub const MAX_RULE_ENTRIES: u32 = 1_048_576;
-pub const MAX_VLAN_ENTRIES: u32 = 2 * 4096;
-pub const MAX_MONITOR_ENTRIES: u32 = 2 * 65_536;
+/// Prefixes one generation may hold.
+pub const PREFIXES_PER_GENERATION: u32 = 131_072;
+/// Compiled rule entries one generation may hold (port ranges split into
+/// prefixes).
+pub const RULES_PER_GENERATION: u32 = 524_288;
+/// The tries hold every slot's entries; they allocate per entry, so an
+/// unused slot costs nothing.
+pub const MAX_PREFIXES: u32 = SLOTS * PREFIXES_PER_GENERATION;
+pub const MAX_RULE_ENTRIES: u32 = SLOTS * RULES_PER_GENERATION;
+pub const MAX_VLAN_ENTRIES: u32 = SLOTS * 4096;
+pub const MAX_MONITOR_ENTRIES: u32 = SLOTS * 65_536;
 pub const MAX_FAILSAFE: u32 = 1024;
+/// The node's own addresses (failsafe flows are the node's own).
+pub const MAX_LOCAL_ADDRS: u32 = 4096;
 pub const MAX_ETHERTYPES: u32 = 64;
+/// Tracked connections that passed (allowed, audited, failsafe).
 pub const MAX_CONNECTIONS: u32 = 262_144;
+/// Remembered dropped connections: a table of their own, least recently
+/// used first out, so that a flood of them never touches [`MAX_CONNECTIONS`].
+pub const MAX_DENIED: u32 = 65_536;
 pub const MAX_FRAGMENTS: u32 = 16_384;
 pub const EVENTS_BYTES: u32 = 1 << 22;
 /// IPv6 extension headers the parser follows before it gives up.
@@ -88,6 +121,12 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+/// Ethernet II ethertypes start here; a smaller value in that field is an
+/// IEEE 802.3 length.
+pub const ETH_P_802_3_MIN: u16 = 0x0600;
+/// The key under which `passEthertypes` lists IEEE 802.3 frames with a
+/// length field (written `802.3` in the agent's configuration).
+pub const ETHERTYPE_802_3: u16 = 0;
 
 /// Bits of [`Config::flags`].
 pub mod config_flags {
@@ -101,6 +140,11 @@ pub mod config_flags {
     pub const HAS_PROTO_ANY: u32 = 1 << 3;
     /// Flow events are switched off (counters still count).
     pub const NO_EVENTS: u32 = 1 << 4;
+    /// `WL_SCHEDULE` holds generations that take over at set instants.
+    pub const HAS_SCHEDULE: u32 = 1 << 5;
+    /// The flags a generation's compiled policy sets; the others belong to
+    /// the agent's configuration and hold across generations.
+    pub const POLICY_FLAGS: u32 = HAS_SRC_ANY | HAS_DST_ANY | HAS_PROTO_ANY;
 }
 
 // ---------------------------------------------------------------------------
@@ -153,9 +197,13 @@ pub enum Reason {
     Fragment = 16,
     /// A packet of a connection already dropped (counted, not reported again).
     DroppedFlow = 17,
+    /// A later packet of an audited connection (monitor mode).
+    MonitorEstablished = 18,
+    /// The program could not judge the packet (no per-CPU scratch space).
+    Internal = 19,
 }
 
-pub const REASON_COUNT: usize = 18;
+pub const REASON_COUNT: usize = 20;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT - 1] = [
@@ -176,11 +224,13 @@ impl Reason {
         Reason::Related,
         Reason::Fragment,
         Reason::DroppedFlow,
+        Reason::MonitorEstablished,
+        Reason::Internal,
     ];
 
     pub const fn verdict(self) -> Verdict {
         match self {
-            Reason::Monitor => Verdict::Audited,
+            Reason::Monitor | Reason::MonitorEstablished => Verdict::Audited,
             Reason::PolicyAllow
             | Reason::Established
             | Reason::Failsafe
@@ -196,7 +246,8 @@ impl Reason {
             | Reason::TooManyExtHeaders
             | Reason::OrphanFragment
             | Reason::Ethertype
-            | Reason::DroppedFlow => Verdict::Dropped,
+            | Reason::DroppedFlow
+            | Reason::Internal => Verdict::Dropped,
         }
     }
 
@@ -220,6 +271,8 @@ impl Reason {
             Reason::Related => "related",
             Reason::Fragment => "fragment",
             Reason::DroppedFlow => "dropped-flow",
+            Reason::MonitorEstablished => "monitor-established",
+            Reason::Internal => "internal",
         }
     }
 
@@ -227,6 +280,12 @@ impl Reason {
         Reason::ALL.into_iter().find(|r| *r as u8 == v)
     }
 }
+
+/// What the programs return for a packet that passes: `TCX_NEXT`, so that
+/// programs and tc filters after Wardline's still see it.
+pub const ACTION_PASS: i32 = -1;
+/// What they return for a dropped packet: `TC_ACT_SHOT`.
+pub const ACTION_DROP: i32 = 2;
 
 /// Direction of the hook a packet was seen at.
 pub const DIR_INGRESS: u8 = 0;
@@ -238,32 +297,107 @@ pub const fn counter_index(direction: u8, reason: u8) -> u32 {
 }
 /// Index of the count of events the ring buffer had no room for.
 pub const COUNTER_LOST_EVENTS: u32 = 2 * REASON_COUNT as u32;
-pub const COUNTER_SLOTS: u32 = COUNTER_LOST_EVENTS + 1;
+/// Index of the count of passed connections the tracking table had no room
+/// for (they got their verdict, untracked).
+pub const COUNTER_TRACKING_FULL: u32 = COUNTER_LOST_EVENTS + 1;
+/// Index of the count of passed first fragments the fragment table had no
+/// room for (their later fragments are then orphans).
+pub const COUNTER_FRAGMENTS_FULL: u32 = COUNTER_TRACKING_FULL + 1;
+pub const COUNTER_SLOTS: u32 = COUNTER_FRAGMENTS_FULL + 1;
 
 // ---------------------------------------------------------------------------
 // Maps' keys and values.
 
-/// `WL_CONFIG[0]`: read first by every packet.
-#[repr(C)]
+/// `WL_CONFIG[0]`: read first by every packet, in one 8-byte load.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// The live policy generation; its low bit is the live slot. 0: no policy yet.
+    /// The live policy generation; [`slot_of`] it is the live slot. 0: no
+    /// policy yet.
     pub generation: u32,
     /// [`config_flags`] of the live generation.
     pub flags: u32,
 }
 
+impl Config {
+    /// The value as the one 8-byte word a packet loads.
+    pub const fn to_word(self) -> u64 {
+        self.generation as u64 | (self.flags as u64) << 32
+    }
+    pub const fn from_word(word: u64) -> Config {
+        Config {
+            generation: word as u32,
+            flags: (word >> 32) as u32,
+        }
+    }
+}
+
+/// `WL_SCHEDULE[i]`: a generation that takes over from the live one at a
+/// set instant. A packet uses the highest scheduled generation above the
+/// live one whose instant has come. `at_tai_ns` 0: the entry is empty.
+///
+/// The agent writes an entry with one map update, which the kernel copies
+/// byte-wise while packets may read it: `check` (written last) lets a packet
+/// tell a whole entry from one caught half-written, and ignore the latter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScheduleEntry {
+    /// `CLOCK_TAI` nanoseconds (`bpf_ktime_get_tai_ns`).
+    pub at_tai_ns: u64,
+    pub generation: u32,
+    /// The [`config_flags::POLICY_FLAGS`] of that generation.
+    pub flags: u32,
+    /// [`ScheduleEntry::check_of`] the other fields.
+    pub check: u64,
+}
+
+impl ScheduleEntry {
+    pub const fn new(at_tai_ns: u64, generation: u32, flags: u32) -> ScheduleEntry {
+        ScheduleEntry {
+            at_tai_ns,
+            generation,
+            flags,
+            check: Self::check_of(at_tai_ns, generation, flags),
+        }
+    }
+    pub const fn check_of(at_tai_ns: u64, generation: u32, flags: u32) -> u64 {
+        !(at_tai_ns ^ (generation as u64) ^ ((flags as u64) << 32))
+    }
+    /// Whole (not caught half-written) and not empty.
+    pub const fn is_valid(&self) -> bool {
+        self.at_tai_ns != 0
+            && self.check == Self::check_of(self.at_tai_ns, self.generation, self.flags)
+    }
+}
+
+/// Address family bytes in prefix and failsafe keys: IPv4 and IPv6 are kept
+/// apart, so that no IPv6 prefix (not even `::/0`) holds an IPv4 address.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
 /// Data of an `WL_PREFIXES` LPM key. IPv4 addresses are stored IPv4-mapped
-/// (`::ffff:a.b.c.d`); the prefix length counts the 32 bits of `slot` and
-/// padding first.
+/// (`::ffff:a.b.c.d`); the prefix length counts the bits before `addr`
+/// ([`PREFIX_KEY_FIXED_BITS`]) first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PrefixData {
     pub slot: u8,
-    pub _pad: [u8; 3],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 2],
     pub addr: [u8; 16],
 }
-pub const PREFIX_KEY_FIXED_BITS: u32 = 32;
+pub const PREFIX_KEY_FIXED_BITS: u32 = (offset_of!(PrefixData, addr) * 8) as u32;
+
+/// The bits of a 16-byte address an address prefix covers: IPv4 prefixes
+/// are stored IPv4-mapped, behind the 96 bits of `::ffff:0:0/96`.
+pub const fn address_bits(family: u8, prefix_len: u8) -> u32 {
+    if family == FAMILY_V4 {
+        96 + prefix_len as u32
+    } else {
+        prefix_len as u32
+    }
+}
 
 /// `WL_VLANS` key: `(slot << 16) | vlan id`; value: segment id.
 pub const fn vlan_key(slot: u8, vid: u16) -> u32 {
@@ -291,7 +425,7 @@ pub struct RuleData {
     pub port: [u8; 2],
 }
 /// Bits of a rule key before the port's bits.
-pub const RULE_KEY_FIXED_BITS: u32 = 80;
+pub const RULE_KEY_FIXED_BITS: u32 = (offset_of!(RuleData, port) * 8) as u32;
 
 /// The deciding policies of one port interval: policy ids, 0 for none.
 #[repr(C)]
@@ -303,7 +437,7 @@ pub struct RuleValue {
     pub allow: u32,
 }
 
-/// Data of a `WL_FAILSAFE` LPM key.
+/// Data of a `WL_FAILSAFE` LPM key: the remote end of a failsafe flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FailsafeData {
@@ -312,13 +446,27 @@ pub struct FailsafeData {
     pub proto: u8,
     /// The responder's port, big-endian.
     pub port: [u8; 2],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// The remote address (IPv4-mapped for IPv4).
     pub addr: [u8; 16],
 }
-pub const FAILSAFE_KEY_FIXED_BITS: u32 = 32;
-/// `direction: ingress`: the remote (in `cidrs`) opens connections to `port` here.
+pub const FAILSAFE_KEY_FIXED_BITS: u32 = (offset_of!(FailsafeData, addr) * 8) as u32;
+/// `direction: ingress`: the remote (in `cidrs`) opens connections to
+/// `port` on one of the node's own addresses.
 pub const FAILSAFE_REMOTE_INITIATES: u8 = 0;
-/// `direction: egress`: this node opens connections to `port` on the remote.
+/// `direction: egress`: the node, from one of its own addresses, opens
+/// connections to `port` on the remote.
 pub const FAILSAFE_LOCAL_INITIATES: u8 = 1;
+
+/// `WL_LOCAL_ADDRS` key: one of the node's own addresses (IPv4-mapped for
+/// IPv4); value: 1. Kept current by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalAddr {
+    pub addr: [u8; 16],
+}
 
 /// A connection as its initiator sent it. Addresses IPv4-mapped for IPv4.
 /// ICMP echo uses the identifier as both ports.
@@ -346,11 +494,21 @@ impl FlowKey {
     }
 }
 
-/// State of a tracked connection ([`FlowState::status`]).
+/// State of a tracked connection ([`FlowState::status`]). `FLOW_DENIED` is
+/// a connection that a policy change cut (its allow was taken away).
 pub const FLOW_ALLOWED: u8 = 1;
 pub const FLOW_AUDITED: u8 = 2;
 pub const FLOW_DENIED: u8 = 3;
 pub const FLOW_FAILSAFE: u8 = 4;
+
+/// [`FlowState::binding`] bits.
+/// The first packet arrived at an ingress hook: `orig_ifindex` and
+/// `orig_vlan` say where the initiator lives. Without it (the node opened
+/// the connection), no initiator-orientation packet from outside belongs to
+/// the connection.
+pub const BOUND_ORIG: u8 = 1 << 0;
+/// The first reply fixed `reply_vlan`.
+pub const BOUND_REPLY_VLAN: u8 = 1 << 1;
 
 /// [`FlowState::tcp`] bits.
 pub const TCP_SEEN_REPLY: u8 = 1 << 0;
@@ -359,28 +517,56 @@ pub const TCP_FIN_REPLY: u8 = 1 << 2;
 pub const TCP_RST: u8 = 1 << 3;
 pub const TCP_CLOSE_REPORTED: u8 = 1 << 4;
 
+/// A tracked connection that passed (`WL_CONNTRACK`, keyed by the
+/// initiator's [`FlowKey`]), bound to where its two ends live.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
     pub created_ns: u64,
+    /// The last packet that passed.
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
-    /// The generation whose policy admitted (or dropped) this connection.
+    /// The generation whose policy admitted (or cut) this connection.
     pub generation: u32,
     pub policy: u32,
     pub src_segment: u32,
     pub dst_segment: u32,
-    pub ifindex: u32,
-    pub vlan: u16,
+    /// Where the initiator's packets arrive (with [`BOUND_ORIG`]).
+    pub orig_ifindex: u32,
+    /// Where replies arrive: the interface the initiator's packets left
+    /// through; 0 while unknown.
+    pub reply_ifindex: u32,
+    pub orig_vlan: u16,
+    /// With [`BOUND_REPLY_VLAN`].
+    pub reply_vlan: u16,
     pub status: u8,
     /// [`Reason`] of the verdict, as a byte.
     pub reason: u8,
     pub tcp: u8,
-    pub _pad: [u8; 7],
+    /// [`BOUND_ORIG`], [`BOUND_REPLY_VLAN`].
+    pub binding: u8,
 }
 
-/// Fragments of a datagram whose first fragment was seen.
+/// A dropped connection, remembered so that its retries are reported once
+/// (`WL_DENIED`, keyed by the packet's own [`FlowKey`] orientation). It
+/// matches only packets that arrive where its first packet did, and is
+/// forgotten [`TIMEOUT_DENIED`] after its first packet, whatever follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeniedState {
+    pub created_ns: u64,
+    pub generation: u32,
+    pub policy: u32,
+    pub ifindex: u32,
+    pub vlan: u16,
+    pub direction: u8,
+    pub reason: u8,
+}
+
+/// A datagram whose first fragment passed. `proto` is the IPv4 protocol,
+/// 0 for IPv6 (whose fragments key the same whatever headers follow the
+/// Fragment header).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentKey {
@@ -395,9 +581,6 @@ pub struct FragmentKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragmentState {
     pub seen_ns: u64,
-    /// 1: the first fragment passed; 0: it was dropped.
-    pub passed: u32,
-    pub _pad: u32,
 }
 
 // ---------------------------------------------------------------------------
@@ -453,6 +636,8 @@ pub const TIMEOUT_FRAGMENT: u64 = 30 * SECOND_NS;
 
 /// How long a tracked connection lives without a packet.
 pub const fn flow_timeout(proto: u8, status: u8, tcp: u8) -> u64 {
+    // A cut connection is forgotten TIMEOUT_DENIED after its last packet
+    // that passed: the packets it drops do not keep it.
     if status == FLOW_DENIED {
         return TIMEOUT_DENIED;
     }
@@ -478,15 +663,21 @@ pub const fn flow_timeout(proto: u8, status: u8, tcp: u8) -> u64 {
 
 const _: () = {
     assert!(core::mem::size_of::<Config>() == 8);
+    assert!(core::mem::size_of::<ScheduleEntry>() == 24);
     assert!(core::mem::size_of::<PrefixData>() == 20);
+    assert!(PREFIX_KEY_FIXED_BITS == 32);
     assert!(core::mem::size_of::<MonitorKey>() == 8);
     assert!(core::mem::size_of::<RuleData>() == 12);
+    assert!(RULE_KEY_FIXED_BITS == 80);
     assert!(core::mem::size_of::<RuleValue>() == 8);
-    assert!(core::mem::size_of::<FailsafeData>() == 20);
+    assert!(core::mem::size_of::<FailsafeData>() == 24);
+    assert!(FAILSAFE_KEY_FIXED_BITS == 64);
+    assert!(core::mem::size_of::<LocalAddr>() == 16);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowState>() == 64);
+    assert!(core::mem::size_of::<DeniedState>() == 24);
     assert!(core::mem::size_of::<FragmentKey>() == 40);
-    assert!(core::mem::size_of::<FragmentState>() == 16);
+    assert!(core::mem::size_of::<FragmentState>() == 8);
     assert!(core::mem::size_of::<FlowEvent>() == 88);
 };
 
@@ -502,13 +693,16 @@ mod user {
     }
     pod!(
         Config,
+        ScheduleEntry,
         PrefixData,
         MonitorKey,
         RuleData,
         RuleValue,
         FailsafeData,
+        LocalAddr,
         FlowKey,
         FlowState,
+        DeniedState,
         FragmentKey,
         FragmentState,
         FlowEvent

@@ -1,42 +1,60 @@
 //! Wardline's kernel programs: one TC classifier per direction, both thin
-//! wrappers around [`try_judge`]. The decision logic mirrors
-//! `wardline_policy::packet` and `wardline_policy::reference`, against which
-//! it is tested packet by packet through `BPF_PROG_TEST_RUN`.
+//! wrappers around [`verdict::try_judge`]. Attached first in each
+//! interface's TCX chain, they drop what the policy drops and hand every
+//! other packet on (`TCX_NEXT`), so later programs and tc filters still
+//! run. The decision logic mirrors `wardline_policy::packet` and
+//! `wardline_policy::reference`, against which it is tested through
+//! `BPF_PROG_TEST_RUN`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
+mod failsafe;
+#[cfg(target_arch = "bpf")]
+mod fragments;
+#[cfg(target_arch = "bpf")]
+mod generation;
+#[cfg(target_arch = "bpf")]
+mod l2;
+#[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod policy;
+#[cfg(target_arch = "bpf")]
+mod segments;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{TC_ACT_OK, TC_ACT_SHOT},
+        bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
         macros::classifier,
         programs::TcContext,
     };
-    use wardline_ebpf_abi::{DIR_EGRESS, DIR_INGRESS};
+    use wardline_ebpf_abi::{ACTION_DROP, ACTION_PASS, DIR_EGRESS, DIR_INGRESS};
+
+    const _: () = assert!(ACTION_PASS == TCX_NEXT && ACTION_DROP == TC_ACT_SHOT);
 
     use crate::verdict::try_judge;
 
+    #[inline(always)]
+    fn action(passes: bool) -> i32 {
+        if passes { ACTION_PASS } else { ACTION_DROP }
+    }
+
     #[classifier]
     pub fn wardline_ingress(ctx: TcContext) -> i32 {
-        if try_judge(&ctx, DIR_INGRESS) {
-            TC_ACT_OK
-        } else {
-            TC_ACT_SHOT
-        }
+        action(try_judge(&ctx, DIR_INGRESS))
     }
 
     #[classifier]
     pub fn wardline_egress(ctx: TcContext) -> i32 {
-        if try_judge(&ctx, DIR_EGRESS) {
-            TC_ACT_OK
-        } else {
-            TC_ACT_SHOT
-        }
+        action(try_judge(&ctx, DIR_EGRESS))
     }
 
     #[panic_handler]

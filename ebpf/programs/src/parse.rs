@@ -1,5 +1,6 @@
 //! All packet parsing, in one place. Mirrors `wardline_policy::packet`
-//! decision for decision. Each header is read whole, in one step, after
+//! decision for decision; what each outcome means for the verdict is in
+//! `docs/verdicts.md`. Each header is read whole, in one step, after
 //! `need` has checked that the frame holds all of it, so a read past the end
 //! of the frame is a truncation, never an out-of-bounds access. A header in
 //! the skb's linear data is read in place; elsewhere `bpf_skb_load_bytes`
@@ -8,8 +9,9 @@
 
 use aya_ebpf::programs::TcContext;
 use wardline_ebpf_abi::{
-    ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, FlowKey, MAX_IPV6_EXT_HEADERS,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
+    ETH_P_802_3_MIN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETHERTYPE_802_3,
+    FlowKey, MAX_IPV6_EXT_HEADERS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    Reason,
 };
 
 pub const ICMP_ECHO_REQUEST: u8 = 1;
@@ -31,10 +33,48 @@ pub struct Packet {
     pub vlan: u16,
     pub family: u8,
     pub proto: u8,
+    /// The protocol part of a fragment's datagram key: the IPv4 header's
+    /// protocol, 0 for IPv6 (whose fragments key by addresses and id only,
+    /// whatever extension headers follow the Fragment header).
+    pub frag_proto: u8,
     pub tcp_flags: u8,
     pub icmp: u8,
     pub fragment: u8,
     pub has_inner: bool,
+}
+
+impl Packet {
+    /// Every field cleared: what `reset` writes.
+    pub const EMPTY: Packet = Packet {
+        src: [0; 16],
+        dst: [0; 16],
+        inner: FlowKey {
+            src: [0; 16],
+            dst: [0; 16],
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            _pad: [0; 3],
+        },
+        frag_id: 0,
+        sport: 0,
+        dport: 0,
+        vlan: 0,
+        family: 0,
+        proto: 0,
+        frag_proto: 0,
+        tcp_flags: 0,
+        icmp: 0,
+        fragment: 0,
+        has_inner: false,
+    };
+
+    /// Clears the per-CPU scratch packet before each parse. All zeros, so
+    /// LLVM writes it as a handful of stores.
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        *self = Packet::EMPTY;
+    }
 }
 
 pub enum Parsed {
@@ -141,6 +181,8 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<Parsed, Reason> {
         ETH_P_ARP => Ok(Parsed::L2Pass),
         ETH_P_IP => parse_ipv4(ctx, off, p),
         ETH_P_IPV6 => parse_ipv6(ctx, off, p),
+        // An IEEE 802.3 frame: the field is its length, not an ethertype.
+        len if len < ETH_P_802_3_MIN => Ok(Parsed::Ethertype(ETHERTYPE_802_3)),
         other => Ok(Parsed::Ethertype(other)),
     }
 }
@@ -163,6 +205,7 @@ fn parse_ipv4(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<Parsed, Rea
     let id = be16(&h, 4) as u32;
     let frag = be16(&h, 6);
     p.proto = h[9];
+    p.frag_proto = h[9];
     p.src = mapped_v4(&h, 12);
     p.dst = mapped_v4(&h, 16);
     p.family = 4;
@@ -174,12 +217,13 @@ fn parse_ipv4(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<Parsed, Rea
     if frag & 0x2000 != 0 {
         p.fragment = FRAG_FIRST;
     }
-    transport(ctx, off + hlen, p)
+    transport(ctx, off + hlen, 0, p)
 }
 
+/// The IPv6 extension headers the parser follows.
 #[inline(always)]
 fn is_ext_header(nh: u8) -> bool {
-    matches!(nh, 0 | 43 | 44 | 51 | 60)
+    matches!(nh, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
 }
 
 #[inline(always)]
@@ -190,9 +234,11 @@ fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<Parsed, Rea
         return Err(Reason::MalformedHeader);
     }
     let mut nh = h[6];
+    let hop_limit = h[7];
     p.src.copy_from_slice(&h[8..24]);
     p.dst.copy_from_slice(&h[24..40]);
     p.family = 6;
+    p.frag_proto = 0;
     let mut l4 = off + 40;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         // Keep the offset provably small for the verifier.
@@ -200,12 +246,15 @@ fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<Parsed, Rea
             return Err(Reason::Truncated);
         }
         match nh {
-            0 | 43 | 60 => {
+            // Hop-by-hop, Routing, Destination options, Mobility, HIP,
+            // Shim6, experimental: length in 8 octets, not counting the first 8.
+            0 | 43 | 60 | 135 | 139 | 140 | 253 | 254 => {
                 need(ctx, l4 + 2)?;
                 let e = bytes_at::<2>(ctx, l4)?;
                 l4 += (e[1] as usize + 1) * 8;
                 nh = e[0];
             }
+            // Authentication header: length in 4 octets, not counting the first 8.
             51 => {
                 need(ctx, l4 + 2)?;
                 let e = bytes_at::<2>(ctx, l4)?;
@@ -239,11 +288,13 @@ fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<Parsed, Rea
     if l4 > 4096 {
         return Err(Reason::Truncated);
     }
-    transport(ctx, l4, p)
+    transport(ctx, l4, hop_limit, p)
 }
 
+/// Reads the transport header at `l4`; `hop_limit` is the IPv6 header's
+/// (0 for IPv4), which tells neighbour discovery from forwarded ICMPv6.
 #[inline(always)]
-fn transport(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<Parsed, Reason> {
+fn transport(ctx: &TcContext, l4: usize, hop_limit: u8, p: &mut Packet) -> Result<Parsed, Reason> {
     match p.proto {
         PROTO_TCP => {
             need(ctx, l4 + 20)?;
@@ -287,7 +338,10 @@ fn transport(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<Parsed, Reaso
             need(ctx, l4 + 4)?;
             let ty = u8_at(ctx, l4)?;
             match ty {
-                133..=137 => return Ok(Parsed::L2Pass),
+                // Neighbour and router discovery, only as sent on the link.
+                133..=137 if hop_limit == 255 => return Ok(Parsed::L2Pass),
+                // MLD.
+                130..=132 | 143 => return Ok(Parsed::L2Pass),
                 128 | 129 => {
                     need(ctx, l4 + 8)?;
                     let id = u16_at(ctx, l4 + 4)?;

@@ -222,7 +222,7 @@ impl Fixture {
         let set = wardline_policy::parse(POLICY)
             .map_err(|e| anyhow::anyhow!("the events policy: {e}"))?;
         let dp = Dataplane::compile(&set, &CompileOptions::at(OffsetDateTime::now_utc()))?;
-        let generation = programs.enforcer.apply(&dp)?;
+        let generation = programs.enforcer.apply(&dp, &[])?.live;
         programs.enforcer.set_events(true)?;
         let ring = programs
             .enforcer

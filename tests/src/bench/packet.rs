@@ -40,8 +40,10 @@ use crate::bench::{Budget, Section, median, percentile, pin_to_cpu, thousands};
 
 /// `TC_ACT_OK`: the packet goes on.
 pub(crate) const TC_ACT_OK: u32 = 0;
-/// `TC_ACT_SHOT`: the packet is dropped.
-pub(crate) const TC_ACT_SHOT: u32 = 2;
+/// What the Wardline programs return for a packet that passes (`TCX_NEXT`)
+/// and for one they drop.
+pub(crate) const WARDLINE_PASS: u32 = abi::ACTION_PASS as u32;
+pub(crate) const WARDLINE_DROP: u32 = abi::ACTION_DROP as u32;
 
 /// Runs per test-run call for packets that can be repeated.
 const REPEAT: u32 = 64;
@@ -596,16 +598,16 @@ impl Bench {
             Case::EmptyOnce => return run_frames(&self.empty, &frames.ack, 1, TC_ACT_OK),
             Case::ParseOnly => {
                 let program = self.programs.ingress()?;
-                let samples = run_frames(program, &frames.lldp, REPEAT, TC_ACT_OK)?;
+                let samples = run_frames(program, &frames.lldp, REPEAT, WARDLINE_PASS)?;
                 (samples, abi::Reason::L2Pass, n * u64::from(REPEAT))
             }
             Case::Established | Case::EstablishedOnce => {
                 let repeat = if case == Case::Established { REPEAT } else { 1 };
                 self.programs.enforcer.flush_tracking()?;
-                run_frames(self.programs.ingress()?, &frames.syn, 1, TC_ACT_OK)?;
+                run_frames(self.programs.ingress()?, &frames.syn, 1, WARDLINE_PASS)?;
                 drain(&mut self.ring);
                 let before = self.programs.enforcer.counters()?;
-                let samples = run_frames(self.programs.ingress()?, &frames.ack, repeat, TC_ACT_OK)?;
+                let samples = run_frames(self.programs.ingress()?, &frames.ack, repeat, WARDLINE_PASS)?;
                 let after = self.programs.enforcer.counters()?;
                 let runs = n * u64::from(repeat);
                 let seen = counted(&after, abi::Reason::Established)
@@ -617,9 +619,9 @@ impl Bench {
                 self.programs.enforcer.flush_tracking()?;
                 self.programs.enforcer.set_events(events)?;
                 let (list, expect, reason) = if allowed {
-                    (&frames.syn, TC_ACT_OK, abi::Reason::PolicyAllow)
+                    (&frames.syn, WARDLINE_PASS, abi::Reason::PolicyAllow)
                 } else {
-                    (&frames.denied, TC_ACT_SHOT, abi::Reason::DefaultDeny)
+                    (&frames.denied, WARDLINE_DROP, abi::Reason::DefaultDeny)
                 };
                 let mut samples = Vec::with_capacity(list.len());
                 let mut read = 0;
@@ -709,7 +711,7 @@ fn measure_all(budget: Budget, pinned: bool) -> anyhow::Result<Section> {
         bench
             .programs
             .enforcer
-            .apply(&dp)
+            .apply(&dp, &[])
             .with_context(|| format!("programming {n} prefixes and rules"))?;
         let program_ms = t.elapsed().as_secs_f64() * 1e3;
         drop((set, dp));

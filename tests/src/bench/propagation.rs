@@ -630,13 +630,15 @@ fn program_100k() -> anyhow::Result<Value> {
     let loaded = t.elapsed();
     let t = Instant::now();
     let first = enforcer
-        .apply(&dp)
-        .context("programming the first generation")?;
+        .apply(&dp, &[])
+        .context("programming the first generation")?
+        .live;
     let programmed = t.elapsed();
     let t = Instant::now();
     let second = enforcer
-        .apply(&dp)
-        .context("programming the next generation beside the live one")?;
+        .apply(&dp, &[])
+        .context("programming the next generation beside the live one")?
+        .live;
     let next = t.elapsed();
     ensure!(second == first + 1, "generation {first} then {second}");
     drop(enforcer);
