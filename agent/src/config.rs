@@ -1,4 +1,4 @@
-//! The agent's configuration (`agent.md`): one `AgentConfig` document.
+//! The agent's configuration (`docs/agent.md`): one `AgentConfig` document.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -93,11 +93,14 @@ struct FailsafeEntry {
     cidrs: Vec<String>,
 }
 
-/// An ethertype as a number (`0x88cc`, `35020`) in YAML.
+/// An ethertype as a number (`0x88cc`, `35020`) in YAML, or `802.3` for
+/// IEEE 802.3 frames whose ethertype field is a length (unquoted, YAML
+/// reads that as the float 802.3, and any spelling of that float is taken).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 enum Ethertype {
     Number(u32),
+    Float(f64),
     Text(String),
 }
 
@@ -276,18 +279,43 @@ impl AgentConfig {
         }
         let mut pass_ethertypes = Vec::new();
         for (i, e) in spec.pass_ethertypes.into_iter().enumerate() {
+            let field = format!("spec.passEthertypes[{i}]");
+            let shown = match &e {
+                Ethertype::Number(n) => format!("{n:#06x}"),
+                Ethertype::Float(f) => f.to_string(),
+                Ethertype::Text(t) => format!("{t:?}"),
+            };
             let value = match &e {
+                Ethertype::Float(_) if shown == "802.3" => {
+                    pass_ethertypes.push(wardline_ebpf_abi::ETHERTYPE_802_3);
+                    continue;
+                }
+                Ethertype::Text(t) if t == "802.3" => {
+                    pass_ethertypes.push(wardline_ebpf_abi::ETHERTYPE_802_3);
+                    continue;
+                }
                 Ethertype::Number(n) => Some(*n),
+                Ethertype::Float(_) => None,
                 Ethertype::Text(t) => t
                     .strip_prefix("0x")
                     .and_then(|h| u32::from_str_radix(h, 16).ok()),
             };
             match value {
-                Some(v) if (0x0600..=0xffff).contains(&v) => pass_ethertypes.push(v as u16),
+                Some(v) if v < u32::from(wardline_ebpf_abi::ETH_P_802_3_MIN) => {
+                    return Err(invalid(
+                        &field,
+                        format!(
+                            "{shown} is below 0x0600, where the field is an IEEE 802.3 length, not an ethertype; write \"802.3\" to pass length-field frames"
+                        ),
+                    ));
+                }
+                Some(v) if v <= 0xffff => pass_ethertypes.push(v as u16),
                 _ => {
                     return Err(invalid(
-                        &format!("spec.passEthertypes[{i}]"),
-                        format!("{e:?} is not an ethertype (0x0600..0xffff)"),
+                        &field,
+                        format!(
+                            "{shown} is not an ethertype (0x0600..0xffff, or \"802.3\" for length-field frames)"
+                        ),
                     ));
                 }
             }
@@ -357,6 +385,69 @@ spec:
         assert_eq!(c.failsafe.len(), 1);
         assert_eq!(c.pass_ethertypes, [0x88cc, 0x88e5]);
         assert_eq!(c.flow_log, FlowLog::Stdout);
+    }
+
+    #[test]
+    fn pass_ethertypes_accepts_802_3() {
+        let c = parse(&GOOD.replace(
+            "passEthertypes: [0x88cc, \"0x88e5\"]",
+            "passEthertypes: [\"802.3\", 0x88cc, 1536, \"0xffff\", 802.3]",
+        ))
+        .expect("802.3, quoted or not, and ethertypes parse");
+        assert_eq!(
+            c.pass_ethertypes,
+            [
+                wardline_ebpf_abi::ETHERTYPE_802_3,
+                0x88cc,
+                0x0600,
+                0xffff,
+                wardline_ebpf_abi::ETHERTYPE_802_3
+            ]
+        );
+    }
+
+    #[test]
+    fn pass_ethertypes_below_0x0600_say_to_write_802_3() {
+        for value in ["0x0100", "0x05ff", "0", "1500", "\"0x05dc\""] {
+            let text = GOOD.replace(
+                "passEthertypes: [0x88cc, \"0x88e5\"]",
+                &format!("passEthertypes: [0x88cc, {value}]"),
+            );
+            let Err(err) = parse(&text) else {
+                panic!("{value} is accepted as an ethertype");
+            };
+            let err = err.to_string();
+            assert!(
+                err.contains("spec.passEthertypes[1]") && err.contains("write \"802.3\""),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn pass_ethertypes_rejects_what_is_no_ethertype() {
+        for value in [
+            "0x10000",
+            "70000",
+            "802.2",
+            "1536.5",
+            "\"802.2\"",
+            "\"lldp\"",
+            "\"802.3 \"",
+        ] {
+            let text = GOOD.replace(
+                "passEthertypes: [0x88cc, \"0x88e5\"]",
+                &format!("passEthertypes: [{value}]"),
+            );
+            let Err(err) = parse(&text) else {
+                panic!("{value} is accepted as an ethertype");
+            };
+            let err = err.to_string();
+            assert!(
+                err.contains("spec.passEthertypes[0]") && err.contains("is not an ethertype"),
+                "{value}: {err}"
+            );
+        }
     }
 
     #[test]
