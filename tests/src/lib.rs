@@ -53,6 +53,8 @@ pub fn require_root() {
 pub mod agent;
 pub mod bench;
 pub mod docs;
+pub mod forge;
+pub mod frame;
 pub mod lab;
 pub mod matrix;
 pub mod scenarios;
