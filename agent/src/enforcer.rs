@@ -558,12 +558,15 @@ impl Enforcer {
     ) -> Result<Applied, EnforcerError> {
         // Freeze on what packets use now: no schedule, nothing else live.
         let current = self.in_force()?;
+        // Every generation number is new: above the live one and above any
+        // scheduled one (in force already or not).
         let highest = self
             .scheduled()?
             .iter()
+            .filter(|e| e.is_valid())
             .map(|e| e.generation)
             .chain([self.live()?.generation, current.generation])
-            .max_by_key(|g| g.wrapping_sub(current.generation))
+            .max()
             .unwrap_or(0);
         let local = current.flags & !config_flags::POLICY_FLAGS & !config_flags::HAS_SCHEDULE;
         self.set_live(Config {

@@ -517,7 +517,11 @@ fn privileged_kernel_agrees_with_reference() {
             };
             assert_eq!(reason, expected.reason as u8, "{}", ctx());
             let passes = expected.reason.verdict() != abi::Verdict::Dropped;
-            let action = if passes { abi::ACTION_PASS } else { abi::ACTION_DROP };
+            let action = if passes {
+                abi::ACTION_PASS
+            } else {
+                abi::ACTION_DROP
+            };
             assert_eq!(ret as i32, action, "{}", ctx());
             if let Some(e) = event {
                 assert_eq!(e.reason, expected.reason as u8, "{}", ctx());
@@ -621,7 +625,11 @@ fn privileged_lost_events_are_counted() {
             ..TestRunOptions::default()
         })
         .expect("test run");
-    assert_eq!(result.return_value as i32, abi::ACTION_DROP, "QinQ is dropped");
+    assert_eq!(
+        result.return_value as i32,
+        abi::ACTION_DROP,
+        "QinQ is dropped"
+    );
     let mut read = 0u64;
     while let Some(item) = ring.next() {
         let e = decode(&item).expect("an event");
@@ -686,7 +694,10 @@ fn privileged_programs_100k_rules_and_prefixes() {
     let _cleanup = PinGuard(bpffs.clone(), node.clone());
     let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
     let t = std::time::Instant::now();
-    let first = enforcer.apply(&dp, &[]).expect("the first generation fits").live;
+    let first = enforcer
+        .apply(&dp, &[])
+        .expect("the first generation fits")
+        .live;
     let programmed = t.elapsed();
     // The next generation is written beside the live one: both must fit.
     let t = std::time::Instant::now();

@@ -162,3 +162,47 @@ fn privileged_a_vendor_window_opens_and_closes_in_the_kernel() {
         started.elapsed()
     );
 }
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_every_apply_takes_a_new_generation_number() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root: run via cargo xtask test"
+    );
+    let now = OffsetDateTime::now_utc();
+    let set = wardline_policy::parse(SEGMENTS).expect("test policy parses");
+    let dp = Dataplane::compile(&set, &CompileOptions::at(now)).unwrap();
+    let bpffs = std::path::PathBuf::from("/sys/fs/bpf");
+    let node = format!("wl-test-gens-{}", std::process::id());
+    let _cleanup = Cleanup(bpffs.clone(), node.clone());
+    let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
+    let far = enforcer::tai_ns() + 3600 * abi::SECOND_NS;
+    let mut seen = Vec::new();
+    for round in 0..6 {
+        // Every other apply schedules two boundaries an hour ahead: the
+        // numbers they took are never given again.
+        let ahead: Vec<Scheduled<'_>> = if round % 2 == 0 {
+            vec![
+                Scheduled {
+                    dataplane: &dp,
+                    at_tai_ns: far,
+                },
+                Scheduled {
+                    dataplane: &dp,
+                    at_tai_ns: far + 1,
+                },
+            ]
+        } else {
+            Vec::new()
+        };
+        let applied = enforcer.apply(&dp, &ahead).unwrap();
+        assert_eq!(enforcer.generation().unwrap(), applied.live);
+        seen.push(applied.live);
+        seen.extend(&applied.scheduled);
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "generation numbers only grow: {seen:?}");
+}
