@@ -36,7 +36,7 @@ fn ip(h: &Host, v4: bool) -> IpAddr {
     if v4 { h.v4 } else { h.v6 }
 }
 
-/// Both families of a host, IPv4 first.
+/// Both address families (`true` for IPv4), IPv4 first.
 fn families() -> [bool; 2] {
     [true, false]
 }
