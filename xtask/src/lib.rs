@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod lab;
 pub mod lint;
 pub mod setup;
+pub mod soak;
 pub mod test;
 
 /// Whether this process runs as root (installs, mounts and the privileged

@@ -34,6 +34,14 @@ enum Task {
         #[arg(long)]
         hold: bool,
     },
+    /// Set up, then replay conversations through the real kernel programs
+    /// against the stateful reference verdict (a million packets by
+    /// default) and report how many verdicts disagree (must be 0).
+    Soak {
+        /// Packets to replay.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+    },
     /// Set up, build with --release, and run the benchmarks: the kernel
     /// programs' cost per packet, throughput against nftables and iptables,
     /// policy propagation and flow events. Writes docs/benchmarks.md and
@@ -58,6 +66,7 @@ fn main() -> ExitCode {
         Task::Lab { hold } => xtask::lab::lab(hold),
         Task::Lint => xtask::lint::lint().map(|()| ExitCode::SUCCESS),
         Task::Bench { quick, parts } => xtask::bench::bench(quick, &parts),
+        Task::Soak { packets } => xtask::soak::soak(packets),
     };
     outcome.unwrap_or_else(|err| {
         eprintln!("xtask: {err:#}");
