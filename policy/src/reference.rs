@@ -586,9 +586,11 @@ impl Tracker {
         if cx.p.dst != inner.src {
             return false;
         }
+        // A quoted echo is a request, only ever an initiator.
+        let echo = matches!(inner.proto, PROTO_ICMP | PROTO_ICMPV6);
         let (f, quoted_reply) = match self.flows.get(&inner) {
             Some(f) => (f, false),
-            None => match self.flows.get(&inner.reversed()) {
+            None => match self.flows.get(&inner.reversed()).filter(|_| !echo) {
                 Some(f) => (f, true),
                 None => return false,
             },
@@ -661,7 +663,13 @@ impl Tracker {
         if key.proto == PROTO_TCP && cx.p.tcp_flags & crate::packet::TCP_RST != 0 {
             tcp = TCP_RST;
         }
-        // A tuple tracked for a connection that lives elsewhere stays as it is.
+        // A tuple tracked (in either orientation: one connection for both
+        // directions, but for echo, whose requester is always first) for a
+        // connection that lives elsewhere stays as it is.
+        let echo = matches!(cx.p.icmp, IcmpKind::EchoRequest);
+        if !echo && self.flows.contains_key(&key.reversed()) {
+            return;
+        }
         self.flows.entry(*key).or_insert(Flow {
             last_seen_ns: cx.now,
             generation: cx.generation,

@@ -509,6 +509,10 @@ pub const FLOW_FAILSAFE: u8 = 4;
 pub const BOUND_ORIG: u8 = 1 << 0;
 /// The first reply fixed `reply_vlan`.
 pub const BOUND_REPLY_VLAN: u8 = 1 << 1;
+/// The initiator is the first end of the entry's key (connections are
+/// keyed with their lower end first, so one lookup serves both directions;
+/// ICMP echo with the requester first).
+pub const INITIATOR_FIRST: u8 = 1 << 2;
 
 /// [`FlowState::tcp`] bits.
 pub const TCP_SEEN_REPLY: u8 = 1 << 0;
@@ -517,8 +521,9 @@ pub const TCP_FIN_REPLY: u8 = 1 << 2;
 pub const TCP_RST: u8 = 1 << 3;
 pub const TCP_CLOSE_REPORTED: u8 = 1 << 4;
 
-/// A tracked connection that passed (`WL_CONNTRACK`, keyed by the
-/// initiator's [`FlowKey`]), bound to where its two ends live.
+/// A tracked connection that passed (`WL_CONNTRACK`, keyed by one
+/// [`FlowKey`] for both directions: see [`INITIATOR_FIRST`]), bound to
+/// where its two ends live.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
@@ -544,7 +549,7 @@ pub struct FlowState {
     /// [`Reason`] of the verdict, as a byte.
     pub reason: u8,
     pub tcp: u8,
-    /// [`BOUND_ORIG`], [`BOUND_REPLY_VLAN`].
+    /// [`BOUND_ORIG`], [`BOUND_REPLY_VLAN`], [`INITIATOR_FIRST`].
     pub binding: u8,
 }
 

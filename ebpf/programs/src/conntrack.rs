@@ -11,7 +11,7 @@ use aya_ebpf::{
 use wardline_ebpf_abi::{
     BOUND_ORIG, BOUND_REPLY_VLAN, COUNTER_TRACKING_FULL, DIR_EGRESS, DIR_INGRESS, DeniedState,
     EVENT_CLOSE, EVENT_REVOKED, FLOW_AUDITED, FLOW_DENIED, FLOW_FAILSAFE, FlowKey, FlowState,
-    MAX_CONNECTIONS, MAX_DENIED, PROTO_TCP, Reason, TCP_CLOSE_REPORTED, TCP_FIN_ORIG,
+    INITIATOR_FIRST, MAX_CONNECTIONS, MAX_DENIED, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, TCP_CLOSE_REPORTED, TCP_FIN_ORIG,
     TCP_FIN_REPLY, TCP_RST, TCP_SEEN_REPLY, TIMEOUT_DENIED, flow_timeout, slot_of,
 };
 
@@ -21,8 +21,7 @@ use crate::policy::{Judged, decide, policy_port};
 use crate::segments::{segment_of, vlan_segment};
 use crate::verdict::Env;
 
-/// Connections that passed, keyed by the initiator's tuple and looked up in
-/// both orientations. A plain hash map, preallocated, not an LRU one: an
+/// Connections that passed, one key for both directions ([`table_key`]). A plain hash map, preallocated, not an LRU one: an
 /// LRU map evicts live entries long before it is full when CPUs contend,
 /// which cut established connections. The agent sweeps idle entries; when
 /// the map is full a new connection still gets its verdict, untracked, and
@@ -57,116 +56,90 @@ const TCP_FIN: u8 = 0x01;
 const TCP_RST_FLAG: u8 = 0x04;
 const EEXIST: i32 = 17;
 
-/// The tracked connection `p` belongs to, in the orientations `which`
-/// allows, and its verdict; 0 when it belongs to none (a new connection).
-#[inline(never)]
-pub fn tracked(env: &Env<'_>, p: &mut Packet, key: &FlowKey, which: u8) -> u8 {
-    if which & AS_INITIATOR != 0
-        && let Some(s) = belonging(env, p, key, false)
-    {
-        // SAFETY: a value pointer of `WL_CONNTRACK` for this program run
-        // (see `established` on what is written through it).
-        let s = unsafe { &mut *s };
-        return match established(env, p, key, s, false) {
-            REJUDGE => rejudge(env, p, key, s, false) as u8,
-            r => r,
-        };
+/// The tracking-table key of a connection, from one of its packets' tuple
+/// (`key`, turned in place), and whether that packet's source is the key's
+/// first end. A connection has one key whichever direction its packet goes
+/// (its lower end first), so that one lookup finds it. ICMP echo keeps the
+/// requester first (`which` says the orientation: a request is only ever
+/// an initiator, a reply only a reply), so that an echo request and an echo
+/// reply never meet in one key.
+#[inline(always)]
+pub fn table_key(key: &mut FlowKey, which: u8) -> bool {
+    let src_first = match which {
+        AS_INITIATOR => true,
+        AS_REPLY => false,
+        _ => lower_first(key),
+    };
+    if !src_first {
+        core::mem::swap(&mut key.src, &mut key.dst);
+        core::mem::swap(&mut key.sport, &mut key.dport);
     }
-    if which & AS_REPLY != 0 {
-        let initiator = key.reversed();
-        if let Some(s) = belonging(env, p, &initiator, true) {
-            // SAFETY: as above.
-            let s = unsafe { &mut *s };
-            return match established(env, p, &initiator, s, true) {
-                REJUDGE => rejudge(env, p, &initiator, s, true) as u8,
-                r => r,
-            };
-        }
-    }
-    0
+    src_first
 }
 
-/// What [`established`] returns when the connection must be judged again.
-const REJUDGE: u8 = u8::MAX;
+/// Whether the source end (address, port) orders before the destination.
+#[inline(always)]
+fn lower_first(key: &FlowKey) -> bool {
+    let (s, d) = (&key.src, &key.dst);
+    let s_hi = u64::from_be_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+    let d_hi = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    if s_hi != d_hi {
+        return s_hi < d_hi;
+    }
+    let s_lo = u64::from_be_bytes([s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]]);
+    let d_lo = u64::from_be_bytes([d[8], d[9], d[10], d[11], d[12], d[13], d[14], d[15]]);
+    if s_lo != d_lo {
+        return s_lo < d_lo;
+    }
+    key.sport <= key.dport
+}
 
-/// The live entry of `initiator` if `p` belongs to it where it arrives.
-/// An expired entry is removed. Learning where the connection lives
-/// replaces the entry, so its pointer is looked up again afterwards.
+/// The tracked connection `p` belongs to, in the orientations `which`
+/// allows, and its verdict; 0 when it belongs to none (a new connection).
+///
+/// Written through the entry's pointer are only the packet and byte
+/// counts, the last-seen time and the TCP bits: the element of a
+/// preallocated map can be freed and reused for another connection while
+/// this program holds it (the agent's sweep on another CPU), and those
+/// fields can at worst keep that other connection alive longer. Everything
+/// that decides a verdict is written by replacing the entry.
 #[inline(never)]
-fn belonging(
-    env: &Env<'_>,
-    p: &Packet,
-    initiator: &FlowKey,
-    reply: bool,
-) -> Option<*mut FlowState> {
-    let s = WL_CONNTRACK.get_ptr_mut(initiator)?;
-    // SAFETY: a value pointer of `WL_CONNTRACK`, read for this program run.
+pub fn tracked(env: &Env<'_>, p: &mut Packet, packet_key: &FlowKey, which: u8) -> u8 {
+    let mut key = *packet_key;
+    let src_first = table_key(&mut key, which);
+    let Some(mut s) = WL_CONNTRACK.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // SAFETY: a value pointer of `WL_CONNTRACK`, valid for this program run
+    // (see above on what is written through it).
     let st = unsafe { &*s };
     // Another CPU may have stamped the entry after this packet read the
     // clock: a stamp in the future is idle time zero, never a wrap-around.
-    if env.now.saturating_sub(st.last_seen_ns) >= flow_timeout(initiator.proto, st.status, st.tcp) {
-        let _ = WL_CONNTRACK.remove(initiator);
-        return None;
+    if env.now.saturating_sub(st.last_seen_ns) >= flow_timeout(key.proto, st.status, st.tcp) {
+        let _ = WL_CONNTRACK.remove(&key);
+        return 0;
     }
-    let (reply_ifindex, binding) = (st.reply_ifindex, st.binding);
-    if env.direction == DIR_EGRESS {
-        // Where the initiator's packets leave is where replies come from.
-        if reply || reply_ifindex != 0 {
-            return Some(s);
-        }
-    } else if !reply {
-        let here =
-            binding & BOUND_ORIG != 0 && st.orig_ifindex == env.ifindex && st.orig_vlan == p.vlan;
-        return if here { Some(s) } else { None };
-    } else {
-        if reply_ifindex == 0 || reply_ifindex != env.ifindex {
-            return None;
-        }
-        if binding & BOUND_REPLY_VLAN != 0 {
-            return if st.reply_vlan == p.vlan {
-                Some(s)
-            } else {
-                None
-            };
-        }
+    let reply = src_first != (st.binding & INITIATOR_FIRST != 0);
+    let allowed = if reply { AS_REPLY } else { AS_INITIATOR };
+    if which & allowed == 0 {
+        return 0;
     }
-    // Learn: the interface replies come from (egress), or their VLAN (the
-    // first reply). Written by replacing the entry, then looked up again.
-    let learned = work()?;
-    *learned = *st;
-    if env.direction == DIR_EGRESS {
-        learned.reply_ifindex = env.ifindex;
-    } else {
-        learned.reply_vlan = p.vlan;
-        learned.binding = binding | BOUND_REPLY_VLAN;
+    match bound(env, p, st, reply) {
+        Bound::Here => {}
+        Bound::Elsewhere => return 0,
+        Bound::Learn => match learn(env, p, &key) {
+            Some(fresh) => s = fresh,
+            None => return 0,
+        },
     }
-    let _ = WL_CONNTRACK.insert(initiator, learned, BPF_EXIST as u64);
-    WL_CONNTRACK.get_ptr_mut(initiator)
-}
-
-/// A packet of a tracked connection: passes or drops by its stamp; returns
-/// [`REJUDGE`] when the generation changed since.
-///
-/// Written through the pointer are only the packet and byte counts, the
-/// last-seen time and the TCP bits: the element of a preallocated map can
-/// be freed and reused for another connection while this program holds it
-/// (the agent's sweep on another CPU), and those fields can at worst keep
-/// that other connection alive longer. Everything that decides a verdict
-/// is written by replacing the entry.
-#[inline(never)]
-fn established(
-    env: &Env<'_>,
-    p: &mut Packet,
-    initiator: &FlowKey,
-    s: &mut FlowState,
-    reply: bool,
-) -> u8 {
+    // SAFETY: as above.
+    let s = unsafe { &mut *s };
     let status = s.status;
     if status != FLOW_DENIED {
         s.last_seen_ns = env.now;
         s.packets += 1;
         s.bytes += env.ctx.len() as u64;
-        if initiator.proto == PROTO_TCP {
+        if key.proto == PROTO_TCP {
             let mut tcp = s.tcp;
             if reply {
                 tcp |= TCP_SEEN_REPLY;
@@ -184,13 +157,13 @@ fn established(
         return Reason::Failsafe as u8;
     }
     if s.generation != env.generation {
-        return REJUDGE;
+        return rejudge(env, p, &key, s, reply) as u8;
     }
     if status == FLOW_DENIED {
         return Reason::DroppedFlow as u8;
     }
     let tcp = s.tcp;
-    if initiator.proto == PROTO_TCP
+    if key.proto == PROTO_TCP
         && tcp & TCP_CLOSE_REPORTED == 0
         && (tcp & TCP_RST != 0 || (tcp & TCP_FIN_ORIG != 0 && tcp & TCP_FIN_REPLY != 0))
     {
@@ -198,6 +171,60 @@ fn established(
         close_event(env, p, s, reply);
     }
     passing_reason(status) as u8
+}
+
+/// Whether a packet of a connection arrives where the connection lives.
+enum Bound {
+    Here,
+    Elsewhere,
+    /// Here, and it tells where replies come from (egress) or their VLAN
+    /// (the first reply).
+    Learn,
+}
+
+#[inline(always)]
+fn bound(env: &Env<'_>, p: &Packet, st: &FlowState, reply: bool) -> Bound {
+    let (reply_ifindex, binding) = (st.reply_ifindex, st.binding);
+    if env.direction == DIR_EGRESS {
+        // Where the initiator's packets leave is where replies come from.
+        return if reply || reply_ifindex != 0 {
+            Bound::Here
+        } else {
+            Bound::Learn
+        };
+    }
+    if !reply {
+        let here =
+            binding & BOUND_ORIG != 0 && st.orig_ifindex == env.ifindex && st.orig_vlan == p.vlan;
+        return if here { Bound::Here } else { Bound::Elsewhere };
+    }
+    if reply_ifindex == 0 || reply_ifindex != env.ifindex {
+        Bound::Elsewhere
+    } else if binding & BOUND_REPLY_VLAN == 0 {
+        Bound::Learn
+    } else if st.reply_vlan == p.vlan {
+        Bound::Here
+    } else {
+        Bound::Elsewhere
+    }
+}
+
+/// Records where the connection lives by replacing its entry, and returns
+/// the new entry's pointer.
+#[inline(never)]
+fn learn(env: &Env<'_>, p: &Packet, key: &FlowKey) -> Option<*mut FlowState> {
+    let s = WL_CONNTRACK.get_ptr(key)?;
+    let learned = work()?;
+    // SAFETY: a value pointer of `WL_CONNTRACK`, copied out at once.
+    *learned = unsafe { *s };
+    if env.direction == DIR_EGRESS {
+        learned.reply_ifindex = env.ifindex;
+    } else {
+        learned.reply_vlan = p.vlan;
+        learned.binding |= BOUND_REPLY_VLAN;
+    }
+    let _ = WL_CONNTRACK.insert(key, learned, BPF_EXIST as u64);
+    WL_CONNTRACK.get_ptr_mut(key)
 }
 
 #[inline(never)]
@@ -230,17 +257,18 @@ fn flow_of(s: &FlowState) -> EventFlow {
 /// opened it, with the live generation's tables, whichever direction this
 /// packet goes; cut (and reported `revoked`) if no longer allowed.
 #[inline(never)]
-fn rejudge(
-    env: &Env<'_>,
-    p: &mut Packet,
-    initiator: &FlowKey,
-    s: &FlowState,
-    reply: bool,
-) -> Reason {
+fn rejudge(env: &Env<'_>, p: &mut Packet, key: &FlowKey, s: &FlowState, reply: bool) -> Reason {
     let Some(st) = work() else {
         return Reason::Internal;
     };
     *st = *s;
+    // The initiator's end is the key's first one, or its second.
+    let initiator_first = st.binding & INITIATOR_FIRST != 0;
+    let (isrc, idst, idport) = if initiator_first {
+        (&key.src, &key.dst, key.dport)
+    } else {
+        (&key.dst, &key.src, key.sport)
+    };
     let slot = slot_of(env.generation);
     let family = p.family;
     let by_vlan = if st.binding & BOUND_ORIG != 0 && st.orig_vlan != 0 {
@@ -250,16 +278,10 @@ fn rejudge(
     };
     let src = match by_vlan {
         Some(seg) => seg,
-        None => segment_of(slot, family, &initiator.src),
+        None => segment_of(slot, family, isrc),
     };
-    let dst = segment_of(slot, family, &initiator.dst);
-    let j = decide(
-        env,
-        src,
-        dst,
-        initiator.proto,
-        policy_port(initiator.proto, initiator.dport),
-    );
+    let dst = segment_of(slot, family, idst);
+    let j = decide(env, src, dst, key.proto, policy_port(key.proto, idport));
     let was_passing = st.status != FLOW_DENIED;
     st.generation = env.generation;
     st.policy = j.policy;
@@ -270,7 +292,7 @@ fn rejudge(
     // Passed as a reference to the per-CPU value: a copy would take 64
     // bytes of the stack.
     let value: &FlowState = st;
-    let _ = WL_CONNTRACK.insert(initiator, value, BPF_EXIST as u64);
+    let _ = WL_CONNTRACK.insert(key, value, BPF_EXIST as u64);
     if st.status == FLOW_DENIED {
         if was_passing {
             let f = flow_of(st);
@@ -317,7 +339,9 @@ fn event_as_initiator(
 /// Tracks a new connection that passed, bound to where its first packet
 /// arrived (ingress) or left (egress).
 #[inline(never)]
-pub fn track(env: &Env<'_>, p: &Packet, key: &FlowKey, j: &Judged) {
+pub fn track(env: &Env<'_>, p: &Packet, packet_key: &FlowKey, which: u8, j: &Judged) {
+    let mut key = *packet_key;
+    let initiator_first = table_key(&mut key, which);
     let ingress = env.direction == DIR_INGRESS;
     let mut tcp = 0;
     if key.proto == PROTO_TCP && p.tcp_flags & TCP_RST_FLAG != 0 {
@@ -343,13 +367,15 @@ pub fn track(env: &Env<'_>, p: &Packet, key: &FlowKey, j: &Judged) {
         status: status_of(j.reason),
         reason: j.reason as u8,
         tcp,
-        binding: if ingress { BOUND_ORIG } else { 0 },
+        binding: if ingress { BOUND_ORIG } else { 0 }
+            | if initiator_first { INITIATOR_FIRST } else { 0 },
     };
     let value: &FlowState = st;
-    match WL_CONNTRACK.insert(key, value, BPF_NOEXIST as u64) {
+    match WL_CONNTRACK.insert(&key, value, BPF_NOEXIST as u64) {
         Ok(()) => {}
-        // The tuple is tracked for a connection that lives elsewhere: this
-        // packet got its own verdict; the other connection stays as it is.
+        // The tuple (in either orientation) is tracked for a connection
+        // that lives elsewhere: this packet got its own verdict; the other
+        // connection stays as it is.
         Err(e) if e == -EEXIST => {}
         Err(_) => count_slot(COUNTER_TRACKING_FULL),
     }
@@ -397,15 +423,19 @@ pub fn related(env: &Env<'_>, p: &Packet) -> bool {
     if !p.has_inner || p.dst != p.inner.src {
         return false;
     }
-    // SAFETY: values copied out at once.
-    let (s, quoted_reply) = match unsafe { WL_CONNTRACK.get(p.inner) }.copied() {
-        Some(s) => (s, false),
-        // SAFETY: as above.
-        None => match unsafe { WL_CONNTRACK.get(p.inner.reversed()) }.copied() {
-            Some(s) => (s, true),
-            None => return false,
-        },
+    // A quoted echo is a request (the parser reads no other).
+    let which = if p.inner.proto == PROTO_ICMP || p.inner.proto == PROTO_ICMPV6 {
+        AS_INITIATOR
+    } else {
+        AS_INITIATOR | AS_REPLY
     };
+    let mut key = p.inner;
+    let src_first = table_key(&mut key, which);
+    // SAFETY: the value is copied out at once.
+    let Some(s) = (unsafe { WL_CONNTRACK.get(key) }).copied() else {
+        return false;
+    };
+    let quoted_reply = src_first != (s.binding & INITIATOR_FIRST != 0);
     if env.now.saturating_sub(s.last_seen_ns) >= flow_timeout(p.inner.proto, s.status, s.tcp) {
         return false;
     }

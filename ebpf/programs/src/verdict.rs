@@ -134,11 +134,13 @@ fn judge_ip(env: &mut Env<'_>, p: &mut Packet) -> Reason {
     };
     // Echo requests are only ever initiators, echo replies only replies;
     // ICMP errors and other ICMP messages are never tracked themselves.
-    let (which, trackable) = match p.icmp {
-        ICMP_ERROR | ICMP_OTHER => (0, false),
-        ICMP_ECHO_REQUEST => (AS_INITIATOR, true),
-        ICMP_ECHO_REPLY => (AS_REPLY, false),
-        _ => (AS_INITIATOR | AS_REPLY, true),
+    // `which`: the orientations a packet may belong to a connection in;
+    // `creates`: those a new connection of it is tracked in (none: never).
+    let (which, creates) = match p.icmp {
+        ICMP_ERROR | ICMP_OTHER => (0, 0),
+        ICMP_ECHO_REQUEST => (AS_INITIATOR, AS_INITIATOR),
+        ICMP_ECHO_REPLY => (AS_REPLY, 0),
+        _ => (AS_INITIATOR | AS_REPLY, AS_INITIATOR | AS_REPLY),
     };
     let mut reason = Reason::from_u8(if which != 0 {
         tracked(env, p, &key, which)
@@ -150,7 +152,7 @@ fn judge_ip(env: &mut Env<'_>, p: &mut Packet) -> Reason {
     }
     let reason = match reason {
         Some(r) => r,
-        None => new_connection(env, p, &key, trackable),
+        None => new_connection(env, p, &key, creates),
     };
     if p.fragment == FRAG_FIRST && reason.verdict() != Verdict::Dropped {
         fragments::first_passed(env, p);
@@ -161,7 +163,8 @@ fn judge_ip(env: &mut Env<'_>, p: &mut Packet) -> Reason {
 /// The first packet of a connection (or an untracked ICMP message): a
 /// retry of a remembered drop, a failsafe flow, or policy's verdict.
 #[inline(never)]
-fn new_connection(env: &Env<'_>, p: &Packet, key: &FlowKey, trackable: bool) -> Reason {
+fn new_connection(env: &Env<'_>, p: &Packet, key: &FlowKey, which: u8) -> Reason {
+    let trackable = which != 0;
     if trackable {
         if env.flags & config_flags::HAS_FAILSAFE != 0 && is_failsafe(p) {
             let j = Judged {
@@ -170,7 +173,7 @@ fn new_connection(env: &Env<'_>, p: &Packet, key: &FlowKey, trackable: bool) -> 
                 src_segment: SEGMENT_WORLD,
                 dst_segment: SEGMENT_WORLD,
             };
-            track(env, p, key, &j);
+            track(env, p, key, AS_INITIATOR | AS_REPLY, &j);
             return Reason::Failsafe;
         }
         if is_denied(env, p, key) {
@@ -190,7 +193,7 @@ fn new_connection(env: &Env<'_>, p: &Packet, key: &FlowKey, trackable: bool) -> 
         if denied {
             remember_denied(env, p, key, &j);
         } else {
-            track(env, p, key, &j);
+            track(env, p, key, which, &j);
         }
     }
     let f = EventFlow {
