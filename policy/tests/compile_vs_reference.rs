@@ -1,5 +1,5 @@
 //! The compiled tables, looked up the way the kernel looks them up, give the
-//! same verdict and the same deciding policy as the spec applied directly.
+//! same verdict and the same deciding policy as the rules of docs/verdicts.md applied directly.
 
 use std::collections::BTreeMap;
 
