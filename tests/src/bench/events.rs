@@ -20,15 +20,15 @@ use anyhow::{Context as _, ensure};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::SchedClassifier;
 use nix::libc;
-use serde_json::{Value, json};
+use serde::Serialize;
 use time::OffsetDateTime;
 use wardline_agent::enforcer::Enforcer;
 use wardline_agent::events::{Generations, Namer, decode};
 use wardline_ebpf_abi as abi;
 use wardline_policy::{CompileOptions, Dataplane};
 
-use crate::bench::packet::{Programs, TC_ACT_OK, drain, tcp_frame, test_run};
-use crate::bench::{Budget, Section, cpus_online, median, pin_to_cpu, thousands};
+use crate::bench::packet::{Programs, WARDLINE_PASS, drain, tcp_frame, test_run};
+use crate::bench::{Budget, Results, Section, Target, cpus_online, pin_to_cpu, stats, thousands};
 
 const PRODUCER_CPU: usize = 0;
 const READER_CPU: usize = 1;
@@ -90,7 +90,7 @@ impl Producer {
         self.frame[29] = client as u8;
         self.frame[34..36].copy_from_slice(&sport.to_be_bytes());
         let (ret, _) = test_run(program, &self.frame, 1)?;
-        ensure!(ret == TC_ACT_OK, "a new connection returned {ret}");
+        ensure!(ret == WARDLINE_PASS, "a new connection returned {ret}");
         Ok(())
     }
 }
@@ -200,20 +200,72 @@ impl Step {
         self.connections as f64 / self.producer_seconds.max(1e-9)
     }
 
-    fn raw(&self) -> Value {
-        json!({
-            "offeredPerSecond": self.offered,
-            "connections": self.connections,
-            "producerSeconds": self.producer_seconds,
-            "producedPerSecond": self.rate(),
-            "recordsRead": self.read.records,
-            "readerSeconds": self.read.seconds,
-            "jsonBytes": self.read.bytes,
-            "misnamed": self.read.misnamed,
-            "lostEvents": self.lost,
-            "accounted": self.accounted(),
+    fn figures(&self) -> StepFigures {
+        StepFigures {
+            offered_per_second: self.offered,
+            connections: self.connections,
+            producer_seconds: self.producer_seconds,
+            produced_per_second: self.rate(),
+            records_read: self.read.records,
+            reader_seconds: self.read.seconds,
+            json_bytes: self.read.bytes,
+            misnamed: self.read.misnamed,
+            lost_events: self.lost,
+            accounted: self.accounted(),
+        }
+    }
+}
+
+/// One measured step, as reported.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StepFigures {
+    /// Connections per second asked for; `None`: as fast as it goes.
+    offered_per_second: Option<f64>,
+    connections: u64,
+    producer_seconds: f64,
+    produced_per_second: f64,
+    records_read: u64,
+    /// From the reader's start to its last record.
+    reader_seconds: f64,
+    /// JSON bytes written, newlines included.
+    json_bytes: u64,
+    /// Records that did not decode or name the policy that allowed them.
+    misnamed: u64,
+    /// The kernel's count of records the full ring buffer refused.
+    lost_events: u64,
+    /// Every connection read or counted lost, each named right.
+    accounted: bool,
+}
+
+impl StepFigures {
+    fn offered(&self) -> String {
+        self.offered_per_second.map_or("flat out".to_owned(), |r| {
+            format!("{}/s", thousands(r as u64))
         })
     }
+}
+
+/// What part 4 measured.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsResults {
+    quick: bool,
+    record_bytes: u64,
+    ring_buffer_bytes: u32,
+    ring_buffer_records: u64,
+    producer_cpu: usize,
+    reader_cpu: usize,
+    two_cpus: bool,
+    /// Medians over the rounds apart.
+    producer_per_second_apart: u64,
+    reader_per_second_apart: u64,
+    /// The highest rate of a step together with zero loss.
+    zero_loss_per_second: f64,
+    apart: Vec<StepFigures>,
+    together: Vec<StepFigures>,
+    bursts: Vec<StepFigures>,
+    seconds: f64,
 }
 
 impl Fixture {
@@ -396,13 +448,15 @@ fn measure(budget: Budget) -> anyhow::Result<Section> {
         );
         apart.push(step);
     }
-    let producer_rate = median(&mut apart.iter().map(|s| s.rate() as u64).collect::<Vec<_>>());
-    let reader_rate = median(
-        &mut apart
+    let producer_rate =
+        stats::median(&apart.iter().map(|s| s.rate() as u64).collect::<Vec<_>>()).unwrap_or(0);
+    let reader_rate = stats::median(
+        &apart
             .iter()
             .map(|s| (s.read.records as f64 / s.read.seconds.max(1e-9)) as u64)
             .collect::<Vec<_>>(),
-    );
+    )
+    .unwrap_or(0);
     eprintln!(
         "events: apart: producer {} connections/s, reader {} records/s",
         thousands(producer_rate),
@@ -467,208 +521,195 @@ fn measure(budget: Budget) -> anyhow::Result<Section> {
     f.reset()?;
     let two_cpus = f.two_cpus;
     drop(f);
-    Ok(section(
-        budget,
-        &apart,
-        producer_rate,
-        reader_rate,
-        &together,
-        &burst,
-        two_cpus,
-        started.elapsed().as_secs_f64(),
-    ))
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call, from measure: the figures of the three stages"
-)]
-fn section(
-    budget: Budget,
-    apart: &[Step],
-    producer_rate: u64,
-    reader_rate: u64,
-    together: &[Step],
-    burst: &[Step],
-    two_cpus: bool,
-    seconds: f64,
-) -> Section {
-    let per_s = |v: f64| thousands(v as u64);
-    let mut table = String::new();
-    let batch = apart.first().map_or(0, |s| s.connections);
-    let _ = writeln!(
-        table,
-        "Apart: one batch of {} connections, the reader idle while the producer runs; median of {} rounds\n",
-        thousands(batch),
-        apart.len()
-    );
-    let _ = writeln!(table, "| stage | per second |");
-    let _ = writeln!(table, "|---|---:|");
-    let _ = writeln!(
-        table,
-        "| producer: new connections through the program, records into the ring buffer (CPU {PRODUCER_CPU}) | {} |",
-        thousands(producer_rate)
-    );
-    let _ = writeln!(
-        table,
-        "| reader: records decoded, named and written as JSON (CPU {READER_CPU}) | {} |",
-        thousands(reader_rate)
-    );
-    let _ = writeln!(
-        table,
-        "\nTogether: the producer at an offered rate, the reader following on the other CPU\n"
-    );
-    let _ = writeln!(
-        table,
-        "| offered | connections | produced per second | records read | counted lost | read + lost = produced |"
-    );
-    let _ = writeln!(table, "|---|---:|---:|---:|---:|---|");
-    for s in together {
-        let _ = writeln!(
-            table,
-            "| {} | {} | {} | {} | {} | {} |",
-            s.offered
-                .map_or("flat out".to_owned(), |r| format!("{}/s", per_s(r))),
-            thousands(s.connections),
-            per_s(s.rate()),
-            thousands(s.read.records),
-            thousands(s.lost),
-            if s.accounted() { "yes" } else { "**no**" }
-        );
-    }
-    let _ = writeln!(
-        table,
-        "\nWhere loss starts: a burst with the reader paused (the ring buffer holds {} records of {RECORD_BYTES} bytes)\n",
-        thousands(RING_RECORDS)
-    );
-    let _ = writeln!(
-        table,
-        "| burst | records read | counted lost | read + lost = burst |"
-    );
-    let _ = writeln!(table, "|---:|---:|---:|---|");
-    for s in burst {
-        let _ = writeln!(
-            table,
-            "| {} | {} | {} | {} |",
-            thousands(s.connections),
-            thousands(s.read.records),
-            thousands(s.lost),
-            if s.accounted() { "yes" } else { "**no**" }
-        );
-    }
-
+    let together: Vec<StepFigures> = together.iter().map(Step::figures).collect();
     let zero_loss = together
         .iter()
-        .filter(|s| s.lost == 0 && s.accounted())
-        .map(|s| s.rate())
+        .filter(|s| s.lost_events == 0 && s.accounted)
+        .map(|s| s.produced_per_second)
         .fold(0.0f64, f64::max);
-    let flat_out = together.iter().find(|s| s.offered.is_none());
-    let mut targets = vec![(
-        "every flow event is read or counted lost, in every step (no silent loss)".to_owned(),
-        apart
-            .iter()
-            .chain(together)
-            .chain(burst)
-            .all(Step::accounted),
-    )];
-    if let Some(s) = flat_out {
-        targets.push((
-            format!(
-                "zero loss with one core reading while the producer runs flat out on the other: {} connections/s, {} lost",
-                per_s(s.rate()),
-                thousands(s.lost)
-            ),
-            s.lost == 0 && s.accounted(),
-        ));
-    }
-    let below: Vec<&Step> = burst
-        .iter()
-        .filter(|s| s.connections <= RING_RECORDS)
-        .collect();
-    let above: Vec<&Step> = burst
-        .iter()
-        .filter(|s| s.connections > RING_RECORDS)
-        .collect();
-    targets.push((
-        format!(
-            "loss starts only when a burst outgrows the ring buffer ({} records), and is counted",
-            thousands(RING_RECORDS)
-        ),
-        below.iter().all(|s| s.lost == 0)
-            && !above.is_empty()
-            && above
-                .iter()
-                .all(|s| s.lost > 0 && s.read.records <= RING_RECORDS && s.accounted()),
-    ));
+    Section::of(&EventsResults {
+        quick,
+        record_bytes: RECORD_BYTES,
+        ring_buffer_bytes: abi::EVENTS_BYTES,
+        ring_buffer_records: RING_RECORDS,
+        producer_cpu: PRODUCER_CPU,
+        reader_cpu: if two_cpus { READER_CPU } else { PRODUCER_CPU },
+        two_cpus,
+        producer_per_second_apart: producer_rate,
+        reader_per_second_apart: reader_rate,
+        zero_loss_per_second: zero_loss,
+        apart: apart.iter().map(Step::figures).collect(),
+        together,
+        bursts: burst.iter().map(Step::figures).collect(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
 
-    let mut how = String::new();
-    let _ = write!(
-        how,
-        "New connections (distinct tuples, allowed by one policy) run through the agent's \
-         ingress program with `BPF_PROG_TEST_RUN`, one call each, on CPU {PRODUCER_CPU}; \
-         each writes one flow record ({} bytes in the ring buffer). The reader, on CPU \
-         {READER_CPU}, waits with poll(2) and does the agent's work per record: \
-         `events::decode`, `Namer::record` (segments and policy named from the compiled \
-         policy of the record's generation, time and interface formatted) and \
-         `serde_json::to_string`; the lines are counted, not written out. Each record is \
-         checked to name the allowing policy. *Lost* is the kernel's own count of \
-         records the full ring buffer refused (`lost_events`); the programs never wait \
-         for the reader.\n\n\
-         - **Apart**: what each side manages alone, one core each.\n\
-         - **Together**: both at once. The highest rate with zero loss this run: \
-         **{} connections/s turned into named records**. {}\n\
-         - **Where loss starts**: the reader paused, bursts around the ring buffer's \
-         capacity ({} MiB): what does not fit is lost and counted, the rest is read.{}\n\n\
-         This part took {seconds:.0} s.",
-        RECORD_BYTES,
-        per_s(zero_loss),
-        match together.iter().find(|s| s.lost > 0) {
-            None => format!(
-                "No step lost a record: the producer, one `BPF_PROG_TEST_RUN` syscall per \
-                 connection on one CPU, tops out before the reader does. The reader alone \
-                 reads {} records/s; sustained loss would start above that rate (a real \
-                 NIC spreads new connections over every CPU, while the agent reads on \
-                 one), and a burst beyond the ring buffer's capacity loses the excess.",
-                thousands(reader_rate)
-            ),
-            Some(first) => format!(
-                "Loss started at an offered {}: the reader fell behind the producer.",
-                first
-                    .offered
-                    .map_or("flat out".to_owned(), |r| format!("{}/s", per_s(r)))
-            ),
-        },
-        abi::EVENTS_BYTES >> 20,
-        if two_cpus {
-            ""
-        } else {
-            " This machine has one CPU: producer and reader shared it."
-        },
-    );
-    if budget.quick {
-        how.push_str(
-            "\n\n**Quick run**: small batches and one rate, to check the harness, not figures to quote.",
+impl Results for EventsResults {
+    fn tables(&self) -> String {
+        let mut table = String::new();
+        let batch = self.apart.first().map_or(0, |s| s.connections);
+        let _ = writeln!(
+            table,
+            "Apart: one batch of {} connections, the reader idle while the producer runs; median of {} rounds\n",
+            thousands(batch),
+            self.apart.len()
         );
+        let _ = writeln!(table, "| stage | per second |");
+        let _ = writeln!(table, "|---|---:|");
+        let _ = writeln!(
+            table,
+            "| producer: new connections through the program, records into the ring buffer (CPU {}) | {} |",
+            self.producer_cpu,
+            thousands(self.producer_per_second_apart)
+        );
+        let _ = writeln!(
+            table,
+            "| reader: records decoded, named and written as JSON (CPU {}) | {} |",
+            self.reader_cpu,
+            thousands(self.reader_per_second_apart)
+        );
+        let _ = writeln!(
+            table,
+            "\nTogether: the producer at an offered rate, the reader following on the other CPU\n"
+        );
+        let _ = writeln!(
+            table,
+            "| offered | connections | produced per second | records read | counted lost | read + lost = produced |"
+        );
+        let _ = writeln!(table, "|---|---:|---:|---:|---:|---|");
+        for s in &self.together {
+            let _ = writeln!(
+                table,
+                "| {} | {} | {} | {} | {} | {} |",
+                s.offered(),
+                thousands(s.connections),
+                thousands(s.produced_per_second as u64),
+                thousands(s.records_read),
+                thousands(s.lost_events),
+                if s.accounted { "yes" } else { "**no**" }
+            );
+        }
+        let _ = writeln!(
+            table,
+            "\nWhere loss starts: a burst with the reader paused (the ring buffer holds {} records of {} bytes)\n",
+            thousands(self.ring_buffer_records),
+            self.record_bytes
+        );
+        let _ = writeln!(
+            table,
+            "| burst | records read | counted lost | read + lost = burst |"
+        );
+        let _ = writeln!(table, "|---:|---:|---:|---|");
+        for s in &self.bursts {
+            let _ = writeln!(
+                table,
+                "| {} | {} | {} | {} |",
+                thousands(s.connections),
+                thousands(s.records_read),
+                thousands(s.lost_events),
+                if s.accounted { "yes" } else { "**no**" }
+            );
+        }
+        table
     }
-    let raw = json!({
-        "recordBytes": RECORD_BYTES,
-        "ringBufferBytes": abi::EVENTS_BYTES,
-        "ringBufferRecords": RING_RECORDS,
-        "producerCpu": PRODUCER_CPU,
-        "readerCpu": if two_cpus { Value::from(READER_CPU) } else { Value::from(PRODUCER_CPU) },
-        "producerPerSecondApart": producer_rate,
-        "readerPerSecondApart": reader_rate,
-        "zeroLossPerSecond": zero_loss,
-        "apart": apart.iter().map(Step::raw).collect::<Vec<_>>(),
-        "together": together.iter().map(Step::raw).collect::<Vec<_>>(),
-        "bursts": burst.iter().map(Step::raw).collect::<Vec<_>>(),
-    });
-    Section {
-        title: "Flow events".to_owned(),
-        how_to_read: how,
-        table,
-        targets,
-        raw,
+
+    fn targets(&self) -> Vec<Target> {
+        let mut targets = vec![Target::new(
+            "every flow event is read or counted lost, in every step (no silent loss)",
+            self.apart
+                .iter()
+                .chain(&self.together)
+                .chain(&self.bursts)
+                .all(|s| s.accounted),
+        )];
+        if let Some(s) = self
+            .together
+            .iter()
+            .find(|s| s.offered_per_second.is_none())
+        {
+            targets.push(Target::new(
+                format!(
+                    "zero loss with one core reading while the producer runs flat out on the other: {} connections/s, {} lost",
+                    thousands(s.produced_per_second as u64),
+                    thousands(s.lost_events)
+                ),
+                s.lost_events == 0 && s.accounted,
+            ));
+        }
+        let ring = self.ring_buffer_records;
+        let below = self.bursts.iter().filter(|s| s.connections <= ring);
+        let mut above = self
+            .bursts
+            .iter()
+            .filter(|s| s.connections > ring)
+            .peekable();
+        let below_clean = below.clone().all(|s| s.lost_events == 0);
+        let has_above = above.peek().is_some();
+        targets.push(Target::new(
+            format!(
+                "loss starts only when a burst outgrows the ring buffer ({} records), and is counted",
+                thousands(ring)
+            ),
+            below_clean
+                && has_above
+                && above.all(|s| s.lost_events > 0 && s.records_read <= ring && s.accounted),
+        ));
+        targets
+    }
+
+    fn how_to_read(&self) -> String {
+        let mut how = String::new();
+        let _ = write!(
+            how,
+            "New connections (distinct tuples, allowed by one policy) run through the agent's \
+             ingress program with `BPF_PROG_TEST_RUN`, one call each, on CPU {}; \
+             each writes one flow record ({} bytes in the ring buffer). The reader, on CPU \
+             {}, waits with poll(2) and does the agent's work per record: \
+             `events::decode`, `Namer::record` (segments and policy named from the compiled \
+             policy of the record's generation, time and interface formatted) and \
+             `serde_json::to_string`; the lines are counted, not written out. Each record is \
+             checked to name the allowing policy. *Lost* is the kernel's own count of \
+             records the full ring buffer refused (`lost_events`); the programs never wait \
+             for the reader.\n\n\
+             - **Apart**: what each side manages alone, one core each.\n\
+             - **Together**: both at once. The highest rate with zero loss this run: \
+             **{} connections/s turned into named records**. {}\n\
+             - **Where loss starts**: the reader paused, bursts around the ring buffer's \
+             capacity ({} MiB): what does not fit is lost and counted, the rest is read.{}\n\n\
+             This part took {:.0} s.",
+            self.producer_cpu,
+            self.record_bytes,
+            self.reader_cpu,
+            thousands(self.zero_loss_per_second as u64),
+            match self.together.iter().find(|s| s.lost_events > 0) {
+                None => format!(
+                    "No step lost a record: the producer, one `BPF_PROG_TEST_RUN` syscall per \
+                     connection on one CPU, tops out before the reader does. The reader alone \
+                     reads {} records/s; sustained loss would start above that rate (a real \
+                     NIC spreads new connections over every CPU, while the agent reads on \
+                     one), and a burst beyond the ring buffer's capacity loses the excess.",
+                    thousands(self.reader_per_second_apart)
+                ),
+                Some(first) => format!(
+                    "Loss started at an offered {}: the reader fell behind the producer.",
+                    first.offered()
+                ),
+            },
+            self.ring_buffer_bytes >> 20,
+            if self.two_cpus {
+                ""
+            } else {
+                " This machine has one CPU: producer and reader shared it."
+            },
+            self.seconds,
+        );
+        if self.quick {
+            how.push_str(
+                "\n\n**Quick run**: small batches and one rate, to check the harness, not figures to quote.",
+            );
+        }
+        how
     }
 }
 

@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: Wardline and its peers measured side by side in one
-//! run on this machine. Each part returns a [`Section`]; the runner writes
-//! `docs/benchmarks.md` (machine, kernel, command, tables, how to read them)
-//! and the raw results (`docs/benchmarks.json`).
+//! run on this machine. Each part measures into one `Serialize` struct of
+//! its own ([`Results`], keys in camelCase) and returns it rendered as a
+//! [`Section`]; the runner writes `docs/benchmarks.md` (machine, kernel,
+//! command, tables, how to read them) and the raw results
+//! (`docs/benchmarks.json`), both from the same structs. Every median and
+//! percentile comes from [`stats`].
 //!
 //! The parts run in turn ([`PARTS`]): the per-packet cost of the kernel
 //! programs ([`packet`]), throughput through a gateway ([`throughput`]),
@@ -13,39 +16,82 @@
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
+use serde::Serialize;
 use serde_json::Value;
 
 pub mod events;
 pub mod packet;
+mod procfs;
 pub mod propagation;
 pub mod report;
+pub mod stats;
 pub mod throughput;
 
-/// One part of the report.
-pub struct Section {
-    pub title: String,
+/// One target and whether this run met it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// What was aimed at, with this run's figure.
+    pub target: String,
+    pub met: bool,
+}
+
+impl Target {
+    pub fn new(target: impl Into<String>, met: bool) -> Target {
+        Target {
+            target: target.into(),
+            met,
+        }
+    }
+}
+
+/// What a part measured, as one `Serialize` struct (keys in camelCase):
+/// the raw results are this struct as JSON, and the section's Markdown is
+/// rendered from it, so that the two never disagree.
+pub trait Results: Serialize {
     /// What the numbers mean and how to read them (Markdown).
+    fn how_to_read(&self) -> String;
+    /// The Markdown table(s).
+    fn tables(&self) -> String;
+    /// Targets and whether this run met them.
+    fn targets(&self) -> Vec<Target>;
+}
+
+/// One part of the report, rendered from its [`Results`].
+#[derive(Debug)]
+pub struct Section {
     pub how_to_read: String,
-    /// Markdown table(s).
-    pub table: String,
-    /// Targets and whether this run met them, one line each.
-    pub targets: Vec<(String, bool)>,
-    /// Raw results.
+    pub tables: String,
+    pub targets: Vec<Target>,
+    /// The results as JSON.
     pub raw: Value,
+}
+
+impl Section {
+    /// Renders `results`.
+    pub fn of<R: Results>(results: &R) -> anyhow::Result<Section> {
+        Ok(Section {
+            how_to_read: results.how_to_read(),
+            tables: results.tables(),
+            targets: results.targets(),
+            raw: serde_json::to_value(results)?,
+        })
+    }
 }
 
 /// How long and how much each part may run.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
-    /// A short smoke of the harness (CI), not figures to quote.
+    /// A short smoke of the harness (CI), not figures to quote: one small
+    /// scale of every part.
     pub quick: bool,
 }
 
 /// One part of the benchmarks.
 pub struct Part {
-    /// Short name, for logs and the raw results.
+    /// Short name, for `--part`, logs and the raw results.
     pub name: &'static str,
-    /// The section's title when the part failed before it could give one.
+    /// The section's title (its heading in the report).
     pub title: &'static str,
     pub run: fn(Budget) -> anyhow::Result<Section>,
 }
@@ -59,12 +105,12 @@ pub const PARTS: [Part; 4] = [
     },
     Part {
         name: "throughput",
-        title: "Throughput through a gateway",
+        title: "Throughput through a filtering gateway",
         run: throughput::run,
     },
     Part {
         name: "propagation",
-        title: "Policy propagation",
+        title: "Policy propagation and scale",
         run: propagation::run,
     },
     Part {
@@ -156,21 +202,6 @@ fn count_cpus(list: &str) -> Option<usize> {
     })
 }
 
-/// The median of `v` (sorted in place); 0 when empty.
-pub(crate) fn median(v: &mut [u64]) -> u64 {
-    percentile(v, 50)
-}
-
-/// The `p`th percentile of `v` (sorted in place), nearest rank; 0 when empty.
-pub(crate) fn percentile(v: &mut [u64], p: usize) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    v.sort_unstable();
-    let rank = (p * v.len()).div_ceil(100).clamp(1, v.len());
-    v[rank - 1]
-}
-
 /// `n` with thousands separators: 100000 -> "100,000".
 pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -188,24 +219,11 @@ pub(crate) fn thousands(n: u64) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn percentiles_take_the_nearest_rank() {
-        let mut v = vec![5, 1, 4, 2, 3];
-        assert_eq!(median(&mut v), 3);
-        assert_eq!(percentile(&mut v, 10), 1);
-        assert_eq!(percentile(&mut v, 90), 5);
-        assert_eq!(percentile(&mut v, 100), 5);
-        assert_eq!(median(&mut []), 0);
-        let mut even = vec![10, 20, 30, 40];
-        assert_eq!(median(&mut even), 20);
-    }
-
     fn fine(_: Budget) -> anyhow::Result<Section> {
         Ok(Section {
-            title: "Fine".to_owned(),
             how_to_read: String::new(),
-            table: String::new(),
-            targets: vec![("a target not met is a result".to_owned(), false)],
+            tables: String::new(),
+            targets: vec![Target::new("a target not met is a result", false)],
             raw: Value::Null,
         })
     }
@@ -244,7 +262,7 @@ mod tests {
             .map(|o| {
                 o.result
                     .as_ref()
-                    .map(|s| s.title.as_str())
+                    .map(|s| s.targets[0].target.as_str())
                     .map_err(String::as_str)
             })
             .collect();
@@ -253,7 +271,7 @@ mod tests {
             [
                 Err("starting the server: no iperf3"),
                 Err("panicked: a bug in a part"),
-                Ok("Fine"),
+                Ok("a target not met is a result"),
             ]
         );
         let only = run_these(&parts, budget, &["fine".to_owned()]);

@@ -19,14 +19,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 use wardline_control_plane::pki::{self, Role};
 use wardline_control_plane::tls::client_tls;
 use wardline_proto::v1::{self, agent_api_client::AgentApiClient};
 
 use crate::agent::{Agent, BPFFS};
-use crate::bench::{Budget, Section};
+use crate::bench::stats::Summary;
+use crate::bench::{Budget, Results, Section, Target, packet, procfs};
 use crate::netns::Netns;
 use crate::site::{PORT, REPLICAS, Site};
 use crate::{addr, link_up};
@@ -289,58 +291,31 @@ fn control_plane_pid(site: &Site) -> anyhow::Result<u32> {
     bail!("no wardline-control-plane process of this site ({store}) found")
 }
 
-/// VmRSS of a process, in bytes.
-fn vm_rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    Ok(kb * 1024)
+/// An open-file limit: (soft, hard), as `/proc/PID/limits` says them.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Limit {
+    soft: String,
+    hard: String,
 }
 
-/// CPU time a process has used (user and system), from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime), counted from 3 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // In clock ticks of USER_HZ, which Linux fixes at 100 for /proc.
-    Some(Duration::from_millis(ticks * 10))
+fn open_file_limit(pid: &str) -> Option<Limit> {
+    limit(pid, "Max open files").map(|(soft, hard)| Limit { soft, hard })
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+fn show_limit(l: &Option<Limit>) -> String {
+    l.as_ref().map_or_else(
+        || "unknown".to_owned(),
+        |l| format!("{}, {}", l.soft, l.hard),
+    )
 }
 
-fn show_limit(l: &Option<(String, String)>) -> String {
-    l.as_ref()
-        .map_or_else(|| "unknown".to_owned(), |(s, h)| format!("{s}, {h}"))
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1e3;
+fn ms(ms: f64) -> String {
     if ms < 10.0 {
         format!("{ms:.1} ms")
     } else {
         format!("{ms:.0} ms")
     }
-}
-
-fn mib(bytes: f64) -> String {
-    format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
 }
 
 /// The figures of one fleet size.
@@ -363,12 +338,118 @@ struct Scale {
     fds: usize,
 }
 
+/// Durations in milliseconds.
+fn in_ms(v: &[Duration]) -> Vec<f64> {
+    v.iter().map(|d| d.as_secs_f64() * 1e3).collect()
+}
+
+/// Milliseconds summarised; all zero when there are none.
+fn summary_ms(v: &[Duration]) -> Summary<f64> {
+    Summary::of(&in_ms(v)).unwrap_or(Summary {
+        count: 0,
+        min: 0.0,
+        p10: 0.0,
+        median: 0.0,
+        p90: 0.0,
+        p99: 0.0,
+        max: 0.0,
+        mean: 0.0,
+    })
+}
+
+/// CPUs busy during the applies.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CpusBusy {
+    control_plane: f64,
+    bench_process: f64,
+}
+
+/// One fleet size, as reported.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FleetFigures {
+    simulated_agents: usize,
+    applies: usize,
+    acknowledgements: usize,
+    missing_acknowledgements: usize,
+    /// From `wardctl apply` starting to each simulated agent's Ack returned.
+    ack_ms: Summary<f64>,
+    /// To each simulated agent's snapshot arriving.
+    received_ms: Summary<f64>,
+    /// To the real agent's `/status` showing the revision, per apply.
+    real_agent_enforced_ms: Vec<f64>,
+    real_agent_enforced: Summary<f64>,
+    /// To `wait_acked` seeing the real agent's acknowledgement, per apply.
+    real_agent_acked_ms: Vec<f64>,
+    real_agent_acked: Summary<f64>,
+    apply_returned_ms: Vec<f64>,
+    apply_returned: Summary<f64>,
+    connect_seconds: f64,
+    /// The largest snapshot a simulated agent received, encoded.
+    snapshot_bytes: usize,
+    cpus_busy_during_applies: Option<CpusBusy>,
+    control_plane_rss_bytes: u64,
+    control_plane_open_files: usize,
+}
+
 impl Scale {
-    fn sorted(v: &[Duration]) -> Vec<Duration> {
-        let mut v = v.to_vec();
-        v.sort();
-        v
+    fn figures(&self) -> FleetFigures {
+        FleetFigures {
+            simulated_agents: self.agents,
+            applies: self.rounds,
+            acknowledgements: self.acked.len(),
+            missing_acknowledgements: self.missing,
+            ack_ms: summary_ms(&self.acked),
+            received_ms: summary_ms(&self.received),
+            real_agent_enforced_ms: in_ms(&self.enforced),
+            real_agent_enforced: summary_ms(&self.enforced),
+            real_agent_acked_ms: in_ms(&self.real),
+            real_agent_acked: summary_ms(&self.real),
+            apply_returned_ms: in_ms(&self.apply_returned),
+            apply_returned: summary_ms(&self.apply_returned),
+            connect_seconds: self.connect.as_secs_f64(),
+            snapshot_bytes: self.snapshot_bytes,
+            cpus_busy_during_applies: self.cpu.map(|(control_plane, bench_process)| CpusBusy {
+                control_plane,
+                bench_process,
+            }),
+            control_plane_rss_bytes: self.rss,
+            control_plane_open_files: self.fds,
+        }
     }
+}
+
+/// Programming 100,000 rules and 100,000 prefixes.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Kernel100k {
+    prefixes: usize,
+    rules: usize,
+    policy_bytes: usize,
+    parse_seconds: f64,
+    compile_seconds: f64,
+    load_seconds: f64,
+    program_seconds: f64,
+    next_generation_seconds: f64,
+}
+
+/// What part 3 measured.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PropagationResults {
+    quick: bool,
+    store: &'static str,
+    heartbeat_seconds: u32,
+    connect_concurrency: usize,
+    /// The control plane with only the real agent.
+    rss_base_bytes: u64,
+    open_files_base: usize,
+    bench_nofile: Option<Limit>,
+    control_plane_nofile: Option<Limit>,
+    fleets: Vec<FleetFigures>,
+    kernel100k: Option<Kernel100k>,
+    seconds: f64,
 }
 
 /// Issues `count` agent certificates, `first` on, on two threads.
@@ -480,8 +561,8 @@ fn measure_fleet(
             connected = n;
             // Let registrations and first acknowledgements settle.
             std::thread::sleep(Duration::from_secs(2));
-            let rss = vm_rss(cx.cp)?;
-            let fds = open_fds(cx.cp);
+            let rss = procfs::vm_rss(cx.cp)?;
+            let fds = procfs::open_fds(cx.cp);
             let mut scale = Scale {
                 agents: n,
                 rounds: cx.rounds,
@@ -498,8 +579,8 @@ fn measure_fleet(
                 fds,
             };
             let cpu_before = (
-                cpu_time(cx.cp),
-                cpu_time(std::process::id()),
+                procfs::cpu_time(cx.cp),
+                procfs::cpu_time(std::process::id()),
                 Instant::now(),
             );
             for _ in 0..cx.rounds {
@@ -545,8 +626,8 @@ fn measure_fleet(
             if let (Some(cp0), Some(me0), Some(cp1), Some(me1)) = (
                 cpu_before.0,
                 cpu_before.1,
-                cpu_time(cx.cp),
-                cpu_time(std::process::id()),
+                procfs::cpu_time(cx.cp),
+                procfs::cpu_time(std::process::id()),
             ) {
                 let wall = cpu_before.2.elapsed().as_secs_f64();
                 scale.cpu = Some((
@@ -575,39 +656,12 @@ impl Drop for Pins {
 
 /// Parses, compiles and programs 100,000 rules and 100,000 prefixes into
 /// freshly loaded, unattached programs' maps (as in the kernel tests).
-fn program_100k() -> anyhow::Result<Value> {
+fn program_100k() -> anyhow::Result<Kernel100k> {
     use time::OffsetDateTime;
     use wardline_policy::{CompileOptions, Dataplane};
 
     // 1,000 segments of 100 host prefixes; 100,000 single-port policies.
-    let mut yaml = String::new();
-    for i in 0..1000u32 {
-        let cidrs: Vec<String> = (0..100u32)
-            .map(|j| {
-                let n = i * 100 + j;
-                format!(
-                    "\"198.{}.{}.{}/32\"",
-                    18 + (n >> 16),
-                    (n >> 8) & 255,
-                    n & 255
-                )
-            })
-            .collect();
-        let _ = write!(
-            yaml,
-            "---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: s{i:04}}}\nspec: {{cidrs: [{}]}}\n",
-            cidrs.join(", ")
-        );
-    }
-    for i in 0..100_000u32 {
-        let _ = write!(
-            yaml,
-            "---\napiVersion: wardline/v1\nkind: Policy\nmetadata: {{name: p{i:06}}}\nspec: {{action: allow, from: [s{:04}], to: [s{:04}], ports: [{{protocol: tcp, port: {}}}]}}\n",
-            i % 1000,
-            (i / 1000) % 1000,
-            1000 + i % 5000
-        );
-    }
+    let yaml = packet::Scale::new(100_000).yaml();
     let t = Instant::now();
     let set = wardline_policy::parse(&yaml).context("parsing the 100k-rule policy")?;
     let parsed = t.elapsed();
@@ -642,16 +696,16 @@ fn program_100k() -> anyhow::Result<Value> {
     let next = t.elapsed();
     ensure!(second == first + 1, "generation {first} then {second}");
     drop(enforcer);
-    Ok(json!({
-        "prefixes": dp.prefixes.len(),
-        "rules": dp.rules.len(),
-        "policy_bytes": yaml.len(),
-        "parse_seconds": parsed.as_secs_f64(),
-        "compile_seconds": compiled.as_secs_f64(),
-        "load_seconds": loaded.as_secs_f64(),
-        "program_seconds": programmed.as_secs_f64(),
-        "next_generation_seconds": next.as_secs_f64(),
-    }))
+    Ok(Kernel100k {
+        prefixes: dp.prefixes.len(),
+        rules: dp.rules.len(),
+        policy_bytes: yaml.len(),
+        parse_seconds: parsed.as_secs_f64(),
+        compile_seconds: compiled.as_secs_f64(),
+        load_seconds: loaded.as_secs_f64(),
+        program_seconds: programmed.as_secs_f64(),
+        next_generation_seconds: next.as_secs_f64(),
+    })
 }
 
 /// Part 3 of the benchmarks: propagation to a fleet, control-plane memory
@@ -668,15 +722,15 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
         (&[100, 1_000], 5)
     };
     raise_nofile()?;
-    let bench_nofile = limit("self", "Max open files");
+    let bench_nofile = open_file_limit("self");
 
     let mut site = Site::new();
     site.start_replica(0, &site.embedded_store());
     let cp = control_plane_pid(&site)?;
-    let cp_nofile = limit(&cp.to_string(), "Max open files");
+    let cp_nofile = open_file_limit(&cp.to_string());
     let cp_soft: u64 = cp_nofile
         .as_ref()
-        .and_then(|(s, _)| s.parse().ok())
+        .and_then(|l| l.soft.parse().ok())
         .unwrap_or(u64::MAX);
     let most = *sizes.iter().max().unwrap_or(&0) as u64;
     ensure!(
@@ -703,8 +757,8 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
     let revision = site.apply(0, &policy(0));
     site.wait_acked(0, &[agent.node.as_str()], revision, ACK_WITHIN);
     std::thread::sleep(Duration::from_secs(1));
-    let rss_base = vm_rss(cp)?;
-    let fds_base = open_fds(cp);
+    let rss_base = procfs::vm_rss(cp)?;
+    let fds_base = procfs::open_fds(cp);
 
     let cx = Context {
         site: &site,
@@ -736,146 +790,136 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
         eprintln!("propagation: programming 100,000 rules...");
         Some(program_100k()?)
     };
-    let elapsed = started.elapsed();
+    Section::of(&PropagationResults {
+        quick: budget.quick,
+        store: "embedded",
+        heartbeat_seconds: wardline_control_plane::server::HEARTBEAT_SECONDS,
+        connect_concurrency: CONNECT_CONCURRENCY,
+        rss_base_bytes: rss_base,
+        open_files_base: fds_base,
+        bench_nofile,
+        control_plane_nofile: cp_nofile,
+        fleets: scales.iter().map(Scale::figures).collect(),
+        kernel100k: kernel,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
 
-    let mut table = String::from(
-        "| simulated agents | applies | apply → ack p50 | apply → ack p99 | apply → ack max | snapshot received p50 / p99 | real agent enforced (median / max) | real agent acked, `wait_acked` (median / max) | `wardctl apply` returned (median) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    let mut raw_scales = Vec::new();
-    let mut targets = Vec::new();
-    for s in &scales {
-        let acked = Scale::sorted(&s.acked);
-        let received = Scale::sorted(&s.received);
-        let real = Scale::sorted(&s.real);
-        let enforced = Scale::sorted(&s.enforced);
-        let returned = Scale::sorted(&s.apply_returned);
+impl Results for PropagationResults {
+    fn tables(&self) -> String {
+        let mut table = String::from(
+            "| simulated agents | applies | apply → ack p50 | apply → ack p99 | apply → ack max | snapshot received p50 / p99 | real agent enforced (median / max) | real agent acked, `wait_acked` (median / max) | `wardctl apply` returned (median) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for f in &self.fleets {
+            let _ = writeln!(
+                table,
+                "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} |",
+                f.simulated_agents,
+                f.applies,
+                ms(f.ack_ms.median),
+                ms(f.ack_ms.p99),
+                ms(f.ack_ms.max),
+                ms(f.received_ms.median),
+                ms(f.received_ms.p99),
+                ms(f.real_agent_enforced.median),
+                ms(f.real_agent_enforced.max),
+                ms(f.real_agent_acked.median),
+                ms(f.real_agent_acked.max),
+                ms(f.apply_returned.median),
+            );
+        }
+        table.push_str(
+            "\n| simulated agents | snapshot per agent | fleet connected in | CPUs busy during the applies: control plane / bench process |\n|---:|---:|---:|---:|\n",
+        );
+        for f in &self.fleets {
+            let _ = writeln!(
+                table,
+                "| {} | {:.1} KiB | {:.1} s | {} |",
+                f.simulated_agents,
+                f.snapshot_bytes as f64 / 1024.0,
+                f.connect_seconds,
+                f.cpus_busy_during_applies.map_or_else(
+                    || "unknown".to_owned(),
+                    |c| format!("{:.2} / {:.2}", c.control_plane, c.bench_process)
+                ),
+            );
+        }
+        table.push_str(
+            "\n| control-plane memory | VmRSS | per agent | open files |\n|---|---:|---:|---:|\n",
+        );
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} |",
-            s.agents,
-            s.rounds,
-            ms(percentile(&acked, 50.0)),
-            ms(percentile(&acked, 99.0)),
-            ms(percentile(&acked, 100.0)),
-            ms(percentile(&received, 50.0)),
-            ms(percentile(&received, 99.0)),
-            ms(percentile(&enforced, 50.0)),
-            ms(percentile(&enforced, 100.0)),
-            ms(percentile(&real, 50.0)),
-            ms(percentile(&real, 100.0)),
-            ms(percentile(&returned, 50.0)),
+            "| one real agent, before the fleet | {} | | {} |",
+            procfs::mib(self.rss_base_bytes as f64),
+            self.open_files_base
         );
-        raw_scales.push(json!({
-            "simulated_agents": s.agents,
-            "applies": s.rounds,
-            "acknowledgements": s.acked.len(),
-            "missing_acknowledgements": s.missing,
-            "ack_ms": {
-                "p50": percentile(&acked, 50.0).as_secs_f64() * 1e3,
-                "p90": percentile(&acked, 90.0).as_secs_f64() * 1e3,
-                "p99": percentile(&acked, 99.0).as_secs_f64() * 1e3,
-                "max": percentile(&acked, 100.0).as_secs_f64() * 1e3,
-            },
-            "received_ms": {
-                "p50": percentile(&received, 50.0).as_secs_f64() * 1e3,
-                "p99": percentile(&received, 99.0).as_secs_f64() * 1e3,
-            },
-            "real_agent_enforced_ms": enforced.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
-            "real_agent_acked_ms": real.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
-            "apply_returned_ms": returned.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
-            "connect_seconds": s.connect.as_secs_f64(),
-            "snapshot_bytes": s.snapshot_bytes,
-            "cpus_busy_during_applies": s.cpu.map(|(cp, bench)| json!({"control_plane": cp, "bench_process": bench})),
-            "control_plane_rss_bytes": s.rss,
-            "control_plane_open_files": s.fds,
-        }));
-    }
-    let p99_at = |n: usize| {
-        scales
-            .iter()
-            .find(|s| s.agents == n)
-            .map(|s| (percentile(&Scale::sorted(&s.acked), 99.0), s.missing))
-    };
-    if let Some((p99, missing)) = p99_at(1_000) {
-        targets.push((
-            format!(
-                "apply → acknowledgement p99 under 1 s at 1,000 simulated agents (p99 {}{})",
-                ms(p99),
-                if missing > 0 {
-                    format!(", {missing} acknowledgements missing")
-                } else {
-                    String::new()
-                }
-            ),
-            p99 < Duration::from_secs(1) && missing == 0,
-        ));
-    } else if let Some(s) = scales.last() {
-        let p99 = percentile(&Scale::sorted(&s.acked), 99.0);
-        targets.push((
-            format!(
-                "apply → acknowledgement p99 under 1 s (quick mode: {} simulated agents, p99 {}; the target is set at 1,000)",
-                s.agents,
-                ms(p99)
-            ),
-            p99 < Duration::from_secs(1) && s.missing == 0,
-        ));
+        for f in &self.fleets {
+            let per = (f.control_plane_rss_bytes as f64 - self.rss_base_bytes as f64)
+                / f.simulated_agents as f64;
+            let _ = writeln!(
+                table,
+                "| + {} simulated agents | {} | {:.1} KiB | {} |",
+                f.simulated_agents,
+                procfs::mib(f.control_plane_rss_bytes as f64),
+                per / 1024.0,
+                f.control_plane_open_files
+            );
+        }
+        if let Some(k) = &self.kernel100k {
+            let _ = write!(
+                table,
+                "\n| 100,000 rules and 100,000 prefixes | time |\n|---|---:|\n| parse | {:.2} s |\n| compile | {:.2} s |\n| load the programs | {:.2} s |\n| **program into the kernel (first generation)** | **{:.2} s** |\n| program the next generation beside the live one | {:.2} s |\n",
+                k.parse_seconds,
+                k.compile_seconds,
+                k.load_seconds,
+                k.program_seconds,
+                k.next_generation_seconds,
+            );
+        }
+        table
     }
 
-    table.push_str(
-        "\n| simulated agents | snapshot per agent | fleet connected in | CPUs busy during the applies: control plane / bench process |\n|---:|---:|---:|---:|\n",
-    );
-    for s in &scales {
-        let _ = writeln!(
-            table,
-            "| {} | {:.1} KiB | {:.1} s | {} |",
-            s.agents,
-            s.snapshot_bytes as f64 / 1024.0,
-            s.connect.as_secs_f64(),
-            s.cpu.map_or_else(
-                || "unknown".to_owned(),
-                |(cp, me)| format!("{cp:.2} / {me:.2}")
-            ),
-        );
-    }
-    table.push_str(
-        "\n| control-plane memory | VmRSS | per agent | open files |\n|---|---:|---:|---:|\n",
-    );
-    let _ = writeln!(
-        table,
-        "| one real agent, before the fleet | {} | | {fds_base} |",
-        mib(rss_base as f64)
-    );
-    for s in &scales {
-        let per = (s.rss as f64 - rss_base as f64) / s.agents as f64;
-        let _ = writeln!(
-            table,
-            "| + {} simulated agents | {} | {:.1} KiB | {} |",
-            s.agents,
-            mib(s.rss as f64),
-            per / 1024.0,
-            s.fds
-        );
-    }
-    if let Some(k) = &kernel {
-        let secs = |key: &str| k[key].as_f64().unwrap_or(f64::NAN);
-        let _ = write!(
-            table,
-            "\n| 100,000 rules and 100,000 prefixes | time |\n|---|---:|\n| parse | {:.2} s |\n| compile | {:.2} s |\n| load the programs | {:.2} s |\n| **program into the kernel (first generation)** | **{:.2} s** |\n| program the next generation beside the live one | {:.2} s |\n",
-            secs("parse_seconds"),
-            secs("compile_seconds"),
-            secs("load_seconds"),
-            secs("program_seconds"),
-            secs("next_generation_seconds"),
-        );
+    fn targets(&self) -> Vec<Target> {
+        let missing = |f: &FleetFigures| {
+            if f.missing_acknowledgements > 0 {
+                format!(", {} acknowledgements missing", f.missing_acknowledgements)
+            } else {
+                String::new()
+            }
+        };
+        let met = |f: &FleetFigures| f.ack_ms.p99 < 1000.0 && f.missing_acknowledgements == 0;
+        if let Some(f) = self.fleets.iter().find(|f| f.simulated_agents == 1_000) {
+            vec![Target::new(
+                format!(
+                    "apply → acknowledgement p99 under 1 s at 1,000 simulated agents (p99 {}{})",
+                    ms(f.ack_ms.p99),
+                    missing(f)
+                ),
+                met(f),
+            )]
+        } else if let Some(f) = self.fleets.last() {
+            vec![Target::new(
+                format!(
+                    "apply → acknowledgement p99 under 1 s (quick mode: {} simulated agents, p99 {}{}; the target is set at 1,000)",
+                    f.simulated_agents,
+                    ms(f.ack_ms.p99),
+                    missing(f)
+                ),
+                met(f),
+            )]
+        } else {
+            Vec::new()
+        }
     }
 
-    let mut how_to_read = format!(
-        "One control-plane replica (embedded store, redb with fsync on every write) in a management \
+    fn how_to_read(&self) -> String {
+        let mut how_to_read = format!(
+            "One control-plane replica (embedded store, redb with fsync on every write) in a management \
 namespace, serving over mutual TLS. One real `wardline-agent`, managed, in its own namespace, \
 and a fleet of simulated agents: tonic clients in the bench process, each with its own agent \
 certificate from the site CA and its own connection, that Register, Watch, Ack each snapshot \
 as soon as it arrives (no kernel work) and send heartbeats every {} s as real agents do (spread \
-over the interval). The fleet connects ({CONNECT_CONCURRENCY} at a time) and takes the current \
+over the interval). The fleet connects ({} at a time) and takes the current \
 snapshot first; then each apply is `wardctl apply --prune` of the hospital example with one \
 workstation quarantined (a different one each time, so every node's tables change), and the \
 clock starts when `wardctl` is started.\n\n\
@@ -898,43 +942,28 @@ the bench raises its open-file limit as far as it may (soft, hard: bench {}, rep
 Everything runs on the same 2-core machine: the control plane, the simulated agents' \
 runtime (2 threads) and the real agent share the CPUs, so the simulated agents' own \
 scheduling delay is part of their figures. This part took {:.0} s.",
-        wardline_control_plane::server::HEARTBEAT_SECONDS,
-        show_limit(&bench_nofile),
-        show_limit(&cp_nofile),
-        elapsed.as_secs_f64()
-    );
-    if kernel.is_some() {
-        how_to_read.push_str(
-            "\n\n**100,000 rules**: the kernel tests' policy (1,000 segments of 100 host /32s, 100,000 \
+            self.heartbeat_seconds,
+            self.connect_concurrency,
+            show_limit(&self.bench_nofile),
+            show_limit(&self.control_plane_nofile),
+            self.seconds
+        );
+        if self.kernel100k.is_some() {
+            how_to_read.push_str(
+                "\n\n**100,000 rules**: the kernel tests' policy (1,000 segments of 100 host /32s, 100,000 \
 single-port policies) parsed and compiled in the bench process, then programmed with \
 `Enforcer::apply` into freshly loaded programs' maps pinned under a private node name (removed \
 afterwards): the first generation, then the next written beside the live one, as a policy \
 change does.",
-        );
+            );
+        }
+        if self.quick {
+            how_to_read.push_str(
+                "\n\nQuick mode: 10 simulated agents, 2 applies, no 100,000-rule programming: a smoke of the harness, not figures to quote.",
+            );
+        }
+        how_to_read
     }
-    if budget.quick {
-        how_to_read.push_str(
-            "\n\nQuick mode: 10 simulated agents, 2 applies, no 100,000-rule programming: a smoke of the harness, not figures to quote.",
-        );
-    }
-
-    Ok(Section {
-        title: "Policy propagation and scale".to_owned(),
-        how_to_read,
-        table,
-        targets,
-        raw: json!({
-            "quick": budget.quick,
-            "store": "embedded",
-            "rss_base_bytes": rss_base,
-            "open_files_base": fds_base,
-            "bench_nofile": bench_nofile,
-            "control_plane_nofile": cp_nofile,
-            "scales": raw_scales,
-            "kernel_100k": kernel,
-            "elapsed_seconds": elapsed.as_secs_f64(),
-        }),
-    })
 }
 
 #[cfg(test)]
@@ -949,14 +978,5 @@ mod tests {
             let set = wardline_policy::parse(&p).expect("the round's policy parses");
             assert!(set.segments.iter().any(|s| s.name == "quarantine"));
         }
-    }
-
-    #[test]
-    fn percentiles_take_the_nearest_rank() {
-        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&v, 50.0), Duration::from_millis(50));
-        assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
-        assert_eq!(percentile(&v, 100.0), Duration::from_millis(100));
-        assert_eq!(percentile(&[], 99.0), Duration::ZERO);
     }
 }

@@ -1,6 +1,7 @@
 //! Throughput through a filtering gateway: no filter, Wardline, nftables at
-//! its best and a linear iptables chain, measured with the same traffic in
-//! the same run.
+//! its best (a stateless set), nftables as a site replacing it would run it
+//! (stateful: established connections first, then the same set) and a
+//! linear iptables chain, measured with the same traffic in the same run.
 //!
 //! ```text
 //!  client ns              gateway ns (routes; the filter)            server ns
@@ -24,23 +25,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use aya::programs::tc::{SchedClassifier, TcAttachType};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::agent::Agent;
-use crate::bench::{Budget, Section};
+use crate::bench::{Budget, Results, Section, Target, stats};
 use crate::{Netns, addr, enable_forwarding, route, veth};
 
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
-const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub(crate) const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 /// The gateway's interface towards the client: every filter sits here.
-const GW_IN: &str = "c0";
+pub(crate) const GW_IN: &str = "c0";
 const GW_OUT: &str = "s0";
 /// iperf3's port, TCP (control and data) and UDP (data).
-const PORT: u16 = 5201;
+pub(crate) const PORT: u16 = 5201;
 /// A port no rule allows: a connection to it shows whether a filter is on
 /// the path (dropped: times out) or not (refused by the server's stack).
-const CLOSED_PORT: u16 = 5299;
+pub(crate) const CLOSED_PORT: u16 = 5299;
 const NFT_TABLE: &str = "wlbench";
+/// The stateful nftables case's table (`inet`, on the forward hook).
+const NFT_CT_TABLE: &str = "wlbench_ct";
 const IPT_CHAIN: &str = "WLBENCH";
 /// Filler rules use 100 source and 100 destination hosts in 198.19.0.0/16.
 const FILLER_HOSTS: usize = 100;
@@ -50,18 +54,22 @@ const IPERF_SLACK: Duration = Duration::from_secs(15);
 const UDP_LEN: u32 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Filter {
+pub(crate) enum Filter {
     None,
     Wardline,
+    /// Stateless: one set lookup per packet on the netdev ingress hook.
     Nftables,
+    /// Stateful: `ct state established,related accept`, then the same set.
+    NftablesStateful,
     Iptables,
 }
 
 impl Filter {
-    const ALL: [Filter; 4] = [
+    const ALL: [Filter; 5] = [
         Filter::None,
         Filter::Wardline,
         Filter::Nftables,
+        Filter::NftablesStateful,
         Filter::Iptables,
     ];
 
@@ -70,13 +78,14 @@ impl Filter {
             Filter::None => "none",
             Filter::Wardline => "wardline",
             Filter::Nftables => "nftables",
+            Filter::NftablesStateful => "nftablesStateful",
             Filter::Iptables => "iptables",
         }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Traffic {
+pub(crate) enum Traffic {
     Tcp,
     Udp64,
 }
@@ -87,6 +96,26 @@ impl Traffic {
             Traffic::Tcp => "tcp",
             Traffic::Udp64 => "udp64",
         }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Traffic::Tcp => "bit/s",
+            Traffic::Udp64 => "packets/s received by the server's interface",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Traffic::Tcp => "TCP",
+            Traffic::Udp64 => "UDP 64 B",
+        }
+    }
+
+    fn from_key(key: &str) -> Option<Traffic> {
+        [Traffic::Tcp, Traffic::Udp64]
+            .into_iter()
+            .find(|t| t.key() == key)
     }
 }
 
@@ -181,6 +210,33 @@ fn nft_ruleset(rules: &[Rule]) -> String {
     s
 }
 
+/// nftables as a site replacing it would run it: stateful, on the forward
+/// hook, so that every forwarded packet, either way, is judged; a packet of
+/// a known connection is accepted at the first rule, a new one by the same
+/// set of concatenated keys as the stateless case; the rest is dropped.
+fn nft_stateful_ruleset(rules: &[Rule]) -> String {
+    let mut s = format!(
+        "table inet {NFT_CT_TABLE} {{\n  set allow {{\n    type ipv4_addr . ipv4_addr . inet_proto . inet_service\n    size {}\n    elements = {{\n",
+        rules.len().max(16)
+    );
+    for (i, r) in rules.iter().enumerate() {
+        let sep = if i + 1 == rules.len() { "" } else { "," };
+        let _ = writeln!(
+            s,
+            "      {} . {} . {} . {}{sep}",
+            r.src,
+            r.dst,
+            proto(r),
+            r.port
+        );
+    }
+    let _ = write!(
+        s,
+        "    }}\n  }}\n  chain forward {{\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    ip saddr . ip daddr . meta l4proto . th dport @allow accept\n  }}\n}}\n"
+    );
+    s
+}
+
 /// A linear chain: every packet forwarded from the client's side walks the
 /// rules in order; the test's flows match the last two; the rest is dropped.
 fn iptables_rules(rules: &[Rule]) -> String {
@@ -223,7 +279,7 @@ fn exec_stdin(ns: &Netns, args: &[&str], input: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn exec_ok(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn exec_ok(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
     let out = ns
         .try_exec(args)
         .with_context(|| format!("in {}", ns.name()))?;
@@ -232,14 +288,14 @@ fn exec_ok(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
 
 /// The three namespaces; dropping it removes them, with whatever filter
 /// is still in the gateway's.
-struct Bench {
-    client: Netns,
-    gw: Netns,
-    server: Netns,
+pub(crate) struct Bench {
+    pub(crate) client: Netns,
+    pub(crate) gw: Netns,
+    pub(crate) server: Netns,
 }
 
 impl Bench {
-    fn new() -> Bench {
+    pub(crate) fn new() -> Bench {
         let client = Netns::new("bench-client");
         let gw = Netns::new("bench-gw");
         let server = Netns::new("bench-server");
@@ -298,7 +354,7 @@ impl Bench {
 
     /// Whether a connection to a port no rule allows is dropped on the way
     /// (true) or refused by the server (false).
-    fn closed_port_dropped(&self) -> anyhow::Result<bool> {
+    pub(crate) fn closed_port_dropped(&self) -> anyhow::Result<bool> {
         let target = SocketAddr::from((SERVER, CLOSED_PORT));
         let r = self
             .client
@@ -313,7 +369,7 @@ impl Bench {
 
     /// One iperf3 run from client to server: its JSON report, and the
     /// packet counters sampled while it ran.
-    fn iperf(&self, traffic: Traffic, seconds: u32, omit: u32) -> anyhow::Result<Run> {
+    pub(crate) fn iperf(&self, traffic: Traffic, seconds: u32, omit: u32) -> anyhow::Result<Run> {
         let server_addr = SERVER.to_string();
         let port = PORT.to_string();
         let mut args = vec!["iperf3", "-s", "-1", "-B", &server_addr, "-p", &port];
@@ -434,7 +490,7 @@ impl Bench {
 
     /// (packets the gateway took in from the client, packets the server's
     /// interface received).
-    fn packet_counters(&self) -> anyhow::Result<(u64, u64)> {
+    pub(crate) fn packet_counters(&self) -> anyhow::Result<(u64, u64)> {
         let read = |ns: &Netns, ifname: &str, dir: &str| -> anyhow::Result<u64> {
             let out = ns
                 .try_ip(["-j", "-s", "link", "show", "dev", ifname])
@@ -461,13 +517,13 @@ struct Counters {
 }
 
 /// One iperf3 run.
-struct Run {
-    report: Value,
+pub(crate) struct Run {
+    pub(crate) report: Value,
     counters: Option<Counters>,
 }
 
 /// Waits up to `within` for `child` to exit; whether it did.
-fn wait_for(child: &mut Child, within: Duration) -> anyhow::Result<bool> {
+pub(crate) fn wait_for(child: &mut Child, within: Duration) -> anyhow::Result<bool> {
     let start = Instant::now();
     loop {
         if child.try_wait()?.is_some() {
@@ -481,7 +537,7 @@ fn wait_for(child: &mut Child, within: Duration) -> anyhow::Result<bool> {
 }
 
 /// Ends a process we started: waits up to `grace`, then kills it by its handle.
-fn end(child: &mut Child, grace: Duration) {
+pub(crate) fn end(child: &mut Child, grace: Duration) {
     if matches!(wait_for(child, grace), Ok(true)) {
         return;
     }
@@ -491,7 +547,7 @@ fn end(child: &mut Child, grace: Duration) {
 
 /// TCP: bits per second received (iperf3). UDP: packets per second the
 /// server's interface received.
-fn figure(traffic: Traffic, run: &Run) -> anyhow::Result<f64> {
+pub(crate) fn figure(traffic: Traffic, run: &Run) -> anyhow::Result<f64> {
     match traffic {
         Traffic::Tcp => run.report["end"]["sum_received"]["bits_per_second"]
             .as_f64()
@@ -503,25 +559,18 @@ fn figure(traffic: Traffic, run: &Run) -> anyhow::Result<f64> {
     }
 }
 
-/// What iperf3 itself says of a UDP run: (sent, received by the
-/// application) packets per second.
-fn udp_app_pps(report: &Value) -> Option<(f64, f64)> {
+/// What iperf3 itself says of a UDP run: packets per second sent and
+/// received by the application.
+fn udp_app_pps(report: &Value) -> Option<UdpAppRates> {
     let sent = &report["end"]["sum_sent"];
     let sent = sent["bytes"].as_f64()? / f64::from(UDP_LEN) / sent["seconds"].as_f64()?;
     let sum = &report["end"]["sum"];
     let received = (sum["packets"].as_f64()? - sum["lost_packets"].as_f64().unwrap_or(0.0))
         / sum["seconds"].as_f64()?;
-    Some((sent, received))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+    Some(UdpAppRates {
+        sent,
+        received_by_the_application: received,
+    })
 }
 
 /// The filter installed for one case; removing it is checked.
@@ -529,6 +578,7 @@ enum Installed {
     None,
     Wardline(Box<Agent>),
     Nftables,
+    NftablesStateful,
     Iptables,
 }
 
@@ -553,6 +603,10 @@ fn install(
             exec_stdin(&bench.gw, &["nft", "-f", "-"], &nft_ruleset(rules))?;
             Installed::Nftables
         }
+        Filter::NftablesStateful => {
+            exec_stdin(&bench.gw, &["nft", "-f", "-"], &nft_stateful_ruleset(rules))?;
+            Installed::NftablesStateful
+        }
         Filter::Iptables => {
             exec_stdin(&bench.gw, &["iptables-restore"], &iptables_rules(rules))?;
             Installed::Iptables
@@ -567,6 +621,9 @@ fn remove(bench: &Bench, installed: Installed) -> anyhow::Result<()> {
         Installed::Wardline(agent) => drop(agent),
         Installed::Nftables => {
             exec_ok(&bench.gw, &["nft", "delete", "table", "netdev", NFT_TABLE])?;
+        }
+        Installed::NftablesStateful => {
+            exec_ok(&bench.gw, &["nft", "delete", "table", "inet", NFT_CT_TABLE])?;
         }
         Installed::Iptables => {
             exec_ok(&bench.gw, &["iptables", "-F", "FORWARD"])?;
@@ -593,9 +650,9 @@ fn remove(bench: &Bench, installed: Installed) -> anyhow::Result<()> {
 #[derive(Default)]
 struct Samples {
     by_case: Vec<(Filter, Traffic, Vec<f64>)>,
-    raw: Vec<Value>,
+    runs: Vec<RunSample>,
     /// Runs that did not complete through a filter (counted as 0).
-    failed: Vec<Value>,
+    failed: Vec<FailedRun>,
 }
 
 impl Samples {
@@ -610,12 +667,58 @@ impl Samples {
         }
     }
 
+    /// The median over the repetitions; NaN when none was measured.
     fn median(&self, filter: Filter, traffic: Traffic) -> f64 {
         self.by_case
             .iter()
             .find(|(f, t, _)| *f == filter && *t == traffic)
-            .map_or(f64::NAN, |(_, _, v)| median(v))
+            .and_then(|(_, _, v)| stats::median(v))
+            .unwrap_or(f64::NAN)
     }
+}
+
+/// iperf3's own view of a UDP run, packets per second.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UdpAppRates {
+    sent: f64,
+    received_by_the_application: f64,
+}
+
+/// iperf3's CPU figures of a run, percent.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IperfCpu {
+    host_total: Option<f64>,
+    remote_total: Option<f64>,
+}
+
+/// One iperf3 run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunSample {
+    rules: usize,
+    repetition: usize,
+    filter: &'static str,
+    traffic: &'static str,
+    value: f64,
+    unit: &'static str,
+    offered_pps: Option<f64>,
+    delivered_pps: Option<f64>,
+    udp_iperf3_pps: Option<UdpAppRates>,
+    tcp_retransmits: Option<u64>,
+    cpu: Option<IperfCpu>,
+}
+
+/// A run through a filter that did not complete (counted as 0).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FailedRun {
+    rules: usize,
+    repetition: usize,
+    filter: &'static str,
+    traffic: &'static str,
+    error: String,
 }
 
 fn measure(
@@ -666,13 +769,13 @@ fn measure(
                                 filter.key(),
                                 traffic.key()
                             );
-                            samples.failed.push(json!({
-                                "rules": n,
-                                "repetition": rep,
-                                "filter": filter.key(),
-                                "traffic": traffic.key(),
-                                "error": error,
-                            }));
+                            samples.failed.push(FailedRun {
+                                rules: n,
+                                repetition: rep,
+                                filter: filter.key(),
+                                traffic: traffic.key(),
+                                error,
+                            });
                             (
                                 0.0,
                                 Run {
@@ -683,19 +786,27 @@ fn measure(
                         }
                     };
                     samples.push(filter, traffic, value);
-                    samples.raw.push(json!({
-                        "rules": n,
-                        "repetition": rep,
-                        "filter": filter.key(),
-                        "traffic": traffic.key(),
-                        "value": value,
-                        "unit": if traffic == Traffic::Tcp { "bit/s" } else { "packets/s received by the server's interface" },
-                        "offered_pps": run.counters.map(|c| c.offered_pps),
-                        "delivered_pps": run.counters.map(|c| c.delivered_pps),
-                        "udp_iperf3_sent_received_pps": if traffic == Traffic::Udp64 { udp_app_pps(&run.report) } else { None },
-                        "tcp_retransmits": run.report["end"]["sum_sent"]["retransmits"].clone(),
-                        "cpu": run.report["end"]["cpu_utilization_percent"].clone(),
-                    }));
+                    let cpu = &run.report["end"]["cpu_utilization_percent"];
+                    samples.runs.push(RunSample {
+                        rules: n,
+                        repetition: rep,
+                        filter: filter.key(),
+                        traffic: traffic.key(),
+                        value,
+                        unit: traffic.unit(),
+                        offered_pps: run.counters.map(|c| c.offered_pps),
+                        delivered_pps: run.counters.map(|c| c.delivered_pps),
+                        udp_iperf3_pps: if traffic == Traffic::Udp64 {
+                            udp_app_pps(&run.report)
+                        } else {
+                            None
+                        },
+                        tcp_retransmits: run.report["end"]["sum_sent"]["retransmits"].as_u64(),
+                        cpu: cpu.is_object().then(|| IperfCpu {
+                            host_total: cpu["host_total"].as_f64(),
+                            remote_total: cpu["remote_total"].as_f64(),
+                        }),
+                    });
                 }
                 Ok(())
             })();
@@ -739,7 +850,7 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
     }
     let (counts, reps, seconds, omit, traffics): (&[usize], usize, u32, u32, &[Traffic]) =
         if budget.quick {
-            (&[100], 1, 1, 0, &[Traffic::Tcp])
+            (&[100], 1, 1, 0, &[Traffic::Tcp, Traffic::Udp64])
         } else {
             (
                 &[100, 1_000, 10_000],
@@ -764,109 +875,229 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
         results.push((n, samples));
     }
     drop(bench);
-    let elapsed = started.elapsed();
 
-    let mut table = String::new();
-    let mut raw_results = Vec::new();
-    let mut targets = Vec::new();
+    let mut traffic_figures = Vec::new();
     for &traffic in traffics {
-        let title = match traffic {
-            Traffic::Tcp => "TCP throughput, one stream (received)",
-            Traffic::Udp64 => {
-                "UDP, 64-byte payloads (packets per second received by the server's interface)"
-            }
-        };
-        let _ = writeln!(
-            table,
-            "**{title}**, median of {reps} run(s) of {seconds} s\n"
-        );
-        table.push_str("| rules | no filter | Wardline | nftables (set) | iptables (linear) | Wardline / no filter | Wardline / nftables | Wardline / iptables |\n");
-        table.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        let mut vs_none = Vec::new();
-        let mut vs_nft = Vec::new();
-        let mut vs_ipt = Vec::new();
-        for (n, s) in &results {
-            let m = |f| s.median(f, traffic);
-            let (none, wl, nft, ipt) = (
-                m(Filter::None),
-                m(Filter::Wardline),
-                m(Filter::Nftables),
-                m(Filter::Iptables),
-            );
-            let (r_none, r_nft, r_ipt) = (ratio(wl, none), ratio(wl, nft), ratio(wl, ipt));
-            vs_none.push((*n, r_none));
-            vs_nft.push((*n, r_nft));
-            vs_ipt.push((*n, r_ipt));
+        let rows = results
+            .iter()
+            .map(|(n, s)| {
+                let m = |f| s.median(f, traffic);
+                let median = ByFilter {
+                    none: m(Filter::None),
+                    wardline: m(Filter::Wardline),
+                    nftables: m(Filter::Nftables),
+                    nftables_stateful: m(Filter::NftablesStateful),
+                    iptables: m(Filter::Iptables),
+                };
+                let wl = median.wardline;
+                Row {
+                    rules: *n,
+                    ratio: Ratios {
+                        wardline_none: ratio(wl, median.none),
+                        wardline_nftables: ratio(wl, median.nftables),
+                        wardline_nftables_stateful: ratio(wl, median.nftables_stateful),
+                        wardline_iptables: ratio(wl, median.iptables),
+                    },
+                    median,
+                }
+            })
+            .collect();
+        traffic_figures.push(TrafficFigures {
+            traffic: traffic.key(),
+            unit: traffic.unit(),
+            rows,
+        });
+    }
+    Section::of(&ThroughputResults {
+        quick: budget.quick,
+        rule_counts: counts.to_vec(),
+        repetitions: reps,
+        seconds_per_run: seconds,
+        omitted_seconds: omit,
+        udp_payload_bytes: UDP_LEN,
+        iptables: iptables_version,
+        traffics: traffic_figures,
+        samples: results.iter().flat_map(|(_, s)| s.runs.clone()).collect(),
+        failed_runs: results.iter().flat_map(|(_, s)| s.failed.clone()).collect(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A figure per filter: the median over the repetitions.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ByFilter {
+    none: f64,
+    wardline: f64,
+    nftables: f64,
+    nftables_stateful: f64,
+    iptables: f64,
+}
+
+/// Wardline's figure over each other case's.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Ratios {
+    wardline_none: f64,
+    wardline_nftables: f64,
+    wardline_nftables_stateful: f64,
+    wardline_iptables: f64,
+}
+
+/// One rule count of one kind of traffic.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Row {
+    rules: usize,
+    median: ByFilter,
+    ratio: Ratios,
+}
+
+/// One kind of traffic at every rule count.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TrafficFigures {
+    /// `tcp` or `udp64`.
+    traffic: &'static str,
+    unit: &'static str,
+    rows: Vec<Row>,
+}
+
+/// What part 2 measured.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThroughputResults {
+    quick: bool,
+    rule_counts: Vec<usize>,
+    repetitions: usize,
+    seconds_per_run: u32,
+    omitted_seconds: u32,
+    udp_payload_bytes: u32,
+    /// `iptables -V`.
+    iptables: String,
+    traffics: Vec<TrafficFigures>,
+    /// Every run.
+    samples: Vec<RunSample>,
+    failed_runs: Vec<FailedRun>,
+    seconds: f64,
+}
+
+impl Results for ThroughputResults {
+    fn tables(&self) -> String {
+        let mut table = String::new();
+        for t in &self.traffics {
+            let Some(traffic) = Traffic::from_key(t.traffic) else {
+                continue;
+            };
+            let title = match traffic {
+                Traffic::Tcp => "TCP throughput, one stream (received)",
+                Traffic::Udp64 => {
+                    "UDP, 64-byte payloads (packets per second received by the server's interface)"
+                }
+            };
             let _ = writeln!(
                 table,
-                "| {} | {} | {} | {} | {} | {r_none:.3} | {r_nft:.2}x | {r_ipt:.2}x |",
-                fmt_n(*n),
-                fmt_value(traffic, none),
-                fmt_value(traffic, wl),
-                fmt_value(traffic, nft),
-                fmt_value(traffic, ipt),
+                "**{title}**, median of {} run(s) of {} s\n",
+                self.repetitions, self.seconds_per_run
             );
-            raw_results.push(json!({
-                "traffic": traffic.key(),
-                "rules": n,
-                "median": {
-                    "none": none, "wardline": wl, "nftables": nft, "iptables": ipt,
-                },
-                "ratio": {
-                    "wardline_none": r_none, "wardline_nftables": r_nft, "wardline_iptables": r_ipt,
-                },
-            }));
+            table.push_str("| rules | no filter | Wardline | nftables, stateless set | nftables, stateful | iptables (linear) | Wardline / no filter | Wardline / nftables stateless | Wardline / nftables stateful | Wardline / iptables |\n");
+            table.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for r in &t.rows {
+                let (m, q) = (&r.median, &r.ratio);
+                let _ = writeln!(
+                    table,
+                    "| {} | {} | {} | {} | {} | {} | {:.3} | {:.2}x | {:.2}x | {:.2}x |",
+                    fmt_n(r.rules),
+                    fmt_value(traffic, m.none),
+                    fmt_value(traffic, m.wardline),
+                    fmt_value(traffic, m.nftables),
+                    fmt_value(traffic, m.nftables_stateful),
+                    fmt_value(traffic, m.iptables),
+                    q.wardline_none,
+                    q.wardline_nftables,
+                    q.wardline_nftables_stateful,
+                    q.wardline_iptables,
+                );
+            }
+            table.push('\n');
         }
-        table.push('\n');
-        let list = |v: &[(usize, f64)], unit: &str| {
-            v.iter()
-                .map(|(n, r)| format!("{}: {r:.2}{unit}", fmt_n(*n)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let label = traffic
-            .key()
-            .replace("udp64", "UDP 64 B")
-            .replace("tcp", "TCP");
-        targets.push((
-            format!(
-                "{label}: Wardline at least 0.95 of no filter ({})",
-                list(&vs_none, "")
-            ),
-            vs_none.iter().all(|(_, r)| *r >= 0.95),
-        ));
-        targets.push((
-            format!(
-                "{label}: Wardline at least 1.2x nftables with a set ({})",
-                list(&vs_nft, "x")
-            ),
-            vs_nft.iter().all(|(_, r)| *r >= 1.2),
-        ));
-        if vs_ipt.len() > 1 {
-            let growing = vs_ipt.windows(2).all(|w| w[1].1 > w[0].1);
-            targets.push((
-                format!(
-                    "{label}: Wardline ahead of the linear iptables chain, by more as N grows ({})",
-                    list(&vs_ipt, "x")
-                ),
-                growing && vs_ipt.iter().all(|(_, r)| *r > 1.0),
-            ));
+        if !self.failed_runs.is_empty() {
+            let _ = writeln!(
+                table,
+                "{} run(s) through a filter did not complete and count as 0 (see the raw results' `failedRuns`).\n",
+                self.failed_runs.len()
+            );
         }
+        table
     }
 
-    let how_to_read = format!(
-        "Three network namespaces: a client, a routing gateway and a server, joined by veth pairs. \
+    fn targets(&self) -> Vec<Target> {
+        let mut targets = Vec::new();
+        for t in &self.traffics {
+            let Some(traffic) = Traffic::from_key(t.traffic) else {
+                continue;
+            };
+            let label = traffic.label();
+            let list = |pick: fn(&Ratios) -> f64, unit: &str| {
+                t.rows
+                    .iter()
+                    .map(|r| format!("{}: {:.2}{unit}", fmt_n(r.rules), pick(&r.ratio)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let all = |pick: fn(&Ratios) -> f64, ok: fn(f64) -> bool| {
+                t.rows.iter().all(|r| ok(pick(&r.ratio)))
+            };
+            targets.push(Target::new(
+                format!(
+                    "{label}: Wardline at least 0.95 of no filter ({})",
+                    list(|q| q.wardline_none, "")
+                ),
+                all(|q| q.wardline_none, |r| r >= 0.95),
+            ));
+            targets.push(Target::new(
+                format!(
+                    "{label}: Wardline at least 1.2x nftables with a set ({})",
+                    list(|q| q.wardline_nftables, "x")
+                ),
+                all(|q| q.wardline_nftables, |r| r >= 1.2),
+            ));
+            if t.rows.len() > 1 {
+                let growing = t
+                    .rows
+                    .windows(2)
+                    .all(|w| w[1].ratio.wardline_iptables > w[0].ratio.wardline_iptables);
+                targets.push(Target::new(
+                    format!(
+                        "{label}: Wardline ahead of the linear iptables chain, by more as N grows ({})",
+                        list(|q| q.wardline_iptables, "x")
+                    ),
+                    growing && all(|q| q.wardline_iptables, |r| r > 1.0),
+                ));
+            }
+        }
+        targets
+    }
+
+    fn how_to_read(&self) -> String {
+        let how_to_read = format!(
+            "Three network namespaces: a client, a routing gateway and a server, joined by veth pairs. \
 The filter under test sits on the gateway's interface towards the client (`{GW_IN}`), so every \
 packet the client sends is judged there before it is routed on; this is the deployment Wardline \
-is built for (a gateway in front of a segment). Four cases, one at a time:\n\n\
+is built for (a gateway in front of a segment). Five cases, one at a time:\n\n\
 - **no filter**: plain forwarding.\n\
 - **Wardline**: a standalone `wardline-agent` enforcing `{GW_IN}` (TC ingress and egress, \
 connection tracking, flow events on) with a policy of N rules.\n\
-- **nftables (set)**: nftables at its best: a `netdev` table with an ingress hook on `{GW_IN}` \
+- **nftables, stateless set**: nftables at its best: a `netdev` table with an ingress hook on `{GW_IN}` \
 and one hash set of N concatenated keys (`ip saddr . ip daddr . meta l4proto . th dport`); \
-a packet in the set is accepted, other IPv4 is dropped (stateless; ARP passes).\n\
+a packet in the set is accepted, other IPv4 is dropped (no connection tracking; ARP passes; \
+replies, which come in on `{GW_OUT}`, are not judged).\n\
+- **nftables, stateful**: what a site replacing nftables runs today: an `inet` table on the \
+forward hook, policy drop, `ct state established,related accept` first, then the same set of \
+N concatenated keys for new connections. The kernel's connection tracking (`nf_conntrack`) \
+follows every forwarded packet, both ways, as Wardline's does.\n\
 - **iptables (linear)**: a FORWARD jump to one chain of N `-s -d -p --dport -j ACCEPT` rules \
-then `DROP` ({iptables_version}). The test's flows match the last two rules, so every \
+then `DROP` ({}). The test's flows match the last two rules, so every \
 forwarded packet walks the whole chain: the worst case of a linear list, which is also what \
 a large, unsorted rule base costs on average.\n\n\
 The N rules are the same in every case: N - 2 host-to-host rules on distinct ports \
@@ -880,56 +1111,35 @@ figures by half). On veth, a packet's whole path through the gateway (and its fi
 the sending CPU's softirq, so CPU 0 carries the client, the forwarding and the filter: the \
 filter's per-packet cost lowers the rate the client reaches. **TCP**: one stream (veth \
 offloads on, as the kernel sets them, so a packet is up to 64 KiB), the rate iperf3's server \
-received. **UDP**: 64-byte payloads sent as fast as the client can (`-b 0`), counted as \
+received. **UDP**: {}-byte payloads sent as fast as the client can (`-b 0`), counted as \
 packets per second the server's interface received (its `rx_packets`, sampled over the \
 measured seconds); iperf3's own receiver, one `recv` per packet on CPU 1, cannot keep up \
-with that and its figures are in the raw results only. {omitted}The cases run in turn, their order rotated at each repetition; a figure is the \
+with that and its figures are in the raw results only. {}The cases run in turn, their order rotated at each repetition; a figure is the \
 median of the repetitions.\n\n\
 Read the **ratios**: they compare cases measured seconds apart on the same machine. The \
 absolute figures are context only: this is a 2-core virtual machine (shared with whatever \
 else runs), so a filter's cost shows as a share of one CPU, not of a NIC's line rate. This part took {:.0} s.",
-        elapsed.as_secs_f64(),
-        omitted = if omit > 0 {
-            "The first second of each run is omitted. "
-        } else {
-            ""
-        },
-    );
-    let failed: Vec<Value> = results.iter().flat_map(|(_, s)| s.failed.clone()).collect();
-    if !failed.is_empty() {
-        let _ = writeln!(
-            table,
-            "{} run(s) through a filter did not complete and count as 0 (see the raw results' `failed_runs`).\n",
-            failed.len()
+            self.iptables,
+            self.udp_payload_bytes,
+            if self.omitted_seconds > 0 {
+                format!(
+                    "The first {} s of each run are omitted. ",
+                    self.omitted_seconds
+                )
+            } else {
+                String::new()
+            },
+            self.seconds,
         );
+        if self.quick {
+            format!(
+                "{how_to_read}\n\nQuick mode: N = 100 only, one {}-second run per case and traffic: a smoke of the harness, not figures to quote.",
+                self.seconds_per_run
+            )
+        } else {
+            how_to_read
+        }
     }
-    let how_to_read = if budget.quick {
-        format!(
-            "{how_to_read}\n\nQuick mode: N = 100 only, one 1-second TCP run per case: a smoke of the harness, not figures to quote."
-        )
-    } else {
-        how_to_read
-    };
-
-    Ok(Section {
-        title: "Throughput through a filtering gateway".to_owned(),
-        how_to_read,
-        table,
-        targets,
-        raw: json!({
-            "quick": budget.quick,
-            "rule_counts": counts,
-            "repetitions": reps,
-            "seconds": seconds,
-            "omitted_seconds": omit,
-            "udp_payload_bytes": UDP_LEN,
-            "iptables": iptables_version,
-            "elapsed_seconds": elapsed.as_secs_f64(),
-            "results": raw_results,
-            "samples": results.iter().flat_map(|(_, s)| s.raw.clone()).collect::<Vec<_>>(),
-            "failed_runs": failed,
-        }),
-    })
 }
 
 #[cfg(test)]
@@ -949,6 +1159,16 @@ mod tests {
         assert_eq!(iptables_rules(&r).matches(" -j ACCEPT").count(), 1_000);
         // One set element per rule, the set and the lookup's keys aside.
         assert_eq!(nft_ruleset(&r).matches(" . ").count(), 3 * 1_000 + 3 + 3);
+        let stateful = nft_stateful_ruleset(&r);
+        assert_eq!(stateful.matches(" . ").count(), 3 * 1_000 + 3 + 3);
+        let ct = stateful
+            .find("ct state established,related accept")
+            .unwrap();
+        let set = stateful.find("@allow accept").unwrap();
+        assert!(
+            ct < set,
+            "known connections are accepted before the set is looked up"
+        );
         assert_eq!(policy_yaml(&r).matches("kind: Policy").count(), 1_000);
         let set = wardline_policy::parse(&policy_yaml(&rules(10_000))).expect("valid policy");
         assert_eq!(set.policies.len(), 10_000);

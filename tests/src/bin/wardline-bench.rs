@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     for p in &run.parts {
         match &p.result {
             Ok(s) => {
-                let met = s.targets.iter().filter(|(_, met)| *met).count();
+                let met = s.targets.iter().filter(|t| t.met).count();
                 eprintln!(
                     "  {:<12} ok in {:>5.1} s, targets met {met}/{}",
                     p.name,
