@@ -8,9 +8,10 @@
 //!
 //! The parts run in turn ([`PARTS`]): the per-packet cost of the kernel
 //! programs ([`packet`]), throughput through a gateway ([`throughput`]),
-//! policy propagation ([`propagation`]) and flow events ([`events`]). A part
-//! that fails or panics does not stop the others: its section says why, and
-//! the run reports the failure at the end. Every part is bounded in time and
+//! policy propagation ([`propagation`]), flow events ([`events`]) and
+//! kernel and agent memory at scale ([`memory`]). A part that fails or
+//! panics does not stop the others: its section says why, and the run
+//! reports the failure at the end. Every part is bounded in time and
 //! packets, and removes the namespaces and pins it created.
 
 use std::panic::AssertUnwindSafe;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub mod events;
+pub mod memory;
 pub mod packet;
 mod procfs;
 pub mod propagation;
@@ -97,7 +99,7 @@ pub struct Part {
 }
 
 /// The parts, in the order they run.
-pub const PARTS: [Part; 4] = [
+pub const PARTS: [Part; 5] = [
     Part {
         name: "packet",
         title: "Per-packet cost in the kernel",
@@ -117,6 +119,11 @@ pub const PARTS: [Part; 4] = [
         name: "events",
         title: "Flow events",
         run: events::run,
+    },
+    Part {
+        name: "memory",
+        title: "Memory: kernel maps and the agent",
+        run: memory::run,
     },
 ];
 
