@@ -8,11 +8,12 @@
 //!
 //! The parts run in turn ([`PARTS`]): the per-packet cost of the kernel
 //! programs ([`packet`]), throughput through a gateway ([`throughput`]),
-//! policy propagation ([`propagation`]), flow events ([`events`]) and
-//! kernel and agent memory at scale ([`memory`]). A part that fails or
-//! panics does not stop the others: its section says why, and the run
-//! reports the failure at the end. Every part is bounded in time and
-//! packets, and removes the namespaces and pins it created.
+//! policy propagation ([`propagation`]), flow events ([`events`]), kernel
+//! and agent memory at scale ([`memory`]) and allowed traffic under a flood
+//! of denied SYNs ([`flood`]). A part that fails or panics does not stop
+//! the others: its section says why, and the run reports the failure at the
+//! end. Every part is bounded in time and packets, and removes the
+//! namespaces and pins it created.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub mod events;
+pub mod flood;
 pub mod memory;
 pub mod packet;
 mod procfs;
@@ -99,7 +101,7 @@ pub struct Part {
 }
 
 /// The parts, in the order they run.
-pub const PARTS: [Part; 5] = [
+pub const PARTS: [Part; 6] = [
     Part {
         name: "packet",
         title: "Per-packet cost in the kernel",
@@ -124,6 +126,11 @@ pub const PARTS: [Part; 5] = [
         name: "memory",
         title: "Memory: kernel maps and the agent",
         run: memory::run,
+    },
+    Part {
+        name: "flood",
+        title: "Allowed traffic under a flood of denied SYNs",
+        run: flood::run,
     },
 ];
 

@@ -23,8 +23,8 @@ struct Args {
     /// The command line the report names (default: this program's own).
     #[arg(long)]
     command: Option<String>,
-    /// Run only this part (packet, throughput, propagation, events,
-    /// memory); may be given more than once. Default: every part.
+    /// Run only this part (packet, throughput, propagation, events, memory,
+    /// flood); may be given more than once. Default: every part.
     #[arg(long = "part", value_name = "NAME", value_parser = part_name)]
     parts: Vec<String>,
 }
