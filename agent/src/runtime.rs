@@ -182,6 +182,7 @@ impl Runtime {
         state.revision = revision;
         state.policy_applied_at = now.format(&Rfc3339).ok();
         drop(state);
+        release_freed_memory();
         tracing::info!(
             generation,
             revision = ?revision,
@@ -314,4 +315,17 @@ pub fn local_addresses() -> nix::Result<Vec<std::net::IpAddr>> {
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// Gives the heap that parsing and compiling a policy freed back to the
+/// system: at 100,000 rules the parser's transient allocations left the
+/// agent at about 590 MiB resident, where the policy it keeps needs a fifth
+/// of that. glibc keeps freed memory for reuse until asked.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // touches no live allocation and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
