@@ -11,11 +11,12 @@
 //! The interfaces are veth devices in a network namespace of the test's own
 //! (`unshare`), so the test run can name them as the packet's interface.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::Command;
 
-use aya::programs::{TestRun, TestRunOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use time::OffsetDateTime;
@@ -381,7 +382,6 @@ impl Lab {
     fn judge(&mut self, p: &Pkt, direction: u8, interface: usize, what: &str) -> bool {
         let frame = build(p);
         let ifindex = self.ifindex[interface];
-        let before = self.enforcer.counters().expect("counters");
         let mut ctx = [0u8; 192];
         // struct __sk_buff: `ifindex` is its eleventh u32.
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
@@ -390,24 +390,8 @@ impl Lab {
         } else {
             abi::PROG_EGRESS
         };
-        let ret = self
-            .enforcer
-            .program(name)
-            .expect("program")
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("test run of {what}: {e}"))
-            .return_value as i32;
-        let after = self.enforcer.counters().expect("counters");
-        let d = direction as usize;
-        let moved: Vec<usize> = (0..abi::REASON_COUNT)
-            .filter(|r| after.packets[d][*r] != before.packets[d][*r])
-            .collect();
-        assert_eq!(moved.len(), 1, "{what}: one counter per packet: {moved:?}");
-        let kernel = abi::Reason::from_u8(moved[0] as u8).expect("a reason");
+        let (kernel, ret) = common::run(&mut self.enforcer, name, &frame, Some(&ctx))
+            .unwrap_or_else(|e| panic!("test run of {what}: {e}"));
         while self.ring.next().is_some() {}
         let reference = Reference::new(&self.sets[self.live], self.now, &self.failsafe, &[])
             .with_local(&self.local);
@@ -698,13 +682,6 @@ fn step(lab: &mut Lab, rng: &mut StdRng, c: &mut Conversation, n: usize) {
     }
 }
 
-struct Cleanup(std::path::PathBuf, String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = enforcer::uninstall(&self.0, &self.1);
-    }
-}
-
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip runs");
     assert!(
@@ -774,10 +751,7 @@ fn privileged_kernel_agrees_with_reference_over_conversations() {
         })
         .collect();
 
-    let bpffs = std::path::PathBuf::from("/sys/fs/bpf");
-    let node = format!("wl-test-conv-{}", std::process::id());
-    let _cleanup = Cleanup(bpffs.clone(), node.clone());
-    let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
+    let (mut enforcer, _pins) = common::open("conv");
     enforcer.set_local_rules(&failsafe, &[]).unwrap();
     enforcer.set_local_addresses(&local).unwrap();
     let ring = enforcer.take_events().unwrap();

@@ -4,9 +4,10 @@
 //! instant use the generation it starts. A tracked connection admitted
 //! before a window closed is cut by its next packet.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use aya::programs::{TestRun, TestRunOptions};
 use time::OffsetDateTime;
 use wardline_agent::enforcer::{self, Enforcer, Scheduled};
 use wardline_ebpf_abi as abi;
@@ -23,13 +24,6 @@ kind: Segment
 metadata: {name: pumps}
 spec: {cidrs: ["198.18.30.0/24"]}
 "#;
-
-struct Cleanup(std::path::PathBuf, String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = enforcer::uninstall(&self.0, &self.1);
-    }
-}
 
 /// A TCP packet from the vendor's 203.0.113.7:40000 to a pump's :22.
 fn frame(flags: u8, reply: bool) -> Vec<u8> {
@@ -48,33 +42,16 @@ fn frame(flags: u8, reply: bool) -> Vec<u8> {
     f
 }
 
-/// The reason the ingress program gives `frame`.
+/// The reason `program` gives `frame`.
 fn judge(enforcer: &mut Enforcer, frame: &[u8], program: &str) -> abi::Reason {
-    let before = enforcer.counters().unwrap();
-    enforcer
-        .program(program)
-        .unwrap()
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            ..TestRunOptions::default()
-        })
-        .unwrap();
-    let after = enforcer.counters().unwrap();
-    let d = if program == abi::PROG_INGRESS { 0 } else { 1 };
-    let moved: Vec<usize> = (0..abi::REASON_COUNT)
-        .filter(|r| after.packets[d][*r] != before.packets[d][*r])
-        .collect();
-    assert_eq!(moved.len(), 1, "one counter per packet");
-    abi::Reason::from_u8(moved[0] as u8).unwrap()
+    common::run(enforcer, program, frame, None)
+        .expect("test run")
+        .0
 }
 
 #[test]
 #[ignore = "needs root: run via cargo xtask test"]
 fn privileged_a_vendor_window_opens_and_closes_in_the_kernel() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "needs root: run via cargo xtask test"
-    );
     let now = OffsetDateTime::now_utc();
     let opens = now + Duration::from_millis(700);
     let closes = now + Duration::from_millis(1400);
@@ -94,10 +71,7 @@ fn privileged_a_vendor_window_opens_and_closes_in_the_kernel() {
     let (before, during, after) = (compile(now), compile(opens), compile(closes));
     assert_eq!(before.next_change, Some(opens));
 
-    let bpffs = std::path::PathBuf::from("/sys/fs/bpf");
-    let node = format!("wl-test-sched-{}", std::process::id());
-    let _cleanup = Cleanup(bpffs.clone(), node.clone());
-    let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
+    let (mut enforcer, _pins) = common::open("sched");
     let tai = enforcer::tai_ns();
     let at = |t: OffsetDateTime| tai + (t - now).whole_nanoseconds() as u64;
     let applied = enforcer
@@ -166,17 +140,10 @@ fn privileged_a_vendor_window_opens_and_closes_in_the_kernel() {
 #[test]
 #[ignore = "needs root: run via cargo xtask test"]
 fn privileged_every_apply_takes_a_new_generation_number() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "needs root: run via cargo xtask test"
-    );
     let now = OffsetDateTime::now_utc();
     let set = wardline_policy::parse(SEGMENTS).expect("test policy parses");
     let dp = Dataplane::compile(&set, &CompileOptions::at(now)).unwrap();
-    let bpffs = std::path::PathBuf::from("/sys/fs/bpf");
-    let node = format!("wl-test-gens-{}", std::process::id());
-    let _cleanup = Cleanup(bpffs.clone(), node.clone());
-    let mut enforcer = Enforcer::open(&bpffs, &node).expect("load programs");
+    let (mut enforcer, _pins) = common::open("gens");
     let far = enforcer::tai_ns() + 3600 * abi::SECOND_NS;
     let mut seen = Vec::new();
     for round in 0..6 {
