@@ -354,7 +354,6 @@ pub struct Hook {
 struct Flow {
     last_seen_ns: u64,
     generation: u32,
-    src_segment: u32,
     status: u8,
     tcp: u8,
     binding: u8,
@@ -562,7 +561,6 @@ impl Tracker {
             };
             let (reason, _) = cx.r.decide(src, dst, initiator.proto, port);
             f.generation = cx.generation;
-            f.src_segment = src;
             f.status = status_of(reason);
             return if f.status == FLOW_DENIED {
                 Reason::DroppedFlow
@@ -620,7 +618,7 @@ impl Tracker {
     ) -> Outcome {
         if trackable {
             if cx.r.is_failsafe(cx.p) {
-                self.track(cx, key, Reason::Failsafe, SEGMENT_WORLD);
+                self.track(cx, key, Reason::Failsafe);
                 return Outcome::bare(Reason::Failsafe);
             }
             if let Some(d) = self.denied.get(key).copied()
@@ -651,13 +649,13 @@ impl Tracker {
                     },
                 );
             } else {
-                self.track(cx, key, outcome.reason, outcome.src_segment);
+                self.track(cx, key, outcome.reason);
             }
         }
         outcome
     }
 
-    fn track(&mut self, cx: &Cx<'_, '_>, key: &FlowKey, reason: Reason, src_segment: u32) {
+    fn track(&mut self, cx: &Cx<'_, '_>, key: &FlowKey, reason: Reason) {
         let ingress = cx.hook.direction == DIR_INGRESS;
         let mut tcp = 0;
         if key.proto == PROTO_TCP && cx.p.tcp_flags & crate::packet::TCP_RST != 0 {
@@ -673,7 +671,6 @@ impl Tracker {
         self.flows.entry(*key).or_insert(Flow {
             last_seen_ns: cx.now,
             generation: cx.generation,
-            src_segment,
             status: status_of(reason),
             tcp,
             binding: if ingress { BOUND_ORIG } else { 0 },
@@ -682,11 +679,6 @@ impl Tracker {
             reply_ifindex: if ingress { 0 } else { cx.hook.ifindex },
             reply_vlan: 0,
         });
-    }
-
-    /// Connections tracked (passing or cut), for tests.
-    pub fn connections(&self) -> usize {
-        self.flows.len()
     }
 }
 
