@@ -2,7 +2,8 @@
 //! TCP, UDP, ICMP and ICMPv6 echo and destination-unreachable errors, with
 //! any source address and ports and an optional 802.1Q tag, every checksum
 //! filled in. [`summarize`] and [`Filter`] read frames back for its
-//! sniffer.
+//! sniffer. `wardline-flood` builds its SYNs here too, and the probe's
+//! pings use its ICMP numbers, echo layout and checksum.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -21,12 +22,14 @@ pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_URG: u8 = 0x20;
 
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// The largest IP packet this builder makes (an IPv4 total length).
 const MAX_IP_PACKET: usize = 65_535;
@@ -189,6 +192,17 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     fold(sum_words(data))
 }
 
+/// An ICMP or ICMPv6 echo message of type `kind`: type, code, a checksum
+/// left at zero, identifier, sequence number, payload.
+pub fn echo_message(kind: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(8 + payload.len());
+    message.extend_from_slice(&[kind, 0, 0, 0]);
+    message.extend_from_slice(&id.to_be_bytes());
+    message.extend_from_slice(&seq.to_be_bytes());
+    message.extend_from_slice(payload);
+    message
+}
+
 /// The pseudo-header TCP, UDP and ICMPv6 checksums cover.
 fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {
     let mut h = Vec::with_capacity(40);
@@ -282,9 +296,7 @@ fn quoted_packet(q: &Quoted, tail: &[u8]) -> Vec<u8> {
             } else {
                 ICMPV6_ECHO_REQUEST
             };
-            transport.extend_from_slice(&[kind, 0, 0, 0]);
-            transport.extend_from_slice(&q.sport.to_be_bytes());
-            transport.extend_from_slice(&[0, 1]);
+            transport.extend_from_slice(&echo_message(kind, q.sport, 1, &[]));
             icmp_proto(v4)
         }
     };
@@ -335,11 +347,7 @@ fn transport_bytes(spec: &FrameSpec) -> Result<(u8, Vec<u8>), FrameError> {
                 (false, true) => ICMPV6_ECHO_REQUEST,
                 (false, false) => ICMPV6_ECHO_REPLY,
             };
-            let mut s = vec![kind, 0, 0, 0];
-            s.extend_from_slice(&id.to_be_bytes());
-            s.extend_from_slice(&seq.to_be_bytes());
-            s.extend_from_slice(payload);
-            (icmp_proto(v4), s, 2)
+            (icmp_proto(v4), echo_message(kind, id, seq, payload), 2)
         }
         Transport::Unreachable { code, quoted } => {
             if !same_family(quoted.src, src) || !same_family(quoted.dst, src) {

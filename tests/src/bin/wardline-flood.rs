@@ -8,12 +8,13 @@
 //! `sendmmsg`. Stops after `--count` frames or `--seconds`, whichever comes
 //! first, and prints `sent=N elapsed_ms=M`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use nix::libc;
+use wardline_tests::frame::{self, FrameSpec, Mac, PROTO_TCP, TCP_SYN, Transport};
 
 /// Frames per `sendmmsg` call.
 const BATCH: usize = 256;
@@ -65,17 +66,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!("`{text}` is not a MAC address"));
-    }
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte =
-            u8::from_str_radix(part, 16).map_err(|_| format!("`{text}` is not a MAC address"))?;
-    }
-    Ok(mac)
+fn parse_mac(text: &str) -> Result<Mac, String> {
+    frame::parse_mac(text).map_err(|e| e.to_string())
 }
 
 fn parse_prefix(text: &str) -> Result<(u32, u32), String> {
@@ -94,59 +86,52 @@ fn parse_prefix(text: &str) -> Result<(u32, u32), String> {
     Ok((u32::from(addr) & !(size - 1), size))
 }
 
-/// The one's complement sum of `data` as 16-bit words, unfolded.
-fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|pair| {
-            u32::from(u16::from_be_bytes([
-                pair[0],
-                pair.get(1).copied().unwrap_or(0),
-            ]))
-        })
-        .sum()
+/// The IPv4 addresses of `syn`'s header.
+fn addresses(syn: &[u8]) -> (IpAddr, IpAddr) {
+    let ip = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&syn[at..at + 4]).expect("4 bytes"));
+    (ip(26), ip(30))
 }
 
-fn fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Writes the SYN from `src:sport` into `frame`, whose other bytes hold the
+/// Writes the SYN from `src:sport` into `syn`, whose other bytes hold the
 /// template.
-fn fill(frame: &mut [u8], src: u32, sport: u16, seq: u32) {
-    frame[26..30].copy_from_slice(&src.to_be_bytes());
-    frame[34..36].copy_from_slice(&sport.to_be_bytes());
-    frame[38..42].copy_from_slice(&seq.to_be_bytes());
-    frame[24..26].copy_from_slice(&[0, 0]);
-    let ip_sum = fold(sum16(&frame[14..34]));
-    frame[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    frame[50..52].copy_from_slice(&[0, 0]);
-    // Pseudo-header: source, destination, protocol, TCP length.
-    let pseudo = sum16(&frame[26..34]) + 6 + 20;
-    let tcp_sum = fold(pseudo + sum16(&frame[34..54]));
-    frame[50..52].copy_from_slice(&tcp_sum.to_be_bytes());
+fn fill(syn: &mut [u8], src: u32, sport: u16, seq: u32) {
+    syn[26..30].copy_from_slice(&src.to_be_bytes());
+    syn[34..36].copy_from_slice(&sport.to_be_bytes());
+    syn[38..42].copy_from_slice(&seq.to_be_bytes());
+    syn[24..26].copy_from_slice(&[0, 0]);
+    let ip_sum = frame::internet_checksum(&syn[14..34]);
+    syn[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    syn[50..52].copy_from_slice(&[0, 0]);
+    let (from, to) = addresses(syn);
+    let tcp_sum = frame::transport_checksum(from, to, PROTO_TCP, &syn[34..54]);
+    syn[50..52].copy_from_slice(&tcp_sum.to_be_bytes());
 }
 
-fn template(src_mac: [u8; 6], dst_mac: [u8; 6], dst: Ipv4Addr, dport: u16) -> [u8; FRAME_LEN] {
-    let mut f = [0u8; FRAME_LEN];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    // IPv4: version 4, IHL 5, total length 40, DF, TTL 64, TCP.
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&40u16.to_be_bytes());
-    f[20] = 0x40;
-    f[22] = 64;
-    f[23] = 6;
-    f[30..34].copy_from_slice(&dst.octets());
-    // TCP: destination port, data offset 5, SYN, window 64240.
-    f[36..38].copy_from_slice(&dport.to_be_bytes());
-    f[46] = 5 << 4;
-    f[47] = 0x02;
-    f[48..50].copy_from_slice(&64240u16.to_be_bytes());
-    f
+/// The SYN towards `dst:dport` that [`fill`] completes: IPv4 (identification
+/// 0, don't fragment, TTL 64), TCP with no options (window 64240), no
+/// payload; source address and port zero.
+fn template(src_mac: Mac, dst_mac: Mac, dst: Ipv4Addr, dport: u16) -> [u8; FRAME_LEN] {
+    let syn = FrameSpec {
+        dst_mac,
+        src_mac,
+        vlan: None,
+        src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(dst),
+        ttl: 64,
+        ip_id: 0,
+        transport: Transport::Tcp {
+            sport: 0,
+            dport,
+            flags: TCP_SYN,
+            seq: 0,
+            ack: 0,
+        },
+        payload: Vec::new(),
+    };
+    let built = frame::build(&syn).expect("an IPv4 SYN without payload is always built");
+    built
+        .try_into()
+        .expect("Ethernet, IPv4 and TCP headers without options")
 }
 
 fn flood(cli: &Cli) -> Result<(u64, Duration), String> {
@@ -290,9 +275,17 @@ mod tests {
     fn frames_carry_valid_checksums() {
         let mut f = template([2; 6], [4; 6], Ipv4Addr::new(198, 18, 41, 10), 8080);
         fill(&mut f, u32::from(Ipv4Addr::new(203, 0, 113, 7)), 4242, 1);
-        assert_eq!(fold(sum16(&f[14..34])), 0, "IPv4 header checksum");
-        let pseudo = sum16(&f[26..34]) + 6 + 20;
-        assert_eq!(fold(pseudo + sum16(&f[34..54])), 0, "TCP checksum");
+        assert_eq!(
+            frame::internet_checksum(&f[14..34]),
+            0,
+            "IPv4 header checksum"
+        );
+        let (src, dst) = addresses(&f);
+        assert_eq!(
+            frame::transport_checksum(src, dst, PROTO_TCP, &f[34..54]),
+            0,
+            "TCP checksum"
+        );
         assert_eq!(&f[26..30], &[203, 0, 113, 7]);
         assert_eq!(&f[34..36], &4242u16.to_be_bytes());
         assert_eq!(f[47], 0x02, "SYN only");

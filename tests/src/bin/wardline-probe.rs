@@ -20,6 +20,11 @@ use nix::sys::socket::{
     sockopt,
 };
 use nix::sys::time::TimeVal;
+use wardline_tests::frame::{
+    ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH,
+    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_TIME_EXCEEDED, PROTO_ICMP, PROTO_ICMPV6,
+    echo_message, internet_checksum,
+};
 
 /// How long `serve` keeps an idle TCP connection open.
 const IDLE_CONNECTION: Duration = Duration::from_secs(120);
@@ -496,42 +501,11 @@ fn udp_echo(target: SocketAddr, timeout: Duration) -> Result<Duration, Failure> 
 
 // ----------------------------------------------------------------- ping --
 
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_TIME_EXCEEDED: u8 = 3;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
-const IPPROTO_ICMPV6: u8 = 58;
-
-/// The RFC 1071 Internet checksum.
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|pair| {
-            u32::from(u16::from_be_bytes([
-                pair[0],
-                pair.get(1).copied().unwrap_or(0),
-            ]))
-        })
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An echo request: type, code, checksum, identifier, sequence, payload.
 /// The checksum is filled in for ICMP; for ICMPv6 the kernel computes it
 /// (it covers a pseudo-header the sender cannot see).
 fn echo_request(kind: u8, ident: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut packet = Vec::with_capacity(8 + payload.len());
-    packet.extend_from_slice(&[kind, 0, 0, 0]);
-    packet.extend_from_slice(&ident.to_be_bytes());
-    packet.extend_from_slice(&seq.to_be_bytes());
-    packet.extend_from_slice(payload);
+    let mut packet = echo_message(kind, ident, seq, payload);
     if kind == ICMP_ECHO_REQUEST {
         let sum = internet_checksum(&packet);
         packet[2..4].copy_from_slice(&sum.to_be_bytes());
@@ -679,8 +653,10 @@ fn receive_icmp(
                 |quoted| {
                     let first = *quoted.first()?;
                     // The quoted packet must be ICMP to our target.
-                    (quoted.len() >= 20 && quoted[9] == 1 && quoted[16..20] == v4.ip().octets())
-                        .then_some(usize::from(first & 0x0f) * 4)
+                    (quoted.len() >= 20
+                        && quoted[9] == PROTO_ICMP
+                        && quoted[16..20] == v4.ip().octets())
+                    .then_some(usize::from(first & 0x0f) * 4)
                 },
             );
             // Errors come from routers; replies only from the target.
@@ -704,7 +680,7 @@ fn receive_icmp(
                     // Fixed header, no extension headers: that is how the
                     // probe sends.
                     (quoted.len() >= 40
-                        && quoted[6] == IPPROTO_ICMPV6
+                        && quoted[6] == PROTO_ICMPV6
                         && quoted[24..40] == v6.ip().octets())
                     .then_some(40)
                 },
