@@ -27,6 +27,9 @@ use crate::probe::probe_bin;
 /// The forge binary's name.
 pub const FORGE_BIN_NAME: &str = "wardline-forge";
 
+/// The SYN flooder's name.
+pub const FLOOD_BIN_NAME: &str = "wardline-flood";
+
 /// How long a sniffer listens: the forged frames are all sent within its
 /// first tenth.
 pub const SNIFF_WINDOW: Duration = Duration::from_millis(1000);
@@ -36,17 +39,29 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 static MARKERS: AtomicU32 = AtomicU32::new(0);
 
-/// `wardline-forge`, next to the probe. Panics, saying how to build it, if
-/// it is not there.
+/// The attack tool `name`, next to the probe. Panics, saying how to build
+/// it, if it is not there.
 #[track_caller]
-pub fn forge_bin() -> PathBuf {
-    let bin = probe_bin().with_file_name(FORGE_BIN_NAME);
+fn tool_bin(name: &str) -> PathBuf {
+    let bin = probe_bin().with_file_name(name);
     assert!(
         bin.is_file(),
         "{} not found: build the binaries first with `cargo build --workspace --bins`",
         bin.display()
     );
     bin
+}
+
+/// `wardline-forge`, next to the probe (see [`tool_bin`]).
+#[track_caller]
+pub fn forge_bin() -> PathBuf {
+    tool_bin(FORGE_BIN_NAME)
+}
+
+/// `wardline-flood`, next to the probe (see [`tool_bin`]).
+#[track_caller]
+pub fn flood_bin() -> PathBuf {
+    tool_bin(FLOOD_BIN_NAME)
 }
 
 /// What a forged packet carries.
@@ -84,6 +99,17 @@ pub struct QuotedTuple {
     pub proto: &'static str,
     pub src: SocketAddr,
     pub dst: SocketAddr,
+}
+
+impl QuotedTuple {
+    /// A TCP segment `src -> dst`.
+    pub fn tcp(src: SocketAddr, dst: SocketAddr) -> QuotedTuple {
+        QuotedTuple {
+            proto: "tcp",
+            src,
+            dst,
+        }
+    }
 }
 
 /// A forged packet: addresses, what it carries, how many copies, and the
@@ -445,7 +471,9 @@ impl Netns {
     }
 
     /// Sniffs `receiver`'s `receiver_if` while `self` forges `packet` out of
-    /// `interface` towards `dst_mac`; how many copies arrived.
+    /// `interface` towards `dst_mac`; how many copies arrived within
+    /// [`SNIFF_WINDOW`] (the sniffer stops once `stop_after` did: `Some(1)`
+    /// asks whether one arrives).
     #[track_caller]
     pub fn forge_and_count(
         &self,
@@ -454,26 +482,11 @@ impl Netns {
         packet: &Forged,
         receiver: &Netns,
         receiver_if: &str,
+        stop_after: Option<u64>,
     ) -> u64 {
-        let sniffer = receiver.sniff(receiver_if, &packet.filter(), SNIFF_WINDOW);
+        let sniffer = receiver.sniff_until(receiver_if, &packet.filter(), SNIFF_WINDOW, stop_after);
         self.forge(interface, dst_mac, packet);
         sniffer.matched()
-    }
-
-    /// Like [`Netns::forge_and_count`], for a packet that should arrive:
-    /// whether one copy did (the sniffer stops at the first).
-    #[track_caller]
-    pub fn forge_arrives(
-        &self,
-        interface: &str,
-        dst_mac: &str,
-        packet: &Forged,
-        receiver: &Netns,
-        receiver_if: &str,
-    ) -> bool {
-        let sniffer = receiver.sniff_until(receiver_if, &packet.filter(), SNIFF_WINDOW, Some(1));
-        self.forge(interface, dst_mac, packet);
-        sniffer.matched() > 0
     }
 }
 
@@ -644,11 +657,7 @@ mod tests {
         let err = Forged::unreachable(
             "198.51.100.10".parse().unwrap(),
             "198.18.41.10".parse().unwrap(),
-            QuotedTuple {
-                proto: "tcp",
-                src: b,
-                dst: a,
-            },
+            QuotedTuple::tcp(b, a),
         );
         assert_eq!(err.filter().icmp_type, Some(3));
         let joined = err.args().join(" ");

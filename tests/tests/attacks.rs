@@ -9,7 +9,7 @@
 //! forged, so that what stops a forgery is Wardline, not the routing code.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use wardline_tests::agent::Agent;
@@ -61,6 +61,21 @@ fn routed_agent(topo: &Topology, policies: &[String], extra_spec: &str) -> Agent
     )
 }
 
+/// The routed gateway's agent with one policy: ws may reach ehr's tcp/443.
+fn ws_ehr_web_agent(topo: &Topology) -> Agent {
+    routed_agent(
+        topo,
+        &[policy(
+            "ws-ehr-web",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 443}]",
+        )],
+        "",
+    )
+}
+
 /// The gateway's MAC on the interface facing `label`: where a host of that
 /// subnet sends its frames.
 fn gateway_mac(topo: &Topology, label: &str) -> String {
@@ -81,6 +96,18 @@ fn gateway_ip(topo: &Topology, label: &str, v4: bool) -> IpAddr {
             IpAddr::V6(s.into())
         }
     }
+}
+
+/// Checks that the failsafe lets host `label` reach the gateway's own SSH
+/// (port 22) at its address on `label`'s subnet.
+#[track_caller]
+fn assert_reaches_own_ssh(topo: &Topology, agent: &Agent, label: &str, v4: bool) {
+    let ssh = gateway_ip(topo, label, v4);
+    assert!(
+        topo.host(label).ns.tcp_ok(ssh, 22),
+        "the failsafe lets {label} reach the gateway's own SSH at {ssh}; log:\n{}",
+        agent.log()
+    );
 }
 
 /// The agent's packet counters by reason, both directions summed, when it
@@ -156,18 +183,98 @@ fn reported(agent: &Agent, src: IpAddr, dport: u16) -> Vec<String> {
         .collect()
 }
 
-/// Panics with every hole found, once all of them were tried.
+/// The holes an attack test finds, all reported at the end
+/// ([`Holes::none`]), each told with what the agent counted while it was
+/// made.
+struct Holes<'a> {
+    agent: &'a Agent,
+    ns: &'a Netns,
+    found: Vec<String>,
+}
+
+impl<'a> Holes<'a> {
+    /// Holes in the dataplane of `agent`, running in `ns`.
+    fn new(agent: &'a Agent, ns: &'a Netns) -> Holes<'a> {
+        Holes {
+            agent,
+            ns,
+            found: Vec::new(),
+        }
+    }
+
+    /// Runs `attack` with the agent's counters watched: when it tells what
+    /// got through, that is a hole, recorded with what was counted
+    /// meanwhile.
+    fn watch(&mut self, attack: impl FnOnce() -> Option<String>) {
+        let watch = Watch::start(self.agent, self.ns);
+        if let Some(hole) = attack() {
+            self.found.push(format!("{hole}; {}", watch.counted()));
+        }
+    }
+
+    /// A hole told as it is.
+    fn push(&mut self, hole: String) {
+        self.found.push(hole);
+    }
+
+    /// A hole unless `conn`, the genuine connection `what`, still echoes a
+    /// line (`tag`).
+    fn still_echoes(&mut self, conn: &TcpStream, tag: &str, what: &str) {
+        if let Err(e) = echo(conn, tag, WAIT) {
+            self.push(format!("{what} broke: {e}"));
+        }
+    }
+
+    /// Panics with every hole found, once all of them were tried.
+    #[track_caller]
+    fn none(self) {
+        assert!(
+            self.found.is_empty(),
+            "{} hole(s):\n{}",
+            self.found.len(),
+            self.found
+                .iter()
+                .map(|h| format!("  - {h}\n"))
+                .collect::<String>()
+        );
+    }
+}
+
+/// How many copies of `packet`, forged out of `sender`'s eth0 in frames for
+/// `mac`, arrived on `receiver`'s eth0.
 #[track_caller]
-fn no_holes(holes: &[String]) {
-    assert!(
-        holes.is_empty(),
-        "{} hole(s):\n{}",
-        holes.len(),
-        holes
-            .iter()
-            .map(|h| format!("  - {h}\n"))
-            .collect::<String>()
-    );
+fn arrivals(sender: &Netns, mac: &str, packet: &Forged, receiver: &Netns) -> u64 {
+    sender.forge_and_count("eth0", mac, packet, receiver, "eth0", None)
+}
+
+/// Whether a copy of `packet`, forged as for [`arrivals`], arrived.
+#[track_caller]
+fn arrives(sender: &Netns, mac: &str, packet: &Forged, receiver: &Netns) -> bool {
+    sender.forge_and_count("eth0", mac, packet, receiver, "eth0", Some(1)) > 0
+}
+
+/// [`arrivals`], if any copy arrived.
+#[track_caller]
+fn leaked(sender: &Netns, mac: &str, packet: &Forged, receiver: &Netns) -> Option<u64> {
+    let arrived = arrivals(sender, mac, packet, receiver);
+    (arrived > 0).then_some(arrived)
+}
+
+/// A TCP connection `client -> server` that `who` opens from `ns`, once its
+/// first line (`tag`) was echoed.
+#[track_caller]
+fn connected(
+    ns: &Netns,
+    who: &str,
+    client: SocketAddr,
+    server: SocketAddr,
+    tag: &str,
+) -> TcpStream {
+    let conn = tcp_from(ns, client, server, WAIT)
+        .unwrap_or_else(|e| panic!("{who} may connect {client} -> {server}: {e}"));
+    echo(&conn, tag, WAIT)
+        .unwrap_or_else(|e| panic!("{who}'s connection {client} -> {server} echoes: {e}"));
+    conn
 }
 
 /// The reverse of `packet`'s filter: the answer `packet` provokes.
@@ -198,27 +305,23 @@ fn forge_and_sniff_round_trip() {
     let udp = Forged::udp(at(src, 40000), at(dst, 53));
     let other = Forged::udp(at(src, 40000), at(dst, 53));
     let sniff_other = b.sniff("eth0", &other.filter(), SNIFF_WINDOW);
-    assert_eq!(a.forge_and_count("eth0", &b_mac, &udp, &b, "eth0"), 3);
-    assert!(a.forge_arrives("eth0", &b_mac, &udp, &b, "eth0"));
+    assert_eq!(arrivals(&a, &b_mac, &udp, &b), 3);
+    assert!(arrives(&a, &b_mac, &udp, &b));
     assert_eq!(sniff_other.matched(), 0, "another marker is not counted");
     let tagged = Forged::tcp(at(src, 1), at(dst, 2)).flags("syn").vlan(40);
-    assert_eq!(a.forge_and_count("eth0", &b_mac, &tagged, &b, "eth0"), 3);
+    assert_eq!(arrivals(&a, &b_mac, &tagged, &b), 3);
     let error = Forged::unreachable(
         src,
         dst,
-        QuotedTuple {
-            proto: "tcp",
-            src: at(dst, 40443),
-            dst: at("198.18.1.1".parse().unwrap(), 443),
-        },
+        QuotedTuple::tcp(at(dst, 40443), at("198.18.1.1".parse().unwrap(), 443)),
     );
-    assert_eq!(a.forge_and_count("eth0", &b_mac, &error, &b, "eth0"), 3);
+    assert_eq!(arrivals(&a, &b_mac, &error, &b), 3);
     let echo6 = Forged::echo_request(
         "2001:db8::1".parse().unwrap(),
         "2001:db8::2".parse().unwrap(),
         7,
     );
-    assert_eq!(a.forge_and_count("eth0", &b_mac, &echo6, &b, "eth0"), 3);
+    assert_eq!(arrivals(&a, &b_mac, &echo6, &b), 3);
 }
 
 /// Attack: the gateway's failsafe lets the outside subnet reach its own SSH
@@ -246,14 +349,9 @@ fn attack_failsafe_by_source_port() {
         &failsafe("ingress", 22, &["198.51.100.0/24", "2001:db8:99::/64"]),
     );
     let (pump, ext) = (topo.host("pump"), topo.host("ext"));
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for v4 in families() {
-        let ssh = gateway_ip(&topo, "ext", v4);
-        assert!(
-            ext.ns.tcp_ok(ssh, 22),
-            "the failsafe lets ext reach the gateway's own SSH at {ssh}; log:\n{}",
-            agent.log()
-        );
+        assert_reaches_own_ssh(&topo, &agent, "ext", v4);
         let to = at(ip(ext, v4), 443);
         let control = at(ip(pump, v4), 40022);
         assert!(
@@ -261,17 +359,18 @@ fn attack_failsafe_by_source_port() {
             "default deny: {control} -> {to} fails"
         );
         let from = at(ip(pump, v4), 22);
-        let watch = Watch::start(&agent, topo.agent_ns());
-        let got = tcp_from(&pump.ns, from, to, WAIT).and_then(|s| echo(&s, "from port 22", WAIT));
-        if got.is_ok() {
-            holes.push(format!(
-                "{from} -> {to} was echoed: its source port 22 matched the failsafe \
-                 `ingress tcp/22` entry (from port 40022 it is dropped); {}",
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            let got =
+                tcp_from(&pump.ns, from, to, WAIT).and_then(|s| echo(&s, "from port 22", WAIT));
+            got.is_ok().then(|| {
+                format!(
+                    "{from} -> {to} was echoed: its source port 22 matched the failsafe \
+                     `ingress tcp/22` entry (from port 40022 it is dropped)"
+                )
+            })
+        });
     }
-    no_holes(&holes);
+    holes.none();
 }
 
 /// Attack: the gateway's failsafe lets it reach its control plane
@@ -302,7 +401,7 @@ fn attack_forged_control_plane_address() {
     );
     no_reverse_path_filter(topo.agent_ns());
     let gw_mac = gateway_mac(&topo, "ext");
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for (cp, v4) in [(cp_v4, true), (cp_v6, false)] {
         assert!(
             topo.agent_ns().tcp_ok(cp, 7443),
@@ -311,29 +410,24 @@ fn attack_forged_control_plane_address() {
         );
         let to = at(ip(pump, v4), 443);
         let control = Forged::tcp(at(cp, 40443), to).flags("syn");
-        let arrived = ext
-            .ns
-            .forge_and_count("eth0", &gw_mac, &control, &pump.ns, "eth0");
         assert_eq!(
-            arrived, 0,
+            arrivals(&ext.ns, &gw_mac, &control, &pump.ns),
+            0,
             "default deny: {} -> {to} is dropped",
             control.src
         );
         let from = at(cp, 7443);
         let forged = Forged::tcp(from, to).flags("syn");
-        let watch = Watch::start(&agent, topo.agent_ns());
-        let arrived = ext
-            .ns
-            .forge_and_count("eth0", &gw_mac, &forged, &pump.ns, "eth0");
-        if arrived > 0 {
-            holes.push(format!(
-                "{arrived} SYNs forged from the control plane's {from} to {to} reached the \
-                 pump: the source port 7443 matched the failsafe `egress tcp/7443` entry; {}",
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            leaked(&ext.ns, &gw_mac, &forged, &pump.ns).map(|arrived| {
+                format!(
+                    "{arrived} SYNs forged from the control plane's {from} to {to} reached the \
+                     pump: the source port 7443 matched the failsafe `egress tcp/7443` entry"
+                )
+            })
+        });
     }
-    no_holes(&holes);
+    holes.none();
 }
 
 /// Attack: the gateway's failsafe lets the workstations reach its own SSH
@@ -355,29 +449,24 @@ fn attack_forwarded_traffic_matching_a_failsafe() {
         &failsafe("ingress", 22, &["198.18.20.0/24", "2001:db8:20::/64"]),
     );
     let (ws, ehr) = (topo.host("ws"), topo.host("ehr"));
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for v4 in families() {
-        let own = gateway_ip(&topo, "ws", v4);
-        assert!(
-            ws.ns.tcp_ok(own, 22),
-            "the failsafe lets ws reach the gateway's own SSH at {own}; log:\n{}",
-            agent.log()
-        );
+        assert_reaches_own_ssh(&topo, &agent, "ws", v4);
         let target = ip(ehr, v4);
         assert!(
             !ws.ns.tcp_ok(target, 8080),
             "default deny: ws may not reach {target}:8080"
         );
-        let watch = Watch::start(&agent, topo.agent_ns());
-        if ws.ns.tcp_ok(target, 22) {
-            holes.push(format!(
-                "ws reached the EHR's SSH at {target}: the gateway's failsafe `ingress tcp/22` \
-                 entry matched traffic it forwards; {}",
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            ws.ns.tcp_ok(target, 22).then(|| {
+                format!(
+                    "ws reached the EHR's SSH at {target}: the gateway's failsafe \
+                     `ingress tcp/22` entry matched traffic it forwards"
+                )
+            })
+        });
     }
-    no_holes(&holes);
+    holes.none();
 }
 
 /// Attack: ws may ping the EHR (policy ws -> ehr icmp). ws pings it with
@@ -411,7 +500,7 @@ fn attack_echo_request_taken_as_a_reply() {
         gateway_mac(&topo, "ext"),
     );
     let id = 0x5a01;
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for v4 in families() {
         let (ws_ip, ehr_ip) = (ip(ws, v4), ip(ehr, v4));
         let ping = Forged::echo_request(ws_ip, ehr_ip, id);
@@ -427,32 +516,26 @@ fn attack_echo_request_taken_as_a_reply() {
         );
 
         let request = Forged::echo_request(ehr_ip, ws_ip, id);
-        let watch = Watch::start(&agent, topo.agent_ns());
-        let arrived = ehr
-            .ns
-            .forge_and_count("eth0", &ehr_gw, &request, &ws.ns, "eth0");
-        if arrived > 0 {
-            holes.push(format!(
-                "{arrived} echo REQUESTS {ehr_ip} -> {ws_ip} with the identifier of ws's ping \
-                 ({id:#x}) reached ws: taken for replies of that ping; {}",
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            leaked(&ehr.ns, &ehr_gw, &request, &ws.ns).map(|arrived| {
+                format!(
+                    "{arrived} echo REQUESTS {ehr_ip} -> {ws_ip} with the identifier of ws's \
+                     ping ({id:#x}) reached ws: taken for replies of that ping"
+                )
+            })
+        });
 
         let unsolicited = Forged::echo_reply(ip(ext, v4), ws_ip, id + 1);
-        let watch = Watch::start(&agent, topo.agent_ns());
-        let arrived = ext
-            .ns
-            .forge_and_count("eth0", &ext_gw, &unsolicited, &ws.ns, "eth0");
-        if arrived > 0 {
-            holes.push(format!(
-                "{arrived} unsolicited echo replies {} -> {ws_ip} reached ws; {}",
-                unsolicited.src,
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            leaked(&ext.ns, &ext_gw, &unsolicited, &ws.ns).map(|arrived| {
+                format!(
+                    "{arrived} unsolicited echo replies {} -> {ws_ip} reached ws",
+                    unsolicited.src
+                )
+            })
+        });
     }
-    no_holes(&holes);
+    holes.none();
 }
 
 /// Attack: ws has an allowed TCP connection to ehr:443. The outside host
@@ -469,17 +552,7 @@ fn attack_echo_request_taken_as_a_reply() {
 fn attack_icmp_errors_sent_elsewhere() {
     require_root();
     let topo = topology::routed_gateway();
-    let agent = routed_agent(
-        &topo,
-        &[policy(
-            "ws-ehr-web",
-            "allow",
-            "ws",
-            "ehr",
-            "[{protocol: tcp, port: 443}]",
-        )],
-        "",
-    );
+    let agent = ws_ehr_web_agent(&topo);
     let (ws, ehr, pump, ext) = (
         topo.host("ws"),
         topo.host("ehr"),
@@ -487,53 +560,40 @@ fn attack_icmp_errors_sent_elsewhere() {
         topo.host("ext"),
     );
     let (ext_gw, ehr_gw) = (gateway_mac(&topo, "ext"), gateway_mac(&topo, "ehr"));
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for v4 in families() {
         let (client, server) = (at(ip(ws, v4), 40443), at(ip(ehr, v4), 443));
-        let conn = tcp_from(&ws.ns, client, server, WAIT)
-            .unwrap_or_else(|e| panic!("ws may connect {client} -> {server}: {e}"));
-        echo(&conn, "tracked", WAIT).expect("the allowed connection echoes");
-        let quoted = QuotedTuple {
-            proto: "tcp",
-            src: client,
-            dst: server,
-        };
+        let _conn = connected(&ws.ns, "ws", client, server, "tracked");
+        let quoted = QuotedTuple::tcp(client, server);
 
         let legitimate = Forged::unreachable(server.ip(), client.ip(), quoted);
         assert!(
-            ehr.ns
-                .forge_arrives("eth0", &ehr_gw, &legitimate, &ws.ns, "eth0"),
+            arrives(&ehr.ns, &ehr_gw, &legitimate, &ws.ns),
             "an error towards {} quoting its own packet {client} -> {server} passes as related",
             client.ip()
         );
 
         let to_responder = Forged::unreachable(ip(ext, v4), server.ip(), quoted);
-        let watch = Watch::start(&agent, topo.agent_ns());
-        let arrived = ext
-            .ns
-            .forge_and_count("eth0", &ext_gw, &to_responder, &ehr.ns, "eth0");
-        if arrived > 0 {
-            holes.push(format!(
-                "{arrived} errors quoting {client} -> {server} but sent to the responder {} \
-                 reached it; {}",
-                server.ip(),
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            leaked(&ext.ns, &ext_gw, &to_responder, &ehr.ns).map(|arrived| {
+                format!(
+                    "{arrived} errors quoting {client} -> {server} but sent to the responder {} \
+                     reached it",
+                    server.ip()
+                )
+            })
+        });
 
         let to_third = Forged::unreachable(ip(ext, v4), ip(pump, v4), quoted);
-        let watch = Watch::start(&agent, topo.agent_ns());
-        let arrived = ext
-            .ns
-            .forge_and_count("eth0", &ext_gw, &to_third, &pump.ns, "eth0");
-        if arrived > 0 {
-            holes.push(format!(
-                "{arrived} errors quoting {client} -> {server} reached a third host, the pump \
-                 {}; {}",
-                to_third.dst,
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            leaked(&ext.ns, &ext_gw, &to_third, &pump.ns).map(|arrived| {
+                format!(
+                    "{arrived} errors quoting {client} -> {server} reached a third host, the \
+                     pump {}",
+                    to_third.dst
+                )
+            })
+        });
 
         // Last: today a dropped error is remembered as a denied connection
         // of its own, which would drop the errors above too.
@@ -543,13 +603,12 @@ fn attack_icmp_errors_sent_elsewhere() {
         };
         let control = Forged::unreachable(ip(ext, v4), server.ip(), untracked);
         assert_eq!(
-            ext.ns
-                .forge_and_count("eth0", &ext_gw, &control, &ehr.ns, "eth0"),
+            arrivals(&ext.ns, &ext_gw, &control, &ehr.ns),
             0,
             "default deny: an error about an untracked connection is dropped"
         );
     }
-    no_holes(&holes);
+    holes.none();
 }
 
 /// Attack: ws has an allowed TCP connection to ehr:443. From the EHR's
@@ -566,30 +625,14 @@ fn attack_icmp_errors_sent_elsewhere() {
 fn attack_forged_error_silences_related_errors() {
     require_root();
     let topo = topology::routed_gateway();
-    let agent = routed_agent(
-        &topo,
-        &[policy(
-            "ws-ehr-web",
-            "allow",
-            "ws",
-            "ehr",
-            "[{protocol: tcp, port: 443}]",
-        )],
-        "",
-    );
+    let agent = ws_ehr_web_agent(&topo);
     let (ws, ehr) = (topo.host("ws"), topo.host("ehr"));
     let ehr_gw = gateway_mac(&topo, "ehr");
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for v4 in families() {
         let (client, server) = (at(ip(ws, v4), 40447), at(ip(ehr, v4), 443));
-        let conn = tcp_from(&ws.ns, client, server, WAIT)
-            .unwrap_or_else(|e| panic!("ws may connect {client} -> {server}: {e}"));
-        echo(&conn, "tracked", WAIT).expect("the allowed connection echoes");
-        let quoted = QuotedTuple {
-            proto: "tcp",
-            src: client,
-            dst: server,
-        };
+        let _conn = connected(&ws.ns, "ws", client, server, "tracked");
+        let quoted = QuotedTuple::tcp(client, server);
         let bogus = Forged::unreachable(
             server.ip(),
             client.ip(),
@@ -598,29 +641,24 @@ fn attack_forged_error_silences_related_errors() {
                 ..quoted
             },
         );
-        let arrived = ehr
-            .ns
-            .forge_and_count("eth0", &ehr_gw, &bogus, &ws.ns, "eth0");
         assert_eq!(
-            arrived, 0,
+            arrivals(&ehr.ns, &ehr_gw, &bogus, &ws.ns),
+            0,
             "default deny: an error about an untracked connection is dropped"
         );
         let legitimate = Forged::unreachable(server.ip(), client.ip(), quoted);
-        let watch = Watch::start(&agent, topo.agent_ns());
-        if !ehr
-            .ns
-            .forge_arrives("eth0", &ehr_gw, &legitimate, &ws.ns, "eth0")
-        {
-            holes.push(format!(
-                "the error towards {} quoting its own {client} -> {server} was dropped after a \
-                 forged error on the same path: the forged one was remembered as a denied \
-                 connection; {}",
-                client.ip(),
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            (!arrives(&ehr.ns, &ehr_gw, &legitimate, &ws.ns)).then(|| {
+                format!(
+                    "the error towards {} quoting its own {client} -> {server} was dropped \
+                     after a forged error on the same path: the forged one was remembered as \
+                     a denied connection",
+                    client.ip()
+                )
+            })
+        });
     }
-    no_holes(&holes);
+    holes.none();
 }
 
 /// Attack: ws has an allowed, established TCP connection to ehr:443 (from
@@ -636,49 +674,31 @@ fn attack_forged_error_silences_related_errors() {
 fn attack_forged_reply_from_another_interface() {
     require_root();
     let topo = topology::routed_gateway();
-    let agent = routed_agent(
-        &topo,
-        &[policy(
-            "ws-ehr-web",
-            "allow",
-            "ws",
-            "ehr",
-            "[{protocol: tcp, port: 443}]",
-        )],
-        "",
-    );
+    let agent = ws_ehr_web_agent(&topo);
     no_reverse_path_filter(topo.agent_ns());
     let (ws, ehr, ext) = (topo.host("ws"), topo.host("ehr"), topo.host("ext"));
     let (ext_gw, ehr_gw) = (gateway_mac(&topo, "ext"), gateway_mac(&topo, "ehr"));
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for v4 in families() {
         let (client, server) = (at(ip(ws, v4), 40444), at(ip(ehr, v4), 443));
-        let conn = tcp_from(&ws.ns, client, server, WAIT)
-            .unwrap_or_else(|e| panic!("ws may connect {client} -> {server}: {e}"));
-        echo(&conn, "before", WAIT).expect("the allowed connection echoes");
+        let conn = connected(&ws.ns, "ws", client, server, "before");
         let from_responder = Forged::tcp(server, client);
         assert!(
-            ehr.ns
-                .forge_arrives("eth0", &ehr_gw, &from_responder, &ws.ns, "eth0"),
+            arrives(&ehr.ns, &ehr_gw, &from_responder, &ws.ns),
             "the same segments sent where the responder lives pass as replies"
         );
         let forged = Forged::tcp(server, client);
-        let watch = Watch::start(&agent, topo.agent_ns());
-        let arrived = ext
-            .ns
-            .forge_and_count("eth0", &ext_gw, &forged, &ws.ns, "eth0");
-        if arrived > 0 {
-            holes.push(format!(
-                "{arrived} replies {server} -> {client} forged behind the outside interface \
-                 reached ws; {}",
-                watch.counted()
-            ));
-        }
-        if let Err(e) = echo(&conn, "after", WAIT) {
-            holes.push(format!("the genuine {client} -> {server} broke: {e}"));
-        }
+        holes.watch(|| {
+            leaked(&ext.ns, &ext_gw, &forged, &ws.ns).map(|arrived| {
+                format!(
+                    "{arrived} replies {server} -> {client} forged behind the outside \
+                     interface reached ws"
+                )
+            })
+        });
+        holes.still_echoes(&conn, "after", &format!("the genuine {client} -> {server}"));
     }
-    no_holes(&holes);
+    holes.none();
 }
 
 /// Attack: ws may query the EHR's DNS (policy ws -> ehr udp/53). A datagram
@@ -708,27 +728,28 @@ fn attack_denied_reverse_orientation() {
         "",
     );
     let ehr_gw = gateway_mac(&topo, "ehr");
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for v4 in families() {
         let (client, server) = (at(ip(ws, v4), 40000), at(ip(ehr, v4), 53));
         let other = udp_from(&ws.ns, at(client.ip(), 40001)).expect("ws binds port 40001");
         udp_echo(&other, server, UDP_WAIT).expect("ws may query the EHR's DNS");
         let forged = Forged::udp(server, client);
-        let arrived = ehr
-            .ns
-            .forge_and_count("eth0", &ehr_gw, &forged, &ws.ns, "eth0");
-        assert_eq!(arrived, 0, "the EHR may not open {server} -> {client}");
+        assert_eq!(
+            arrivals(&ehr.ns, &ehr_gw, &forged, &ws.ns),
+            0,
+            "the EHR may not open {server} -> {client}"
+        );
         let socket = udp_from(&ws.ns, client).expect("ws binds port 40000");
-        let watch = Watch::start(&agent, topo.agent_ns());
-        if let Err(e) = udp_echo(&socket, server, UDP_WAIT) {
-            holes.push(format!(
-                "ws's allowed query {client} -> {server} got no answer ({e}): the denial of the \
-                 forged {server} -> {client} blocked the reverse orientation; {}",
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            udp_echo(&socket, server, UDP_WAIT).err().map(|e| {
+                format!(
+                    "ws's allowed query {client} -> {server} got no answer ({e}): the denial of \
+                     the forged {server} -> {client} blocked the reverse orientation"
+                )
+            })
+        });
     }
-    no_holes(&holes);
+    holes.none();
 }
 
 /// The segments of the two-VLAN bridge: VLAN 30's, and VLAN 40's own.
@@ -785,55 +806,50 @@ fn attack_vlan_hopping_with_a_live_tuple() {
         topo.host("vlan40"),
     );
     let server_mac = mac_of(&server.ns, "eth0");
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for v4 in families() {
         let (dev_ip, srv_ip) = (ip(device, v4), ip(server, v4));
         let (up_client, up_server) = (at(dev_ip, 40445), at(srv_ip, 443));
-        let up = tcp_from(&device.ns, up_client, up_server, WAIT)
-            .unwrap_or_else(|e| panic!("the pump may connect {up_client} -> {up_server}: {e}"));
-        echo(&up, "pump", WAIT).expect("the pump's connection echoes");
+        let up = connected(&device.ns, "the pump", up_client, up_server, "pump");
         let (down_client, down_server) = (at(srv_ip, 40446), at(dev_ip, 8080));
-        let down = tcp_from(&server.ns, down_client, down_server, WAIT).unwrap_or_else(|e| {
-            panic!("the pump server may connect {down_client} -> {down_server}: {e}")
-        });
-        echo(&down, "server", WAIT).expect("the server's connection echoes");
+        let down = connected(
+            &server.ns,
+            "the pump server",
+            down_client,
+            down_server,
+            "server",
+        );
 
         let as_initiator = Forged::tcp(up_client, up_server);
-        let watch = Watch::start(&agent, topo.agent_ns());
-        let arrived =
-            attacker
-                .ns
-                .forge_and_count("eth0", &server_mac, &as_initiator, &server.ns, "eth0");
-        if arrived > 0 {
-            holes.push(format!(
-                "{arrived} packets {up_client} -> {up_server} sent from VLAN 40 reached the pump \
-                 server as part of the VLAN-30 pump's connection; {}",
-                watch.counted()
-            ));
-        }
+        holes.watch(|| {
+            leaked(&attacker.ns, &server_mac, &as_initiator, &server.ns).map(|arrived| {
+                format!(
+                    "{arrived} packets {up_client} -> {up_server} sent from VLAN 40 reached the \
+                     pump server as part of the VLAN-30 pump's connection"
+                )
+            })
+        });
         let as_reply = Forged::tcp(down_server, down_client);
-        let watch = Watch::start(&agent, topo.agent_ns());
-        let arrived =
-            attacker
-                .ns
-                .forge_and_count("eth0", &server_mac, &as_reply, &server.ns, "eth0");
-        if arrived > 0 {
-            holes.push(format!(
-                "{arrived} replies {down_server} -> {down_client} forged from VLAN 40 reached \
-                 the pump server; {}",
-                watch.counted()
-            ));
-        }
-        if let Err(e) = echo(&up, "pump again", WAIT) {
-            holes.push(format!("the pump's {up_client} -> {up_server} broke: {e}"));
-        }
-        if let Err(e) = echo(&down, "server again", WAIT) {
-            holes.push(format!(
-                "the server's {down_client} -> {down_server} broke: {e}"
-            ));
-        }
+        holes.watch(|| {
+            leaked(&attacker.ns, &server_mac, &as_reply, &server.ns).map(|arrived| {
+                format!(
+                    "{arrived} replies {down_server} -> {down_client} forged from VLAN 40 \
+                     reached the pump server"
+                )
+            })
+        });
+        holes.still_echoes(
+            &up,
+            "pump again",
+            &format!("the pump's {up_client} -> {up_server}"),
+        );
+        holes.still_echoes(
+            &down,
+            "server again",
+            &format!("the server's {down_client} -> {down_server}"),
+        );
     }
-    no_holes(&holes);
+    holes.none();
 }
 
 /// Attack (the other way round): a frame the bridge itself sends towards
@@ -852,12 +868,17 @@ fn attack_tagged_egress_frame_is_not_a_spoofed_source() {
     let topo = topology::vlan_bridge();
     let (pump, server) = (topo.host("pump"), topo.host("pump-server"));
     let pump_mac = mac_of(&pump.ns, "eth0");
+    // Whether a frame the bridge writes to its trunk port t0 reaches the pump.
+    let from_trunk = |packet: &Forged| {
+        topo.agent_ns()
+            .forge_and_count("t0", &pump_mac, packet, &pump.ns, "eth0", Some(1))
+            > 0
+    };
     // The path itself, before any agent: a frame tagged 30 written to t0
     // reaches the pump untagged.
     let path = Forged::udp(at(server.v4, 40001), at(pump.v4, 5000)).vlan(30);
     assert!(
-        topo.agent_ns()
-            .forge_arrives("t0", &pump_mac, &path, &pump.ns, "eth0"),
+        from_trunk(&path),
         "without an agent, a frame tagged 30 written to t0 reaches the pump"
     );
     let agent = Agent::start(
@@ -874,25 +895,20 @@ fn attack_tagged_egress_frame_is_not_a_spoofed_source() {
             )],
         ),
     );
-    let mut holes = Vec::new();
+    let mut holes = Holes::new(&agent, topo.agent_ns());
     for v4 in families() {
         let (from, to) = (at(ip(server, v4), 40001), at(ip(pump, v4), 5000));
         // Into the bridge from the pump server's port: judged at ingress.
         let inbound = Forged::udp(from, to).vlan(30);
-        let arrived = server
-            .ns
-            .forge_and_count("eth0", &pump_mac, &inbound, &pump.ns, "eth0");
         assert_eq!(
-            arrived, 0,
+            arrivals(&server.ns, &pump_mac, &inbound, &pump.ns),
+            0,
             "frames tagged 30 from the pump server's address, arriving at the bridge, are a \
              spoofed source"
         );
         // Out of the bridge's trunk port towards the pump VLAN (t0).
         let outbound = Forged::udp(from, to).vlan(30);
-        if !topo
-            .agent_ns()
-            .forge_arrives("t0", &pump_mac, &outbound, &pump.ns, "eth0")
-        {
+        if !from_trunk(&outbound) {
             holes.push(format!(
                 "the frames tagged 30 leaving the trunk t0 towards the pump ({from} -> {to}, \
                  allowed) were dropped at egress, as if the tag named their source; the agent \
@@ -901,5 +917,5 @@ fn attack_tagged_egress_frame_is_not_a_spoofed_source() {
             ));
         }
     }
-    no_holes(&holes);
+    holes.none();
 }
