@@ -16,7 +16,6 @@
 //!   (docs/verdicts.md "Always passed");
 //! - an IPv4 address is never a member of an IPv6 segment, not even `::/0`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
@@ -31,11 +30,12 @@ use time::format_description::well_known::Rfc3339;
 use wardline_ebpf_abi as abi;
 use wardline_tests::agent::Agent;
 use wardline_tests::docs::{WS_PUMP_EHR, policy, with};
+use wardline_tests::forge::{echo, flood_bin, mac_of};
 use wardline_tests::matrix::{Family, Service, check_matrix};
 use wardline_tests::scenarios::{last_progress, watch_stream};
 use wardline_tests::tcx::{self, Hook, Order, TCX_DROP, TCX_PASS};
 use wardline_tests::topology::{self, Topology};
-use wardline_tests::{Netns, probe_bin, require_root};
+use wardline_tests::{Netns, require_root};
 
 // ------------------------------------------------------------- helpers --
 
@@ -57,6 +57,27 @@ fn start(topo: &Topology, policy: &str) -> Agent {
 
 fn allow(name: &str, from: &str, to: &str, ports: &str) -> String {
     policy(name, "allow", from, to, ports)
+}
+
+/// The agent with one policy: ws may reach ehr's tcp/443.
+fn ws_ehr_web_agent(topo: &Topology) -> Agent {
+    start(
+        topo,
+        &with(
+            WS_PUMP_EHR,
+            &[allow(
+                "ws-ehr-web",
+                "ws",
+                "ehr",
+                "[{protocol: tcp, port: 443}]",
+            )],
+        ),
+    )
+}
+
+/// The EHR's web port, over IPv4.
+fn ehr_web(topo: &Topology) -> SocketAddr {
+    SocketAddr::new(topo.host("ehr").v4, 443)
 }
 
 /// `t` rounded up to the next whole second (policies are written by
@@ -97,6 +118,38 @@ fn windowed(
         doc.push_str(&format!("  validUntil: {}\n", rfc3339(t)));
     }
     doc
+}
+
+/// Gives the agent one policy, `name`: ws may reach ehr's tcp/443 from
+/// `valid_from` until `valid_until`.
+fn set_vendor_window(
+    agent: &Agent,
+    ns: &Netns,
+    name: &str,
+    valid_from: Option<OffsetDateTime>,
+    valid_until: Option<OffsetDateTime>,
+) {
+    agent.set_policy(
+        ns,
+        &with(
+            WS_PUMP_EHR,
+            &[windowed(
+                name,
+                "ws",
+                "ehr",
+                "[{protocol: tcp, port: 443}]",
+                valid_from,
+                valid_until,
+            )],
+        ),
+    );
+}
+
+/// Kills the agent with `kill -9`, and checks that it is gone.
+#[track_caller]
+fn kill_agent(agent: &mut Agent, ns: &Netns) {
+    agent.kill9();
+    assert!(agent.get(ns, "/healthz").is_none(), "the agent is dead");
 }
 
 /// The body of the agent's `path`, retried for a while: right after a flood
@@ -143,30 +196,10 @@ fn metric(agent: &Agent, ns: &Netns, name: &str) -> Option<u64> {
 /// One fresh TCP connection from `ns`: connect, one line echoed.
 fn fresh_echo(ns: &Netns, target: SocketAddr, timeout: Duration) -> Result<(), String> {
     ns.run_in(move || {
-        let conn = TcpStream::connect_timeout(&target, timeout).map_err(|e| e.to_string())?;
-        echo(&conn, "fresh", timeout)
+        let conn = TcpStream::connect_timeout(&target, timeout)?;
+        echo(&conn, "attack fresh", timeout)
     })
-}
-
-/// Sends one line on `conn` and reads it back within `timeout`.
-fn echo(conn: &TcpStream, tag: &str, timeout: Duration) -> Result<(), String> {
-    conn.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    conn.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let line = format!("attack {tag}\n");
-    (&*conn)
-        .write_all(line.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut back = String::new();
-    BufReader::new(conn)
-        .read_line(&mut back)
-        .map_err(|e| format!("read: {e}"))?;
-    if back == line {
-        Ok(())
-    } else {
-        Err(format!("echoed {back:?}"))
-    }
+    .map_err(|e| e.to_string())
 }
 
 /// Fresh connections from `ns` to `target` every 100 ms until `end`, each
@@ -178,8 +211,7 @@ fn poll_tcp(ns: &Netns, target: SocketAddr, end: Instant) -> Vec<(Instant, bool)
         while Instant::now() < end {
             let at = Instant::now();
             let ok = TcpStream::connect_timeout(&target, Duration::from_millis(90))
-                .map_err(|e| e.to_string())
-                .and_then(|c| echo(&c, "poll", Duration::from_millis(200)))
+                .and_then(|c| echo(&c, "attack poll", Duration::from_millis(200)))
                 .is_ok();
             seen.push((at, ok));
             next += Duration::from_millis(100);
@@ -243,6 +275,36 @@ fn assert_switches(seen: &[(Instant, bool)], boundary: Instant, opens: bool, wha
 
 // ------------------------------------------------- 1. windows, agent dead --
 
+/// A window `name` on ws -> ehr tcp/443 that opens at the whole second
+/// after 4 s from now and lasts `length` (no end if `None`), programmed into
+/// a fresh agent of `topo`, which is then killed before the window opens;
+/// fresh connections polled until 3 s after the window's last boundary.
+/// The instants the window opens and closes, and what the polls saw.
+fn window_with_the_agent_dead(
+    topo: &Topology,
+    name: &str,
+    length: Option<time::Duration>,
+) -> (Instant, Option<Instant>, Vec<(Instant, bool)>) {
+    let ns = topo.agent_ns();
+    let mut agent = start(topo, &with(WS_PUMP_EHR, &[]));
+    let from = whole_second_after(OffsetDateTime::now_utc() + time::Duration::seconds(4));
+    let until = length.map(|length| from + length);
+    set_vendor_window(&agent, ns, name, Some(from), until);
+    kill_agent(&mut agent, ns);
+    let (opens, closes) = (instant_of(from), until.map(instant_of));
+    assert!(
+        Instant::now() + Duration::from_secs(1) < opens,
+        "the agent must die before the window opens"
+    );
+    let last = closes.unwrap_or(opens);
+    let seen = poll_tcp(
+        &topo.host("ws").ns,
+        ehr_web(topo),
+        last + Duration::from_secs(3),
+    );
+    (opens, closes, seen)
+}
+
 /// Attack: an operator gives a vendor a window that ends at `validUntil`;
 /// the vendor (or anyone on the workstation) opens a long-lived TCP stream
 /// inside it, then kills the agent (`kill -9`) before the window ends,
@@ -258,20 +320,7 @@ fn attack_window_closes_with_the_agent_dead() {
     let ns = topo.agent_ns();
     let mut agent = start(&topo, &with(WS_PUMP_EHR, &[]));
     let until = whole_second_after(OffsetDateTime::now_utc() + time::Duration::seconds(5));
-    agent.set_policy(
-        ns,
-        &with(
-            WS_PUMP_EHR,
-            &[windowed(
-                "vendor-until",
-                "ws",
-                "ehr",
-                "[{protocol: tcp, port: 443}]",
-                None,
-                Some(until),
-            )],
-        ),
-    );
+    set_vendor_window(&agent, ns, "vendor-until", None, Some(until));
     let end = instant_of(until);
     let ws = topo.host("ws");
     let ehr = topo.host("ehr").v4.to_string();
@@ -291,8 +340,7 @@ fn attack_window_closes_with_the_agent_dead() {
         Instant::now() + Duration::from_secs(2) < end,
         "the agent must die well before the window ends"
     );
-    agent.kill9();
-    assert!(agent.get(ns, "/healthz").is_none(), "the agent is dead");
+    kill_agent(&mut agent, ns);
 
     let status = stream.wait().expect("stream ends");
     let seen = watcher.join().expect("watcher");
@@ -312,11 +360,7 @@ fn attack_window_closes_with_the_agent_dead() {
         "echoes still came {} ms after validUntil",
         signed_ms(last, end)
     );
-    let refused = fresh_echo(
-        &ws.ns,
-        SocketAddr::new(topo.host("ehr").v4, 443),
-        Duration::from_millis(700),
-    );
+    let refused = fresh_echo(&ws.ns, ehr_web(&topo), Duration::from_millis(700));
     assert!(
         refused.is_err(),
         "a new connection after the window must be refused"
@@ -334,32 +378,7 @@ fn attack_window_closes_with_the_agent_dead() {
 fn attack_window_opens_with_the_agent_dead() {
     require_root();
     let topo = topology::routed_gateway();
-    let ns = topo.agent_ns();
-    let mut agent = start(&topo, &with(WS_PUMP_EHR, &[]));
-    let from = whole_second_after(OffsetDateTime::now_utc() + time::Duration::seconds(4));
-    agent.set_policy(
-        ns,
-        &with(
-            WS_PUMP_EHR,
-            &[windowed(
-                "vendor-from",
-                "ws",
-                "ehr",
-                "[{protocol: tcp, port: 443}]",
-                Some(from),
-                None,
-            )],
-        ),
-    );
-    agent.kill9();
-    assert!(agent.get(ns, "/healthz").is_none(), "the agent is dead");
-    let start = instant_of(from);
-    assert!(
-        Instant::now() + Duration::from_secs(1) < start,
-        "the agent must die before the window opens"
-    );
-    let target = SocketAddr::new(topo.host("ehr").v4, 443);
-    let seen = poll_tcp(&topo.host("ws").ns, target, start + Duration::from_secs(3));
+    let (start, _, seen) = window_with_the_agent_dead(&topo, "vendor-from", None);
     assert_switches(&seen, start, true, "validFrom with the agent dead");
 }
 
@@ -373,33 +392,9 @@ fn attack_window_opens_with_the_agent_dead() {
 fn attack_vendor_window_opens_and_closes_with_the_agent_dead() {
     require_root();
     let topo = topology::routed_gateway();
-    let ns = topo.agent_ns();
-    let mut agent = start(&topo, &with(WS_PUMP_EHR, &[]));
-    let from = whole_second_after(OffsetDateTime::now_utc() + time::Duration::seconds(4));
-    let until = from + time::Duration::seconds(4);
-    agent.set_policy(
-        ns,
-        &with(
-            WS_PUMP_EHR,
-            &[windowed(
-                "vendor-support",
-                "ws",
-                "ehr",
-                "[{protocol: tcp, port: 443}]",
-                Some(from),
-                Some(until),
-            )],
-        ),
-    );
-    agent.kill9();
-    assert!(agent.get(ns, "/healthz").is_none(), "the agent is dead");
-    let (opens, closes) = (instant_of(from), instant_of(until));
-    assert!(
-        Instant::now() + Duration::from_secs(1) < opens,
-        "the agent must die before the window opens"
-    );
-    let target = SocketAddr::new(topo.host("ehr").v4, 443);
-    let seen = poll_tcp(&topo.host("ws").ns, target, closes + Duration::from_secs(3));
+    let (opens, closes, seen) =
+        window_with_the_agent_dead(&topo, "vendor-support", Some(time::Duration::seconds(4)));
+    let closes = closes.expect("a window with a length closes");
     let midpoint = opens + (closes - opens) / 2;
     let (first, second): (Vec<_>, Vec<_>) = seen.iter().partition(|(at, _)| *at < midpoint);
     assert_switches(&first, opens, true, "the vendor window's validFrom");
@@ -422,18 +417,7 @@ fn attack_tcx_program_attached_before_wardline_cannot_pass_denied_traffic() {
     let ehr_ns = topo.agent_ns();
     let _ingress = tcx::attach(ehr_ns, "eth0", Hook::Ingress, Order::Last, TCX_PASS);
     let _egress = tcx::attach(ehr_ns, "eth0", Hook::Egress, Order::Last, TCX_PASS);
-    let agent = start(
-        &topo,
-        &with(
-            WS_PUMP_EHR,
-            &[allow(
-                "ws-ehr-web",
-                "ws",
-                "ehr",
-                "[{protocol: tcp, port: 443}]",
-            )],
-        ),
-    );
+    let agent = ws_ehr_web_agent(&topo);
     let chain = tcx::chain(ehr_ns, "eth0", Hook::Ingress);
     eprintln!("ingress chain of the EHR's eth0, first first: {chain:?}");
     let ehr = topo.host("ehr").v4;
@@ -474,6 +458,17 @@ fn tc_filter_packets(ns: &Netns, dev: &str) -> u64 {
         .sum()
 }
 
+/// Whether a connection from `ws` to `ehr`'s web port went through, once
+/// it is checked that Wardline judged its SYN and allowed it.
+#[track_caller]
+fn allowed_and_through(agent: &Agent, ns: &Netns, ws: &Netns, ehr: IpAddr) -> bool {
+    let allowed_before = packets(agent, ns, "ingress", "policy-allow");
+    let through = ws.tcp_ok(ehr, 443);
+    let judged = packets(agent, ns, "ingress", "policy-allow") - allowed_before;
+    assert!(judged > 0, "Wardline judged and allowed the SYN");
+    through
+}
+
 /// Attack (on defence in depth): the hospital runs a second control after
 /// Wardline on the same interface, a later TCX program and a legacy tc
 /// filter that each drop the EHR's web port. If Wardline ends the chain
@@ -488,18 +483,7 @@ fn attack_allowed_packets_still_meet_later_filters() {
     require_root();
     let topo = topology::host_agent();
     let ehr_ns = topo.agent_ns();
-    let agent = start(
-        &topo,
-        &with(
-            WS_PUMP_EHR,
-            &[allow(
-                "ws-ehr-web",
-                "ws",
-                "ehr",
-                "[{protocol: tcp, port: 443}]",
-            )],
-        ),
-    );
+    let agent = ws_ehr_web_agent(&topo);
     let ws = &topo.host("ws").ns;
     let ehr = topo.host("ehr").v4;
     assert!(ws.tcp_ok(ehr, 443), "allowed before any later filter");
@@ -507,10 +491,7 @@ fn attack_allowed_packets_still_meet_later_filters() {
     // A later TCX program that drops everything.
     let later = tcx::attach(ehr_ns, "eth0", Hook::Ingress, Order::Last, TCX_DROP);
     let chain = tcx::chain(ehr_ns, "eth0", Hook::Ingress);
-    let allowed_before = packets(&agent, ehr_ns, "ingress", "policy-allow");
-    let through = ws.tcp_ok(ehr, 443);
-    let judged = packets(&agent, ehr_ns, "ingress", "policy-allow") - allowed_before;
-    assert!(judged > 0, "Wardline judged and allowed the SYN");
+    let through = allowed_and_through(&agent, ehr_ns, ws, ehr);
     assert!(
         !through,
         "a TCX program attached after Wardline never ran on an allowed packet: \
@@ -534,11 +515,8 @@ fn attack_allowed_packets_still_meet_later_filters() {
         "match", "ip", "protocol", "6", "0xff", "match", "ip", "dport", "443", "0xffff", "action",
         "mirred", "egress", "redirect", "dev", "sink0",
     ]);
-    let allowed_before = packets(&agent, ehr_ns, "ingress", "policy-allow");
-    let through = ws.tcp_ok(ehr, 443);
-    let judged = packets(&agent, ehr_ns, "ingress", "policy-allow") - allowed_before;
+    let through = allowed_and_through(&agent, ehr_ns, ws, ehr);
     let hits = tc_filter_packets(ehr_ns, "eth0");
-    assert!(judged > 0, "Wardline judged and allowed the SYN");
     assert!(
         !through && hits > 0,
         "a legacy tc filter after Wardline never saw an allowed packet \
@@ -550,26 +528,6 @@ fn attack_allowed_packets_still_meet_later_filters() {
 }
 
 // ----------------------------------------------------- 3-4. SYN floods --
-
-fn flood_bin() -> std::path::PathBuf {
-    let bin = probe_bin().with_file_name("wardline-flood");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        bin.display()
-    );
-    bin
-}
-
-/// The MAC address of `dev` in `ns`.
-fn mac_of(ns: &Netns, dev: &str) -> String {
-    let out = ns.ip(["-j", "link", "show", "dev", dev]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j JSON");
-    json[0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no MAC for {dev}: {json}"))
-        .to_owned()
-}
 
 /// Frames in the allowed flood: more than the allowed-connection table
 /// holds.
@@ -627,7 +585,7 @@ fn silent(conns: &[TcpStream], tag: &str, timeout: Duration) -> Vec<String> {
         .iter()
         .enumerate()
         .filter_map(|(i, c)| {
-            echo(c, &format!("{tag}-{i}"), timeout)
+            echo(c, &format!("attack {tag}-{i}"), timeout)
                 .err()
                 .map(|e| format!("#{i}: {e}"))
         })
@@ -647,20 +605,9 @@ fn attack_denied_syn_flood_cannot_starve_allowed_connections() {
     require_root();
     let topo = topology::routed_gateway();
     let ns = topo.agent_ns();
-    let agent = start(
-        &topo,
-        &with(
-            WS_PUMP_EHR,
-            &[allow(
-                "ws-ehr-web",
-                "ws",
-                "ehr",
-                "[{protocol: tcp, port: 443}]",
-            )],
-        ),
-    );
+    let agent = ws_ehr_web_agent(&topo);
     let ws = &topo.host("ws").ns;
-    let target = SocketAddr::new(topo.host("ehr").v4, 443);
+    let target = ehr_web(&topo);
     let conns: Vec<TcpStream> = ws.run_in(|| {
         (0..20)
             .map(|i| {
@@ -672,8 +619,12 @@ fn attack_denied_syn_flood_cannot_starve_allowed_connections() {
     let quiet = silent(&conns, "before", Duration::from_secs(1));
     assert!(quiet.is_empty(), "before the flood: {quiet:?}");
 
-    let dropped_before = packets(&agent, ns, "ingress", "default-deny")
-        + packets(&agent, ns, "ingress", "dropped-flow");
+    // What Wardline dropped at ingress, by policy or as a dropped flow.
+    let dropped = || {
+        packets(&agent, ns, "ingress", "default-deny")
+            + packets(&agent, ns, "ingress", "dropped-flow")
+    };
+    let dropped_before = dropped();
     let mut flood = start_flood(
         &topo,
         &topo.host("ehr").v4.to_string(),
@@ -701,9 +652,7 @@ fn attack_denied_syn_flood_cannot_starve_allowed_connections() {
         })
         .collect();
     let after = silent(&conns, "after", Duration::from_secs(2));
-    let judged = packets(&agent, ns, "ingress", "default-deny")
-        + packets(&agent, ns, "ingress", "dropped-flow")
-        - dropped_before;
+    let judged = dropped() - dropped_before;
     eprintln!(
         "{sent} denied SYNs sent, {judged} dropped at the gateway; {rounds} echo rounds during \
          the flood, {} stalls during, {} after; {} of 5 new connections failed",
@@ -802,17 +751,22 @@ const RA_MARK: [u8; 4] = *b"WLRA";
 /// Router advertisements sent per hop limit.
 const RA_COUNT: u32 = 20;
 
+/// A raw ICMPv6 socket, in the namespace of the calling thread.
+fn raw_icmpv6_socket() -> OwnedFd {
+    socket::socket(
+        AddressFamily::Inet6,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::IcmpV6,
+    )
+    .expect("raw ICMPv6 socket")
+}
+
 /// A raw ICMPv6 socket in `ns` that hears every ICMPv6 message delivered
 /// there (raw sockets get a copy before neighbour discovery validates it).
 fn icmpv6_listener(ns: &Netns) -> OwnedFd {
     ns.run_in(|| {
-        let fd = socket::socket(
-            AddressFamily::Inet6,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::IcmpV6,
-        )
-        .expect("raw ICMPv6 socket");
+        let fd = raw_icmpv6_socket();
         socket::setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 200_000))
             .expect("receive timeout");
         fd
@@ -850,13 +804,7 @@ fn send_ras(ns: &Netns, dst: IpAddr, hop_limit: i32) {
         panic!("router advertisements are IPv6")
     };
     ns.run_in(|| {
-        let fd = socket::socket(
-            AddressFamily::Inet6,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::IcmpV6,
-        )
-        .expect("raw ICMPv6 socket");
+        let fd = raw_icmpv6_socket();
         socket::setsockopt(&fd, sockopt::Ipv6Ttl, &hop_limit).expect("IPV6_UNICAST_HOPS");
         let to = SockaddrIn6::from(std::net::SocketAddrV6::new(dst, 0, 0, 0));
         for seq in 0..RA_COUNT {
@@ -887,40 +835,31 @@ fn attack_forged_router_advertisement_is_judged_by_policy() {
     require_root();
     let topo = topology::host_agent();
     let ehr_ns = topo.agent_ns();
-    let agent = start(
-        &topo,
-        &with(
-            WS_PUMP_EHR,
-            &[allow(
-                "ws-ehr-web",
-                "ws",
-                "ehr",
-                "[{protocol: tcp, port: 443}]",
-            )],
-        ),
-    );
+    let agent = ws_ehr_web_agent(&topo);
     let ws = topo.host("ws");
     let ehr = topo.host("ehr");
     let listener = icmpv6_listener(&ehr.ns);
 
+    let counted = |reason: &str| packets(&agent, ehr_ns, "ingress", reason);
     let (deny0, flow0, l2_0) = (
-        packets(&agent, ehr_ns, "ingress", "default-deny"),
-        packets(&agent, ehr_ns, "ingress", "dropped-flow"),
-        packets(&agent, ehr_ns, "ingress", "l2-pass"),
+        counted("default-deny"),
+        counted("dropped-flow"),
+        counted("l2-pass"),
     );
     send_ras(&ws.ns, ehr.v6, 64);
     let heard_64 = heard_ras(&listener, ws.v6, Duration::from_millis(500));
     let (deny1, flow1, l2_1) = (
-        packets(&agent, ehr_ns, "ingress", "default-deny"),
-        packets(&agent, ehr_ns, "ingress", "dropped-flow"),
-        packets(&agent, ehr_ns, "ingress", "l2-pass"),
+        counted("default-deny"),
+        counted("dropped-flow"),
+        counted("l2-pass"),
     );
-    eprintln!(
-        "hop limit 64: heard {heard_64}, default-deny +{}, dropped-flow +{}, l2-pass +{}",
+    let counted_64 = format!(
+        "default-deny +{}, dropped-flow +{}, l2-pass +{}",
         deny1 - deny0,
         flow1 - flow0,
         l2_1 - l2_0
     );
+    eprintln!("hop limit 64: heard {heard_64}, {counted_64}");
     assert_eq!(
         heard_64, 0,
         "router advertisements with hop limit 64 reached the EHR"
@@ -928,18 +867,12 @@ fn attack_forged_router_advertisement_is_judged_by_policy() {
     assert!(
         deny1 - deny0 >= u64::from(RA_COUNT),
         "each of the {RA_COUNT} forged advertisements is judged by policy (default-deny): \
-         default-deny +{}, dropped-flow +{}, l2-pass +{}",
-        deny1 - deny0,
-        flow1 - flow0,
-        l2_1 - l2_0
+         {counted_64}"
     );
 
     send_ras(&ws.ns, ehr.v6, 255);
     let heard_255 = heard_ras(&listener, ws.v6, Duration::from_millis(500));
-    let (deny2, l2_2) = (
-        packets(&agent, ehr_ns, "ingress", "default-deny"),
-        packets(&agent, ehr_ns, "ingress", "l2-pass"),
-    );
+    let (deny2, l2_2) = (counted("default-deny"), counted("l2-pass"));
     eprintln!(
         "hop limit 255: heard {heard_255}, default-deny +{}, l2-pass +{}",
         deny2 - deny1,
