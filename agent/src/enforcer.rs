@@ -133,6 +133,7 @@ pub struct Enforcer {
     ethertypes: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     conntrack: HashMap<MapData, abi::FlowKey, abi::FlowState>,
+    unconfirmed: HashMap<MapData, abi::FlowKey, abi::FlowState>,
     denied: HashMap<MapData, abi::FlowKey, abi::DeniedState>,
     fragments: HashMap<MapData, abi::FragmentKey, abi::FragmentState>,
     events: Option<RingBuf<MapData>>,
@@ -274,6 +275,7 @@ impl Enforcer {
         let ethertypes = take(&mut ebpf, abi::MAP_ETHERTYPES)?;
         let counters = take(&mut ebpf, abi::MAP_COUNTERS)?;
         let conntrack = take(&mut ebpf, abi::MAP_CONNTRACK)?;
+        let unconfirmed = take(&mut ebpf, abi::MAP_UNCONFIRMED)?;
         let denied = take(&mut ebpf, abi::MAP_DENIED)?;
         let fragments = take(&mut ebpf, abi::MAP_FRAGMENTS)?;
         let events = Some(take(&mut ebpf, abi::MAP_EVENTS)?);
@@ -292,6 +294,7 @@ impl Enforcer {
             ethertypes,
             counters,
             conntrack,
+            unconfirmed,
             denied,
             fragments,
             events,
@@ -719,10 +722,13 @@ impl Enforcer {
     /// Forgets every tracked connection, remembered drop and fragment: each
     /// next packet is judged as a new connection.
     pub fn flush_tracking(&mut self) -> Result<usize, EnforcerError> {
-        let keys: Vec<_> = self.conntrack.keys().filter_map(Result::ok).collect();
-        let n = keys.len();
-        for k in keys {
-            let _ = self.conntrack.remove(&k);
+        let mut n = 0;
+        for table in [&mut self.conntrack, &mut self.unconfirmed] {
+            let keys: Vec<_> = table.keys().filter_map(Result::ok).collect();
+            n += keys.len();
+            for k in keys {
+                let _ = table.remove(&k);
+            }
         }
         let keys: Vec<_> = self.denied.keys().filter_map(Result::ok).collect();
         for k in keys {
@@ -737,24 +743,24 @@ impl Enforcer {
 
     /// Removes tracked connections and fragments idle for longer than their
     /// timeout, as of `now` (`CLOCK_BOOTTIME` nanoseconds, the kernel's
-    /// clock). The kernel keeps them in plain hash maps, which never evict a
-    /// live connection (an LRU map evicts entries long before it is full
-    /// when CPUs contend); this sweep is what frees them. Returns how many
-    /// connections and fragments were removed.
+    /// clock). The kernel keeps confirmed connections in a plain hash map,
+    /// which never evicts a live connection (an LRU map evicts entries long
+    /// before it is full when CPUs contend); this sweep is what frees them.
+    /// Returns how many connections and fragments were removed.
     pub fn expire(&mut self, now: u64) -> (usize, usize) {
-        let idle: Vec<abi::FlowKey> = self
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, s)| {
-                now.saturating_sub(s.last_seen_ns) >= abi::flow_timeout(k.proto, s.status, s.tcp)
-            })
-            .map(|(k, _)| k)
-            .collect();
-        let connections = idle
-            .iter()
-            .filter(|k| self.conntrack.remove(k).is_ok())
-            .count();
+        let mut connections = 0;
+        for table in [&mut self.conntrack, &mut self.unconfirmed] {
+            let idle: Vec<abi::FlowKey> = table
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, s)| {
+                    now.saturating_sub(s.last_seen_ns)
+                        >= abi::flow_timeout(k.proto, s.status, s.tcp)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            connections += idle.iter().filter(|k| table.remove(k).is_ok()).count();
+        }
         // Remembered drops are evicted when their table is full; forgetting
         // old ones keeps it small.
         let forgotten: Vec<abi::FlowKey> = self
@@ -781,9 +787,13 @@ impl Enforcer {
         (connections, fragments)
     }
 
-    /// The tracked connections, for inspection.
+    /// The tracked connections, confirmed or not, for inspection.
     pub fn connections(&self) -> Vec<(abi::FlowKey, abi::FlowState)> {
-        self.conntrack.iter().filter_map(Result::ok).collect()
+        self.conntrack
+            .iter()
+            .chain(self.unconfirmed.iter())
+            .filter_map(Result::ok)
+            .collect()
     }
 
     /// Switches flow events off or on (counters always count).

@@ -48,6 +48,7 @@ pub const MAP_FAILSAFE: &str = "WL_FAILSAFE";
 pub const MAP_LOCAL_ADDRS: &str = "WL_LOCAL_ADDRS";
 pub const MAP_SCHEDULE: &str = "WL_SCHEDULE";
 pub const MAP_DENIED: &str = "WL_DENIED";
+pub const MAP_UNCONFIRMED: &str = "WL_UNCONFIRMED";
 pub const MAP_ETHERTYPES: &str = "WL_ETHERTYPES";
 pub const MAP_CONNTRACK: &str = "WL_CONNTRACK";
 pub const MAP_FRAGMENTS: &str = "WL_FRAGMENTS";
@@ -55,7 +56,7 @@ pub const MAP_COUNTERS: &str = "WL_COUNTERS";
 pub const MAP_EVENTS: &str = "WL_EVENTS";
 
 /// Every map the agent pins, in one place.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_CONFIG,
     MAP_SCHEDULE,
     MAP_PREFIXES,
@@ -66,6 +67,7 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_LOCAL_ADDRS,
     MAP_ETHERTYPES,
     MAP_CONNTRACK,
+    MAP_UNCONFIRMED,
     MAP_DENIED,
     MAP_FRAGMENTS,
     MAP_COUNTERS,
@@ -90,8 +92,14 @@ pub const MAX_FAILSAFE: u32 = 1024;
 /// The node's own addresses (failsafe flows are the node's own).
 pub const MAX_LOCAL_ADDRS: u32 = 4096;
 pub const MAX_ETHERTYPES: u32 = 64;
-/// Tracked connections that passed (allowed, audited, failsafe).
+/// Tracked connections that passed (allowed, audited, failsafe) and whose
+/// first reply was seen.
 pub const MAX_CONNECTIONS: u32 = 262_144;
+/// Passed connections no reply has been seen for yet: a table of their
+/// own, least recently used first out, so that a flood of one-way packets
+/// (spoofed SYNs to an allowed port) never fills [`MAX_CONNECTIONS`]. An
+/// evicted one is judged again by its next packet.
+pub const MAX_UNCONFIRMED: u32 = 131_072;
 /// Remembered dropped connections: a table of their own, least recently
 /// used first out, so that a flood of them never touches [`MAX_CONNECTIONS`].
 pub const MAX_DENIED: u32 = 65_536;

@@ -11,9 +11,9 @@ use aya_ebpf::{
 use wardline_ebpf_abi::{
     BOUND_ORIG, BOUND_REPLY_VLAN, COUNTER_TRACKING_FULL, DIR_EGRESS, DIR_INGRESS, DeniedState,
     EVENT_CLOSE, EVENT_REVOKED, FLOW_AUDITED, FLOW_DENIED, FLOW_FAILSAFE, FlowKey, FlowState,
-    INITIATOR_FIRST, MAX_CONNECTIONS, MAX_DENIED, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason,
-    TCP_CLOSE_REPORTED, TCP_FIN_ORIG, TCP_FIN_REPLY, TCP_RST, TCP_SEEN_REPLY, TIMEOUT_DENIED,
-    flow_timeout, slot_of,
+    INITIATOR_FIRST, MAX_CONNECTIONS, MAX_DENIED, MAX_UNCONFIRMED, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, Reason, TCP_CLOSE_REPORTED, TCP_FIN_ORIG, TCP_FIN_REPLY, TCP_RST, TCP_SEEN_REPLY,
+    TIMEOUT_DENIED, flow_timeout, slot_of,
 };
 
 use crate::events::{EventFlow, count_slot, flow_event};
@@ -29,6 +29,14 @@ use crate::verdict::Env;
 /// the failed insert is counted.
 #[map]
 static WL_CONNTRACK: HashMap<FlowKey, FlowState> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+/// Passed connections no reply has been seen for yet, keyed as
+/// `WL_CONNTRACK`. An LRU map: a flood of one-way packets (spoofed SYNs to an
+/// allowed port, from an allowed segment) only ever evicts its own kind, and
+/// an evicted connection's next packet is judged again. A connection moves
+/// to `WL_CONNTRACK` with its first reply.
+#[map]
+static WL_UNCONFIRMED: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(MAX_UNCONFIRMED, 0);
 /// Dropped connections, keyed by their own orientation. An LRU map: a
 /// flood of them only ever evicts its own kind.
 #[map]
@@ -52,6 +60,42 @@ fn work() -> Option<&'static mut FlowState> {
 /// Orientations a packet may be looked up in.
 pub const AS_INITIATOR: u8 = 1;
 pub const AS_REPLY: u8 = 2;
+
+/// Which table an entry is in: `WL_CONNTRACK` (a reply was seen) or
+/// `WL_UNCONFIRMED`.
+const CONFIRMED: u8 = 0;
+const UNCONFIRMED: u8 = 1;
+
+#[inline(always)]
+fn entry(table: u8, key: &FlowKey) -> Option<*mut FlowState> {
+    if table == CONFIRMED {
+        WL_CONNTRACK.get_ptr_mut(key)
+    } else {
+        WL_UNCONFIRMED.get_ptr_mut(key)
+    }
+}
+
+#[inline(always)]
+fn replace(table: u8, key: &FlowKey, value: &FlowState) {
+    let _ = if table == CONFIRMED {
+        WL_CONNTRACK.insert(key, value, BPF_EXIST as u64)
+    } else {
+        WL_UNCONFIRMED.insert(key, value, BPF_EXIST as u64)
+    };
+}
+
+#[inline(always)]
+fn forget(table: u8, key: &FlowKey) {
+    let _ = if table == CONFIRMED {
+        WL_CONNTRACK.remove(key)
+    } else {
+        WL_UNCONFIRMED.remove(key)
+    };
+}
+
+/// `rejudge`'s last argument: the orientation and the table.
+const HOW_REPLY: u8 = 1;
+const HOW_UNCONFIRMED: u8 = 2;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST_FLAG: u8 = 0x04;
@@ -111,16 +155,24 @@ pub fn tracked(env: &Env<'_>, p: &mut Packet, packet_key: &FlowKey, which: u8) -
     // Map calls take the key by reference (a copy would be 40 more bytes
     // of stack).
     let key: &FlowKey = &table;
-    let Some(mut s) = WL_CONNTRACK.get_ptr_mut(key) else {
-        return 0;
+    let mut which_table = CONFIRMED;
+    let mut s = match WL_CONNTRACK.get_ptr_mut(key) {
+        Some(s) => s,
+        None => {
+            which_table = UNCONFIRMED;
+            match WL_UNCONFIRMED.get_ptr_mut(key) {
+                Some(s) => s,
+                None => return 0,
+            }
+        }
     };
-    // SAFETY: a value pointer of `WL_CONNTRACK`, valid for this program run
+    // SAFETY: a value pointer of a tracking map, valid for this program run
     // (see above on what is written through it).
     let st = unsafe { &*s };
     // Another CPU may have stamped the entry after this packet read the
     // clock: a stamp in the future is idle time zero, never a wrap-around.
     if env.now.saturating_sub(st.last_seen_ns) >= flow_timeout(key.proto, st.status, st.tcp) {
-        let _ = WL_CONNTRACK.remove(key);
+        forget(which_table, key);
         return 0;
     }
     let reply = src_first != (st.binding & INITIATOR_FIRST != 0);
@@ -131,10 +183,17 @@ pub fn tracked(env: &Env<'_>, p: &mut Packet, packet_key: &FlowKey, which: u8) -
     match bound(env, p, st, reply) {
         Bound::Here => {}
         Bound::Elsewhere => return 0,
-        Bound::Learn => match learn(env, p, key) {
+        Bound::Learn => match learn(env, p, key, which_table) {
             Some(fresh) => s = fresh,
             None => return 0,
         },
+    }
+    if reply && which_table == UNCONFIRMED {
+        // The first reply confirms the connection.
+        if let Some(moved) = confirm(key) {
+            s = moved;
+            which_table = CONFIRMED;
+        }
     }
     // SAFETY: as above.
     let s = unsafe { &mut *s };
@@ -161,7 +220,13 @@ pub fn tracked(env: &Env<'_>, p: &mut Packet, packet_key: &FlowKey, which: u8) -
         return Reason::Failsafe as u8;
     }
     if s.generation != env.generation {
-        return rejudge(env, p, key, s, reply) as u8;
+        let how = if reply { HOW_REPLY } else { 0 }
+            | if which_table == UNCONFIRMED {
+                HOW_UNCONFIRMED
+            } else {
+                0
+            };
+        return rejudge(env, p, key, s, how) as u8;
     }
     if status == FLOW_DENIED {
         return Reason::DroppedFlow as u8;
@@ -216,10 +281,10 @@ fn bound(env: &Env<'_>, p: &Packet, st: &FlowState, reply: bool) -> Bound {
 /// Records where the connection lives by replacing its entry, and returns
 /// the new entry's pointer.
 #[inline(never)]
-fn learn(env: &Env<'_>, p: &Packet, key: &FlowKey) -> Option<*mut FlowState> {
-    let s = WL_CONNTRACK.get_ptr(key)?;
+fn learn(env: &Env<'_>, p: &Packet, key: &FlowKey, table: u8) -> Option<*mut FlowState> {
+    let s = entry(table, key)?;
     let learned = work()?;
-    // SAFETY: a value pointer of `WL_CONNTRACK`, copied out at once.
+    // SAFETY: a value pointer of a tracking map, copied out at once.
     *learned = unsafe { *s };
     if env.direction == DIR_EGRESS {
         learned.reply_ifindex = env.ifindex;
@@ -227,8 +292,32 @@ fn learn(env: &Env<'_>, p: &Packet, key: &FlowKey) -> Option<*mut FlowState> {
         learned.reply_vlan = p.vlan;
         learned.binding |= BOUND_REPLY_VLAN;
     }
-    let _ = WL_CONNTRACK.insert(key, learned, BPF_EXIST as u64);
-    WL_CONNTRACK.get_ptr_mut(key)
+    replace(table, key, learned);
+    entry(table, key)
+}
+
+/// Moves a connection whose first reply came to `WL_CONNTRACK`; `None`
+/// when that table is full (counted: the connection stays unconfirmed,
+/// where it still works until evicted).
+#[inline(never)]
+fn confirm(key: &FlowKey) -> Option<*mut FlowState> {
+    let s = WL_UNCONFIRMED.get_ptr(key)?;
+    let moving = work()?;
+    // SAFETY: a value pointer of `WL_UNCONFIRMED`, copied out at once.
+    *moving = unsafe { *s };
+    let value: &FlowState = moving;
+    match WL_CONNTRACK.insert(key, value, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            let _ = WL_UNCONFIRMED.remove(key);
+            WL_CONNTRACK.get_ptr_mut(key)
+        }
+        Err(e) => {
+            if e != -EEXIST {
+                count_slot(COUNTER_TRACKING_FULL);
+            }
+            None
+        }
+    }
 }
 
 #[inline(never)]
@@ -261,7 +350,13 @@ fn flow_of(s: &FlowState) -> EventFlow {
 /// opened it, with the live generation's tables, whichever direction this
 /// packet goes; cut (and reported `revoked`) if no longer allowed.
 #[inline(never)]
-fn rejudge(env: &Env<'_>, p: &mut Packet, key: &FlowKey, s: &FlowState, reply: bool) -> Reason {
+fn rejudge(env: &Env<'_>, p: &mut Packet, key: &FlowKey, s: &FlowState, how: u8) -> Reason {
+    let reply = how & HOW_REPLY != 0;
+    let table = if how & HOW_UNCONFIRMED != 0 {
+        UNCONFIRMED
+    } else {
+        CONFIRMED
+    };
     let Some(st) = work() else {
         return Reason::Internal;
     };
@@ -295,8 +390,7 @@ fn rejudge(env: &Env<'_>, p: &mut Packet, key: &FlowKey, s: &FlowState, reply: b
     st.status = status_of(j.reason);
     // Passed as a reference to the per-CPU value: a copy would take 64
     // bytes of the stack.
-    let value: &FlowState = st;
-    let _ = WL_CONNTRACK.insert(key, value, BPF_EXIST as u64);
+    replace(table, key, st);
     if st.status == FLOW_DENIED {
         if was_passing {
             let f = flow_of(st);
@@ -341,7 +435,8 @@ fn event_as_initiator(
 }
 
 /// Tracks a new connection that passed, bound to where its first packet
-/// arrived (ingress) or left (egress).
+/// arrived (ingress) or left (egress), in `WL_UNCONFIRMED` until its first
+/// reply.
 #[inline(never)]
 pub fn track(env: &Env<'_>, p: &Packet, packet_key: &FlowKey, which: u8, j: &Judged) {
     let mut table = *packet_key;
@@ -375,12 +470,15 @@ pub fn track(env: &Env<'_>, p: &Packet, packet_key: &FlowKey, which: u8, j: &Jud
         binding: if ingress { BOUND_ORIG } else { 0 }
             | if initiator_first { INITIATOR_FIRST } else { 0 },
     };
+    // The tuple (in either orientation) tracked for a connection that
+    // lives elsewhere stays as it is: this packet got its own verdict.
+    // SAFETY: a lookup whose value is not read.
+    if unsafe { WL_CONNTRACK.get(key) }.is_some() {
+        return;
+    }
     let value: &FlowState = st;
-    match WL_CONNTRACK.insert(key, value, BPF_NOEXIST as u64) {
+    match WL_UNCONFIRMED.insert(key, value, BPF_NOEXIST as u64) {
         Ok(()) => {}
-        // The tuple (in either orientation) is tracked for a connection
-        // that lives elsewhere: this packet got its own verdict; the other
-        // connection stays as it is.
         Err(e) if e == -EEXIST => {}
         Err(_) => count_slot(COUNTER_TRACKING_FULL),
     }
@@ -436,8 +534,13 @@ pub fn related(env: &Env<'_>, p: &Packet) -> bool {
     };
     let mut key = p.inner;
     let src_first = table_key(&mut key, which);
-    // SAFETY: the value is copied out at once.
-    let Some(s) = (unsafe { WL_CONNTRACK.get(key) }).copied() else {
+    // SAFETY: values copied out at once.
+    let found = match unsafe { WL_CONNTRACK.get(key) } {
+        Some(s) => Some(*s),
+        // SAFETY: as above.
+        None => unsafe { WL_UNCONFIRMED.get(key) }.copied(),
+    };
+    let Some(s) = found else {
         return false;
     };
     let quoted_reply = src_first != (s.binding & INITIATOR_FIRST != 0);
