@@ -150,11 +150,11 @@ fn lower_first(key: &FlowKey) -> bool {
 /// that decides a verdict is written by replacing the entry.
 #[inline(never)]
 pub fn tracked(env: &Env<'_>, p: &mut Packet, packet_key: &FlowKey, which: u8) -> u8 {
-    let mut table = *packet_key;
-    let src_first = table_key(&mut table, which);
+    let mut canonical = *packet_key;
+    let src_first = table_key(&mut canonical, which);
     // Map calls take the key by reference (a copy would be 40 more bytes
     // of stack).
-    let key: &FlowKey = &table;
+    let key: &FlowKey = &canonical;
     let mut which_table = CONFIRMED;
     let mut s = match WL_CONNTRACK.get_ptr_mut(key) {
         Some(s) => s,
@@ -439,9 +439,9 @@ fn event_as_initiator(
 /// reply.
 #[inline(never)]
 pub fn track(env: &Env<'_>, p: &Packet, packet_key: &FlowKey, which: u8, j: &Judged) {
-    let mut table = *packet_key;
-    let initiator_first = table_key(&mut table, which);
-    let key: &FlowKey = &table;
+    let mut canonical = *packet_key;
+    let initiator_first = table_key(&mut canonical, which);
+    let key: &FlowKey = &canonical;
     let ingress = env.direction == DIR_INGRESS;
     let mut tcp = 0;
     if key.proto == PROTO_TCP && p.tcp_flags & TCP_RST_FLAG != 0 {
