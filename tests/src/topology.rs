@@ -190,58 +190,20 @@ pub fn routed_gateway() -> Topology {
 /// no segment, on VLAN 30), `rogue` (on VLAN 30 with an EHR address),
 /// `pump-server` and `ehr` (untagged, on the core side).
 pub fn vlan_bridge() -> Topology {
-    let gw = Netns::new("bridge-gw");
-    let sw = Netns::new("access-sw");
-    let mut hosts = vec![
-        Host::new("pump", "198.18.30.10", "2001:db8:30::10"),
-        Host::new("vlan-only", "198.18.99.30", "2001:db8:99::30"),
-        Host::new("rogue", "198.18.41.66", "2001:db8:41::66"),
-        Host::new("pump-server", "198.18.42.10", "2001:db8:42::10"),
-        Host::new("ehr", "198.18.41.10", "2001:db8:41::10"),
-    ];
-    let mut ports = Vec::new();
-    let mut pairs = Vec::new();
-    for (i, h) in hosts.iter().enumerate().take(3) {
-        let (access, trunk) = (format!("a{i}"), format!("t{i}"));
-        veth(&sw, &access, &h.ns, "eth0");
-        veth(&sw, &trunk, &gw, &trunk);
-        link_up(&sw, &access);
-        link_up(&sw, &trunk);
-        pairs.push(PortPair {
-            access,
-            trunk: trunk.clone(),
-            vid: 30,
-        });
-        ports.push(trunk);
-    }
-    let mut switches = vec![
-        sw.run_in(move || AccessSwitch::attach(&pairs))
-            .expect("access switch"),
-    ];
-    for (i, h) in hosts.iter().enumerate().skip(3) {
-        let port = format!("s{i}");
-        veth(&gw, &port, &h.ns, "eth0");
-        ports.push(port);
-        switches.push(
-            h.ns.run_in(|| AccessSwitch::untag("eth0"))
-                .expect("untagging port"),
-        );
-    }
-    let refs: Vec<&str> = ports.iter().map(String::as_str).collect();
-    bridge(&gw, "br0", &refs);
-    for h in hosts.iter_mut() {
-        h.address(24, 64);
-        h.on_link();
-        h.serve();
-    }
-    Topology {
-        hosts,
-        gateway: Some(gw),
-        agent_host: None,
-        agent_interfaces: ports,
-        infrastructure: vec![sw],
-        switches,
-    }
+    bridged_vlans(
+        vec![
+            (Host::new("pump", "198.18.30.10", "2001:db8:30::10"), 30),
+            (
+                Host::new("vlan-only", "198.18.99.30", "2001:db8:99::30"),
+                30,
+            ),
+            (Host::new("rogue", "198.18.41.66", "2001:db8:41::66"), 30),
+        ],
+        vec![
+            Host::new("pump-server", "198.18.42.10", "2001:db8:42::10"),
+            Host::new("ehr", "198.18.41.10", "2001:db8:41::10"),
+        ],
+    )
 }
 
 /// [`vlan_bridge`] with a second access VLAN: `vlan40` (198.18.40.10, an
@@ -251,20 +213,35 @@ pub fn vlan_bridge() -> Topology {
 /// Hosts: `pump`, `vlan-only` and `rogue` on VLAN 30, `vlan40` on VLAN 40,
 /// `pump-server` and `ehr` untagged on the core side.
 pub fn vlan_bridge_with_second_vlan() -> Topology {
+    bridged_vlans(
+        vec![
+            (Host::new("pump", "198.18.30.10", "2001:db8:30::10"), 30),
+            (
+                Host::new("vlan-only", "198.18.99.30", "2001:db8:99::30"),
+                30,
+            ),
+            (Host::new("rogue", "198.18.41.66", "2001:db8:41::66"), 30),
+            (Host::new("vlan40", "198.18.40.10", "2001:db8:40::10"), 40),
+        ],
+        vec![
+            Host::new("pump-server", "198.18.42.10", "2001:db8:42::10"),
+            Host::new("ehr", "198.18.41.10", "2001:db8:41::10"),
+        ],
+    )
+}
+
+/// A transparent bridge gateway: `access` hosts behind an emulated access
+/// switch that tags their frames with their VLAN (switch port `a{i}`, trunk
+/// `t{i}` into the bridge), `core` hosts on untagged bridge ports `s{i}`
+/// (numbered after the access hosts). The agent enforces on every bridge
+/// port.
+fn bridged_vlans(access: Vec<(Host, u16)>, core: Vec<Host>) -> Topology {
     let gw = Netns::new("bridge-gw");
     let sw = Netns::new("access-sw");
-    let mut hosts = vec![
-        Host::new("pump", "198.18.30.10", "2001:db8:30::10"),
-        Host::new("vlan-only", "198.18.99.30", "2001:db8:99::30"),
-        Host::new("rogue", "198.18.41.66", "2001:db8:41::66"),
-        Host::new("vlan40", "198.18.40.10", "2001:db8:40::10"),
-        Host::new("pump-server", "198.18.42.10", "2001:db8:42::10"),
-        Host::new("ehr", "198.18.41.10", "2001:db8:41::10"),
-    ];
-    let vids = [30, 30, 30, 40];
     let mut ports = Vec::new();
     let mut pairs = Vec::new();
-    for (i, h) in hosts.iter().enumerate().take(vids.len()) {
+    let mut hosts = Vec::new();
+    for (i, (h, vid)) in access.into_iter().enumerate() {
         let (access, trunk) = (format!("a{i}"), format!("t{i}"));
         veth(&sw, &access, &h.ns, "eth0");
         veth(&sw, &trunk, &gw, &trunk);
@@ -273,22 +250,24 @@ pub fn vlan_bridge_with_second_vlan() -> Topology {
         pairs.push(PortPair {
             access,
             trunk: trunk.clone(),
-            vid: vids[i],
+            vid,
         });
         ports.push(trunk);
+        hosts.push(h);
     }
     let mut switches = vec![
         sw.run_in(move || AccessSwitch::attach(&pairs))
             .expect("access switch"),
     ];
-    for (i, h) in hosts.iter().enumerate().skip(vids.len()) {
-        let port = format!("s{i}");
+    for h in core {
+        let port = format!("s{}", hosts.len());
         veth(&gw, &port, &h.ns, "eth0");
         ports.push(port);
         switches.push(
             h.ns.run_in(|| AccessSwitch::untag("eth0"))
                 .expect("untagging port"),
         );
+        hosts.push(h);
     }
     let refs: Vec<&str> = ports.iter().map(String::as_str).collect();
     bridge(&gw, "br0", &refs);
