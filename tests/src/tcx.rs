@@ -5,10 +5,12 @@
 //!
 //! Each program is two instructions, `r0 = CODE; exit`: it returns the same
 //! TCX verdict for every packet. The link is not pinned: dropping the
-//! [`TcxProgram`] closes its descriptors and the kernel detaches it.
+//! [`TcxProgram`] closes its descriptors and the kernel detaches it. The
+//! benchmark's empty program is one of them too (`load`, `pin`).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use nix::libc;
@@ -24,6 +26,7 @@ pub const TCX_PASS: i32 = 0;
 pub const TCX_DROP: i32 = 2;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
@@ -118,7 +121,7 @@ fn owned(fd: RawFd) -> OwnedFd {
 
 /// Loads `r0 = code; exit` as a TC classifier named `name` (at most 15
 /// bytes, `[A-Za-z0-9_]`).
-fn load(name: &str, code: i32) -> io::Result<OwnedFd> {
+pub(crate) fn load(name: &str, code: i32) -> io::Result<OwnedFd> {
     let insns = [
         // BPF_ALU64 | BPF_MOV | BPF_K, dst r0: r0 = imm (sign-extended).
         Insn {
@@ -160,6 +163,28 @@ fn load(name: &str, code: i32) -> io::Result<OwnedFd> {
             ),
         )
     })
+}
+
+/// `union bpf_attr` as `BPF_OBJ_PIN` reads it.
+#[repr(C)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Pins the program (or map) `fd` at `path` on a bpffs.
+pub(crate) fn pin(fd: &OwnedFd, path: &Path) -> io::Result<()> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::other(format!("{}: a NUL byte in the path", path.display())))?;
+    let mut attr = ObjPinAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    bpf(BPF_OBJ_PIN, &mut attr)
+        .map(|_| ())
+        .map_err(|e| io::Error::new(e.kind(), format!("pinning at {}: {e}", path.display())))
 }
 
 /// Loads a program that returns `code` for every packet and attaches it to

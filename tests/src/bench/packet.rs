@@ -26,14 +26,12 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use nix::libc;
 use serde::Serialize;
 use time::OffsetDateTime;
 use wardline_agent::enforcer::{self, Counters, Enforcer};
@@ -153,93 +151,10 @@ impl Drop for Programs {
 /// with `BPF_PROG_LOAD` and opened through a pin of its own in `dir`,
 /// removed at once.
 fn empty_program(dir: &Path) -> anyhow::Result<SchedClassifier> {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-    /// The head of `union bpf_attr` for `BPF_PROG_LOAD`; the kernel reads
-    /// the fields beyond `size` as zero.
-    #[repr(C)]
-    struct ProgLoad {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-    }
-    /// `union bpf_attr` for `BPF_OBJ_PIN`.
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    // struct bpf_insn {u8 code; u8 regs; s16 off; s32 imm}, little-endian:
-    // BPF_ALU64|BPF_MOV|BPF_K to r0 with imm 0, then BPF_JMP|BPF_EXIT.
-    let insns: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
-    let license = c"GPL";
-    let mut name = [0u8; 16];
-    name[..8].copy_from_slice(b"wl_empty");
-    let load = ProgLoad {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: 2,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 0,
-        log_size: 0,
-        log_buf: 0,
-        kern_version: 0,
-        prog_flags: 0,
-        prog_name: name,
-    };
-    // SAFETY: `load` is a valid bpf_attr head of the size passed; the
-    // instructions and licence it points at outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &load as *const ProgLoad,
-            size_of::<ProgLoad>(),
-        )
-    };
-    if fd < 0 {
-        bail!(
-            "loading the empty program: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = crate::tcx::load("wl_empty", TC_ACT_OK as i32).context("loading the empty program")?;
     let pin = dir.join("bench-empty");
     let _ = std::fs::remove_file(&pin);
-    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
-        .context("the pin path has a NUL byte")?;
-    let attr = ObjPin {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    // SAFETY: `attr` is a valid bpf_attr for BPF_OBJ_PIN; the path it
-    // points at outlives the call; `fd` is open.
-    let pinned = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &attr as *const ObjPin,
-            size_of::<ObjPin>(),
-        )
-    };
-    if pinned < 0 {
-        bail!(
-            "pinning the empty program at {}: {}",
-            pin.display(),
-            std::io::Error::last_os_error()
-        );
-    }
+    crate::tcx::pin(&fd, &pin).context("pinning the empty program")?;
     let program = SchedClassifier::from_pin(&pin)
         .with_context(|| format!("opening the empty program at {}", pin.display()));
     let _ = std::fs::remove_file(&pin);
