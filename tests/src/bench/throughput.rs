@@ -185,11 +185,11 @@ fn policy_yaml(rules: &[Rule]) -> String {
     yaml
 }
 
-/// nftables at its best: a netdev ingress hook on the gateway's interface
-/// and one hash set of concatenated keys; what is not in it is dropped.
-fn nft_ruleset(rules: &[Rule]) -> String {
+/// The set both nftables rulesets look new connections up in: the N
+/// allowed (source, destination, protocol, port) keys, concatenated.
+fn nft_allow_set(rules: &[Rule]) -> String {
     let mut s = format!(
-        "table netdev {NFT_TABLE} {{\n  set allow {{\n    type ipv4_addr . ipv4_addr . inet_proto . inet_service\n    size {}\n    elements = {{\n",
+        "  set allow {{\n    type ipv4_addr . ipv4_addr . inet_proto . inet_service\n    size {}\n    elements = {{\n",
         rules.len().max(16)
     );
     for (i, r) in rules.iter().enumerate() {
@@ -203,9 +203,17 @@ fn nft_ruleset(rules: &[Rule]) -> String {
             r.port
         );
     }
+    s.push_str("    }\n  }\n");
+    s
+}
+
+/// nftables at its best: a netdev ingress hook on the gateway's interface
+/// and one hash set of concatenated keys; what is not in it is dropped.
+fn nft_ruleset(rules: &[Rule]) -> String {
+    let mut s = format!("table netdev {NFT_TABLE} {{\n{}", nft_allow_set(rules));
     let _ = write!(
         s,
-        "    }}\n  }}\n  chain ingress {{\n    type filter hook ingress device \"{GW_IN}\" priority 0; policy drop;\n    meta protocol != ip accept\n    ip saddr . ip daddr . meta l4proto . th dport @allow accept\n  }}\n}}\n"
+        "  chain ingress {{\n    type filter hook ingress device \"{GW_IN}\" priority 0; policy drop;\n    meta protocol != ip accept\n    ip saddr . ip daddr . meta l4proto . th dport @allow accept\n  }}\n}}\n"
     );
     s
 }
@@ -215,24 +223,10 @@ fn nft_ruleset(rules: &[Rule]) -> String {
 /// a known connection is accepted at the first rule, a new one by the same
 /// set of concatenated keys as the stateless case; the rest is dropped.
 fn nft_stateful_ruleset(rules: &[Rule]) -> String {
-    let mut s = format!(
-        "table inet {NFT_CT_TABLE} {{\n  set allow {{\n    type ipv4_addr . ipv4_addr . inet_proto . inet_service\n    size {}\n    elements = {{\n",
-        rules.len().max(16)
-    );
-    for (i, r) in rules.iter().enumerate() {
-        let sep = if i + 1 == rules.len() { "" } else { "," };
-        let _ = writeln!(
-            s,
-            "      {} . {} . {} . {}{sep}",
-            r.src,
-            r.dst,
-            proto(r),
-            r.port
-        );
-    }
+    let mut s = format!("table inet {NFT_CT_TABLE} {{\n{}", nft_allow_set(rules));
     let _ = write!(
         s,
-        "    }}\n  }}\n  chain forward {{\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    ip saddr . ip daddr . meta l4proto . th dport @allow accept\n  }}\n}}\n"
+        "  chain forward {{\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    ip saddr . ip daddr . meta l4proto . th dport @allow accept\n  }}\n}}\n"
     );
     s
 }
