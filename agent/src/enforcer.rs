@@ -25,8 +25,8 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use wardline_ebpf_abi as abi;
 use wardline_ebpf_abi::{
-    ABI_VERSION, Config, FailsafeData, LocalAddr, MonitorKey, PrefixData, RuleData, RuleValue,
-    ScheduleEntry, config_flags, slot_of,
+    ABI_VERSION, Config, FailsafeData, LocalAddr, MonitorKey, PrefixData, PrefixKey, PrefixLens,
+    RuleKey, RulePortsKey, RuleValue, ScheduleEntry, config_flags, slot_of,
 };
 use wardline_policy::Dataplane;
 use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
@@ -124,10 +124,13 @@ pub struct Enforcer {
     ebpf: Ebpf,
     config: Array<MapData, Config>,
     schedule: Array<MapData, ScheduleEntry>,
-    prefixes: LpmTrie<MapData, PrefixData, u32>,
+    prefixes: HashMap<MapData, PrefixKey, u32>,
+    prefix_lens: Array<MapData, PrefixLens>,
+    prefix_trie: LpmTrie<MapData, PrefixData, u32>,
     vlans: HashMap<MapData, u32, u32>,
     monitor: HashMap<MapData, MonitorKey, u32>,
-    rules: LpmTrie<MapData, RuleData, RuleValue>,
+    rules: HashMap<MapData, RuleKey, RuleValue>,
+    rule_ports: HashMap<MapData, RulePortsKey, u32>,
     failsafe: LpmTrie<MapData, FailsafeData, u32>,
     local_addrs: HashMap<MapData, LocalAddr, u32>,
     ethertypes: HashMap<MapData, u32, u32>,
@@ -267,9 +270,12 @@ impl Enforcer {
         let config = take(&mut ebpf, abi::MAP_CONFIG)?;
         let schedule = take(&mut ebpf, abi::MAP_SCHEDULE)?;
         let prefixes = take(&mut ebpf, abi::MAP_PREFIXES)?;
+        let prefix_lens = take(&mut ebpf, abi::MAP_PREFIX_LENS)?;
+        let prefix_trie = take(&mut ebpf, abi::MAP_PREFIX_TRIE)?;
         let vlans = take(&mut ebpf, abi::MAP_VLANS)?;
         let monitor = take(&mut ebpf, abi::MAP_MONITOR)?;
         let rules = take(&mut ebpf, abi::MAP_RULES)?;
+        let rule_ports = take(&mut ebpf, abi::MAP_RULE_PORTS)?;
         let failsafe = take(&mut ebpf, abi::MAP_FAILSAFE)?;
         let local_addrs = take(&mut ebpf, abi::MAP_LOCAL_ADDRS)?;
         let ethertypes = take(&mut ebpf, abi::MAP_ETHERTYPES)?;
@@ -286,9 +292,12 @@ impl Enforcer {
             config,
             schedule,
             prefixes,
+            prefix_lens,
+            prefix_trie,
             vlans,
             monitor,
             rules,
+            rule_ports,
             failsafe,
             local_addrs,
             ethertypes,
@@ -624,20 +633,64 @@ impl Enforcer {
 
     /// Writes one generation's tables into `slot` (which packets do not use).
     fn program_slot(&mut self, slot: u8, dp: &Dataplane) -> Result<(), EnforcerError> {
-        for (net, id) in &dp.prefixes {
-            let (family, addr, bits) = lpm_addr(net.network(), net.prefix_len());
-            let key = Key::new(
-                abi::PREFIX_KEY_FIXED_BITS + bits,
-                PrefixData {
+        // Per family, the prefix lengths in use, longest first: the
+        // longest `PREFIX_PROBES` are probed in the hash, the prefixes of
+        // any others go to the trie.
+        let mut used: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        let entries: Vec<(u8, [u8; 16], u8, u32)> = dp
+            .prefixes
+            .iter()
+            .map(|(net, id)| {
+                let (family, addr, bits) = lpm_addr(net.network(), net.prefix_len());
+                (family, addr, bits as u8, *id)
+            })
+            .collect();
+        for (family, _, bits, _) in &entries {
+            used[usize::from(*family == abi::FAMILY_V6)].push(*bits);
+        }
+        for u in &mut used {
+            u.sort_unstable_by(|a, b| b.cmp(a));
+            u.dedup();
+        }
+        for (family, addr, bits, id) in &entries {
+            let probed = &used[usize::from(*family == abi::FAMILY_V6)];
+            if probed.iter().take(abi::PREFIX_PROBES).any(|b| b == bits) {
+                let key = PrefixKey {
                     slot,
-                    family,
-                    _pad: [0; 2],
-                    addr,
-                },
-            );
-            self.prefixes
-                .insert(&key, id, 0)
-                .map_err(map_err(abi::MAP_PREFIXES))?;
+                    family: *family,
+                    bits: *bits,
+                    _pad: 0,
+                    addr: abi::mask_address(*addr, *bits),
+                };
+                self.prefixes
+                    .insert(key, id, 0)
+                    .map_err(map_err(abi::MAP_PREFIXES))?;
+            } else {
+                let key = Key::new(
+                    abi::PREFIX_KEY_FIXED_BITS + u32::from(*bits),
+                    PrefixData {
+                        slot,
+                        family: *family,
+                        _pad: [0; 2],
+                        addr: *addr,
+                    },
+                );
+                self.prefix_trie
+                    .insert(&key, id, 0)
+                    .map_err(map_err(abi::MAP_PREFIX_TRIE))?;
+            }
+        }
+        for (family, u) in [abi::FAMILY_V4, abi::FAMILY_V6].into_iter().zip(&used) {
+            let probed = u.len().min(abi::PREFIX_PROBES);
+            let mut entry = PrefixLens {
+                count: probed as u8,
+                trie: u8::from(u.len() > probed),
+                ..PrefixLens::default()
+            };
+            entry.bits[..probed].copy_from_slice(&u[..probed]);
+            self.prefix_lens
+                .set(abi::prefix_lens_index(slot, family), entry, 0)
+                .map_err(map_err(abi::MAP_PREFIX_LENS))?;
         }
         for (vid, id) in &dp.vlans {
             self.vlans
@@ -653,20 +706,36 @@ impl Enforcer {
                 .insert(key, 1, 0)
                 .map_err(map_err(abi::MAP_MONITOR))?;
         }
+        let mut ports: std::collections::BTreeMap<RulePortsKey, u32> = Default::default();
         for r in &dp.rules {
-            let key = Key::new(
-                abi::RULE_KEY_FIXED_BITS + r.port_bits as u32,
-                RuleData {
+            let key = RuleKey {
+                slot,
+                proto: r.proto,
+                port_bits: r.port_bits,
+                _pad: 0,
+                src: r.src,
+                dst: r.dst,
+                port: abi::mask_port(r.port, r.port_bits),
+                _pad2: 0,
+            };
+            self.rules
+                .insert(key, r.value, 0)
+                .map_err(map_err(abi::MAP_RULES))?;
+            if r.port_bits < 16 {
+                let triple = RulePortsKey {
                     slot,
                     proto: r.proto,
-                    src: r.src.to_be_bytes(),
-                    dst: r.dst.to_be_bytes(),
-                    port: r.port.to_be_bytes(),
-                },
-            );
-            self.rules
-                .insert(&key, r.value, 0)
-                .map_err(map_err(abi::MAP_RULES))?;
+                    _pad: [0; 2],
+                    src: r.src,
+                    dst: r.dst,
+                };
+                *ports.entry(triple).or_default() |= 1 << r.port_bits;
+            }
+        }
+        for (triple, lens) in ports {
+            self.rule_ports
+                .insert(triple, lens, 0)
+                .map_err(map_err(abi::MAP_RULE_PORTS))?;
         }
         Ok(())
     }
@@ -682,7 +751,7 @@ impl Enforcer {
             .prefixes
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| drop(k.data().slot))
+            .filter(|k| drop(k.slot))
             .collect();
         for k in keys {
             self.prefixes
@@ -690,13 +759,48 @@ impl Enforcer {
                 .map_err(map_err(abi::MAP_PREFIXES))?;
         }
         let keys: Vec<_> = self
-            .rules
+            .prefix_trie
             .keys()
             .filter_map(Result::ok)
             .filter(|k| drop(k.data().slot))
             .collect();
         for k in keys {
+            self.prefix_trie
+                .remove(&k)
+                .map_err(map_err(abi::MAP_PREFIX_TRIE))?;
+        }
+        let keys: Vec<_> = self
+            .rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| drop(k.slot))
+            .collect();
+        for k in keys {
             self.rules.remove(&k).map_err(map_err(abi::MAP_RULES))?;
+        }
+        let keys: Vec<_> = self
+            .rule_ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| drop(k.slot))
+            .collect();
+        for k in keys {
+            self.rule_ports
+                .remove(&k)
+                .map_err(map_err(abi::MAP_RULE_PORTS))?;
+        }
+        for slot in 0..abi::SLOTS as u8 {
+            if drop(slot) {
+                for family in [abi::FAMILY_V4, abi::FAMILY_V6] {
+                    self.prefix_lens
+                        .set(
+                            abi::prefix_lens_index(slot, family),
+                            PrefixLens::default(),
+                            0,
+                        )
+                        .map_err(map_err(abi::MAP_PREFIX_LENS))?;
+                }
+            }
         }
         let keys: Vec<_> = self
             .vlans

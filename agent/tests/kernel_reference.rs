@@ -745,3 +745,227 @@ fn privileged_idle_connections_are_expired_and_live_ones_kept() {
     );
     assert!(enforcer.connections().is_empty());
 }
+
+/// Segments nested at ten IPv4 and ten IPv6 prefix lengths (more than the
+/// kernel probes in its prefix hash, so the shortest go to its trie), and
+/// policies whose port ranges split into prefixes of many lengths.
+const NESTED_POLICY: &str = r#"
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s15}
+spec: {cidrs: ["198.18.0.0/15", "2001:db8::/32"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s16}
+spec: {cidrs: ["198.18.0.0/16", "2001:db8::/40"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s17}
+spec: {cidrs: ["198.18.0.0/17", "2001:db8::/48"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s20}
+spec: {cidrs: ["198.18.16.0/20", "2001:db8::/56"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s22}
+spec: {cidrs: ["198.18.20.0/22", "2001:db8::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s24}
+spec: {cidrs: ["198.18.21.0/24", "2001:db8::/80"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s26}
+spec: {cidrs: ["198.18.21.64/26", "2001:db8::/96"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s28}
+spec: {cidrs: ["198.18.21.80/28", "2001:db8::/112"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s30}
+spec: {cidrs: ["198.18.21.84/30", "2001:db8::/120"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: s32}
+spec: {cidrs: ["198.18.21.85/32", "2001:db8::85/128"]}
+---
+apiVersion: wardline/v1
+kind: Policy
+metadata: {name: inner-to-outer}
+spec:
+  action: allow
+  from: [s32, s30, s28]
+  to: [s15, s16, s17]
+  ports: [{protocol: tcp, port: 1000, endPort: 2999}, {protocol: udp, port: 40000, endPort: 65535}, {protocol: tcp, port: 443}]
+---
+apiVersion: wardline/v1
+kind: Policy
+metadata: {name: outer-to-inner}
+spec:
+  action: allow
+  from: [s15, s16, s17, s20]
+  to: [s22, s24, s26, s28, s30, s32]
+  ports: [{protocol: tcp, port: 1, endPort: 1023}, {protocol: udp, port: 5000, endPort: 5099}]
+---
+apiVersion: wardline/v1
+kind: Policy
+metadata: {name: no-range}
+spec:
+  action: deny
+  from: [any]
+  to: [s24, s16]
+  ports: [{protocol: tcp, port: 700, endPort: 1999}]
+---
+apiVersion: wardline/v1
+kind: Policy
+metadata: {name: world-in}
+spec: {action: allow, from: [world], to: [s26], ports: [{protocol: tcp, port: 8000, endPort: 8191}]}
+"#;
+
+/// An Ethernet frame of one TCP SYN or UDP datagram, IPv4 or IPv6.
+fn syn_frame(
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut b = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    let l4_len: usize = if proto == abi::PROTO_TCP { 20 } else { 8 };
+    match (src, dst) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+            b.extend([0x08, 0x00, 0x45, 0]);
+            b.extend(((20 + l4_len) as u16).to_be_bytes());
+            b.extend([0, 1, 0x40, 0, 64, proto, 0, 0]);
+            b.extend(s.octets());
+            b.extend(d.octets());
+        }
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+            b.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+            b.extend((l4_len as u16).to_be_bytes());
+            b.extend([proto, 64]);
+            b.extend(s.octets());
+            b.extend(d.octets());
+        }
+        _ => panic!("one family"),
+    }
+    b.extend(sport.to_be_bytes());
+    b.extend(dport.to_be_bytes());
+    if proto == abi::PROTO_TCP {
+        b.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        b.extend(8u16.to_be_bytes());
+        b.extend([0, 0]);
+    }
+    b
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_prefix_and_port_lookups_agree_with_reference_at_every_length() {
+    let set = wardline_policy::parse(NESTED_POLICY).expect("test policy parses");
+    let now = OffsetDateTime::now_utc();
+    let dp = Dataplane::compile(&set, &CompileOptions::at(now)).expect("compiles");
+    let v4_lengths: std::collections::BTreeSet<u8> = dp
+        .prefixes
+        .iter()
+        .filter(|(n, _)| n.addr().is_ipv4())
+        .map(|(n, _)| n.prefix_len())
+        .collect();
+    assert!(
+        v4_lengths.len() > abi::PREFIX_PROBES,
+        "more lengths than are probed: {v4_lengths:?}"
+    );
+    let reference = Reference::new(&set, now, &[], &[]);
+    let (mut enforcer, _pins) = common::open("lens");
+    enforcer.apply(&dp, &[]).unwrap();
+    let mut ring = enforcer.take_events().unwrap();
+
+    let mut rng = StdRng::seed_from_u64(0x1e_4675);
+    // Addresses near every boundary of the nested prefixes, and outside.
+    let v4_near: [[u8; 4]; 12] = [
+        [198, 18, 21, 85],
+        [198, 18, 21, 84],
+        [198, 18, 21, 87],
+        [198, 18, 21, 80],
+        [198, 18, 21, 95],
+        [198, 18, 21, 64],
+        [198, 18, 21, 1],
+        [198, 18, 20, 1],
+        [198, 18, 16, 1],
+        [198, 18, 1, 1],
+        [198, 18, 200, 1],
+        [198, 19, 7, 1],
+    ];
+    let v6_tail: [u16; 8] = [0x85, 0x84, 0x80, 0x1234, 0, 0x99, 0x7f, 0x100];
+    let v6_mid: [u16; 6] = [0, 0, 0x1, 0xff, 0x100, 0x1_00];
+    let ports = [
+        1u16, 22, 443, 700, 999, 1000, 1023, 1024, 1999, 2000, 2999, 3000, 5000, 5050, 5099, 5100,
+        8000, 8191, 8192, 40000, 65535,
+    ];
+    let mut by_reason = std::collections::BTreeMap::<&str, usize>::new();
+    for i in 0..6000 {
+        let v6 = i % 3 == 2;
+        let pick = |rng: &mut StdRng| -> std::net::IpAddr {
+            if v6 {
+                let mut a = [0u16; 8];
+                a[0] = 0x2001;
+                a[1] = 0xdb8;
+                if rng.random_range(0..8) == 0 {
+                    a[1] = 0xdb9; // outside every segment
+                }
+                a[2] = v6_mid[rng.random_range(0..v6_mid.len())];
+                a[rng.random_range(3..7)] = rng.random_range(0..2);
+                a[7] = v6_tail[rng.random_range(0..v6_tail.len())];
+                std::net::IpAddr::from(a)
+            } else {
+                let mut a = v4_near[rng.random_range(0..v4_near.len())];
+                if rng.random_range(0..4) == 0 {
+                    a[3] = a[3].wrapping_add(rng.random_range(0..3));
+                }
+                std::net::IpAddr::from(a)
+            }
+        };
+        let (src, dst) = (pick(&mut rng), pick(&mut rng));
+        let proto = if rng.random_range(0..2) == 0 {
+            abi::PROTO_TCP
+        } else {
+            abi::PROTO_UDP
+        };
+        let dport = ports[rng.random_range(0..ports.len())];
+        let frame = syn_frame(src, dst, proto, rng.random_range(1024..65535), dport);
+        let expected = reference.judge_frame(&frame, SkbVlan::default());
+        let (reason, event, _) =
+            run_kernel(&mut enforcer, &mut ring, &frame).expect("a whole frame runs");
+        let e = event.expect("a new connection's event");
+        let ctx = format!(
+            "{src} -> {dst} proto {proto} port {dport}: expected {expected:?}, kernel {reason} {e:?}"
+        );
+        assert_eq!(reason, expected.reason as u8, "{ctx}");
+        assert_eq!(e.policy, expected.policy, "policy: {ctx}");
+        assert_eq!(e.src_segment, expected.src_segment, "source segment: {ctx}");
+        assert_eq!(
+            e.dst_segment, expected.dst_segment,
+            "destination segment: {ctx}"
+        );
+        *by_reason.entry(expected.reason.name()).or_default() += 1;
+    }
+    eprintln!("6000 new connections agreed: {by_reason:?}");
+    for reason in ["policy-allow", "policy-deny", "default-deny"] {
+        assert!(
+            by_reason.get(reason).copied().unwrap_or(0) > 100,
+            "{by_reason:?}"
+        );
+    }
+}

@@ -3,8 +3,9 @@
 //! The result, [`Dataplane`], is the one compiled form: the standalone agent
 //! and the control plane produce it the same way, and the agent only programs
 //! it into maps. Rule lookups cost the same at 10 rules or 100,000: the kernel
-//! makes at most eight longest-prefix lookups per new connection, keyed by
-//! (protocol, source segment or `any`, destination segment or `any`, port).
+//! looks up at most eight (protocol, source segment or `any`, destination
+//! segment or `any`) triples per new connection, each by a few hash probes
+//! of the port's prefixes.
 //! Port ranges are split into prefixes of the port's bits; where policies
 //! overlap on a port, the compiler merges them into one entry that carries
 //! both the lowest deny id and the lowest allow id, so that "deny wins" needs
@@ -57,6 +58,12 @@ pub enum CompileError {
         "the policy compiles to {needed} rule entries (port ranges split into prefixes); the dataplane holds {limit}"
     )]
     TooManyRules { needed: usize, limit: usize },
+    /// More (protocol, source, destination) triples with port ranges than
+    /// the dataplane holds.
+    #[error(
+        "the policy has port ranges for {needed} (protocol, source segment, destination segment) combinations; the dataplane holds {limit}"
+    )]
+    TooManyRangeTriples { needed: usize, limit: usize },
     /// A node's address is claimed by two segments at the same prefix.
     #[error(
         "node {node} address {address} joins segment {segment}, but segment {other} already claims {address}"
@@ -124,6 +131,7 @@ pub struct Dataplane {
 /// Per-generation capacity of the kernel's tables.
 pub const PREFIX_LIMIT: usize = wardline_ebpf_abi::PREFIXES_PER_GENERATION as usize;
 pub const RULE_LIMIT: usize = wardline_ebpf_abi::RULES_PER_GENERATION as usize;
+pub const RANGE_TRIPLE_LIMIT: usize = wardline_ebpf_abi::RANGED_TRIPLES_PER_GENERATION as usize;
 
 impl Dataplane {
     pub fn compile(set: &PolicySet, options: &CompileOptions) -> Result<Dataplane, CompileError> {
@@ -164,6 +172,17 @@ impl Dataplane {
             return Err(CompileError::TooManyRules {
                 needed: rules.len(),
                 limit: RULE_LIMIT,
+            });
+        }
+        let ranged: std::collections::BTreeSet<(u8, u32, u32)> = rules
+            .iter()
+            .filter(|r| r.port_bits < 16)
+            .map(|r| (r.proto, r.src, r.dst))
+            .collect();
+        if ranged.len() > RANGE_TRIPLE_LIMIT {
+            return Err(CompileError::TooManyRangeTriples {
+                needed: ranged.len(),
+                limit: RANGE_TRIPLE_LIMIT,
             });
         }
 

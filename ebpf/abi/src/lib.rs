@@ -20,7 +20,7 @@
 use core::mem::offset_of;
 
 /// Bumped whenever a map layout, a map name or a program's meaning changes.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Generation slots in the policy tables: the live one and up to
 /// [`MAX_SCHEDULED`] scheduled ones.
@@ -41,9 +41,12 @@ pub const PROG_EGRESS: &str = "wardline_egress";
 
 pub const MAP_CONFIG: &str = "WL_CONFIG";
 pub const MAP_PREFIXES: &str = "WL_PREFIXES";
+pub const MAP_PREFIX_LENS: &str = "WL_PREFIX_LENS";
+pub const MAP_PREFIX_TRIE: &str = "WL_PREFIX_TRIE";
 pub const MAP_VLANS: &str = "WL_VLANS";
 pub const MAP_MONITOR: &str = "WL_MONITOR";
 pub const MAP_RULES: &str = "WL_RULES";
+pub const MAP_RULE_PORTS: &str = "WL_RULE_PORTS";
 pub const MAP_FAILSAFE: &str = "WL_FAILSAFE";
 pub const MAP_LOCAL_ADDRS: &str = "WL_LOCAL_ADDRS";
 pub const MAP_SCHEDULE: &str = "WL_SCHEDULE";
@@ -56,13 +59,16 @@ pub const MAP_COUNTERS: &str = "WL_COUNTERS";
 pub const MAP_EVENTS: &str = "WL_EVENTS";
 
 /// Every map the agent pins, in one place.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 18] = [
     MAP_CONFIG,
     MAP_SCHEDULE,
     MAP_PREFIXES,
+    MAP_PREFIX_LENS,
+    MAP_PREFIX_TRIE,
     MAP_VLANS,
     MAP_MONITOR,
     MAP_RULES,
+    MAP_RULE_PORTS,
     MAP_FAILSAFE,
     MAP_LOCAL_ADDRS,
     MAP_ETHERTYPES,
@@ -82,10 +88,15 @@ pub const PREFIXES_PER_GENERATION: u32 = 131_072;
 /// Compiled rule entries one generation may hold (port ranges split into
 /// prefixes).
 pub const RULES_PER_GENERATION: u32 = 524_288;
-/// The tries hold every slot's entries; they allocate per entry, so an
-/// unused slot costs nothing.
+/// The prefix and rule tables hold every slot's entries. They are hashes
+/// allocated per entry: an unused slot costs only its share of the bucket
+/// array (16 bytes a bucket, one bucket per entry of capacity).
 pub const MAX_PREFIXES: u32 = SLOTS * PREFIXES_PER_GENERATION;
 pub const MAX_RULE_ENTRIES: u32 = SLOTS * RULES_PER_GENERATION;
+/// Distinct (protocol, source, destination) triples with port ranges one
+/// generation may hold.
+pub const RANGED_TRIPLES_PER_GENERATION: u32 = 131_072;
+pub const MAX_RANGED_TRIPLES: u32 = SLOTS * RANGED_TRIPLES_PER_GENERATION;
 pub const MAX_VLAN_ENTRIES: u32 = SLOTS * 4096;
 pub const MAX_MONITOR_ENTRIES: u32 = SLOTS * 65_536;
 pub const MAX_FAILSAFE: u32 = 1024;
@@ -383,9 +394,46 @@ impl ScheduleEntry {
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// Data of an `WL_PREFIXES` LPM key. IPv4 addresses are stored IPv4-mapped
-/// (`::ffff:a.b.c.d`); the prefix length counts the bits before `addr`
-/// ([`PREFIX_KEY_FIXED_BITS`]) first.
+/// A `WL_PREFIXES` key: one prefix of one length, its address masked to
+/// `bits`. The table is a hash, probed once per prefix length in use
+/// (`WL_PREFIX_LENS`), longest first, so that a lookup costs the same at
+/// 10 prefixes or 100,000. IPv4 addresses are stored IPv4-mapped
+/// (`::ffff:a.b.c.d`) with [`address_bits`] counting the mapped prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixKey {
+    pub slot: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Bits of `addr` that count (0..=128).
+    pub bits: u8,
+    pub _pad: u8,
+    pub addr: [u8; 16],
+}
+
+/// Prefix lengths per family and slot that are probed in the hash; the
+/// prefixes of any shorter lengths a policy uses besides are in the trie
+/// (`WL_PREFIX_TRIE`), looked up after every probe missed. A policy of
+/// host addresses and a few subnet sizes never needs the trie.
+pub const PREFIX_PROBES: usize = 8;
+
+/// `WL_PREFIX_LENS[prefix_lens_index(slot, family)]`: the prefix lengths
+/// (as [`address_bits`]) probed in the hash, longest first, and whether
+/// the trie holds prefixes of shorter lengths.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixLens {
+    pub count: u8,
+    /// 1 when `WL_PREFIX_TRIE` holds this slot's prefixes of this family
+    /// that are shorter than every probed length.
+    pub trie: u8,
+    pub bits: [u8; PREFIX_PROBES],
+    pub _pad: [u8; 6],
+}
+
+/// Data of a `WL_PREFIX_TRIE` LPM key (prefixes beyond the probed
+/// lengths). IPv4 addresses are stored IPv4-mapped; the prefix length
+/// counts the bits before `addr` ([`PREFIX_KEY_FIXED_BITS`]) first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PrefixData {
@@ -396,6 +444,37 @@ pub struct PrefixData {
     pub addr: [u8; 16],
 }
 pub const PREFIX_KEY_FIXED_BITS: u32 = (offset_of!(PrefixData, addr) * 8) as u32;
+
+pub const PREFIX_LENS_ENTRIES: u32 = SLOTS * 2;
+
+pub const fn prefix_lens_index(slot: u8, family: u8) -> u32 {
+    (slot as u32) * 2 + if family == FAMILY_V6 { 1 } else { 0 }
+}
+
+/// `addr` with every bit after the first `bits` cleared (in two 64-bit
+/// halves: the BPF target has no 128-bit shifts).
+#[inline(always)]
+pub const fn mask_address(addr: [u8; 16], bits: u8) -> [u8; 16] {
+    let a = addr;
+    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let (hi, lo) = if bits == 0 {
+        (0, 0)
+    } else if bits < 64 {
+        (hi & !(u64::MAX >> bits), 0)
+    } else if bits == 64 {
+        (hi, 0)
+    } else if bits < 128 {
+        (hi, lo & !(u64::MAX >> (bits - 64)))
+    } else {
+        (hi, lo)
+    };
+    let (h, l) = (hi.to_be_bytes(), lo.to_be_bytes());
+    [
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6],
+        l[7],
+    ]
+}
 
 /// The bits of a 16-byte address an address prefix covers: IPv4 prefixes
 /// are stored IPv4-mapped, behind the 96 bits of `::ffff:0:0/96`.
@@ -420,20 +499,49 @@ pub struct MonitorKey {
     pub segment: u32,
 }
 
-/// Data of a `WL_RULES` LPM key. Segments and port are big-endian so that a
-/// port range splits into prefixes of the port's bits. `port` is 0 with a
-/// zero-length port prefix for ICMP and for [`PROTO_ANY`].
+/// A `WL_RULES` key: the rules of one (protocol, source segment,
+/// destination segment) for one prefix of the responder's port, `port`
+/// masked to its first `port_bits` bits. The prefixes of one triple are
+/// disjoint (the compiler merges overlapping policies first), so a port
+/// matches at most one of them. A hash: a lookup is a constant number of
+/// probes (the exact port, then the lengths `WL_RULE_PORTS` names).
+/// `port` is 0 with `port_bits` 0 for ICMP and for [`PROTO_ANY`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RuleData {
+pub struct RuleKey {
     pub slot: u8,
     pub proto: u8,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-    pub port: [u8; 2],
+    pub port_bits: u8,
+    pub _pad: u8,
+    pub src: u32,
+    pub dst: u32,
+    pub port: u16,
+    pub _pad2: u16,
 }
-/// Bits of a rule key before the port's bits.
-pub const RULE_KEY_FIXED_BITS: u32 = (offset_of!(RuleData, port) * 8) as u32;
+
+/// A `WL_RULE_PORTS` key: one (protocol, source, destination) triple;
+/// the value has bit `b` set when the triple has a rule key with
+/// `port_bits` `b` below 16 (an exact port is always probed first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RulePortsKey {
+    pub slot: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    pub src: u32,
+    pub dst: u32,
+}
+
+/// `port` with every bit after the first `bits` cleared.
+pub const fn mask_port(port: u16, bits: u8) -> u16 {
+    if bits == 0 {
+        0
+    } else if bits >= 16 {
+        port
+    } else {
+        port & !(u16::MAX >> bits)
+    }
+}
 
 /// The deciding policies of one port interval: policy ids, 0 for none.
 #[repr(C)]
@@ -677,11 +785,13 @@ pub const fn flow_timeout(proto: u8, status: u8, tcp: u8) -> u64 {
 const _: () = {
     assert!(core::mem::size_of::<Config>() == 8);
     assert!(core::mem::size_of::<ScheduleEntry>() == 24);
+    assert!(core::mem::size_of::<PrefixKey>() == 20);
+    assert!(core::mem::size_of::<PrefixLens>() == 16);
     assert!(core::mem::size_of::<PrefixData>() == 20);
     assert!(PREFIX_KEY_FIXED_BITS == 32);
     assert!(core::mem::size_of::<MonitorKey>() == 8);
-    assert!(core::mem::size_of::<RuleData>() == 12);
-    assert!(RULE_KEY_FIXED_BITS == 80);
+    assert!(core::mem::size_of::<RuleKey>() == 16);
+    assert!(core::mem::size_of::<RulePortsKey>() == 12);
     assert!(core::mem::size_of::<RuleValue>() == 8);
     assert!(core::mem::size_of::<FailsafeData>() == 24);
     assert!(FAILSAFE_KEY_FIXED_BITS == 64);
@@ -707,9 +817,12 @@ mod user {
     pod!(
         Config,
         ScheduleEntry,
+        PrefixKey,
+        PrefixLens,
         PrefixData,
         MonitorKey,
-        RuleData,
+        RuleKey,
+        RulePortsKey,
         RuleValue,
         FailsafeData,
         LocalAddr,

@@ -2,22 +2,26 @@
 //! (`docs/verdicts.md`, "The verdict of a new connection"): deny wins, then
 //! allow, then monitor mode, then default deny.
 
-use aya_ebpf::{
-    macros::map,
-    maps::{LpmTrie, lpm_trie::Key},
-};
+use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, macros::map, maps::HashMap};
 use wardline_ebpf_abi::{
-    MAX_RULE_ENTRIES, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RULE_KEY_FIXED_BITS, Reason,
-    RuleData, RuleValue, SEGMENT_ANY, config_flags, slot_of,
+    MAX_RANGED_TRIPLES, MAX_RULE_ENTRIES, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
+    RuleKey, RulePortsKey, RuleValue, SEGMENT_ANY, config_flags, mask_port, slot_of,
 };
 
 use crate::segments::monitored;
 use crate::verdict::Env;
 
-/// `(slot, protocol, source, destination, port prefix)` to the lowest deny
-/// and allow policy ids of that port interval.
+/// `(slot, protocol, port prefix, source, destination)` to the lowest deny
+/// and allow policy ids of that port interval. Allocated per entry.
 #[map]
-static WL_RULES: LpmTrie<RuleData, RuleValue> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
+static WL_RULES: HashMap<RuleKey, RuleValue> =
+    HashMap::with_max_entries(MAX_RULE_ENTRIES, BPF_F_NO_PREALLOC);
+/// `(slot, protocol, source, destination)` to the port prefix lengths
+/// below 16 its rule keys use (bit `b` for `b` bits), for triples that
+/// have any.
+#[map]
+static WL_RULE_PORTS: HashMap<RulePortsKey, u32> =
+    HashMap::with_max_entries(MAX_RANGED_TRIPLES, BPF_F_NO_PREALLOC);
 
 /// A new connection's verdict and what decided it.
 pub struct Judged {
@@ -53,27 +57,70 @@ pub fn decide(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> Judged
     }
 }
 
-/// Looks up one rule key and folds its ids into `deny` / `allow`.
-#[inline(always)]
-fn fold(slot: u8, proto: u8, src: u32, dst: u32, port: u16, deny: &mut u32, allow: &mut u32) {
-    let key = Key::new(
-        RULE_KEY_FIXED_BITS + 16,
-        RuleData {
+/// Looks up the rule of one (protocol, source, destination) for `port`
+/// and folds its ids into `deny` / `allow`. The exact port is probed
+/// first; on a miss, each shorter port prefix the triple uses. A triple's
+/// prefixes are disjoint, so the first hit is the only one.
+#[inline(never)]
+fn fold(acc: &mut Ids, proto: u8, src: u32, dst: u32, port: u16) {
+    let slot = acc.slot;
+    let ported = matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP);
+    let mut key = RuleKey {
+        slot,
+        proto,
+        port_bits: if ported { 16 } else { 0 },
+        _pad: 0,
+        src,
+        dst,
+        port: if ported { port } else { 0 },
+        _pad2: 0,
+    };
+    // SAFETY: lookups whose 8-byte values are copied out at once.
+    let mut hit = unsafe { WL_RULES.get(key_ref(&key)) }.copied();
+    if hit.is_none() && ported {
+        let triple = RulePortsKey {
             slot,
             proto,
-            src: src.to_be_bytes(),
-            dst: dst.to_be_bytes(),
-            port: port.to_be_bytes(),
-        },
-    );
-    if let Some(v) = WL_RULES.get(&key) {
-        if v.deny != 0 && (*deny == 0 || v.deny < *deny) {
-            *deny = v.deny;
-        }
-        if v.allow != 0 && (*allow == 0 || v.allow < *allow) {
-            *allow = v.allow;
+            _pad: [0; 2],
+            src,
+            dst,
+        };
+        let triple: &RulePortsKey = &triple;
+        // SAFETY: as above.
+        let lens = unsafe { WL_RULE_PORTS.get(triple) }.copied().unwrap_or(0);
+        let mut bits = 16u8;
+        while bits > 0 && hit.is_none() {
+            bits -= 1;
+            if lens & (1 << bits) != 0 {
+                key.port_bits = bits;
+                key.port = mask_port(port, bits);
+                // SAFETY: as above.
+                hit = unsafe { WL_RULES.get(key_ref(&key)) }.copied();
+            }
         }
     }
+    if let Some(v) = hit {
+        if v.deny != 0 && (acc.deny == 0 || v.deny < acc.deny) {
+            acc.deny = v.deny;
+        }
+        if v.allow != 0 && (acc.allow == 0 || v.allow < acc.allow) {
+            acc.allow = v.allow;
+        }
+    }
+}
+
+/// A key by reference: map calls take one, and a copy would weigh on the
+/// stack.
+#[inline(always)]
+fn key_ref(key: &RuleKey) -> &RuleKey {
+    key
+}
+
+/// The lowest deny and allow ids found so far in a slot's rules.
+struct Ids {
+    slot: u8,
+    deny: u32,
+    allow: u32,
 }
 
 /// The lookups, in a function of their own so that their keys do not weigh
@@ -82,8 +129,11 @@ fn fold(slot: u8, proto: u8, src: u32, dst: u32, port: u16, deny: &mut u32, allo
 fn decide_packed(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> u64 {
     let flags = env.flags;
     let slot = slot_of(env.generation);
-    let mut deny = 0u32;
-    let mut allow = 0u32;
+    let mut ids = Ids {
+        slot,
+        deny: 0,
+        allow: 0,
+    };
     let any_proto = flags & config_flags::HAS_PROTO_ANY != 0;
     let srcs = [src, SEGMENT_ANY];
     let dsts = [dst, SEGMENT_ANY];
@@ -99,16 +149,16 @@ fn decide_packed(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> u64
     };
     for s in srcs.iter().take(nsrc) {
         for d in dsts.iter().take(ndst) {
-            fold(slot, proto, *s, *d, port, &mut deny, &mut allow);
+            fold(&mut ids, proto, *s, *d, port);
             if any_proto {
-                fold(slot, PROTO_ANY, *s, *d, 0, &mut deny, &mut allow);
+                fold(&mut ids, PROTO_ANY, *s, *d, 0);
             }
         }
     }
-    let (reason, policy) = if deny != 0 {
-        (Reason::PolicyDeny, deny)
-    } else if allow != 0 {
-        (Reason::PolicyAllow, allow)
+    let (reason, policy) = if ids.deny != 0 {
+        (Reason::PolicyDeny, ids.deny)
+    } else if ids.allow != 0 {
+        (Reason::PolicyAllow, ids.allow)
     } else if monitored(slot, src) || monitored(slot, dst) {
         (Reason::Monitor, 0)
     } else {

@@ -1,20 +1,35 @@
 //! Segment membership: the longest prefix that holds an address (IPv4 and
 //! IPv6 kept apart by a family byte), the segment a VLAN tag names, and the
 //! segments in monitor mode; every key starts with its generation's slot.
+//!
+//! Prefixes are a hash probed once per prefix length in use, longest first:
+//! the cost of a lookup follows how many lengths a policy uses (a site of
+//! host addresses uses one), never how many prefixes it has. A policy of
+//! more lengths than are probed keeps its shortest ones in a trie, looked
+//! up when every probe missed.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
 };
 use wardline_ebpf_abi::{
     MAX_MONITOR_ENTRIES, MAX_PREFIXES, MAX_VLAN_ENTRIES, MonitorKey, PREFIX_KEY_FIXED_BITS,
-    PrefixData, SEGMENT_WORLD, vlan_key,
+    PREFIX_LENS_ENTRIES, PREFIX_PROBES, PrefixData, PrefixKey, PrefixLens, SEGMENT_WORLD,
+    mask_address, prefix_lens_index, vlan_key,
 };
 
-/// Address prefixes to segment ids, per slot.
+/// Address prefixes to segment ids, per slot, one key per prefix.
+/// Allocated per entry.
 #[map]
-static WL_PREFIXES: LpmTrie<PrefixData, u32> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+static WL_PREFIXES: HashMap<PrefixKey, u32> =
+    HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+/// The prefix lengths each slot probes, per family, longest first.
+#[map]
+static WL_PREFIX_LENS: Array<PrefixLens> = Array::with_max_entries(PREFIX_LENS_ENTRIES, 0);
+/// Prefixes of lengths shorter than every probed one, per slot.
+#[map]
+static WL_PREFIX_TRIE: LpmTrie<PrefixData, u32> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 /// `vlan_key(slot, vid)` to segment id. Allocated per entry: a slot holds
 /// only the VLANs its policy names.
 #[map]
@@ -24,9 +39,38 @@ static WL_VLANS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VLAN_ENTRIES,
 static WL_MONITOR: HashMap<MonitorKey, u32> =
     HashMap::with_max_entries(MAX_MONITOR_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// The segment of an address (16-byte form, IPv4-mapped for IPv4).
-#[inline(always)]
+/// The segment of an address (16-byte form, IPv4-mapped for IPv4): the
+/// first hit over the slot's probed prefix lengths, longest first, then
+/// the trie when the slot has one.
+#[inline(never)]
 pub fn segment_of(slot: u8, family: u8, addr: &[u8; 16]) -> u32 {
+    let Some(lens) = WL_PREFIX_LENS.get(prefix_lens_index(slot, family)) else {
+        return SEGMENT_WORLD;
+    };
+    let (count, trie) = (lens.count as usize, lens.trie);
+    let mut key = PrefixKey {
+        slot,
+        family,
+        bits: 0,
+        _pad: 0,
+        addr: [0; 16],
+    };
+    for i in 0..PREFIX_PROBES {
+        if i >= count {
+            break;
+        }
+        let bits = lens.bits[i];
+        key.bits = bits;
+        key.addr = mask_address(*addr, bits);
+        let probe: &PrefixKey = &key;
+        // SAFETY: a lookup whose u32 value is copied out at once.
+        if let Some(segment) = unsafe { WL_PREFIXES.get(probe) } {
+            return *segment;
+        }
+    }
+    if trie == 0 {
+        return SEGMENT_WORLD;
+    }
     let key = Key::new(
         PREFIX_KEY_FIXED_BITS + 128,
         PrefixData {
@@ -36,7 +80,7 @@ pub fn segment_of(slot: u8, family: u8, addr: &[u8; 16]) -> u32 {
             addr: *addr,
         },
     );
-    WL_PREFIXES.get(&key).copied().unwrap_or(SEGMENT_WORLD)
+    WL_PREFIX_TRIE.get(&key).copied().unwrap_or(SEGMENT_WORLD)
 }
 
 /// The segment that claims VLAN `vid`, if any.

@@ -5,7 +5,10 @@
 //! its maps beside it.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_boot_ns, macros::map, maps::PerCpuArray, programs::TcContext,
+    helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
+    macros::map,
+    maps::PerCpuArray,
+    programs::TcContext,
 };
 use wardline_ebpf_abi::{
     DIR_INGRESS, EVENT_DROP, EVENT_NEW, FLOW_DENIED, FlowKey, Reason, SEGMENT_WORLD, Verdict,
@@ -36,7 +39,8 @@ static WL_SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 /// BPF function takes at most five arguments.
 pub struct Env<'a> {
     pub ctx: &'a TcContext,
-    /// `CLOCK_BOOTTIME` ns, read once the packet is known to be IP.
+    /// `CLOCK_BOOTTIME` ns, coarse ([`coarse_ns`]), read once the packet
+    /// is known to be IP.
     pub now: u64,
     /// The generation that judges this packet.
     pub generation: u32,
@@ -47,10 +51,38 @@ pub struct Env<'a> {
     pub direction: u8,
 }
 
+/// Per-CPU coarse clock: the jiffy it was read in and the
+/// `CLOCK_BOOTTIME` ns read then. Not pinned: a fresh program reads the
+/// clock again.
+#[map]
+static WL_CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// `CLOCK_BOOTTIME` ns, exact: what events are stamped with.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// `CLOCK_BOOTTIME` ns as of the first packet of the current jiffy on this
+/// CPU (at most one tick, 4 ms at 250 Hz, behind): what tracking's
+/// idle times and timeouts, which count in seconds, are kept in. The
+/// jiffies counter is one load (the verifier inlines the helper); the
+/// clock itself is read only when the jiffy moves.
+#[inline(always)]
+fn coarse_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    let jiffy = unsafe { bpf_jiffies64() };
+    let Some(c) = WL_CLOCK.get_ptr_mut(0) else {
+        return now_ns();
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; a program run is not
+    // interrupted by another on this CPU.
+    let c = unsafe { &mut *c };
+    if c[0] != jiffy || c[1] == 0 {
+        *c = [jiffy, now_ns()];
+    }
+    c[1]
 }
 
 #[inline(always)]
@@ -101,7 +133,7 @@ pub fn try_judge(ctx: &TcContext, direction: u8) -> bool {
 
 #[inline(never)]
 fn judge_ip(env: &mut Env<'_>, p: &mut Packet) -> Reason {
-    env.now = now_ns();
+    env.now = coarse_ns();
     let slot = slot_of(env.generation);
 
     // VLAN identity, at ingress: the tag names the source segment, and an

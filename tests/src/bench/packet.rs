@@ -15,7 +15,7 @@
 //! connection's first packet went in through the ingress program and out
 //! through the egress program, as a forwarded connection's does (the egress
 //! hook is where a connection learns the interface its replies come back
-//! on).
+//! on), and the responder's first reply came back in, which confirms it.
 //!
 //! A new connection can only be measured once per tuple: its first run
 //! creates the connection-tracking entry, so a repeat would measure an
@@ -671,9 +671,12 @@ impl Bench {
                 // The first packet in at ingress and out at egress, as a
                 // forwarded connection's: the egress hook is where the
                 // connection learns the interface its replies come back on.
+                // Then the responder's first reply, which confirms it: an
+                // established connection has seen both directions.
                 self.programs.enforcer.flush_tracking()?;
                 run_frames(self.programs.ingress()?, &frames.syn, 1, WARDLINE_PASS)?;
                 run_frames(self.programs.egress()?, &frames.syn, 1, WARDLINE_PASS)?;
+                run_frames(self.programs.ingress()?, &frames.reply, 1, WARDLINE_PASS)?;
                 drain(&mut self.ring);
                 let measured = if case == Case::EstablishedReply {
                     &frames.reply
@@ -1001,10 +1004,11 @@ impl Results for PacketResults {
              - **established**: a connection the policy allowed, its SYN run through the \
              ingress program and then the egress program (in at one interface, out at \
              another, as a forwarded connection's first packet goes; the egress hook is where \
-             the connection learns the interface its replies come back on). *Initiator*: the \
+             the connection learns the interface its replies come back on), then the \
+             responder's first reply at ingress, which confirms it. *Initiator*: the \
              initiator's next packet (an ACK) at ingress; *reply*: the responder's reply \
              (an ACK from the other end, addresses and ports swapped) at ingress. Each is \
-             parse, the connection-tracking lookup (the reply's by the reversed tuple), the \
+             parse, one connection-tracking lookup (one key serves both directions), the \
              entry's checks and counters, passed.\n\
              - **new connections** run once each: the first run of a tuple creates its \
              tracking entry, so repeating it would measure an established packet. One run \
