@@ -150,7 +150,7 @@ impl Dataplane {
             .flat_map(|s| s.vlans.iter().map(|v| (*v, ids.segment(&s.name))))
             .collect();
         vlans.sort_unstable();
-        let monitor = segments
+        let monitor: Vec<u32> = segments
             .iter()
             .filter(|s| s.mode == Mode::Monitor)
             .map(|s| s.id)
@@ -167,7 +167,10 @@ impl Dataplane {
             })
             .collect();
 
-        let (rules, flags) = rules(set, &ids, options.now);
+        let (rules, mut flags) = rules(set, &ids, options.now);
+        if !monitor.is_empty() {
+            flags |= config_flags::HAS_MONITOR;
+        }
         if rules.len() > RULE_LIMIT {
             return Err(CompileError::TooManyRules {
                 needed: rules.len(),

@@ -161,9 +161,11 @@ pub mod config_flags {
     pub const NO_EVENTS: u32 = 1 << 4;
     /// `WL_SCHEDULE` holds generations that take over at set instants.
     pub const HAS_SCHEDULE: u32 = 1 << 5;
+    /// Some segment is in monitor mode in the live generation.
+    pub const HAS_MONITOR: u32 = 1 << 6;
     /// The flags a generation's compiled policy sets; the others belong to
     /// the agent's configuration and hold across generations.
-    pub const POLICY_FLAGS: u32 = HAS_SRC_ANY | HAS_DST_ANY | HAS_PROTO_ANY;
+    pub const POLICY_FLAGS: u32 = HAS_SRC_ANY | HAS_DST_ANY | HAS_PROTO_ANY | HAS_MONITOR;
 }
 
 // ---------------------------------------------------------------------------

@@ -148,7 +148,7 @@ fn lower_first(key: &FlowKey) -> bool {
 /// this program holds it (the agent's sweep on another CPU), and those
 /// fields can at worst keep that other connection alive longer. Everything
 /// that decides a verdict is written by replacing the entry.
-#[inline(never)]
+#[inline(always)]
 pub fn tracked(env: &Env<'_>, p: &mut Packet, packet_key: &FlowKey, which: u8) -> u8 {
     let mut canonical = *packet_key;
     let src_first = table_key(&mut canonical, which);

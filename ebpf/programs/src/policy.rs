@@ -159,7 +159,9 @@ fn decide_packed(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> u64
         (Reason::PolicyDeny, ids.deny)
     } else if ids.allow != 0 {
         (Reason::PolicyAllow, ids.allow)
-    } else if monitored(slot, src) || monitored(slot, dst) {
+    } else if flags & config_flags::HAS_MONITOR != 0
+        && (monitored(slot, src) || monitored(slot, dst))
+    {
         (Reason::Monitor, 0)
     } else {
         (Reason::DefaultDeny, 0)
