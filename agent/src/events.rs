@@ -15,24 +15,68 @@ use wardline_ebpf_abi as abi;
 use wardline_policy::Dataplane;
 use wardline_policy::reference::to_ip;
 
-/// The compiled policies of recent generations, to name what an event's ids
-/// meant when the kernel wrote it.
+/// What the ids of one generation name: segment and policy names, by id.
+/// Kept instead of the whole compiled policy, whose prefix and rule tables
+/// naming never reads.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Names {
+    segments: Vec<String>,
+    policies: Vec<String>,
+}
+
+impl Names {
+    pub fn of(dp: &Dataplane) -> Names {
+        Names {
+            segments: dp.segments.iter().map(|s| s.name.clone()).collect(),
+            policies: dp.policies.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+
+    fn segment(&self, id: u32) -> &str {
+        match id {
+            abi::SEGMENT_WORLD => "world",
+            abi::SEGMENT_ANY => "any",
+            id => self
+                .segments
+                .get(id as usize - 1)
+                .map_or("unknown", String::as_str),
+        }
+    }
+
+    fn policy(&self, id: u32) -> Option<&str> {
+        if id == 0 {
+            return None;
+        }
+        self.policies.get(id as usize - 1).map(String::as_str)
+    }
+}
+
+/// The names of recent generations, to name what an event's ids meant
+/// when the kernel wrote it. Generations that name alike (a window that
+/// opens changes rules, not names) share one copy.
 #[derive(Default)]
 pub struct Generations {
-    by_generation: BTreeMap<u32, Arc<Dataplane>>,
+    by_generation: BTreeMap<u32, Arc<Names>>,
 }
 
 impl Generations {
     const KEPT: usize = 8;
 
-    pub fn insert(&mut self, generation: u32, dp: Arc<Dataplane>) {
-        self.by_generation.insert(generation, dp);
+    pub fn insert(&mut self, generation: u32, dp: &Dataplane) {
+        let names = Names::of(dp);
+        let shared = self
+            .by_generation
+            .values()
+            .find(|n| ***n == names)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(names));
+        self.by_generation.insert(generation, shared);
         while self.by_generation.len() > Self::KEPT {
             self.by_generation.pop_first();
         }
     }
 
-    fn get(&self, generation: u32) -> Option<&Dataplane> {
+    fn get(&self, generation: u32) -> Option<&Names> {
         self.by_generation.get(&generation).map(|d| d.as_ref())
     }
 }
@@ -173,15 +217,15 @@ impl Namer {
     }
 
     pub fn record(&mut self, e: &abi::FlowEvent, generations: &Generations) -> FlowRecord {
-        let dp = generations.get(e.generation);
-        let segment = |id: u32| match dp {
-            Some(dp) => dp.segment_name(id).to_owned(),
+        let names = generations.get(e.generation);
+        let segment = |id: u32| match names {
+            Some(n) => n.segment(id).to_owned(),
             None if id == abi::SEGMENT_WORLD => "world".to_owned(),
             None => format!("#{id}"),
         };
-        let policy = match (e.policy, dp) {
+        let policy = match (e.policy, names) {
             (0, _) => None,
-            (id, Some(dp)) => dp.policy_name(id).map(str::to_owned),
+            (id, Some(n)) => n.policy(id).map(str::to_owned),
             (id, None) => Some(format!("#{id}")),
         };
         let reason = abi::Reason::from_u8(e.reason).map_or("unknown", abi::Reason::name);

@@ -169,9 +169,9 @@ impl Runtime {
         let applied = self.enforcer().apply(&dp, &steps)?;
         let generation = applied.live;
         let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
-        generations.insert(generation, dp.clone());
-        for (g, (_, dp)) in applied.scheduled.iter().zip(ahead) {
-            generations.insert(*g, Arc::new(dp));
+        generations.insert(generation, &dp);
+        for (g, (_, dp)) in applied.scheduled.iter().zip(&ahead) {
+            generations.insert(*g, dp);
         }
         drop(generations);
         self.next_change = dp.next_change;

@@ -87,7 +87,7 @@ pub const ALL_MAPS: [&str; 18] = [
 pub const PREFIXES_PER_GENERATION: u32 = 131_072;
 /// Compiled rule entries one generation may hold (port ranges split into
 /// prefixes).
-pub const RULES_PER_GENERATION: u32 = 524_288;
+pub const RULES_PER_GENERATION: u32 = 262_144;
 /// The prefix and rule tables hold every slot's entries. They are hashes
 /// allocated per entry: an unused slot costs only its share of the bucket
 /// array (16 bytes a bucket, one bucket per entry of capacity).
@@ -95,7 +95,7 @@ pub const MAX_PREFIXES: u32 = SLOTS * PREFIXES_PER_GENERATION;
 pub const MAX_RULE_ENTRIES: u32 = SLOTS * RULES_PER_GENERATION;
 /// Distinct (protocol, source, destination) triples with port ranges one
 /// generation may hold.
-pub const RANGED_TRIPLES_PER_GENERATION: u32 = 131_072;
+pub const RANGED_TRIPLES_PER_GENERATION: u32 = 32_768;
 pub const MAX_RANGED_TRIPLES: u32 = SLOTS * RANGED_TRIPLES_PER_GENERATION;
 pub const MAX_VLAN_ENTRIES: u32 = SLOTS * 4096;
 pub const MAX_MONITOR_ENTRIES: u32 = SLOTS * 65_536;
