@@ -23,12 +23,31 @@ use wardline_ebpf_abi::{
 
 use crate::model::{Action, Mode, Peer, PolicySet, Protocol};
 
-/// A node known to the control plane, for segments with a `nodeSelector`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub addresses: Vec<IpAddr>,
+/// A node as it registered with the control plane, for segments with a
+/// `nodeSelector`: only a claim, judged by [`crate::nodes::admit`].
+pub type NodeInfo = crate::nodes::Registration;
+
+/// A node left out of segment membership because its addresses collide
+/// with a segment's or another node's: reported, never an error, so that
+/// one node can never block an apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConflict {
+    pub node: String,
+    pub address: IpAddr,
+    /// The segment the node's labels put the address in.
+    pub segment: String,
+    /// The segment that already holds it.
+    pub other: String,
+}
+
+impl std::fmt::Display for NodeConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node {} left out: its address {} would join segment {}, but segment {} already holds it",
+            self.node, self.address, self.segment, self.other
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -64,16 +83,6 @@ pub enum CompileError {
         "the policy has port ranges for {needed} (protocol, source segment, destination segment) combinations; the dataplane holds {limit}"
     )]
     TooManyRangeTriples { needed: usize, limit: usize },
-    /// A node's address is claimed by two segments at the same prefix.
-    #[error(
-        "node {node} address {address} joins segment {segment}, but segment {other} already claims {address}"
-    )]
-    NodeAddressConflict {
-        node: String,
-        address: IpAddr,
-        segment: String,
-        other: String,
-    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +130,8 @@ pub struct Dataplane {
     /// Ids of segments in monitor mode.
     pub monitor: Vec<u32>,
     pub rules: Vec<RuleEntry>,
+    /// Nodes left out of segment membership, and why.
+    pub node_conflicts: Vec<NodeConflict>,
     /// [`config_flags`] that describe the rule table.
     pub flags: u32,
     /// The next instant a policy window opens or closes, when the tables must
@@ -137,7 +148,7 @@ impl Dataplane {
     pub fn compile(set: &PolicySet, options: &CompileOptions) -> Result<Dataplane, CompileError> {
         let ids = Ids::new(set);
         let segments = ids.segments(set);
-        let prefixes = prefixes(set, &ids, &options.nodes)?;
+        let (prefixes, node_conflicts) = prefixes(set, &ids, &options.nodes);
         if prefixes.len() > PREFIX_LIMIT {
             return Err(CompileError::TooManyPrefixes {
                 needed: prefixes.len(),
@@ -206,6 +217,7 @@ impl Dataplane {
             vlans,
             monitor,
             rules,
+            node_conflicts,
             flags,
             next_change,
         })
@@ -334,42 +346,72 @@ fn prefixes(
     set: &PolicySet,
     ids: &Ids,
     nodes: &[NodeInfo],
-) -> Result<Vec<(IpNet, u32)>, CompileError> {
+) -> (Vec<(IpNet, u32)>, Vec<NodeConflict>) {
     let mut out: BTreeMap<IpNet, (u32, &str)> = BTreeMap::new();
     for s in &set.segments {
         for c in &s.cidrs {
             out.insert(*c, (ids.segment(&s.name), s.name.as_str()));
         }
     }
-    for s in &set.segments {
-        let Some(selector) = &s.node_selector else {
-            continue;
-        };
-        for node in nodes {
+    // Only admitted nodes, with the operators' labels and the addresses
+    // within their ranges; in name order, so that which of two colliding
+    // nodes is left out never depends on registration order.
+    let mut admitted: Vec<_> = crate::nodes::admit(set, nodes)
+        .into_iter()
+        .filter(|n| n.is_admitted())
+        .collect();
+    admitted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut conflicts = Vec::new();
+    for node in &admitted {
+        // All of a node's addresses join, or none.
+        let mut joins: Vec<(IpNet, u32, &str)> = Vec::new();
+        let mut conflict = None;
+        for s in &set.segments {
+            let Some(selector) = &s.node_selector else {
+                continue;
+            };
             if !selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
                 continue;
             }
+            let id = ids.segment(&s.name);
             for addr in &node.addresses {
                 let net = IpNet::from(*addr);
-                let id = ids.segment(&s.name);
-                match out.get(&net) {
-                    Some((other, _)) if *other == id => {}
+                let held = out
+                    .get(&net)
+                    .map(|(other, name)| (*other, *name))
+                    .or_else(|| {
+                        joins
+                            .iter()
+                            .find(|(n, _, _)| *n == net)
+                            .map(|(_, o, name)| (*o, *name))
+                    });
+                match held {
+                    Some((other, _)) if other == id => {}
                     Some((_, other)) => {
-                        return Err(CompileError::NodeAddressConflict {
+                        conflict.get_or_insert(NodeConflict {
                             node: node.name.clone(),
                             address: *addr,
                             segment: s.name.clone(),
-                            other: (*other).to_owned(),
+                            other: other.to_owned(),
                         });
                     }
-                    None => {
-                        out.insert(net, (id, s.name.as_str()));
-                    }
+                    None => joins.push((net, id, s.name.as_str())),
+                }
+            }
+        }
+        match conflict {
+            Some(c) => conflicts.push(c),
+            None => {
+                for (net, id, name) in joins {
+                    out.insert(net, (id, name));
                 }
             }
         }
     }
-    Ok(out.into_iter().map(|(net, (id, _))| (net, id)).collect())
+    (
+        out.into_iter().map(|(net, (id, _))| (net, id)).collect(),
+        conflicts,
+    )
 }
 
 /// The protocol bytes and port range one `ports` entry covers.

@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod error;
 pub mod model;
+pub mod nodes;
 pub mod packet;
 pub mod parse;
 pub mod reference;

@@ -13,6 +13,50 @@ use time::OffsetDateTime;
 pub struct PolicySet {
     pub segments: Vec<Segment>,
     pub policies: Vec<Policy>,
+    /// Nodes operators declared, with the labels `nodeSelector`s match.
+    pub nodes: Vec<Node>,
+    /// Rules that admit nodes without a `Node` document of their own.
+    pub approvals: Vec<NodeApproval>,
+}
+
+/// A node as operators declare it (`kind: Node`): the labels segments'
+/// `nodeSelector`s match, and the address ranges it may claim. What a node
+/// reports about itself when it registers never decides its labels, and
+/// addresses it reports outside these ranges are never used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Normalised; at least one.
+    pub addresses: Vec<IpNet>,
+    pub doc: DocRef,
+}
+
+/// A rule that admits registering nodes without a `Node` document of
+/// their own (`kind: NodeApproval`): nodes whose name matches one of
+/// `nodes` get `labels` and may claim addresses within `addresses`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeApproval {
+    pub name: String,
+    /// Node names; a pattern ending in `*` matches every name that starts
+    /// with what comes before it.
+    pub nodes: Vec<String>,
+    pub addresses: Vec<IpNet>,
+    /// The labels an admitted node is given.
+    pub node_labels: BTreeMap<String, String>,
+    pub doc: DocRef,
+}
+
+impl NodeApproval {
+    /// Whether this rule's `nodes` name `node`.
+    pub fn admits(&self, node: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => node.starts_with(prefix),
+                None => node == pattern,
+            })
+    }
 }
 
 /// Where a document stands in its source, for error messages and events.

@@ -17,7 +17,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::{DocLabel, Location, PolicyError, PolicyErrors};
-use crate::model::{Action, DocRef, Mode, Peer, Policy, PolicySet, PortRule, Protocol, Segment};
+use crate::model::{
+    Action, DocRef, Mode, Node, NodeApproval, Peer, Policy, PolicySet, PortRule, Protocol, Segment,
+};
 
 /// The only `apiVersion` this version of the language reads.
 pub const API_VERSION: &str = "wardline/v1";
@@ -27,6 +29,16 @@ pub const SEGMENT_KIND: &str = "Segment";
 
 /// `kind` of a document that defines a policy.
 pub const POLICY_KIND: &str = "Policy";
+
+/// `kind` of a document that declares a node: its labels and the address
+/// ranges it may claim.
+pub const NODE_KIND: &str = "Node";
+
+/// `kind` of a document that admits registering nodes by name.
+pub const NODE_APPROVAL_KIND: &str = "NodeApproval";
+
+/// Every kind of document, in the order the store lists them.
+pub const KINDS: [&str; 4] = [SEGMENT_KIND, POLICY_KIND, NODE_KIND, NODE_APPROVAL_KIND];
 
 /// Names no segment may take: a policy's `from` and `to` give them a meaning
 /// of their own.
@@ -38,6 +50,8 @@ const SEGMENT_FIELDS: &[&str] = &["cidrs", "vlans", "nodeSelector", "mode"];
 const NODE_SELECTOR_FIELDS: &[&str] = &["matchLabels"];
 const POLICY_FIELDS: &[&str] = &["action", "from", "to", "ports", "validFrom", "validUntil"];
 const PORT_FIELDS: &[&str] = &["protocol", "port", "endPort"];
+const NODE_FIELDS: &[&str] = &["addresses"];
+const NODE_APPROVAL_FIELDS: &[&str] = &["nodes", "addresses", "labels"];
 const PROTOCOLS: &[&str] = &["tcp", "udp", "sctp", "icmp", "icmpv6", "any"];
 
 /// Reads and validates a policy source: one or more YAML documents
@@ -267,11 +281,10 @@ impl Validator {
 
     /// Checks the `index`th document of the source.
     fn document(&mut self, index: usize, value: &Value) {
-        let kind = match value.get("kind").and_then(Value::as_str) {
-            Some(SEGMENT_KIND) => Some(SEGMENT_KIND),
-            Some(POLICY_KIND) => Some(POLICY_KIND),
-            _ => None,
-        };
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(|k| KINDS.into_iter().find(|known| *known == k));
         let name = value
             .get("metadata")
             .and_then(|metadata| metadata.get("name"))
@@ -303,10 +316,12 @@ impl Validator {
         if let Some(text) = self.required_string(top, "kind")
             && kind.is_none()
         {
-            let hint = hint(text, [SEGMENT_KIND, POLICY_KIND]);
+            let hint = hint(text, KINDS);
             self.error(
                 "kind",
-                format!("{text:?} is not a kind of document (expected Segment or Policy{hint})"),
+                format!(
+                    "{text:?} is not a kind of document (expected Segment, Policy, Node or NodeApproval{hint})"
+                ),
             );
         }
 
@@ -325,10 +340,22 @@ impl Validator {
                     self.set.segments.push(segment);
                 }
             }
-            Some(_) => {
+            Some(POLICY_KIND) => {
                 let policy = self.policy_spec(spec, labels);
                 if self.errors.len() == errors_before {
                     self.set.policies.push(policy);
+                }
+            }
+            Some(NODE_KIND) => {
+                let node = self.node_spec(spec, labels);
+                if self.errors.len() == errors_before {
+                    self.set.nodes.push(node);
+                }
+            }
+            Some(_) => {
+                let approval = self.approval_spec(spec);
+                if self.errors.len() == errors_before {
+                    self.set.approvals.push(approval);
                 }
             }
             // Without a kind there is no knowing which fields spec may have.
@@ -501,6 +528,123 @@ impl Validator {
             );
         }
         segment
+    }
+
+    /// A `Node`'s spec: the address ranges it may claim.
+    fn node_spec(&mut self, value: &Value, labels: BTreeMap<String, String>) -> Node {
+        let mut node = Node {
+            name: self.doc.name.clone(),
+            labels,
+            addresses: Vec::new(),
+            doc: self.doc.clone(),
+        };
+        let Some(spec) = self.mapping("spec", value, NODE_FIELDS, "a mapping with addresses")
+        else {
+            return node;
+        };
+        match self.required_at("spec", spec, "addresses") {
+            Some(addresses) => node.addresses = self.ranges("spec.addresses", addresses),
+            None => return node,
+        }
+        node
+    }
+
+    /// A `NodeApproval`'s spec: which node names it admits, the ranges they
+    /// may claim and the labels they are given.
+    fn approval_spec(&mut self, value: &Value) -> NodeApproval {
+        let mut approval = NodeApproval {
+            name: self.doc.name.clone(),
+            nodes: Vec::new(),
+            addresses: Vec::new(),
+            node_labels: BTreeMap::new(),
+            doc: self.doc.clone(),
+        };
+        let Some(spec) = self.mapping(
+            "spec",
+            value,
+            NODE_APPROVAL_FIELDS,
+            "a mapping with nodes, addresses and labels",
+        ) else {
+            return approval;
+        };
+        if let Some(nodes) = self.required_at("spec", spec, "nodes") {
+            approval.nodes = self.node_patterns(nodes);
+        }
+        if let Some(addresses) = self.required_at("spec", spec, "addresses") {
+            approval.addresses = self.ranges("spec.addresses", addresses);
+        }
+        if let Some(labels) = present(spec, "labels") {
+            approval.node_labels = self.labels("spec.labels", labels);
+        }
+        approval
+    }
+
+    /// `spec.nodes` of an approval: node names, or a prefix ending in `*`.
+    fn node_patterns(&mut self, value: &Value) -> Vec<String> {
+        const WHAT: &str = "a list of node names, such as [\"gw-1\", \"ward-*\"]";
+        let mut patterns = Vec::new();
+        let Some(items) = self.sequence("spec.nodes", value, WHAT) else {
+            return patterns;
+        };
+        if items.is_empty() {
+            self.error(
+                "spec.nodes",
+                "an approval needs at least one node name or pattern",
+            );
+        }
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("spec.nodes[{i}]");
+            let Some(text) = self.string(&field, item, "a node name or a prefix ending in *")
+            else {
+                continue;
+            };
+            let name = text.strip_suffix('*').unwrap_or(text);
+            let problem = if name.is_empty() {
+                Some("a pattern of * alone would admit every node; name them".to_owned())
+            } else if name.contains('*') {
+                Some("only a trailing * is a pattern".to_owned())
+            } else if text.ends_with('*') {
+                // A prefix: a DNS label may end in a hyphen only when more follows.
+                dns_label_problem(name.trim_end_matches('-'))
+            } else {
+                dns_label_problem(name)
+            };
+            match problem {
+                Some(problem) => self.error(
+                    &field,
+                    format!("{text:?} is not a node name or pattern ({problem})"),
+                ),
+                None => patterns.push(text.to_owned()),
+            }
+        }
+        patterns
+    }
+
+    /// A list of address ranges (a `Node`'s or an approval's
+    /// `spec.addresses`): CIDRs with no host bits, at least one.
+    fn ranges(&mut self, field: &str, value: &Value) -> Vec<IpNet> {
+        const WHAT: &str = "a list of CIDRs, such as [\"198.18.30.5/32\"]";
+        let mut ranges = Vec::new();
+        let Some(items) = self.sequence(field, value, WHAT) else {
+            return ranges;
+        };
+        if items.is_empty() {
+            self.error(
+                field,
+                "at least one address range is needed: a node claims no address outside them",
+            );
+        }
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{field}[{i}]");
+            let Some(text) = self.string(&at, item, "a CIDR such as \"198.18.30.5/32\"") else {
+                continue;
+            };
+            match parse_cidr(text) {
+                Ok(net) => ranges.push(net),
+                Err(message) => self.error(&at, message),
+            }
+        }
+        ranges
     }
 
     /// `spec.cidrs`: prefixes, each with no host bits, none claimed twice.

@@ -83,7 +83,11 @@ fn random_set(rng: &mut StdRng, now: OffsetDateTime) -> PolicySet {
             }
         })
         .collect();
-    PolicySet { segments, policies }
+    PolicySet {
+        segments,
+        policies,
+        ..PolicySet::default()
+    }
 }
 
 #[test]
@@ -161,7 +165,11 @@ fn hundred_thousand_rules_compile_within_capacity() {
             doc: DocRef::default(),
         })
         .collect();
-    let set = PolicySet { segments, policies };
+    let set = PolicySet {
+        segments,
+        policies,
+        ..PolicySet::default()
+    };
     let dp = Dataplane::compile(&set, &CompileOptions::at(now)).unwrap();
     assert_eq!(dp.prefixes.len(), 100_000);
     assert_eq!(dp.rules.len(), 100_000);

@@ -171,13 +171,13 @@ fn unknown_kind() {
     assert_rejected(
         "apiVersion: wardline/v1\nkind: Segmnet\nmetadata: {name: pacs}\nspec: {cidrs: [198.18.40.0/24]}\n",
         &[
-            "document 1 (\"pacs\"): kind: \"Segmnet\" is not a kind of document (expected Segment or Policy; did you mean \"Segment\"?)",
+            "document 1 (\"pacs\"): kind: \"Segmnet\" is not a kind of document (expected Segment, Policy, Node or NodeApproval; did you mean \"Segment\"?)",
         ],
     );
     assert_rejected(
         "apiVersion: wardline/v1\nkind: NetworkPolicy\nmetadata: {name: pacs}\nspec: {}\n",
         &[
-            "document 1 (\"pacs\"): kind: \"NetworkPolicy\" is not a kind of document (expected Segment or Policy)",
+            "document 1 (\"pacs\"): kind: \"NetworkPolicy\" is not a kind of document (expected Segment, Policy, Node or NodeApproval)",
         ],
     );
 }
@@ -809,5 +809,34 @@ document 4 (Policy \"q\"): spec.validFrom: \"soon\" is not an RFC 3339 date and 
         Some(
             "site.yaml: document 2 (Segment \"Pumps\"): metadata.name: \"Pumps\" is not a valid name (uppercase 'P'; names are lowercase)"
         )
+    );
+}
+
+#[test]
+fn node_documents() {
+    assert_rejected(
+        "apiVersion: wardline/v1\nkind: Node\nmetadata: {name: gw-1}\nspec: {addresses: []}\n",
+        &[
+            "document 1 (Node \"gw-1\"): spec.addresses: at least one address range is needed: a node claims no address outside them",
+        ],
+    );
+    assert_rejected(
+        "apiVersion: wardline/v1\nkind: Node\nmetadata: {name: gw-1}\nspec: {addresses: [198.18.30.1/24]}\n",
+        &[
+            "document 1 (Node \"gw-1\"): spec.addresses[0]: \"198.18.30.1/24\" has host bits set (did you mean \"198.18.30.0/24\"?)",
+        ],
+    );
+    assert_rejected(
+        "apiVersion: wardline/v1\nkind: NodeApproval\nmetadata: {name: any-node}\nspec: {nodes: [\"*\"], addresses: [198.18.30.0/24]}\n",
+        &[
+            "document 1 (NodeApproval \"any-node\"): spec.nodes[0]: \"*\" is not a node name or pattern (a pattern of * alone would admit every node; name them)",
+        ],
+    );
+    assert_rejected(
+        "apiVersion: wardline/v1\nkind: NodeApproval\nmetadata: {name: wards}\nspec: {nodes: [\"ward-*-a\"]}\n",
+        &[
+            "document 1 (NodeApproval \"wards\"): spec.nodes[0]: \"ward-*-a\" is not a node name or pattern (only a trailing * is a pattern)",
+            "document 1 (NodeApproval \"wards\"): spec.addresses: required field is missing",
+        ],
     );
 }

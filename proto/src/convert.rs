@@ -256,6 +256,9 @@ impl TryFrom<&v1::Dataplane> for Dataplane {
             vlans,
             monitor,
             rules,
+            // Which nodes were left out is the control plane's report to
+            // operators; an agent only programs the tables.
+            node_conflicts: Vec::new(),
             flags: w.flags,
             next_change: parse_time("dataplane.next_change", &w.next_change)?,
         })
