@@ -7,5 +7,4 @@
 pub mod pki;
 pub mod registry;
 pub mod server;
-pub mod store;
 pub mod tls;

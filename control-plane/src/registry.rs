@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 use wardline_policy::compile::NodeInfo;
 use wardline_policy::{PolicyErrors, PolicySet};
 
-use crate::store::{Compare, Op, Store, StoreError};
+use wardline_store::{Compare, Op, Store, StoreError};
 
 pub const KEY_PREFIX: &str = "/wardline/";
 pub const CURRENT_KEY: &str = "/wardline/policy/current";

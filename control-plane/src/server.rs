@@ -352,10 +352,10 @@ impl Follower {
     }
 }
 
-fn is_agent_record(ev: &crate::store::WatchEvent) -> bool {
+fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
     let key = match ev {
-        crate::store::WatchEvent::Put(kv) => kv.key.as_str(),
-        crate::store::WatchEvent::Delete { key, .. } => key.as_str(),
+        wardline_store::WatchEvent::Put(kv) => kv.key.as_str(),
+        wardline_store::WatchEvent::Delete { key, .. } => key.as_str(),
     };
     key.starts_with(crate::registry::AGENTS_PREFIX)
 }

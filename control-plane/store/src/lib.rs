@@ -30,6 +30,11 @@
 //! - A transaction whose operations change nothing (no operations, or only
 //!   deletes of absent keys) succeeds without a new revision.
 //! - All changes of one transaction share its revision.
+//!
+//! This crate owns storage only: it knows keys and bytes, never what the
+//! records mean (revisions, nodes and agents are the server's), and it must
+//! not depend on the server, the PKI or the wire protocol.
+#![forbid(unsafe_code)]
 
 pub mod embedded;
 pub mod etcd;

@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # async fn demo() {
-//! use wardline_control_plane::store::testing::EtcdCluster;
+//! use wardline_store::testing::EtcdCluster;
 //! let cluster = EtcdCluster::start(3).await.expect("etcd cluster starts");
 //! let endpoints = cluster.endpoints();
 //! # }

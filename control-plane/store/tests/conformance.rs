@@ -5,12 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use wardline_control_plane::store::embedded::EmbeddedStore;
-use wardline_control_plane::store::etcd::EtcdStore;
-use wardline_control_plane::store::testing::EtcdCluster;
-use wardline_control_plane::store::{
-    Compare, MAX_TXN_OPS, Op, Store, StoreError, WatchEvent, WatchStream,
-};
+use wardline_store::embedded::EmbeddedStore;
+use wardline_store::etcd::EtcdStore;
+use wardline_store::testing::EtcdCluster;
+use wardline_store::{Compare, MAX_TXN_OPS, Op, Store, StoreError, WatchEvent, WatchStream};
 
 /// Limit on one whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,7 +61,7 @@ async fn expect_quiet(watch: &mut WatchStream) {
 }
 
 fn put_event(key: &str, value: &[u8], create_revision: u64, mod_revision: u64) -> WatchEvent {
-    WatchEvent::Put(wardline_control_plane::store::KeyValue {
+    WatchEvent::Put(wardline_store::KeyValue {
         key: key.to_owned(),
         value: value.to_vec(),
         create_revision,
@@ -87,9 +85,8 @@ async fn put_get_range_ordering(b: Backend) {
     assert_eq!(a.value, b"/wl/p/a");
     assert_eq!((a.create_revision, a.mod_revision), (3, 3));
 
-    let keys = |kvs: Vec<wardline_control_plane::store::KeyValue>| {
-        kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>()
-    };
+    let keys =
+        |kvs: Vec<wardline_store::KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
     assert_eq!(
         keys(s.range("/wl/p/").await.expect("range")),
         ["/wl/p/a", "/wl/p/b", "/wl/p/c"],

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use wardline_control_plane::store::etcd::{EtcdOptions, EtcdStore};
-use wardline_control_plane::store::testing::EtcdCluster;
-use wardline_control_plane::store::{
-    self, Compare, Op, Store, StoreError, StoreSpec, WatchEvent, WatchStream,
+use wardline_store::etcd::{EtcdOptions, EtcdStore};
+use wardline_store::testing::EtcdCluster;
+use wardline_store::{
+    self as store, Compare, Op, Store, StoreError, StoreSpec, WatchEvent, WatchStream,
 };
 
 /// Limit on one whole test.

@@ -6,8 +6,8 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use wardline_control_plane::store::embedded::{EmbeddedOptions, EmbeddedStore};
-use wardline_control_plane::store::{self, Compare, Op, Store, StoreError, StoreSpec};
+use wardline_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use wardline_store::{self as store, Compare, Op, Store, StoreError, StoreSpec};
 
 /// Limit on one whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
