@@ -7,4 +7,3 @@
 pub mod pki;
 pub mod registry;
 pub mod server;
-pub mod tls;

@@ -5,19 +5,17 @@
 //! certificate from the site CA, and the certificate says who it is: the
 //! subject's common name (CN) is the party's name (an agent's node name, an
 //! operator's login, a control-plane host name), the organizational unit
-//! (OU) its [`Role`], and the organization (O) the site. [`identity_of`]
-//! reads that back on the server side.
+//! (OU) its [`Role`], and the organization (O) the site.
+//! [`wardline_tls::identity_of`] reads that back on the server side.
 //!
 //! Keys are ECDSA P-256. Private keys are written with mode 0600, and
 //! nothing here ever overwrites an existing file: re-issuing a certificate
 //! means removing the old one first.
 
-use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -26,6 +24,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use wardline_tls::Role;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::x509::X509Name;
 
@@ -110,12 +109,6 @@ pub enum PkiError {
         /// When the certificate would expire.
         not_after: String,
     },
-    /// A role name is none of `agent`, `operator`, `control-plane`.
-    #[error("unknown role {value:?}: expected agent, operator or control-plane")]
-    UnknownRole {
-        /// The value given.
-        value: String,
-    },
     /// A directory could not be created.
     #[error("cannot create directory {path}: {source}")]
     CreateDir {
@@ -186,112 +179,12 @@ pub enum PkiError {
         /// The underlying error.
         source: rcgen::Error,
     },
-    /// A peer certificate cannot be parsed.
-    #[error("cannot parse certificate: {reason}")]
-    Unparsable {
-        /// What went wrong.
-        reason: String,
-    },
-    /// A certificate has no subject common name, or more than one.
-    #[error("certificate subject must carry exactly one common name (CN), found {count}")]
-    CommonName {
-        /// How many were found.
-        count: usize,
-    },
-    /// A certificate has no role (organizational unit), or more than one.
-    #[error(
-        "certificate subject must carry exactly one organizational unit (OU) naming its role, found {count}"
-    )]
-    OrganizationalUnit {
-        /// How many were found.
-        count: usize,
-    },
-    /// A certificate's organizational unit is not a known role.
-    #[error(
-        "certificate organizational unit (OU) {ou:?} is not a Wardline role (agent, operator, control-plane)"
-    )]
-    UnknownOu {
-        /// The organizational unit found.
-        ou: String,
-    },
     /// A subject attribute is not a readable string.
     #[error("certificate subject {attribute} is not a readable string")]
     UnreadableAttribute {
         /// The attribute (CN, OU, O).
         attribute: &'static str,
     },
-}
-
-/// What a certificate holder is allowed to be on the control plane's APIs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// A node's agent: receives policy, reports flows and status.
-    Agent,
-    /// A person or tool administering the site (`wardctl`).
-    Operator,
-    /// A control-plane server; also a client of its peers.
-    ControlPlane,
-}
-
-impl Role {
-    /// Every role, in a fixed order.
-    pub const ALL: [Role; 3] = [Role::Agent, Role::Operator, Role::ControlPlane];
-
-    /// The role's name as written in a certificate's organizational unit.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Role::Agent => "agent",
-            Role::Operator => "operator",
-            Role::ControlPlane => "control-plane",
-        }
-    }
-
-    /// Extended key usages of a certificate for this role: client auth for
-    /// agents and operators, server and client auth for the control plane.
-    fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
-        match self {
-            Role::Agent | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Role::ControlPlane => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = PkiError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|role| role.as_str() == s)
-            .ok_or_else(|| PkiError::UnknownRole {
-                value: s.to_owned(),
-            })
-    }
-}
-
-/// Who a certificate says its holder is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Identity {
-    /// The holder's role (the subject's OU).
-    pub role: Role,
-    /// The holder's name (the subject's CN): node name, operator login or
-    /// control-plane host name.
-    pub name: String,
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.role, self.name)
-    }
 }
 
 /// Where [`init_ca`] wrote the site CA.
@@ -475,7 +368,7 @@ pub fn issue_valid_between(
     params.subject_alt_names = subject_alt_names;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = role.extended_key_usages();
+    params.extended_key_usages = extended_key_usages(role);
     params.use_authority_key_identifier_extension = true;
     params.not_before = not_before;
     params.not_after = not_after;
@@ -489,41 +382,6 @@ pub fn issue_valid_between(
     create_dir(out_dir)?;
     write_pair(&paths.cert, &cert.pem(), &paths.key, &key.serialize_pem())?;
     Ok(paths)
-}
-
-/// Reads who a DER certificate says its holder is: the name from the
-/// subject's CN, the role from its OU.
-///
-/// This does not check the certificate's signature or validity: it is for
-/// certificates the TLS layer has already verified against the site CA.
-pub fn identity_of(cert_der: &[u8]) -> Result<Identity, PkiError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(cert_der).map_err(|err| PkiError::Unparsable {
-            reason: err.to_string(),
-        })?;
-    let subject = cert.subject();
-
-    let names = attribute_values(subject.iter_common_name(), "CN")?;
-    let [name] = names.as_slice() else {
-        return Err(PkiError::CommonName { count: names.len() });
-    };
-    let units = attribute_values(subject.iter_organizational_unit(), "OU")?;
-    let [unit] = units.as_slice() else {
-        return Err(PkiError::OrganizationalUnit { count: units.len() });
-    };
-    let role = Role::ALL
-        .into_iter()
-        .find(|role| role.as_str() == *unit)
-        .ok_or_else(|| PkiError::UnknownOu {
-            ou: (*unit).to_owned(),
-        })?;
-    if name.is_empty() {
-        return Err(PkiError::CommonName { count: 0 });
-    }
-    Ok(Identity {
-        role,
-        name: (*name).to_owned(),
-    })
 }
 
 /// The site CA loaded from its directory, ready to sign.
@@ -752,6 +610,18 @@ fn check_dns_label(label: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Extended key usages of a certificate for `role`: client auth for
+/// agents and operators, server and client auth for the control plane.
+fn extended_key_usages(role: Role) -> Vec<ExtendedKeyUsagePurpose> {
+    match role {
+        Role::Agent | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Role::ControlPlane => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    }
+}
+
 /// Converts a system time to the representation certificates use.
 fn to_offset(at: SystemTime) -> Result<OffsetDateTime, PkiError> {
     let since_epoch = match at.duration_since(SystemTime::UNIX_EPOCH) {
@@ -843,17 +713,6 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn role_names_round_trip() {
-        for role in Role::ALL {
-            assert_eq!(role.as_str().parse::<Role>().ok(), Some(role));
-        }
-        assert!(matches!(
-            "admin".parse::<Role>(),
-            Err(PkiError::UnknownRole { .. })
-        ));
-    }
 
     #[test]
     fn agent_names_are_dns_labels() {

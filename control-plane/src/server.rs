@@ -23,12 +23,11 @@ use wardline_policy::{CompileOptions, Dataplane};
 use wardline_proto::convert::{format_time, validation_errors};
 use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Management};
 
-use crate::pki::{Identity, Role};
 use crate::registry::{
     AgentRecord, ChangeRecord, KEY_PREFIX, NodeRecord, Registry, RegistryError, RevisionRecord,
     plan_apply, validate_plan,
 };
-use crate::tls::authorize;
+use wardline_tls::{Identity, Role, authorize};
 
 /// How often agents are asked to send a heartbeat.
 pub const HEARTBEAT_SECONDS: u32 = 2;

@@ -10,11 +10,12 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
 use tonic::{Code, Request};
-use wardline_control_plane::pki::{self, Role};
+use wardline_control_plane::pki;
 use wardline_control_plane::server;
 use wardline_proto::v1::{
     self, agent_api_client::AgentApiClient, management_client::ManagementClient,
 };
+use wardline_tls::Role;
 
 const SEGMENTS: &str = "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: pumps}\nspec: {cidrs: [\"198.18.30.0/24\"], vlans: [30]}\n---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {name: pump-server}\nspec:\n  nodeSelector: {matchLabels: {role: pump-server}}\n";
 const POLICY: &str = "apiVersion: wardline/v1\nkind: Policy\nmetadata: {name: pumps-to-server}\nspec: {action: allow, from: [pumps], to: [pump-server], ports: [{protocol: tcp, port: 443}]}\n";

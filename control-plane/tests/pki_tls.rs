@@ -19,8 +19,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server, 
 use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-use wardline_control_plane::pki::{self, Identity, PkiError, Role};
-use wardline_control_plane::tls::{self, TlsError};
+use wardline_control_plane::pki::{self, PkiError};
+use wardline_tls::{self as tls, Identity, IdentityError, Role, TlsError};
 
 /// Upper bound of every wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
@@ -529,18 +529,18 @@ fn issued_certificates_carry_their_identity() {
     ] {
         let der = CertificateDer::from_pem_file(site.cert(name))
             .unwrap_or_else(|err| panic!("read {name}: {err}"));
-        let id = pki::identity_of(der.as_ref()).unwrap_or_else(|err| panic!("{name}: {err}"));
+        let id = tls::identity_of(der.as_ref()).unwrap_or_else(|err| panic!("{name}: {err}"));
         assert_eq!(id, identity(role, name));
     }
     // The CA certificate has no role.
     let ca = CertificateDer::from_pem_file(&site.ca).unwrap_or_else(|err| panic!("read CA: {err}"));
     assert!(matches!(
-        pki::identity_of(ca.as_ref()),
-        Err(PkiError::OrganizationalUnit { count: 0 })
+        tls::identity_of(ca.as_ref()),
+        Err(IdentityError::OrganizationalUnit { count: 0 })
     ));
     assert!(matches!(
-        pki::identity_of(b"not a certificate"),
-        Err(PkiError::Unparsable { .. })
+        tls::identity_of(b"not a certificate"),
+        Err(IdentityError::Unparsable { .. })
     ));
 }
 

@@ -14,8 +14,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-use wardline_control_plane::pki::{self, Role};
+use wardline_control_plane::pki;
 use wardline_proto::v1::{self, management_client::ManagementClient};
+use wardline_tls::Role;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_INVALID: u8 = 3;

@@ -7,8 +7,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wardline_control_plane::registry::Registry;
 use wardline_control_plane::server::{self, ControlPlane};
-use wardline_control_plane::tls;
 use wardline_store::{self as store, StoreSpec};
+use wardline_tls as tls;
 
 /// Exit status for a bad command line or configuration (EX_USAGE).
 const EX_USAGE: u8 = 64;

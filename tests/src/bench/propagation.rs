@@ -22,9 +22,10 @@ use anyhow::{Context as _, bail, ensure};
 use serde::Serialize;
 use serde_json::Value;
 use tonic::transport::{ClientTlsConfig, Endpoint};
-use wardline_control_plane::pki::{self, Role};
-use wardline_control_plane::tls::client_tls;
+use wardline_control_plane::pki;
 use wardline_proto::v1::{self, agent_api_client::AgentApiClient};
+use wardline_tls::Role;
+use wardline_tls::client_tls;
 
 use crate::agent::{Agent, BPFFS};
 use crate::bench::stats::Summary;

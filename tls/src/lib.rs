@@ -1,4 +1,5 @@
-//! Mutual TLS for the control plane's gRPC APIs.
+//! Mutual TLS for Wardline's gRPC channel, on both sides: the control
+//! plane serving, agents and `wardctl` dialling it.
 //!
 //! There is no plaintext mode: the server always requires a client
 //! certificate signed by the site CA, and clients always verify the server
@@ -8,8 +9,17 @@
 //! start-up rather than as a failed handshake later.
 //!
 //! On the server, [`peer_identity`] reads who the caller is from its
-//! verified certificate, and [`require`] / [`authorize`] refuse callers
-//! without the role a method needs.
+//! verified certificate ([`identity`]), and [`require`] / [`authorize`]
+//! refuse callers without the role a method needs.
+//!
+//! This crate is what the agent and the control plane share besides the
+//! wire protocol, so it depends on neither of them, nor on the site PKI
+//! that issues certificates: it only reads and checks them.
+#![forbid(unsafe_code)]
+
+pub mod identity;
+
+pub use identity::{Identity, IdentityError, Role, identity_of};
 
 use std::fs;
 use std::io;
@@ -23,8 +33,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
-
-use crate::pki::{self, Identity, PkiError, Role};
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,7 +116,7 @@ pub enum TlsError {
         /// The certificate file.
         path: PathBuf,
         /// Why its identity cannot be read.
-        source: PkiError,
+        source: IdentityError,
     },
     /// A server certificate belongs to a role other than the control plane.
     #[error(
@@ -203,7 +211,7 @@ pub fn peer_identity<T>(req: &tonic::Request<T>) -> Result<Identity, tonic::Stat
             "no client certificate presented",
         ));
     };
-    pki::identity_of(leaf.as_ref()).map_err(|err| {
+    identity_of(leaf.as_ref()).map_err(|err| {
         tracing::warn!(
             peer = %display_peer(peer),
             error = %err,
@@ -348,7 +356,7 @@ impl Material {
                     .unwrap_or_else(|_| not_after.to_string()),
             });
         }
-        let identity = pki::identity_of(leaf_der).map_err(|source| TlsError::NoIdentity {
+        let identity = identity_of(leaf_der).map_err(|source| TlsError::NoIdentity {
             path: cert.to_owned(),
             source,
         })?;
