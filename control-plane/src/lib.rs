@@ -4,6 +4,5 @@
 //! `wardline-policy` and `wardline-proto`, never on the agent.
 #![forbid(unsafe_code)]
 
-pub mod pki;
 pub mod registry;
 pub mod server;

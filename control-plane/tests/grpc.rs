@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
 use tonic::{Code, Request};
-use wardline_control_plane::pki;
 use wardline_control_plane::server;
+use wardline_pki as pki;
 use wardline_proto::v1::{
     self, agent_api_client::AgentApiClient, management_client::ManagementClient,
 };

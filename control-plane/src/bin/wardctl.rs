@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-use wardline_control_plane::pki;
+use wardline_pki as pki;
 use wardline_proto::v1::{self, management_client::ManagementClient};
 use wardline_tls::Role;
 

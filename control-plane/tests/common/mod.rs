@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
-use wardline_control_plane::pki;
 use wardline_control_plane::registry::Registry;
 use wardline_control_plane::server::{self, ControlPlane};
+use wardline_pki as pki;
 use wardline_proto::v1::{agent_api_client::AgentApiClient, management_client::ManagementClient};
 use wardline_store::{self as store, StoreSpec};
 use wardline_tls as tls;

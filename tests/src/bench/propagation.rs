@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail, ensure};
 use serde::Serialize;
 use serde_json::Value;
 use tonic::transport::{ClientTlsConfig, Endpoint};
-use wardline_control_plane::pki;
+use wardline_pki as pki;
 use wardline_proto::v1::{self, agent_api_client::AgentApiClient};
 use wardline_tls::Role;
 use wardline_tls::client_tls;

@@ -1,6 +1,6 @@
-//! The site PKI and mutual TLS, end to end: certificates issued by `pki`,
-//! served and dialled with `tls` over real TLS on loopback, with the gRPC
-//! health service standing in for the control plane's APIs.
+//! Mutual TLS end to end: certificates issued by the site PKI, served and
+//! dialled with this crate's configurations over real TLS on loopback, with
+//! the gRPC health service standing in for the control plane's APIs.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -19,8 +17,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server, 
 use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-use wardline_control_plane::pki::{self, PkiError};
-use wardline_tls::{self as tls, Identity, IdentityError, Role, TlsError};
+use wardline_pki as pki;
+use wardline_tls::{self as tls, Identity, Role, TlsError};
 
 /// Upper bound of every wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
@@ -517,154 +515,6 @@ async fn expired_client_certificate_is_refused() {
     );
     assert!(server.seen().is_empty(), "the service saw a caller");
     server.stop().await;
-}
-
-#[test]
-fn issued_certificates_carry_their_identity() {
-    let site = Site::new("site-a");
-    for (role, name) in [
-        (Role::Agent, "node-1"),
-        (Role::Operator, "alice"),
-        (Role::ControlPlane, "cp"),
-    ] {
-        let der = CertificateDer::from_pem_file(site.cert(name))
-            .unwrap_or_else(|err| panic!("read {name}: {err}"));
-        let id = tls::identity_of(der.as_ref()).unwrap_or_else(|err| panic!("{name}: {err}"));
-        assert_eq!(id, identity(role, name));
-    }
-    // The CA certificate has no role.
-    let ca = CertificateDer::from_pem_file(&site.ca).unwrap_or_else(|err| panic!("read CA: {err}"));
-    assert!(matches!(
-        tls::identity_of(ca.as_ref()),
-        Err(IdentityError::OrganizationalUnit { count: 0 })
-    ));
-    assert!(matches!(
-        tls::identity_of(b"not a certificate"),
-        Err(IdentityError::Unparsable { .. })
-    ));
-}
-
-#[cfg(unix)]
-#[test]
-fn keys_are_private() {
-    use std::os::unix::fs::PermissionsExt;
-
-    let site = Site::new("site-a");
-    for key in [
-        site.ca_dir().join(pki::CA_KEY_FILE),
-        site.key("node-1"),
-        site.key("cp"),
-    ] {
-        let mode = std::fs::metadata(&key)
-            .unwrap_or_else(|err| panic!("stat {}: {err}", key.display()))
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "{} has mode {mode:o}", key.display());
-    }
-}
-
-#[test]
-fn init_ca_refuses_to_overwrite() {
-    let site = Site::new("site-a");
-    let before = std::fs::read(&site.ca).unwrap_or_else(|err| panic!("read CA: {err}"));
-    let err = pki::init_ca(&site.ca_dir(), "site-a")
-        .err()
-        .unwrap_or_else(|| panic!("init_ca overwrote the CA"));
-    assert!(matches!(err, PkiError::CaExists { .. }), "{err}");
-    assert!(err.to_string().contains("refusing to overwrite"), "{err}");
-    let after = std::fs::read(&site.ca).unwrap_or_else(|err| panic!("read CA: {err}"));
-    assert_eq!(before, after, "the CA changed");
-}
-
-#[test]
-fn issue_refuses_bad_names_and_overwrites() {
-    let site = Site::new("site-a");
-    for bad in ["Node_1", "node.example.org", "-node", "", "ca"] {
-        let err = pki::issue(
-            &site.ca_dir(),
-            Role::Agent,
-            bad,
-            &[],
-            &site.certs_dir(),
-            DAYS,
-        )
-        .err()
-        .unwrap_or_else(|| panic!("agent name {bad:?} accepted"));
-        assert!(
-            matches!(
-                err,
-                PkiError::InvalidName {
-                    role: Role::Agent,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
-    }
-    let err = pki::issue(
-        &site.ca_dir(),
-        Role::ControlPlane,
-        "cp2",
-        &["not a host".to_owned()],
-        &site.certs_dir(),
-        DAYS,
-    )
-    .err()
-    .unwrap_or_else(|| panic!("bad SAN accepted"));
-    assert!(err.to_string().contains("\"not a host\""), "{err}");
-
-    let err = pki::issue(
-        &site.ca_dir(),
-        Role::Agent,
-        "node-2",
-        &[],
-        &site.certs_dir(),
-        0,
-    )
-    .err()
-    .unwrap_or_else(|| panic!("zero-day certificate issued"));
-    assert!(matches!(err, PkiError::InvalidValidity { .. }), "{err}");
-
-    let err = pki::issue(
-        &site.ca_dir(),
-        Role::Agent,
-        "node-2",
-        &[],
-        &site.certs_dir(),
-        20 * 365,
-    )
-    .err()
-    .unwrap_or_else(|| panic!("certificate outliving the CA issued"));
-    assert!(matches!(err, PkiError::OutlivesCa { .. }), "{err}");
-
-    let err = pki::issue(
-        &site.ca_dir(),
-        Role::Agent,
-        "node-1",
-        &[],
-        &site.certs_dir(),
-        DAYS,
-    )
-    .err()
-    .unwrap_or_else(|| panic!("existing certificate overwritten"));
-    assert!(matches!(err, PkiError::FileExists { .. }), "{err}");
-
-    let missing = site.dir.path().join("no-ca");
-    let err = pki::issue(
-        &missing,
-        Role::Agent,
-        "node-3",
-        &[],
-        &site.certs_dir(),
-        DAYS,
-    )
-    .err()
-    .unwrap_or_else(|| panic!("issued without a CA"));
-    assert!(
-        err.to_string().contains(&missing.display().to_string()),
-        "{err}"
-    );
 }
 
 #[test]

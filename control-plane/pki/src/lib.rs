@@ -11,6 +11,11 @@
 //! Keys are ECDSA P-256. Private keys are written with mode 0600, and
 //! nothing here ever overwrites an existing file: re-issuing a certificate
 //! means removing the old one first.
+//!
+//! This crate owns the CA's files and the certificates it signs. It does
+//! no networking and must not depend on the server or the store: `wardctl`
+//! runs it offline, on the machine that keeps the CA key.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::io::{self, Write};
