@@ -6,3 +6,5 @@
 
 pub mod registry;
 pub mod server;
+#[cfg(feature = "test-support")]
+pub mod testing;

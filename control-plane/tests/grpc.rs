@@ -1,9 +1,7 @@
 //! Both APIs over real mutual TLS on loopback, with the embedded store:
 //! what operators and agents may do, and every refusal.
 
-mod common;
-
-use common::{scratch, site};
+use wardline_control_plane::testing::{scratch, site};
 
 use std::time::Duration;
 

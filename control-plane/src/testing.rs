@@ -1,12 +1,20 @@
 //! A control plane on a loopback listener with a fresh site PKI and an
-//! embedded store, for the tests of this crate.
+//! embedded store, for tests: this crate's and, with the `test-support`
+//! feature, other crates' (`wardctl` against a real server).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let site = wardline_control_plane::testing::site("demo").await;
+//! let mut operator = site.operator().await;
+//! # }
+//! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::registry::Registry;
+use crate::server::{self, ControlPlane};
 use tonic::transport::{Channel, Endpoint};
-use wardline_control_plane::registry::Registry;
-use wardline_control_plane::server::{self, ControlPlane};
 use wardline_pki as pki;
 use wardline_proto::v1::{agent_api_client::AgentApiClient, management_client::ManagementClient};
 use wardline_store::{self as store, StoreSpec};

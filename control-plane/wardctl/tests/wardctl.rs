@@ -1,11 +1,9 @@
 //! `wardctl` as operators and scripts use it: config file or environment,
 //! output formats, and exit codes.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::site;
+use wardline_control_plane::testing::site;
 use wardline_proto::v1;
 
 fn wardctl(args: &[&str], env: &[(&str, String)]) -> Output {
