@@ -8,6 +8,10 @@
 //! issued by the CA, not expired) so that a bad file is reported by name at
 //! start-up rather than as a failed handshake later.
 //!
+//! Clients dial a [`ServerAddress`] (`https://host:port`, verified by its
+//! host) through [`client_endpoint`], with one [`CONNECT_TIMEOUT`]; both
+//! sides hold gRPC messages to one [`MAX_MESSAGE_BYTES`].
+//!
 //! On the server, [`peer_identity`] reads who the caller is from its
 //! verified certificate ([`identity`]), and [`require`] / [`authorize`]
 //! refuse callers without the role a method needs.
@@ -17,8 +21,10 @@
 //! that issues certificates: it only reads and checks them.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod identity;
 
+pub use address::{AddressError, ServerAddress};
 pub use identity::{Identity, IdentityError, Role, identity_of};
 
 use std::fs;
@@ -32,10 +38,15 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, ServerTlsConfig};
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client waits for its TCP connection to the control plane.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest gRPC message either side sends or accepts (a large policy
+/// source or snapshot), on every client and server of the channel.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Errors setting up TLS. Each names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +139,14 @@ pub enum TlsError {
         /// Who the certificate is for.
         identity: Identity,
     },
+    /// The channel to the control plane cannot take the TLS settings.
+    #[error("cannot set up the channel to {address}: {reason}")]
+    Channel {
+        /// The control-plane address.
+        address: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The domain name to verify the server by is not a valid name.
     #[error("invalid server domain name {domain:?}: {reason}")]
     InvalidDomain {
@@ -189,6 +208,26 @@ pub fn client_tls(
         ))
         .domain_name(domain)
         .timeout(HANDSHAKE_TIMEOUT))
+}
+
+/// A channel endpoint to the control plane at `address`: [`client_tls`]
+/// with the certificate in `cert` and key in `key`, verifying the server
+/// against the CA in `ca` by the address's host, and [`CONNECT_TIMEOUT`].
+/// Callers add their own keep-alive and request timeouts, and connect.
+pub fn client_endpoint(
+    address: &ServerAddress,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Endpoint, TlsError> {
+    let tls = client_tls(ca, cert, key, address.host())?;
+    Endpoint::from(address.uri().clone())
+        .tls_config(tls)
+        .map_err(|err| TlsError::Channel {
+            address: address.to_string(),
+            reason: err.to_string(),
+        })
+        .map(|endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT))
 }
 
 /// Who the caller of a request is, from the client certificate its TLS

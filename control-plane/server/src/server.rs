@@ -27,14 +27,12 @@ use crate::registry::{
     AgentRecord, ChangeRecord, KEY_PREFIX, NodeRecord, Registry, RegistryError, RevisionRecord,
     plan_apply, validate_plan,
 };
-use wardline_tls::{Identity, Role, authorize};
+use wardline_tls::{Identity, MAX_MESSAGE_BYTES, Role, authorize};
 
 /// How often agents are asked to send a heartbeat.
 pub const HEARTBEAT_SECONDS: u32 = 2;
 /// An agent behind the current revision for longer than this is flagged.
 pub const BEHIND_GRACE: Duration = Duration::from_secs(5);
-/// gRPC messages up to this size (a large policy source or snapshot).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// What every agent stream is built from.
 #[derive(Clone)]

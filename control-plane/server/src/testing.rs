@@ -10,11 +10,10 @@
 //! ```
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::registry::Registry;
 use crate::server::{self, ControlPlane};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use wardline_pki as pki;
 use wardline_proto::v1::{agent_api_client::AgentApiClient, management_client::ManagementClient};
 use wardline_store::{self as store, StoreSpec};
@@ -92,21 +91,17 @@ pub async fn site(tag: &str) -> Site {
 
 impl Site {
     pub async fn channel_as(&self, name: &str) -> Channel {
-        let tls = tls::client_tls(
+        let address: tls::ServerAddress = self.endpoint.parse().unwrap();
+        tls::client_endpoint(
+            &address,
             &self.dir.join("ca/ca.pem"),
             &self.dir.join(format!("{name}.pem")),
             &self.dir.join(format!("{name}-key.pem")),
-            "127.0.0.1",
         )
-        .unwrap();
-        Endpoint::from_shared(self.endpoint.clone())
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
-            .await
-            .unwrap()
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
     }
 
     pub async fn operator(&self) -> ManagementClient<Channel> {

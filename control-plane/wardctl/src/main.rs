@@ -13,10 +13,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use wardline_pki as pki;
 use wardline_proto::v1::{self, management_client::ManagementClient};
-use wardline_tls::Role;
+use wardline_tls::{MAX_MESSAGE_BYTES, Role, ServerAddress};
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_INVALID: u8 = 3;
@@ -270,29 +269,12 @@ fn connection(cli: &Cli) -> Result<Connection, Failure> {
 }
 
 async fn client(c: &Connection) -> Result<ManagementClient<tonic::transport::Channel>, Failure> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|e| fail(EXIT_FAILURE, format!("{}: {e}", p.display())))
-    };
-    let host = c
+    let address: ServerAddress = c
         .endpoint
-        .trim_start_matches("https://")
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())
-        .ok_or_else(|| {
-            fail(
-                EXIT_FAILURE,
-                format!("{}: expected https://host:port", c.endpoint),
-            )
-        })?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&c.ca)?))
-        .identity(Identity::from_pem(read(&c.cert)?, read(&c.key)?))
-        .domain_name(host);
-    let channel = Endpoint::from_shared(c.endpoint.clone())
-        .map_err(|e| fail(EXIT_FAILURE, format!("{}: {e}", c.endpoint)))?
-        .tls_config(tls)
+        .parse()
+        .map_err(|e: wardline_tls::AddressError| fail(EXIT_FAILURE, e.to_string()))?;
+    let channel = wardline_tls::client_endpoint(&address, &c.ca, &c.cert, &c.key)
         .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
         .connect()
         .await
@@ -306,8 +288,8 @@ async fn client(c: &Connection) -> Result<ManagementClient<tonic::transport::Cha
             fail(EXIT_UNAVAILABLE, msg)
         })?;
     Ok(ManagementClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 fn read_file(path: &PathBuf) -> Result<String, Failure> {
