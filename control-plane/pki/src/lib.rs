@@ -29,6 +29,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use wardline_policy::{NameProblem, NodeName};
 use wardline_tls::Role;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::x509::X509Name;
@@ -49,8 +50,6 @@ const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_SITE_LEN: usize = 64;
 /// Longest DNS name.
 const MAX_DNS_NAME_LEN: usize = 253;
-/// Longest DNS label.
-const MAX_DNS_LABEL_LEN: usize = 63;
 /// Names that would collide with the CA's own files if a certificate were
 /// issued into the CA directory.
 const RESERVED_NAMES: [&str; 2] = ["ca", "ca-key"];
@@ -535,9 +534,10 @@ fn validate_name(role: Role, name: &str) -> Result<(), PkiError> {
         ));
     }
     match role {
-        Role::Agent => check_dns_label(name).map_err(|reason| {
+        Role::Agent => name.parse::<NodeName>().map(drop).map_err(|err| {
             invalid(format!(
-                "an agent's name must be its node name, a DNS label: {reason}"
+                "an agent's name must be its node name, a DNS label: {}",
+                err.problem
             ))
         }),
         Role::Operator | Role::ControlPlane => {
@@ -587,30 +587,9 @@ fn check_dns_name(name: &str) -> Result<(), String> {
         return Err(format!("must be at most {MAX_DNS_NAME_LEN} characters"));
     }
     for label in name.split('.') {
-        check_dns_label(label).map_err(|reason| format!("label {label:?} {reason}"))?;
-    }
-    Ok(())
-}
-
-/// Checks a DNS label (RFC 1123), lowercase: 1 to 63 of `a-z`, `0-9` and
-/// `-`, not starting or ending with `-`.
-fn check_dns_label(label: &str) -> Result<(), String> {
-    if label.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if label.len() > MAX_DNS_LABEL_LEN {
-        return Err(format!("must be at most {MAX_DNS_LABEL_LEN} characters"));
-    }
-    if let Some(bad) = label
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Err(format!(
-            "must hold only lowercase letters, digits and '-', found {bad:?}"
-        ));
-    }
-    if label.starts_with('-') || label.ends_with('-') {
-        return Err("must not start or end with '-'".to_owned());
+        if let Some(problem) = NameProblem::of(label) {
+            return Err(format!("label {label:?}: {problem}"));
+        }
     }
     Ok(())
 }
