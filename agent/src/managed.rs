@@ -15,6 +15,7 @@ use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
+use wardline_backoff::Backoff;
 use wardline_policy::Dataplane;
 use wardline_policy::compile::NodeInfo;
 use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
@@ -222,7 +223,7 @@ struct Session {
 
 impl Session {
     async fn run(self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut turn = 0usize;
         loop {
             let started = std::time::Instant::now();
@@ -238,16 +239,14 @@ impl Session {
                 Err(e) => tracing::warn!("control plane {url}: {e:#}"),
             }
             if started.elapsed() > Duration::from_secs(30) {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
             }
             // The next replica at once; a pause only after a whole round.
             if !turn.is_multiple_of(self.endpoints.len()) {
                 continue;
             }
-            // Jitter spreads a fleet's reconnects after an outage.
-            let jitter = Duration::from_millis(u64::from(std::process::id() % 100));
-            tokio::time::sleep(backoff + jitter).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            // Its jitter spreads a fleet's reconnects after an outage.
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 

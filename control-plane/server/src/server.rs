@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+use wardline_backoff::Backoff;
 use wardline_policy::compile::NodeInfo;
 use wardline_policy::{CompileOptions, Dataplane};
 use wardline_proto::convert::{format_time, validation_errors};
@@ -33,6 +34,11 @@ use wardline_tls::{Identity, MAX_MESSAGE_BYTES, Role, authorize};
 pub const HEARTBEAT_SECONDS: u32 = 2;
 /// An agent behind the current revision for longer than this is flagged.
 pub const BEHIND_GRACE: Duration = Duration::from_secs(5);
+/// The first pause before reading or watching the store again after it
+/// failed; it doubles up to [`WATCH_BACKOFF_MAX`].
+const WATCH_BACKOFF_FIRST: Duration = Duration::from_millis(200);
+/// The longest pause between attempts to follow the store.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What every agent stream is built from.
 #[derive(Clone)]
@@ -285,14 +291,13 @@ impl Follower {
     }
 
     async fn run(self) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(WATCH_BACKOFF_FIRST, WATCH_BACKOFF_MAX);
         loop {
             let after = match self.registry.store().revision().await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!("store unavailable: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             };
@@ -304,12 +309,11 @@ impl Follower {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!("watching the store: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(200);
+            backoff.reset();
             loop {
                 let boundary = self
                     .tx

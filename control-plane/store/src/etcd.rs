@@ -32,6 +32,7 @@ use etcd_client::{
 };
 use futures_util::stream;
 use tokio::time::Instant;
+use wardline_backoff::Backoff;
 
 use super::{
     Compare, KeyValue, Op, Store, StoreError, TxnOutcome, WatchEvent, WatchStream, validate_key,
@@ -40,7 +41,8 @@ use super::{
 
 /// How many keys one page of a [`Store::range`] read asks for.
 const RANGE_PAGE: i64 = 1000;
-/// The first pause before a retry; it doubles up to [`MAX_RETRY_DELAY`].
+/// The first pause before a retry (plus jitter); it doubles up to
+/// [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// The longest pause between retries.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -220,7 +222,7 @@ impl EtcdStore {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = Instant::now() + self.options.retry_budget;
-        let mut delay = FIRST_RETRY_DELAY;
+        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
         let mut tries = 0_u32;
         loop {
             tries += 1;
@@ -244,6 +246,7 @@ impl EtcdStore {
                 Failure::NotApplied => true,
                 Failure::Ambiguous => retry == Retry::Read,
             };
+            let delay = backoff.next_delay();
             if !again || Instant::now() + delay >= deadline {
                 return Err(StoreError::Unavailable {
                     operation: format!("{operation} (after {tries} attempts)"),
@@ -253,7 +256,6 @@ impl EtcdStore {
             }
             tracing::debug!(operation, tries, %reason, "etcd call failed, trying again");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
     }
 }
