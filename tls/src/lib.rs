@@ -4,9 +4,11 @@
 //! There is no plaintext mode: the server always requires a client
 //! certificate signed by the site CA, and clients always verify the server
 //! against the site CA. [`server_tls`] and [`client_tls`] read and check the
-//! PEM files up front (readable, PEM, key matching certificate, certificate
-//! issued by the CA, not expired) so that a bad file is reported by name at
-//! start-up rather than as a failed handshake later.
+//! PEM files up front (readable, PEM, key matching certificate, and, with
+//! `rustls-webpki` as the handshake will check them: certificate issued by
+//! the CA, inside its validity window, its extended key usage allowing
+//! server or client authentication) so that a bad file is reported by name
+//! at start-up rather than as a failed handshake later.
 //!
 //! Clients dial a [`ServerAddress`] (`https://host:port`, verified by its
 //! host) through [`client_endpoint`], with one [`CONNECT_TIMEOUT`]; both
@@ -35,7 +37,7 @@ use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, ServerTlsConfig};
@@ -121,6 +123,41 @@ pub enum TlsError {
         /// When it expired.
         not_after: String,
     },
+    /// The certificate is not valid yet.
+    #[error("the certificate in {path} is not valid before {not_before}")]
+    NotYetValid {
+        /// The certificate file.
+        path: PathBuf,
+        /// When it becomes valid.
+        not_before: String,
+    },
+    /// The certificate's extended key usage does not allow what it is
+    /// presented for.
+    #[error(
+        "the certificate in {path} is not for {usage}: its extended key usage does not allow it"
+    )]
+    WrongUsage {
+        /// The certificate file.
+        path: PathBuf,
+        /// What it was to be used for.
+        usage: &'static str,
+    },
+    /// The certificate's key usage does not allow the signatures TLS makes.
+    #[error(
+        "the certificate in {path} does not allow digital signatures (key usage), which TLS needs"
+    )]
+    NoDigitalSignature {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The certificate fails another check of its chain to the site CA.
+    #[error("the certificate in {path} is refused: {reason}")]
+    Refused {
+        /// The certificate file.
+        path: PathBuf,
+        /// The check that failed.
+        reason: String,
+    },
     /// The certificate carries no Wardline identity.
     #[error("the certificate in {path} carries no Wardline identity: {source}")]
     NoIdentity {
@@ -161,18 +198,13 @@ pub enum TlsError {
 /// `cert` with key `key`, and requires every client to present a
 /// certificate signed by the CA in `ca`.
 ///
-/// `cert` must be a control-plane certificate issued by that CA.
+/// `cert` must be a control-plane certificate issued by that CA, valid
+/// now and for server authentication.
 ///
 /// Also installs `ring` as the process's TLS crypto provider if none is
 /// installed yet, the one tonic's server uses.
 pub fn server_tls(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
-    let material = Material::load(ca, cert, key)?;
-    if material.identity.role != Role::ControlPlane {
-        return Err(TlsError::NotServerCertificate {
-            path: cert.to_owned(),
-            identity: material.identity,
-        });
-    }
+    let material = Material::load(ca, cert, key, Usage::Server)?;
     // Fails only when a provider is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(ServerTlsConfig::new()
@@ -189,6 +221,9 @@ pub fn server_tls(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTlsConfig,
 /// certificate `cert` with key `key`, and accepts only a server whose
 /// certificate is signed by the CA in `ca` and valid for `domain` (a host
 /// name or IP address among its subject alternative names).
+///
+/// `cert` must be issued by that CA, valid now and for client
+/// authentication.
 pub fn client_tls(
     ca: &Path,
     cert: &Path,
@@ -199,7 +234,7 @@ pub fn client_tls(
         domain: domain.to_owned(),
         reason: err.to_string(),
     })?;
-    let material = Material::load(ca, cert, key)?;
+    let material = Material::load(ca, cert, key, Usage::Client)?;
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(material.ca_pem))
         .identity(tonic::transport::Identity::from_pem(
@@ -313,15 +348,45 @@ struct Material {
     cert_pem: Vec<u8>,
     /// The key file's contents.
     key_pem: Vec<u8>,
-    /// Who the certificate is for.
-    identity: Identity,
+}
+
+/// What a certificate is presented for, and so the extended key usage
+/// (EKU) it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Usage {
+    /// Served by the control plane: server authentication.
+    Server,
+    /// Presented by a client: client authentication.
+    Client,
+}
+
+impl Usage {
+    /// The extended key usage webpki requires for it.
+    fn key_usage(self) -> webpki::KeyUsage {
+        match self {
+            Usage::Server => webpki::KeyUsage::server_auth(),
+            Usage::Client => webpki::KeyUsage::client_auth(),
+        }
+    }
+
+    /// For messages.
+    fn describe(self) -> &'static str {
+        match self {
+            Usage::Server => "server authentication",
+            Usage::Client => "client authentication",
+        }
+    }
 }
 
 impl Material {
     /// Reads the three files and checks that the CA file holds CA
-    /// certificates, that the key matches the certificate, that one of the
-    /// CAs issued the certificate and that it has not expired.
-    fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+    /// certificates, that the key matches the certificate, that it says
+    /// who it is for (a control-plane certificate, to serve), and then,
+    /// with webpki as the TLS handshake will: that one of the CAs issued
+    /// it, that it is valid now (both ends of its validity window), and
+    /// that its extended key usage allows `usage`; last, that its key
+    /// usage allows digital signatures.
+    fn load(ca: &Path, cert: &Path, key: &Path, usage: Usage) -> Result<Self, TlsError> {
         let ca_pem = read(ca)?;
         let cert_pem = read(cert)?;
         let key_pem = read(key)?;
@@ -359,54 +424,109 @@ impl Material {
             }
         }
 
-        let mut cas = Vec::with_capacity(ca_ders.len());
+        let mut anchors = Vec::with_capacity(ca_ders.len());
         for der in &ca_ders {
-            let parsed = parse(ca, der)?;
-            if !parsed.is_ca() {
+            if !parse(ca, der)?.is_ca() {
                 return Err(TlsError::NotCa {
                     path: ca.to_owned(),
                 });
             }
-            cas.push(parsed);
+            anchors.push(webpki::anchor_from_trusted_cert(der).map_err(|err| {
+                TlsError::BadCertificate {
+                    path: ca.to_owned(),
+                    reason: err.to_string(),
+                }
+            })?);
         }
-        let leaf_der = cert_ders
-            .first()
-            .ok_or_else(|| TlsError::NotCertificatePem {
-                path: cert.to_owned(),
-                reason: "no certificate found".to_owned(),
-            })?;
-        let leaf = parse(cert, leaf_der)?;
-        let issued = cas.iter().any(|ca_cert| {
-            leaf.issuer() == ca_cert.subject()
-                && leaf.verify_signature(Some(ca_cert.public_key())).is_ok()
-        });
-        if !issued {
-            return Err(TlsError::NotIssuedByCa {
-                cert: cert.to_owned(),
-                ca: ca.to_owned(),
-            });
-        }
-        let not_after = leaf.validity().not_after.to_datetime();
-        if not_after < OffsetDateTime::now_utc() {
-            return Err(TlsError::Expired {
-                path: cert.to_owned(),
-                not_after: not_after
-                    .format(&Rfc3339)
-                    .unwrap_or_else(|_| not_after.to_string()),
-            });
-        }
+        let (leaf_der, intermediates) =
+            cert_ders
+                .split_first()
+                .ok_or_else(|| TlsError::NotCertificatePem {
+                    path: cert.to_owned(),
+                    reason: "no certificate found".to_owned(),
+                })?;
         let identity = identity_of(leaf_der).map_err(|source| TlsError::NoIdentity {
             path: cert.to_owned(),
             source,
         })?;
+        if usage == Usage::Server && identity.role != Role::ControlPlane {
+            return Err(TlsError::NotServerCertificate {
+                path: cert.to_owned(),
+                identity,
+            });
+        }
+
+        let leaf =
+            webpki::EndEntityCert::try_from(leaf_der).map_err(|err| TlsError::BadCertificate {
+                path: cert.to_owned(),
+                reason: err.to_string(),
+            })?;
+        leaf.verify_for_usage(
+            provider.signature_verification_algorithms.all,
+            &anchors,
+            intermediates,
+            UnixTime::now(),
+            usage.key_usage(),
+            None,
+            None,
+        )
+        .map_err(|err| refusal(err, ca, cert, usage))?;
+        let key_usage = parse(cert, leaf_der)?
+            .key_usage()
+            .map_err(|err| TlsError::BadCertificate {
+                path: cert.to_owned(),
+                reason: err.to_string(),
+            })?
+            .map(|ext| ext.value.digital_signature());
+        if key_usage == Some(false) {
+            return Err(TlsError::NoDigitalSignature {
+                path: cert.to_owned(),
+            });
+        }
 
         Ok(Self {
             ca_pem,
             cert_pem,
             key_pem,
-            identity,
         })
     }
+}
+
+/// Why webpki refused the certificate in `cert` for `usage`.
+fn refusal(err: webpki::Error, ca: &Path, cert: &Path, usage: Usage) -> TlsError {
+    use webpki::Error as E;
+    let path = cert.to_owned();
+    match err {
+        E::CertExpired { not_after, .. } => TlsError::Expired {
+            path,
+            not_after: rfc3339(not_after),
+        },
+        E::CertNotValidYet { not_before, .. } => TlsError::NotYetValid {
+            path,
+            not_before: rfc3339(not_before),
+        },
+        E::RequiredEkuNotFoundContext(_) => TlsError::WrongUsage {
+            path,
+            usage: usage.describe(),
+        },
+        E::UnknownIssuer | E::InvalidSignatureForPublicKey => TlsError::NotIssuedByCa {
+            cert: path,
+            ca: ca.to_owned(),
+        },
+        other => TlsError::Refused {
+            path,
+            reason: format!("{other:?}"),
+        },
+    }
+}
+
+/// A certificate time for messages.
+fn rfc3339(at: UnixTime) -> String {
+    let secs = i64::try_from(at.as_secs()).unwrap_or(i64::MAX);
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{secs} seconds after the epoch"))
 }
 
 /// Reads a whole file.

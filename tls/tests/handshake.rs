@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -515,6 +519,222 @@ async fn expired_client_certificate_is_refused() {
     );
     assert!(server.seen().is_empty(), "the service saw a caller");
     server.stop().await;
+}
+
+/// A certificate of `role` for `name` signed by the site CA, like the
+/// PKI's but with the extended key usages `ekus` and key usages
+/// `key_usages`, which the PKI never writes for a role: how a certificate made elsewhere for another purpose
+/// would look. Returns (certificate, key) file paths.
+fn issue_with_ekus(
+    site: &Site,
+    role: Role,
+    name: &str,
+    sans: &[&str],
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+    key_usages: Vec<KeyUsagePurpose>,
+) -> (PathBuf, PathBuf) {
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+    };
+    let ca_key = KeyPair::from_pem(&read(site.ca_dir().join(pki::CA_KEY_FILE)))
+        .unwrap_or_else(|err| panic!("CA key: {err}"));
+    let issuer = Issuer::from_ca_cert_pem(&read(site.ca.clone()), ca_key)
+        .unwrap_or_else(|err| panic!("CA certificate: {err}"));
+    let mut params = CertificateParams::new(
+        std::iter::once(name)
+            .chain(sans.iter().copied())
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_or_else(|err| panic!("params: {err}"));
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, role.as_str());
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = key_usages;
+    params.extended_key_usages = ekus;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(1);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .unwrap_or_else(|err| panic!("key: {err}"));
+    let cert = params
+        .signed_by(&key, &issuer)
+        .unwrap_or_else(|err| panic!("sign: {err}"));
+    let cert_path = site.certs_dir().join(format!("{name}.pem"));
+    let key_path = site.certs_dir().join(format!("{name}-key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap_or_else(|err| panic!("write: {err}"));
+    std::fs::write(&key_path, key.serialize_pem()).unwrap_or_else(|err| panic!("write: {err}"));
+    (cert_path, key_path)
+}
+
+/// Server settings built by hand, bypassing `server_tls`'s checks.
+fn raw_server_tls(ca: &Path, cert: &Path, key: &Path) -> ServerTlsConfig {
+    let read = |path: &Path| {
+        std::fs::read(path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(read(cert), read(key)))
+        .client_ca_root(Certificate::from_pem(read(ca)))
+}
+
+#[tokio::test]
+async fn not_yet_valid_certificates_are_refused() {
+    let site = Site::new("site-a");
+    let now = SystemTime::now();
+    let early = pki::issue_valid_between(
+        &site.ca_dir(),
+        Role::Agent,
+        "node-early",
+        &[],
+        &site.certs_dir(),
+        now + DAY,
+        now + 10 * DAY,
+    )
+    .unwrap_or_else(|err| panic!("issue not yet valid: {err}"));
+
+    // client_tls refuses it up front, naming the file and the start.
+    let err = tls::client_tls(&site.ca, &early.cert, &early.key, "localhost")
+        .err()
+        .unwrap_or_else(|| panic!("client_tls accepted a certificate not valid yet"));
+    assert!(matches!(err, TlsError::NotYetValid { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&early.cert.display().to_string())
+            && err.to_string().contains("not valid before"),
+        "{err}"
+    );
+
+    // A client that presents it anyway is refused by the server at the
+    // handshake (TLS has one alert for expired and not yet valid).
+    let server = TestServer::start(site.server_tls(), None).await;
+    assert_refused(
+        check(
+            server.addr,
+            raw_client_tls(&site.ca, Some((&early.cert, &early.key))),
+        )
+        .await,
+        "client certificate not valid yet",
+        "CertificateExpired",
+    );
+    assert!(server.seen().is_empty(), "the service saw a caller");
+    server.stop().await;
+
+    // A control plane whose certificate is not valid yet cannot serve...
+    let early_cp = pki::issue_valid_between(
+        &site.ca_dir(),
+        Role::ControlPlane,
+        "cp-early",
+        &["localhost".to_owned()],
+        &site.certs_dir(),
+        now + DAY,
+        now + 10 * DAY,
+    )
+    .unwrap_or_else(|err| panic!("issue not yet valid: {err}"));
+    let err = tls::server_tls(&site.ca, &early_cp.cert, &early_cp.key)
+        .err()
+        .unwrap_or_else(|| panic!("server_tls accepted a certificate not valid yet"));
+    assert!(matches!(err, TlsError::NotYetValid { .. }), "{err}");
+    // ...and a client refuses one that serves it anyway.
+    let server = TestServer::start(
+        raw_server_tls(&site.ca, &early_cp.cert, &early_cp.key),
+        None,
+    )
+    .await;
+    assert_refused(
+        check(server.addr, site.client_tls("node-1")).await,
+        "server certificate not valid yet",
+        "invalid peer certificate: certificate not valid yet",
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn certificates_for_the_other_side_are_refused() {
+    let site = Site::new("site-a");
+
+    // An operator certificate for server authentication only.
+    let (cert, key) = issue_with_ekus(
+        &site,
+        Role::Operator,
+        "mallory",
+        &[],
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+        vec![KeyUsagePurpose::DigitalSignature],
+    );
+    let err = tls::client_tls(&site.ca, &cert, &key, "localhost")
+        .err()
+        .unwrap_or_else(|| panic!("client_tls accepted a certificate without client auth"));
+    assert!(
+        matches!(
+            err,
+            TlsError::WrongUsage {
+                usage: "client authentication",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&cert.display().to_string()),
+        "{err}"
+    );
+    let server = TestServer::start(site.server_tls(), None).await;
+    assert_refused(
+        check(server.addr, raw_client_tls(&site.ca, Some((&cert, &key)))).await,
+        "client certificate without client auth",
+        "UnsupportedCertificate",
+    );
+    assert!(server.seen().is_empty(), "the service saw a caller");
+    server.stop().await;
+
+    // A control-plane certificate for client authentication only.
+    let (cert, key) = issue_with_ekus(
+        &site,
+        Role::ControlPlane,
+        "cp-client",
+        &["localhost"],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+        vec![KeyUsagePurpose::DigitalSignature],
+    );
+    let err = tls::server_tls(&site.ca, &cert, &key)
+        .err()
+        .unwrap_or_else(|| panic!("server_tls accepted a certificate without server auth"));
+    assert!(
+        matches!(
+            err,
+            TlsError::WrongUsage {
+                usage: "server authentication",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let server = TestServer::start(raw_server_tls(&site.ca, &cert, &key), None).await;
+    assert_refused(
+        check(server.addr, site.client_tls("node-1")).await,
+        "server certificate without server auth",
+        "certificate does not allow extended key usage for server authentication",
+    );
+    server.stop().await;
+
+    // A client certificate whose key may not sign, which TLS needs: the
+    // handshake does not look at key usage, so client_tls does.
+    let (cert, key) = issue_with_ekus(
+        &site,
+        Role::Agent,
+        "node-nosign",
+        &[],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+        vec![KeyUsagePurpose::KeyAgreement],
+    );
+    let err = tls::client_tls(&site.ca, &cert, &key, "localhost")
+        .err()
+        .unwrap_or_else(|| panic!("client_tls accepted a key that may not sign"));
+    assert!(matches!(err, TlsError::NoDigitalSignature { .. }), "{err}");
 }
 
 #[test]
