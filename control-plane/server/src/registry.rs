@@ -32,19 +32,102 @@ fn revision_key(n: u64) -> String {
     format!("{REVISIONS_PREFIX}{n:020}")
 }
 
+/// The kinds of document a revision holds, in the order a revision keeps
+/// them (segments first: policies name them). Stored as the documents'
+/// own `kind`, `Segment` or `Policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DocumentKind {
+    Segment,
+    Policy,
+}
+
+impl DocumentKind {
+    /// Every kind, in revision order.
+    pub const ALL: [DocumentKind; 2] = [DocumentKind::Segment, DocumentKind::Policy];
+
+    /// The kind as documents write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DocumentKind::Segment => wardline_policy::parse::SEGMENT_KIND,
+            DocumentKind::Policy => wardline_policy::parse::POLICY_KIND,
+        }
+    }
+
+    /// The kind a document's `kind` field names exactly, if it is one a
+    /// revision holds.
+    pub fn of_document(kind: &str) -> Option<DocumentKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// The kind an operator names: any case, singular or plural
+    /// (`segment`, `Policies`).
+    pub fn named(text: &str) -> Option<DocumentKind> {
+        match text.to_ascii_lowercase().as_str() {
+            "segment" | "segments" => Some(DocumentKind::Segment),
+            "policy" | "policies" => Some(DocumentKind::Policy),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DocumentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a change did to one document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeAction {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl ChangeAction {
+    /// As the history and the wire protocol write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ChangeAction::Created => "created",
+            ChangeAction::Updated => "updated",
+            ChangeAction::Deleted => "deleted",
+        }
+    }
+}
+
+/// How a revision came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevisionAction {
+    Apply,
+    Delete,
+    Rollback,
+}
+
+impl RevisionAction {
+    /// As the history and the wire protocol write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RevisionAction::Apply => "apply",
+            RevisionAction::Delete => "delete",
+            RevisionAction::Rollback => "rollback",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct StoredDocument {
-    pub kind: String,
+    pub kind: DocumentKind,
     pub name: String,
     pub text: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeRecord {
-    pub kind: String,
+    pub kind: DocumentKind,
     pub name: String,
-    /// created | updated | deleted
-    pub action: String,
+    pub action: ChangeAction,
 }
 
 /// One revision of the policy: the whole set and how it came to be.
@@ -53,8 +136,8 @@ pub struct RevisionRecord {
     pub revision: u64,
     pub author: String,
     pub time: String,
-    /// apply | delete | rollback
-    pub action: String,
+    /// `None` only for revision 0, which nothing made.
+    pub action: Option<RevisionAction>,
     pub message: String,
     pub changes: Vec<ChangeRecord>,
     /// Segments first, then policies, each by name.
@@ -69,7 +152,7 @@ impl RevisionRecord {
             revision: 0,
             author: String::new(),
             time: String::new(),
-            action: String::new(),
+            action: None,
             message: String::new(),
             changes: Vec::new(),
             documents: Vec::new(),
@@ -92,7 +175,7 @@ impl RevisionRecord {
         OffsetDateTime::parse(&self.time, &Rfc3339).ok()
     }
 
-    pub fn count(&self, kind: &str) -> usize {
+    pub fn count(&self, kind: DocumentKind) -> usize {
         self.documents.iter().filter(|d| d.kind == kind).count()
     }
 }
@@ -104,14 +187,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn kind_order(kind: &str) -> u8 {
-    match kind {
-        "Segment" => 0,
-        "Policy" => 1,
-        _ => 2,
-    }
-}
-
 fn source_of(documents: &[StoredDocument]) -> String {
     documents
         .iter()
@@ -120,7 +195,7 @@ fn source_of(documents: &[StoredDocument]) -> String {
 }
 
 fn sorted(mut docs: Vec<StoredDocument>) -> Vec<StoredDocument> {
-    docs.sort_by(|a, b| (kind_order(&a.kind), &a.name).cmp(&(kind_order(&b.kind), &b.name)));
+    docs.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     docs
 }
 
@@ -208,44 +283,43 @@ pub fn plan(current: &[StoredDocument], source: &str, prune: bool) -> Result<Pla
             limit: MAX_SOURCE_BYTES,
         });
     }
-    let mut docs: BTreeMap<(String, String), StoredDocument> = current
+    let mut docs: BTreeMap<(DocumentKind, String), StoredDocument> = current
         .iter()
-        .map(|d| ((d.kind.clone(), d.name.clone()), d.clone()))
+        .map(|d| ((d.kind, d.name.clone()), d.clone()))
         .collect();
     let mut changes = Vec::new();
-    for d in wardline_policy::documents(source) {
-        let (Some(kind), Some(name)) = (d.kind, d.name) else {
-            // Validation of the merged source names the problem.
-            continue;
-        };
+    // The documents of the source a revision can hold; validation of the
+    // merged source names the problem with any other (no kind, no name,
+    // a kind that is not a segment or a policy).
+    let named: Vec<(DocumentKind, String, String)> = wardline_policy::documents(source)
+        .into_iter()
+        .filter_map(|d| Some((DocumentKind::of_document(&d.kind?)?, d.name?, d.text)))
+        .collect();
+    for (kind, name, text) in &named {
         let doc = StoredDocument {
-            kind: kind.clone(),
+            kind: *kind,
             name: name.clone(),
-            text: d.text,
+            text: text.clone(),
         };
-        let action = match docs.insert((kind.clone(), name.clone()), doc.clone()) {
-            None => "created",
-            Some(old) if old.text == doc.text => continue,
-            Some(_) => "updated",
+        let action = match docs.insert((*kind, name.clone()), doc) {
+            None => ChangeAction::Created,
+            Some(old) if old.text == *text => continue,
+            Some(_) => ChangeAction::Updated,
         };
         changes.push(ChangeRecord {
-            kind,
-            name,
-            action: action.into(),
+            kind: *kind,
+            name: name.clone(),
+            action,
         });
     }
     if prune {
-        let named: Vec<(String, String)> = wardline_policy::documents(source)
-            .into_iter()
-            .filter_map(|d| Some((d.kind?, d.name?)))
-            .collect();
-        docs.retain(|key, _| {
-            let keep = named.contains(key);
+        docs.retain(|(kind, name), _| {
+            let keep = named.iter().any(|(k, n, _)| k == kind && n == name);
             if !keep {
                 changes.push(ChangeRecord {
-                    kind: key.0.clone(),
-                    name: key.1.clone(),
-                    action: "deleted".into(),
+                    kind: *kind,
+                    name: name.clone(),
+                    action: ChangeAction::Deleted,
                 });
             }
             keep
@@ -266,13 +340,13 @@ pub fn validate_plan(
     nodes: &[NodeInfo],
 ) -> Result<PolicySet, RegistryError> {
     let applied = wardline_policy::documents(source);
-    let keys: Vec<(Option<String>, Option<String>)> = applied
+    let keys: Vec<(Option<&str>, Option<&str>)> = applied
         .iter()
-        .map(|d| (d.kind.clone(), d.name.clone()))
+        .map(|d| (d.kind.as_deref(), d.name.as_deref()))
         .collect();
     let mut checked: String = applied.iter().map(|d| format!("---\n{}", d.text)).collect();
     for d in &plan.documents {
-        if !keys.contains(&(Some(d.kind.clone()), Some(d.name.clone()))) {
+        if !keys.contains(&(Some(d.kind.as_str()), Some(d.name.as_str()))) {
             checked.push_str(&format!("---\n{}", d.text));
         }
     }
@@ -363,7 +437,7 @@ impl Registry {
         expected: Option<u64>,
         documents: Vec<StoredDocument>,
         changes: Vec<ChangeRecord>,
-        action: &str,
+        action: RevisionAction,
         author: &str,
         message: &str,
     ) -> Result<RevisionRecord, RegistryError> {
@@ -379,7 +453,7 @@ impl Registry {
             revision: current.revision + 1,
             author: author.to_owned(),
             time: now(),
-            action: action.to_owned(),
+            action: Some(action),
             message: message.to_owned(),
             changes,
             documents,
@@ -415,7 +489,7 @@ impl Registry {
         tracing::info!(
             revision = record.revision,
             author,
-            action,
+            action = action.as_str(),
             changes = record.changes.len(),
             "policy revision written"
         );
@@ -454,7 +528,7 @@ impl Registry {
                 expected,
                 plan.documents.clone(),
                 plan.changes.clone(),
-                "apply",
+                RevisionAction::Apply,
                 author,
                 message,
             )
@@ -464,7 +538,7 @@ impl Registry {
 
     pub async fn delete(
         &self,
-        kind: &str,
+        kind: DocumentKind,
         name: &str,
         expected: Option<u64>,
         author: &str,
@@ -480,7 +554,7 @@ impl Registry {
             .collect();
         if documents.len() == before {
             return Err(RegistryError::NotFound {
-                kind: kind.to_owned(),
+                kind: kind.as_str().to_owned(),
                 name: name.to_owned(),
                 revision: current.revision,
             });
@@ -489,9 +563,9 @@ impl Registry {
         let source = source_of(&documents);
         wardline_policy::parse(&source).map_err(RegistryError::Invalid)?;
         let changes = vec![ChangeRecord {
-            kind: kind.to_owned(),
+            kind,
             name: name.to_owned(),
-            action: "deleted".into(),
+            action: ChangeAction::Deleted,
         }];
         self.commit(
             &current,
@@ -499,7 +573,7 @@ impl Registry {
             expected,
             documents,
             changes,
-            "delete",
+            RevisionAction::Delete,
             author,
             message,
         )
@@ -527,7 +601,7 @@ impl Registry {
             expected,
             target.documents,
             changes,
-            "rollback",
+            RevisionAction::Rollback,
             author,
             &message,
         )
@@ -619,33 +693,78 @@ impl Registry {
 
 /// What turning `from` into `to` changes, document by document.
 pub fn diff_documents(from: &[StoredDocument], to: &[StoredDocument]) -> Vec<ChangeRecord> {
-    let index = |docs: &[StoredDocument]| -> BTreeMap<(String, String), String> {
+    let index = |docs: &[StoredDocument]| -> BTreeMap<(DocumentKind, String), String> {
         docs.iter()
-            .map(|d| ((d.kind.clone(), d.name.clone()), d.text.clone()))
+            .map(|d| ((d.kind, d.name.clone()), d.text.clone()))
             .collect()
     };
     let (a, b) = (index(from), index(to));
     let mut out = Vec::new();
     for ((kind, name), text) in &b {
-        let action = match a.get(&(kind.clone(), name.clone())) {
-            None => "created",
+        let action = match a.get(&(*kind, name.clone())) {
+            None => ChangeAction::Created,
             Some(old) if old == text => continue,
-            Some(_) => "updated",
+            Some(_) => ChangeAction::Updated,
         };
         out.push(ChangeRecord {
-            kind: kind.clone(),
+            kind: *kind,
             name: name.clone(),
-            action: action.into(),
+            action,
         });
     }
     for (kind, name) in a.keys() {
-        if !b.contains_key(&(kind.clone(), name.clone())) {
+        if !b.contains_key(&(*kind, name.clone())) {
             out.push(ChangeRecord {
-                kind: kind.clone(),
+                kind: *kind,
                 name: name.clone(),
-                action: "deleted".into(),
+                action: ChangeAction::Deleted,
             });
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_records_keep_their_text_form() {
+        // Revisions already in a store were written with strings; the
+        // enums read and write the same JSON.
+        let json = r#"{"kind":"Policy","name":"p","action":"deleted"}"#;
+        let change: ChangeRecord = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            change,
+            ChangeRecord {
+                kind: DocumentKind::Policy,
+                name: "p".into(),
+                action: ChangeAction::Deleted
+            }
+        );
+        assert_eq!(serde_json::to_string(&change).unwrap_or_default(), json);
+        for action in [
+            RevisionAction::Apply,
+            RevisionAction::Delete,
+            RevisionAction::Rollback,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&action).unwrap_or_default(),
+                format!("{:?}", action.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_sort_segments_first_and_read_loosely() {
+        assert!(DocumentKind::Segment < DocumentKind::Policy);
+        assert_eq!(DocumentKind::named("Segments"), Some(DocumentKind::Segment));
+        assert_eq!(DocumentKind::named("policy"), Some(DocumentKind::Policy));
+        assert_eq!(DocumentKind::named("node"), None);
+        assert_eq!(
+            DocumentKind::of_document("Policy"),
+            Some(DocumentKind::Policy)
+        );
+        assert_eq!(DocumentKind::of_document("policy"), None);
+    }
 }

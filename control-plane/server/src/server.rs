@@ -25,8 +25,8 @@ use wardline_proto::convert::{format_time, validation_errors};
 use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Management};
 
 use crate::registry::{
-    AgentRecord, ChangeRecord, KEY_PREFIX, NodeRecord, Registry, RegistryError, RevisionRecord,
-    plan_apply, validate_plan,
+    AgentRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry, RegistryError,
+    RevisionAction, RevisionRecord, plan_apply, validate_plan,
 };
 use wardline_tls::{Identity, MAX_MESSAGE_BYTES, Role, authorize};
 
@@ -103,9 +103,9 @@ fn registry_status(e: RegistryError) -> Status {
 fn changes(c: &[ChangeRecord]) -> Vec<v1::Change> {
     c.iter()
         .map(|c| v1::Change {
-            kind: c.kind.clone(),
+            kind: c.kind.as_str().to_owned(),
             name: c.name.clone(),
-            action: c.action.clone(),
+            action: c.action.as_str().to_owned(),
         })
         .collect()
 }
@@ -449,7 +449,7 @@ impl Management for ControlPlane {
         let old: BTreeMap<_, _> = current
             .documents
             .iter()
-            .map(|d| ((d.kind.clone(), d.name.clone()), d.text.clone()))
+            .map(|d| ((d.kind, d.name.clone()), d.text.clone()))
             .collect();
         let mut diff = String::new();
         for c in &plan.changes {
@@ -460,7 +460,7 @@ impl Management for ControlPlane {
                 .map(|d| d.text.as_str())
                 .unwrap_or("");
             let before = old
-                .get(&(c.kind.clone(), c.name.clone()))
+                .get(&(c.kind, c.name.clone()))
                 .map_or("", String::as_str);
             diff.push_str(&unified(&format!("{} {}", c.kind, c.name), before, new));
         }
@@ -486,10 +486,10 @@ impl Management for ControlPlane {
         let documents: Vec<v1::Document> = record
             .documents
             .iter()
-            .filter(|d| r.kind.is_empty() || d.kind.eq_ignore_ascii_case(&r.kind))
+            .filter(|d| r.kind.is_empty() || d.kind.as_str().eq_ignore_ascii_case(&r.kind))
             .filter(|d| r.name.is_empty() || d.name == r.name)
             .map(|d| v1::Document {
-                kind: d.kind.clone(),
+                kind: d.kind.as_str().to_owned(),
                 name: d.name.clone(),
                 yaml: d.text.clone(),
             })
@@ -533,7 +533,7 @@ impl Management for ControlPlane {
                 revision: current.revision,
             }));
         }
-        let kind = canonical_kind(&r.kind)?;
+        let kind = document_kind(&r.kind)?;
         let record = self
             .registry
             .delete(kind, &r.name, r.expected_revision, &author(&id), &r.message)
@@ -562,12 +562,12 @@ impl Management for ControlPlane {
                     revision: r.revision,
                     author: r.author.clone(),
                     time: r.time.clone(),
-                    action: r.action.clone(),
+                    action: r.action.map_or("", RevisionAction::as_str).to_owned(),
                     message: r.message.clone(),
                     changes: changes(&r.changes),
                     policy_sha256: r.sha256.clone(),
-                    segments: r.count("Segment") as u32,
-                    policies: r.count("Policy") as u32,
+                    segments: r.count(DocumentKind::Segment) as u32,
+                    policies: r.count(DocumentKind::Policy) as u32,
                 })
                 .collect(),
         }))
@@ -663,14 +663,14 @@ impl Management for ControlPlane {
     }
 }
 
-fn canonical_kind(kind: &str) -> Result<&'static str, Status> {
-    match kind.to_ascii_lowercase().as_str() {
-        "segment" | "segments" => Ok("Segment"),
-        "policy" | "policies" => Ok("Policy"),
-        other => Err(Status::invalid_argument(format!(
-            "{other:?} is not a kind: Segment, Policy or Node"
-        ))),
-    }
+/// The kind of document an operator names for a delete.
+fn document_kind(kind: &str) -> Result<DocumentKind, Status> {
+    DocumentKind::named(kind).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{:?} is not a kind: Segment, Policy or Node",
+            kind.to_ascii_lowercase()
+        ))
+    })
 }
 
 /// A line diff of two texts in unified form.
