@@ -351,6 +351,7 @@ pub fn validate_plan(
         }
     }
     let set = wardline_policy::parse(&checked).map_err(RegistryError::Invalid)?;
+    unstorable(&applied)?;
     wardline_policy::Dataplane::compile(
         &set,
         &wardline_policy::CompileOptions {
@@ -359,6 +360,27 @@ pub fn validate_plan(
         },
     )?;
     Ok(set)
+}
+
+/// Refuses a document the policy language accepts but a revision cannot
+/// hold (a kind that is no [`DocumentKind`]): it would otherwise be left
+/// out of the revision without a word. `index` counts from 1, as the
+/// policy's own errors do.
+fn unstorable(applied: &[wardline_policy::SourceDocument]) -> Result<(), RegistryError> {
+    for (i, d) in applied.iter().enumerate() {
+        if let Some(kind) = d.kind.as_deref()
+            && DocumentKind::of_document(kind).is_none()
+        {
+            return Err(RegistryError::BadDocument {
+                index: i + 1,
+                message: format!(
+                    "a {kind} document cannot be kept in a revision; the control plane keeps {}",
+                    DocumentKind::ALL.map(DocumentKind::as_str).join(" and ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -753,6 +775,21 @@ mod tests {
                 format!("{:?}", action.as_str())
             );
         }
+    }
+
+    #[test]
+    fn a_kind_a_revision_cannot_hold_is_refused_not_dropped() {
+        let applied = wardline_policy::documents(
+            "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: s}\nspec: {cidrs: []}\n---\n\
+             apiVersion: wardline/v1\nkind: Gadget\nmetadata: {name: g}\nspec: {}\n",
+        );
+        match unstorable(&applied) {
+            Err(RegistryError::BadDocument { index: 2, message }) => {
+                assert!(message.contains("Gadget"), "{message}")
+            }
+            other => panic!("expected document 2 refused, got {other:?}"),
+        }
+        assert!(unstorable(&applied[..1]).is_ok());
     }
 
     #[test]
