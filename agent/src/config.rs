@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
+use wardline_policy::{NameError, NodeName};
 
 /// Environment variables the agent reads, in one place.
 pub mod env {
@@ -182,15 +183,11 @@ impl AgentConfig {
                 format!("{:?}: expected \"AgentConfig\"", doc.kind),
             ));
         }
-        let name = doc.metadata.name;
-        if !is_dns_label(&name) {
-            return Err(invalid(
-                "metadata.name",
-                format!(
-                    "{name:?} is not a DNS label (lowercase letters, digits and '-', at most 63)"
-                ),
-            ));
-        }
+        let name: NodeName = doc
+            .metadata
+            .name
+            .parse()
+            .map_err(|err: NameError| invalid("metadata.name", err.to_string()))?;
         let spec = doc.spec;
         if spec.interfaces.is_empty() {
             return Err(invalid(
@@ -326,7 +323,7 @@ impl AgentConfig {
             Some(p) => FlowLog::File(PathBuf::from(p)),
         };
         Ok(AgentConfig {
-            node: name,
+            node: name.into(),
             labels: doc.metadata.labels,
             interfaces: spec.interfaces,
             mode,
@@ -340,16 +337,6 @@ impl AgentConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         })
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
 }
 
 #[cfg(test)]

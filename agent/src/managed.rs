@@ -15,18 +15,18 @@ use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use wardline_backoff::Backoff;
 use wardline_policy::Dataplane;
 use wardline_policy::compile::NodeInfo;
 use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
 use wardline_proto::v1::{self, agent_api_client::AgentApiClient};
+use wardline_tls::{MAX_MESSAGE_BYTES, ServerAddress};
 
 use crate::config::{AgentConfig, ControlPlane};
 use crate::runtime::{Enforced, Runtime};
 use crate::status::Shared;
 
 const SNAPSHOT_FILE: &str = "snapshot.pb";
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -35,40 +35,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 struct Incoming {
     snapshot: v1::PolicySnapshot,
     reply: oneshot::Sender<Result<u32, String>>,
-}
-
-/// `https://host:port` into its host and port.
-fn host_port(endpoint: &str) -> anyhow::Result<(String, u16)> {
-    let rest = endpoint.strip_prefix("https://").with_context(|| {
-        format!("spec.controlPlane.endpoint: {endpoint:?} must start with https://")
-    })?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .with_context(|| format!("spec.controlPlane.endpoint: {endpoint:?} needs a port"))?;
-    let port = port
-        .parse()
-        .with_context(|| format!("spec.controlPlane.endpoint: {port:?} is not a port"))?;
-    Ok((
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
-        port,
-    ))
-}
-
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-fn tls(cp: &ControlPlane, host: &str) -> anyhow::Result<ClientTlsConfig> {
-    Ok(ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&cp.ca_file)?))
-        .identity(Identity::from_pem(
-            read(&cp.cert_file)?,
-            read(&cp.key_file)?,
-        ))
-        .domain_name(host))
 }
 
 /// The addresses of the enforced interfaces (for `nodeSelector`).
@@ -176,9 +142,10 @@ fn apply_snapshot(rt: &mut Runtime, s: &v1::PolicySnapshot, dir: &Path) -> Resul
 pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()> {
     let mut endpoints = Vec::new();
     for endpoint in cp.all_endpoints() {
-        let (host, port) = host_port(&endpoint)?;
+        let address: ServerAddress = endpoint.parse().context("spec.controlPlane.endpoint")?;
+        let (host, port) = (address.host(), address.port());
         // The agent's own control-plane connection can never be cut by policy.
-        match tokio::net::lookup_host((host.as_str(), port)).await {
+        match tokio::net::lookup_host((host, port)).await {
             Ok(addrs) => {
                 let cidrs: Vec<IpNet> = addrs.map(|a| IpNet::from(a.ip())).collect();
                 config.failsafe.push(FailsafeFlow {
@@ -190,7 +157,7 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
             }
             Err(e) => tracing::warn!("resolving {host}: {e}; no failsafe flow for {endpoint}"),
         }
-        endpoints.push((endpoint, host));
+        endpoints.push(address);
     }
     let dir = config.state_dir.join(&config.node);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -248,21 +215,21 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
 struct Session {
     config: AgentConfig,
     cp: ControlPlane,
-    /// (URL, host for certificate verification), tried in turn.
-    endpoints: Vec<(String, String)>,
+    /// The control-plane replicas, tried in turn.
+    endpoints: Vec<ServerAddress>,
     shared: Shared,
     tx: mpsc::Sender<Incoming>,
 }
 
 impl Session {
     async fn run(self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut turn = 0usize;
         loop {
             let started = std::time::Instant::now();
-            let (url, host) = &self.endpoints[turn % self.endpoints.len()];
+            let url = &self.endpoints[turn % self.endpoints.len()];
             turn += 1;
-            let result = self.once(url, host).await;
+            let result = self.once(url).await;
             self.set_connected(
                 false,
                 result.as_ref().err().map(|e| format!("{url}: {e:#}")),
@@ -272,16 +239,14 @@ impl Session {
                 Err(e) => tracing::warn!("control plane {url}: {e:#}"),
             }
             if started.elapsed() > Duration::from_secs(30) {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
             }
             // The next replica at once; a pause only after a whole round.
             if !turn.is_multiple_of(self.endpoints.len()) {
                 continue;
             }
-            // Jitter spreads a fleet's reconnects after an outage.
-            let jitter = Duration::from_millis(u64::from(std::process::id() % 100));
-            tokio::time::sleep(backoff + jitter).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            // Its jitter spreads a fleet's reconnects after an outage.
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
@@ -300,10 +265,9 @@ impl Session {
         (state.revision.unwrap_or(0), state.generation)
     }
 
-    async fn once(&self, url: &str, host: &str) -> anyhow::Result<()> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .tls_config(tls(&self.cp, host)?)?
-            .connect_timeout(Duration::from_secs(3))
+    async fn once(&self, url: &ServerAddress) -> anyhow::Result<()> {
+        let cp = &self.cp;
+        let channel = wardline_tls::client_endpoint(url, &cp.ca_file, &cp.cert_file, &cp.key_file)?
             .tcp_keepalive(Some(Duration::from_secs(10)))
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
@@ -328,7 +292,7 @@ impl Session {
             .into_inner();
         self.set_connected(true, None);
         let (known, _) = self.enforced();
-        tracing::info!(node = %node, endpoint = url, enforced = known, current = registered.revision, "connected to the control plane");
+        tracing::info!(node = %node, endpoint = %url, enforced = known, current = registered.revision, "connected to the control plane");
         let mut stream = client
             .watch(v1::WatchRequest {
                 node: node.clone(),

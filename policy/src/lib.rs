@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod error;
 pub mod model;
+pub mod name;
 pub mod nodes;
 pub mod packet;
 pub mod parse;
@@ -13,4 +14,5 @@ pub mod reference;
 pub use compile::{CompileOptions, Dataplane};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::*;
+pub use name::{NameError, NameProblem, NodeName};
 pub use parse::{SourceDocument, documents, parse};

@@ -202,11 +202,13 @@ pub struct StatusRequest {}
 pub struct AgentStatus {
     #[prost(string, tag = "1")]
     pub node: ::prost::alloc::string::String,
+    /// The labels operators gave the node (a Node document or an approval).
     #[prost(map = "string, string", tag = "2")]
     pub labels: ::std::collections::HashMap<
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Reported addresses within its approved ranges: the ones segments use.
     #[prost(string, repeated, tag = "3")]
     pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(bool, tag = "4")]
@@ -229,6 +231,26 @@ pub struct AgentStatus {
     /// The control-plane replica it is connected to.
     #[prost(string, tag = "11")]
     pub replica: ::prost::alloc::string::String,
+    /// "declared" (a Node document), "approved" (by approval_name), or
+    /// "pending" (neither: nothing it reports is used).
+    #[prost(string, tag = "12")]
+    pub admission: ::prost::alloc::string::String,
+    #[prost(string, tag = "13")]
+    pub approval_name: ::prost::alloc::string::String,
+    /// Reported addresses outside its approved ranges: never used.
+    #[prost(string, repeated, tag = "14")]
+    pub refused_addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// What the agent reported as its labels, when that differs from the
+    /// operators' labels: never used.
+    #[prost(map = "string, string", tag = "15")]
+    pub reported_labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// Why the node was left out of segment membership (its addresses
+    /// collide with a segment's or another node's), if it was.
+    #[prost(string, tag = "16")]
+    pub left_out: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

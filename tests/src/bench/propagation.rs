@@ -22,9 +22,10 @@ use anyhow::{Context as _, bail, ensure};
 use serde::Serialize;
 use serde_json::Value;
 use tonic::transport::{ClientTlsConfig, Endpoint};
-use wardline_control_plane::pki::{self, Role};
-use wardline_control_plane::tls::client_tls;
+use wardline_pki as pki;
 use wardline_proto::v1::{self, agent_api_client::AgentApiClient};
+use wardline_tls::Role;
+use wardline_tls::{MAX_MESSAGE_BYTES, client_tls};
 
 use crate::agent::{Agent, BPFFS};
 use crate::bench::stats::Summary;
@@ -42,7 +43,6 @@ const CONNECT_CONCURRENCY: usize = 32;
 const CONNECT_WITHIN: Duration = Duration::from_secs(180);
 /// How long every agent may take to acknowledge one revision.
 const ACK_WITHIN: Duration = Duration::from_secs(60);
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The policy of round `k`: the hospital example with workstation
 /// 198.18.20.`k` quarantined (a /32 in a segment no policy names), as the

@@ -1,0 +1,18 @@
+//! The Wardline control plane's server: the `Management` and `AgentApi`
+//! gRPC services, who may call what, the registry of policy revisions,
+//! nodes and agents kept in the store, and per-node snapshots compiled and
+//! pushed to agents. The `wardline-control-plane` binary is a thin `main`
+//! over it.
+//!
+//! It keeps its records through `wardline-store` (never a backend
+//! directly), reads callers from their certificates through `wardline-tls`,
+//! and compiles with `wardline-policy`. It must not depend on the agent
+//! (the two meet only in `wardline-proto` and `wardline-tls`), nor on
+//! `wardctl`; it never issues certificates (that is `wardline-pki`,
+//! offline).
+#![forbid(unsafe_code)]
+
+pub mod registry;
+pub mod server;
+#[cfg(feature = "test-support")]
+pub mod testing;

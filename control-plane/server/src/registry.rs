@@ -1,0 +1,821 @@
+//! Policy revisions, nodes and agent records, kept in a [`Store`].
+//!
+//! Every accepted change is a new revision holding the whole set of
+//! documents, who made the change, when, why and what changed: history for
+//! auditors, and rollback to any earlier revision. A change is written in
+//! one transaction that compares the current revision's key: a stale writer
+//! is refused, never merged.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use wardline_policy::compile::NodeInfo;
+use wardline_policy::{PolicyErrors, PolicySet};
+
+use wardline_store::{Compare, Op, Store, StoreError};
+
+pub const KEY_PREFIX: &str = "/wardline/";
+pub const CURRENT_KEY: &str = "/wardline/policy/current";
+pub const REVISIONS_PREFIX: &str = "/wardline/policy/revisions/";
+pub const NODES_PREFIX: &str = "/wardline/nodes/";
+pub const AGENTS_PREFIX: &str = "/wardline/agents/";
+
+/// The largest policy source accepted, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 16 << 20;
+
+fn revision_key(n: u64) -> String {
+    format!("{REVISIONS_PREFIX}{n:020}")
+}
+
+/// The kinds of document a revision holds, in the order a revision keeps
+/// them (segments first: policies name them). Stored as the documents'
+/// own `kind`, `Segment` or `Policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DocumentKind {
+    Segment,
+    Policy,
+    Node,
+    NodeApproval,
+}
+
+impl DocumentKind {
+    /// Every kind, in revision order.
+    pub const ALL: [DocumentKind; 4] = [
+        DocumentKind::Segment,
+        DocumentKind::Policy,
+        DocumentKind::Node,
+        DocumentKind::NodeApproval,
+    ];
+
+    /// The kind as documents write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DocumentKind::Segment => wardline_policy::parse::SEGMENT_KIND,
+            DocumentKind::Policy => wardline_policy::parse::POLICY_KIND,
+            DocumentKind::Node => wardline_policy::parse::NODE_KIND,
+            DocumentKind::NodeApproval => wardline_policy::parse::NODE_APPROVAL_KIND,
+        }
+    }
+
+    /// The kind a document's `kind` field names exactly, if it is one a
+    /// revision holds.
+    pub fn of_document(kind: &str) -> Option<DocumentKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// The kind an operator names: any case, singular or plural
+    /// (`segment`, `Policies`).
+    pub fn named(text: &str) -> Option<DocumentKind> {
+        match text.to_ascii_lowercase().as_str() {
+            "segment" | "segments" => Some(DocumentKind::Segment),
+            "policy" | "policies" => Some(DocumentKind::Policy),
+            "node" | "nodes" => Some(DocumentKind::Node),
+            "nodeapproval" | "nodeapprovals" | "approval" | "approvals" => {
+                Some(DocumentKind::NodeApproval)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DocumentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a change did to one document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeAction {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl ChangeAction {
+    /// As the history and the wire protocol write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ChangeAction::Created => "created",
+            ChangeAction::Updated => "updated",
+            ChangeAction::Deleted => "deleted",
+        }
+    }
+}
+
+/// How a revision came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevisionAction {
+    Apply,
+    Delete,
+    Rollback,
+}
+
+impl RevisionAction {
+    /// As the history and the wire protocol write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RevisionAction::Apply => "apply",
+            RevisionAction::Delete => "delete",
+            RevisionAction::Rollback => "rollback",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StoredDocument {
+    pub kind: DocumentKind,
+    pub name: String,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    pub kind: DocumentKind,
+    pub name: String,
+    pub action: ChangeAction,
+}
+
+/// One revision of the policy: the whole set and how it came to be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRecord {
+    pub revision: u64,
+    pub author: String,
+    pub time: String,
+    /// `None` only for revision 0, which nothing made.
+    pub action: Option<RevisionAction>,
+    pub message: String,
+    pub changes: Vec<ChangeRecord>,
+    /// Segments first, then policies, each by name.
+    pub documents: Vec<StoredDocument>,
+    pub sha256: String,
+}
+
+impl RevisionRecord {
+    /// Revision 0: nothing applied yet.
+    pub fn empty() -> RevisionRecord {
+        RevisionRecord {
+            revision: 0,
+            author: String::new(),
+            time: String::new(),
+            action: None,
+            message: String::new(),
+            changes: Vec::new(),
+            documents: Vec::new(),
+            sha256: String::new(),
+        }
+        .finish()
+    }
+
+    /// The canonical source of the revision: its documents in order.
+    pub fn source(&self) -> String {
+        source_of(&self.documents)
+    }
+
+    fn finish(mut self) -> RevisionRecord {
+        self.sha256 = sha256_hex(self.source().as_bytes());
+        self
+    }
+
+    pub fn time(&self) -> Option<OffsetDateTime> {
+        OffsetDateTime::parse(&self.time, &Rfc3339).ok()
+    }
+
+    pub fn count(&self, kind: DocumentKind) -> usize {
+        self.documents.iter().filter(|d| d.kind == kind).count()
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn source_of(documents: &[StoredDocument]) -> String {
+    documents
+        .iter()
+        .map(|d| format!("---\n{}", d.text))
+        .collect()
+}
+
+fn sorted(mut docs: Vec<StoredDocument>) -> Vec<StoredDocument> {
+    docs.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    docs
+}
+
+/// A node as it registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub addresses: Vec<IpAddr>,
+    pub registered: String,
+}
+
+impl From<&NodeRecord> for NodeInfo {
+    fn from(n: &NodeRecord) -> Self {
+        NodeInfo {
+            name: n.name.clone(),
+            labels: n.labels.clone(),
+            addresses: n.addresses.clone(),
+        }
+    }
+}
+
+/// What the control plane last heard from an agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub node: String,
+    pub acked_revision: u64,
+    pub acked_sha256: String,
+    pub generation: u32,
+    pub last_heartbeat: String,
+    pub error: String,
+    pub replica: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The documents do not validate; nothing was written.
+    #[error("policy refused, nothing changed:\n{0}")]
+    Invalid(PolicyErrors),
+    /// The policy validates but does not compile (capacity, node addresses).
+    #[error("policy refused, nothing changed: {0}")]
+    Compile(#[from] wardline_policy::compile::CompileError),
+    /// Optimistic concurrency: someone changed the policy first.
+    #[error(
+        "stale revision: expected {expected}, the current revision is {current}; nothing changed"
+    )]
+    Conflict { expected: u64, current: u64 },
+    #[error("no {kind} named {name:?} in revision {revision}")]
+    NotFound {
+        kind: String,
+        name: String,
+        revision: u64,
+    },
+    #[error("no revision {0}")]
+    NoRevision(u64),
+    #[error("the policy source is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("document {index}: {message}")]
+    BadDocument { index: usize, message: String },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("a stored record at {key} is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// The outcome of a planned change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub documents: Vec<StoredDocument>,
+    pub changes: Vec<ChangeRecord>,
+}
+
+/// Merges the documents of `source` into `current` by (kind, name): new ones
+/// are created, same-named ones replaced. Nothing is validated here.
+pub fn plan_apply(current: &[StoredDocument], source: &str) -> Result<Plan, RegistryError> {
+    plan(current, source, false)
+}
+
+/// As [`plan_apply`]; with `prune`, stored documents the source does not
+/// have are deleted: the source becomes the whole policy.
+pub fn plan(current: &[StoredDocument], source: &str, prune: bool) -> Result<Plan, RegistryError> {
+    if source.len() > MAX_SOURCE_BYTES {
+        return Err(RegistryError::TooLarge {
+            size: source.len(),
+            limit: MAX_SOURCE_BYTES,
+        });
+    }
+    let mut docs: BTreeMap<(DocumentKind, String), StoredDocument> = current
+        .iter()
+        .map(|d| ((d.kind, d.name.clone()), d.clone()))
+        .collect();
+    let mut changes = Vec::new();
+    // The documents of the source a revision can hold; validation of the
+    // merged source names the problem with any other (no kind, no name,
+    // a kind that is not a segment or a policy).
+    let named: Vec<(DocumentKind, String, String)> = wardline_policy::documents(source)
+        .into_iter()
+        .filter_map(|d| Some((DocumentKind::of_document(&d.kind?)?, d.name?, d.text)))
+        .collect();
+    for (kind, name, text) in &named {
+        let doc = StoredDocument {
+            kind: *kind,
+            name: name.clone(),
+            text: text.clone(),
+        };
+        let action = match docs.insert((*kind, name.clone()), doc) {
+            None => ChangeAction::Created,
+            Some(old) if old.text == *text => continue,
+            Some(_) => ChangeAction::Updated,
+        };
+        changes.push(ChangeRecord {
+            kind: *kind,
+            name: name.clone(),
+            action,
+        });
+    }
+    if prune {
+        docs.retain(|(kind, name), _| {
+            let keep = named.iter().any(|(k, n, _)| k == kind && n == name);
+            if !keep {
+                changes.push(ChangeRecord {
+                    kind: *kind,
+                    name: name.clone(),
+                    action: ChangeAction::Deleted,
+                });
+            }
+            keep
+        });
+    }
+    Ok(Plan {
+        documents: sorted(docs.into_values().collect()),
+        changes,
+    })
+}
+
+/// Validates the documents an apply would produce. Errors name the
+/// documents of `source` by their position there: the applied documents
+/// come first in the checked source, stored ones after them.
+pub fn validate_plan(
+    source: &str,
+    plan: &Plan,
+    nodes: &[NodeInfo],
+) -> Result<PolicySet, RegistryError> {
+    let applied = wardline_policy::documents(source);
+    let keys: Vec<(Option<&str>, Option<&str>)> = applied
+        .iter()
+        .map(|d| (d.kind.as_deref(), d.name.as_deref()))
+        .collect();
+    let mut checked: String = applied.iter().map(|d| format!("---\n{}", d.text)).collect();
+    for d in &plan.documents {
+        if !keys.contains(&(Some(d.kind.as_str()), Some(d.name.as_str()))) {
+            checked.push_str(&format!("---\n{}", d.text));
+        }
+    }
+    let set = wardline_policy::parse(&checked).map_err(RegistryError::Invalid)?;
+    unstorable(&applied)?;
+    wardline_policy::Dataplane::compile(
+        &set,
+        &wardline_policy::CompileOptions {
+            now: OffsetDateTime::now_utc(),
+            nodes: nodes.to_vec(),
+        },
+    )?;
+    Ok(set)
+}
+
+/// Refuses a document the policy language accepts but a revision cannot
+/// hold (a kind that is no [`DocumentKind`]): it would otherwise be left
+/// out of the revision without a word. `index` counts from 1, as the
+/// policy's own errors do.
+fn unstorable(applied: &[wardline_policy::SourceDocument]) -> Result<(), RegistryError> {
+    for (i, d) in applied.iter().enumerate() {
+        if let Some(kind) = d.kind.as_deref()
+            && DocumentKind::of_document(kind).is_none()
+        {
+            return Err(RegistryError::BadDocument {
+                index: i + 1,
+                message: format!(
+                    "a {kind} document cannot be kept in a revision; the control plane keeps {}",
+                    DocumentKind::ALL.map(DocumentKind::as_str).join(" and ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>) -> Registry {
+        Registry { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The current revision and the store revision of its pointer key (0
+    /// when nothing was ever applied).
+    pub async fn current(&self) -> Result<(RevisionRecord, u64), RegistryError> {
+        match self.store.get(CURRENT_KEY).await? {
+            None => Ok((RevisionRecord::empty(), 0)),
+            Some(kv) => {
+                let n: u64 = decode(CURRENT_KEY, &kv.value)?;
+                Ok((self.revision(n).await?, kv.mod_revision))
+            }
+        }
+    }
+
+    pub async fn revision(&self, n: u64) -> Result<RevisionRecord, RegistryError> {
+        if n == 0 {
+            return Ok(RevisionRecord::empty());
+        }
+        let key = revision_key(n);
+        let kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or(RegistryError::NoRevision(n))?;
+        decode(&key, &kv.value)
+    }
+
+    /// Every revision, most recent first.
+    pub async fn history(&self) -> Result<Vec<RevisionRecord>, RegistryError> {
+        let mut out = Vec::new();
+        for kv in self.store.range(REVISIONS_PREFIX).await? {
+            out.push(decode::<RevisionRecord>(&kv.key, &kv.value)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Writes `documents` as the next revision, if the current revision is
+    /// still `current` (and `expected`, when given).
+    #[expect(clippy::too_many_arguments, reason = "one place that writes revisions")]
+    async fn commit(
+        &self,
+        current: &RevisionRecord,
+        current_mod: u64,
+        expected: Option<u64>,
+        documents: Vec<StoredDocument>,
+        changes: Vec<ChangeRecord>,
+        action: RevisionAction,
+        author: &str,
+        message: &str,
+    ) -> Result<RevisionRecord, RegistryError> {
+        if let Some(expected) = expected
+            && expected != current.revision
+        {
+            return Err(RegistryError::Conflict {
+                expected,
+                current: current.revision,
+            });
+        }
+        let record = RevisionRecord {
+            revision: current.revision + 1,
+            author: author.to_owned(),
+            time: now(),
+            action: Some(action),
+            message: message.to_owned(),
+            changes,
+            documents,
+            sha256: String::new(),
+        }
+        .finish();
+        let outcome = self
+            .store
+            .txn(
+                vec![Compare::ModRevision {
+                    key: CURRENT_KEY.to_owned(),
+                    revision: current_mod,
+                }],
+                vec![
+                    Op::Put {
+                        key: revision_key(record.revision),
+                        value: encode(&record),
+                    },
+                    Op::Put {
+                        key: CURRENT_KEY.to_owned(),
+                        value: encode(&record.revision),
+                    },
+                ],
+            )
+            .await?;
+        if !outcome.succeeded {
+            let (now_current, _) = self.current().await?;
+            return Err(RegistryError::Conflict {
+                expected: expected.unwrap_or(current.revision),
+                current: now_current.revision,
+            });
+        }
+        tracing::info!(
+            revision = record.revision,
+            author,
+            action = action.as_str(),
+            changes = record.changes.len(),
+            "policy revision written"
+        );
+        Ok(record)
+    }
+
+    /// Applies every document of `source`, all or nothing. `Ok(None)`: the
+    /// documents are already current, nothing written.
+    pub async fn apply(
+        &self,
+        source: &str,
+        prune: bool,
+        expected: Option<u64>,
+        author: &str,
+        message: &str,
+    ) -> Result<(Option<RevisionRecord>, Plan), RegistryError> {
+        let (current, current_mod) = self.current().await?;
+        let plan = plan(&current.documents, source, prune)?;
+        let nodes = self.node_infos().await?;
+        validate_plan(source, &plan, &nodes)?;
+        if let Some(expected) = expected
+            && expected != current.revision
+        {
+            return Err(RegistryError::Conflict {
+                expected,
+                current: current.revision,
+            });
+        }
+        if plan.changes.is_empty() {
+            return Ok((None, plan));
+        }
+        let record = self
+            .commit(
+                &current,
+                current_mod,
+                expected,
+                plan.documents.clone(),
+                plan.changes.clone(),
+                RevisionAction::Apply,
+                author,
+                message,
+            )
+            .await?;
+        Ok((Some(record), plan))
+    }
+
+    pub async fn delete(
+        &self,
+        kind: DocumentKind,
+        name: &str,
+        expected: Option<u64>,
+        author: &str,
+        message: &str,
+    ) -> Result<RevisionRecord, RegistryError> {
+        let (current, current_mod) = self.current().await?;
+        let before = current.documents.len();
+        let documents: Vec<StoredDocument> = current
+            .documents
+            .iter()
+            .filter(|d| !(d.kind == kind && d.name == name))
+            .cloned()
+            .collect();
+        if documents.len() == before {
+            return Err(RegistryError::NotFound {
+                kind: kind.as_str().to_owned(),
+                name: name.to_owned(),
+                revision: current.revision,
+            });
+        }
+        // What remains must still stand (a policy may name this segment).
+        let source = source_of(&documents);
+        wardline_policy::parse(&source).map_err(RegistryError::Invalid)?;
+        let changes = vec![ChangeRecord {
+            kind,
+            name: name.to_owned(),
+            action: ChangeAction::Deleted,
+        }];
+        self.commit(
+            &current,
+            current_mod,
+            expected,
+            documents,
+            changes,
+            RevisionAction::Delete,
+            author,
+            message,
+        )
+        .await
+    }
+
+    pub async fn rollback(
+        &self,
+        to: u64,
+        expected: Option<u64>,
+        author: &str,
+        message: &str,
+    ) -> Result<RevisionRecord, RegistryError> {
+        let (current, current_mod) = self.current().await?;
+        let target = self.revision(to).await?;
+        let changes = diff_documents(&current.documents, &target.documents);
+        let message = if message.is_empty() {
+            format!("rollback to revision {to}")
+        } else {
+            message.to_owned()
+        };
+        self.commit(
+            &current,
+            current_mod,
+            expected,
+            target.documents,
+            changes,
+            RevisionAction::Rollback,
+            author,
+            &message,
+        )
+        .await
+    }
+
+    pub async fn register(&self, node: &NodeRecord) -> Result<(), RegistryError> {
+        let key = format!("{NODES_PREFIX}{}", node.name);
+        // Only a real change is written: a reconnect with the same
+        // addresses and labels recompiles nothing.
+        if let Some(kv) = self.store.get(&key).await? {
+            let old: NodeRecord = decode(&key, &kv.value)?;
+            if old.labels == node.labels && old.addresses == node.addresses {
+                return Ok(());
+            }
+        }
+        self.store
+            .txn(
+                vec![],
+                vec![Op::Put {
+                    key,
+                    value: encode(node),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn remove_node(&self, name: &str) -> Result<bool, RegistryError> {
+        let key = format!("{NODES_PREFIX}{name}");
+        if self.store.get(&key).await?.is_none() {
+            return Ok(false);
+        }
+        self.store
+            .txn(
+                vec![],
+                vec![
+                    Op::Delete { key },
+                    Op::Delete {
+                        key: format!("{AGENTS_PREFIX}{name}"),
+                    },
+                ],
+            )
+            .await?;
+        Ok(true)
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, RegistryError> {
+        let mut out = Vec::new();
+        for kv in self.store.range(NODES_PREFIX).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn node_infos(&self) -> Result<Vec<NodeInfo>, RegistryError> {
+        Ok(self.nodes().await?.iter().map(NodeInfo::from).collect())
+    }
+
+    /// Stores several agents' records in one transaction.
+    pub async fn put_agents(&self, records: &[AgentRecord]) -> Result<(), RegistryError> {
+        let ops = records
+            .iter()
+            .map(|record| Op::Put {
+                key: format!("{AGENTS_PREFIX}{}", record.node),
+                value: encode(record),
+            })
+            .collect();
+        self.store.txn(vec![], ops).await?;
+        Ok(())
+    }
+
+    pub async fn agent(&self, node: &str) -> Result<Option<AgentRecord>, RegistryError> {
+        let key = format!("{AGENTS_PREFIX}{node}");
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>, RegistryError> {
+        let mut out = Vec::new();
+        for kv in self.store.range(AGENTS_PREFIX).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
+    }
+}
+
+/// What turning `from` into `to` changes, document by document.
+pub fn diff_documents(from: &[StoredDocument], to: &[StoredDocument]) -> Vec<ChangeRecord> {
+    let index = |docs: &[StoredDocument]| -> BTreeMap<(DocumentKind, String), String> {
+        docs.iter()
+            .map(|d| ((d.kind, d.name.clone()), d.text.clone()))
+            .collect()
+    };
+    let (a, b) = (index(from), index(to));
+    let mut out = Vec::new();
+    for ((kind, name), text) in &b {
+        let action = match a.get(&(*kind, name.clone())) {
+            None => ChangeAction::Created,
+            Some(old) if old == text => continue,
+            Some(_) => ChangeAction::Updated,
+        };
+        out.push(ChangeRecord {
+            kind: *kind,
+            name: name.clone(),
+            action,
+        });
+    }
+    for (kind, name) in a.keys() {
+        if !b.contains_key(&(*kind, name.clone())) {
+            out.push(ChangeRecord {
+                kind: *kind,
+                name: name.clone(),
+                action: ChangeAction::Deleted,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_records_keep_their_text_form() {
+        // Revisions already in a store were written with strings; the
+        // enums read and write the same JSON.
+        let json = r#"{"kind":"Policy","name":"p","action":"deleted"}"#;
+        let change: ChangeRecord = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            change,
+            ChangeRecord {
+                kind: DocumentKind::Policy,
+                name: "p".into(),
+                action: ChangeAction::Deleted
+            }
+        );
+        assert_eq!(serde_json::to_string(&change).unwrap_or_default(), json);
+        for action in [
+            RevisionAction::Apply,
+            RevisionAction::Delete,
+            RevisionAction::Rollback,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&action).unwrap_or_default(),
+                format!("{:?}", action.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_kind_a_revision_cannot_hold_is_refused_not_dropped() {
+        let applied = wardline_policy::documents(
+            "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: s}\nspec: {cidrs: []}\n---\n\
+             apiVersion: wardline/v1\nkind: Gadget\nmetadata: {name: g}\nspec: {}\n",
+        );
+        match unstorable(&applied) {
+            Err(RegistryError::BadDocument { index: 2, message }) => {
+                assert!(message.contains("Gadget"), "{message}")
+            }
+            other => panic!("expected document 2 refused, got {other:?}"),
+        }
+        assert!(unstorable(&applied[..1]).is_ok());
+    }
+
+    #[test]
+    fn kinds_sort_segments_first_and_read_loosely() {
+        assert!(DocumentKind::Segment < DocumentKind::Policy);
+        assert_eq!(DocumentKind::named("Segments"), Some(DocumentKind::Segment));
+        assert_eq!(DocumentKind::named("policy"), Some(DocumentKind::Policy));
+        assert_eq!(DocumentKind::named("nodes"), Some(DocumentKind::Node));
+        assert_eq!(DocumentKind::named("rule"), None);
+        assert_eq!(
+            DocumentKind::of_document("Policy"),
+            Some(DocumentKind::Policy)
+        );
+        assert_eq!(DocumentKind::of_document("policy"), None);
+    }
+}

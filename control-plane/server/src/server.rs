@@ -1,0 +1,872 @@
+//! The control plane's two gRPC services over one mutual-TLS listener:
+//! `Management` for operators and `AgentApi` for agents.
+//!
+//! Every replica follows the store: a watch on `/wardline/` rebuilds the
+//! cluster view (current revision, registered nodes) whichever replica wrote
+//! the change, compiles it once, and each agent's stream sends its snapshot
+//! only when what that agent would enforce changed.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use wardline_backoff::Backoff;
+use wardline_policy::compile::{NodeConflict, NodeInfo};
+use wardline_policy::nodes::{Admission, AdmittedNode};
+use wardline_policy::{CompileOptions, Dataplane};
+use wardline_proto::convert::{format_time, validation_errors};
+use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Management};
+
+use crate::registry::{
+    AgentRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry, RegistryError,
+    RevisionAction, RevisionRecord, plan_apply, validate_plan,
+};
+use wardline_tls::{Identity, MAX_MESSAGE_BYTES, Role, authorize};
+
+/// How often agents are asked to send a heartbeat.
+pub const HEARTBEAT_SECONDS: u32 = 2;
+/// An agent behind the current revision for longer than this is flagged.
+pub const BEHIND_GRACE: Duration = Duration::from_secs(5);
+/// The first pause before reading or watching the store again after it
+/// failed; it doubles up to [`WATCH_BACKOFF_MAX`].
+const WATCH_BACKOFF_FIRST: Duration = Duration::from_millis(200);
+/// The longest pause between attempts to follow the store.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What every agent stream is built from.
+#[derive(Clone)]
+pub struct Cluster {
+    pub record: Arc<RevisionRecord>,
+    pub nodes: Arc<Vec<NodeInfo>>,
+    pub snapshot: Arc<v1::PolicySnapshot>,
+    /// Hash of the compiled tables, to send only what changed.
+    pub dataplane_hash: [u8; 32],
+    pub next_change: Option<OffsetDateTime>,
+    /// Each registered node as the operators' documents admit it.
+    pub admitted: Arc<Vec<AdmittedNode>>,
+    /// Nodes left out of segment membership, and why.
+    pub conflicts: Arc<Vec<NodeConflict>>,
+}
+
+fn compile(record: &RevisionRecord, nodes: &[NodeInfo]) -> Result<Cluster, String> {
+    let source = record.source();
+    let set = wardline_policy::parse(&source).map_err(|e| e.to_string())?;
+    let now = OffsetDateTime::now_utc();
+    let dp = Dataplane::compile(
+        &set,
+        &CompileOptions {
+            now,
+            nodes: nodes.to_vec(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let admitted = wardline_policy::nodes::admit(&set, nodes);
+    let wire = v1::Dataplane::from(&dp);
+    let dataplane_hash: [u8; 32] = Sha256::digest(prost::Message::encode_to_vec(&wire)).into();
+    Ok(Cluster {
+        snapshot: Arc::new(v1::PolicySnapshot {
+            revision: record.revision,
+            policy_sha256: record.sha256.clone(),
+            source,
+            // What a node reported of its labels is never used, so never
+            // passed on.
+            nodes: nodes
+                .iter()
+                .map(|n| {
+                    v1::NodeInfo::from(&NodeInfo {
+                        labels: Default::default(),
+                        ..n.clone()
+                    })
+                })
+                .collect(),
+            dataplane: Some(wire),
+            compiled_at: format_time(now),
+        }),
+        record: Arc::new(record.clone()),
+        nodes: Arc::new(nodes.to_vec()),
+        dataplane_hash,
+        next_change: dp.next_change,
+        admitted: Arc::new(admitted),
+        conflicts: Arc::new(dp.node_conflicts.clone()),
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn registry_status(e: RegistryError) -> Status {
+    match e {
+        RegistryError::Invalid(_) | RegistryError::Compile(_) | RegistryError::TooLarge { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
+        RegistryError::BadDocument { .. } => Status::invalid_argument(e.to_string()),
+        RegistryError::Conflict { .. } => Status::failed_precondition(e.to_string()),
+        RegistryError::NotFound { .. } | RegistryError::NoRevision(_) => {
+            Status::not_found(e.to_string())
+        }
+        RegistryError::Store(_) => Status::unavailable(e.to_string()),
+        RegistryError::Corrupt { .. } => internal(e),
+    }
+}
+
+fn changes(c: &[ChangeRecord]) -> Vec<v1::Change> {
+    c.iter()
+        .map(|c| v1::Change {
+            kind: c.kind.as_str().to_owned(),
+            name: c.name.clone(),
+            action: c.action.as_str().to_owned(),
+        })
+        .collect()
+}
+
+/// The shared core of both services.
+#[derive(Clone)]
+pub struct ControlPlane {
+    registry: Registry,
+    replica: String,
+    cluster: watch::Receiver<Option<Cluster>>,
+    agents: mpsc::Sender<AgentUpdate>,
+}
+
+/// At most this many agent records in one store transaction (etcd's
+/// default `--max-txn-ops` is 128).
+const AGENT_BATCH: usize = 128;
+
+type AgentChange = Box<dyn FnOnce(&mut AgentRecord) + Send>;
+
+/// One change to an agent's record, and who waits for it to be stored.
+struct AgentUpdate {
+    node: String,
+    change: AgentChange,
+    done: oneshot::Sender<Result<(), Status>>,
+}
+
+/// Writes agents' records: every ack and every heartbeat (each agent every
+/// `HEARTBEAT_SECONDS`) updates one. A store transaction is durable (an
+/// fsync) before it returns, so one per update held a fleet to one update
+/// per fsync: a thousand agents acknowledging a change waited for each
+/// other's disk writes for over a second. The updates that arrive while a
+/// transaction commits go together into the next one; each caller still
+/// returns only once its update is stored. One writer also keeps an ack and
+/// a heartbeat of the same agent from overwriting each other.
+async fn agent_writer(registry: Registry, replica: String, mut rx: mpsc::Receiver<AgentUpdate>) {
+    let mut batch = Vec::with_capacity(AGENT_BATCH);
+    while rx.recv_many(&mut batch, AGENT_BATCH).await > 0 {
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for u in batch.drain(..) {
+            changes.push((u.node, u.change));
+            waiting.push(u.done);
+        }
+        let result = write_agents(&registry, &replica, changes).await;
+        for done in waiting {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+async fn write_agents(
+    registry: &Registry,
+    replica: &str,
+    changes: Vec<(String, AgentChange)>,
+) -> Result<(), Status> {
+    let mut records: BTreeMap<String, AgentRecord> = BTreeMap::new();
+    let now = format_time(OffsetDateTime::now_utc());
+    for (node, change) in changes {
+        let record = match records.entry(node) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let stored = registry
+                    .agent(e.key())
+                    .await
+                    .map_err(registry_status)?
+                    .unwrap_or_default();
+                e.insert(stored)
+            }
+        };
+        change(record);
+    }
+    let records: Vec<AgentRecord> = records
+        .into_iter()
+        .map(|(node, mut record)| {
+            record.node = node;
+            record.last_heartbeat = now.clone();
+            record.replica = replica.to_owned();
+            record
+        })
+        .collect();
+    registry.put_agents(&records).await.map_err(registry_status)
+}
+
+impl ControlPlane {
+    /// Loads the current state and starts following the store.
+    pub async fn start(registry: Registry, replica: String) -> Result<ControlPlane, RegistryError> {
+        let (tx, rx) = watch::channel(None);
+        let follower = Follower {
+            registry: registry.clone(),
+            tx,
+        };
+        follower.rebuild().await?;
+        tokio::spawn(follower.run());
+        let (agents, updates) = mpsc::channel(4 * AGENT_BATCH);
+        tokio::spawn(agent_writer(registry.clone(), replica.clone(), updates));
+        Ok(ControlPlane {
+            registry,
+            replica,
+            cluster: rx,
+            agents,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn operator<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        authorize(req, Role::Operator)
+    }
+
+    fn agent<T>(&self, req: &Request<T>, node: &str) -> Result<Identity, Status> {
+        let id = authorize(req, Role::Agent)?;
+        if id.name != node {
+            tracing::warn!(
+                certificate = %id.name,
+                node,
+                peer = ?req.remote_addr(),
+                "refused: an agent tried to speak for another node"
+            );
+            return Err(Status::permission_denied(format!(
+                "the certificate of node {:?} cannot speak for node {node:?}",
+                id.name
+            )));
+        }
+        Ok(id)
+    }
+}
+
+impl ControlPlane {
+    /// Updates what is known of an agent: `change`, then the time it was
+    /// last heard from and the replica that heard it. Returns once stored.
+    async fn touch_agent(
+        &self,
+        node: &str,
+        change: impl FnOnce(&mut AgentRecord) + Send + 'static,
+    ) -> Result<(), Status> {
+        let stopping = || Status::unavailable("the control plane is shutting down");
+        let (done, stored) = oneshot::channel();
+        self.agents
+            .send(AgentUpdate {
+                node: node.to_owned(),
+                change: Box::new(change),
+                done,
+            })
+            .await
+            .map_err(|_| stopping())?;
+        stored.await.map_err(|_| stopping())?
+    }
+}
+
+/// Rebuilds the cluster view on every change under `/wardline/`, and at the
+/// next policy window boundary.
+struct Follower {
+    registry: Registry,
+    tx: watch::Sender<Option<Cluster>>,
+}
+
+impl Follower {
+    async fn rebuild(&self) -> Result<(), RegistryError> {
+        let (record, _) = self.registry.current().await?;
+        let nodes = self.registry.node_infos().await?;
+        let unchanged = self.tx.borrow().as_ref().is_some_and(|c| {
+            c.record.revision == record.revision
+                && *c.nodes == nodes
+                && c.next_change.is_none_or(|t| t > OffsetDateTime::now_utc())
+        });
+        if unchanged {
+            return Ok(());
+        }
+        match compile(&record, &nodes) {
+            Ok(cluster) => {
+                tracing::info!(
+                    revision = record.revision,
+                    nodes = nodes.len(),
+                    "cluster view rebuilt"
+                );
+                self.tx.send_replace(Some(cluster));
+            }
+            Err(e) => tracing::error!(revision = record.revision, "revision does not compile: {e}"),
+        }
+        Ok(())
+    }
+
+    async fn run(self) {
+        let mut backoff = Backoff::new(WATCH_BACKOFF_FIRST, WATCH_BACKOFF_MAX);
+        loop {
+            let after = match self.registry.store().revision().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("store unavailable: {e}");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            // Catch up on anything between the last rebuild and the watch.
+            if let Err(e) = self.rebuild().await {
+                tracing::warn!("rebuilding the cluster view: {e}");
+            }
+            let mut events = match self.registry.store().watch(KEY_PREFIX, after).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!("watching the store: {e}");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            loop {
+                let boundary = self
+                    .tx
+                    .borrow()
+                    .as_ref()
+                    .and_then(|c| c.next_change)
+                    .map(|t| {
+                        let left = t - OffsetDateTime::now_utc();
+                        Duration::try_from(left).unwrap_or(Duration::ZERO)
+                    })
+                    .unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(Ok(ev)) => {
+                            if is_agent_record(&ev) {
+                                continue;
+                            }
+                            if let Err(e) = self.rebuild().await {
+                                tracing::warn!("rebuilding the cluster view: {e}");
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!("store watch ended: {e}; watching again");
+                            break;
+                        }
+                        None => return,
+                    },
+                    _ = tokio::time::sleep(boundary) => {
+                        tracing::info!("a policy window opened or closed");
+                        if let Err(e) = self.rebuild().await {
+                            tracing::warn!("rebuilding the cluster view: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
+    let key = match ev {
+        wardline_store::WatchEvent::Put(kv) => kv.key.as_str(),
+        wardline_store::WatchEvent::Delete { key, .. } => key.as_str(),
+    };
+    key.starts_with(crate::registry::AGENTS_PREFIX)
+}
+
+fn author(id: &Identity) -> String {
+    format!("operator:{}", id.name)
+}
+
+#[tonic::async_trait]
+impl Management for ControlPlane {
+    #[tracing::instrument(skip_all)]
+    async fn validate(
+        &self,
+        req: Request<v1::ValidateRequest>,
+    ) -> Result<Response<v1::ValidateResponse>, Status> {
+        self.operator(&req)?;
+        let source = &req.get_ref().source;
+        let (current, _) = self.registry.current().await.map_err(registry_status)?;
+        let plan = plan_apply(&current.documents, source).map_err(registry_status)?;
+        let nodes = self.registry.node_infos().await.map_err(registry_status)?;
+        Ok(Response::new(match validate_plan(source, &plan, &nodes) {
+            Ok(set) => v1::ValidateResponse {
+                errors: vec![],
+                segments: set.segments.len() as u32,
+                policies: set.policies.len() as u32,
+            },
+            Err(RegistryError::Invalid(errors)) => v1::ValidateResponse {
+                errors: validation_errors(&errors),
+                segments: 0,
+                policies: 0,
+            },
+            Err(e) => v1::ValidateResponse {
+                errors: vec![v1::ValidationError {
+                    message: e.to_string(),
+                    ..Default::default()
+                }],
+                segments: 0,
+                policies: 0,
+            },
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn apply(
+        &self,
+        req: Request<v1::ApplyRequest>,
+    ) -> Result<Response<v1::ApplyResponse>, Status> {
+        let id = self.operator(&req)?;
+        let r = req.into_inner();
+        let (record, plan) = self
+            .registry
+            .apply(
+                &r.source,
+                r.prune,
+                r.expected_revision,
+                &author(&id),
+                &r.message,
+            )
+            .await
+            .map_err(registry_status)?;
+        let (revision, unchanged) = match &record {
+            Some(rec) => (rec.revision, false),
+            None => (
+                self.registry
+                    .current()
+                    .await
+                    .map_err(registry_status)?
+                    .0
+                    .revision,
+                true,
+            ),
+        };
+        Ok(Response::new(v1::ApplyResponse {
+            revision,
+            changes: changes(&plan.changes),
+            unchanged,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn diff(
+        &self,
+        req: Request<v1::DiffRequest>,
+    ) -> Result<Response<v1::DiffResponse>, Status> {
+        self.operator(&req)?;
+        let source = &req.get_ref().source;
+        let (current, _) = self.registry.current().await.map_err(registry_status)?;
+        let plan = crate::registry::plan(&current.documents, source, req.get_ref().prune)
+            .map_err(registry_status)?;
+        let old: BTreeMap<_, _> = current
+            .documents
+            .iter()
+            .map(|d| ((d.kind, d.name.clone()), d.text.clone()))
+            .collect();
+        let mut diff = String::new();
+        for c in &plan.changes {
+            let new = plan
+                .documents
+                .iter()
+                .find(|d| d.kind == c.kind && d.name == c.name)
+                .map(|d| d.text.as_str())
+                .unwrap_or("");
+            let before = old
+                .get(&(c.kind, c.name.clone()))
+                .map_or("", String::as_str);
+            diff.push_str(&unified(&format!("{} {}", c.kind, c.name), before, new));
+        }
+        Ok(Response::new(v1::DiffResponse {
+            revision: current.revision,
+            changes: changes(&plan.changes),
+            diff,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get(&self, req: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+        self.operator(&req)?;
+        let r = req.into_inner();
+        let record = if r.revision == 0 {
+            self.registry.current().await.map_err(registry_status)?.0
+        } else {
+            self.registry
+                .revision(r.revision)
+                .await
+                .map_err(registry_status)?
+        };
+        let documents: Vec<v1::Document> = record
+            .documents
+            .iter()
+            .filter(|d| r.kind.is_empty() || d.kind.as_str().eq_ignore_ascii_case(&r.kind))
+            .filter(|d| r.name.is_empty() || d.name == r.name)
+            .map(|d| v1::Document {
+                kind: d.kind.as_str().to_owned(),
+                name: d.name.clone(),
+                yaml: d.text.clone(),
+            })
+            .collect();
+        if !r.name.is_empty() && documents.is_empty() {
+            return Err(Status::not_found(format!(
+                "no {} named {:?} in revision {}",
+                if r.kind.is_empty() {
+                    "document"
+                } else {
+                    &r.kind
+                },
+                r.name,
+                record.revision
+            )));
+        }
+        Ok(Response::new(v1::GetResponse {
+            revision: record.revision,
+            documents,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        let id = self.operator(&req)?;
+        let r = req.into_inner();
+        if r.kind.eq_ignore_ascii_case("node") {
+            let removed = self
+                .registry
+                .remove_node(&r.name)
+                .await
+                .map_err(registry_status)?;
+            if !removed {
+                return Err(Status::not_found(format!("no node named {:?}", r.name)));
+            }
+            let current = self.registry.current().await.map_err(registry_status)?.0;
+            return Ok(Response::new(v1::DeleteResponse {
+                revision: current.revision,
+            }));
+        }
+        let kind = document_kind(&r.kind)?;
+        let record = self
+            .registry
+            .delete(kind, &r.name, r.expected_revision, &author(&id), &r.message)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(v1::DeleteResponse {
+            revision: record.revision,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn history(
+        &self,
+        req: Request<v1::HistoryRequest>,
+    ) -> Result<Response<v1::HistoryResponse>, Status> {
+        self.operator(&req)?;
+        let limit = req.get_ref().limit as usize;
+        let mut all = self.registry.history().await.map_err(registry_status)?;
+        if limit > 0 {
+            all.truncate(limit);
+        }
+        Ok(Response::new(v1::HistoryResponse {
+            revisions: all
+                .iter()
+                .map(|r| v1::RevisionInfo {
+                    revision: r.revision,
+                    author: r.author.clone(),
+                    time: r.time.clone(),
+                    action: r.action.map_or("", RevisionAction::as_str).to_owned(),
+                    message: r.message.clone(),
+                    changes: changes(&r.changes),
+                    policy_sha256: r.sha256.clone(),
+                    segments: r.count(DocumentKind::Segment) as u32,
+                    policies: r.count(DocumentKind::Policy) as u32,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rollback(
+        &self,
+        req: Request<v1::RollbackRequest>,
+    ) -> Result<Response<v1::RollbackResponse>, Status> {
+        let id = self.operator(&req)?;
+        let r = req.into_inner();
+        let record = self
+            .registry
+            .rollback(r.to_revision, r.expected_revision, &author(&id), &r.message)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(v1::RollbackResponse {
+            revision: record.revision,
+            changes: changes(&record.changes),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn status(
+        &self,
+        req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        self.operator(&req)?;
+        let (current, _) = self.registry.current().await.map_err(registry_status)?;
+        let nodes: BTreeMap<String, NodeRecord> = self
+            .registry
+            .nodes()
+            .await
+            .map_err(registry_status)?
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect();
+        let agents: BTreeMap<String, AgentRecord> = self
+            .registry
+            .agents()
+            .await
+            .map_err(registry_status)?
+            .into_iter()
+            .map(|a| (a.node.clone(), a))
+            .collect();
+        let cluster = self.cluster.borrow().clone();
+        let now = OffsetDateTime::now_utc();
+        let since_current = current
+            .time()
+            .map(|t| now - t)
+            .unwrap_or(time::Duration::ZERO);
+        let mut out = Vec::new();
+        for name in nodes
+            .keys()
+            .chain(agents.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let node = nodes.get(name);
+            let agent = agents.get(name).cloned().unwrap_or_default();
+            let last = OffsetDateTime::parse(
+                &agent.last_heartbeat,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok();
+            let connected = last
+                .is_some_and(|t| now - t < time::Duration::seconds(3 * HEARTBEAT_SECONDS as i64));
+            let behind = agent.acked_revision < current.revision
+                && since_current > time::Duration::try_from(BEHIND_GRACE).unwrap_or_default();
+            let admitted = cluster
+                .as_ref()
+                .and_then(|c| c.admitted.iter().find(|a| &a.name == name).cloned());
+            let left_out = cluster
+                .as_ref()
+                .and_then(|c| c.conflicts.iter().find(|c| &c.node == name))
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let (admission, approval_name) = match admitted.as_ref().map(|a| &a.admission) {
+                Some(Admission::Declared) => ("declared", String::new()),
+                Some(Admission::Approved(by)) => ("approved", by.clone()),
+                Some(Admission::Pending) | None => ("pending", String::new()),
+            };
+            let reported_labels = match (&admitted, node) {
+                (Some(a), Some(n)) if a.labels_differ => n.labels.clone().into_iter().collect(),
+                _ => Default::default(),
+            };
+            out.push(v1::AgentStatus {
+                node: name.clone(),
+                labels: admitted
+                    .as_ref()
+                    .map(|a| a.labels.clone().into_iter().collect())
+                    .unwrap_or_default(),
+                addresses: admitted
+                    .as_ref()
+                    .map(|a| a.addresses.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+                admission: admission.to_owned(),
+                approval_name,
+                refused_addresses: match (&admitted, node) {
+                    (Some(a), _) => a
+                        .refused_addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                    (None, Some(n)) => n.addresses.iter().map(ToString::to_string).collect(),
+                    (None, None) => Vec::new(),
+                },
+                reported_labels,
+                left_out,
+                connected,
+                last_heartbeat: agent.last_heartbeat.clone(),
+                acked_revision: agent.acked_revision,
+                acked_policy_sha256: agent.acked_sha256.clone(),
+                generation: agent.generation,
+                behind,
+                error: agent.error.clone(),
+                replica: agent.replica.clone(),
+            });
+        }
+        Ok(Response::new(v1::StatusResponse {
+            revision: current.revision,
+            policy_sha256: current.sha256.clone(),
+            agents: out,
+            replica: self.replica.clone(),
+        }))
+    }
+}
+
+/// The kind of document an operator names for a delete.
+fn document_kind(kind: &str) -> Result<DocumentKind, Status> {
+    DocumentKind::named(kind).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{:?} is not a kind: Segment, Policy or Node",
+            kind.to_ascii_lowercase()
+        ))
+    })
+}
+
+/// A line diff of two texts in unified form.
+fn unified(title: &str, before: &str, after: &str) -> String {
+    let diff = similar::TextDiff::from_lines(before, after);
+    diff.unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{title}"), &format!("b/{title}"))
+        .to_string()
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<v1::PolicySnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentApi for ControlPlane {
+    type WatchStream = SnapshotStream;
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]
+    async fn register(
+        &self,
+        req: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let r = req.get_ref();
+        self.agent(&req, &r.node)?;
+        let addresses = r
+            .addresses
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    Status::invalid_argument(format!("addresses: {a:?} is not an address"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let record = NodeRecord {
+            name: r.node.clone(),
+            labels: r.labels.clone().into_iter().collect(),
+            addresses,
+            registered: format_time(OffsetDateTime::now_utc()),
+        };
+        self.registry
+            .register(&record)
+            .await
+            .map_err(registry_status)?;
+        tracing::info!(node = %r.node, addresses = ?r.addresses, "agent registered");
+        let current = self.registry.current().await.map_err(registry_status)?.0;
+        Ok(Response::new(v1::RegisterResponse {
+            revision: current.revision,
+            heartbeat_seconds: HEARTBEAT_SECONDS,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]
+    async fn watch(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let node = req.get_ref().node.clone();
+        self.agent(&req, &node)?;
+        let mut rx = self.cluster.clone();
+        let stream = async_stream::try_stream! {
+            // (revision, tables) last sent to this agent.
+            let mut sent: Option<(u64, [u8; 32])> = None;
+            loop {
+                let cluster = rx.borrow_and_update().clone();
+                if let Some(c) = cluster {
+                    let key = (c.record.revision, c.dataplane_hash);
+                    if sent != Some(key) {
+                        tracing::debug!(node = %node, revision = c.record.revision, "snapshot sent");
+                        yield (*c.snapshot).clone();
+                    }
+                    sent = Some(key);
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]
+    async fn ack(&self, req: Request<v1::AckRequest>) -> Result<Response<v1::AckResponse>, Status> {
+        let r = req.get_ref();
+        self.agent(&req, &r.node)?;
+        if !r.error.is_empty() {
+            tracing::warn!(node = %r.node, revision = r.revision, error = %r.error, "agent could not enforce a snapshot");
+        }
+        let ack = r.clone();
+        self.touch_agent(&r.node, move |record| {
+            if ack.error.is_empty() {
+                record.acked_revision = ack.revision;
+                record.acked_sha256 = ack.policy_sha256;
+                record.generation = ack.generation;
+                record.error.clear();
+            } else {
+                record.error = ack.error;
+            }
+        })
+        .await?;
+        Ok(Response::new(v1::AckResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]
+    async fn heartbeat(
+        &self,
+        req: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let r = req.get_ref();
+        self.agent(&req, &r.node)?;
+        let generation = r.generation;
+        self.touch_agent(&r.node, move |record| record.generation = generation)
+            .await?;
+        let current = self
+            .cluster
+            .borrow()
+            .as_ref()
+            .map_or(0, |c| c.record.revision);
+        Ok(Response::new(v1::HeartbeatResponse {
+            current_revision: current,
+        }))
+    }
+}
+
+/// Serves both APIs on `listen` with mutual TLS until `shutdown` resolves.
+pub async fn serve(
+    cp: ControlPlane,
+    listener: tokio::net::TcpListener,
+    tls: tonic::transport::ServerTlsConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(address = ?addr, replica = %cp.replica, "control plane listening (mutual TLS)");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(
+            v1::management_server::ManagementServer::new(cp.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            v1::agent_api_server::AgentApiServer::new(cp)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

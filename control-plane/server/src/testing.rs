@@ -1,0 +1,114 @@
+//! A control plane on a loopback listener with a fresh site PKI and an
+//! embedded store, for tests: this crate's and, with the `test-support`
+//! feature, other crates' (`wardctl` against a real server).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let site = wardline_control_plane::testing::site("demo").await;
+//! let mut operator = site.operator().await;
+//! # }
+//! ```
+
+use std::path::PathBuf;
+
+use crate::registry::Registry;
+use crate::server::{self, ControlPlane};
+use tonic::transport::Channel;
+use wardline_pki as pki;
+use wardline_proto::v1::{agent_api_client::AgentApiClient, management_client::ManagementClient};
+use wardline_store::{self as store, StoreSpec};
+use wardline_tls as tls;
+use wardline_tls::Role;
+
+pub struct Site {
+    pub dir: PathBuf,
+    pub endpoint: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "wardline-cp-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub async fn site(tag: &str) -> Site {
+    let dir = scratch(tag);
+    let ca = dir.join("ca");
+    pki::init_ca(&ca, "test-hospital").unwrap();
+    let sans = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    pki::issue(&ca, Role::ControlPlane, "cp", &sans, &dir, 30).unwrap();
+    for (role, name) in [
+        (Role::Operator, "alice"),
+        (Role::Agent, "gw-1"),
+        (Role::Agent, "gw-2"),
+    ] {
+        pki::issue(&ca, role, name, &[], &dir, 30).unwrap();
+    }
+    let spec: StoreSpec = format!("embedded:{}", dir.join("store.redb").display())
+        .parse()
+        .unwrap();
+    let cp = ControlPlane::start(
+        Registry::new(store::open(&spec).await.unwrap()),
+        "replica-a".into(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let tls = tls::server_tls(
+        &ca.join("ca.pem"),
+        &dir.join("cp.pem"),
+        &dir.join("cp-key.pem"),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(server::serve(cp, listener, tls, async {
+        let _ = rx.await;
+    }));
+    Site {
+        dir,
+        endpoint,
+        shutdown: Some(tx),
+    }
+}
+
+impl Site {
+    pub async fn channel_as(&self, name: &str) -> Channel {
+        let address: tls::ServerAddress = self.endpoint.parse().unwrap();
+        tls::client_endpoint(
+            &address,
+            &self.dir.join("ca/ca.pem"),
+            &self.dir.join(format!("{name}.pem")),
+            &self.dir.join(format!("{name}-key.pem")),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+    }
+
+    pub async fn operator(&self) -> ManagementClient<Channel> {
+        ManagementClient::new(self.channel_as("alice").await)
+    }
+
+    pub async fn agent(&self, node: &str) -> AgentApiClient<Channel> {
+        AgentApiClient::new(self.channel_as(node).await)
+    }
+}

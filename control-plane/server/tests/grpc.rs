@@ -1,0 +1,639 @@
+//! Both APIs over real mutual TLS on loopback, with the embedded store:
+//! what operators and agents may do, and every refusal.
+
+use wardline_control_plane::testing::{scratch, site};
+
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::transport::Endpoint;
+use tonic::{Code, Request};
+use wardline_control_plane::server;
+use wardline_pki as pki;
+use wardline_proto::v1::{
+    self, agent_api_client::AgentApiClient, management_client::ManagementClient,
+};
+use wardline_tls::Role;
+
+const SEGMENTS: &str = "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: pumps}\nspec: {cidrs: [\"198.18.30.0/24\"], vlans: [30]}\n---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {name: pump-server}\nspec:\n  nodeSelector: {matchLabels: {role: pump-server}}\n";
+const POLICY: &str = "apiVersion: wardline/v1\nkind: Policy\nmetadata: {name: pumps-to-server}\nspec: {action: allow, from: [pumps], to: [pump-server], ports: [{protocol: tcp, port: 443}]}\n";
+
+/// The nodes operators declared: gw-1 a gateway, gw-2 a pump server, each
+/// with the addresses it may claim.
+const NODES: &str = "apiVersion: wardline/v1\nkind: Node\nmetadata: {name: gw-1, labels: {role: gateway}}\nspec: {addresses: [\"198.18.20.0/24\"]}\n---\napiVersion: wardline/v1\nkind: Node\nmetadata: {name: gw-2, labels: {role: pump-server}}\nspec: {addresses: [\"198.18.42.0/24\"]}\n";
+
+fn apply(source: &str, expected: Option<u64>, message: &str) -> v1::ApplyRequest {
+    v1::ApplyRequest {
+        source: source.into(),
+        expected_revision: expected,
+        message: message.into(),
+        prune: false,
+    }
+}
+
+#[tokio::test]
+async fn apply_history_rollback_and_optimistic_concurrency() {
+    let site = site("apply").await;
+    let mut op = site.operator().await;
+    let r = op
+        .apply(apply(SEGMENTS, Some(0), "first segments"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 1);
+    assert_eq!(r.changes.len(), 2);
+    let r = op
+        .apply(apply(POLICY, None, "pump policy"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 2);
+    // Unchanged documents write nothing.
+    let r = op
+        .apply(apply(POLICY, None, "again"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.unchanged);
+    assert_eq!(r.revision, 2);
+    // A stale writer is refused, not merged.
+    let err = op
+        .apply(apply(&POLICY.replace("443", "8443"), Some(1), "stale"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("expected 1") && err.message().contains("current revision is 2"),
+        "{}",
+        err.message()
+    );
+    // Diff shows what an apply would change.
+    let d = op
+        .diff(v1::DiffRequest {
+            source: POLICY.replace("443", "8443"),
+            prune: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.changes.len(), 1);
+    assert!(
+        d.diff.contains("-") && d.diff.contains("+") && d.diff.contains("8443"),
+        "{}",
+        d.diff
+    );
+    let r = op
+        .apply(apply(
+            &POLICY.replace("443", "8443"),
+            Some(2),
+            "move to 8443",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 3);
+    // Get, by kind and name, now and at an earlier revision.
+    let g = op
+        .get(v1::GetRequest {
+            kind: "policy".into(),
+            name: "pumps-to-server".into(),
+            revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.documents[0].yaml.contains("8443"));
+    let g = op
+        .get(v1::GetRequest {
+            kind: "policy".into(),
+            name: "pumps-to-server".into(),
+            revision: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.documents[0].yaml.contains("port: 443"));
+    // Rollback to revision 2 is revision 4, recorded as such.
+    let r = op
+        .rollback(v1::RollbackRequest {
+            to_revision: 2,
+            expected_revision: Some(3),
+            message: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 4);
+    let h = op
+        .history(v1::HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.revisions.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        [4, 3, 2, 1]
+    );
+    assert_eq!(h.revisions[0].action, "rollback");
+    assert_eq!(h.revisions[0].author, "operator:alice");
+    assert_eq!(h.revisions[1].message, "move to 8443");
+    // Delete: a segment a policy names cannot go; the policy can.
+    let err = op
+        .delete(v1::DeleteRequest {
+            kind: "segment".into(),
+            name: "pumps".into(),
+            expected_revision: None,
+            message: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let r = op
+        .delete(v1::DeleteRequest {
+            kind: "policy".into(),
+            name: "pumps-to-server".into(),
+            expected_revision: Some(4),
+            message: "gone".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, 5);
+    let err = op
+        .get(v1::GetRequest {
+            kind: "policy".into(),
+            name: "pumps-to-server".into(),
+            revision: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_the_store_is_unchanged() {
+    let site = site("bad").await;
+    let mut op = site.operator().await;
+    op.apply(apply(&format!("{SEGMENTS}---\n{POLICY}"), None, ""))
+        .await
+        .unwrap();
+    let cases = [
+        (POLICY.replace("to: [pump-server]", "to: [nowhere]"), "spec.to[0]"),
+        (POLICY.replace("port: 443", "port: 70000"), "spec.ports[0].port"),
+        (SEGMENTS.replace("vlans: [30]", "vlans: [4095]"), "spec.vlans[0]"),
+        // A new segment claiming a stored segment's prefix.
+        ("apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: dup}\nspec: {cidrs: [\"198.18.30.0/24\"]}\n".to_owned(), "198.18.30.0/24"),
+        // And its VLAN.
+        ("apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: dup}\nspec: {vlans: [30]}\n".to_owned(), "30"),
+        ("kind: Policy\n: : :\n".to_owned(), "document 1"),
+    ];
+    for (source, needle) in cases {
+        let err = op.apply(apply(&source, None, "")).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{source}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{needle:?} not in {}",
+            err.message()
+        );
+        let v = op
+            .validate(v1::ValidateRequest {
+                source: source.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!v.errors.is_empty(), "validate agrees for {source}");
+    }
+    // Oversized.
+    let big = format!("# {}\n{POLICY}", "x".repeat(17 << 20));
+    let err = op.apply(apply(&big, None, "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("limit"), "{}", err.message());
+    let h = op
+        .history(v1::HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.revisions.len(), 1, "nothing was written");
+}
+
+#[tokio::test]
+async fn refusals_agents_and_operators_stay_in_their_lanes() {
+    let site = site("refuse").await;
+    // An agent cannot call the management API.
+    let mut as_agent = ManagementClient::new(site.channel_as("gw-1").await);
+    let err = as_agent.status(v1::StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // An operator cannot pose as an agent.
+    let mut as_operator = AgentApiClient::new(site.channel_as("alice").await);
+    let err = as_operator
+        .register(v1::RegisterRequest {
+            node: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // An agent cannot speak for, or read the policy of, another node.
+    let mut gw1 = site.agent("gw-1").await;
+    for err in [
+        gw1.register(v1::RegisterRequest {
+            node: "gw-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+        gw1.watch(v1::WatchRequest {
+            node: "gw-2".into(),
+            known_revision: 0,
+        })
+        .await
+        .unwrap_err(),
+        gw1.ack(v1::AckRequest {
+            node: "gw-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+        gw1.heartbeat(v1::HeartbeatRequest {
+            node: "gw-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert!(
+            err.message().contains("gw-1") && err.message().contains("gw-2"),
+            "{}",
+            err.message()
+        );
+    }
+    // No client certificate at all: the handshake fails, nothing is served.
+    let ca =
+        tonic::transport::Certificate::from_pem(std::fs::read(site.dir.join("ca/ca.pem")).unwrap());
+    let plain_tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("127.0.0.1");
+    let channel = Endpoint::from_shared(site.endpoint.clone())
+        .unwrap()
+        .tls_config(plain_tls)
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = channel {
+        let err = ManagementClient::new(channel)
+            .status(Request::new(v1::StatusRequest {}))
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), Code::Ok);
+    }
+    // A certificate from another CA: refused too.
+    let other = scratch("other-ca");
+    pki::init_ca(&other.join("ca"), "elsewhere").unwrap();
+    pki::issue(
+        &other.join("ca"),
+        Role::Operator,
+        "mallory",
+        &[],
+        &other,
+        30,
+    )
+    .unwrap();
+    // (client_tls refuses such a certificate up front; the server must too.)
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(site.dir.join("ca/ca.pem")).unwrap(),
+        ))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(other.join("mallory.pem")).unwrap(),
+            std::fs::read(other.join("mallory-key.pem")).unwrap(),
+        ))
+        .domain_name("127.0.0.1");
+    let channel = Endpoint::from_shared(site.endpoint.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = channel {
+        let err = ManagementClient::new(channel)
+            .status(v1::StatusRequest {})
+            .await
+            .unwrap_err();
+        assert_ne!(
+            err.code(),
+            Code::Ok,
+            "a foreign certificate must not be served"
+        );
+    }
+    std::fs::remove_dir_all(other).unwrap();
+}
+
+async fn next(stream: &mut tonic::Streaming<v1::PolicySnapshot>) -> v1::PolicySnapshot {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a snapshot within 5 s")
+        .expect("the stream goes on")
+        .expect("a snapshot")
+}
+
+#[tokio::test]
+async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
+    let site = site("agents").await;
+    let mut op = site.operator().await;
+    op.apply(apply(
+        &format!("{SEGMENTS}---\n{NODES}---\n{POLICY}"),
+        None,
+        "",
+    ))
+    .await
+    .unwrap();
+    let mut gw1 = site.agent("gw-1").await;
+    gw1.register(v1::RegisterRequest {
+        node: "gw-1".into(),
+        labels: [("role".into(), "gateway".into())].into(),
+        addresses: vec!["198.18.20.1".into()],
+    })
+    .await
+    .unwrap();
+    let mut stream = gw1
+        .watch(v1::WatchRequest {
+            node: "gw-1".into(),
+            known_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await;
+    assert_eq!(first.revision, 1);
+    let dp = wardline_policy::Dataplane::try_from(first.dataplane.as_ref().unwrap()).unwrap();
+    assert!(
+        !dp.prefixes
+            .iter()
+            .any(|(n, _)| n.to_string() == "198.18.42.10/32")
+    );
+    gw1.ack(v1::AckRequest {
+        node: "gw-1".into(),
+        revision: 1,
+        policy_sha256: first.policy_sha256.clone(),
+        generation: 7,
+        error: String::new(),
+    })
+    .await
+    .unwrap();
+
+    // A pump server joins: its address joins the selecting segment, and
+    // gw-1 gets a new snapshot of the same revision with it.
+    let mut gw2 = site.agent("gw-2").await;
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        labels: [("role".into(), "pump-server".into())].into(),
+        addresses: vec!["198.18.42.10".into()],
+    })
+    .await
+    .unwrap();
+    let joined = next(&mut stream).await;
+    assert_eq!(joined.revision, 1);
+    let dp = wardline_policy::Dataplane::try_from(joined.dataplane.as_ref().unwrap()).unwrap();
+    let server = dp
+        .segments
+        .iter()
+        .find(|s| s.name == "pump-server")
+        .unwrap()
+        .id;
+    assert!(
+        dp.prefixes
+            .iter()
+            .any(|(n, id)| n.to_string() == "198.18.42.10/32" && *id == server)
+    );
+    // Registering again with the same addresses changes nothing: no push.
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        labels: [("role".into(), "pump-server".into())].into(),
+        addresses: vec!["198.18.42.10".into()],
+    })
+    .await
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), stream.next())
+            .await
+            .is_err(),
+        "nothing changed, nothing sent"
+    );
+
+    // A new revision reaches the stream.
+    op.apply(apply(&POLICY.replace("443", "8443"), None, ""))
+        .await
+        .unwrap();
+    let second = next(&mut stream).await;
+    assert_eq!(second.revision, 2);
+    let status = op.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.revision, 2);
+    let a = status.agents.iter().find(|a| a.node == "gw-1").unwrap();
+    assert_eq!(a.acked_revision, 1);
+    assert!(a.connected);
+    assert_eq!(a.addresses, ["198.18.20.1"]);
+    assert_eq!(status.agents.len(), 2);
+}
+
+#[tokio::test]
+async fn a_node_leaving_is_pushed_and_a_lagging_agent_is_flagged() {
+    let site = site("leave").await;
+    let mut op = site.operator().await;
+    op.apply(apply(
+        &format!("{SEGMENTS}---\n{NODES}---\n{POLICY}"),
+        None,
+        "",
+    ))
+    .await
+    .unwrap();
+    let mut gw1 = site.agent("gw-1").await;
+    gw1.register(v1::RegisterRequest {
+        node: "gw-1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = gw1
+        .watch(v1::WatchRequest {
+            node: "gw-1".into(),
+            known_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await;
+    gw1.ack(v1::AckRequest {
+        node: "gw-1".into(),
+        revision: first.revision,
+        policy_sha256: first.policy_sha256,
+        generation: 1,
+        error: String::new(),
+    })
+    .await
+    .unwrap();
+    let has_server = |s: &v1::PolicySnapshot| {
+        let dp = wardline_policy::Dataplane::try_from(s.dataplane.as_ref().unwrap()).unwrap();
+        dp.prefixes
+            .iter()
+            .any(|(n, _)| n.to_string() == "198.18.42.10/32")
+    };
+    let mut gw2 = site.agent("gw-2").await;
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        labels: [("role".into(), "pump-server".into())].into(),
+        addresses: vec!["198.18.42.10".into()],
+    })
+    .await
+    .unwrap();
+    assert!(has_server(&next(&mut stream).await), "joined");
+    // The node leaves (an operator removes it): pushed without its address.
+    op.delete(v1::DeleteRequest {
+        kind: "node".into(),
+        name: "gw-2".into(),
+        expected_revision: None,
+        message: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(!has_server(&next(&mut stream).await), "left");
+
+    // A revision gw-1 receives but does not acknowledge: flagged after the grace period.
+    op.apply(apply(&POLICY.replace("443", "8443"), None, ""))
+        .await
+        .unwrap();
+    let second = next(&mut stream).await;
+    assert_eq!(second.revision, 2);
+    let status = |op: &mut wardline_proto::v1::management_client::ManagementClient<
+        tonic::transport::Channel,
+    >| {
+        let mut op = op.clone();
+        async move { op.status(v1::StatusRequest {}).await.unwrap().into_inner() }
+    };
+    let gw1_of =
+        |s: &v1::StatusResponse| s.agents.iter().find(|a| a.node == "gw-1").cloned().unwrap();
+    assert!(
+        !gw1_of(&status(&mut op).await).behind,
+        "not yet: within the grace period"
+    );
+    tokio::time::sleep(server::BEHIND_GRACE + Duration::from_millis(500)).await;
+    gw1.heartbeat(v1::HeartbeatRequest {
+        node: "gw-1".into(),
+        revision: 1,
+        generation: 1,
+    })
+    .await
+    .unwrap();
+    let s = status(&mut op).await;
+    assert!(gw1_of(&s).behind && gw1_of(&s).connected, "{s:?}");
+    gw1.ack(v1::AckRequest {
+        node: "gw-1".into(),
+        revision: 2,
+        policy_sha256: second.policy_sha256,
+        generation: 2,
+        error: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(!gw1_of(&status(&mut op).await).behind);
+}
+
+/// One stolen agent key: the gateway's agent registers as a pump server
+/// with the EHR's address. Its claims change no snapshot anywhere, and
+/// the operators' next apply goes through.
+#[tokio::test]
+async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
+    let ehr = "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: ehr}\nspec: {cidrs: [\"198.18.41.0/24\"]}\n";
+    let site = site("stolen").await;
+    let mut op = site.operator().await;
+    op.apply(apply(
+        &format!("{SEGMENTS}---\n{ehr}---\n{NODES}---\n{POLICY}"),
+        None,
+        "",
+    ))
+    .await
+    .unwrap();
+    let dataplane = |s: &v1::PolicySnapshot| {
+        wardline_policy::Dataplane::try_from(s.dataplane.as_ref().unwrap()).unwrap()
+    };
+    let mut gw2 = site.agent("gw-2").await;
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        addresses: vec!["198.18.42.10".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = gw2
+        .watch(v1::WatchRequest {
+            node: "gw-2".into(),
+            known_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let before = dataplane(&next(&mut stream).await);
+
+    // gw-1's key, stolen: it claims the pump server's role and an EHR host.
+    let mut stolen = site.agent("gw-1").await;
+    stolen
+        .register(v1::RegisterRequest {
+            node: "gw-1".into(),
+            labels: [("role".into(), "pump-server".into())].into(),
+            addresses: vec!["198.18.41.5".into(), "198.18.20.1".into()],
+        })
+        .await
+        .unwrap();
+    // A node under another name is refused: the certificate names the node.
+    let err = stolen
+        .register(v1::RegisterRequest {
+            node: "gw-2".into(),
+            labels: [("role".into(), "pump-server".into())].into(),
+            addresses: vec!["198.18.41.5".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    // gw-1's own address (within its range) joins nothing new for gw-2's
+    // segments; the EHR address stays the EHR's.
+    if let Ok(Some(Ok(s))) = tokio::time::timeout(Duration::from_millis(1500), stream.next()).await
+    {
+        let after = dataplane(&s);
+        assert_eq!(
+            before.prefixes, after.prefixes,
+            "a lying registration changed the tables"
+        );
+    }
+    // Operators see what it claimed and was not given.
+    let status = op.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let gw1 = status.agents.iter().find(|a| a.node == "gw-1").unwrap();
+    assert_eq!(gw1.admission, "declared");
+    assert_eq!(gw1.labels.get("role").map(String::as_str), Some("gateway"));
+    assert_eq!(gw1.addresses, vec!["198.18.20.1".to_owned()]);
+    assert_eq!(gw1.refused_addresses, vec!["198.18.41.5".to_owned()]);
+    assert_eq!(
+        gw1.reported_labels.get("role").map(String::as_str),
+        Some("pump-server")
+    );
+
+    // The operators' next apply succeeds and reaches gw-2.
+    op.apply(apply(&POLICY.replace("443", "8443"), None, "after the lie"))
+        .await
+        .expect("an apply right after succeeds");
+    let after = next(&mut stream).await;
+    assert_eq!(after.revision, 2);
+    let dp = dataplane(&after);
+    let ehr_id = dp.segments.iter().find(|s| s.name == "ehr").unwrap().id;
+    assert!(
+        !dp.prefixes
+            .iter()
+            .any(|(n, id)| n.to_string() == "198.18.41.5/32" && *id != ehr_id),
+        "the EHR host stays in the EHR segment"
+    );
+    assert!(
+        dp.prefixes
+            .iter()
+            .any(|(n, _)| n.to_string() == "198.18.42.10/32"),
+        "the honest pump server is still a member"
+    );
+}

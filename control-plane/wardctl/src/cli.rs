@@ -1,0 +1,216 @@
+//! The command line: connection flags, and the commands in two enums,
+//! those that run on this machine and those that ask the control plane.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wardline_tls::Role;
+
+/// Environment variables wardctl reads, in one place.
+pub mod env {
+    pub const CONFIG: &str = "WARDCTL_CONFIG";
+    pub const ENDPOINT: &str = "WARDCTL_ENDPOINT";
+    pub const CA: &str = "WARDCTL_CA";
+    pub const CERT: &str = "WARDCTL_CERT";
+    pub const KEY: &str = "WARDCTL_KEY";
+}
+
+/// Operate the Wardline control plane.
+#[derive(Parser)]
+#[command(name = "wardctl", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the control plane is and who this operator is; each falls back
+/// on its environment variable, then on the config file.
+#[derive(Args)]
+pub struct ConnectionArgs {
+    /// Control plane, https://host:port (else the config file).
+    // Parsed only by the commands that dial it, so that a bad value in the
+    // environment does not stop `validate` or `pki`.
+    #[arg(long, global = true, env = env::ENDPOINT)]
+    pub endpoint: Option<String>,
+    /// Site CA certificate (else the config file).
+    #[arg(long, global = true, env = env::CA)]
+    pub ca: Option<PathBuf>,
+    /// Operator certificate (else the config file).
+    #[arg(long, global = true, env = env::CERT)]
+    pub cert: Option<PathBuf>,
+    /// Operator key (else the config file).
+    #[arg(long, global = true, env = env::KEY)]
+    pub key: Option<PathBuf>,
+    /// Config file (else ~/.config/wardline/wardctl.yaml).
+    #[arg(long, global = true, env = env::CONFIG)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Local(LocalCommand),
+    #[command(flatten)]
+    Remote(RemoteCommand),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+/// Commands that need no control plane.
+#[derive(Subcommand)]
+pub enum LocalCommand {
+    /// Validate a file offline, with the control plane's own rules.
+    Validate {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    /// The site's certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+/// Commands answered by the control plane.
+#[derive(Subcommand)]
+pub enum RemoteCommand {
+    /// Apply every document of a file, all or nothing, as a new revision.
+    Apply {
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Delete stored documents the file does not have.
+        #[arg(long)]
+        prune: bool,
+        /// Refuse unless the current revision is this one.
+        #[arg(long)]
+        expected_revision: Option<u64>,
+        /// Why (kept in the history).
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// What applying a file would change.
+    Diff {
+        #[arg(short, long)]
+        file: PathBuf,
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Show documents: wardctl get [segment|policy] [NAME].
+    Get {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        revision: u64,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Delete a document (segment or policy) or forget a node.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(long)]
+        expected_revision: Option<u64>,
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Every revision: who changed what, when, why.
+    History {
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Make an earlier revision current again (as a new revision).
+    Rollback {
+        revision: u64,
+        #[arg(long)]
+        expected_revision: Option<u64>,
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// The current revision and every agent's state.
+    Status {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+        /// Exit 8 when an agent is disconnected or behind.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PkiCommand {
+    /// Create the site CA in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        site: String,
+    },
+    /// Issue a certificate signed by the CA in DIR.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Node name (agent), operator name, or control-plane host name.
+        #[arg(long)]
+        name: String,
+        /// Extra DNS names or IP addresses (control plane).
+        #[arg(long)]
+        san: Vec<String>,
+        /// Where to write NAME.pem and NAME-key.pem (default: DIR).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+/// A certificate's role, as `--role` takes it.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Agent,
+    Operator,
+    ControlPlane,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::Agent => Role::Agent,
+            RoleArg::Operator => Role::Operator,
+            RoleArg::ControlPlane => Role::ControlPlane,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn role_names_are_the_certificates() {
+        for role in RoleArg::value_variants() {
+            let name = role
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            assert_eq!(name, Role::from(*role).as_str());
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Reaching the control plane: the address and files from the flags,
+//! their environment variables or the config file, and the channel.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tonic::transport::Channel;
+use wardline_proto::v1::management_client::ManagementClient;
+use wardline_tls::{MAX_MESSAGE_BYTES, ServerAddress};
+
+use crate::cli::ConnectionArgs;
+use crate::failure::{EXIT_FAILURE, EXIT_UNAVAILABLE, Failure, fail};
+
+/// How long one call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `~/.config/wardline/wardctl.yaml`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConfigFile {
+    endpoint: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+/// Where the control plane is and the files to prove who this is.
+pub struct Connection {
+    pub endpoint: ServerAddress,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Each setting from its flag or environment variable (clap reads both),
+/// else from the config file.
+pub fn connection(args: &ConnectionArgs) -> Result<Connection, Failure> {
+    let path = args.config.clone().or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/wardline/wardctl.yaml"))
+    });
+    let file: ConfigFile = match &path {
+        Some(p) if p.exists() => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| fail(EXIT_FAILURE, format!("{}: {e}", p.display())))?;
+            serde_yaml::from_str(&text)
+                .map_err(|e| fail(EXIT_FAILURE, format!("{}: {e}", p.display())))?
+        }
+        _ => ConfigFile::default(),
+    };
+    let endpoint = match (&args.endpoint, file.endpoint) {
+        (Some(text), _) => text
+            .parse::<ServerAddress>()
+            .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?,
+        (None, Some(text)) => text.parse::<ServerAddress>().map_err(|e| {
+            let p = path.as_deref().unwrap_or_else(|| "config file".as_ref());
+            fail(EXIT_FAILURE, format!("{}: endpoint: {e}", p.display()))
+        })?,
+        (None, None) => {
+            return Err(fail(
+                EXIT_FAILURE,
+                "no endpoint: give --endpoint, WARDCTL_ENDPOINT or the config file",
+            ));
+        }
+    };
+    let need = |v: Option<PathBuf>, what: &str| {
+        v.ok_or_else(|| {
+            fail(
+                EXIT_FAILURE,
+                format!(
+                    "no {what}: give --{what}, set the environment variable, or the config file"
+                ),
+            )
+        })
+    };
+    Ok(Connection {
+        endpoint,
+        ca: need(args.ca.clone().or(file.ca_file), "ca")?,
+        cert: need(args.cert.clone().or(file.cert_file), "cert")?,
+        key: need(args.key.clone().or(file.key_file), "key")?,
+    })
+}
+
+/// A management client over mutual TLS, built by `wardline-tls` with its
+/// checks of the files and its connect timeout.
+pub async fn client(c: &Connection) -> Result<ManagementClient<Channel>, Failure> {
+    let channel = wardline_tls::client_endpoint(&c.endpoint, &c.ca, &c.cert, &c.key)
+        .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?
+        .timeout(CALL_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| {
+            let mut msg = format!("{}: {e}", c.endpoint);
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            fail(EXIT_UNAVAILABLE, msg)
+        })?;
+    Ok(ManagementClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}

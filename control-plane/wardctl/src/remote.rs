@@ -1,0 +1,325 @@
+//! The commands answered by the control plane, one request each, and how
+//! their answers are shown (`-o table`, `yaml`, `json`).
+
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+use wardline_proto::v1::{self, management_client::ManagementClient};
+
+use crate::cli::{Output, RemoteCommand};
+use crate::failure::{EXIT_UNHEALTHY, Failure, fail, from_status, read_file};
+use crate::table::table;
+
+fn print_value(output: Output, value: &Value, table: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Output::Yaml => print!("{}", serde_yaml::to_string(value).unwrap_or_default()),
+        Output::Table => print!("{}", table()),
+    }
+}
+
+fn changes_json(c: &[v1::Change]) -> Value {
+    Value::Array(
+        c.iter()
+            .map(|c| json!({"kind": c.kind, "name": c.name, "action": c.action}))
+            .collect(),
+    )
+}
+
+fn changes_text(c: &[v1::Change]) -> String {
+    if c.len() <= 3 {
+        return c
+            .iter()
+            .map(|c| format!("{} {} {}", c.action, c.kind.to_lowercase(), c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    // Many changes: counted by action and kind (-o json lists them all).
+    let mut counts: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    for c in c {
+        *counts
+            .entry((c.action.as_str(), c.kind.as_str()))
+            .or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|((action, kind), n)| format!("{action} {n} {}", kind.to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> Result<(), Failure> {
+    match command {
+        RemoteCommand::Apply {
+            file,
+            prune,
+            expected_revision,
+            message,
+            output,
+        } => {
+            let source = read_file(&file)?;
+            let r = c
+                .apply(v1::ApplyRequest {
+                    source,
+                    expected_revision,
+                    message,
+                    prune,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let value = json!({"revision": r.revision, "unchanged": r.unchanged, "changes": changes_json(&r.changes)});
+            print_value(output, &value, || {
+                if r.unchanged {
+                    format!(
+                        "unchanged: revision {} already has these documents\n",
+                        r.revision
+                    )
+                } else {
+                    format!(
+                        "applied as revision {}: {}\n",
+                        r.revision,
+                        changes_text(&r.changes)
+                    )
+                }
+            });
+        }
+        RemoteCommand::Diff { file, prune } => {
+            let source = read_file(&file)?;
+            let r = c
+                .diff(v1::DiffRequest { source, prune })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            if r.changes.is_empty() {
+                println!("no changes against revision {}", r.revision);
+            } else {
+                println!(
+                    "against revision {}: {}",
+                    r.revision,
+                    changes_text(&r.changes)
+                );
+                print!("{}", r.diff);
+            }
+        }
+        RemoteCommand::Get {
+            kind,
+            name,
+            revision,
+            output,
+        } => {
+            let r = c
+                .get(v1::GetRequest {
+                    kind: kind.unwrap_or_default(),
+                    name: name.unwrap_or_default(),
+                    revision,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            match output {
+                Output::Yaml => {
+                    for d in &r.documents {
+                        print!("---\n{}", d.yaml);
+                    }
+                }
+                Output::Json => {
+                    let docs: Vec<Value> = r
+                        .documents
+                        .iter()
+                        .map(|d| {
+                            let doc: Value = serde_yaml::from_str(&d.yaml).unwrap_or(Value::Null);
+                            json!({"kind": d.kind, "name": d.name, "document": doc})
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({"revision": r.revision, "documents": docs})
+                        )
+                        .unwrap_or_default()
+                    );
+                }
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = r
+                        .documents
+                        .iter()
+                        .map(|d| vec![d.kind.clone(), d.name.clone()])
+                        .collect();
+                    print!("{}", table(&["KIND", "NAME"], &rows));
+                    println!("(revision {})", r.revision);
+                }
+            }
+        }
+        RemoteCommand::Delete {
+            kind,
+            name,
+            expected_revision,
+            message,
+        } => {
+            let r = c
+                .delete(v1::DeleteRequest {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    expected_revision,
+                    message,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            println!("deleted {kind} {name}; revision {}", r.revision);
+        }
+        RemoteCommand::History { limit, output } => {
+            let r = c
+                .history(v1::HistoryRequest { limit })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let value = Value::Array(
+                r.revisions
+                    .iter()
+                    .map(|h| {
+                        json!({"revision": h.revision, "time": h.time, "author": h.author,
+                               "action": h.action, "message": h.message,
+                               "changes": changes_json(&h.changes), "policySha256": h.policy_sha256,
+                               "segments": h.segments, "policies": h.policies})
+                    })
+                    .collect(),
+            );
+            print_value(output, &value, || {
+                let rows: Vec<Vec<String>> = r
+                    .revisions
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            h.revision.to_string(),
+                            h.time.clone(),
+                            h.author.clone(),
+                            h.action.clone(),
+                            changes_text(&h.changes),
+                            h.message.clone(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["REVISION", "TIME", "AUTHOR", "ACTION", "CHANGES", "MESSAGE"],
+                    &rows,
+                )
+            });
+        }
+        RemoteCommand::Rollback {
+            revision,
+            expected_revision,
+            message,
+        } => {
+            let r = c
+                .rollback(v1::RollbackRequest {
+                    to_revision: revision,
+                    expected_revision,
+                    message,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            println!(
+                "rolled back to revision {revision} as revision {}: {}",
+                r.revision,
+                changes_text(&r.changes)
+            );
+        }
+        RemoteCommand::Status { output, check } => {
+            let r = c
+                .status(v1::StatusRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let value = json!({
+                "revision": r.revision, "policySha256": r.policy_sha256, "replica": r.replica,
+                "agents": r.agents.iter().map(|a| json!({
+                    "node": a.node, "connected": a.connected, "ackedRevision": a.acked_revision,
+                    "behind": a.behind, "lastHeartbeat": a.last_heartbeat, "generation": a.generation,
+                    "addresses": a.addresses, "labels": a.labels, "replica": a.replica, "error": a.error,
+                    "admission": a.admission, "approval": a.approval_name,
+                    "refusedAddresses": a.refused_addresses, "reportedLabels": a.reported_labels,
+                    "leftOut": a.left_out,
+                })).collect::<Vec<_>>(),
+            });
+            print_value(output, &value, || {
+                let rows: Vec<Vec<String>> = r
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        let admission = match a.admission.as_str() {
+                            "approved" => format!("approved ({})", a.approval_name),
+                            "pending" => "PENDING".to_owned(),
+                            other => other.to_owned(),
+                        };
+                        vec![
+                            a.node.clone(),
+                            admission,
+                            if a.connected { "yes" } else { "NO" }.to_owned(),
+                            a.acked_revision.to_string(),
+                            if a.behind { "BEHIND" } else { "" }.to_owned(),
+                            a.last_heartbeat.clone(),
+                            a.replica.clone(),
+                            a.error.clone(),
+                        ]
+                    })
+                    .collect();
+                // What a node claimed and was not given, for operators to
+                // look into: a lying or misconfigured agent shows here.
+                let mut warnings = String::new();
+                for a in &r.agents {
+                    if !a.refused_addresses.is_empty() {
+                        warnings += &format!(
+                            "\n{}: addresses outside its approved ranges, not used: {}",
+                            a.node,
+                            a.refused_addresses.join(", ")
+                        );
+                    }
+                    if !a.reported_labels.is_empty() {
+                        let mut labels: Vec<_> = a
+                            .reported_labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        labels.sort();
+                        warnings += &format!(
+                            "\n{}: reports labels that are not its own, not used: {}",
+                            a.node,
+                            labels.join(", ")
+                        );
+                    }
+                    if !a.left_out.is_empty() {
+                        warnings += &format!("\n{}", a.left_out);
+                    }
+                }
+                format!(
+                    "revision {} (policy sha256 {}), answered by {}\n{}{warnings}",
+                    r.revision,
+                    r.policy_sha256,
+                    r.replica,
+                    table(
+                        &[
+                            "NODE",
+                            "ADMISSION",
+                            "CONNECTED",
+                            "ACKED",
+                            "STATE",
+                            "LAST HEARTBEAT",
+                            "REPLICA",
+                            "ERROR"
+                        ],
+                        &rows
+                    )
+                )
+            });
+            if check && r.agents.iter().any(|a| !a.connected || a.behind) {
+                return Err(fail(EXIT_UNHEALTHY, "an agent is disconnected or behind"));
+            }
+        }
+    }
+    Ok(())
+}

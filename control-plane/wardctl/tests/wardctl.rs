@@ -1,0 +1,189 @@
+//! `wardctl` as operators and scripts use it: config file or environment,
+//! output formats, and exit codes.
+
+use std::process::{Command, Output};
+
+use wardline_control_plane::testing::site;
+use wardline_proto::v1;
+
+fn wardctl(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wardctl"));
+    cmd.args(args)
+        .env_remove("WARDCTL_ENDPOINT")
+        .env_remove("WARDCTL_CA")
+        .env_remove("WARDCTL_CERT")
+        .env_remove("WARDCTL_KEY");
+    cmd.env("WARDCTL_CONFIG", "/nonexistent/wardctl.yaml")
+        .env("HOME", "/nonexistent");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("wardctl runs")
+}
+
+async fn run(args: &[&str], env: &[(&str, String)]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(&'static str, String)> = env.iter().map(|(k, v)| (leak(k), v.clone())).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        wardctl(&args, &env)
+    })
+    .await
+    .unwrap()
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const POLICY: &str = "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: pumps}\nspec: {cidrs: [\"198.18.30.0/24\"]}\n---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {name: ehr}\nspec: {cidrs: [\"198.18.41.0/24\"]}\n---\napiVersion: wardline/v1\nkind: Policy\nmetadata: {name: pumps-to-ehr}\nspec: {action: allow, from: [pumps], to: [ehr], ports: [{protocol: tcp, port: 2575}]}\n";
+
+#[tokio::test]
+async fn config_environment_formats_and_exit_codes() {
+    let site = site("wardctl").await;
+    let dir = site.dir.clone();
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, POLICY).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, POLICY.replace("port: 2575", "port: 0")).unwrap();
+    let f = file.to_str().unwrap();
+
+    // Offline validation: the same errors, exit 3 when invalid.
+    let o = run(&["validate", "-f", f], &[]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["validate", "-f", bad.to_str().unwrap()], &[]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("document 3") && text(&o).contains("spec.ports[0].port"),
+        "{}",
+        text(&o)
+    );
+
+    // Nothing configured: says what is missing.
+    let o = run(&["status"], &[]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no endpoint"), "{}", text(&o));
+
+    // From a config file.
+    let config = dir.join("wardctl.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "endpoint: {}\ncaFile: {}\ncertFile: {}\nkeyFile: {}\n",
+            site.endpoint,
+            dir.join("ca/ca.pem").display(),
+            dir.join("alice.pem").display(),
+            dir.join("alice-key.pem").display()
+        ),
+    )
+    .unwrap();
+    let cfg = [("WARDCTL_CONFIG", config.display().to_string())];
+    let o = run(&["apply", "-f", f, "-m", "first"], &cfg).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("applied as revision 1"), "{}", text(&o));
+    let o = run(&["get", "policy", "-o", "yaml"], &cfg).await;
+    assert!(
+        text(&o).contains("kind: Policy") && text(&o).contains("pumps-to-ehr"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["get", "-o", "table"], &cfg).await;
+    assert!(
+        text(&o).contains("KIND") && text(&o).contains("Segment  pumps"),
+        "{}",
+        text(&o)
+    );
+
+    // From the environment, JSON out; an agent appears in status.
+    let mut gw = site.agent("gw-1").await;
+    gw.register(v1::RegisterRequest {
+        node: "gw-1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    gw.heartbeat(v1::HeartbeatRequest {
+        node: "gw-1".into(),
+        revision: 0,
+        generation: 0,
+    })
+    .await
+    .unwrap();
+    let env = [
+        ("WARDCTL_ENDPOINT", site.endpoint.clone()),
+        ("WARDCTL_CA", dir.join("ca/ca.pem").display().to_string()),
+        ("WARDCTL_CERT", dir.join("alice.pem").display().to_string()),
+        (
+            "WARDCTL_KEY",
+            dir.join("alice-key.pem").display().to_string(),
+        ),
+    ];
+    let o = run(&["status", "-o", "json"], &env).await;
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(v["revision"], 1);
+    assert_eq!(v["agents"][0]["node"], "gw-1");
+    let o = run(&["history", "-o", "json"], &env).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["message"], "first");
+    assert_eq!(v[0]["author"], "operator:alice");
+
+    // Exit codes scripts can use.
+    std::fs::write(&file, POLICY.replace("2575", "2576")).unwrap();
+    let o = run(&["apply", "-f", f, "--expected-revision", "0"], &env).await;
+    assert_eq!(o.status.code(), Some(4), "stale revision: {}", text(&o));
+    let mut op = site.operator().await;
+    let h = op
+        .history(v1::HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.revisions.len(), 1, "the stale apply wrote nothing");
+    let o = run(&["apply", "-f", bad.to_str().unwrap()], &env).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = run(&["get", "policy", "nope"], &env).await;
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let mut closed = env.clone();
+    closed[0].1 = "https://127.0.0.1:1".into();
+    let o = run(&["status"], &closed).await;
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    let mut as_agent = env.clone();
+    as_agent[2].1 = dir.join("gw-1.pem").display().to_string();
+    as_agent[3].1 = dir.join("gw-1-key.pem").display().to_string();
+    let o = run(&["status"], &as_agent).await;
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    let o = run(&["status", "--check"], &env).await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "gw-1 is connected, within its grace period: {}",
+        text(&o)
+    );
+    let mut gw2 = site.agent("gw-2").await;
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let o = run(&["status", "--check"], &env).await;
+    assert_eq!(
+        o.status.code(),
+        Some(8),
+        "gw-2 registered and never heartbeat: {}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("gw-2") && text(&o).contains("NO"),
+        "{}",
+        text(&o)
+    );
+}
