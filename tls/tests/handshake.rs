@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -26,78 +25,16 @@ use wardline_tls::{self as tls, Identity, Role, TlsError};
 
 /// Upper bound of every wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
-/// Validity of the certificates issued here.
-const DAYS: u32 = 30;
+use wardline_pki::testing::Site;
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "wardline-pki-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
+/// The TLS configurations of the scratch site's parties.
+trait SiteTls {
+    fn server_tls(&self) -> ServerTlsConfig;
+    fn client_tls(&self, name: &str) -> ClientTlsConfig;
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A site: its CA, a control-plane certificate for `localhost` and
-/// `127.0.0.1`, an agent and an operator certificate.
-struct Site {
-    dir: TempDir,
-    ca: PathBuf,
-}
-
-impl Site {
-    fn new(site: &str) -> Self {
-        let dir = TempDir::new(site);
-        let ca_dir = dir.path().join("ca");
-        let ca = pki::init_ca(&ca_dir, site).unwrap_or_else(|err| panic!("init_ca: {err}"));
-        let this = Self { dir, ca: ca.cert };
-        this.issue(Role::ControlPlane, "cp", &["localhost", "127.0.0.1"]);
-        this.issue(Role::Agent, "node-1", &[]);
-        this.issue(Role::Operator, "alice", &[]);
-        this
-    }
-
-    fn ca_dir(&self) -> PathBuf {
-        self.dir.path().join("ca")
-    }
-
-    fn certs_dir(&self) -> PathBuf {
-        self.dir.path().join("certs")
-    }
-
-    fn issue(&self, role: Role, name: &str, sans: &[&str]) -> pki::IssuedPaths {
-        let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
-        pki::issue(&self.ca_dir(), role, name, &sans, &self.certs_dir(), DAYS)
-            .unwrap_or_else(|err| panic!("issue {role} {name}: {err}"))
-    }
-
-    fn cert(&self, name: &str) -> PathBuf {
-        self.certs_dir().join(format!("{name}.pem"))
-    }
-
-    fn key(&self, name: &str) -> PathBuf {
-        self.certs_dir().join(format!("{name}-key.pem"))
-    }
-
+impl SiteTls for Site {
     fn server_tls(&self) -> ServerTlsConfig {
         tls::server_tls(&self.ca, &self.cert("cp"), &self.key("cp"))
             .unwrap_or_else(|err| panic!("server_tls: {err}"))
@@ -744,7 +681,7 @@ fn tls_errors_name_the_file_at_fault() {
     let cert = site.cert("node-1");
     let key = site.key("node-1");
 
-    let missing = site.dir.path().join("missing.pem");
+    let missing = site.dir().join("missing.pem");
     let err = tls::client_tls(ca, &missing, &key, "localhost")
         .err()
         .unwrap_or_else(|| panic!("missing certificate accepted"));
@@ -754,7 +691,7 @@ fn tls_errors_name_the_file_at_fault() {
         "{err}"
     );
 
-    let garbage = site.dir.path().join("garbage.pem");
+    let garbage = site.dir().join("garbage.pem");
     std::fs::write(&garbage, "hello").unwrap_or_else(|err| panic!("write: {err}"));
     let err = tls::client_tls(ca, &garbage, &key, "localhost")
         .err()

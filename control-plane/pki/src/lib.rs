@@ -17,6 +17,9 @@
 //! runs it offline, on the machine that keeps the CA key.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "test-support")]
+pub mod testing;
+
 use std::fs;
 use std::io::{self, Write};
 use std::net::IpAddr;

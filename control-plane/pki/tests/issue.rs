@@ -1,85 +1,12 @@
 //! The site PKI's files: certificates carry their identity, keys are
 //! private, and nothing is overwritten or issued for a bad name.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use wardline_pki::{self as pki, PkiError};
 use wardline_tls::{Identity, IdentityError, Role, identity_of};
 
-/// Validity of the certificates issued here.
-const DAYS: u32 = 30;
-
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "wardline-pki-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A site: its CA, a control-plane certificate for `localhost` and
-/// `127.0.0.1`, an agent and an operator certificate.
-struct Site {
-    dir: TempDir,
-    ca: PathBuf,
-}
-
-impl Site {
-    fn new(site: &str) -> Self {
-        let dir = TempDir::new(site);
-        let ca_dir = dir.path().join("ca");
-        let ca = pki::init_ca(&ca_dir, site).unwrap_or_else(|err| panic!("init_ca: {err}"));
-        let this = Self { dir, ca: ca.cert };
-        this.issue(Role::ControlPlane, "cp", &["localhost", "127.0.0.1"]);
-        this.issue(Role::Agent, "node-1", &[]);
-        this.issue(Role::Operator, "alice", &[]);
-        this
-    }
-
-    fn ca_dir(&self) -> PathBuf {
-        self.dir.path().join("ca")
-    }
-
-    fn certs_dir(&self) -> PathBuf {
-        self.dir.path().join("certs")
-    }
-
-    fn issue(&self, role: Role, name: &str, sans: &[&str]) -> pki::IssuedPaths {
-        let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
-        pki::issue(&self.ca_dir(), role, name, &sans, &self.certs_dir(), DAYS)
-            .unwrap_or_else(|err| panic!("issue {role} {name}: {err}"))
-    }
-
-    fn cert(&self, name: &str) -> PathBuf {
-        self.certs_dir().join(format!("{name}.pem"))
-    }
-
-    fn key(&self, name: &str) -> PathBuf {
-        self.certs_dir().join(format!("{name}-key.pem"))
-    }
-}
+use wardline_pki::testing::{DAYS, Site};
 
 fn identity(role: Role, name: &str) -> Identity {
     Identity {
@@ -219,7 +146,7 @@ fn issue_refuses_bad_names_and_overwrites() {
     .unwrap_or_else(|| panic!("existing certificate overwritten"));
     assert!(matches!(err, PkiError::FileExists { .. }), "{err}");
 
-    let missing = site.dir.path().join("no-ca");
+    let missing = site.dir().join("no-ca");
     let err = pki::issue(
         &missing,
         Role::Agent,
