@@ -82,7 +82,7 @@ pub fn admit(set: &PolicySet, registrations: &[Registration]) -> Vec<AdmittedNod
                 .partition(|a| ranges.iter().any(|net| net.contains(*a)));
             AdmittedNode {
                 name: r.name.clone(),
-                labels_differ: r.labels != labels && !(r.labels.is_empty()),
+                labels_differ: !r.labels.is_empty() && r.labels != labels,
                 admission,
                 labels,
                 addresses,
