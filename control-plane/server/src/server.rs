@@ -76,14 +76,18 @@ fn compile(record: &RevisionRecord, nodes: &[NodeInfo]) -> Result<Cluster, Strin
             revision: record.revision,
             policy_sha256: record.sha256.clone(),
             source,
-            // What a node reported of its labels is never used, so never
-            // passed on.
-            nodes: nodes
+            // What an agent needs to compile again when a window opens or
+            // closes: the admitted nodes and the addresses they were given.
+            // What a node claimed and was refused (its own labels, other
+            // addresses) never leaves the control plane.
+            nodes: admitted
                 .iter()
-                .map(|n| {
+                .filter(|a| a.is_admitted())
+                .map(|a| {
                     v1::NodeInfo::from(&NodeInfo {
+                        name: a.name.clone(),
                         labels: Default::default(),
-                        ..n.clone()
+                        addresses: a.addresses.clone(),
                     })
                 })
                 .collect(),

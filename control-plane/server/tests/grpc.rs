@@ -622,6 +622,13 @@ async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
         .expect("an apply right after succeeds");
     let after = next(&mut stream).await;
     assert_eq!(after.revision, 2);
+    // Nothing gw-1 claimed and was refused reaches another agent.
+    let gw1_sent = after.nodes.iter().find(|n| n.name == "gw-1");
+    assert!(
+        gw1_sent.is_some_and(|n| n.addresses == ["198.18.20.1"] && n.labels.is_empty()),
+        "gw-1 as other agents see it: {:?}",
+        after.nodes
+    );
     let dp = dataplane(&after);
     let ehr_id = dp.segments.iter().find(|s| s.name == "ehr").unwrap().id;
     assert!(
