@@ -337,6 +337,26 @@ async fn next(stream: &mut tonic::Streaming<v1::PolicySnapshot>) -> v1::PolicySn
         .expect("a snapshot")
 }
 
+/// `node`'s snapshot stream, from no revision known.
+async fn watch_from_start(
+    agent: &mut AgentApiClient<tonic::transport::Channel>,
+    node: &str,
+) -> tonic::Streaming<v1::PolicySnapshot> {
+    agent
+        .watch(v1::WatchRequest {
+            node: node.into(),
+            known_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The compiled tables a snapshot carries.
+fn tables(s: &v1::PolicySnapshot) -> wardline_policy::Dataplane {
+    wardline_policy::Dataplane::try_from(s.dataplane.as_ref().unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
     let site = site("agents").await;
@@ -356,17 +376,10 @@ async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
     })
     .await
     .unwrap();
-    let mut stream = gw1
-        .watch(v1::WatchRequest {
-            node: "gw-1".into(),
-            known_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_from_start(&mut gw1, "gw-1").await;
     let first = next(&mut stream).await;
     assert_eq!(first.revision, 1);
-    let dp = wardline_policy::Dataplane::try_from(first.dataplane.as_ref().unwrap()).unwrap();
+    let dp = tables(&first);
     assert!(
         !dp.prefixes
             .iter()
@@ -394,7 +407,7 @@ async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
     .unwrap();
     let joined = next(&mut stream).await;
     assert_eq!(joined.revision, 1);
-    let dp = wardline_policy::Dataplane::try_from(joined.dataplane.as_ref().unwrap()).unwrap();
+    let dp = tables(&joined);
     let server = dp
         .segments
         .iter()
@@ -454,14 +467,7 @@ async fn a_node_leaving_is_pushed_and_a_lagging_agent_is_flagged() {
     })
     .await
     .unwrap();
-    let mut stream = gw1
-        .watch(v1::WatchRequest {
-            node: "gw-1".into(),
-            known_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_from_start(&mut gw1, "gw-1").await;
     let first = next(&mut stream).await;
     gw1.ack(v1::AckRequest {
         node: "gw-1".into(),
@@ -473,8 +479,8 @@ async fn a_node_leaving_is_pushed_and_a_lagging_agent_is_flagged() {
     .await
     .unwrap();
     let has_server = |s: &v1::PolicySnapshot| {
-        let dp = wardline_policy::Dataplane::try_from(s.dataplane.as_ref().unwrap()).unwrap();
-        dp.prefixes
+        tables(s)
+            .prefixes
             .iter()
             .any(|(n, _)| n.to_string() == "198.18.42.10/32")
     };
@@ -553,9 +559,6 @@ async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
     ))
     .await
     .unwrap();
-    let dataplane = |s: &v1::PolicySnapshot| {
-        wardline_policy::Dataplane::try_from(s.dataplane.as_ref().unwrap()).unwrap()
-    };
     let mut gw2 = site.agent("gw-2").await;
     gw2.register(v1::RegisterRequest {
         node: "gw-2".into(),
@@ -564,15 +567,8 @@ async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
     })
     .await
     .unwrap();
-    let mut stream = gw2
-        .watch(v1::WatchRequest {
-            node: "gw-2".into(),
-            known_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let before = dataplane(&next(&mut stream).await);
+    let mut stream = watch_from_start(&mut gw2, "gw-2").await;
+    let before = tables(&next(&mut stream).await);
 
     // gw-1's key, stolen: it claims the pump server's role and an EHR host.
     let mut stolen = site.agent("gw-1").await;
@@ -598,7 +594,7 @@ async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
     // segments; the EHR address stays the EHR's.
     if let Ok(Some(Ok(s))) = tokio::time::timeout(Duration::from_millis(1500), stream.next()).await
     {
-        let after = dataplane(&s);
+        let after = tables(&s);
         assert_eq!(
             before.prefixes, after.prefixes,
             "a lying registration changed the tables"
@@ -629,7 +625,7 @@ async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
         "gw-1 as other agents see it: {:?}",
         after.nodes
     );
-    let dp = dataplane(&after);
+    let dp = tables(&after);
     let ehr_id = dp.segments.iter().find(|s| s.name == "ehr").unwrap().id;
     assert!(
         !dp.prefixes
