@@ -579,6 +579,23 @@ fn end_flood(flood: std::process::Child) -> u64 {
         .unwrap_or_else(|| panic!("no sent= in {stdout:?}"))
 }
 
+/// Twenty allowed connections from the workstation to the EHR's web
+/// port, each shown to echo before a flood starts.
+fn echoing_connections(topo: &Topology) -> Vec<TcpStream> {
+    let target = ehr_web(topo);
+    let conns: Vec<TcpStream> = topo.host("ws").ns.run_in(|| {
+        (0..20)
+            .map(|i| {
+                TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                    .unwrap_or_else(|e| panic!("allowed connection #{i}: {e}"))
+            })
+            .collect()
+    });
+    let quiet = silent(&conns, "before", Duration::from_secs(1));
+    assert!(quiet.is_empty(), "before the flood: {quiet:?}");
+    conns
+}
+
 /// The connections of `conns` that do not echo within `timeout`.
 fn silent(conns: &[TcpStream], tag: &str, timeout: Duration) -> Vec<String> {
     conns
@@ -606,18 +623,8 @@ fn attack_denied_syn_flood_cannot_starve_allowed_connections() {
     let topo = topology::routed_gateway();
     let ns = topo.agent_ns();
     let agent = ws_ehr_web_agent(&topo);
-    let ws = &topo.host("ws").ns;
-    let target = ehr_web(&topo);
-    let conns: Vec<TcpStream> = ws.run_in(|| {
-        (0..20)
-            .map(|i| {
-                TcpStream::connect_timeout(&target, Duration::from_secs(1))
-                    .unwrap_or_else(|e| panic!("allowed connection #{i}: {e}"))
-            })
-            .collect()
-    });
-    let quiet = silent(&conns, "before", Duration::from_secs(1));
-    assert!(quiet.is_empty(), "before the flood: {quiet:?}");
+    let conns = echoing_connections(&topo);
+    let (ws, target) = (&topo.host("ws").ns, ehr_web(&topo));
 
     // What Wardline dropped at ingress, by policy or as a dropped flow.
     let dropped = || {
@@ -718,18 +725,8 @@ fn attack_allowed_syn_flood_cannot_fill_the_tracking_table() {
             ],
         ),
     );
-    let ws = &topo.host("ws").ns;
-    let target = ehr_web(&topo);
-    let conns: Vec<TcpStream> = ws.run_in(|| {
-        (0..20)
-            .map(|i| {
-                TcpStream::connect_timeout(&target, Duration::from_secs(1))
-                    .unwrap_or_else(|e| panic!("allowed connection #{i}: {e}"))
-            })
-            .collect()
-    });
-    let quiet = silent(&conns, "before", Duration::from_secs(1));
-    assert!(quiet.is_empty(), "before the flood: {quiet:?}");
+    let conns = echoing_connections(&topo);
+    let (ws, target) = (&topo.host("ws").ns, ehr_web(&topo));
     let allowed_before = packets(&agent, ns, "ingress", "policy-allow");
     let flood = start_flood(&topo, "198.18.41.200", 8080, ALLOWED_FLOOD_FRAMES);
     let sent = end_flood(flood);
