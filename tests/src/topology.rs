@@ -190,20 +190,27 @@ pub fn routed_gateway() -> Topology {
 /// no segment, on VLAN 30), `rogue` (on VLAN 30 with an EHR address),
 /// `pump-server` and `ehr` (untagged, on the core side).
 pub fn vlan_bridge() -> Topology {
-    bridged_vlans(
-        vec![
-            (Host::new("pump", "198.18.30.10", "2001:db8:30::10"), 30),
-            (
-                Host::new("vlan-only", "198.18.99.30", "2001:db8:99::30"),
-                30,
-            ),
-            (Host::new("rogue", "198.18.41.66", "2001:db8:41::66"), 30),
-        ],
-        vec![
-            Host::new("pump-server", "198.18.42.10", "2001:db8:42::10"),
-            Host::new("ehr", "198.18.41.10", "2001:db8:41::10"),
-        ],
-    )
+    bridged_vlans(vlan30_hosts(), core_hosts())
+}
+
+/// The VLAN-30 access hosts of [`vlan_bridge`].
+fn vlan30_hosts() -> Vec<(Host, u16)> {
+    vec![
+        (Host::new("pump", "198.18.30.10", "2001:db8:30::10"), 30),
+        (
+            Host::new("vlan-only", "198.18.99.30", "2001:db8:99::30"),
+            30,
+        ),
+        (Host::new("rogue", "198.18.41.66", "2001:db8:41::66"), 30),
+    ]
+}
+
+/// The untagged core-side hosts of [`vlan_bridge`].
+fn core_hosts() -> Vec<Host> {
+    vec![
+        Host::new("pump-server", "198.18.42.10", "2001:db8:42::10"),
+        Host::new("ehr", "198.18.41.10", "2001:db8:41::10"),
+    ]
 }
 
 /// [`vlan_bridge`] with a second access VLAN: `vlan40` (198.18.40.10, an
@@ -213,21 +220,9 @@ pub fn vlan_bridge() -> Topology {
 /// Hosts: `pump`, `vlan-only` and `rogue` on VLAN 30, `vlan40` on VLAN 40,
 /// `pump-server` and `ehr` untagged on the core side.
 pub fn vlan_bridge_with_second_vlan() -> Topology {
-    bridged_vlans(
-        vec![
-            (Host::new("pump", "198.18.30.10", "2001:db8:30::10"), 30),
-            (
-                Host::new("vlan-only", "198.18.99.30", "2001:db8:99::30"),
-                30,
-            ),
-            (Host::new("rogue", "198.18.41.66", "2001:db8:41::66"), 30),
-            (Host::new("vlan40", "198.18.40.10", "2001:db8:40::10"), 40),
-        ],
-        vec![
-            Host::new("pump-server", "198.18.42.10", "2001:db8:42::10"),
-            Host::new("ehr", "198.18.41.10", "2001:db8:41::10"),
-        ],
-    )
+    let mut access = vlan30_hosts();
+    access.push((Host::new("vlan40", "198.18.40.10", "2001:db8:40::10"), 40));
+    bridged_vlans(access, core_hosts())
 }
 
 /// A transparent bridge gateway: `access` hosts behind an emulated access
