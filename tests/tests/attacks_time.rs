@@ -596,6 +596,19 @@ fn echoing_connections(topo: &Topology) -> Vec<TcpStream> {
     conns
 }
 
+/// Five new workstation-to-EHR connections, each to connect and echo
+/// within 700 ms: the ones that failed, and why.
+fn failed_fresh_connections(topo: &Topology) -> Vec<String> {
+    let (ws, target) = (&topo.host("ws").ns, ehr_web(topo));
+    (0..5)
+        .filter_map(|i| {
+            fresh_echo(ws, target, Duration::from_millis(700))
+                .err()
+                .map(|e| format!("new connection #{i}: {e}"))
+        })
+        .collect()
+}
+
 /// The connections of `conns` that do not echo within `timeout`.
 fn silent(conns: &[TcpStream], tag: &str, timeout: Duration) -> Vec<String> {
     conns
@@ -624,7 +637,6 @@ fn attack_denied_syn_flood_cannot_starve_allowed_connections() {
     let ns = topo.agent_ns();
     let agent = ws_ehr_web_agent(&topo);
     let conns = echoing_connections(&topo);
-    let (ws, target) = (&topo.host("ws").ns, ehr_web(&topo));
 
     // What Wardline dropped at ingress, by policy or as a dropped flow.
     let dropped = || {
@@ -651,13 +663,7 @@ fn attack_denied_syn_flood_cannot_starve_allowed_connections() {
     }
     let sent = end_flood(flood);
     // Right away, while every flooded tuple is still remembered.
-    let fresh: Vec<String> = (0..5)
-        .filter_map(|i| {
-            fresh_echo(ws, target, Duration::from_millis(700))
-                .err()
-                .map(|e| format!("new connection #{i}: {e}"))
-        })
-        .collect();
+    let fresh = failed_fresh_connections(&topo);
     let after = silent(&conns, "after", Duration::from_secs(2));
     let judged = dropped() - dropped_before;
     eprintln!(
@@ -726,18 +732,11 @@ fn attack_allowed_syn_flood_cannot_fill_the_tracking_table() {
         ),
     );
     let conns = echoing_connections(&topo);
-    let (ws, target) = (&topo.host("ws").ns, ehr_web(&topo));
     let allowed_before = packets(&agent, ns, "ingress", "policy-allow");
     let flood = start_flood(&topo, "198.18.41.200", 8080, ALLOWED_FLOOD_FRAMES);
     let sent = end_flood(flood);
     let allowed = packets(&agent, ns, "ingress", "policy-allow") - allowed_before;
-    let fresh: Vec<String> = (0..5)
-        .filter_map(|i| {
-            fresh_echo(ws, target, Duration::from_millis(700))
-                .err()
-                .map(|e| format!("new connection #{i}: {e}"))
-        })
-        .collect();
+    let fresh = failed_fresh_connections(&topo);
     let after = silent(&conns, "after", Duration::from_secs(2));
     eprintln!(
         "{sent} allowed SYNs sent, {allowed} counted policy-allow at the gateway; {} of 5 new \
