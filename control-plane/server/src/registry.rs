@@ -24,6 +24,9 @@ pub const CURRENT_KEY: &str = "/wardline/policy/current";
 pub const REVISIONS_PREFIX: &str = "/wardline/policy/revisions/";
 pub const NODES_PREFIX: &str = "/wardline/nodes/";
 pub const AGENTS_PREFIX: &str = "/wardline/agents/";
+/// Nodes operators removed: a certificate of one of these names can
+/// neither register nor receive policy until it is unblocked.
+pub const BLOCKED_PREFIX: &str = "/wardline/blocked/";
 
 /// The largest policy source accepted, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 16 << 20;
@@ -231,6 +234,15 @@ impl From<&NodeRecord> for NodeInfo {
     }
 }
 
+/// A node operators removed and keep out: who did it, when and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    pub node: String,
+    pub author: String,
+    pub time: String,
+    pub reason: String,
+}
+
 /// What the control plane last heard from an agent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -270,6 +282,12 @@ pub enum RegistryError {
     BadDocument { index: usize, message: String },
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The node was removed by an operator and is kept out.
+    #[error(
+        "node {:?} was removed by {} at {} ({}) and is blocked; `wardctl unblock {}` lets it register again",
+        .0.node, .0.author, .0.time, if .0.reason.is_empty() { "no reason given" } else { .0.reason.as_str() }, .0.node
+    )]
+    Blocked(BlockRecord),
     #[error("a stored record at {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
 }
@@ -643,8 +661,14 @@ impl Registry {
         .await
     }
 
+    /// Stores what a node reported. Refused (`Blocked`) for a blocked node,
+    /// also when the block lands while this registration is in flight.
     pub async fn register(&self, node: &NodeRecord) -> Result<(), RegistryError> {
         let key = format!("{NODES_PREFIX}{}", node.name);
+        let blocked_key = format!("{BLOCKED_PREFIX}{}", node.name);
+        if let Some(block) = self.blocked_node(&node.name).await? {
+            return Err(RegistryError::Blocked(block));
+        }
         // Only a real change is written: a reconnect with the same
         // addresses and labels recompiles nothing.
         if let Some(kv) = self.store.get(&key).await? {
@@ -653,23 +677,46 @@ impl Registry {
                 return Ok(());
             }
         }
-        self.store
+        let outcome = self
+            .store
             .txn(
-                vec![],
+                vec![Compare::ModRevision {
+                    key: blocked_key,
+                    revision: 0,
+                }],
                 vec![Op::Put {
                     key,
                     value: encode(node),
                 }],
             )
             .await?;
+        if !outcome.succeeded
+            && let Some(block) = self.blocked_node(&node.name).await?
+        {
+            return Err(RegistryError::Blocked(block));
+        }
         Ok(())
     }
 
-    pub async fn remove_node(&self, name: &str) -> Result<bool, RegistryError> {
+    /// Forgets node `name` (its registration and agent record) and blocks
+    /// it, in one transaction: it cannot register again, so its addresses
+    /// stay out of every segment, until [`Registry::unblock_node`]. A name
+    /// that never registered is blocked all the same (a key stolen from a
+    /// node that is away). Returns whether the node was registered.
+    pub async fn remove_node(
+        &self,
+        name: &str,
+        author: &str,
+        reason: &str,
+    ) -> Result<bool, RegistryError> {
         let key = format!("{NODES_PREFIX}{name}");
-        if self.store.get(&key).await?.is_none() {
-            return Ok(false);
-        }
+        let registered = self.store.get(&key).await?.is_some();
+        let block = BlockRecord {
+            node: name.to_owned(),
+            author: author.to_owned(),
+            time: now(),
+            reason: reason.to_owned(),
+        };
         self.store
             .txn(
                 vec![],
@@ -678,10 +725,42 @@ impl Registry {
                     Op::Delete {
                         key: format!("{AGENTS_PREFIX}{name}"),
                     },
+                    Op::Put {
+                        key: format!("{BLOCKED_PREFIX}{name}"),
+                        value: encode(&block),
+                    },
                 ],
             )
             .await?;
+        Ok(registered)
+    }
+
+    /// Lets a blocked node register again. Returns whether it was blocked.
+    pub async fn unblock_node(&self, name: &str) -> Result<bool, RegistryError> {
+        let key = format!("{BLOCKED_PREFIX}{name}");
+        if self.store.get(&key).await?.is_none() {
+            return Ok(false);
+        }
+        self.store.txn(vec![], vec![Op::Delete { key }]).await?;
         Ok(true)
+    }
+
+    /// Why node `name` is blocked, if it is.
+    pub async fn blocked_node(&self, name: &str) -> Result<Option<BlockRecord>, RegistryError> {
+        let key = format!("{BLOCKED_PREFIX}{name}");
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every blocked node, by name.
+    pub async fn blocked(&self) -> Result<Vec<BlockRecord>, RegistryError> {
+        let mut out = Vec::new();
+        for kv in self.store.range(BLOCKED_PREFIX).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
     }
 
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, RegistryError> {

@@ -26,8 +26,8 @@ use wardline_proto::convert::{format_time, validation_errors};
 use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Management};
 
 use crate::registry::{
-    AgentRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry, RegistryError,
-    RevisionAction, RevisionRecord, plan_apply, validate_plan,
+    AgentRecord, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
+    RegistryError, RevisionAction, RevisionRecord, plan_apply, validate_plan,
 };
 use wardline_tls::{Identity, MAX_MESSAGE_BYTES, Role, authorize};
 
@@ -54,9 +54,15 @@ pub struct Cluster {
     pub admitted: Arc<Vec<AdmittedNode>>,
     /// Nodes left out of segment membership, and why.
     pub conflicts: Arc<Vec<NodeConflict>>,
+    /// Nodes operators removed: refused on every call, their streams ended.
+    pub blocked: Arc<BTreeMap<String, BlockRecord>>,
 }
 
-fn compile(record: &RevisionRecord, nodes: &[NodeInfo]) -> Result<Cluster, String> {
+fn compile(
+    record: &RevisionRecord,
+    nodes: &[NodeInfo],
+    blocked: BTreeMap<String, BlockRecord>,
+) -> Result<Cluster, String> {
     let source = record.source();
     let set = wardline_policy::parse(&source).map_err(|e| e.to_string())?;
     let now = OffsetDateTime::now_utc();
@@ -100,7 +106,12 @@ fn compile(record: &RevisionRecord, nodes: &[NodeInfo]) -> Result<Cluster, Strin
         next_change: dp.next_change,
         admitted: Arc::new(admitted),
         conflicts: Arc::new(dp.node_conflicts.clone()),
+        blocked: Arc::new(blocked),
     })
+}
+
+fn blocked_status(block: &BlockRecord) -> Status {
+    Status::permission_denied(RegistryError::Blocked(block.clone()).to_string())
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -118,6 +129,7 @@ fn registry_status(e: RegistryError) -> Status {
             Status::not_found(e.to_string())
         }
         RegistryError::Store(_) => Status::unavailable(e.to_string()),
+        RegistryError::Blocked(_) => Status::permission_denied(e.to_string()),
         RegistryError::Corrupt { .. } => internal(e),
     }
 }
@@ -253,6 +265,15 @@ impl ControlPlane {
                 id.name
             )));
         }
+        let block = self
+            .cluster
+            .borrow()
+            .as_ref()
+            .and_then(|c| c.blocked.get(node).cloned());
+        if let Some(block) = block {
+            tracing::warn!(node, peer = ?req.remote_addr(), "refused: a removed node called");
+            return Err(blocked_status(&block));
+        }
         Ok(id)
     }
 }
@@ -290,15 +311,23 @@ impl Follower {
     async fn rebuild(&self) -> Result<(), RegistryError> {
         let (record, _) = self.registry.current().await?;
         let nodes = self.registry.node_infos().await?;
+        let blocked: BTreeMap<String, BlockRecord> = self
+            .registry
+            .blocked()
+            .await?
+            .into_iter()
+            .map(|b| (b.node.clone(), b))
+            .collect();
         let unchanged = self.tx.borrow().as_ref().is_some_and(|c| {
             c.record.revision == record.revision
                 && *c.nodes == nodes
+                && *c.blocked == blocked
                 && c.next_change.is_none_or(|t| t > OffsetDateTime::now_utc())
         });
         if unchanged {
             return Ok(());
         }
-        match compile(&record, &nodes) {
+        match compile(&record, &nodes, blocked) {
             Ok(cluster) => {
                 tracing::info!(
                     revision = record.revision,
@@ -542,14 +571,12 @@ impl Management for ControlPlane {
         let id = self.operator(&req)?;
         let r = req.into_inner();
         if r.kind.eq_ignore_ascii_case("node") {
-            let removed = self
+            let registered = self
                 .registry
-                .remove_node(&r.name)
+                .remove_node(&r.name, &author(&id), &r.message)
                 .await
                 .map_err(registry_status)?;
-            if !removed {
-                return Err(Status::not_found(format!("no node named {:?}", r.name)));
-            }
+            tracing::warn!(node = %r.name, registered, by = %id, "node removed and blocked");
             let current = self.registry.current().await.map_err(registry_status)?.0;
             return Ok(Response::new(v1::DeleteResponse {
                 revision: current.revision,
@@ -564,6 +591,25 @@ impl Management for ControlPlane {
         Ok(Response::new(v1::DeleteResponse {
             revision: record.revision,
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn unblock(
+        &self,
+        req: Request<v1::UnblockRequest>,
+    ) -> Result<Response<v1::UnblockResponse>, Status> {
+        let id = self.operator(&req)?;
+        let node = &req.get_ref().node;
+        if !self
+            .registry
+            .unblock_node(node)
+            .await
+            .map_err(registry_status)?
+        {
+            return Err(Status::not_found(format!("node {node:?} is not blocked")));
+        }
+        tracing::warn!(node = %node, by = %id, "node unblocked");
+        Ok(Response::new(v1::UnblockResponse {}))
     }
 
     #[tracing::instrument(skip_all)]
@@ -709,11 +755,25 @@ impl Management for ControlPlane {
                 replica: agent.replica.clone(),
             });
         }
+        let blocked = self
+            .registry
+            .blocked()
+            .await
+            .map_err(registry_status)?
+            .into_iter()
+            .map(|b| v1::BlockedNode {
+                node: b.node,
+                author: b.author,
+                time: b.time,
+                reason: b.reason,
+            })
+            .collect();
         Ok(Response::new(v1::StatusResponse {
             revision: current.revision,
             policy_sha256: current.sha256.clone(),
             agents: out,
             replica: self.replica.clone(),
+            blocked,
         }))
     }
 }
@@ -790,6 +850,10 @@ impl AgentApi for ControlPlane {
             let mut sent: Option<(u64, [u8; 32])> = None;
             loop {
                 let cluster = rx.borrow_and_update().clone();
+                if let Some(block) = cluster.as_ref().and_then(|c| c.blocked.get(&node)) {
+                    tracing::warn!(node = %node, "stream closed: the node was removed");
+                    Err(blocked_status(block))?;
+                }
                 if let Some(c) = cluster {
                     let key = (c.record.revision, c.dataplane_hash);
                     if sent != Some(key) {

@@ -640,3 +640,127 @@ async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
         "the honest pump server is still a member"
     );
 }
+
+#[tokio::test]
+async fn a_removed_node_is_cut_off_and_stays_out_until_unblocked() {
+    let site = site("blocked").await;
+    let mut op = site.operator().await;
+    op.apply(apply(
+        &format!("{SEGMENTS}---\n{NODES}---\n{POLICY}"),
+        None,
+        "",
+    ))
+    .await
+    .unwrap();
+    let register = |agent: &AgentApiClient<tonic::transport::Channel>| {
+        let mut agent = agent.clone();
+        async move {
+            agent
+                .register(v1::RegisterRequest {
+                    node: "gw-2".into(),
+                    addresses: vec!["198.18.42.10".into()],
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let has_server = |s: &v1::PolicySnapshot| {
+        tables(s)
+            .prefixes
+            .iter()
+            .any(|(n, _)| n.to_string() == "198.18.42.10/32")
+    };
+    let mut gw1 = site.agent("gw-1").await;
+    let mut gw1_stream = watch_from_start(&mut gw1, "gw-1").await;
+    next(&mut gw1_stream).await;
+    // gw-2's key was stolen; its agent is connected and streaming.
+    let mut gw2 = site.agent("gw-2").await;
+    register(&gw2).await.unwrap();
+    assert!(has_server(&next(&mut gw1_stream).await), "joined");
+    let mut gw2_stream = watch_from_start(&mut gw2, "gw-2").await;
+    next(&mut gw2_stream).await;
+
+    op.delete(v1::DeleteRequest {
+        kind: "node".into(),
+        name: "gw-2".into(),
+        expected_revision: None,
+        message: "key on a stolen laptop".into(),
+    })
+    .await
+    .unwrap();
+    assert!(!has_server(&next(&mut gw1_stream).await), "left");
+    // Its live stream is ended, not left running.
+    let ended = tokio::time::timeout(Duration::from_secs(5), gw2_stream.next())
+        .await
+        .expect("the stream ends within 5 s");
+    let err = ended.expect("an error, not a clean end").unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    // It cannot come back with the same certificate.
+    let err = register(&gw2).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(
+        err.message().contains("operator:alice") && err.message().contains("stolen laptop"),
+        "{}",
+        err.message()
+    );
+    let err = gw2
+        .watch(v1::WatchRequest {
+            node: "gw-2".into(),
+            known_revision: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    let err = gw2
+        .heartbeat(v1::HeartbeatRequest {
+            node: "gw-2".into(),
+            revision: 1,
+            generation: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    // gw-1 is told nothing of it: no snapshot with its address comes.
+    if let Ok(Some(Ok(s))) =
+        tokio::time::timeout(Duration::from_millis(1500), gw1_stream.next()).await
+    {
+        assert!(!has_server(&s), "a blocked node's address came back");
+    }
+    // Operators see it as blocked, and by whom.
+    let status = op.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert!(status.agents.iter().all(|a| a.node != "gw-2"));
+    assert_eq!(status.blocked.len(), 1);
+    assert_eq!(status.blocked[0].node, "gw-2");
+    assert_eq!(status.blocked[0].author, "operator:alice");
+    assert_eq!(status.blocked[0].reason, "key on a stolen laptop");
+    // Applies go on while it is blocked.
+    op.apply(apply(&POLICY.replace("443", "8443"), None, ""))
+        .await
+        .unwrap();
+    assert!(!has_server(&next(&mut gw1_stream).await));
+
+    // An agent cannot unblock itself; an operator can.
+    let err = ManagementClient::new(site.channel_as("gw-2").await)
+        .unblock(v1::UnblockRequest {
+            node: "gw-2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    op.unblock(v1::UnblockRequest {
+        node: "gw-2".into(),
+    })
+    .await
+    .unwrap();
+    let err = op
+        .unblock(v1::UnblockRequest {
+            node: "gw-2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    register(&gw2)
+        .await
+        .expect("registers again once unblocked");
+    assert!(has_server(&next(&mut gw1_stream).await), "back");
+}

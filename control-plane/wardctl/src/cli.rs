@@ -111,7 +111,8 @@ pub enum RemoteCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Delete a document (segment or policy) or forget a node.
+    /// Delete a document (segment or policy), or remove a node: its
+    /// registration is forgotten and its name blocked until `unblock`.
     Delete {
         kind: String,
         name: String,
@@ -120,6 +121,8 @@ pub enum RemoteCommand {
         #[arg(short, long, default_value = "")]
         message: String,
     },
+    /// Let a node removed by `delete node` register again.
+    Unblock { node: String },
     /// Every revision: who changed what, when, why.
     History {
         #[arg(long, default_value_t = 0)]

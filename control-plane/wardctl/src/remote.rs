@@ -169,7 +169,20 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                 .await
                 .map_err(from_status)?
                 .into_inner();
-            println!("deleted {kind} {name}; revision {}", r.revision);
+            if kind.eq_ignore_ascii_case("node") {
+                println!(
+                    "removed node {name}: blocked until `wardctl unblock {name}`; revision {}",
+                    r.revision
+                );
+            } else {
+                println!("deleted {kind} {name}; revision {}", r.revision);
+            }
+        }
+        RemoteCommand::Unblock { node } => {
+            c.unblock(v1::UnblockRequest { node: node.clone() })
+                .await
+                .map_err(from_status)?;
+            println!("unblocked node {node}: it may register again");
         }
         RemoteCommand::History { limit, output } => {
             let r = c
@@ -245,6 +258,9 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     "refusedAddresses": a.refused_addresses, "reportedLabels": a.reported_labels,
                     "leftOut": a.left_out,
                 })).collect::<Vec<_>>(),
+                "blocked": r.blocked.iter().map(|b| json!({
+                    "node": b.node, "author": b.author, "time": b.time, "reason": b.reason,
+                })).collect::<Vec<_>>(),
             });
             print_value(output, &value, || {
                 let rows: Vec<Vec<String>> = r
@@ -295,6 +311,19 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     if !a.left_out.is_empty() {
                         warnings += &format!("\n{}", a.left_out);
                     }
+                }
+                for b in &r.blocked {
+                    warnings += &format!(
+                        "\n{}: removed and blocked by {} at {}{}",
+                        b.node,
+                        b.author,
+                        b.time,
+                        if b.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", b.reason)
+                        }
+                    );
                 }
                 format!(
                     "revision {} (policy sha256 {}), answered by {}\n{}{warnings}",

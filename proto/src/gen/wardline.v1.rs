@@ -139,6 +139,30 @@ pub struct DeleteResponse {
     pub revision: u64,
 }
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnblockRequest {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnblockResponse {}
+/// A node operators removed: it can neither register nor receive policy.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlockedNode {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// The operator certificate that removed it.
+    #[prost(string, tag = "2")]
+    pub author: ::prost::alloc::string::String,
+    /// RFC 3339.
+    #[prost(string, tag = "3")]
+    pub time: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HistoryRequest {
     /// Most recent first; 0 for all.
@@ -263,6 +287,8 @@ pub struct StatusResponse {
     pub agents: ::prost::alloc::vec::Vec<AgentStatus>,
     #[prost(string, tag = "4")]
     pub replica: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "5")]
+    pub blocked: ::prost::alloc::vec::Vec<BlockedNode>,
 }
 /// Generated client implementations.
 pub mod management_client {
@@ -446,7 +472,8 @@ pub mod management_client {
                 .insert(GrpcMethod::new("wardline.v1.Management", "Get"));
             self.inner.unary(req, path, codec).await
         }
-        /// Deletes one document, as a new revision.
+        /// Deletes one document, as a new revision. Kind "node" instead forgets a
+        /// registered node and blocks its name (see Unblock).
         pub async fn delete(
             &mut self,
             request: impl tonic::IntoRequest<super::DeleteRequest>,
@@ -466,6 +493,31 @@ pub mod management_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("wardline.v1.Management", "Delete"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Lets a node removed by Delete register again.
+        pub async fn unblock(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UnblockRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UnblockResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Unblock",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Unblock"));
             self.inner.unary(req, path, codec).await
         }
         /// Every revision: who changed what, when.
@@ -578,11 +630,17 @@ pub mod management_server {
             &self,
             request: tonic::Request<super::GetRequest>,
         ) -> std::result::Result<tonic::Response<super::GetResponse>, tonic::Status>;
-        /// Deletes one document, as a new revision.
+        /// Deletes one document, as a new revision. Kind "node" instead forgets a
+        /// registered node and blocks its name (see Unblock).
         async fn delete(
             &self,
             request: tonic::Request<super::DeleteRequest>,
         ) -> std::result::Result<tonic::Response<super::DeleteResponse>, tonic::Status>;
+        /// Lets a node removed by Delete register again.
+        async fn unblock(
+            &self,
+            request: tonic::Request<super::UnblockRequest>,
+        ) -> std::result::Result<tonic::Response<super::UnblockResponse>, tonic::Status>;
         /// Every revision: who changed what, when.
         async fn history(
             &self,
@@ -880,6 +938,51 @@ pub mod management_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Unblock" => {
+                    #[allow(non_camel_case_types)]
+                    struct UnblockSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::UnblockRequest>
+                    for UnblockSvc<T> {
+                        type Response = super::UnblockResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UnblockRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::unblock(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UnblockSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
