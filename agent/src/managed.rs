@@ -6,34 +6,39 @@
 //! its own; it reconnects with backoff and resynchronises without a gap.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use ipnet::IpNet;
 use prost::Message as _;
+use rustls::pki_types::UnixTime;
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use wardline_backoff::Backoff;
-use wardline_policy::Dataplane;
-use wardline_policy::compile::NodeInfo;
+use wardline_policy::Schedule;
 use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
 use wardline_proto::v1::{self, agent_api_client::AgentApiClient};
+use wardline_signing::{Seal, Verifier};
 use wardline_tls::{MAX_MESSAGE_BYTES, ServerAddress};
 
 use crate::config::{AgentConfig, ControlPlane};
-use crate::runtime::{Enforced, Runtime};
+use crate::runtime::{Enforced, Runtime, Source};
 use crate::status::Shared;
 
 const SNAPSHOT_FILE: &str = "snapshot.pb";
+/// The revision and tables hash of the snapshot last enforced.
+const ENFORCED_FILE: &str = "enforced";
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// A snapshot handed from the connection task to the enforcing loop, and
 /// where the outcome (the generation, or why not) goes back.
 struct Incoming {
-    snapshot: v1::PolicySnapshot,
+    snapshot: v1::SignedSnapshot,
     reply: oneshot::Sender<Result<u32, String>>,
 }
 
@@ -72,57 +77,206 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn load_snapshot(dir: &Path) -> Option<v1::PolicySnapshot> {
-    let bytes = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
-    match v1::PolicySnapshot::decode(bytes.as_slice()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("the persisted snapshot is unreadable, ignored: {e}");
-            None
-        }
-    }
+/// A signed snapshot, checked: the seal verified, the tables decoded.
+struct Opened {
+    snapshot: v1::PolicySnapshot,
+    schedule: Schedule,
+    /// The replica that signed it.
+    signer: String,
 }
 
-fn persist_snapshot(dir: &Path, snapshot: &v1::PolicySnapshot) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    std::fs::write(&tmp, snapshot.encode_to_vec())?;
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
-}
-
-/// Checks a snapshot and enforces it; the previous policy stays in force
-/// when it cannot be.
-fn apply_snapshot(rt: &mut Runtime, s: &v1::PolicySnapshot, dir: &Path) -> Result<u32, String> {
-    if sha256_hex(s.source.as_bytes()) != s.policy_sha256 {
+/// Checks `signed`: it is sealed by a control-plane replica of the site
+/// CA over exactly these bytes, its tables match their hash and decode.
+/// The signer's certificate must be valid now (`from_disk`: at the time
+/// the snapshot was compiled, so that a replica certificate that expired
+/// since does not make the agent drop what it enforced).
+fn open_snapshot(
+    signed: &v1::SignedSnapshot,
+    verifier: &Verifier,
+    from_disk: bool,
+) -> Result<Opened, String> {
+    let snapshot = v1::PolicySnapshot::decode(signed.snapshot.as_ref())
+        .map_err(|e| format!("the snapshot cannot be decoded: {e}"))?;
+    let revision = snapshot.revision;
+    let at = if from_disk {
+        let compiled = OffsetDateTime::parse(&snapshot.compiled_at, &Rfc3339).map_err(|e| {
+            format!(
+                "revision {revision}: compiled_at {:?} is not RFC 3339: {e}",
+                snapshot.compiled_at
+            )
+        })?;
+        UnixTime::since_unix_epoch(Duration::from_secs(
+            u64::try_from(compiled.unix_timestamp()).unwrap_or(0),
+        ))
+    } else {
+        UnixTime::now()
+    };
+    let seal = Seal {
+        scheme: u16::try_from(signed.scheme)
+            .map_err(|_| format!("signature scheme {} is out of range", signed.scheme))?,
+        signature: signed.signature.to_vec(),
+        signer: signed.signer.to_vec(),
+    };
+    let signer = verifier
+        .verify(&signed.snapshot, &seal, at)
+        .map_err(|e| format!("revision {revision}: the signature is refused: {e}"))?;
+    if sha256_hex(&snapshot.tables) != snapshot.tables_sha256 {
         return Err(format!(
-            "revision {}: the source does not match its policy_sha256",
-            s.revision
+            "revision {revision}: the tables do not match their tables_sha256"
         ));
     }
-    let wire = s
-        .dataplane
-        .as_ref()
-        .ok_or_else(|| format!("revision {}: the snapshot has no dataplane", s.revision))?;
-    let dp = Dataplane::try_from(wire).map_err(|e| format!("revision {}: {e}", s.revision))?;
-    let set = wardline_policy::parse(&s.source)
-        .map_err(|e| format!("revision {}: the source does not validate: {e}", s.revision))?;
-    let nodes = s
-        .nodes
-        .iter()
-        .map(NodeInfo::try_from)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("revision {}: {e}", s.revision))?;
+    let tables = v1::Tables::decode(snapshot.tables.as_ref())
+        .map_err(|e| format!("revision {revision}: the tables cannot be decoded: {e}"))?;
+    let schedule = Schedule::try_from(&tables).map_err(|e| format!("revision {revision}: {e}"))?;
+    Ok(Opened {
+        snapshot,
+        schedule,
+        signer: signer.name,
+    })
+}
+
+/// The persisted snapshot (the signed bytes as received) and the record of
+/// which one this agent last enforced, in the node's state directory. Both
+/// files are the agent's alone (0600), written whole (fsync, then rename
+/// over the old, then fsync of the directory), so a crash leaves the old
+/// file or the new, never half of one.
+struct Persisted {
+    dir: PathBuf,
+}
+
+/// Which snapshot the agent last enforced: a persisted file that is not
+/// this one (rolled back to an older revision, or swapped) is refused.
+#[derive(Debug, PartialEq, Eq)]
+struct LastEnforced {
+    revision: u64,
+    tables_sha256: String,
+}
+
+impl Persisted {
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE)
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join(ENFORCED_FILE)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // An existing file keeps its mode: make sure.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, self.dir.join(name))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    /// Keeps `signed` as the snapshot in force.
+    fn store(&self, signed: &v1::SignedSnapshot, opened: &Opened) -> std::io::Result<()> {
+        self.write(SNAPSHOT_FILE, &signed.encode_to_vec())?;
+        let record = format!(
+            "{} {}\n",
+            opened.snapshot.revision, opened.snapshot.tables_sha256
+        );
+        self.write(ENFORCED_FILE, record.as_bytes())
+    }
+
+    fn last_enforced(&self) -> Result<Option<LastEnforced>, String> {
+        let path = self.record_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        };
+        let mut words = text.split_whitespace();
+        match (words.next().map(str::parse), words.next(), words.next()) {
+            (Some(Ok(revision)), Some(sha), None) => Ok(Some(LastEnforced {
+                revision,
+                tables_sha256: sha.to_owned(),
+            })),
+            _ => Err(format!(
+                "{} is not a record of an enforced snapshot",
+                path.display()
+            )),
+        }
+    }
+
+    /// The persisted snapshot, checked: signed by a replica, and the one
+    /// this agent last enforced. `Ok(None)`: there is none.
+    fn load(&self, verifier: &Verifier) -> Result<Option<(v1::SignedSnapshot, Opened)>, String> {
+        let path = self.snapshot_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        };
+        let refused = |why: String| {
+            format!(
+                "the persisted snapshot {} is refused: {why}",
+                path.display()
+            )
+        };
+        let signed = v1::SignedSnapshot::decode(bytes.as_slice())
+            .map_err(|e| refused(format!("it cannot be decoded: {e}")))?;
+        let opened = open_snapshot(&signed, verifier, true).map_err(refused)?;
+        let revision = opened.snapshot.revision;
+        match self.last_enforced().map_err(refused)? {
+            Some(last) if revision < last.revision => {
+                return Err(refused(format!(
+                    "it is revision {revision}, older than revision {} this agent last enforced (rolled back?)",
+                    last.revision
+                )));
+            }
+            Some(last) if last.tables_sha256 != opened.snapshot.tables_sha256 => {
+                return Err(refused(format!(
+                    "its tables (sha256 {}) are not the ones this agent last enforced (sha256 {}, revision {})",
+                    opened.snapshot.tables_sha256, last.tables_sha256, last.revision
+                )));
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                path = %self.record_path().display(),
+                "no record of the snapshot last enforced; the persisted one is taken on its signature alone"
+            ),
+        }
+        Ok(Some((signed, opened)))
+    }
+}
+
+/// Enforces a checked snapshot; the previous policy stays in force when
+/// it cannot be. Keeps it on disk once it is enforced.
+fn apply_snapshot(
+    rt: &mut Runtime,
+    signed: &v1::SignedSnapshot,
+    opened: Opened,
+    persisted: &Persisted,
+) -> Result<u32, String> {
+    let revision = opened.snapshot.revision;
     let next = Enforced {
-        sha256: s.policy_sha256.clone(),
-        set,
-        nodes,
-        revision: Some(s.revision),
+        sha256: opened.snapshot.policy_sha256.clone(),
+        source: Source::Compiled(opened.schedule.clone()),
+        revision: Some(revision),
+        tables_sha256: Some(opened.snapshot.tables_sha256.clone()),
     };
     let previous = rt.enforced.replace(next);
-    match rt.program(Some(dp)) {
+    match rt.program() {
         Ok(generation) => {
-            if let Err(e) = persist_snapshot(dir, s) {
-                tracing::warn!("persisting the snapshot in {}: {e}", dir.display());
+            if let Err(e) = persisted.store(signed, &opened) {
+                tracing::warn!(
+                    "persisting the snapshot in {}: {e}",
+                    persisted.dir.display()
+                );
             }
+            tracing::debug!(revision, signer = %opened.signer, "snapshot signature verified");
             let mut state = rt.state();
             state.reloads_ok += 1;
             state.last_error = None;
@@ -133,7 +287,25 @@ fn apply_snapshot(rt: &mut Runtime, s: &v1::PolicySnapshot, dir: &Path) -> Resul
             let mut state = rt.state();
             state.reloads_failed += 1;
             state.last_error = Some(format!("{e:#}"));
-            Err(format!("revision {}: {e:#}", s.revision))
+            Err(format!("revision {revision}: {e:#}"))
+        }
+    }
+}
+
+/// Checks a snapshot from the channel, then enforces it.
+fn receive(
+    rt: &mut Runtime,
+    signed: &v1::SignedSnapshot,
+    verifier: &Verifier,
+    persisted: &Persisted,
+) -> Result<u32, String> {
+    match open_snapshot(signed, verifier, false) {
+        Ok(opened) => apply_snapshot(rt, signed, opened, persisted),
+        Err(e) => {
+            let mut state = rt.state();
+            state.reloads_failed += 1;
+            state.last_error = Some(e.clone());
+            Err(e)
         }
     }
 }
@@ -161,14 +333,31 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
     }
     let dir = config.state_dir.join(&config.node);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("making {} the agent's alone", dir.display()))?;
+    let persisted = Persisted { dir };
+    let verifier = Verifier::from_ca_file(&cp.ca_file).context("spec.controlPlane.caFile")?;
     let mut rt = Runtime::open(config.clone(), "managed")?;
-    if let Some(snapshot) = load_snapshot(&dir) {
-        match apply_snapshot(&mut rt, &snapshot, &dir) {
-            Ok(_) => tracing::info!(
-                revision = snapshot.revision,
-                "enforcing the persisted snapshot until the control plane answers"
-            ),
-            Err(e) => tracing::error!("the persisted snapshot cannot be enforced: {e}"),
+    match persisted.load(&verifier) {
+        Ok(Some((signed, opened))) => {
+            let revision = opened.snapshot.revision;
+            match apply_snapshot(&mut rt, &signed, opened, &persisted) {
+                Ok(_) => tracing::info!(
+                    revision,
+                    "enforcing the persisted snapshot until the control plane answers"
+                ),
+                Err(e) => tracing::error!("the persisted snapshot cannot be enforced: {e}"),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(
+                generation = rt.adopted_generation,
+                "{e}; the dataplane pinned in the kernel (if any) stays in force until the control plane answers"
+            );
+            let mut state = rt.state();
+            state.reloads_failed += 1;
+            state.last_error = Some(e);
         }
     }
     let mut server = rt.serve()?;
@@ -190,7 +379,7 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
     loop {
         tokio::select! {
             Some(incoming) = rx.recv() => {
-                let outcome = apply_snapshot(&mut rt, &incoming.snapshot, &dir);
+                let outcome = receive(&mut rt, &incoming.snapshot, &verifier, &persisted);
                 if let Err(e) = &outcome {
                     tracing::error!("{e}; the previous policy stays in force");
                 }
@@ -310,7 +499,9 @@ impl Session {
                     let Some(snapshot) = message.context("receiving a snapshot")? else {
                         return Ok(());
                     };
-                    let (revision, sha) = (snapshot.revision, snapshot.policy_sha256.clone());
+                    // What the ack names; the enforcing loop checks the seal.
+                    let inner = v1::PolicySnapshot::decode(snapshot.snapshot.as_ref()).unwrap_or_default();
+                    let (revision, sha, tables) = (inner.revision, inner.policy_sha256, inner.tables_sha256);
                     let (reply, outcome) = oneshot::channel();
                     if self.tx.send(Incoming { snapshot, reply }).await.is_err() {
                         return Ok(());
@@ -321,7 +512,7 @@ impl Session {
                         Err(e) => (0, e),
                     };
                     client
-                        .ack(v1::AckRequest { node: node.clone(), revision, policy_sha256: sha, generation, error })
+                        .ack(v1::AckRequest { node: node.clone(), revision, policy_sha256: sha, generation, error, tables_sha256: tables })
                         .await
                         .context("acknowledging")?;
                 }

@@ -8,24 +8,35 @@ use anyhow::Context as _;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::task::JoinHandle;
-use wardline_policy::compile::NodeInfo;
-use wardline_policy::{CompileOptions, Dataplane, PolicySet};
+use wardline_policy::{CompileOptions, PolicySet, Schedule};
 
 use crate::config::{AgentConfig, FlowLog};
 use crate::enforcer::{self, Enforcer};
 use crate::events::{self, EventStats, Generations, Namer};
 use crate::status::{self, AgentState, InterfaceState, Shared};
 
-/// The policy now enforced: enough to compile it again when a window opens
-/// or closes, whoever supplied it.
+/// The policy now enforced, and how its window boundaries are followed.
 #[derive(Clone, Debug)]
 pub struct Enforced {
+    /// SHA-256 of the policy source (standalone: the file; managed: the
+    /// control plane's revision).
     pub sha256: String,
-    pub set: PolicySet,
-    /// Nodes `nodeSelector`s resolve against (managed mode).
-    pub nodes: Vec<NodeInfo>,
+    pub source: Source,
     /// The control plane's revision (managed mode).
     pub revision: Option<u64>,
+    /// SHA-256 of the tables the control plane sent (managed mode).
+    pub tables_sha256: Option<String>,
+}
+
+/// Where the tables come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Standalone: the policy file's documents, compiled here, again at
+    /// each window boundary.
+    Policy(PolicySet),
+    /// Managed: tables the control plane compiled, now and at the next
+    /// window boundaries. The agent never sees the policy source.
+    Compiled(Schedule),
 }
 
 pub struct Runtime {
@@ -139,46 +150,75 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Programs `dp` (compiled elsewhere) for the enforced policy, or, with
-    /// `None`, compiles the enforced policy for now. Returns the generation.
-    pub fn program(&mut self, dp: Option<Dataplane>) -> anyhow::Result<u32> {
-        let Some(enforced) = &self.enforced else {
+    /// Programs the enforced policy as in force now, with the window
+    /// boundaries ahead scheduled in the kernel. Returns the generation.
+    pub fn program(&mut self) -> anyhow::Result<u32> {
+        let now = OffsetDateTime::now_utc();
+        let Some(enforced) = &mut self.enforced else {
             anyhow::bail!("no policy to program");
         };
-        let now = OffsetDateTime::now_utc();
-        let dp = match dp {
-            Some(dp) => dp,
-            None => Dataplane::compile(
-                &enforced.set,
-                &CompileOptions {
-                    now,
-                    nodes: enforced.nodes.clone(),
-                },
-            )?,
+        let compiled;
+        let schedule = match &mut enforced.source {
+            Source::Policy(set) => {
+                compiled = Schedule::compile(
+                    set,
+                    &CompileOptions::at(now),
+                    wardline_ebpf_abi::MAX_SCHEDULED as usize,
+                )?;
+                &compiled
+            }
+            Source::Compiled(schedule) => {
+                // Boundaries the kernel already switched at are behind us.
+                if let Some(advanced) = schedule.advance(now) {
+                    *schedule = advanced;
+                }
+                if schedule.ahead.is_empty()
+                    && let Some(at) = schedule.now.next_change
+                {
+                    tracing::warn!(
+                        at = %at,
+                        "the tables from the control plane end before the window boundary at this time; \
+                         they stay in force after it until the control plane sends the next"
+                    );
+                }
+                &*schedule
+            }
         };
-        let dp = Arc::new(dp);
-        let ahead = window_boundaries(enforced, &dp, now)?;
+        let dp = &schedule.now;
         let tai_now = enforcer::tai_ns();
-        let steps: Vec<enforcer::Scheduled<'_>> = ahead
+        let steps: Vec<enforcer::Scheduled<'_>> = schedule
+            .ahead
             .iter()
             .map(|(at, dp)| enforcer::Scheduled {
                 dataplane: dp,
                 at_tai_ns: tai_at(tai_now, now, *at),
             })
             .collect();
-        let applied = self.enforcer().apply(&dp, &steps)?;
+        let applied = self
+            .shared
+            .enforcer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(dp, &steps)?;
         let generation = applied.live;
         let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
-        generations.insert(generation, &dp);
-        for (g, (_, dp)) in applied.scheduled.iter().zip(&ahead) {
+        generations.insert(generation, dp);
+        for (g, (_, dp)) in applied.scheduled.iter().zip(&schedule.ahead) {
             generations.insert(*g, dp);
         }
         drop(generations);
-        self.next_change = dp.next_change;
-        let (sha, revision) = (enforced.sha256.clone(), enforced.revision);
+        self.next_change = schedule.next_change();
+        let summary = (dp.segments.len(), dp.policies.len(), dp.rules.len());
+        let next_change = dp.next_change;
+        let (sha, revision, tables) = (
+            enforced.sha256.clone(),
+            enforced.revision,
+            enforced.tables_sha256.clone(),
+        );
         let mut state = self.state();
         state.generation = generation;
         state.policy_sha256 = Some(sha.clone());
+        state.tables_sha256 = tables;
         state.revision = revision;
         state.policy_applied_at = now.format(&Rfc3339).ok();
         drop(state);
@@ -187,10 +227,10 @@ impl Runtime {
             generation,
             revision = ?revision,
             policy_sha256 = %sha,
-            segments = dp.segments.len(),
-            policies = dp.policies.len(),
-            rules = dp.rules.len(),
-            next_change = ?dp.next_change,
+            segments = summary.0,
+            policies = summary.1,
+            rules = summary.2,
+            next_change = ?next_change,
             "policy enforced"
         );
         Ok(generation)
@@ -230,7 +270,7 @@ impl Runtime {
             .is_some_and(|t| OffsetDateTime::now_utc() >= t)
         {
             tracing::info!("a policy window opened or closed");
-            if let Err(e) = self.program(None) {
+            if let Err(e) = self.program() {
                 tracing::error!("reprogramming at a window boundary failed: {e:#}");
             }
         }
@@ -266,32 +306,6 @@ impl Runtime {
         }
         state.interfaces = states;
     }
-}
-
-/// The policy at each of the next window boundaries after `now`, at most
-/// [`wardline_ebpf_abi::MAX_SCHEDULED`], compiled as it will be in force then.
-fn window_boundaries(
-    enforced: &Enforced,
-    dp: &Dataplane,
-    now: OffsetDateTime,
-) -> anyhow::Result<Vec<(OffsetDateTime, Dataplane)>> {
-    let mut out = Vec::new();
-    let mut next = dp.next_change.filter(|t| *t > now);
-    while let Some(at) = next {
-        if out.len() >= wardline_ebpf_abi::MAX_SCHEDULED as usize {
-            break;
-        }
-        let dp = Dataplane::compile(
-            &enforced.set,
-            &CompileOptions {
-                now: at,
-                nodes: enforced.nodes.clone(),
-            },
-        )?;
-        next = dp.next_change.filter(|t| *t > at);
-        out.push((at, dp));
-    }
-    Ok(out)
 }
 
 /// The `CLOCK_TAI` instant of wall-clock instant `at`, given both clocks now.

@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use wardline_policy::{CompileOptions, Dataplane};
 
 use crate::config::AgentConfig;
-use crate::runtime::{Enforced, Runtime};
+use crate::runtime::{Enforced, Runtime, Source};
 
 /// Why a policy source was refused.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +63,9 @@ fn validate(path: &Path, bytes: &[u8], sha256: String) -> Result<Enforced, Polic
     })?;
     Ok(Enforced {
         sha256,
-        set,
-        nodes: Vec::new(),
+        source: Source::Policy(set),
         revision: None,
+        tables_sha256: None,
     })
 }
 
@@ -91,7 +91,7 @@ impl Standalone {
             Ok(None) => {}
             Ok(Some(loaded)) => {
                 let previous = self.rt.enforced.replace(loaded);
-                match self.rt.program(None) {
+                match self.rt.program() {
                     Ok(_) => {
                         let mut state = self.rt.state();
                         state.reloads_ok += 1;

@@ -23,6 +23,8 @@ pub struct AgentState {
     pub mode: &'static str,
     /// SHA-256 of the policy source now enforced; `None` before any.
     pub policy_sha256: Option<String>,
+    /// Managed mode: SHA-256 of the compiled tables the control plane sent.
+    pub tables_sha256: Option<String>,
     pub generation: u32,
     /// Managed mode: the control plane's revision now enforced.
     pub revision: Option<u64>,

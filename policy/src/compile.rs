@@ -139,6 +139,64 @@ pub struct Dataplane {
     pub next_change: Option<OffsetDateTime>,
 }
 
+/// The tables in force now and at each of the next policy window
+/// boundaries: what an agent needs to open and close windows on time
+/// without the policy source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub now: Dataplane,
+    /// In time order, each strictly after the one before.
+    pub ahead: Vec<(OffsetDateTime, Dataplane)>,
+}
+
+impl Schedule {
+    /// Compiles `set` as in force at `options.now` and at each of the next
+    /// `max_ahead` window boundaries after it.
+    pub fn compile(
+        set: &PolicySet,
+        options: &CompileOptions,
+        max_ahead: usize,
+    ) -> Result<Schedule, CompileError> {
+        let now = Dataplane::compile(set, options)?;
+        let mut ahead = Vec::new();
+        let mut next = now.next_change.filter(|t| *t > options.now);
+        while let Some(at) = next {
+            if ahead.len() >= max_ahead {
+                break;
+            }
+            let dp = Dataplane::compile(
+                set,
+                &CompileOptions {
+                    now: at,
+                    nodes: options.nodes.clone(),
+                },
+            )?;
+            next = dp.next_change.filter(|t| *t > at);
+            ahead.push((at, dp));
+        }
+        Ok(Schedule { now, ahead })
+    }
+
+    /// The schedule as it stands at `at`: the last boundary passed becomes
+    /// the tables now, the ones still ahead stay. `None` when nothing
+    /// passed.
+    pub fn advance(&self, at: OffsetDateTime) -> Option<Schedule> {
+        let passed = self.ahead.iter().take_while(|(t, _)| *t <= at).count();
+        if passed == 0 {
+            return None;
+        }
+        Some(Schedule {
+            now: self.ahead[passed - 1].1.clone(),
+            ahead: self.ahead[passed..].to_vec(),
+        })
+    }
+
+    /// When the tables next change: the first boundary ahead.
+    pub fn next_change(&self) -> Option<OffsetDateTime> {
+        self.ahead.first().map(|(t, _)| *t)
+    }
+}
+
 /// Per-generation capacity of the kernel's tables.
 pub const PREFIX_LIMIT: usize = wardline_ebpf_abi::PREFIXES_PER_GENERATION as usize;
 pub const RULE_LIMIT: usize = wardline_ebpf_abi::RULES_PER_GENERATION as usize;

@@ -11,7 +11,7 @@ pub mod packet;
 pub mod parse;
 pub mod reference;
 
-pub use compile::{CompileOptions, Dataplane};
+pub use compile::{CompileOptions, Dataplane, Schedule};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::*;
 pub use name::{NameError, NameProblem, NodeName};

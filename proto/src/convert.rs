@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use wardline_ebpf_abi::RuleValue;
 use wardline_policy::compile::{CompiledPolicy, CompiledSegment, NodeInfo, RuleEntry};
-use wardline_policy::{Action, Dataplane, Mode, PolicyErrors};
+use wardline_policy::{Action, Dataplane, Mode, PolicyErrors, Schedule};
 
 use crate::v1;
 
@@ -262,6 +262,57 @@ impl TryFrom<&v1::Dataplane> for Dataplane {
             flags: w.flags,
             next_change: parse_time("dataplane.next_change", &w.next_change)?,
         })
+    }
+}
+
+impl From<&Schedule> for v1::Tables {
+    fn from(s: &Schedule) -> Self {
+        v1::Tables {
+            now: Some(v1::Dataplane::from(&s.now)),
+            scheduled: s
+                .ahead
+                .iter()
+                .map(|(at, dp)| v1::ScheduledDataplane {
+                    at: format_time(*at),
+                    dataplane: Some(v1::Dataplane::from(dp)),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<&v1::Tables> for Schedule {
+    type Error = WireError;
+
+    /// Also checks that the boundaries ahead are in strictly increasing
+    /// order: the kernel switches to each in turn.
+    fn try_from(w: &v1::Tables) -> Result<Self, WireError> {
+        let now = Dataplane::try_from(
+            w.now
+                .as_ref()
+                .ok_or_else(|| wire_err("tables.now", "missing"))?,
+        )
+        .map_err(|e| wire_err(format!("tables.now.{}", e.field), e.message))?;
+        let mut ahead: Vec<(OffsetDateTime, Dataplane)> = Vec::with_capacity(w.scheduled.len());
+        for (i, s) in w.scheduled.iter().enumerate() {
+            let field = format!("tables.scheduled[{i}]");
+            let at = parse_time(&format!("{field}.at"), &s.at)?
+                .ok_or_else(|| wire_err(format!("{field}.at"), "missing"))?;
+            if ahead.last().is_some_and(|(before, _)| *before >= at) {
+                return Err(wire_err(
+                    format!("{field}.at"),
+                    format!("{} is not after the boundary before it", s.at),
+                ));
+            }
+            let dp = Dataplane::try_from(
+                s.dataplane
+                    .as_ref()
+                    .ok_or_else(|| wire_err(format!("{field}.dataplane"), "missing"))?,
+            )
+            .map_err(|e| wire_err(format!("{field}.{}", e.field), e.message))?;
+            ahead.push((at, dp));
+        }
+        Ok(Schedule { now, ahead })
     }
 }
 

@@ -11,6 +11,8 @@ fn generated_code_matches_the_proto_files() {
     std::fs::create_dir_all(&out).unwrap();
     tonic_prost_build::configure()
         .out_dir(&out)
+        // Signed bytes are shared between every stream that sends them.
+        .bytes(".wardline.v1.SignedSnapshot")
         .compile_protos(
             &[
                 root.join("wardline/v1/management.proto"),

@@ -166,6 +166,11 @@ impl Agent {
         agent
     }
 
+    /// A file in a managed agent's state directory for its node.
+    pub fn state_file(&self, name: &str) -> PathBuf {
+        self.dir.join("state").join(&self.node).join(name)
+    }
+
     /// Starts the process (again).
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()

@@ -327,3 +327,128 @@ fn privileged_managed_scenarios_through_wardctl() {
     };
     scenarios::vlan_bridge(&bridge, &on_bridge);
 }
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_persisted_snapshot_is_signed_private_and_never_rolled_back() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use prost::Message as _;
+    use wardline_proto::v1;
+
+    require_root();
+    let mut site = Site::new();
+    let store = site.embedded_store();
+    site.start_replica(0, &store);
+    let routed = topology::routed_gateway();
+    site.connect(routed.agent_ns());
+    let ns = routed.agent_ns();
+    let mut agent = Agent::start_managed(
+        ns,
+        &routed.interfaces(),
+        &site,
+        "{role: gateway}",
+        &[Site::endpoint(0)],
+    );
+    let web = format!(
+        "{SEGMENTS}{}",
+        policy(
+            "ws-ehr-web",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 443}]"
+        )
+    );
+    let first = site.apply(0, &web);
+    site.wait_acked(0, &[&agent.node], first, Duration::from_secs(10));
+    let snapshot = agent.state_file("snapshot.pb");
+    let old = std::fs::read(&snapshot).expect("the snapshot is persisted");
+    for file in ["snapshot.pb", "enforced"] {
+        let mode = std::fs::metadata(agent.state_file(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} is the agent's alone");
+    }
+    // What the agent enforces, by hash, in /status.
+    let tables = agent.status_json(ns)["tablesSha256"]
+        .as_str()
+        .expect("tablesSha256 in /status")
+        .to_owned();
+    assert_eq!(tables.len(), 64);
+
+    let moved = web.replace("port: 443", "port: 8080");
+    let second = site.apply(0, &moved);
+    site.wait_acked(0, &[&agent.node], second, Duration::from_secs(10));
+    let expect_8080 = |c: &Cell| is(c, "ws", "ehr") && c.service == Service::Tcp(8080);
+    check_matrix(&routed, "second revision", expect_8080);
+    assert_ne!(agent.status_json(ns)["tablesSha256"], tables.as_str());
+    let current = std::fs::read(&snapshot).unwrap();
+
+    // With the control plane away, someone with the disk restores the
+    // older snapshot (port 443 open again): refused, the pinned tables stay.
+    site.replicas[0].kill9();
+    agent.kill9();
+    std::fs::write(&snapshot, &old).unwrap();
+    agent.spawn();
+    let refused = |agent: &Agent, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = agent.get(ns, "/status").map(|(_, b)| b).unwrap_or_default();
+            if status.contains(what) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refusal naming {what:?}; status: {status}\nlog: {}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    refused(&agent, "older than revision");
+    check_matrix(&routed, "rolled-back file refused", expect_8080);
+
+    // The current file with its revision edited: the seal no longer holds.
+    agent.kill9();
+    let mut signed = v1::SignedSnapshot::decode(current.as_slice()).unwrap();
+    let mut inner = v1::PolicySnapshot::decode(signed.snapshot.as_ref()).unwrap();
+    inner.revision += 10;
+    signed.snapshot = inner.encode_to_vec().into();
+    std::fs::write(&snapshot, signed.encode_to_vec()).unwrap();
+    agent.spawn();
+    refused(&agent, "signature is refused");
+    check_matrix(&routed, "edited file refused", expect_8080);
+
+    // A snapshot of the attacker's making (the older tables, a higher
+    // revision) sealed with the agent's own stolen key.
+    agent.kill9();
+    let old_signed = v1::SignedSnapshot::decode(old.as_slice()).unwrap();
+    let mut forged = v1::PolicySnapshot::decode(old_signed.snapshot.as_ref()).unwrap();
+    forged.revision = second + 1;
+    let payload = forged.encode_to_vec();
+    let (agent_cert, agent_key) = site.issue("agent", "stolen-laptop");
+    let seal = wardline_signing::Signer::from_pem_files(&agent_cert, &agent_key)
+        .unwrap()
+        .sign(&payload)
+        .unwrap();
+    let forged = v1::SignedSnapshot {
+        snapshot: payload.into(),
+        scheme: u32::from(seal.scheme),
+        signature: seal.signature.into(),
+        signer: seal.signer.into(),
+    };
+    std::fs::write(&snapshot, forged.encode_to_vec()).unwrap();
+    agent.spawn();
+    refused(&agent, "signature is refused");
+    check_matrix(&routed, "forged file refused", expect_8080);
+
+    // The control plane returns: the agent takes its snapshot and is whole.
+    site.start_replica(0, &store);
+    agent.wait_ready(ns, Duration::from_secs(15));
+    let status = agent.status_json(ns);
+    assert_eq!(status["revision"], second);
+    assert!(status["lastError"].is_null(), "{status}");
+    check_matrix(&routed, "control plane back", expect_8080);
+}

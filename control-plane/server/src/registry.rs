@@ -249,6 +249,9 @@ pub struct AgentRecord {
     pub node: String,
     pub acked_revision: u64,
     pub acked_sha256: String,
+    /// The tables the agent enforces (its ack's tables_sha256).
+    #[serde(default)]
+    pub acked_tables_sha256: String,
     pub generation: u32,
     pub last_heartbeat: String,
     pub error: String,

@@ -21,9 +21,10 @@ use tonic::{Request, Response, Status};
 use wardline_backoff::Backoff;
 use wardline_policy::compile::{NodeConflict, NodeInfo};
 use wardline_policy::nodes::{Admission, AdmittedNode};
-use wardline_policy::{CompileOptions, Dataplane};
+use wardline_policy::{CompileOptions, Schedule};
 use wardline_proto::convert::{format_time, validation_errors};
 use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Management};
+use wardline_signing::Signer;
 
 use crate::registry::{
     AgentRecord, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
@@ -46,8 +47,9 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct Cluster {
     pub record: Arc<RevisionRecord>,
     pub nodes: Arc<Vec<NodeInfo>>,
-    pub snapshot: Arc<v1::PolicySnapshot>,
-    /// Hash of the compiled tables, to send only what changed.
+    /// The signed snapshot every agent stream sends.
+    pub snapshot: Arc<v1::SignedSnapshot>,
+    /// SHA-256 of the compiled tables, to send only what changed.
     pub dataplane_hash: [u8; 32],
     pub next_change: Option<OffsetDateTime>,
     /// Each registered node as the operators' documents admit it.
@@ -62,52 +64,55 @@ fn compile(
     record: &RevisionRecord,
     nodes: &[NodeInfo],
     blocked: BTreeMap<String, BlockRecord>,
+    signer: &Signer,
 ) -> Result<Cluster, String> {
     let source = record.source();
     let set = wardline_policy::parse(&source).map_err(|e| e.to_string())?;
     let now = OffsetDateTime::now_utc();
-    let dp = Dataplane::compile(
+    let schedule = Schedule::compile(
         &set,
         &CompileOptions {
             now,
             nodes: nodes.to_vec(),
         },
+        wardline_ebpf_abi::MAX_SCHEDULED as usize,
     )
     .map_err(|e| e.to_string())?;
     let admitted = wardline_policy::nodes::admit(&set, nodes);
-    let wire = v1::Dataplane::from(&dp);
-    let dataplane_hash: [u8; 32] = Sha256::digest(prost::Message::encode_to_vec(&wire)).into();
+    // Only compiled tables go out: the policy source and what any node
+    // claimed stay here. An agent programs them as they are, and follows
+    // the window boundaries they carry with the control plane away.
+    let tables = prost::Message::encode_to_vec(&v1::Tables::from(&schedule));
+    let dataplane_hash: [u8; 32] = Sha256::digest(&tables).into();
+    let snapshot = v1::PolicySnapshot {
+        revision: record.revision,
+        policy_sha256: record.sha256.clone(),
+        compiled_at: format_time(now),
+        tables_sha256: hex(&dataplane_hash),
+        tables,
+    };
+    // Encoded and signed once; every stream sends the same bytes.
+    let payload = prost::Message::encode_to_vec(&snapshot);
+    let seal = signer.sign(&payload).map_err(|e| e.to_string())?;
     Ok(Cluster {
-        snapshot: Arc::new(v1::PolicySnapshot {
-            revision: record.revision,
-            policy_sha256: record.sha256.clone(),
-            source,
-            // What an agent needs to compile again when a window opens or
-            // closes: the admitted nodes and the addresses they were given.
-            // What a node claimed and was refused (its own labels, other
-            // addresses) never leaves the control plane.
-            nodes: admitted
-                .iter()
-                .filter(|a| a.is_admitted())
-                .map(|a| {
-                    v1::NodeInfo::from(&NodeInfo {
-                        name: a.name.clone(),
-                        labels: Default::default(),
-                        addresses: a.addresses.clone(),
-                    })
-                })
-                .collect(),
-            dataplane: Some(wire),
-            compiled_at: format_time(now),
+        snapshot: Arc::new(v1::SignedSnapshot {
+            snapshot: payload.into(),
+            scheme: u32::from(seal.scheme),
+            signature: seal.signature.into(),
+            signer: seal.signer.into(),
         }),
         record: Arc::new(record.clone()),
         nodes: Arc::new(nodes.to_vec()),
         dataplane_hash,
-        next_change: dp.next_change,
+        next_change: schedule.now.next_change,
         admitted: Arc::new(admitted),
-        conflicts: Arc::new(dp.node_conflicts.clone()),
+        conflicts: Arc::new(schedule.now.node_conflicts.clone()),
         blocked: Arc::new(blocked),
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn blocked_status(block: &BlockRecord) -> Status {
@@ -224,12 +229,18 @@ async fn write_agents(
 }
 
 impl ControlPlane {
-    /// Loads the current state and starts following the store.
-    pub async fn start(registry: Registry, replica: String) -> Result<ControlPlane, RegistryError> {
+    /// Loads the current state and starts following the store. `signer`
+    /// (the replica's own certificate and key) signs every snapshot.
+    pub async fn start(
+        registry: Registry,
+        replica: String,
+        signer: Signer,
+    ) -> Result<ControlPlane, RegistryError> {
         let (tx, rx) = watch::channel(None);
         let follower = Follower {
             registry: registry.clone(),
             tx,
+            signer,
         };
         follower.rebuild().await?;
         tokio::spawn(follower.run());
@@ -305,6 +316,7 @@ impl ControlPlane {
 struct Follower {
     registry: Registry,
     tx: watch::Sender<Option<Cluster>>,
+    signer: Signer,
 }
 
 impl Follower {
@@ -327,7 +339,7 @@ impl Follower {
         if unchanged {
             return Ok(());
         }
-        match compile(&record, &nodes, blocked) {
+        match compile(&record, &nodes, blocked, &self.signer) {
             Ok(cluster) => {
                 tracing::info!(
                     revision = record.revision,
@@ -749,6 +761,10 @@ impl Management for ControlPlane {
                 last_heartbeat: agent.last_heartbeat.clone(),
                 acked_revision: agent.acked_revision,
                 acked_policy_sha256: agent.acked_sha256.clone(),
+                tables_current: cluster
+                    .as_ref()
+                    .is_some_and(|c| hex(&c.dataplane_hash) == agent.acked_tables_sha256),
+                acked_tables_sha256: agent.acked_tables_sha256.clone(),
                 generation: agent.generation,
                 behind,
                 error: agent.error.clone(),
@@ -797,7 +813,7 @@ fn unified(title: &str, before: &str, after: &str) -> String {
         .to_string()
 }
 
-type SnapshotStream = Pin<Box<dyn Stream<Item = Result<v1::PolicySnapshot, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<v1::SignedSnapshot, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentApi for ControlPlane {
@@ -882,6 +898,7 @@ impl AgentApi for ControlPlane {
             if ack.error.is_empty() {
                 record.acked_revision = ack.revision;
                 record.acked_sha256 = ack.policy_sha256;
+                record.acked_tables_sha256 = ack.tables_sha256;
                 record.generation = ack.generation;
                 record.error.clear();
             } else {

@@ -64,9 +64,13 @@ pub async fn site(tag: &str) -> Site {
     let spec: StoreSpec = format!("embedded:{}", dir.join("store.redb").display())
         .parse()
         .unwrap();
+    let signer =
+        wardline_signing::Signer::from_pem_files(&dir.join("cp.pem"), &dir.join("cp-key.pem"))
+            .unwrap();
     let cp = ControlPlane::start(
         Registry::new(store::open(&spec).await.unwrap()),
         "replica-a".into(),
+        signer,
     )
     .await
     .unwrap();

@@ -1,7 +1,7 @@
 //! Both APIs over real mutual TLS on loopback, with the embedded store:
 //! what operators and agents may do, and every refusal.
 
-use wardline_control_plane::testing::{scratch, site};
+use wardline_control_plane::testing::scratch;
 
 use std::time::Duration;
 
@@ -329,19 +329,55 @@ async fn refusals_agents_and_operators_stay_in_their_lanes() {
     std::fs::remove_dir_all(other).unwrap();
 }
 
-async fn next(stream: &mut tonic::Streaming<v1::PolicySnapshot>) -> v1::PolicySnapshot {
-    tokio::time::timeout(Duration::from_secs(5), stream.next())
+async fn next(stream: &mut tonic::Streaming<v1::SignedSnapshot>) -> v1::PolicySnapshot {
+    let signed = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("a snapshot within 5 s")
         .expect("the stream goes on")
-        .expect("a snapshot")
+        .expect("a snapshot");
+    open(&signed)
+}
+
+/// The snapshot inside `signed`, once its seal verifies against the CA of
+/// the test site.
+fn open(signed: &v1::SignedSnapshot) -> v1::PolicySnapshot {
+    let seal = wardline_signing::Seal {
+        scheme: u16::try_from(signed.scheme).unwrap(),
+        signature: signed.signature.to_vec(),
+        signer: signed.signer.to_vec(),
+    };
+    let who = VERIFIER
+        .with(|v| {
+            v.borrow().as_ref().expect("a site was started").verify(
+                &signed.snapshot,
+                &seal,
+                rustls::pki_types::UnixTime::now(),
+            )
+        })
+        .expect("signed by the site's replica");
+    assert_eq!(who.role, Role::ControlPlane);
+    prost::Message::decode(signed.snapshot.as_ref()).unwrap()
+}
+
+thread_local! {
+    /// The verifier of the site the test on this thread started.
+    static VERIFIER: std::cell::RefCell<Option<wardline_signing::Verifier>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A test site whose snapshots [`open`] verifies.
+async fn site(tag: &str) -> wardline_control_plane::testing::Site {
+    let site = wardline_control_plane::testing::site(tag).await;
+    let verifier = wardline_signing::Verifier::from_ca_file(&site.dir.join("ca/ca.pem")).unwrap();
+    VERIFIER.with(|v| *v.borrow_mut() = Some(verifier));
+    site
 }
 
 /// `node`'s snapshot stream, from no revision known.
 async fn watch_from_start(
     agent: &mut AgentApiClient<tonic::transport::Channel>,
     node: &str,
-) -> tonic::Streaming<v1::PolicySnapshot> {
+) -> tonic::Streaming<v1::SignedSnapshot> {
     agent
         .watch(v1::WatchRequest {
             node: node.into(),
@@ -352,9 +388,10 @@ async fn watch_from_start(
         .into_inner()
 }
 
-/// The compiled tables a snapshot carries.
+/// The compiled tables in force now that a snapshot carries.
 fn tables(s: &v1::PolicySnapshot) -> wardline_policy::Dataplane {
-    wardline_policy::Dataplane::try_from(s.dataplane.as_ref().unwrap()).unwrap()
+    let tables: v1::Tables = prost::Message::decode(s.tables.as_ref()).unwrap();
+    wardline_policy::Schedule::try_from(&tables).unwrap().now
 }
 
 #[tokio::test]
@@ -391,6 +428,7 @@ async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
         policy_sha256: first.policy_sha256.clone(),
         generation: 7,
         error: String::new(),
+        tables_sha256: String::new(),
     })
     .await
     .unwrap();
@@ -475,6 +513,7 @@ async fn a_node_leaving_is_pushed_and_a_lagging_agent_is_flagged() {
         policy_sha256: first.policy_sha256,
         generation: 1,
         error: String::new(),
+        tables_sha256: String::new(),
     })
     .await
     .unwrap();
@@ -538,6 +577,7 @@ async fn a_node_leaving_is_pushed_and_a_lagging_agent_is_flagged() {
         policy_sha256: second.policy_sha256,
         generation: 2,
         error: String::new(),
+        tables_sha256: String::new(),
     })
     .await
     .unwrap();
@@ -594,7 +634,7 @@ async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
     // segments; the EHR address stays the EHR's.
     if let Ok(Some(Ok(s))) = tokio::time::timeout(Duration::from_millis(1500), stream.next()).await
     {
-        let after = tables(&s);
+        let after = tables(&open(&s));
         assert_eq!(
             before.prefixes, after.prefixes,
             "a lying registration changed the tables"
@@ -618,13 +658,18 @@ async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
         .expect("an apply right after succeeds");
     let after = next(&mut stream).await;
     assert_eq!(after.revision, 2);
-    // Nothing gw-1 claimed and was refused reaches another agent.
-    let gw1_sent = after.nodes.iter().find(|n| n.name == "gw-1");
-    assert!(
-        gw1_sent.is_some_and(|n| n.addresses == ["198.18.20.1"] && n.labels.is_empty()),
-        "gw-1 as other agents see it: {:?}",
-        after.nodes
-    );
+    // gw-2 gets compiled tables only: neither the policy source nor other
+    // nodes' names or labels.
+    let tables_bytes: &[u8] = &after.tables;
+    for leak in ["apiVersion", "gw-1", "gateway", "CHG-"] {
+        assert!(
+            !tables_bytes
+                .windows(leak.len())
+                .any(|w| w == leak.as_bytes()),
+            "the snapshot carries {leak:?}"
+        );
+    }
+    assert!(after.tables_sha256.len() == 64);
     let dp = tables(&after);
     let ehr_id = dp.segments.iter().find(|s| s.name == "ehr").unwrap().id;
     assert!(
@@ -724,7 +769,7 @@ async fn a_removed_node_is_cut_off_and_stays_out_until_unblocked() {
     if let Ok(Some(Ok(s))) =
         tokio::time::timeout(Duration::from_millis(1500), gw1_stream.next()).await
     {
-        assert!(!has_server(&s), "a blocked node's address came back");
+        assert!(!has_server(&open(&s)), "a blocked node's address came back");
     }
     // Operators see it as blocked, and by whom.
     let status = op.status(v1::StatusRequest {}).await.unwrap().into_inner();

@@ -275,6 +275,12 @@ pub struct AgentStatus {
     /// collide with a segment's or another node's), if it was.
     #[prost(string, tag = "16")]
     pub left_out: ::prost::alloc::string::String,
+    /// SHA-256 of the tables the agent acknowledged enforcing, and whether
+    /// they are the ones this replica would send it now.
+    #[prost(string, tag = "17")]
+    pub acked_tables_sha256: ::prost::alloc::string::String,
+    #[prost(bool, tag = "18")]
+    pub tables_current: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1296,26 +1302,64 @@ pub struct Dataplane {
     #[prost(string, tag = "8")]
     pub next_change: ::prost::alloc::string::String,
 }
+/// The tables in force from `at` (a policy window opens or closes then).
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ScheduledDataplane {
+    /// RFC 3339.
+    #[prost(string, tag = "1")]
+    pub at: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub dataplane: ::core::option::Option<Dataplane>,
+}
+/// What an agent enforces: compiled tables only. The site's policy source
+/// and other nodes' names and labels never leave the control plane.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Tables {
+    #[prost(message, optional, tag = "1")]
+    pub now: ::core::option::Option<Dataplane>,
+    /// The tables at each of the next window boundaries, in order, so that
+    /// windows open and close on time with the control plane away.
+    #[prost(message, repeated, tag = "2")]
+    pub scheduled: ::prost::alloc::vec::Vec<ScheduledDataplane>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PolicySnapshot {
     #[prost(uint64, tag = "1")]
     pub revision: u64,
-    /// SHA-256 (hex) of `source`.
+    /// SHA-256 (hex) of the revision's policy source, to compare with
+    /// `wardctl history` and `status`.
     #[prost(string, tag = "2")]
     pub policy_sha256: ::prost::alloc::string::String,
-    /// The revision's documents: the agent compiles them again itself when a
-    /// policy window opens or closes, even with the control plane away.
-    #[prost(string, tag = "3")]
-    pub source: ::prost::alloc::string::String,
-    /// The nodes `nodeSelector`s resolved against.
-    #[prost(message, repeated, tag = "4")]
-    pub nodes: ::prost::alloc::vec::Vec<NodeInfo>,
-    /// Compiled for this node by the control plane at `compiled_at`.
-    #[prost(message, optional, tag = "5")]
-    pub dataplane: ::core::option::Option<Dataplane>,
     #[prost(string, tag = "6")]
     pub compiled_at: ::prost::alloc::string::String,
+    /// An encoded `Tables`, hashed as sent.
+    #[prost(bytes = "vec", tag = "7")]
+    pub tables: ::prost::alloc::vec::Vec<u8>,
+    /// SHA-256 (hex) of `tables`: what the agent enforces, in its /status and
+    /// its Ack.
+    #[prost(string, tag = "8")]
+    pub tables_sha256: ::prost::alloc::string::String,
+}
+/// A snapshot as a replica signed it: agents verify the signature against
+/// the site CA before enforcing it, and again each time they read it back
+/// from disk.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SignedSnapshot {
+    /// An encoded `PolicySnapshot`, exactly the bytes signed.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub snapshot: ::prost::bytes::Bytes,
+    /// The TLS SignatureScheme code of `signature`.
+    #[prost(uint32, tag = "2")]
+    pub scheme: u32,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub signature: ::prost::bytes::Bytes,
+    /// The signing replica's certificate (DER), issued by the site CA.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub signer: ::prost::bytes::Bytes,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1331,6 +1375,9 @@ pub struct AckRequest {
     /// Non-empty when the snapshot could not be enforced.
     #[prost(string, tag = "5")]
     pub error: ::prost::alloc::string::String,
+    /// The snapshot's tables_sha256: the tables now enforced.
+    #[prost(string, tag = "6")]
+    pub tables_sha256: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1467,12 +1514,13 @@ pub mod agent_api_client {
                 .insert(GrpcMethod::new("wardline.v1.AgentApi", "Register"));
             self.inner.unary(req, path, codec).await
         }
-        /// The node's policy snapshot now, then each time it changes.
+        /// The node's policy snapshot now, then each time it changes, each signed
+        /// by the replica that sends it.
         pub async fn watch(
             &mut self,
             request: impl tonic::IntoRequest<super::WatchRequest>,
         ) -> std::result::Result<
-            tonic::Response<tonic::codec::Streaming<super::PolicySnapshot>>,
+            tonic::Response<tonic::codec::Streaming<super::SignedSnapshot>>,
             tonic::Status,
         > {
             self.inner
@@ -1560,11 +1608,12 @@ pub mod agent_api_server {
         >;
         /// Server streaming response type for the Watch method.
         type WatchStream: tonic::codegen::tokio_stream::Stream<
-                Item = std::result::Result<super::PolicySnapshot, tonic::Status>,
+                Item = std::result::Result<super::SignedSnapshot, tonic::Status>,
             >
             + std::marker::Send
             + 'static;
-        /// The node's policy snapshot now, then each time it changes.
+        /// The node's policy snapshot now, then each time it changes, each signed
+        /// by the replica that sends it.
         async fn watch(
             &self,
             request: tonic::Request<super::WatchRequest>,
@@ -1708,7 +1757,7 @@ pub mod agent_api_server {
                         T: AgentApi,
                     > tonic::server::ServerStreamingService<super::WatchRequest>
                     for WatchSvc<T> {
-                        type Response = super::PolicySnapshot;
+                        type Response = super::SignedSnapshot;
                         type ResponseStream = T::WatchStream;
                         type Future = BoxFuture<
                             tonic::Response<Self::ResponseStream>,

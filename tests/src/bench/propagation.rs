@@ -180,11 +180,16 @@ async fn sim_agent_session(
     loop {
         tokio::select! {
             message = stream.message() => {
-                let Some(snapshot) = message.context("receiving a snapshot")? else {
+                let Some(signed) = message.context("receiving a snapshot")? else {
                     return Ok(());
                 };
                 let received = Instant::now();
-                let bytes = prost::Message::encoded_len(&snapshot);
+                let bytes = prost::Message::encoded_len(&signed);
+                // A simulated agent reads the snapshot but does not check
+                // its seal or program tables: the bench measures the
+                // control plane's side.
+                let snapshot: v1::PolicySnapshot = prost::Message::decode(signed.snapshot.as_ref())
+                    .context("decoding a snapshot")?;
                 client
                     .ack(v1::AckRequest {
                         node: me.node.clone(),
@@ -192,6 +197,7 @@ async fn sim_agent_session(
                         policy_sha256: snapshot.policy_sha256.clone(),
                         generation: 1,
                         error: String::new(),
+                        tables_sha256: snapshot.tables_sha256.clone(),
                     })
                     .await
                     .context("acknowledging")?;
@@ -931,9 +937,10 @@ programmed the kernel and is about to acknowledge), polled every 5 ms. **real ag
 `Site::wait_acked` saw its acknowledgement in `wardctl status`, polled every 25 ms by a fresh \
 `wardctl` process, so that figure carries the process's start-up and a status listing of every \
 agent; the simulated agents' figures do not.\n\
-- **snapshot per agent**: the encoded size of the snapshot each agent receives: the policy \
-source, the compiled tables and every registered node (for `nodeSelector`), so it grows with \
-the fleet. **CPUs busy**: CPU time the control plane, and the bench process (the simulated \
+- **snapshot per agent**: the encoded size of the signed snapshot each agent receives: the \
+compiled tables (now and at the next window boundaries) and the seal; the addresses of the \
+nodes segments select are in the tables, so it grows with the fleet. Each distinct snapshot is \
+encoded and signed once and every stream sends the same bytes. **CPUs busy**: CPU time the control plane, and the bench process (the simulated \
 agents), used during the applies over their wall time (2.00 would be both cores).\n\
 - **control-plane memory**: VmRSS of the replica from `/proc/PID/status`, after the fleet \
 connected and settled, less the figure with only the real agent, divided by the number of \

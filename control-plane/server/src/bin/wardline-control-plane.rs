@@ -63,6 +63,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    // The key the replica serves with also signs what it sends agents.
+    let signer = match wardline_signing::Signer::from_pem_files(&args.cert, &args.key) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wardline-control-plane: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,7 +84,7 @@ fn main() -> ExitCode {
     let replica = args.replica.clone().unwrap_or_else(|| args.listen.clone());
     let result: anyhow::Result<()> = runtime.block_on(async move {
         let store = store::open(&spec).await?;
-        let cp = ControlPlane::start(Registry::new(store), replica).await?;
+        let cp = ControlPlane::start(Registry::new(store), replica, signer).await?;
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         let shutdown = async {
             let mut term =
