@@ -25,9 +25,13 @@
 
 pub mod address;
 pub mod identity;
+pub mod revocation;
+mod serve;
 
 pub use address::{AddressError, ServerAddress};
 pub use identity::{Identity, IdentityError, Role, identity_of};
+pub use revocation::{RevocationList, Revoked};
+pub use serve::{incoming, server_config};
 
 use std::fs;
 use std::io;

@@ -24,6 +24,10 @@ pub const CURRENT_KEY: &str = "/wardline/policy/current";
 pub const REVISIONS_PREFIX: &str = "/wardline/policy/revisions/";
 pub const NODES_PREFIX: &str = "/wardline/nodes/";
 pub const AGENTS_PREFIX: &str = "/wardline/agents/";
+/// Revoked certificates: by serial under `serial/`, by role and name under
+/// `name/`.
+pub const REVOKED_PREFIX: &str = "/wardline/revoked/";
+
 /// Nodes operators removed: a certificate of one of these names can
 /// neither register nor receive policy until it is unblocked.
 pub const BLOCKED_PREFIX: &str = "/wardline/blocked/";
@@ -241,6 +245,36 @@ pub struct BlockRecord {
     pub author: String,
     pub time: String,
     pub reason: String,
+}
+
+/// A revoked certificate, or every certificate of a name issued until a
+/// time, and who revoked it, when and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// Lowercase hex, for a revocation by serial.
+    #[serde(default)]
+    pub serial: String,
+    /// For a revocation by name: the certificate's role and name, and the
+    /// last instant (RFC 3339) a revoked certificate's validity starts.
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub issued_until: String,
+    pub author: String,
+    pub time: String,
+    pub reason: String,
+}
+
+impl RevocationRecord {
+    fn key(&self) -> String {
+        if self.serial.is_empty() {
+            format!("{REVOKED_PREFIX}name/{}/{}", self.role, self.name)
+        } else {
+            format!("{REVOKED_PREFIX}serial/{}", self.serial)
+        }
+    }
 }
 
 /// What the control plane last heard from an agent.
@@ -736,6 +770,30 @@ impl Registry {
             )
             .await?;
         Ok(registered)
+    }
+
+    /// Stores a revocation (replacing one of the same serial, or of the
+    /// same role and name).
+    pub async fn revoke(&self, record: &RevocationRecord) -> Result<(), RegistryError> {
+        self.store
+            .txn(
+                vec![],
+                vec![Op::Put {
+                    key: record.key(),
+                    value: encode(record),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every revocation.
+    pub async fn revocations(&self) -> Result<Vec<RevocationRecord>, RegistryError> {
+        let mut out = Vec::new();
+        for kv in self.store.range(REVOKED_PREFIX).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
     }
 
     /// Lets a blocked node register again. Returns whether it was blocked.

@@ -28,9 +28,11 @@ use wardline_signing::Signer;
 
 use crate::registry::{
     AgentRecord, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
-    RegistryError, RevisionAction, RevisionRecord, plan_apply, validate_plan,
+    RegistryError, RevisionAction, RevisionRecord, RevocationRecord, plan_apply, validate_plan,
 };
-use wardline_tls::{Identity, MAX_MESSAGE_BYTES, Role, authorize};
+use time::format_description::well_known::Rfc3339;
+use wardline_tls::revocation::{CertificateFacts, Revocation, parse_serial, serial_hex};
+use wardline_tls::{Identity, MAX_MESSAGE_BYTES, RevocationList, Revoked, Role, authorize};
 
 /// How often agents are asked to send a heartbeat.
 pub const HEARTBEAT_SECONDS: u32 = 2;
@@ -58,12 +60,15 @@ pub struct Cluster {
     pub conflicts: Arc<Vec<NodeConflict>>,
     /// Nodes operators removed: refused on every call, their streams ended.
     pub blocked: Arc<BTreeMap<String, BlockRecord>>,
+    /// Revoked certificates: their streams are ended.
+    pub revoked: Arc<Revoked>,
 }
 
 fn compile(
     record: &RevisionRecord,
     nodes: &[NodeInfo],
     blocked: BTreeMap<String, BlockRecord>,
+    revoked: Arc<Revoked>,
     signer: &Signer,
 ) -> Result<Cluster, String> {
     let source = record.source();
@@ -108,11 +113,40 @@ fn compile(
         admitted: Arc::new(admitted),
         conflicts: Arc::new(schedule.now.node_conflicts.clone()),
         blocked: Arc::new(blocked),
+        revoked,
     })
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The revocations the records say, in the form the TLS layer checks.
+fn revoked_set(records: &[RevocationRecord]) -> Revoked {
+    Revoked::new(records.iter().filter_map(|r| {
+        if !r.serial.is_empty() {
+            return parse_serial(&r.serial).map(Revocation::Serial);
+        }
+        let role = r.role.parse::<Role>().ok()?;
+        let until = OffsetDateTime::parse(&r.issued_until, &Rfc3339).ok()?;
+        Some(Revocation::Name {
+            role,
+            name: r.name.clone(),
+            issued_until: u64::try_from(until.unix_timestamp()).unwrap_or(0),
+        })
+    }))
+}
+
+fn revocation_wire(r: &RevocationRecord) -> v1::Revocation {
+    v1::Revocation {
+        serial: r.serial.clone(),
+        role: r.role.clone(),
+        name: r.name.clone(),
+        issued_until: r.issued_until.clone(),
+        author: r.author.clone(),
+        time: r.time.clone(),
+        reason: r.reason.clone(),
+    }
 }
 
 fn blocked_status(block: &BlockRecord) -> Status {
@@ -154,6 +188,7 @@ fn changes(c: &[ChangeRecord]) -> Vec<v1::Change> {
 pub struct ControlPlane {
     registry: Registry,
     replica: String,
+    revoked: RevocationList,
     cluster: watch::Receiver<Option<Cluster>>,
     agents: mpsc::Sender<AgentUpdate>,
 }
@@ -237,10 +272,12 @@ impl ControlPlane {
         signer: Signer,
     ) -> Result<ControlPlane, RegistryError> {
         let (tx, rx) = watch::channel(None);
+        let revoked = RevocationList::default();
         let follower = Follower {
             registry: registry.clone(),
             tx,
             signer,
+            revoked: revoked.clone(),
         };
         follower.rebuild().await?;
         tokio::spawn(follower.run());
@@ -249,6 +286,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             registry,
             replica,
+            revoked,
             cluster: rx,
             agents,
         })
@@ -258,11 +296,34 @@ impl ControlPlane {
         &self.registry
     }
 
+    /// The revocations this replica's TLS listener checks
+    /// ([`wardline_tls::server_config`]); kept current from the store.
+    pub fn revocations(&self) -> RevocationList {
+        self.revoked.clone()
+    }
+
+    /// Refuses a call on a connection whose certificate was revoked after
+    /// the handshake.
+    fn not_revoked<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(leaf) = req.peer_certs().and_then(|c| c.first().cloned()) else {
+            return Ok(());
+        };
+        match self.revoked.current().refuses_der(&leaf) {
+            Some(refusal) => {
+                tracing::warn!(%refusal, peer = ?req.remote_addr(), "refused: revoked certificate");
+                Err(Status::unauthenticated(refusal.to_string()))
+            }
+            None => Ok(()),
+        }
+    }
+
     fn operator<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        self.not_revoked(req)?;
         authorize(req, Role::Operator)
     }
 
     fn agent<T>(&self, req: &Request<T>, node: &str) -> Result<Identity, Status> {
+        self.not_revoked(req)?;
         let id = authorize(req, Role::Agent)?;
         if id.name != node {
             tracing::warn!(
@@ -317,10 +378,18 @@ struct Follower {
     registry: Registry,
     tx: watch::Sender<Option<Cluster>>,
     signer: Signer,
+    revoked: RevocationList,
 }
 
 impl Follower {
     async fn rebuild(&self) -> Result<(), RegistryError> {
+        // Revocations first, and whatever else fails: a revoked key is
+        // refused at once.
+        let revoked = Arc::new(revoked_set(&self.registry.revocations().await?));
+        if *self.revoked.current() != *revoked {
+            tracing::warn!("the site's revocations changed");
+            self.revoked.set((*revoked).clone());
+        }
         let (record, _) = self.registry.current().await?;
         let nodes = self.registry.node_infos().await?;
         let blocked: BTreeMap<String, BlockRecord> = self
@@ -334,12 +403,13 @@ impl Follower {
             c.record.revision == record.revision
                 && *c.nodes == nodes
                 && *c.blocked == blocked
+                && *c.revoked == *revoked
                 && c.next_change.is_none_or(|t| t > OffsetDateTime::now_utc())
         });
         if unchanged {
             return Ok(());
         }
-        match compile(&record, &nodes, blocked, &self.signer) {
+        match compile(&record, &nodes, blocked, revoked, &self.signer) {
             Ok(cluster) => {
                 tracing::info!(
                     revision = record.revision,
@@ -606,6 +676,68 @@ impl Management for ControlPlane {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn revoke(
+        &self,
+        req: Request<v1::RevokeRequest>,
+    ) -> Result<Response<v1::RevokeResponse>, Status> {
+        let id = self.operator(&req)?;
+        let r = req.into_inner();
+        let now = format_time(OffsetDateTime::now_utc());
+        let record = if !r.serial.is_empty() {
+            let serial = parse_serial(&r.serial).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "serial: {:?} is not a certificate serial number (hex)",
+                    r.serial
+                ))
+            })?;
+            if !r.name.is_empty() || !r.role.is_empty() {
+                return Err(Status::invalid_argument(
+                    "revoke by serial or by role and name, not both",
+                ));
+            }
+            RevocationRecord {
+                serial: serial_hex(&serial),
+                role: String::new(),
+                name: String::new(),
+                issued_until: String::new(),
+                author: author(&id),
+                time: now,
+                reason: r.reason,
+            }
+        } else {
+            let role: Role = r.role.parse().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "role: {:?} is not agent, operator or control-plane",
+                    r.role
+                ))
+            })?;
+            if r.name.is_empty() || r.name.len() > 253 || r.name.chars().any(char::is_whitespace) {
+                return Err(Status::invalid_argument(format!(
+                    "name: {:?} is not a certificate name (1 to 253 characters, no spaces)",
+                    r.name
+                )));
+            }
+            RevocationRecord {
+                serial: String::new(),
+                role: role.as_str().to_owned(),
+                name: r.name,
+                issued_until: now.clone(),
+                author: author(&id),
+                time: now,
+                reason: r.reason,
+            }
+        };
+        self.registry
+            .revoke(&record)
+            .await
+            .map_err(registry_status)?;
+        tracing::warn!(serial = %record.serial, role = %record.role, name = %record.name, by = %id, "certificate revoked");
+        Ok(Response::new(v1::RevokeResponse {
+            revocation: Some(revocation_wire(&record)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn unblock(
         &self,
         req: Request<v1::UnblockRequest>,
@@ -784,12 +916,21 @@ impl Management for ControlPlane {
                 reason: b.reason,
             })
             .collect();
+        let revocations = self
+            .registry
+            .revocations()
+            .await
+            .map_err(registry_status)?
+            .iter()
+            .map(revocation_wire)
+            .collect();
         Ok(Response::new(v1::StatusResponse {
             revision: current.revision,
             policy_sha256: current.sha256.clone(),
             agents: out,
             replica: self.replica.clone(),
             blocked,
+            revocations,
         }))
     }
 }
@@ -860,12 +1001,23 @@ impl AgentApi for ControlPlane {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let node = req.get_ref().node.clone();
         self.agent(&req, &node)?;
+        let facts = req
+            .peer_certs()
+            .and_then(|c| c.first().and_then(|leaf| CertificateFacts::of(leaf)));
         let mut rx = self.cluster.clone();
         let stream = async_stream::try_stream! {
             // (revision, tables) last sent to this agent.
             let mut sent: Option<(u64, [u8; 32])> = None;
             loop {
                 let cluster = rx.borrow_and_update().clone();
+                if let Some(refusal) = cluster
+                    .as_ref()
+                    .zip(facts.as_ref())
+                    .and_then(|(c, f)| c.revoked.refuses(f))
+                {
+                    tracing::warn!(node = %node, %refusal, "stream closed: the certificate was revoked");
+                    Err(Status::unauthenticated(refusal.to_string()))?;
+                }
                 if let Some(block) = cluster.as_ref().and_then(|c| c.blocked.get(&node)) {
                     tracing::warn!(node = %node, "stream closed: the node was removed");
                     Err(blocked_status(block))?;
@@ -930,18 +1082,19 @@ impl AgentApi for ControlPlane {
     }
 }
 
-/// Serves both APIs on `listen` with mutual TLS until `shutdown` resolves.
+/// Serves both APIs on `listener` with mutual TLS (`tls`, from
+/// [`wardline_tls::server_config`] with this replica's
+/// [`ControlPlane::revocations`]) until `shutdown` resolves.
 pub async fn serve(
     cp: ControlPlane,
     listener: tokio::net::TcpListener,
-    tls: tonic::transport::ServerTlsConfig,
+    tls: rustls::ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?addr, replica = %cp.replica, "control plane listening (mutual TLS)");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = wardline_tls::incoming(listener, tls);
     tonic::transport::Server::builder()
-        .tls_config(tls)?
         .add_service(
             v1::management_server::ManagementServer::new(cp.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

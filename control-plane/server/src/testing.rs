@@ -76,10 +76,11 @@ pub async fn site(tag: &str) -> Site {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("https://{}", listener.local_addr().unwrap());
-    let tls = tls::server_tls(
+    let tls = tls::server_config(
         &ca.join("ca.pem"),
         &dir.join("cp.pem"),
         &dir.join("cp-key.pem"),
+        cp.revocations(),
     )
     .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -809,3 +809,211 @@ async fn a_removed_node_is_cut_off_and_stays_out_until_unblocked() {
         .expect("registers again once unblocked");
     assert!(has_server(&next(&mut gw1_stream).await), "back");
 }
+
+/// Whether a fresh connection with `name`'s certificate gets a call
+/// through (the handshake, and then a status or register call).
+async fn reaches(site: &wardline_control_plane::testing::Site, name: &str, agent: bool) -> bool {
+    let address: wardline_tls::ServerAddress = site.endpoint.parse().unwrap();
+    let endpoint = wardline_tls::client_endpoint(
+        &address,
+        &site.dir.join("ca/ca.pem"),
+        &site.dir.join(format!("{name}.pem")),
+        &site.dir.join(format!("{name}-key.pem")),
+    )
+    .unwrap();
+    let Ok(channel) = endpoint.connect().await else {
+        return false;
+    };
+    if agent {
+        AgentApiClient::new(channel)
+            .heartbeat(v1::HeartbeatRequest {
+                node: name.into(),
+                revision: 0,
+                generation: 0,
+            })
+            .await
+            .is_ok()
+    } else {
+        ManagementClient::new(channel)
+            .status(v1::StatusRequest {})
+            .await
+            .is_ok()
+    }
+}
+
+fn serial_of(pem: &std::path::Path) -> String {
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(pem).unwrap();
+    let facts = wardline_tls::revocation::CertificateFacts::of(&der).unwrap();
+    wardline_tls::revocation::serial_hex(&facts.serial)
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_at_the_handshake_and_its_streams_close() {
+    let site = site("revoke").await;
+    let mut op = site.operator().await;
+    op.apply(apply(
+        &format!("{SEGMENTS}---\n{NODES}---\n{POLICY}"),
+        None,
+        "",
+    ))
+    .await
+    .unwrap();
+    let mut gw2 = site.agent("gw-2").await;
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        addresses: vec!["198.18.42.10".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = watch_from_start(&mut gw2, "gw-2").await;
+    next(&mut stream).await;
+    assert!(reaches(&site, "gw-2", true).await);
+
+    // gw-2's key is lost: every certificate issued to it so far is revoked.
+    let r = op
+        .revoke(v1::RevokeRequest {
+            role: "agent".into(),
+            name: "gw-2".into(),
+            reason: "INC-7: laptop stolen".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let revoked_at = r.revocation.unwrap().issued_until;
+    // Its open stream is closed within seconds.
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the stream ends within 5 s")
+        .expect("an error, not a clean end")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended}");
+    assert!(ended.message().contains("revoked"), "{}", ended.message());
+    // Calls on its open connection are refused, and so is a new one.
+    let err = gw2
+        .heartbeat(v1::HeartbeatRequest {
+            node: "gw-2".into(),
+            revision: 1,
+            generation: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(
+        !reaches(&site, "gw-2", true).await,
+        "a new handshake is refused"
+    );
+    // Others are unaffected.
+    assert!(reaches(&site, "gw-1", true).await);
+
+    // A certificate issued to gw-2 after the revocation is accepted.
+    let start = std::time::SystemTime::now() + Duration::from_secs(2);
+    for old in ["gw-2.pem", "gw-2-key.pem"] {
+        std::fs::remove_file(site.dir.join(old)).unwrap();
+    }
+    pki::issue_valid_between(
+        &site.dir.join("ca"),
+        Role::Agent,
+        "gw-2",
+        &[],
+        &site.dir,
+        start,
+        start + Duration::from_secs(86_400),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        reaches(&site, "gw-2", true).await,
+        "a replacement issued after {revoked_at} is accepted"
+    );
+
+    // An operator certificate, revoked by its serial.
+    pki::issue(
+        &site.dir.join("ca"),
+        Role::Operator,
+        "bob",
+        &[],
+        &site.dir,
+        30,
+    )
+    .unwrap();
+    let mut bob = ManagementClient::new(site.channel_as("bob").await);
+    bob.status(v1::StatusRequest {}).await.unwrap();
+    let serial = serial_of(&site.dir.join("bob.pem"));
+    op.revoke(v1::RevokeRequest {
+        serial: serial.clone(),
+        reason: "left the hospital".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match bob.status(v1::StatusRequest {}).await {
+            Err(e) if e.code() == Code::Unauthenticated => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "bob's open connection still works: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!reaches(&site, "bob", false).await);
+    assert!(reaches(&site, "alice", false).await);
+
+    // Operators see every revocation; bad requests are refused by name.
+    let status = op.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.revocations.len(), 2);
+    assert!(
+        status
+            .revocations
+            .iter()
+            .any(|r| r.serial == serial && r.author == "operator:alice")
+    );
+    assert!(
+        status
+            .revocations
+            .iter()
+            .any(|r| r.name == "gw-2" && r.reason.contains("INC-7"))
+    );
+    for (request, field) in [
+        (
+            v1::RevokeRequest {
+                serial: "not-hex".into(),
+                ..Default::default()
+            },
+            "serial",
+        ),
+        (
+            v1::RevokeRequest {
+                role: "king".into(),
+                name: "x".into(),
+                ..Default::default()
+            },
+            "role",
+        ),
+        (
+            v1::RevokeRequest {
+                role: "agent".into(),
+                ..Default::default()
+            },
+            "name",
+        ),
+    ] {
+        let err = op.revoke(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(err.message().starts_with(field), "{}", err.message());
+    }
+    // An agent cannot revoke.
+    let err = ManagementClient::new(site.channel_as("gw-1").await)
+        .revoke(v1::RevokeRequest {
+            role: "operator".into(),
+            name: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+}

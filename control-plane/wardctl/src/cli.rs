@@ -54,6 +54,19 @@ pub enum Command {
     Local(LocalCommand),
     #[command(flatten)]
     Remote(RemoteCommand),
+    /// The site's certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+/// `wardctl pki`: issuing runs here, on the machine holding the CA key;
+/// revoking asks the control plane.
+#[derive(Subcommand)]
+pub enum PkiCommand {
+    #[command(flatten)]
+    Local(LocalPki),
+    #[command(flatten)]
+    Remote(RemotePki),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,9 +84,6 @@ pub enum LocalCommand {
         #[arg(short, long)]
         file: PathBuf,
     },
-    /// The site's certificates.
-    #[command(subcommand)]
-    Pki(PkiCommand),
 }
 
 /// Commands answered by the control plane.
@@ -148,8 +158,34 @@ pub enum RemoteCommand {
     },
 }
 
+/// Revocation, answered by the control plane.
 #[derive(Subcommand)]
-pub enum PkiCommand {
+pub enum RemotePki {
+    /// Revoke a certificate: refused at the next handshake by every
+    /// replica, its open streams closed. By --serial, by --certificate FILE,
+    /// or every certificate of --role and --name issued until now.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["serial", "certificate", "name"])))]
+    Revoke {
+        /// The certificate's serial number, hex (as `pki issue` and openssl print it).
+        #[arg(long)]
+        serial: Option<String>,
+        /// A certificate file (PEM): its serial is revoked.
+        #[arg(long)]
+        certificate: Option<PathBuf>,
+        /// Every certificate of this name (with --role) issued until now.
+        #[arg(long, requires = "role")]
+        name: Option<String>,
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+        /// Why (kept with the revocation).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// The site CA's files, on this machine.
+#[derive(Subcommand)]
+pub enum LocalPki {
     /// Create the site CA in DIR.
     Init {
         #[arg(long)]

@@ -17,16 +17,22 @@ mod local;
 mod remote;
 mod table;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, PkiCommand};
 use failure::{EXIT_FAILURE, Failure};
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Local(command) => local::run(command),
+        Command::Pki(PkiCommand::Local(command)) => local::pki(command),
         Command::Remote(command) => {
             let connection = connect::connection(&cli.connection)?;
             let mut client = connect::client(&connection).await?;
             remote::run(command, &mut client).await
+        }
+        Command::Pki(PkiCommand::Remote(command)) => {
+            let connection = connect::connection(&cli.connection)?;
+            let mut client = connect::client(&connection).await?;
+            remote::pki(command, &mut client).await
         }
     }
 }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 use wardline_proto::v1::{self, management_client::ManagementClient};
 
-use crate::cli::{Output, RemoteCommand};
+use crate::cli::{Output, RemoteCommand, RemotePki};
 use crate::failure::{EXIT_UNHEALTHY, Failure, fail, from_status, read_file};
 use crate::table::table;
 
@@ -18,6 +18,44 @@ fn print_value(output: Output, value: &Value, table: impl FnOnce() -> String) {
         Output::Yaml => print!("{}", serde_yaml::to_string(value).unwrap_or_default()),
         Output::Table => print!("{}", table()),
     }
+}
+
+/// `wardctl pki revoke`.
+pub async fn pki(command: RemotePki, c: &mut ManagementClient<Channel>) -> Result<(), Failure> {
+    let RemotePki::Revoke {
+        serial,
+        certificate,
+        name,
+        role,
+        reason,
+    } = command;
+    let serial = match (serial, certificate) {
+        (Some(s), _) => s,
+        (None, Some(path)) => crate::local::serial_of_file(&path)?,
+        (None, None) => String::new(),
+    };
+    let r = c
+        .revoke(v1::RevokeRequest {
+            serial,
+            role: role
+                .map(|r| wardline_tls::Role::from(r).as_str().to_owned())
+                .unwrap_or_default(),
+            name: name.unwrap_or_default(),
+            reason,
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    let r = r.revocation.unwrap_or_default();
+    if r.serial.is_empty() {
+        println!(
+            "revoked every {} certificate of {:?} issued until {}",
+            r.role, r.name, r.issued_until
+        );
+    } else {
+        println!("revoked the certificate with serial {}", r.serial);
+    }
+    Ok(())
 }
 
 fn changes_json(c: &[v1::Change]) -> Value {
@@ -258,6 +296,10 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     "refusedAddresses": a.refused_addresses, "reportedLabels": a.reported_labels,
                     "leftOut": a.left_out,
                 })).collect::<Vec<_>>(),
+                "revocations": r.revocations.iter().map(|v| json!({
+                    "serial": v.serial, "role": v.role, "name": v.name, "issuedUntil": v.issued_until,
+                    "author": v.author, "time": v.time, "reason": v.reason,
+                })).collect::<Vec<_>>(),
                 "blocked": r.blocked.iter().map(|b| json!({
                     "node": b.node, "author": b.author, "time": b.time, "reason": b.reason,
                 })).collect::<Vec<_>>(),
@@ -311,6 +353,17 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     if !a.left_out.is_empty() {
                         warnings += &format!("\n{}", a.left_out);
                     }
+                }
+                for v in &r.revocations {
+                    let which = if v.serial.is_empty() {
+                        format!("{} {} (issued until {})", v.role, v.name, v.issued_until)
+                    } else {
+                        format!("serial {}", v.serial)
+                    };
+                    warnings += &format!(
+                        "\nrevoked: {which} by {} at {}: {}",
+                        v.author, v.time, v.reason
+                    );
                 }
                 for b in &r.blocked {
                     warnings += &format!(

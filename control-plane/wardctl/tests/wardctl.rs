@@ -187,3 +187,130 @@ async fn config_environment_formats_and_exit_codes() {
         text(&o)
     );
 }
+
+#[tokio::test]
+async fn removing_a_node_and_revoking_certificates() {
+    let site = site("wardctl-revoke").await;
+    let dir = site.dir.clone();
+    let env = [
+        ("WARDCTL_ENDPOINT", site.endpoint.clone()),
+        ("WARDCTL_CA", dir.join("ca/ca.pem").display().to_string()),
+        ("WARDCTL_CERT", dir.join("alice.pem").display().to_string()),
+        (
+            "WARDCTL_KEY",
+            dir.join("alice-key.pem").display().to_string(),
+        ),
+    ];
+    let o = run(&["delete", "node", "gw-2", "-m", "decommissioned"], &env).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("blocked until `wardctl unblock gw-2`"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["status"], &env).await;
+    assert!(
+        text(&o).contains("gw-2: removed and blocked by operator:alice")
+            && text(&o).contains("decommissioned"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["unblock", "gw-2"], &env).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["unblock", "gw-2"], &env).await;
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "not blocked: not found; {}",
+        text(&o)
+    );
+
+    // Issuing prints the serial; revoking by the certificate file takes it.
+    let ca = dir.join("ca");
+    let o = run(
+        &[
+            "pki",
+            "issue",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--role",
+            "operator",
+            "--name",
+            "carol",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("(serial "), "{}", text(&o));
+    let carol = dir.join("carol.pem");
+    let o = run(
+        &[
+            "pki",
+            "revoke",
+            "--certificate",
+            carol.to_str().unwrap(),
+            "--reason",
+            "left",
+        ],
+        &env,
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("revoked the certificate with serial"),
+        "{}",
+        text(&o)
+    );
+    let as_carol = [
+        env[0].clone(),
+        env[1].clone(),
+        ("WARDCTL_CERT", carol.display().to_string()),
+        (
+            "WARDCTL_KEY",
+            dir.join("carol-key.pem").display().to_string(),
+        ),
+    ];
+    let o = run(&["status"], &as_carol).await;
+    assert!(
+        !o.status.success(),
+        "a revoked operator is refused: {}",
+        text(&o)
+    );
+    // By role and name; the reason is required.
+    let o = run(
+        &["pki", "revoke", "--role", "agent", "--name", "gw-1"],
+        &env,
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(&["pki", "revoke", "--name", "gw-1", "--reason", "x"], &env).await;
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "--name needs --role: {}",
+        text(&o)
+    );
+    let o = run(
+        &[
+            "pki", "revoke", "--role", "agent", "--name", "gw-1", "--reason", "lost",
+        ],
+        &env,
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("revoked every agent certificate of \"gw-1\""),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["status", "-o", "json"], &env).await;
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        status["revocations"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
+}

@@ -140,6 +140,46 @@ pub struct DeleteResponse {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeRequest {
+    /// Hex; or empty, with role and name.
+    #[prost(string, tag = "1")]
+    pub serial: ::prost::alloc::string::String,
+    /// agent | operator | control-plane
+    #[prost(string, tag = "2")]
+    pub role: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeResponse {
+    #[prost(message, optional, tag = "1")]
+    pub revocation: ::core::option::Option<Revocation>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Revocation {
+    #[prost(string, tag = "1")]
+    pub serial: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub role: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    /// RFC 3339: certificates of role and name valid from this time or
+    /// earlier are revoked.
+    #[prost(string, tag = "4")]
+    pub issued_until: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub author: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub time: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct UnblockRequest {
     #[prost(string, tag = "1")]
     pub node: ::prost::alloc::string::String,
@@ -295,6 +335,8 @@ pub struct StatusResponse {
     pub replica: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "5")]
     pub blocked: ::prost::alloc::vec::Vec<BlockedNode>,
+    #[prost(message, repeated, tag = "6")]
+    pub revocations: ::prost::alloc::vec::Vec<Revocation>,
 }
 /// Generated client implementations.
 pub mod management_client {
@@ -526,6 +568,30 @@ pub mod management_client {
                 .insert(GrpcMethod::new("wardline.v1.Management", "Unblock"));
             self.inner.unary(req, path, codec).await
         }
+        /// Revokes a certificate (by serial), or every certificate of a role and
+        /// name issued until now: refused at the next handshake on every replica,
+        /// and its open streams closed.
+        pub async fn revoke(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeRequest>,
+        ) -> std::result::Result<tonic::Response<super::RevokeResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Revoke",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Revoke"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Every revision: who changed what, when.
         pub async fn history(
             &mut self,
@@ -647,6 +713,13 @@ pub mod management_server {
             &self,
             request: tonic::Request<super::UnblockRequest>,
         ) -> std::result::Result<tonic::Response<super::UnblockResponse>, tonic::Status>;
+        /// Revokes a certificate (by serial), or every certificate of a role and
+        /// name issued until now: refused at the next handshake on every replica,
+        /// and its open streams closed.
+        async fn revoke(
+            &self,
+            request: tonic::Request<super::RevokeRequest>,
+        ) -> std::result::Result<tonic::Response<super::RevokeResponse>, tonic::Status>;
         /// Every revision: who changed what, when.
         async fn history(
             &self,
@@ -989,6 +1062,49 @@ pub mod management_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UnblockSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Revoke" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeSvc<T: Management>(pub Arc<T>);
+                    impl<T: Management> tonic::server::UnaryService<super::RevokeRequest>
+                    for RevokeSvc<T> {
+                        type Response = super::RevokeResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::revoke(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -56,13 +56,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let tls = match tls::server_tls(&args.ca, &args.cert, &args.key) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("wardline-control-plane: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
+    // Checked before anything starts, so that a bad file is named at once.
+    if let Err(e) = tls::server_tls(&args.ca, &args.cert, &args.key) {
+        eprintln!("wardline-control-plane: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
     // The key the replica serves with also signs what it sends agents.
     let signer = match wardline_signing::Signer::from_pem_files(&args.cert, &args.key) {
         Ok(s) => s,
@@ -85,6 +83,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = runtime.block_on(async move {
         let store = store::open(&spec).await?;
         let cp = ControlPlane::start(Registry::new(store), replica, signer).await?;
+        let tls = tls::server_config(&args.ca, &args.cert, &args.key, cp.revocations())?;
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         let shutdown = async {
             let mut term =
