@@ -12,6 +12,7 @@
 //! offline).
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod registry;
 pub mod server;
 #[cfg(feature = "test-support")]

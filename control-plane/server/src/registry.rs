@@ -17,7 +17,10 @@ use time::format_description::well_known::Rfc3339;
 use wardline_policy::compile::NodeInfo;
 use wardline_policy::{PolicyErrors, PolicySet};
 
+use wardline_signing::{Signer, Verifier};
 use wardline_store::{Compare, Op, Store, StoreError};
+
+use crate::chain::{self, ChainError, RecordSeal};
 
 pub const KEY_PREFIX: &str = "/wardline/";
 pub const CURRENT_KEY: &str = "/wardline/policy/current";
@@ -163,6 +166,29 @@ pub struct RevisionRecord {
     /// Segments first, then policies, each by name.
     pub documents: Vec<StoredDocument>,
     pub sha256: String,
+    /// SHA-256 (hex) of the author's certificate, and the address it
+    /// called from.
+    #[serde(default)]
+    pub author_fingerprint: String,
+    #[serde(default)]
+    pub author_peer: String,
+    /// The chain (`chain`): the previous record's hash, this record's, and
+    /// the seal of the replica that wrote it.
+    #[serde(default)]
+    pub previous_sha256: String,
+    #[serde(default)]
+    pub record_sha256: String,
+    #[serde(default)]
+    pub seal: Option<RecordSeal>,
+}
+
+/// Who made a change: the certificate's name, its fingerprint and the
+/// address the call came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Author {
+    pub name: String,
+    pub fingerprint: String,
+    pub peer: String,
 }
 
 impl RevisionRecord {
@@ -177,6 +203,11 @@ impl RevisionRecord {
             changes: Vec::new(),
             documents: Vec::new(),
             sha256: String::new(),
+            author_fingerprint: String::new(),
+            author_peer: String::new(),
+            previous_sha256: String::new(),
+            record_sha256: String::new(),
+            seal: None,
         }
         .finish()
     }
@@ -325,6 +356,11 @@ pub enum RegistryError {
         .0.node, .0.author, .0.time, if .0.reason.is_empty() { "no reason given" } else { .0.reason.as_str() }, .0.node
     )]
     Blocked(BlockRecord),
+    /// The history fails its chain: edited behind the control plane's back.
+    #[error("the stored history fails verification: {0}")]
+    Chain(#[from] ChainError),
+    #[error("sealing the revision: {0}")]
+    Seal(String),
     #[error("a stored record at {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
 }
@@ -454,6 +490,10 @@ fn unstorable(applied: &[wardline_policy::SourceDocument]) -> Result<(), Registr
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// Seals every revision this replica writes.
+    signer: Signer,
+    /// Checks every replica's seals.
+    verifier: Verifier,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
@@ -474,8 +514,14 @@ fn now() -> String {
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn Store>) -> Registry {
-        Registry { store }
+    /// `signer`: this replica's certificate and key; `verifier`: the site
+    /// CA, whose control-plane certificates seal revisions.
+    pub fn new(store: Arc<dyn Store>, signer: Signer, verifier: Verifier) -> Registry {
+        Registry {
+            store,
+            signer,
+            verifier,
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -507,6 +553,55 @@ impl Registry {
         decode(&key, &kv.value)
     }
 
+    /// Checks the whole history: every revision from 1 to the current one
+    /// present, unaltered, sealed by a replica of the site and linked to
+    /// the one before. Returns the current record.
+    pub async fn verify_chain(&self) -> Result<RevisionRecord, RegistryError> {
+        let (current, _) = self.current().await?;
+        let mut records: BTreeMap<u64, RevisionRecord> = BTreeMap::new();
+        for kv in self.store.range(REVISIONS_PREFIX).await? {
+            let r: RevisionRecord = decode(&kv.key, &kv.value)?;
+            if kv.key != revision_key(r.revision) {
+                return Err(ChainError::Altered {
+                    revision: r.revision,
+                }
+                .into());
+            }
+            records.insert(r.revision, r);
+        }
+        let mut previous = RevisionRecord::empty();
+        for n in 1..=current.revision {
+            let record = records
+                .remove(&n)
+                .ok_or(ChainError::Missing { revision: n })?;
+            chain::check(&record, &previous, &self.verifier)?;
+            previous = record;
+        }
+        if let Some((&n, _)) = records.iter().next() {
+            // A record after the current one: written behind our back, or
+            // the current pointer moved back.
+            return Err(ChainError::Unlinked { revision: n }.into());
+        }
+        Ok(previous)
+    }
+
+    /// Checks one record against the chain: its hash, its seal and its
+    /// link to the record before it.
+    pub async fn verify_record(&self, record: &RevisionRecord) -> Result<(), RegistryError> {
+        if record.revision == 0 {
+            return Ok(());
+        }
+        let previous = match self.revision(record.revision - 1).await {
+            Ok(p) => p,
+            Err(RegistryError::NoRevision(n)) => {
+                return Err(ChainError::Missing { revision: n }.into());
+            }
+            Err(e) => return Err(e),
+        };
+        chain::check(record, &previous, &self.verifier)?;
+        Ok(())
+    }
+
     /// Every revision, most recent first.
     pub async fn history(&self) -> Result<Vec<RevisionRecord>, RegistryError> {
         let mut out = Vec::new();
@@ -528,7 +623,7 @@ impl Registry {
         documents: Vec<StoredDocument>,
         changes: Vec<ChangeRecord>,
         action: RevisionAction,
-        author: &str,
+        author: &Author,
         message: &str,
     ) -> Result<RevisionRecord, RegistryError> {
         if let Some(expected) = expected
@@ -539,17 +634,23 @@ impl Registry {
                 current: current.revision,
             });
         }
-        let record = RevisionRecord {
+        let mut record = RevisionRecord {
             revision: current.revision + 1,
-            author: author.to_owned(),
+            author: author.name.clone(),
             time: now(),
             action: Some(action),
             message: message.to_owned(),
             changes,
             documents,
             sha256: String::new(),
+            author_fingerprint: author.fingerprint.clone(),
+            author_peer: author.peer.clone(),
+            previous_sha256: String::new(),
+            record_sha256: String::new(),
+            seal: None,
         }
         .finish();
+        chain::seal(&mut record, current, &self.signer).map_err(RegistryError::Seal)?;
         let outcome = self
             .store
             .txn(
@@ -578,7 +679,9 @@ impl Registry {
         }
         tracing::info!(
             revision = record.revision,
-            author,
+            author = %author.name,
+            fingerprint = %author.fingerprint,
+            peer = %author.peer,
             action = action.as_str(),
             changes = record.changes.len(),
             "policy revision written"
@@ -593,7 +696,7 @@ impl Registry {
         source: &str,
         prune: bool,
         expected: Option<u64>,
-        author: &str,
+        author: &Author,
         message: &str,
     ) -> Result<(Option<RevisionRecord>, Plan), RegistryError> {
         let (current, current_mod) = self.current().await?;
@@ -631,7 +734,7 @@ impl Registry {
         kind: DocumentKind,
         name: &str,
         expected: Option<u64>,
-        author: &str,
+        author: &Author,
         message: &str,
     ) -> Result<RevisionRecord, RegistryError> {
         let (current, current_mod) = self.current().await?;
@@ -674,7 +777,7 @@ impl Registry {
         &self,
         to: u64,
         expected: Option<u64>,
-        author: &str,
+        author: &Author,
         message: &str,
     ) -> Result<RevisionRecord, RegistryError> {
         let (current, current_mod) = self.current().await?;

@@ -26,8 +26,9 @@ use wardline_proto::convert::{format_time, validation_errors};
 use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Management};
 use wardline_signing::Signer;
 
+use crate::chain::ChainError;
 use crate::registry::{
-    AgentRecord, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
+    AgentRecord, Author, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
     RegistryError, RevisionAction, RevisionRecord, RevocationRecord, plan_apply, validate_plan,
 };
 use time::format_description::well_known::Rfc3339;
@@ -169,6 +170,8 @@ fn registry_status(e: RegistryError) -> Status {
         }
         RegistryError::Store(_) => Status::unavailable(e.to_string()),
         RegistryError::Blocked(_) => Status::permission_denied(e.to_string()),
+        RegistryError::Chain(_) => Status::data_loss(e.to_string()),
+        RegistryError::Seal(_) => internal(e),
         RegistryError::Corrupt { .. } => internal(e),
     }
 }
@@ -271,6 +274,13 @@ impl ControlPlane {
         replica: String,
         signer: Signer,
     ) -> Result<ControlPlane, RegistryError> {
+        // A store edited behind the replicas' back is refused whole.
+        let head = registry.verify_chain().await?;
+        tracing::info!(
+            revisions = head.revision,
+            head_sha256 = %head.record_sha256,
+            "revision history verified"
+        );
         let (tx, rx) = watch::channel(None);
         let revoked = RevocationList::default();
         let follower = Follower {
@@ -391,6 +401,16 @@ impl Follower {
             self.revoked.set((*revoked).clone());
         }
         let (record, _) = self.registry.current().await?;
+        // Only a revision that holds to the chain is compiled and sent.
+        let seen = self.tx.borrow().as_ref().map_or(0, |c| c.record.revision);
+        if record.revision < seen {
+            return Err(ChainError::WentBack {
+                current: record.revision,
+                seen,
+            }
+            .into());
+        }
+        self.registry.verify_record(&record).await?;
         let nodes = self.registry.node_infos().await?;
         let blocked: BTreeMap<String, BlockRecord> = self
             .registry
@@ -498,6 +518,19 @@ fn author(id: &Identity) -> String {
     format!("operator:{}", id.name)
 }
 
+/// Who makes a change: the operator's name, the SHA-256 of the exact
+/// certificate it called with, and the address it called from.
+fn change_author<T>(req: &Request<T>, id: &Identity) -> Author {
+    Author {
+        name: author(id),
+        fingerprint: req
+            .peer_certs()
+            .and_then(|c| c.first().map(|leaf| hex(&Sha256::digest(leaf))))
+            .unwrap_or_default(),
+        peer: req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+    }
+}
+
 #[tonic::async_trait]
 impl Management for ControlPlane {
     #[tracing::instrument(skip_all)]
@@ -538,16 +571,11 @@ impl Management for ControlPlane {
         req: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
         let id = self.operator(&req)?;
+        let who = change_author(&req, &id);
         let r = req.into_inner();
         let (record, plan) = self
             .registry
-            .apply(
-                &r.source,
-                r.prune,
-                r.expected_revision,
-                &author(&id),
-                &r.message,
-            )
+            .apply(&r.source, r.prune, r.expected_revision, &who, &r.message)
             .await
             .map_err(registry_status)?;
         let (revision, unchanged) = match &record {
@@ -651,6 +679,7 @@ impl Management for ControlPlane {
         req: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
         let id = self.operator(&req)?;
+        let who = change_author(&req, &id);
         let r = req.into_inner();
         if r.kind.eq_ignore_ascii_case("node") {
             let registered = self
@@ -667,7 +696,7 @@ impl Management for ControlPlane {
         let kind = document_kind(&r.kind)?;
         let record = self
             .registry
-            .delete(kind, &r.name, r.expected_revision, &author(&id), &r.message)
+            .delete(kind, &r.name, r.expected_revision, &who, &r.message)
             .await
             .map_err(registry_status)?;
         Ok(Response::new(v1::DeleteResponse {
@@ -780,8 +809,29 @@ impl Management for ControlPlane {
                     policy_sha256: r.sha256.clone(),
                     segments: r.count(DocumentKind::Segment) as u32,
                     policies: r.count(DocumentKind::Policy) as u32,
+                    author_fingerprint: r.author_fingerprint.clone(),
+                    author_peer: r.author_peer.clone(),
+                    record_sha256: r.record_sha256.clone(),
+                    previous_sha256: r.previous_sha256.clone(),
                 })
                 .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn verify_history(
+        &self,
+        req: Request<v1::VerifyHistoryRequest>,
+    ) -> Result<Response<v1::VerifyHistoryResponse>, Status> {
+        self.operator(&req)?;
+        let head = self
+            .registry
+            .verify_chain()
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(v1::VerifyHistoryResponse {
+            revisions: head.revision,
+            head_sha256: head.record_sha256,
         }))
     }
 
@@ -791,10 +841,11 @@ impl Management for ControlPlane {
         req: Request<v1::RollbackRequest>,
     ) -> Result<Response<v1::RollbackResponse>, Status> {
         let id = self.operator(&req)?;
+        let who = change_author(&req, &id);
         let r = req.into_inner();
         let record = self
             .registry
-            .rollback(r.to_revision, r.expected_revision, &author(&id), &r.message)
+            .rollback(r.to_revision, r.expected_revision, &who, &r.message)
             .await
             .map_err(registry_status)?;
         Ok(Response::new(v1::RollbackResponse {

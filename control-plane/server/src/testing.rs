@@ -23,6 +23,8 @@ use wardline_tls::Role;
 pub struct Site {
     pub dir: PathBuf,
     pub endpoint: String,
+    /// The replica's store, for tests that change it behind its back.
+    pub store: std::sync::Arc<dyn wardline_store::Store>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -67,8 +69,10 @@ pub async fn site(tag: &str) -> Site {
     let signer =
         wardline_signing::Signer::from_pem_files(&dir.join("cp.pem"), &dir.join("cp-key.pem"))
             .unwrap();
+    let verifier = wardline_signing::Verifier::from_ca_file(&ca.join("ca.pem")).unwrap();
+    let store = store::open(&spec).await.unwrap();
     let cp = ControlPlane::start(
-        Registry::new(store::open(&spec).await.unwrap()),
+        Registry::new(store.clone(), signer.clone(), verifier),
         "replica-a".into(),
         signer,
     )
@@ -90,6 +94,7 @@ pub async fn site(tag: &str) -> Site {
     Site {
         dir,
         endpoint,
+        store,
         shutdown: Some(tx),
     }
 }

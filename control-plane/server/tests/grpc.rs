@@ -373,6 +373,38 @@ async fn site(tag: &str) -> wardline_control_plane::testing::Site {
     site
 }
 
+/// The first snapshot within 5 s for which `wanted` holds; snapshots
+/// before it (still on their way from earlier changes) are passed over.
+async fn next_where(
+    stream: &mut tonic::Streaming<v1::SignedSnapshot>,
+    wanted: impl Fn(&v1::PolicySnapshot) -> bool,
+) -> v1::PolicySnapshot {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let s = next(stream).await;
+            if wanted(&s) {
+                return s;
+            }
+        }
+    })
+    .await
+    .expect("the snapshot within 5 s")
+}
+
+/// How a stream ends, within 5 s, after any snapshot already on its way.
+async fn stream_error(stream: &mut tonic::Streaming<v1::SignedSnapshot>) -> tonic::Status {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.next().await.expect("an error, not a clean end") {
+                Ok(_) => continue,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 5 s")
+}
+
 /// `node`'s snapshot stream, from no revision known.
 async fn watch_from_start(
     agent: &mut AgentApiClient<tonic::transport::Channel>,
@@ -721,7 +753,7 @@ async fn a_removed_node_is_cut_off_and_stays_out_until_unblocked() {
     // gw-2's key was stolen; its agent is connected and streaming.
     let mut gw2 = site.agent("gw-2").await;
     register(&gw2).await.unwrap();
-    assert!(has_server(&next(&mut gw1_stream).await), "joined");
+    next_where(&mut gw1_stream, has_server).await;
     let mut gw2_stream = watch_from_start(&mut gw2, "gw-2").await;
     next(&mut gw2_stream).await;
 
@@ -733,12 +765,9 @@ async fn a_removed_node_is_cut_off_and_stays_out_until_unblocked() {
     })
     .await
     .unwrap();
-    assert!(!has_server(&next(&mut gw1_stream).await), "left");
+    next_where(&mut gw1_stream, |s| !has_server(s)).await;
     // Its live stream is ended, not left running.
-    let ended = tokio::time::timeout(Duration::from_secs(5), gw2_stream.next())
-        .await
-        .expect("the stream ends within 5 s");
-    let err = ended.expect("an error, not a clean end").unwrap_err();
+    let err = stream_error(&mut gw2_stream).await;
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     // It cannot come back with the same certificate.
     let err = register(&gw2).await.unwrap_err();
@@ -782,7 +811,8 @@ async fn a_removed_node_is_cut_off_and_stays_out_until_unblocked() {
     op.apply(apply(&POLICY.replace("443", "8443"), None, ""))
         .await
         .unwrap();
-    assert!(!has_server(&next(&mut gw1_stream).await));
+    let s = next_where(&mut gw1_stream, |s| s.revision == 2).await;
+    assert!(!has_server(&s));
 
     // An agent cannot unblock itself; an operator can.
     let err = ManagementClient::new(site.channel_as("gw-2").await)
@@ -807,7 +837,7 @@ async fn a_removed_node_is_cut_off_and_stays_out_until_unblocked() {
     register(&gw2)
         .await
         .expect("registers again once unblocked");
-    assert!(has_server(&next(&mut gw1_stream).await), "back");
+    next_where(&mut gw1_stream, has_server).await;
 }
 
 /// Whether a fresh connection with `name`'s certificate gets a call
@@ -883,12 +913,9 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_and_its_streams_close
         .unwrap()
         .into_inner();
     let revoked_at = r.revocation.unwrap().issued_until;
-    // Its open stream is closed within seconds.
-    let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .expect("the stream ends within 5 s")
-        .expect("an error, not a clean end")
-        .unwrap_err();
+    // Its open stream is closed within seconds (after any snapshot that
+    // was already on its way).
+    let ended = stream_error(&mut stream).await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended}");
     assert!(ended.message().contains("revoked"), "{}", ended.message());
     // Calls on its open connection are refused, and so is a new one.
@@ -1016,4 +1043,175 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_and_its_streams_close
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+}
+
+/// Rewrites stored revision `n` with `edit` applied to its JSON, behind
+/// the control plane's back.
+async fn tamper(
+    site: &wardline_control_plane::testing::Site,
+    n: u64,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let key = format!("/wardline/policy/revisions/{n:020}");
+    let kv = site
+        .store
+        .get(&key)
+        .await
+        .unwrap()
+        .expect("the revision is stored");
+    let mut record: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+    edit(&mut record);
+    site.store
+        .txn(
+            vec![],
+            vec![wardline_store::Op::Put {
+                key,
+                value: serde_json::to_vec(&record).unwrap(),
+            }],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_history_is_a_sealed_chain_and_an_edit_behind_its_back_is_caught() {
+    let site = site("chain").await;
+    let mut op = site.operator().await;
+    op.apply(apply(SEGMENTS, None, "segments")).await.unwrap();
+    op.apply(apply(POLICY, None, "CHG-1: pumps to server"))
+        .await
+        .unwrap();
+    op.apply(apply(&POLICY.replace("443", "8443"), None, "CHG-2"))
+        .await
+        .unwrap();
+    let verified = op
+        .verify_history(v1::VerifyHistoryRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verified.revisions, 3);
+    // Each record names the exact certificate and the address it came from.
+    let history = op
+        .history(v1::HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    use rustls::pki_types::pem::PemObject as _;
+    let alice =
+        rustls::pki_types::CertificateDer::from_pem_file(site.dir.join("alice.pem")).unwrap();
+    let fingerprint: String = <sha2::Sha256 as sha2::Digest>::digest(&alice)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for r in &history.revisions {
+        assert_eq!(r.author_fingerprint, fingerprint);
+        assert!(r.author_peer.starts_with("127.0.0.1:"), "{}", r.author_peer);
+    }
+    assert_eq!(history.revisions[0].record_sha256, verified.head_sha256);
+    assert_eq!(
+        history.revisions[0].previous_sha256,
+        history.revisions[1].record_sha256
+    );
+
+    let mut gw1 = site.agent("gw-1").await;
+    let mut stream = watch_from_start(&mut gw1, "gw-1").await;
+    next(&mut stream).await;
+
+    // Someone with the store edits who made revision 2 and why.
+    tamper(&site, 2, |r| {
+        r["author"] = "operator:bob".into();
+        r["message"] = "harmless".into();
+    })
+    .await;
+    let err = op
+        .verify_history(v1::VerifyHistoryRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err}");
+    assert!(
+        err.message().contains("revision 2 was altered"),
+        "{}",
+        err.message()
+    );
+
+    // ... and recomputes the hash: the seal no longer holds.
+    tamper(&site, 2, |r| {
+        let mut record: wardline_control_plane::registry::RevisionRecord =
+            serde_json::from_value(r.clone()).unwrap();
+        record.record_sha256 = wardline_control_plane::chain::record_hash(&record);
+        *r = serde_json::to_value(&record).unwrap();
+    })
+    .await;
+    let err = op
+        .verify_history(v1::VerifyHistoryRequest {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("revision 2's seal is refused"),
+        "{}",
+        err.message()
+    );
+
+    // The current revision edited to open everything: never compiled nor sent.
+    tamper(&site, 3, |r| {
+        let docs = r["documents"].as_array_mut().unwrap();
+        for d in docs {
+            if d["kind"] == "Policy" {
+                d["text"] = d["text"]
+                    .as_str()
+                    .unwrap()
+                    .replace("port: 8443", "port: 22")
+                    .into();
+            }
+        }
+    })
+    .await;
+    if let Ok(Some(Ok(s))) = tokio::time::timeout(Duration::from_millis(1500), stream.next()).await
+    {
+        let dp = tables(&open(&s));
+        assert!(
+            !dp.rules.iter().any(|r| r.port == 22),
+            "an edited revision reached an agent"
+        );
+    }
+
+    // A revision removed from the middle.
+    site.store
+        .txn(
+            vec![],
+            vec![wardline_store::Op::Delete {
+                key: format!("/wardline/policy/revisions/{:020}", 1),
+            }],
+        )
+        .await
+        .unwrap();
+    let err = op
+        .verify_history(v1::VerifyHistoryRequest {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("revision 1 is missing"),
+        "{}",
+        err.message()
+    );
+
+    // A replica starting on this store refuses it.
+    let signer = wardline_signing::Signer::from_pem_files(
+        &site.dir.join("cp.pem"),
+        &site.dir.join("cp-key.pem"),
+    )
+    .unwrap();
+    let verifier = wardline_signing::Verifier::from_ca_file(&site.dir.join("ca/ca.pem")).unwrap();
+    let refused = server::ControlPlane::start(
+        wardline_control_plane::registry::Registry::new(
+            site.store.clone(),
+            signer.clone(),
+            verifier,
+        ),
+        "replica-b".into(),
+        signer,
+    )
+    .await;
+    let err = refused.err().expect("a replica refuses an edited store");
+    assert!(err.to_string().contains("fails verification"), "{err}");
 }

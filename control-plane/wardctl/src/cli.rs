@@ -137,6 +137,9 @@ pub enum RemoteCommand {
     History {
         #[arg(long, default_value_t = 0)]
         limit: u32,
+        /// Check the whole revision chain instead (exit 9 if it fails).
+        #[arg(long)]
+        verify: bool,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },

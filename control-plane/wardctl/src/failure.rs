@@ -7,6 +7,7 @@ pub const EXIT_NOT_FOUND: u8 = 5;
 pub const EXIT_UNAVAILABLE: u8 = 6;
 pub const EXIT_REFUSED: u8 = 7;
 pub const EXIT_UNHEALTHY: u8 = 8;
+pub const EXIT_TAMPERED: u8 = 9;
 
 pub struct Failure {
     pub code: u8,
@@ -27,6 +28,7 @@ pub fn from_status(s: tonic::Status) -> Failure {
         Code::InvalidArgument => EXIT_INVALID,
         Code::FailedPrecondition | Code::Aborted => EXIT_CONFLICT,
         Code::NotFound => EXIT_NOT_FOUND,
+        Code::DataLoss => EXIT_TAMPERED,
         Code::Unavailable | Code::DeadlineExceeded => EXIT_UNAVAILABLE,
         Code::Unauthenticated | Code::PermissionDenied => EXIT_REFUSED,
         _ => EXIT_FAILURE,

@@ -4,7 +4,8 @@
 //! 0 done; 1 any other failure; 2 bad command line; 3 policy invalid;
 //! 4 stale revision (someone changed the policy first); 5 not found;
 //! 6 control plane unreachable; 7 refused (certificate not accepted or not
-//! allowed); 8 `status --check`: an agent is disconnected or behind.
+//! allowed); 8 `status --check`: an agent is disconnected or behind; 9 the
+//! stored history fails verification (`history --verify`).
 
 use std::process::ExitCode;
 

@@ -222,7 +222,26 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                 .map_err(from_status)?;
             println!("unblocked node {node}: it may register again");
         }
-        RemoteCommand::History { limit, output } => {
+        RemoteCommand::History {
+            verify: true,
+            output,
+            ..
+        } => {
+            let r = c
+                .verify_history(v1::VerifyHistoryRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let value =
+                json!({"verified": true, "revisions": r.revisions, "headSha256": r.head_sha256});
+            print_value(output, &value, || {
+                format!(
+                    "history verified: {} revisions, each sealed by a replica of the site and linked to the one before\nhead sha256 {}\n",
+                    r.revisions, r.head_sha256
+                )
+            });
+        }
+        RemoteCommand::History { limit, output, .. } => {
             let r = c
                 .history(v1::HistoryRequest { limit })
                 .await
@@ -233,6 +252,8 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     .iter()
                     .map(|h| {
                         json!({"revision": h.revision, "time": h.time, "author": h.author,
+                               "authorFingerprint": h.author_fingerprint, "authorPeer": h.author_peer,
+                               "recordSha256": h.record_sha256, "previousSha256": h.previous_sha256,
                                "action": h.action, "message": h.message,
                                "changes": changes_json(&h.changes), "policySha256": h.policy_sha256,
                                "segments": h.segments, "policies": h.policies})
@@ -248,6 +269,8 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                             h.revision.to_string(),
                             h.time.clone(),
                             h.author.clone(),
+                            h.author_fingerprint.chars().take(16).collect(),
+                            h.author_peer.clone(),
                             h.action.clone(),
                             changes_text(&h.changes),
                             h.message.clone(),
@@ -255,7 +278,16 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     })
                     .collect();
                 table(
-                    &["REVISION", "TIME", "AUTHOR", "ACTION", "CHANGES", "MESSAGE"],
+                    &[
+                        "REVISION",
+                        "TIME",
+                        "AUTHOR",
+                        "CERTIFICATE",
+                        "FROM",
+                        "ACTION",
+                        "CHANGES",
+                        "MESSAGE",
+                    ],
                     &rows,
                 )
             });

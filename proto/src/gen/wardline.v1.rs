@@ -233,6 +233,28 @@ pub struct RevisionInfo {
     pub segments: u32,
     #[prost(uint32, tag = "9")]
     pub policies: u32,
+    /// SHA-256 (hex) of the author's certificate, and the address it called from.
+    #[prost(string, tag = "10")]
+    pub author_fingerprint: ::prost::alloc::string::String,
+    #[prost(string, tag = "11")]
+    pub author_peer: ::prost::alloc::string::String,
+    /// The chain: this record's hash and the one before it.
+    #[prost(string, tag = "12")]
+    pub record_sha256: ::prost::alloc::string::String,
+    #[prost(string, tag = "13")]
+    pub previous_sha256: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifyHistoryRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifyHistoryResponse {
+    #[prost(uint64, tag = "1")]
+    pub revisions: u64,
+    /// The current record's hash: keep it elsewhere to detect truncation.
+    #[prost(string, tag = "2")]
+    pub head_sha256: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -617,6 +639,32 @@ pub mod management_client {
                 .insert(GrpcMethod::new("wardline.v1.Management", "History"));
             self.inner.unary(req, path, codec).await
         }
+        /// Checks the whole revision chain (DATA_LOSS, naming the first broken
+        /// revision, when it fails).
+        pub async fn verify_history(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VerifyHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::VerifyHistoryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/VerifyHistory",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "VerifyHistory"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Makes an earlier revision's documents current again, as a new revision.
         pub async fn rollback(
             &mut self,
@@ -725,6 +773,15 @@ pub mod management_server {
             &self,
             request: tonic::Request<super::HistoryRequest>,
         ) -> std::result::Result<tonic::Response<super::HistoryResponse>, tonic::Status>;
+        /// Checks the whole revision chain (DATA_LOSS, naming the first broken
+        /// revision, when it fails).
+        async fn verify_history(
+            &self,
+            request: tonic::Request<super::VerifyHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::VerifyHistoryResponse>,
+            tonic::Status,
+        >;
         /// Makes an earlier revision's documents current again, as a new revision.
         async fn rollback(
             &self,
@@ -1150,6 +1207,51 @@ pub mod management_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = HistorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/VerifyHistory" => {
+                    #[allow(non_camel_case_types)]
+                    struct VerifyHistorySvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::VerifyHistoryRequest>
+                    for VerifyHistorySvc<T> {
+                        type Response = super::VerifyHistoryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VerifyHistoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::verify_history(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VerifyHistorySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -82,7 +82,13 @@ fn main() -> ExitCode {
     let replica = args.replica.clone().unwrap_or_else(|| args.listen.clone());
     let result: anyhow::Result<()> = runtime.block_on(async move {
         let store = store::open(&spec).await?;
-        let cp = ControlPlane::start(Registry::new(store), replica, signer).await?;
+        let verifier = wardline_signing::Verifier::from_ca_file(&args.ca)?;
+        let cp = ControlPlane::start(
+            Registry::new(store, signer.clone(), verifier),
+            replica,
+            signer,
+        )
+        .await?;
         let tls = tls::server_config(&args.ca, &args.cert, &args.key, cp.revocations())?;
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         let shutdown = async {
