@@ -33,6 +33,8 @@ const SNAPSHOT_FILE: &str = "snapshot.pb";
 /// The revision and tables hash of the snapshot last enforced.
 const ENFORCED_FILE: &str = "enforced";
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// How long a heartbeat may take before it is given up (not the stream).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// A snapshot handed from the connection task to the enforcing loop, and
@@ -517,11 +519,21 @@ impl Session {
                         .context("acknowledging")?;
                 }
                 _ = heartbeat.tick() => {
+                    // A heartbeat that fails or hangs is reported, never a
+                    // reason to drop the snapshot stream: policy delivery
+                    // goes on over it.
                     let (revision, generation) = self.enforced();
-                    client
-                        .heartbeat(v1::HeartbeatRequest { node: node.clone(), revision, generation })
-                        .await
-                        .context("heartbeat")?;
+                    let beat = client.heartbeat(v1::HeartbeatRequest { node: node.clone(), revision, generation });
+                    match tokio::time::timeout(HEARTBEAT_TIMEOUT, beat).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated
+                            || status.code() == tonic::Code::PermissionDenied => {
+                            // Revoked or removed: the stream ends too.
+                            anyhow::bail!("heartbeat refused: {}", status.message());
+                        }
+                        Ok(Err(status)) => tracing::warn!("heartbeat failed: {}", status.message()),
+                        Err(_) => tracing::warn!("heartbeat timed out after {HEARTBEAT_TIMEOUT:?}"),
+                    }
                 }
             }
         }

@@ -31,6 +31,10 @@ pub const AGENTS_PREFIX: &str = "/wardline/agents/";
 /// `name/`.
 pub const REVOKED_PREFIX: &str = "/wardline/revoked/";
 
+/// Each replica's summary of the agents it hears from, one record per
+/// replica written every few seconds (never one write per heartbeat).
+pub const LIVENESS_PREFIX: &str = "/wardline/liveness/";
+
 /// Nodes operators removed: a certificate of one of these names can
 /// neither register nor receive policy until it is unblocked.
 pub const BLOCKED_PREFIX: &str = "/wardline/blocked/";
@@ -306,6 +310,16 @@ impl RevocationRecord {
             format!("{REVOKED_PREFIX}serial/{}", self.serial)
         }
     }
+}
+
+/// One replica's summary of the agents it heard from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessRecord {
+    pub replica: String,
+    /// When the summary was written (RFC 3339).
+    pub time: String,
+    /// Node -> when this replica last heard from it (RFC 3339).
+    pub nodes: BTreeMap<String, String>,
 }
 
 /// What the control plane last heard from an agent.
@@ -894,6 +908,29 @@ impl Registry {
     pub async fn revocations(&self) -> Result<Vec<RevocationRecord>, RegistryError> {
         let mut out = Vec::new();
         for kv in self.store.range(REVOKED_PREFIX).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
+    }
+
+    /// Replaces this replica's liveness summary.
+    pub async fn publish_liveness(&self, record: &LivenessRecord) -> Result<(), RegistryError> {
+        self.store
+            .txn(
+                vec![],
+                vec![Op::Put {
+                    key: format!("{LIVENESS_PREFIX}{}", record.replica),
+                    value: encode(record),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every replica's liveness summary.
+    pub async fn liveness(&self) -> Result<Vec<LivenessRecord>, RegistryError> {
+        let mut out = Vec::new();
+        for kv in self.store.range(LIVENESS_PREFIX).await? {
             out.push(decode(&kv.key, &kv.value)?);
         }
         Ok(out)

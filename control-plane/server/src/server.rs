@@ -27,6 +27,7 @@ use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Ma
 use wardline_signing::Signer;
 
 use crate::chain::ChainError;
+use crate::liveness::{Heard, Liveness, PUBLISH_EVERY};
 use crate::registry::{
     AgentRecord, Author, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
     RegistryError, RevisionAction, RevisionRecord, RevocationRecord, plan_apply, validate_plan,
@@ -192,6 +193,7 @@ pub struct ControlPlane {
     registry: Registry,
     replica: String,
     revoked: RevocationList,
+    liveness: Liveness,
     cluster: watch::Receiver<Option<Cluster>>,
     agents: mpsc::Sender<AgentUpdate>,
 }
@@ -293,10 +295,14 @@ impl ControlPlane {
         tokio::spawn(follower.run());
         let (agents, updates) = mpsc::channel(4 * AGENT_BATCH);
         tokio::spawn(agent_writer(registry.clone(), replica.clone(), updates));
+        let liveness = Liveness::default();
+        tokio::spawn(liveness.clone().publish(registry.clone(), replica.clone()));
+        tokio::spawn(compact(registry.clone()));
         Ok(ControlPlane {
             registry,
             replica,
             revoked,
+            liveness,
             cluster: rx,
             agents,
         })
@@ -506,12 +512,40 @@ impl Follower {
     }
 }
 
+/// How often a replica compacts the store's history, and how many store
+/// revisions of history it keeps (for watches that reconnect).
+const COMPACT_EVERY: Duration = Duration::from_secs(600);
+const HISTORY_KEPT: u64 = 10_000;
+
+/// Keeps the store's history of changes bounded (etcd keeps every old
+/// value until compacted). Policy revisions are records of their own and
+/// are never compacted away.
+async fn compact(registry: Registry) {
+    let mut every = tokio::time::interval(COMPACT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match registry.store().revision().await {
+            Ok(now) if now > HISTORY_KEPT => {
+                if let Err(e) = registry.store().compact(now - HISTORY_KEPT).await {
+                    tracing::warn!("compacting the store's history: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reading the store's revision: {e}"),
+        }
+    }
+}
+
+/// Records that change nothing any agent is sent: agents' acks and the
+/// replicas' liveness summaries.
 fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
     let key = match ev {
         wardline_store::WatchEvent::Put(kv) => kv.key.as_str(),
         wardline_store::WatchEvent::Delete { key, .. } => key.as_str(),
     };
     key.starts_with(crate::registry::AGENTS_PREFIX)
+        || key.starts_with(crate::registry::LIVENESS_PREFIX)
 }
 
 fn author(id: &Identity) -> String {
@@ -687,6 +721,7 @@ impl Management for ControlPlane {
                 .remove_node(&r.name, &author(&id), &r.message)
                 .await
                 .map_err(registry_status)?;
+            self.liveness.forget(&r.name);
             tracing::warn!(node = %r.name, registered, by = %id, "node removed and blocked");
             let current = self.registry.current().await.map_err(registry_status)?.0;
             return Ok(Response::new(v1::DeleteResponse {
@@ -877,6 +912,11 @@ impl Management for ControlPlane {
             .into_iter()
             .map(|a| (a.node.clone(), a))
             .collect();
+        let others = self.registry.liveness().await.unwrap_or_else(|e| {
+            tracing::warn!("reading other replicas' liveness: {e}");
+            Vec::new()
+        });
+        let heard = self.liveness.merged(&self.replica, &others);
         let cluster = self.cluster.borrow().clone();
         let now = OffsetDateTime::now_utc();
         let since_current = current
@@ -891,13 +931,17 @@ impl Management for ControlPlane {
         {
             let node = nodes.get(name);
             let agent = agents.get(name).cloned().unwrap_or_default();
-            let last = OffsetDateTime::parse(
-                &agent.last_heartbeat,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok();
-            let connected = last
-                .is_some_and(|t| now - t < time::Duration::seconds(3 * HEARTBEAT_SECONDS as i64));
+            let heard = heard.get(name.as_str());
+            // Another replica's summary is up to PUBLISH_EVERY old.
+            let window = |h: &Heard| {
+                let base = time::Duration::seconds(3 * HEARTBEAT_SECONDS as i64);
+                if h.replica == self.replica {
+                    base
+                } else {
+                    base + time::Duration::try_from(PUBLISH_EVERY).unwrap_or_default()
+                }
+            };
+            let connected = heard.is_some_and(|h| now - h.at < window(h));
             let behind = agent.acked_revision < current.revision
                 && since_current > time::Duration::try_from(BEHIND_GRACE).unwrap_or_default();
             let admitted = cluster
@@ -941,7 +985,7 @@ impl Management for ControlPlane {
                 reported_labels,
                 left_out,
                 connected,
-                last_heartbeat: agent.last_heartbeat.clone(),
+                last_heartbeat: heard.map(|h| format_time(h.at)).unwrap_or_default(),
                 acked_revision: agent.acked_revision,
                 acked_policy_sha256: agent.acked_sha256.clone(),
                 tables_current: cluster
@@ -951,7 +995,7 @@ impl Management for ControlPlane {
                 generation: agent.generation,
                 behind,
                 error: agent.error.clone(),
-                replica: agent.replica.clone(),
+                replica: heard.map(|h| h.replica.clone()).unwrap_or_default(),
             });
         }
         let blocked = self
@@ -1037,6 +1081,7 @@ impl AgentApi for ControlPlane {
             .register(&record)
             .await
             .map_err(registry_status)?;
+        self.liveness.heard(&r.node, None);
         tracing::info!(node = %r.node, addresses = ?r.addresses, "agent registered");
         let current = self.registry.current().await.map_err(registry_status)?.0;
         Ok(Response::new(v1::RegisterResponse {
@@ -1096,6 +1141,8 @@ impl AgentApi for ControlPlane {
         if !r.error.is_empty() {
             tracing::warn!(node = %r.node, revision = r.revision, error = %r.error, "agent could not enforce a snapshot");
         }
+        self.liveness
+            .heard(&r.node, r.error.is_empty().then_some(r.generation));
         let ack = r.clone();
         self.touch_agent(&r.node, move |record| {
             if ack.error.is_empty() {
@@ -1119,9 +1166,16 @@ impl AgentApi for ControlPlane {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let r = req.get_ref();
         self.agent(&req, &r.node)?;
-        let generation = r.generation;
-        self.touch_agent(&r.node, move |record| record.generation = generation)
-            .await?;
+        // In memory; the store hears only of a new generation.
+        if self.liveness.heard(&r.node, Some(r.generation)) {
+            let generation = r.generation;
+            if let Err(e) = self
+                .touch_agent(&r.node, move |record| record.generation = generation)
+                .await
+            {
+                tracing::warn!(node = %r.node, "recording the agent's generation: {e}");
+            }
+        }
         let current = self
             .cluster
             .borrow()

@@ -1215,3 +1215,49 @@ async fn the_history_is_a_sealed_chain_and_an_edit_behind_its_back_is_caught() {
     let err = refused.err().expect("a replica refuses an edited store");
     assert!(err.to_string().contains("fails verification"), "{err}");
 }
+
+#[tokio::test]
+async fn heartbeats_stay_in_memory_and_status_still_sees_them() {
+    let site = site("liveness").await;
+    let mut op = site.operator().await;
+    op.apply(apply(SEGMENTS, None, "")).await.unwrap();
+    let mut agents = Vec::new();
+    for node in ["gw-1", "gw-2"] {
+        let mut a = site.agent(node).await;
+        a.register(v1::RegisterRequest {
+            node: node.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        agents.push((node, a));
+    }
+    // Let the registrations and the first liveness summary settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = site.store.revision().await.unwrap();
+    for _ in 0..20 {
+        for (node, a) in &mut agents {
+            a.heartbeat(v1::HeartbeatRequest {
+                node: (*node).into(),
+                revision: 1,
+                generation: 1,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    let after = site.store.revision().await.unwrap();
+    // 40 heartbeats: one write for each agent's first generation, and at
+    // most one liveness summary in between; not one per heartbeat.
+    assert!(
+        after - before <= 3,
+        "40 heartbeats made {} store writes",
+        after - before
+    );
+    let status = op.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    for a in &status.agents {
+        assert!(a.connected, "{} connected", a.node);
+        assert_eq!(a.replica, "replica-a");
+        assert_eq!(a.generation, 1, "the new generation was recorded");
+    }
+}

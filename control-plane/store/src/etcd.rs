@@ -373,6 +373,10 @@ fn convert_kv(operation: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue, S
 
 #[async_trait::async_trait]
 impl Store for EtcdStore {
+    async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        EtcdStore::compact(self, revision).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         validate_key("get", key)?;
         let operation = format!("etcd get key {key:?}");
