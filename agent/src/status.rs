@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -259,5 +260,116 @@ pub fn router(shared: Shared) -> Router {
 pub async fn serve(address: SocketAddr, shared: Shared) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     tracing::info!(%address, "status endpoint listening");
-    axum::serve(listener, router(shared)).await
+    serve_router(listener, router(shared)).await
+}
+
+/// How long a client has to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection stays open, whatever it does.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Serves `router` on `listener`, one request per connection, each held to
+/// [`HEADER_TIMEOUT`] for its headers and [`CONNECTION_TIMEOUT`] in all, at
+/// most [`MAX_CONNECTIONS`] at once: a local process that opens
+/// connections and sends nothing (or a byte a minute) cannot tie the
+/// endpoint up, and monitoring keeps its answer.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("status endpoint: accepting: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            if tokio::time::timeout(CONNECTION_TIMEOUT, connection)
+                .await
+                .is_err()
+            {
+                tracing::debug!(
+                    "status endpoint: a connection outlived {CONNECTION_TIMEOUT:?}, closed"
+                );
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+
+    async fn endpoint() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = Router::new().route("/healthz", get(|| async { "ok" }));
+        tokio::spawn(serve_router(listener, router));
+        address
+    }
+
+    fn get_healthz(address: SocketAddr) -> String {
+        let mut c = std::net::TcpStream::connect(address).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_silent_client_is_cut_off_and_cannot_starve_the_endpoint() {
+        let address = endpoint().await;
+        // More idle connections than the endpoint serves at once, each
+        // sending half a request line and then nothing.
+        let idle: Vec<std::net::TcpStream> = (0..MAX_CONNECTIONS + 8)
+            .map(|_| {
+                let mut c = std::net::TcpStream::connect(address).unwrap();
+                c.write_all(b"GET /heal").unwrap();
+                c
+            })
+            .collect();
+        // Within the header timeout (and a margin) they are closed...
+        let started = std::time::Instant::now();
+        let mut first = idle.into_iter().next().unwrap();
+        first
+            .set_read_timeout(Some(HEADER_TIMEOUT + Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::task::spawn_blocking(move || first.read_to_end(&mut buf).map(|_| buf))
+            .await
+            .unwrap();
+        assert!(
+            read.is_ok(),
+            "the idle connection was closed, not left open: {read:?}"
+        );
+        assert!(started.elapsed() < HEADER_TIMEOUT + Duration::from_secs(4));
+        // ...and the endpoint answers again.
+        let answer = tokio::task::spawn_blocking(move || get_healthz(address))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 }

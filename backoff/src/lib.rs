@@ -105,6 +105,9 @@ mod tests {
             .map(|_| Backoff::new(FIRST, MAX).next_delay().as_secs_f64() / FIRST.as_secs_f64())
             .collect();
         let low = pauses.iter().filter(|p| **p < 0.5).count();
-        assert!((350..=650).contains(&low), "{low} of 1000 in the first half");
+        assert!(
+            (350..=650).contains(&low),
+            "{low} of 1000 in the first half"
+        );
     }
 }

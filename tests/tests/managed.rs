@@ -392,8 +392,9 @@ fn privileged_persisted_snapshot_is_signed_private_and_never_rolled_back() {
     agent.kill9();
     std::fs::write(&snapshot, &old).unwrap();
     agent.spawn();
+    // Loading the programs again takes a few seconds; more on a busy machine.
     let refused = |agent: &Agent, what: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let status = agent.get(ns, "/status").map(|(_, b)| b).unwrap_or_default();
             if status.contains(what) {

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod limits;
 pub mod liveness;
 pub mod registry;
 pub mod server;

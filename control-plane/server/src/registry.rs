@@ -375,6 +375,8 @@ pub enum RegistryError {
     Chain(#[from] ChainError),
     #[error("sealing the revision: {0}")]
     Seal(String),
+    #[error("{0}")]
+    Internal(String),
     #[error("a stored record at {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
 }
@@ -716,7 +718,11 @@ impl Registry {
         let (current, current_mod) = self.current().await?;
         let plan = plan(&current.documents, source, prune)?;
         let nodes = self.node_infos().await?;
-        validate_plan(source, &plan, &nodes)?;
+        // Off the runtime's threads: a large policy takes a while.
+        let (checked, planned) = (source.to_owned(), plan.clone());
+        tokio::task::spawn_blocking(move || validate_plan(&checked, &planned, &nodes))
+            .await
+            .map_err(|e| RegistryError::Internal(format!("validating: {e}")))??;
         if let Some(expected) = expected
             && expected != current.revision
         {

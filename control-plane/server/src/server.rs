@@ -27,6 +27,7 @@ use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Ma
 use wardline_signing::Signer;
 
 use crate::chain::ChainError;
+use crate::limits;
 use crate::liveness::{Heard, Liveness, PUBLISH_EVERY};
 use crate::registry::{
     AgentRecord, Author, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
@@ -172,7 +173,7 @@ fn registry_status(e: RegistryError) -> Status {
         RegistryError::Store(_) => Status::unavailable(e.to_string()),
         RegistryError::Blocked(_) => Status::permission_denied(e.to_string()),
         RegistryError::Chain(_) => Status::data_loss(e.to_string()),
-        RegistryError::Seal(_) => internal(e),
+        RegistryError::Seal(_) | RegistryError::Internal(_) => internal(e),
         RegistryError::Corrupt { .. } => internal(e),
     }
 }
@@ -194,6 +195,8 @@ pub struct ControlPlane {
     replica: String,
     revoked: RevocationList,
     liveness: Liveness,
+    registrations: limits::Registrations,
+    streams: limits::Streams,
     cluster: watch::Receiver<Option<Cluster>>,
     agents: mpsc::Sender<AgentUpdate>,
 }
@@ -303,6 +306,8 @@ impl ControlPlane {
             replica,
             revoked,
             liveness,
+            registrations: Default::default(),
+            streams: Default::default(),
             cluster: rx,
             agents,
         })
@@ -435,7 +440,16 @@ impl Follower {
         if unchanged {
             return Ok(());
         }
-        match compile(&record, &nodes, blocked, revoked, &self.signer) {
+        // Parsing and compiling a large policy takes a while: off the
+        // runtime's threads, so that calls and streams go on meanwhile.
+        let signer = self.signer.clone();
+        let (record, nodes) = (Arc::new(record), Arc::new(nodes));
+        let (r, n) = (record.clone(), nodes.clone());
+        let compiled =
+            tokio::task::spawn_blocking(move || compile(&r, &n, blocked, revoked, &signer))
+                .await
+                .unwrap_or_else(|e| Err(format!("compiling: {e}")));
+        match compiled {
             Ok(cluster) => {
                 tracing::info!(
                     revision = record.revision,
@@ -577,7 +591,11 @@ impl Management for ControlPlane {
         let (current, _) = self.registry.current().await.map_err(registry_status)?;
         let plan = plan_apply(&current.documents, source).map_err(registry_status)?;
         let nodes = self.registry.node_infos().await.map_err(registry_status)?;
-        Ok(Response::new(match validate_plan(source, &plan, &nodes) {
+        let checked = source.clone();
+        let validated = tokio::task::spawn_blocking(move || validate_plan(&checked, &plan, &nodes))
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(match validated {
             Ok(set) => v1::ValidateResponse {
                 errors: vec![],
                 segments: set.segments.len() as u32,
@@ -607,6 +625,7 @@ impl Management for ControlPlane {
         let id = self.operator(&req)?;
         let who = change_author(&req, &id);
         let r = req.into_inner();
+        limits::message("message", &r.message)?;
         let (record, plan) = self
             .registry
             .apply(&r.source, r.prune, r.expected_revision, &who, &r.message)
@@ -715,6 +734,7 @@ impl Management for ControlPlane {
         let id = self.operator(&req)?;
         let who = change_author(&req, &id);
         let r = req.into_inner();
+        limits::message("message", &r.message)?;
         if r.kind.eq_ignore_ascii_case("node") {
             let registered = self
                 .registry
@@ -746,6 +766,7 @@ impl Management for ControlPlane {
     ) -> Result<Response<v1::RevokeResponse>, Status> {
         let id = self.operator(&req)?;
         let r = req.into_inner();
+        limits::message("reason", &r.reason)?;
         let now = format_time(OffsetDateTime::now_utc());
         let record = if !r.serial.is_empty() {
             let serial = parse_serial(&r.serial).ok_or_else(|| {
@@ -878,6 +899,7 @@ impl Management for ControlPlane {
         let id = self.operator(&req)?;
         let who = change_author(&req, &id);
         let r = req.into_inner();
+        limits::message("message", &r.message)?;
         let record = self
             .registry
             .rollback(r.to_revision, r.expected_revision, &who, &r.message)
@@ -1062,6 +1084,8 @@ impl AgentApi for ControlPlane {
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         let r = req.get_ref();
         self.agent(&req, &r.node)?;
+        limits::registration(&r.labels, &r.addresses)?;
+        self.registrations.take(&r.node)?;
         let addresses = r
             .addresses
             .iter()
@@ -1081,7 +1105,6 @@ impl AgentApi for ControlPlane {
             .register(&record)
             .await
             .map_err(registry_status)?;
-        self.liveness.heard(&r.node, None);
         tracing::info!(node = %r.node, addresses = ?r.addresses, "agent registered");
         let current = self.registry.current().await.map_err(registry_status)?.0;
         Ok(Response::new(v1::RegisterResponse {
@@ -1101,10 +1124,15 @@ impl AgentApi for ControlPlane {
             .peer_certs()
             .and_then(|c| c.first().and_then(|leaf| CertificateFacts::of(leaf)));
         let mut rx = self.cluster.clone();
+        let (mut newer, epoch) = self.streams.open(&node);
         let stream = async_stream::try_stream! {
             // (revision, tables) last sent to this agent.
             let mut sent: Option<(u64, [u8; 32])> = None;
             loop {
+                if *newer.borrow_and_update() != epoch {
+                    tracing::info!(node = %node, "stream superseded by a newer one of the same node");
+                    Err(Status::aborted("superseded by a newer Watch of the same node"))?;
+                }
                 let cluster = rx.borrow_and_update().clone();
                 if let Some(refusal) = cluster
                     .as_ref()
@@ -1126,8 +1154,9 @@ impl AgentApi for ControlPlane {
                     }
                     sent = Some(key);
                 }
-                if rx.changed().await.is_err() {
-                    break;
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { break },
+                    _ = newer.changed() => {}
                 }
             }
         };
@@ -1202,12 +1231,12 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(
             v1::management_server::ManagementServer::new(cp.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(limits::MANAGEMENT_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
             v1::agent_api_server::AgentApiServer::new(cp)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(limits::AGENT_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -1261,3 +1261,107 @@ async fn heartbeats_stay_in_memory_and_status_still_sees_them() {
         assert_eq!(a.generation, 1, "the new generation was recorded");
     }
 }
+
+#[tokio::test]
+async fn one_agent_key_cannot_flood_the_control_plane() {
+    let site = site("limits").await;
+    let mut op = site.operator().await;
+    op.apply(apply(SEGMENTS, None, "")).await.unwrap();
+    let mut gw1 = site.agent("gw-1").await;
+    let register = |labels: std::collections::HashMap<String, String>, addresses: Vec<String>| {
+        v1::RegisterRequest {
+            node: "gw-1".into(),
+            labels,
+            addresses,
+        }
+    };
+    // Oversized claims are refused by name, before anything is stored.
+    let many: std::collections::HashMap<String, String> =
+        (0..65).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+    let err = gw1.register(register(many, vec![])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().starts_with("labels: 65 labels"),
+        "{}",
+        err.message()
+    );
+    let addresses: Vec<String> = (0..300)
+        .map(|i| format!("198.18.{}.{}", i / 250, i % 250))
+        .collect();
+    let err = gw1
+        .register(register(Default::default(), addresses))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("addresses: 300"),
+        "{}",
+        err.message()
+    );
+    // A request far beyond what an agent ever sends is cut off by size.
+    let huge: std::collections::HashMap<String, String> =
+        [("k".to_owned(), "v".repeat(400 << 10))].into();
+    let err = gw1.register(register(huge, vec![])).await.unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    assert!(err.message().contains("message length too large"), "{err}");
+
+    // Registrations are rate limited per node: a burst, then refused.
+    let mut site_refused = None;
+    for i in 0..10 {
+        match gw1
+            .register(register(
+                Default::default(),
+                vec![format!("198.18.20.{}", i + 1)],
+            ))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                site_refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, err) = site_refused.expect("registrations are limited");
+    assert!(i <= 5, "refused only after {i} registrations");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(
+        err.message().contains("registers too often"),
+        "{}",
+        err.message()
+    );
+    // Another node is not held back by it.
+    let mut gw2 = site.agent("gw-2").await;
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // One policy stream per node: a second Watch ends the first.
+    let mut first = watch_from_start(&mut gw1, "gw-1").await;
+    next(&mut first).await;
+    let mut second = watch_from_start(&mut gw1, "gw-1").await;
+    next(&mut second).await;
+    let err = stream_error(&mut first).await;
+    assert_eq!(err.code(), Code::Aborted, "{err}");
+    // The newer one goes on.
+    op.apply(apply(POLICY, None, "")).await.unwrap();
+    next_where(&mut second, |s| s.revision == 2).await;
+
+    // An operator's message is bounded too.
+    let err = op
+        .apply(apply(
+            &POLICY.replace("443", "8443"),
+            None,
+            &"x".repeat(5000),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().starts_with("message: 5000 bytes"),
+        "{}",
+        err.message()
+    );
+}
