@@ -182,6 +182,8 @@ impl Site {
             .arg(self.dir.join("cp.pem"))
             .arg("--key")
             .arg(self.dir.join("cp-key.pem"))
+            .arg("--store-key")
+            .arg(self.store_key())
             .args(["--replica", &format!("replica-{i}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -210,6 +212,15 @@ impl Site {
         } else {
             self.replicas.push(p);
         }
+    }
+
+    /// The site's store key file, shared by its replicas; made on first use.
+    pub fn store_key(&self) -> PathBuf {
+        let path = self.dir.join("store.key");
+        if !path.exists() {
+            wardline_store::encrypted::StoreKey::generate(&path).expect("a store key");
+        }
+        path
     }
 
     pub fn embedded_store(&self) -> String {

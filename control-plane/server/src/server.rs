@@ -358,6 +358,12 @@ impl ControlPlane {
                 id.name
             )));
         }
+        Ok(id)
+    }
+
+    /// Refuses a call of a node operators removed, as the cluster view
+    /// knows it (Register asks the store itself).
+    fn not_blocked<T>(&self, req: &Request<T>, node: &str) -> Result<(), Status> {
         let block = self
             .cluster
             .borrow()
@@ -367,7 +373,7 @@ impl ControlPlane {
             tracing::warn!(node, peer = ?req.remote_addr(), "refused: a removed node called");
             return Err(blocked_status(&block));
         }
-        Ok(id)
+        Ok(())
     }
 }
 
@@ -1120,6 +1126,7 @@ impl AgentApi for ControlPlane {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let node = req.get_ref().node.clone();
         self.agent(&req, &node)?;
+        self.not_blocked(&req, &node)?;
         let facts = req
             .peer_certs()
             .and_then(|c| c.first().and_then(|leaf| CertificateFacts::of(leaf)));
@@ -1167,6 +1174,7 @@ impl AgentApi for ControlPlane {
     async fn ack(&self, req: Request<v1::AckRequest>) -> Result<Response<v1::AckResponse>, Status> {
         let r = req.get_ref();
         self.agent(&req, &r.node)?;
+        self.not_blocked(&req, &r.node)?;
         if !r.error.is_empty() {
             tracing::warn!(node = %r.node, revision = r.revision, error = %r.error, "agent could not enforce a snapshot");
         }
@@ -1195,6 +1203,7 @@ impl AgentApi for ControlPlane {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let r = req.get_ref();
         self.agent(&req, &r.node)?;
+        self.not_blocked(&req, &r.node)?;
         // In memory; the store hears only of a new generation.
         if self.liveness.heard(&r.node, Some(r.generation)) {
             let generation = r.generation;

@@ -70,7 +70,14 @@ pub async fn site(tag: &str) -> Site {
         wardline_signing::Signer::from_pem_files(&dir.join("cp.pem"), &dir.join("cp-key.pem"))
             .unwrap();
     let verifier = wardline_signing::Verifier::from_ca_file(&ca.join("ca.pem")).unwrap();
-    let store = store::open(&spec).await.unwrap();
+    // As a replica runs: every value encrypted at rest.
+    let key_file = dir.join("store.key");
+    store::encrypted::StoreKey::generate(&key_file).unwrap();
+    let store: std::sync::Arc<dyn wardline_store::Store> =
+        std::sync::Arc::new(store::encrypted::EncryptedStore::new(
+            store::open(&spec).await.unwrap(),
+            store::encrypted::StoreKey::load(&key_file).unwrap(),
+        ));
     let cp = ControlPlane::start(
         Registry::new(store.clone(), signer.clone(), verifier),
         "replica-a".into(),

@@ -134,6 +134,17 @@ impl EmbeddedStore {
             ))
         };
         let db = Database::create(&path).map_err(|e| fail("open the file", e.into()))?;
+        // The control plane's alone, whatever the umask.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| StoreError::Io {
+                    operation: "make the embedded store's file private (0600)",
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+        }
         let wtx = db
             .begin_write()
             .map_err(|e| fail("begin the set-up transaction", e.into()))?;

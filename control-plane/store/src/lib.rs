@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod encrypted;
 pub mod etcd;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -1,5 +1,6 @@
-//! One conformance suite, run against both store backends: the embedded
-//! `redb` file and a real etcd server on a loopback port.
+//! One conformance suite, run against both store backends, the embedded
+//! `redb` file and a real etcd server on a loopback port, and against the
+//! embedded store encrypted at rest.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,24 @@ async fn embedded() -> Backend {
         .expect("embedded store opens");
     Backend {
         store: Arc::new(store),
+        _keep: Box::new(dir),
+    }
+}
+
+/// The embedded store with every value encrypted at rest.
+async fn encrypted() -> Backend {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let inner = EmbeddedStore::open(&dir.path().join("state/control-plane.redb"))
+        .await
+        .expect("embedded store opens");
+    let key_file = dir.path().join("store.key");
+    wardline_store::encrypted::StoreKey::generate(&key_file).expect("a store key");
+    let key = wardline_store::encrypted::StoreKey::load(&key_file).expect("the store key loads");
+    Backend {
+        store: Arc::new(wardline_store::encrypted::EncryptedStore::new(
+            Arc::new(inner),
+            key,
+        )),
         _keep: Box::new(dir),
     }
 }
@@ -505,6 +524,17 @@ macro_rules! conformance {
                 async fn $name() {
                     super::bounded(stringify!($name), async {
                         super::$name(super::embedded().await).await
+                    })
+                    .await;
+                }
+            )*
+        }
+        mod encrypted {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::bounded(stringify!($name), async {
+                        super::$name(super::encrypted().await).await
                     })
                     .await;
                 }

@@ -264,3 +264,79 @@ async fn store_spec_opens_embedded() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_file_is_private_and_encrypted_values_are_not_in_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use wardline_store::encrypted::{EncryptedStore, StoreKey};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cp.redb");
+    let inner = std::sync::Arc::new(EmbeddedStore::open(&path).await.unwrap());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A key file others can read is refused.
+    let key_file = dir.path().join("store.key");
+    StoreKey::generate(&key_file).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = StoreKey::load(&key_file).unwrap_err().to_string();
+    assert!(err.contains("readable by others (mode 0644)"), "{err}");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let secret = b"kind: Policy allow-ws-to-ehr-prod";
+    {
+        let store = EncryptedStore::new(inner.clone(), StoreKey::load(&key_file).unwrap());
+        store
+            .put("/wardline/policy", secret.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get("/wardline/policy").await.unwrap().unwrap().value,
+            secret
+        );
+        // A plaintext value written behind its back is refused, not used.
+        inner
+            .put("/wardline/planted", b"plain".to_vec())
+            .await
+            .unwrap();
+        let err = store
+            .get("/wardline/planted")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not encrypted"), "{err}");
+        // Rotation: a new key seals; rekey rewrites everything under it.
+        assert_eq!(StoreKey::generate(&key_file).unwrap(), 2);
+        let rotated = EncryptedStore::new(inner.clone(), StoreKey::load(&key_file).unwrap());
+        assert_eq!(
+            rotated
+                .get("/wardline/policy")
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            secret
+        );
+        assert_eq!(rotated.rekey("/wardline/").await.unwrap(), 2);
+        assert_eq!(
+            rotated
+                .get("/wardline/planted")
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            b"plain"
+        );
+        assert_eq!(
+            rotated.rekey("/wardline/").await.unwrap(),
+            0,
+            "all current now"
+        );
+    }
+    drop(inner);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret),
+        "the policy text is in the file in the clear"
+    );
+}

@@ -29,13 +29,41 @@ struct Args {
     )]
     store: String,
     /// Site CA certificate.
-    #[arg(long, env = "WARDLINE_CA")]
-    ca: PathBuf,
+    #[arg(
+        long,
+        env = "WARDLINE_CA",
+        required_unless_present = "generate_store_key"
+    )]
+    ca: Option<PathBuf>,
     /// This replica's certificate (role control-plane).
-    #[arg(long, env = "WARDLINE_CERT")]
-    cert: PathBuf,
-    #[arg(long, env = "WARDLINE_KEY")]
-    key: PathBuf,
+    #[arg(
+        long,
+        env = "WARDLINE_CERT",
+        required_unless_present = "generate_store_key"
+    )]
+    cert: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "WARDLINE_KEY",
+        required_unless_present = "generate_store_key"
+    )]
+    key: Option<PathBuf>,
+    /// The site's store key file (0600): every stored value is encrypted
+    /// with it (AES-256-GCM). Every replica of a site holds the same file.
+    #[arg(
+        long,
+        env = "WARDLINE_STORE_KEY",
+        default_value = "/etc/wardline/store.key"
+    )]
+    store_key: PathBuf,
+    /// Write a new store key file (0600), or append a new current key to an
+    /// existing one (rotation), then exit.
+    #[arg(long, exclusive = true, value_name = "FILE")]
+    generate_store_key: Option<PathBuf>,
+    /// Seal every stored value again with the current store key (after a
+    /// rotation, or to encrypt a store written before), then exit.
+    #[arg(long)]
+    rekey: bool,
     /// Name of this replica in status reports (default: the listen address).
     #[arg(long, env = "WARDLINE_REPLICA")]
     replica: Option<String>,
@@ -49,6 +77,36 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(path) = &args.generate_store_key {
+        return match store::encrypted::StoreKey::generate(path) {
+            Ok(id) => {
+                println!(
+                    "store key {id} written to {}; it seals new values from the next start",
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wardline-control-plane: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (Some(ca), Some(cert), Some(key)) = (args.ca.clone(), args.cert.clone(), args.key.clone())
+    else {
+        eprintln!("wardline-control-plane: --ca, --cert and --key are required");
+        return ExitCode::from(EX_USAGE);
+    };
+    let store_key = match store::encrypted::StoreKey::load(&args.store_key) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!(
+                "wardline-control-plane: {e} (create one with `wardline-control-plane --generate-store-key {}`)",
+                args.store_key.display()
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let spec: StoreSpec = match args.store.parse() {
         Ok(s) => s,
         Err(e) => {
@@ -57,12 +115,12 @@ fn main() -> ExitCode {
         }
     };
     // Checked before anything starts, so that a bad file is named at once.
-    if let Err(e) = tls::server_tls(&args.ca, &args.cert, &args.key) {
+    if let Err(e) = tls::server_tls(&ca, &cert, &key) {
         eprintln!("wardline-control-plane: {e}");
         return ExitCode::from(EX_USAGE);
     }
     // The key the replica serves with also signs what it sends agents.
-    let signer = match wardline_signing::Signer::from_pem_files(&args.cert, &args.key) {
+    let signer = match wardline_signing::Signer::from_pem_files(&cert, &key) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wardline-control-plane: {e}");
@@ -81,15 +139,23 @@ fn main() -> ExitCode {
     };
     let replica = args.replica.clone().unwrap_or_else(|| args.listen.clone());
     let result: anyhow::Result<()> = runtime.block_on(async move {
-        let store = store::open(&spec).await?;
-        let verifier = wardline_signing::Verifier::from_ca_file(&args.ca)?;
+        let store = std::sync::Arc::new(store::encrypted::EncryptedStore::new(
+            store::open(&spec).await?,
+            store_key,
+        ));
+        if args.rekey {
+            let n = store.rekey("/wardline/").await?;
+            println!("{n} stored values sealed again with the current store key");
+            return Ok(());
+        }
+        let verifier = wardline_signing::Verifier::from_ca_file(&ca)?;
         let cp = ControlPlane::start(
             Registry::new(store, signer.clone(), verifier),
             replica,
             signer,
         )
         .await?;
-        let tls = tls::server_config(&args.ca, &args.cert, &args.key, cp.revocations())?;
+        let tls = tls::server_config(&ca, &cert, &key, cp.revocations())?;
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         let shutdown = async {
             let mut term =
