@@ -1,5 +1,6 @@
 //! One conformance suite, run against both store backends: the embedded
-//! `redb` file and a real etcd server on a loopback port.
+//! `redb` file and a real etcd server on a loopback port, reached over TLS
+//! with a client certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,7 @@ async fn embedded() -> Backend {
 
 async fn etcd() -> Backend {
     let cluster = EtcdCluster::single().await.expect("etcd starts");
-    let store = EtcdStore::connect(&cluster.endpoints())
+    let store = EtcdStore::connect(&cluster.endpoints(), cluster.tls())
         .await
         .expect("etcd store connects");
     Backend {
