@@ -9,6 +9,7 @@ pub mod lint;
 pub mod setup;
 pub mod soak;
 pub mod test;
+pub mod units;
 
 /// Whether this process runs as root (installs, mounts and the privileged
 /// tests need it).

@@ -11,8 +11,9 @@ use crate::cmd::{cargo, output, run, succeeds};
 use crate::is_root;
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and
-/// benchmarks drive, etcd for the control plane's real-component tests and
-/// protoc for etcd's client.
+/// benchmarks drive, etcd for the control plane's real-component tests,
+/// protoc for etcd's client, and systemd for `systemd-analyze`, which
+/// checks the units (Debian 12 has it; a container may not).
 pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,7 @@ pub const PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    "systemd",
 ];
 
 /// The bpf-linker release that links against LLVM 22 (its default feature
