@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cmd;
 pub mod lab;
 pub mod lint;
+pub mod package;
 pub mod setup;
 pub mod soak;
 pub mod test;

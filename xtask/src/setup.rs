@@ -39,6 +39,9 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// (1.95); an unpinned install takes whatever is newest.
 const NEXTEST: &str = "cargo-nextest@0.9.143";
 
+/// Pinned like nextest: `cargo xtask package` builds the .deb files with it.
+const CARGO_DEB: &str = "cargo-deb@3.8.0";
+
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// Runs every step.
@@ -48,6 +51,7 @@ pub fn setup() -> Result<()> {
     nightly()?;
     bpf_linker()?;
     nextest()?;
+    cargo_deb()?;
     bpffs(root)?;
     println!("setup: done");
     Ok(())
@@ -165,6 +169,15 @@ fn nextest() -> Result<()> {
     }
     println!("setup: installing cargo-nextest");
     run(cargo().args(["install", NEXTEST, "--locked"]))
+}
+
+fn cargo_deb() -> Result<()> {
+    if succeeds(cargo().args(["deb", "--version"])) {
+        skip("cargo-deb");
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb (cargo xtask package)");
+    run(cargo().args(["install", CARGO_DEB, "--locked"]))
 }
 
 fn bpffs_mounted() -> Result<bool> {

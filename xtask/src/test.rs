@@ -21,6 +21,10 @@ pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
         .current_dir(&root)
         .args(["build", "--workspace", "--bins", "--tests"]))?;
     crate::units::check(&root, &root.join("target/debug"))?;
+    // Packages take a release build, longer than the rest of the run
+    // before the tests: `cargo xtask package` builds them, and here the
+    // ones already built are checked.
+    crate::package::inspect(&root)?;
     let mut nextest = cargo();
     nextest
         .current_dir(&root)
