@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::link::{addr, link_up, veth};
 use crate::netns::Netns;
 use crate::probe::probe_bin;
+use wardline_store::testing::EtcdPki;
 
 fn bin(name: &str) -> PathBuf {
     let b = probe_bin().with_file_name(name);
@@ -58,6 +59,8 @@ pub struct Site {
     links: u8,
     pub replicas: Vec<Process>,
     pub etcd: Vec<Process>,
+    /// The `--etcd-*` flags of the etcd members started, for the replicas.
+    etcd_flags: Vec<String>,
 }
 
 impl Site {
@@ -80,6 +83,7 @@ impl Site {
             links: 10,
             replicas: Vec::new(),
             etcd: Vec::new(),
+            etcd_flags: Vec::new(),
         };
         let ca = site.dir.join("ca");
         site.wardctl_local(&[
@@ -164,9 +168,15 @@ impl Site {
         format!("https://{}:{PORT}", REPLICAS[i])
     }
 
-    /// Starts replica `i` with `store` (e.g. `embedded:/path`), waiting until it listens.
+    /// Starts replica `i` with `store` (e.g. `embedded:/path`, or what
+    /// [`Site::start_etcd`] returned), waiting until it listens.
     pub fn start_replica(&mut self, i: usize, store: &str) {
         let log = self.dir.join(format!("replica-{i}.log"));
+        let etcd_flags: &[String] = if store.starts_with("etcd:") {
+            &self.etcd_flags
+        } else {
+            &[]
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", self.ns.name()])
             .arg(bin("wardline-control-plane"))
@@ -184,6 +194,7 @@ impl Site {
             .arg(self.dir.join("cp-key.pem"))
             .arg("--store-key")
             .arg(self.store_key())
+            .args(etcd_flags)
             .args(["--replica", &format!("replica-{i}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -227,36 +238,30 @@ impl Site {
         format!("embedded:{}", self.dir.join("control-plane.redb").display())
     }
 
-    /// Starts `n` etcd members on the management namespace's loopback;
-    /// returns the store spec naming them all.
+    /// Starts `n` etcd members on the management namespace's loopback,
+    /// serving clients and peers only over TLS with certificates from a
+    /// CA of their own and requiring client certificates from it; returns
+    /// the store spec naming them all. Replicas started on it afterwards
+    /// reach it with the client certificate of that CA.
     pub fn start_etcd(&mut self, n: usize) -> String {
+        let pki = EtcdPki::generate(&self.dir.join("etcd-pki")).expect("etcd certificates");
         let cluster: Vec<String> = (0..n)
-            .map(|i| format!("m{i}=http://127.0.0.1:{}", 23800 + i))
+            .map(|i| format!("m{i}=https://127.0.0.1:{}", 23800 + i))
             .collect();
         for i in 0..n {
             let data = self.dir.join(format!("etcd-{i}"));
             let log = self.dir.join(format!("etcd-{i}.log"));
+            let client = format!("https://127.0.0.1:{}", 23790 + i);
+            let peer = format!("https://127.0.0.1:{}", 23800 + i);
             let child = Command::new("ip")
                 .args(["netns", "exec", self.ns.name(), "etcd"])
                 .args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
                 .arg(&data)
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://127.0.0.1:{}", 23790 + i),
-                ])
-                .args([
-                    "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{}", 23790 + i),
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{}", 23800 + i),
-                ])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{}", 23800 + i),
-                ])
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &cluster.join(",")])
                 .args([
                     "--initial-cluster-state",
@@ -264,6 +269,7 @@ impl Site {
                     "--initial-cluster-token",
                     "wardline-test",
                 ])
+                .args(pki.member_args())
                 .args(["--max-request-bytes", "33554432"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -277,8 +283,14 @@ impl Site {
             });
         }
         let endpoints: Vec<String> = (0..n)
-            .map(|i| format!("http://127.0.0.1:{}", 23790 + i))
+            .map(|i| format!("https://127.0.0.1:{}", 23790 + i))
             .collect();
+        let tls = &pki.client;
+        let (ca, cert, key) = (
+            tls.ca.display().to_string(),
+            tls.cert.display().to_string(),
+            tls.key.display().to_string(),
+        );
         // Healthy when a quorum answers.
         let start = Instant::now();
         loop {
@@ -286,6 +298,12 @@ impl Site {
                 "etcdctl",
                 "--endpoints",
                 &endpoints.join(","),
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
                 "endpoint",
                 "health",
             ]);
@@ -299,6 +317,14 @@ impl Site {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        self.etcd_flags = vec![
+            "--etcd-ca".to_owned(),
+            ca,
+            "--etcd-cert".to_owned(),
+            cert,
+            "--etcd-key".to_owned(),
+            key,
+        ];
         format!("etcd:{}", endpoints.join(","))
     }
 

@@ -18,6 +18,11 @@
 //! verified certificate ([`identity`]), and [`require`] / [`authorize`]
 //! refuse callers without the role a method needs.
 //!
+//! The control plane is also a TLS client of its etcd cluster:
+//! [`etcd_client_tls`] checks the etcd CA and the control plane's etcd
+//! client certificate the same way, except that those come from the etcd
+//! CA and carry no Wardline identity.
+//!
 //! This crate is what the agent and the control plane share besides the
 //! wire protocol, so it depends on neither of them, nor on the site PKI
 //! that issues certificates: it only reads and checks them.
@@ -111,8 +116,9 @@ pub enum TlsError {
         /// The CA file.
         path: PathBuf,
     },
-    /// The certificate was not signed by the site CA.
-    #[error("the certificate in {cert} was not issued by the site CA in {ca}")]
+    /// The certificate was not signed by the CA it is checked against (the
+    /// site CA, or etcd's).
+    #[error("the certificate in {cert} was not issued by the CA in {ca}")]
     NotIssuedByCa {
         /// The certificate file.
         cert: PathBuf,
@@ -154,7 +160,7 @@ pub enum TlsError {
         /// The certificate file.
         path: PathBuf,
     },
-    /// The certificate fails another check of its chain to the site CA.
+    /// The certificate fails another check of its chain to its CA.
     #[error("the certificate in {path} is refused: {reason}")]
     Refused {
         /// The certificate file.
@@ -208,7 +214,7 @@ pub enum TlsError {
 /// Also installs `ring` as the process's TLS crypto provider if none is
 /// installed yet, the one tonic's server uses.
 pub fn server_tls(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
-    let material = Material::load(ca, cert, key, Usage::Server)?;
+    let material = Material::load(ca, cert, key, Usage::Server, Identified::Wardline)?;
     // Fails only when a provider is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(ServerTlsConfig::new()
@@ -238,7 +244,7 @@ pub fn client_tls(
         domain: domain.to_owned(),
         reason: err.to_string(),
     })?;
-    let material = Material::load(ca, cert, key, Usage::Client)?;
+    let material = Material::load(ca, cert, key, Usage::Client, Identified::Wardline)?;
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(material.ca_pem))
         .identity(tonic::transport::Identity::from_pem(
@@ -247,6 +253,70 @@ pub fn client_tls(
         ))
         .domain_name(domain)
         .timeout(HANDSHAKE_TIMEOUT))
+}
+
+/// TLS settings for a client of etcd: presents the client certificate
+/// `cert` with key `key`, and accepts only etcd members whose certificates
+/// are signed by the CA in `ca`, each verified by the host of the endpoint
+/// dialled (so one setting serves every member of a cluster).
+///
+/// These are the etcd cluster's CA and a client certificate it issued, not
+/// the site CA's: the certificate needs no Wardline identity, but it must
+/// be issued by that CA, valid now and for client authentication, as etcd
+/// (`--client-cert-auth`, `--trusted-ca-file`) will check it.
+pub fn etcd_client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTlsConfig, TlsError> {
+    let material = Material::load(ca, cert, key, Usage::Client, Identified::Any)?;
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(material.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            material.cert_pem,
+            material.key_pem,
+        ))
+        .timeout(HANDSHAKE_TIMEOUT))
+}
+
+/// A TLS 1.2 client configuration with the same files and checks as
+/// [`etcd_client_tls`], for one check handshake with each etcd member that
+/// learns whether the member accepts the client certificate.
+///
+/// The version is the point: in TLS 1.2 the member's verdict on the client
+/// certificate is part of the handshake, which fails with the member's
+/// alert. In TLS 1.3 the client's handshake ends before the member has
+/// checked the certificate, and its alert can be lost when the member
+/// resets the connection, so that a refused certificate looks like a
+/// dropped connection.
+pub fn etcd_check_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let material = Material::load(ca, cert, key, Usage::Client, Identified::Any)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in certificates(ca, &material.ca_pem)? {
+        roots.add(der).map_err(|err| TlsError::BadCertificate {
+            path: ca.to_owned(),
+            reason: err.to_string(),
+        })?;
+    }
+    let chain = certificates(cert, &material.cert_pem)?;
+    let key_der =
+        PrivateKeyDer::from_pem_slice(&material.key_pem).map_err(|err| TlsError::NotKeyPem {
+            path: key.to_owned(),
+            reason: err.to_string(),
+        })?;
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .and_then(|builder| {
+        builder
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key_der)
+    })
+    .map_err(|err| TlsError::UnsupportedKey {
+        path: key.to_owned(),
+        reason: err.to_string(),
+    })
 }
 
 /// A channel endpoint to the control plane at `address`: [`client_tls`]
@@ -382,15 +452,31 @@ impl Usage {
     }
 }
 
+/// Whether a certificate must say which Wardline party it is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Identified {
+    /// A site CA certificate: it carries a Wardline identity.
+    Wardline,
+    /// Another CA's certificate (etcd's): any subject.
+    Any,
+}
+
 impl Material {
     /// Reads the three files and checks that the CA file holds CA
     /// certificates, that the key matches the certificate, that it says
-    /// who it is for (a control-plane certificate, to serve), and then,
+    /// who it is for (with `identified` [`Identified::Wardline`]; a
+    /// control-plane certificate, to serve), and then,
     /// with webpki as the TLS handshake will: that one of the CAs issued
     /// it, that it is valid now (both ends of its validity window), and
     /// that its extended key usage allows `usage`; last, that its key
     /// usage allows digital signatures.
-    fn load(ca: &Path, cert: &Path, key: &Path, usage: Usage) -> Result<Self, TlsError> {
+    fn load(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        usage: Usage,
+        identified: Identified,
+    ) -> Result<Self, TlsError> {
         let ca_pem = read(ca)?;
         let cert_pem = read(cert)?;
         let key_pem = read(key)?;
@@ -449,15 +535,17 @@ impl Material {
                     path: cert.to_owned(),
                     reason: "no certificate found".to_owned(),
                 })?;
-        let identity = identity_of(leaf_der).map_err(|source| TlsError::NoIdentity {
-            path: cert.to_owned(),
-            source,
-        })?;
-        if usage == Usage::Server && identity.role != Role::ControlPlane {
-            return Err(TlsError::NotServerCertificate {
+        if identified == Identified::Wardline {
+            let identity = identity_of(leaf_der).map_err(|source| TlsError::NoIdentity {
                 path: cert.to_owned(),
-                identity,
-            });
+                source,
+            })?;
+            if usage == Usage::Server && identity.role != Role::ControlPlane {
+                return Err(TlsError::NotServerCertificate {
+                    path: cert.to_owned(),
+                    identity,
+                });
+            }
         }
 
         let leaf =

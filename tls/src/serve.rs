@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::revocation::RevocationList;
-use crate::{HANDSHAKE_TIMEOUT, Material, TlsError, Usage};
+use crate::{HANDSHAKE_TIMEOUT, Identified, Material, TlsError, Usage};
 
 /// The site CA's chain checks, then the revocation list.
 #[derive(Debug)]
@@ -93,7 +93,7 @@ pub fn server_config(
     key: &Path,
     revoked: RevocationList,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let material = Material::load(ca, cert, key, Usage::Server)?;
+    let material = Material::load(ca, cert, key, Usage::Server, Identified::Wardline)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for der in CertificateDer::pem_slice_iter(&material.ca_pem) {

@@ -6,9 +6,11 @@ pub mod bench;
 pub mod cmd;
 pub mod lab;
 pub mod lint;
+pub mod package;
 pub mod setup;
 pub mod soak;
 pub mod test;
+pub mod units;
 
 /// Whether this process runs as root (installs, mounts and the privileged
 /// tests need it).

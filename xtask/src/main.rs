@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what this machine lacks (Debian packages, nightly with
-    /// rust-src, bpf-linker, cargo-nextest) and mount bpffs; idempotent.
+    /// rust-src, bpf-linker, cargo-nextest, cargo-deb) and mount bpffs; idempotent.
     Setup,
     /// cargo fmt --check and clippy -D warnings, user-space and kernel
     /// crates alike.
@@ -34,6 +34,10 @@ enum Task {
         #[arg(long)]
         hold: bool,
     },
+    /// Set up, build with --release, and write the Debian packages
+    /// (wardline-agent, wardline-control-plane, wardctl) to target/debian/
+    /// with cargo-deb, then check what they hold.
+    Package,
     /// Set up, then replay conversations through the real kernel programs
     /// against the stateful reference verdict (a million packets by
     /// default) and report how many verdicts disagree (must be 0).
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Task::Lint => xtask::lint::lint().map(|()| ExitCode::SUCCESS),
         Task::Bench { quick, parts } => xtask::bench::bench(quick, &parts),
         Task::Soak { packets } => xtask::soak::soak(packets),
+        Task::Package => xtask::package::package().map(|_| ExitCode::SUCCESS),
     };
     outcome.unwrap_or_else(|err| {
         eprintln!("xtask: {err:#}");

@@ -11,8 +11,9 @@ use crate::cmd::{cargo, output, run, succeeds};
 use crate::is_root;
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and
-/// benchmarks drive, etcd for the control plane's real-component tests and
-/// protoc for etcd's client.
+/// benchmarks drive, etcd for the control plane's real-component tests,
+/// protoc for etcd's client, and systemd for `systemd-analyze`, which
+/// checks the units (Debian 12 has it; a container may not).
 pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,7 @@ pub const PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    "systemd",
 ];
 
 /// The bpf-linker release that links against LLVM 22 (its default feature
@@ -37,6 +39,9 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// (1.95); an unpinned install takes whatever is newest.
 const NEXTEST: &str = "cargo-nextest@0.9.143";
 
+/// Pinned like nextest: `cargo xtask package` builds the .deb files with it.
+const CARGO_DEB: &str = "cargo-deb@3.8.0";
+
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// Runs every step.
@@ -46,6 +51,7 @@ pub fn setup() -> Result<()> {
     nightly()?;
     bpf_linker()?;
     nextest()?;
+    cargo_deb()?;
     bpffs(root)?;
     println!("setup: done");
     Ok(())
@@ -163,6 +169,15 @@ fn nextest() -> Result<()> {
     }
     println!("setup: installing cargo-nextest");
     run(cargo().args(["install", NEXTEST, "--locked"]))
+}
+
+fn cargo_deb() -> Result<()> {
+    if succeeds(cargo().args(["deb", "--version"])) {
+        skip("cargo-deb");
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb (cargo xtask package)");
+    run(cargo().args(["install", CARGO_DEB, "--locked"]))
 }
 
 fn bpffs_mounted() -> Result<bool> {

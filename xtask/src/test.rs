@@ -9,8 +9,10 @@ use crate::cmd::{cargo, run, status};
 use crate::{is_root, setup, workspace_root};
 
 /// Sets the machine up, builds every binary (the tests run them: the probe,
-/// the agent), then runs the whole workspace's tests with nextest, extra
-/// arguments passed on to it. Returns nextest's exit code.
+/// the agent), checks the systemd units against those binaries
+/// ([`crate::units`]), then runs the whole workspace's tests with nextest,
+/// extra arguments passed on to it, last, so that its summary ends the
+/// output. Returns nextest's exit code.
 pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
     setup::setup()?;
     crate::lint::lint()?;
@@ -18,6 +20,11 @@ pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
     run(cargo()
         .current_dir(&root)
         .args(["build", "--workspace", "--bins", "--tests"]))?;
+    crate::units::check(&root, &root.join("target/debug"))?;
+    // Packages take a release build, longer than the rest of the run
+    // before the tests: `cargo xtask package` builds them, and here the
+    // ones already built are checked.
+    crate::package::inspect(&root)?;
     let mut nextest = cargo();
     nextest
         .current_dir(&root)

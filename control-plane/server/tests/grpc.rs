@@ -446,8 +446,7 @@ async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
     .await
     .unwrap();
     let mut stream = watch_from_start(&mut gw1, "gw-1").await;
-    let first = next(&mut stream).await;
-    assert_eq!(first.revision, 1);
+    let first = next_where(&mut stream, |s| s.revision == 1).await;
     let dp = tables(&first);
     assert!(
         !dp.prefixes
@@ -475,7 +474,13 @@ async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
     })
     .await
     .unwrap();
-    let joined = next(&mut stream).await;
+    let joined = next_where(&mut stream, |s| {
+        tables(s)
+            .prefixes
+            .iter()
+            .any(|(n, _)| n.to_string() == "198.18.42.10/32")
+    })
+    .await;
     assert_eq!(joined.revision, 1);
     let dp = tables(&joined);
     let server = dp

@@ -5,6 +5,14 @@
 //! revisions, transactions and watches map one to one. Keys are used as
 //! given: callers namespace them (`/wardline/...`).
 //!
+//! The connection is always TLS with a client certificate ([`EtcdTls`]):
+//! every endpoint must be an `https://` URL, each member's certificate is
+//! verified against the etcd CA by the endpoint's host, and the control
+//! plane presents its etcd client certificate, which etcd
+//! (`--client-cert-auth`) checks against the same CA. A handshake that
+//! either side refuses is reported at once, not retried, naming the files
+//! to check.
+//!
 //! The client is given every member's endpoint and balances over them; a
 //! call that fails because a member is down or has no leader is tried again
 //! on another member until [`EtcdOptions::retry_budget`] runs out, so a
@@ -24,19 +32,20 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
     Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType,
-    GetOptions, Txn, TxnOp, WatchOptions,
+    GetOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use futures_util::stream;
 use tokio::time::Instant;
 use wardline_backoff::Backoff;
 
 use super::{
-    Compare, KeyValue, Op, Store, StoreError, TxnOutcome, WatchEvent, WatchStream, validate_key,
-    validate_txn,
+    Compare, ETCD_TLS_FLAGS, EtcdTls, KeyValue, Op, Store, StoreError, TxnOutcome, WatchEvent,
+    WatchStream, check_etcd_endpoint, validate_key, validate_txn,
 };
 
 /// How many keys one page of a [`Store::range`] read asks for.
@@ -80,6 +89,8 @@ impl Default for EtcdOptions {
 pub struct EtcdStore {
     client: Client,
     endpoints: Vec<String>,
+    /// The files the client connects with, for messages.
+    tls: EtcdTls,
     options: EtcdOptions,
     /// Never sent on; dropped with the store, which ends every watch stream.
     shutdown: tokio::sync::watch::Sender<()>,
@@ -116,15 +127,17 @@ enum Failure {
 
 impl EtcdStore {
     /// Connects to the cluster at `endpoints` (client URLs of its members,
-    /// all of them, so that a member being down does not matter) with the
-    /// default [`EtcdOptions`], and checks that it answers.
-    pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
-        Self::connect_with(endpoints, EtcdOptions::default()).await
+    /// all of them, so that a member being down does not matter; every one
+    /// `https://`) over TLS with the files in `tls`, with the default
+    /// [`EtcdOptions`], and checks that it answers.
+    pub async fn connect(endpoints: &[String], tls: &EtcdTls) -> Result<Self, StoreError> {
+        Self::connect_with(endpoints, tls, EtcdOptions::default()).await
     }
 
     /// Connects with the given options.
     pub async fn connect_with(
         endpoints: &[String],
+        tls: &EtcdTls,
         options: EtcdOptions,
     ) -> Result<Self, StoreError> {
         if endpoints.is_empty() {
@@ -132,7 +145,16 @@ impl EtcdStore {
                 "connect to etcd: no endpoints given".to_owned(),
             ));
         }
+        for endpoint in endpoints {
+            check_etcd_endpoint(endpoint).map_err(StoreError::InvalidRequest)?;
+        }
+        let tls_options = tls_options(tls)?;
+        let check = Arc::new(wardline_tls::etcd_check_config(
+            &tls.ca, &tls.cert, &tls.key,
+        )?);
+        check_handshakes(endpoints, tls, check, options.connect_timeout).await?;
         let connect_options = ConnectOptions::new()
+            .with_tls(tls_options)
             .with_connect_timeout(options.connect_timeout)
             .with_keep_alive(options.keep_alive_interval, options.keep_alive_timeout)
             // A member cut off from the others must not serve watches it
@@ -157,6 +179,7 @@ impl EtcdStore {
         let store = Self {
             client,
             endpoints: endpoints.to_vec(),
+            tls: tls.clone(),
             options,
             shutdown,
         };
@@ -233,7 +256,12 @@ impl EtcdStore {
             .await
             {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(err)) => (classify(&err), describe(&err)),
+                Ok(Err(err)) => {
+                    if let Some(refusal) = tls_refusal(&err, &self.tls) {
+                        return Err(StoreError::Backend(format!("{operation}: {refusal}")));
+                    }
+                    (classify(&err), describe(&err))
+                }
                 Err(_) => (
                     Failure::Ambiguous,
                     format!("no answer within {:?}", self.options.request_timeout),
@@ -258,6 +286,133 @@ impl EtcdStore {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// The client TLS settings for etcd from the files in `tls`, checked up
+/// front so that a bad file is reported by name (see
+/// [`wardline_tls::etcd_client_tls`]).
+pub fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, StoreError> {
+    Ok(wardline_tls::etcd_client_tls(&tls.ca, &tls.cert, &tls.key)?)
+}
+
+/// What to say when `err` is a TLS handshake that one side refused, which
+/// trying again would not change: etcd refusing the client certificate
+/// (a fatal alert from the member), or this client refusing the member's
+/// certificate. `None` for every other failure.
+fn tls_refusal(err: &etcd_client::Error, tls: &EtcdTls) -> Option<String> {
+    let text = error_chain(err);
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("received fatal alert") {
+        Some(refused_by_etcd(&text, tls))
+    } else if lower.contains("invalid peer certificate") {
+        Some(refused_of_etcd(&text, tls))
+    } else {
+        None
+    }
+}
+
+/// The message for etcd refusing the client certificate (`detail`).
+fn refused_by_etcd(detail: &str, tls: &EtcdTls) -> String {
+    format!(
+        "etcd refused the TLS connection ({detail}): it does not accept the client certificate \
+         {}; check that {ETCD_TLS_FLAGS} are a client certificate and key issued by the CA etcd \
+         trusts (its --trusted-ca-file), valid now",
+        tls.cert.display()
+    )
+}
+
+/// The message for this client refusing a member's certificate (`detail`).
+fn refused_of_etcd(detail: &str, tls: &EtcdTls) -> String {
+    format!(
+        "the etcd member's certificate was refused ({detail}): check that --etcd-ca ({}) is the \
+         CA that issued the members' certificates and that they name the host of each endpoint",
+        tls.ca.display()
+    )
+}
+
+/// Makes one TLS handshake with each member (at once, each within
+/// `timeout`), with the TLS 1.2 configuration `check` (see
+/// [`wardline_tls::etcd_check_config`]), and fails if a member refuses the
+/// client certificate or this client refuses the member's certificate.
+///
+/// Every other outcome passes: a member that is down, slow or that speaks
+/// only TLS 1.3 is left to the calls that follow, which report it.
+async fn check_handshakes(
+    endpoints: &[String],
+    tls: &EtcdTls,
+    check: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let checks = endpoints.iter().map(|endpoint| {
+        let connector = tokio_rustls::TlsConnector::from(check.clone());
+        async move {
+            let refusal = tokio::time::timeout(timeout, handshake(endpoint, connector))
+                .await
+                .ok()
+                .flatten();
+            refusal.map(|refusal| (endpoint, refusal))
+        }
+    });
+    let refusals = futures_util::future::join_all(checks).await;
+    if let Some((endpoint, refusal)) = refusals.into_iter().flatten().next() {
+        let reason = match refusal {
+            Refusal::ByEtcd(alert) => refused_by_etcd(&format!("alert {alert:?}"), tls),
+            Refusal::OfEtcd(error) => refused_of_etcd(&error.to_string(), tls),
+        };
+        return Err(StoreError::Backend(format!(
+            "connect to etcd at {endpoint}: {reason}"
+        )));
+    }
+    Ok(())
+}
+
+/// Which side refused a check handshake.
+enum Refusal {
+    /// The member refused the client certificate with this alert.
+    ByEtcd(rustls::AlertDescription),
+    /// This client refused the member's certificate.
+    OfEtcd(rustls::CertificateError),
+}
+
+/// One check handshake with the member at `endpoint`; `Some` only when a
+/// certificate was refused.
+async fn handshake(endpoint: &str, connector: tokio_rustls::TlsConnector) -> Option<Refusal> {
+    use rustls::AlertDescription as A;
+    let uri: http::Uri = endpoint.parse().ok()?;
+    // An IPv6 host comes in brackets.
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(2379);
+    let name = rustls::pki_types::ServerName::try_from(host)
+        .ok()?
+        .to_owned();
+    let stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+    let err = connector.connect(name, stream).await.err()?;
+    match err.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(
+            alert @ (A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::CertificateRequired),
+        ) => Some(Refusal::ByEtcd(*alert)),
+        rustls::Error::InvalidCertificate(error) => Some(Refusal::OfEtcd(error.clone())),
+        _ => None,
+    }
+}
+
+/// An error's message and every cause's, joined.
+fn error_chain(err: &etcd_client::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Sorts an etcd client error by what a retry would do.

@@ -7,7 +7,8 @@
 //! - [`embedded::EmbeddedStore`]: one `redb` file on the control plane's own
 //!   disk, for a single control-plane instance.
 //! - [`etcd::EtcdStore`]: an etcd v3 cluster, for several control-plane
-//!   instances sharing one state.
+//!   instances sharing one state, reached only over TLS with a client
+//!   certificate ([`EtcdTls`]).
 //!
 //! The model is etcd's: the store has one global revision, a counter that
 //! grows by one for every transaction that changes something. Every key
@@ -33,7 +34,8 @@
 //!
 //! This crate owns storage only: it knows keys and bytes, never what the
 //! records mean (revisions, nodes and agents are the server's), and it must
-//! not depend on the server, the PKI or the wire protocol.
+//! not depend on the server, the PKI or the wire protocol. It uses
+//! `wardline-tls` only to check the etcd client's certificate files.
 #![forbid(unsafe_code)]
 
 pub mod embedded;
@@ -257,6 +259,10 @@ pub enum StoreError {
         /// What broke it.
         reason: String,
     },
+    /// The etcd CA, client certificate or key cannot be used (each error
+    /// names the file).
+    #[error("etcd client TLS: {0}")]
+    Tls(#[from] wardline_tls::TlsError),
     /// Stored data could not be decoded.
     #[error("corrupt data for key {key:?}: {reason}")]
     Corrupt {
@@ -376,8 +382,67 @@ pub enum StoreSpec {
     /// An embedded store in this file (`embedded:/var/lib/wardline/control-plane.redb`).
     Embedded(PathBuf),
     /// An etcd cluster at these client URLs
-    /// (`etcd:http://127.0.0.1:2379,http://127.0.0.1:22379`).
-    Etcd(Vec<String>),
+    /// (`etcd:https://etcd1:2379,https://etcd2:2379`), reached with the
+    /// client TLS files in `tls`.
+    ///
+    /// The text form names the endpoints only; the TLS files are given
+    /// apart (the control plane's `--etcd-ca`, `--etcd-cert`, `--etcd-key`)
+    /// and added with [`StoreSpec::with_etcd_tls`]. [`open`] refuses an
+    /// etcd spec without them.
+    Etcd {
+        /// The members' client URLs, every one `https://`.
+        endpoints: Vec<String>,
+        /// The etcd CA, client certificate and key.
+        tls: Option<EtcdTls>,
+    },
+}
+
+/// The files the control plane reaches etcd with: the CA that signed the
+/// etcd members' certificates (and the client certificate), and the
+/// control plane's client certificate and key, issued by that CA.
+///
+/// etcd is run with `--client-cert-auth` and this CA as its
+/// `--trusted-ca-file`, so that only holders of such a certificate can
+/// read or write the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The etcd CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The control plane's etcd client certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+/// The flags that give the etcd client TLS files, for messages.
+pub const ETCD_TLS_FLAGS: &str = "--etcd-ca/--etcd-cert/--etcd-key";
+
+impl StoreSpec {
+    /// The same spec, reaching etcd with the TLS files `tls`; an embedded
+    /// spec is returned unchanged.
+    pub fn with_etcd_tls(self, tls: EtcdTls) -> Self {
+        match self {
+            Self::Etcd { endpoints, .. } => Self::Etcd {
+                endpoints,
+                tls: Some(tls),
+            },
+            embedded @ Self::Embedded(_) => embedded,
+        }
+    }
+}
+
+/// Refuses an etcd endpoint that is not an `https://` URL: the store talks
+/// to etcd only over TLS.
+pub(crate) fn check_etcd_endpoint(endpoint: &str) -> Result<(), String> {
+    if endpoint.starts_with("https://") {
+        Ok(())
+    } else if endpoint.starts_with("http://") {
+        Err(format!(
+            "etcd endpoint {endpoint} is plaintext; use https:// with {ETCD_TLS_FLAGS}"
+        ))
+    } else {
+        Err(format!("etcd endpoint {endpoint:?} is not an https:// URL"))
+    }
 }
 
 impl FromStr for StoreSpec {
@@ -407,18 +472,16 @@ impl FromStr for StoreSpec {
                     "etcd needs at least one endpoint after `etcd:`, comma-separated",
                 ));
             }
-            if let Some(bad) = endpoints
-                .iter()
-                .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
-            {
-                return Err(invalid(&format!(
-                    "etcd endpoint {bad:?} is not an http:// or https:// URL"
-                )));
+            for endpoint in &endpoints {
+                check_etcd_endpoint(endpoint).map_err(|reason| invalid(&reason))?;
             }
-            Ok(Self::Etcd(endpoints))
+            Ok(Self::Etcd {
+                endpoints,
+                tls: None,
+            })
         } else {
             Err(invalid(
-                "expected `embedded:/path/to/file.redb` or `etcd:http://host:port[,...]`",
+                "expected `embedded:/path/to/file.redb` or `etcd:https://host:port[,...]`",
             ))
         }
     }
@@ -428,22 +491,37 @@ impl fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Embedded(path) => write!(f, "embedded:{}", path.display()),
-            Self::Etcd(endpoints) => write!(f, "etcd:{}", endpoints.join(",")),
+            Self::Etcd { endpoints, .. } => write!(f, "etcd:{}", endpoints.join(",")),
         }
     }
 }
 
 /// Opens the store `spec` names: the embedded file (created with its parent
-/// folders if absent) or a connection to the etcd cluster.
+/// folders if absent) or a TLS connection to the etcd cluster, which needs
+/// the spec's [`EtcdTls`].
 pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> {
     match spec {
         StoreSpec::Embedded(path) => {
             let store = embedded::EmbeddedStore::open(path).await?;
             Ok(Arc::new(store))
         }
-        StoreSpec::Etcd(endpoints) => {
-            let store = etcd::EtcdStore::connect(endpoints).await?;
+        StoreSpec::Etcd {
+            endpoints,
+            tls: Some(tls),
+        } => {
+            let store = etcd::EtcdStore::connect(endpoints, tls).await?;
             Ok(Arc::new(store))
         }
+        StoreSpec::Etcd {
+            endpoints,
+            tls: None,
+        } => Err(StoreError::InvalidSpec {
+            spec: spec.to_string(),
+            reason: format!(
+                "etcd at {} is reached only over TLS with a client certificate: give the etcd \
+                 CA, client certificate and key ({ETCD_TLS_FLAGS})",
+                endpoints.join(",")
+            ),
+        }),
     }
 }

@@ -2,6 +2,12 @@
 //! loopback ports, each with a data folder that is removed when the
 //! cluster is dropped.
 //!
+//! They run as etcd is deployed: clients and peers speak only TLS, and
+//! both must present a certificate from the cluster's CA
+//! (`--client-cert-auth`, `--peer-client-cert-auth`). [`EtcdPki`] makes
+//! that CA and its certificates for each cluster; [`EtcdCluster::tls`] is
+//! what a client connects with.
+//!
 //! Available to this crate's tests and, with the `test-support` feature, to
 //! other crates' tests (a control-plane high-availability test, for one).
 //! Nothing here is mocked: it runs the `etcd` binary (Debian's
@@ -12,6 +18,7 @@
 //! use wardline_store::testing::EtcdCluster;
 //! let cluster = EtcdCluster::start(3).await.expect("etcd cluster starts");
 //! let endpoints = cluster.endpoints();
+//! let store = wardline_store::etcd::EtcdStore::connect(&endpoints, cluster.tls()).await;
 //! # }
 //! ```
 
@@ -23,7 +30,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::EtcdTls;
 
 /// Environment variable naming the etcd binary to run (default: `etcd` on
 /// the `PATH`).
@@ -50,6 +63,9 @@ pub enum EtcdTestError {
         #[source]
         source: std::io::Error,
     },
+    /// Test certificates could not be made.
+    #[error("make test etcd certificates: {0}")]
+    Certificates(String),
     /// A member exited or never became healthy.
     #[error("etcd member {member} {problem}; its log ends with:\n{log_tail}")]
     Member {
@@ -60,6 +76,130 @@ pub enum EtcdTestError {
         /// The last lines etcd printed.
         log_tail: String,
     },
+}
+
+/// A CA for one test etcd cluster and the certificates it issued, as PEM
+/// files in a folder:
+///
+/// - `ca.pem`: the CA, the members' `--trusted-ca-file` and
+///   `--peer-trusted-ca-file`;
+/// - `member.pem`, `member-key.pem`: every member's certificate, for
+///   `127.0.0.1` and `localhost`, for both server and client
+///   authentication, so that it serves clients and peers and dials peers;
+/// - `client.pem`, `client-key.pem`: a client certificate
+///   (`CN=wardline-control-plane`), what the control plane connects with.
+#[derive(Debug, Clone)]
+pub struct EtcdPki {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The members' certificate.
+    pub member_cert: PathBuf,
+    /// The members' private key.
+    pub member_key: PathBuf,
+    /// The CA, the client certificate and its key: what a client uses.
+    pub client: EtcdTls,
+}
+
+impl EtcdPki {
+    /// Makes a new CA and its certificates in `dir` (created if absent).
+    /// Every call makes a different CA, so certificates of two `EtcdPki`s
+    /// do not verify against each other.
+    pub fn generate(dir: &Path) -> Result<Self, EtcdTestError> {
+        let failed =
+            |what: &str, e: rcgen::Error| EtcdTestError::Certificates(format!("{what}: {e}"));
+        std::fs::create_dir_all(dir).map_err(|source| EtcdTestError::Io {
+            operation: format!("create {}", dir.display()),
+            source,
+        })?;
+        let ca_key = KeyPair::generate().map_err(|e| failed("CA key", e))?;
+        let mut ca_params = CertificateParams::default();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Wardline test etcd CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params
+            .self_signed(&ca_key)
+            .map_err(|e| failed("CA certificate", e))?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let issue = |name: &str, sans: &[&str], usages: Vec<ExtendedKeyUsagePurpose>| {
+            let key = KeyPair::generate().map_err(|e| failed(name, e))?;
+            let mut params =
+                CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                    .map_err(|e| failed(name, e))?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = usages;
+            params.use_authority_key_identifier_extension = true;
+            let cert = params
+                .signed_by(&key, &issuer)
+                .map_err(|e| failed(name, e))?;
+            Ok::<_, EtcdTestError>((cert.pem(), key.serialize_pem()))
+        };
+        let member = issue(
+            "wardline-test-etcd-member",
+            &["127.0.0.1", "localhost"],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )?;
+        let client = issue(
+            "wardline-control-plane",
+            &[],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
+
+        let pki = Self {
+            ca: dir.join("ca.pem"),
+            member_cert: dir.join("member.pem"),
+            member_key: dir.join("member-key.pem"),
+            client: EtcdTls {
+                ca: dir.join("ca.pem"),
+                cert: dir.join("client.pem"),
+                key: dir.join("client-key.pem"),
+            },
+        };
+        for (path, pem) in [
+            (&pki.ca, &ca_cert.pem()),
+            (&pki.member_cert, &member.0),
+            (&pki.member_key, &member.1),
+            (&pki.client.cert, &client.0),
+            (&pki.client.key, &client.1),
+        ] {
+            std::fs::write(path, pem).map_err(|source| EtcdTestError::Io {
+                operation: format!("write {}", path.display()),
+                source,
+            })?;
+        }
+        Ok(pki)
+    }
+
+    /// The etcd flags that make a member serve clients and peers only over
+    /// TLS with these certificates, and require client certificates from
+    /// this CA of both.
+    pub fn member_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        for (flag, path) in [
+            ("--cert-file", &self.member_cert),
+            ("--key-file", &self.member_key),
+            ("--trusted-ca-file", &self.ca),
+            ("--peer-cert-file", &self.member_cert),
+            ("--peer-key-file", &self.member_key),
+            ("--peer-trusted-ca-file", &self.ca),
+        ] {
+            args.push(flag.into());
+            args.push(path.into());
+        }
+        args.push("--client-cert-auth".into());
+        args.push("--peer-client-cert-auth".into());
+        args
+    }
 }
 
 /// One etcd process of an [`EtcdCluster`].
@@ -79,7 +219,7 @@ impl EtcdMember {
         &self.name
     }
 
-    /// The member's client URL (`http://127.0.0.1:PORT`).
+    /// The member's client URL (`https://127.0.0.1:PORT`).
     pub fn client_url(&self) -> &str {
         &self.client_url
     }
@@ -116,7 +256,12 @@ impl EtcdMember {
         }
     }
 
-    fn spawn(&mut self, initial_cluster: &str, token: &str) -> Result<(), EtcdTestError> {
+    fn spawn(
+        &mut self,
+        initial_cluster: &str,
+        token: &str,
+        pki: &EtcdPki,
+    ) -> Result<(), EtcdTestError> {
         let log = File::create(&self.log_path).map_err(|source| EtcdTestError::Io {
             operation: format!("create etcd log {}", self.log_path.display()),
             source,
@@ -145,6 +290,7 @@ impl EtcdMember {
             .arg(token)
             .arg("--initial-cluster-state")
             .arg("new")
+            .args(pki.member_args())
             // Fast elections, so that losing a member costs a test little.
             .arg("--heartbeat-interval")
             .arg("50")
@@ -190,6 +336,7 @@ impl Drop for EtcdMember {
 pub struct EtcdCluster {
     // Members before the folder: they are killed before their data goes.
     members: Vec<EtcdMember>,
+    pki: EtcdPki,
     dir: tempfile::TempDir,
 }
 
@@ -228,13 +375,14 @@ impl EtcdCluster {
                 operation: "create a temporary folder for etcd".to_owned(),
                 source,
             })?;
+        let pki = EtcdPki::generate(&dir.path().join("pki"))?;
         let ports = free_ports(size * 2)?;
         let mut members: Vec<EtcdMember> = (0..size)
             .map(|i| {
                 let name = format!("wl{}-{seq}-m{i}", std::process::id());
                 EtcdMember {
-                    client_url: format!("http://127.0.0.1:{}", ports[2 * i]),
-                    peer_url: format!("http://127.0.0.1:{}", ports[2 * i + 1]),
+                    client_url: format!("https://127.0.0.1:{}", ports[2 * i]),
+                    peer_url: format!("https://127.0.0.1:{}", ports[2 * i + 1]),
                     data_dir: dir.path().join(format!("{name}.etcd")),
                     log_path: dir.path().join(format!("{name}.log")),
                     name,
@@ -249,9 +397,9 @@ impl EtcdCluster {
             .join(",");
         let token = format!("wardline-test-{}-{seq}", std::process::id());
         for member in &mut members {
-            member.spawn(&initial_cluster, &token)?;
+            member.spawn(&initial_cluster, &token, &pki)?;
         }
-        let mut cluster = Self { members, dir };
+        let mut cluster = Self { members, pki, dir };
         cluster.wait_healthy(START_TIMEOUT).await?;
         Ok(cluster)
     }
@@ -259,12 +407,15 @@ impl EtcdCluster {
     /// Waits until every running member reports healthy.
     pub async fn wait_healthy(&mut self, timeout: Duration) -> Result<(), EtcdTestError> {
         let deadline = Instant::now() + timeout;
+        let tls = crate::etcd::tls_options(&self.pki.client).map_err(|e| {
+            EtcdTestError::Certificates(format!("load the client certificates: {e}"))
+        })?;
         for member in &mut self.members {
             if member.child.is_none() {
                 continue;
             }
             loop {
-                if health(&member.client_url).await {
+                if health(&member.client_url, &tls).await {
                     break;
                 }
                 if !member.is_running() {
@@ -282,6 +433,16 @@ impl EtcdCluster {
     /// The client URLs of all members, running or not.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// The etcd CA, client certificate and key to connect with.
+    pub fn tls(&self) -> &EtcdTls {
+        &self.pki.client
+    }
+
+    /// The cluster's CA and certificates.
+    pub fn pki(&self) -> &EtcdPki {
+        &self.pki
     }
 
     /// The members, in the order of [`Self::endpoints`].
@@ -331,24 +492,23 @@ fn free_ports(count: usize) -> Result<Vec<u16>, EtcdTestError> {
         })
 }
 
-/// Whether `GET /health` on the client URL answers healthy within a second.
-async fn health(client_url: &str) -> bool {
-    let Some(authority) = client_url.strip_prefix("http://") else {
-        return false;
-    };
+/// Whether the member at `client_url` answers a linearizable read within a
+/// second (what `etcdctl endpoint health` asks): it is up and has a leader.
+async fn health(client_url: &str, tls: &etcd_client::TlsOptions) -> bool {
     let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
-        let request =
-            format!("GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response);
-        Some(text.starts_with("HTTP/1.1 200") && text.contains("\"health\":\"true\""))
+        let options = ConnectOptions::new()
+            .with_tls(tls.clone())
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_require_leader(true);
+        let mut client = Client::connect([client_url], Some(options)).await.ok()?;
+        client
+            .get("health", Some(GetOptions::new().with_count_only()))
+            .await
+            .ok()
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(1), probe).await,
-        Ok(Some(true))
+        Ok(Some(_))
     )
 }
 

@@ -1,6 +1,7 @@
 //! One conformance suite, run against both store backends, the embedded
-//! `redb` file and a real etcd server on a loopback port, and against the
-//! embedded store encrypted at rest.
+//! `redb` file and a real etcd server on a loopback port (reached over TLS
+//! with a client certificate), and against the embedded store encrypted
+//! at rest.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +54,7 @@ async fn encrypted() -> Backend {
 
 async fn etcd() -> Backend {
     let cluster = EtcdCluster::single().await.expect("etcd starts");
-    let store = EtcdStore::connect(&cluster.endpoints())
+    let store = EtcdStore::connect(&cluster.endpoints(), cluster.tls())
         .await
         .expect("etcd store connects");
     Backend {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use wardline_store::embedded::{EmbeddedOptions, EmbeddedStore};
-use wardline_store::{self as store, Compare, Op, Store, StoreError, StoreSpec};
+use wardline_store::{self as store, Compare, EtcdTls, Op, Store, StoreError, StoreSpec};
 
 /// Limit on one whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -203,28 +203,49 @@ fn store_spec_parses_and_prints() {
         StoreSpec::from_str("embedded:/var/lib/wardline/control-plane.redb").expect("parses"),
         StoreSpec::Embedded("/var/lib/wardline/control-plane.redb".into())
     );
-    let etcd =
-        StoreSpec::from_str("etcd:http://127.0.0.1:2379, http://127.0.0.1:22379").expect("parses");
+    let etcd = StoreSpec::from_str("etcd:https://127.0.0.1:2379, https://etcd2.example:2379")
+        .expect("parses");
     assert_eq!(
         etcd,
-        StoreSpec::Etcd(vec![
-            "http://127.0.0.1:2379".to_owned(),
-            "http://127.0.0.1:22379".to_owned()
-        ])
+        StoreSpec::Etcd {
+            endpoints: vec![
+                "https://127.0.0.1:2379".to_owned(),
+                "https://etcd2.example:2379".to_owned()
+            ],
+            tls: None,
+        }
     );
     assert_eq!(
         etcd.to_string(),
-        "etcd:http://127.0.0.1:2379,http://127.0.0.1:22379"
+        "etcd:https://127.0.0.1:2379,https://etcd2.example:2379"
     );
     assert_eq!(
         StoreSpec::from_str(&etcd.to_string()).expect("round trip"),
         etcd
     );
+    let tls = EtcdTls {
+        ca: "/etc/wardline/etcd/ca.pem".into(),
+        cert: "/etc/wardline/etcd/client.pem".into(),
+        key: "/etc/wardline/etcd/client-key.pem".into(),
+    };
+    match etcd.clone().with_etcd_tls(tls.clone()) {
+        StoreSpec::Etcd {
+            tls: Some(given), ..
+        } => assert_eq!(given, tls),
+        other => panic!("expected an etcd spec with TLS, got {other:?}"),
+    }
+    let embedded = StoreSpec::Embedded("/x.redb".into());
+    assert_eq!(embedded.clone().with_etcd_tls(tls), embedded);
 
     for (bad, why) in [
         ("embedded:", "file path"),
         ("etcd:", "at least one endpoint"),
-        ("etcd:127.0.0.1:2379", "http://"),
+        ("etcd:127.0.0.1:2379", "not an https:// URL"),
+        (
+            "etcd:https://127.0.0.1:2379,http://127.0.0.1:22379",
+            "etcd endpoint http://127.0.0.1:22379 is plaintext; use https:// with \
+             --etcd-ca/--etcd-cert/--etcd-key",
+        ),
         ("redis://localhost", "expected"),
         ("", "expected"),
     ] {

@@ -1,13 +1,15 @@
 //! What only the etcd backend does: history with deletes, compaction,
-//! endpoints that are down, and a three-member cluster losing a member.
+//! endpoints that are down, and a three-member cluster losing a member, all
+//! over TLS with client certificates; and the connections that TLS refuses
+//! (plaintext endpoints, clients without a certificate from etcd's CA).
 
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use wardline_store::etcd::{EtcdOptions, EtcdStore};
-use wardline_store::testing::EtcdCluster;
+use wardline_store::etcd::{EtcdOptions, EtcdStore, tls_options};
+use wardline_store::testing::{EtcdCluster, EtcdPki};
 use wardline_store::{
     self as store, Compare, Op, Store, StoreError, StoreSpec, WatchEvent, WatchStream,
 };
@@ -52,7 +54,7 @@ async fn next_event(watch: &mut WatchStream) -> WatchEvent {
 async fn history_replays_deletes() {
     bounded("history_replays_deletes", async {
         let cluster = EtcdCluster::single().await.expect("etcd starts");
-        let s = EtcdStore::connect(&cluster.endpoints())
+        let s = EtcdStore::connect(&cluster.endpoints(), cluster.tls())
             .await
             .expect("connect");
         let before = s.revision().await.expect("revision");
@@ -77,7 +79,7 @@ async fn history_replays_deletes() {
 async fn watch_of_compacted_history_fails_clearly() {
     bounded("watch_of_compacted_history_fails_clearly", async {
         let cluster = EtcdCluster::single().await.expect("etcd starts");
-        let s = EtcdStore::connect(&cluster.endpoints())
+        let s = EtcdStore::connect(&cluster.endpoints(), cluster.tls())
             .await
             .expect("connect");
         let first = s.put("/wl/c/a", b"1".to_vec()).await.expect("put");
@@ -139,13 +141,15 @@ async fn connect_without_etcd_is_unavailable() {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint = format!("https://127.0.0.1:{port}");
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let pki = EtcdPki::generate(dir.path()).expect("certificates");
         let options = EtcdOptions {
             retry_budget: Duration::from_secs(2),
             ..EtcdOptions::default()
         };
         let started = std::time::Instant::now();
-        match EtcdStore::connect_with(std::slice::from_ref(&endpoint), options).await {
+        match EtcdStore::connect_with(std::slice::from_ref(&endpoint), &pki.client, options).await {
             Err(e @ StoreError::Unavailable { .. }) => {
                 let message = e.to_string();
                 assert!(
@@ -169,6 +173,18 @@ async fn store_spec_opens_etcd() {
         let cluster = EtcdCluster::single().await.expect("etcd starts");
         let spec = StoreSpec::from_str(&format!("etcd:{}", cluster.endpoints().join(",")))
             .expect("spec parses");
+        match store::open(&spec).await {
+            Err(e @ StoreError::InvalidSpec { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("--etcd-ca/--etcd-cert/--etcd-key"),
+                    "names the flags: {message}"
+                );
+            }
+            Err(other) => panic!("expected InvalidSpec without TLS files, got {other}"),
+            Ok(_) => panic!("an etcd spec without TLS files opened"),
+        }
+        let spec = spec.with_etcd_tls(cluster.tls().clone());
         let s = store::open(&spec).await.expect("open");
         let out = s
             .txn(
@@ -233,7 +249,7 @@ async fn three_members_survive_losing_the_leader() {
             .expect("3-member etcd cluster starts");
         let endpoints = cluster.endpoints();
         let s: Arc<dyn Store> = Arc::new(
-            EtcdStore::connect(&endpoints)
+            EtcdStore::connect(&endpoints, cluster.tls())
                 .await
                 .expect("connect to all members"),
         );
@@ -243,8 +259,10 @@ async fn three_members_survive_losing_the_leader() {
 
         // Find the leader and kill it, the hardest member to lose.
         let mut leader = None;
+        let tls = tls_options(cluster.tls()).expect("client TLS");
         for (index, endpoint) in endpoints.iter().enumerate() {
-            let mut client = etcd_client::Client::connect([endpoint], None)
+            let options = etcd_client::ConnectOptions::new().with_tls(tls.clone());
+            let mut client = etcd_client::Client::connect([endpoint], Some(options))
                 .await
                 .expect("client to one member");
             let status = client.status().await.expect("member status");
@@ -307,7 +325,7 @@ async fn three_members_survive_losing_the_leader() {
 
         // A new watch and a new connection given all three endpoints work too.
         let fresh: Arc<dyn Store> = Arc::new(
-            EtcdStore::connect(&endpoints)
+            EtcdStore::connect(&endpoints, cluster.tls())
                 .await
                 .expect("connect with one member down"),
         );
@@ -319,5 +337,148 @@ async fn three_members_survive_losing_the_leader() {
         assert_eq!(next_event(&mut watch).await.mod_revision(), last);
         assert_eq!(fresh.revision().await.expect("revision"), last);
     })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_endpoint_is_refused_before_connecting() {
+    bounded("plaintext_endpoint_is_refused_before_connecting", async {
+        // Nothing needs to listen: the endpoint is refused by its scheme.
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let pki = EtcdPki::generate(dir.path()).expect("certificates");
+        let endpoints = vec![
+            "https://127.0.0.1:2379".to_owned(),
+            "http://127.0.0.1:22379".to_owned(),
+        ];
+        match EtcdStore::connect(&endpoints, &pki.client).await {
+            Err(e @ StoreError::InvalidRequest(_)) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(
+                        "etcd endpoint http://127.0.0.1:22379 is plaintext; use https:// with \
+                         --etcd-ca/--etcd-cert/--etcd-key"
+                    ),
+                    "{message}"
+                );
+            }
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_of_another_ca_is_refused() {
+    bounded("client_certificate_of_another_ca_is_refused", async {
+        let cluster = EtcdCluster::single().await.expect("etcd starts");
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let other = EtcdPki::generate(dir.path()).expect("certificates of another CA");
+
+        // Checked up front: a client certificate the given CA did not
+        // issue is refused by name before anything is dialled.
+        let mismatched = wardline_store::EtcdTls {
+            ca: cluster.tls().ca.clone(),
+            ..other.client.clone()
+        };
+        match EtcdStore::connect(&cluster.endpoints(), &mismatched).await {
+            Err(e @ StoreError::Tls(_)) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(&other.client.cert.display().to_string())
+                        && message.contains("was not issued by the CA in"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a TLS file error, got {other:?}"),
+        }
+
+        // etcd refuses it too: with a CA file that also trusts the other
+        // CA (so our check passes and the certificate is presented), the
+        // member, which trusts only its own CA, ends the handshake. That is
+        // reported at once, not retried until the budget is spent.
+        let bundle = dir.path().join("both-cas.pem");
+        let mut pem = std::fs::read(&cluster.tls().ca).expect("read CA");
+        pem.extend(std::fs::read(&other.ca).expect("read other CA"));
+        std::fs::write(&bundle, pem).expect("write CA bundle");
+        let foreign = wardline_store::EtcdTls {
+            ca: bundle,
+            ..other.client.clone()
+        };
+        let started = std::time::Instant::now();
+        match EtcdStore::connect(&cluster.endpoints(), &foreign).await {
+            Err(e @ StoreError::Backend(_)) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("etcd refused the TLS connection")
+                        && message.contains("--etcd-cert"),
+                    "says why and what to check: {message}"
+                );
+            }
+            other => panic!("expected a refused handshake, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a refused certificate is not retried: {:?}",
+            started.elapsed()
+        );
+
+        // And the other way round: a client that trusts only the other CA
+        // refuses the member's certificate.
+        match EtcdStore::connect(&cluster.endpoints(), &other.client).await {
+            Err(e @ StoreError::Backend(_)) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("the etcd member's certificate was refused")
+                        && message.contains("--etcd-ca"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected the member's certificate refused, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_refuses_tls_without_client_certificate_and_plaintext() {
+    bounded(
+        "etcd_refuses_tls_without_client_certificate_and_plaintext",
+        async {
+            let cluster = EtcdCluster::single().await.expect("etcd starts");
+            let endpoint = cluster.endpoints()[0].clone();
+            let ca = std::fs::read(&cluster.tls().ca).expect("read CA");
+            let read = |endpoint: String, options: etcd_client::ConnectOptions| async move {
+                let options = options.with_connect_timeout(Duration::from_secs(2));
+                let mut client = etcd_client::Client::connect([endpoint], Some(options)).await?;
+                tokio::time::timeout(Duration::from_secs(5), client.get("/wl/x", None))
+                    .await
+                    .unwrap_or_else(|_| panic!("no answer within 5 s"))
+            };
+
+            // TLS that verifies the member but presents no certificate.
+            let anonymous = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(ca));
+            let err = read(
+                endpoint.clone(),
+                etcd_client::ConnectOptions::new().with_tls(anonymous),
+            )
+            .await
+            .expect_err("etcd refuses a client without a certificate");
+            eprintln!("TLS without a client certificate: {err}");
+
+            // Plaintext gRPC to the TLS port.
+            let plain = endpoint.replacen("https://", "http://", 1);
+            let err = read(plain, etcd_client::ConnectOptions::new())
+                .await
+                .expect_err("etcd refuses plaintext");
+            eprintln!("plaintext: {err}");
+
+            // And with the right certificate it answers.
+            let tls = tls_options(cluster.tls()).expect("client TLS");
+            read(endpoint, etcd_client::ConnectOptions::new().with_tls(tls))
+                .await
+                .expect("the client certificate is accepted");
+        },
+    )
     .await;
 }

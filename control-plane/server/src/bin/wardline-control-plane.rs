@@ -7,7 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wardline_control_plane::registry::Registry;
 use wardline_control_plane::server::{self, ControlPlane};
-use wardline_store::{self as store, StoreSpec};
+use wardline_store::{self as store, EtcdTls, StoreSpec};
 use wardline_tls as tls;
 
 /// Exit status for a bad command line or configuration (EX_USAGE).
@@ -21,7 +21,8 @@ struct Args {
     #[arg(long, env = "WARDLINE_LISTEN", default_value = "0.0.0.0:7443")]
     listen: String,
     /// Store: embedded:/var/lib/wardline/control-plane.redb or
-    /// etcd:http://host1:2379,http://host2:2379
+    /// etcd:https://host1:2379,https://host2:2379 (etcd only over TLS, with
+    /// --etcd-ca, --etcd-cert and --etcd-key)
     #[arg(
         long,
         env = "WARDLINE_STORE",
@@ -64,6 +65,16 @@ struct Args {
     /// rotation, or to encrypt a store written before), then exit.
     #[arg(long)]
     rekey: bool,
+    /// etcd's CA certificate, which issued the etcd members' certificates
+    /// and the etcd client certificate (not the site CA).
+    #[arg(long, env = "WARDLINE_ETCD_CA", requires_all = ["etcd_cert", "etcd_key"])]
+    etcd_ca: Option<PathBuf>,
+    /// This replica's etcd client certificate, issued by the etcd CA.
+    #[arg(long, env = "WARDLINE_ETCD_CERT", requires_all = ["etcd_ca", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The etcd client certificate's private key.
+    #[arg(long, env = "WARDLINE_ETCD_KEY", requires_all = ["etcd_ca", "etcd_cert"])]
+    etcd_key: Option<PathBuf>,
     /// Name of this replica in status reports (default: the listen address).
     #[arg(long, env = "WARDLINE_REPLICA")]
     replica: Option<String>,
@@ -97,6 +108,41 @@ fn main() -> ExitCode {
         eprintln!("wardline-control-plane: --ca, --cert and --key are required");
         return ExitCode::from(EX_USAGE);
     };
+    let spec: StoreSpec = match args.store.parse() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wardline-control-plane: --store {:?}: {e}", args.store);
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    // clap makes the three etcd files come together or not at all.
+    let spec = match (
+        spec,
+        args.etcd_ca.clone(),
+        args.etcd_cert.clone(),
+        args.etcd_key.clone(),
+    ) {
+        (spec @ StoreSpec::Etcd { .. }, Some(ca), Some(cert), Some(key)) => {
+            spec.with_etcd_tls(EtcdTls { ca, cert, key })
+        }
+        (StoreSpec::Etcd { .. }, ..) => {
+            eprintln!(
+                "wardline-control-plane: --store {:?}: etcd is reached only over TLS with a \
+                 client certificate: give --etcd-ca, --etcd-cert and --etcd-key",
+                args.store
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+        (StoreSpec::Embedded(_), Some(_), ..) => {
+            eprintln!(
+                "wardline-control-plane: --etcd-ca/--etcd-cert/--etcd-key are for an etcd \
+                 store, but --store is {:?}",
+                args.store
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+        (spec @ StoreSpec::Embedded(_), ..) => spec,
+    };
     let store_key = match store::encrypted::StoreKey::load(&args.store_key) {
         Ok(k) => k,
         Err(e) => {
@@ -104,13 +150,6 @@ fn main() -> ExitCode {
                 "wardline-control-plane: {e} (create one with `wardline-control-plane --generate-store-key {}`)",
                 args.store_key.display()
             );
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let spec: StoreSpec = match args.store.parse() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("wardline-control-plane: --store {:?}: {e}", args.store);
             return ExitCode::from(EX_USAGE);
         }
     };
