@@ -215,6 +215,169 @@ async fn sim_agent_session(
     }
 }
 
+/// How a fleet comes back after its replica restarts.
+#[derive(Default)]
+struct Comeback {
+    /// Per agent: when its latest Watch delivered a snapshot.
+    watching_since: Mutex<Vec<Option<Instant>>>,
+    attempts: AtomicUsize,
+    failures: AtomicUsize,
+}
+
+/// A simulated agent that, like the real one, reconnects with the agent's
+/// backoff (full jitter, 200 ms doubling to 10 s) whenever its stream ends.
+async fn returning_agent(me: SimAgent, index: usize, back: Arc<Comeback>) {
+    let mut backoff =
+        wardline_backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        back.attempts.fetch_add(1, Ordering::Relaxed);
+        match returning_session(&me, index, &back).await {
+            Ok(true) => backoff.reset(),
+            Ok(false) | Err(_) => {
+                back.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// One connection: register, watch, note the first snapshot, and follow
+/// the stream until it ends. `Ok(true)` once a snapshot came.
+async fn returning_session(me: &SimAgent, index: usize, back: &Comeback) -> anyhow::Result<bool> {
+    let channel = Endpoint::from_shared(format!("https://{}:{PORT}", REPLICAS[0]))?
+        .tls_config(me.tls.clone())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    let mut client = AgentApiClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    client
+        .register(v1::RegisterRequest {
+            node: me.node.clone(),
+            labels: Default::default(),
+            addresses: vec![me.address.clone()],
+        })
+        .await?;
+    let mut stream = client
+        .watch(v1::WatchRequest {
+            node: me.node.clone(),
+            known_revision: 0,
+        })
+        .await?
+        .into_inner();
+    let mut got = false;
+    while let Some(_snapshot) = stream.message().await? {
+        if !got {
+            got = true;
+            back.watching_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)[index] = Some(Instant::now());
+        }
+    }
+    Ok(got)
+}
+
+/// What the restart measured.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReconnectFigures {
+    agents: usize,
+    /// From the kill to the restarted replica listening.
+    restart_seconds: f64,
+    /// From the replica listening to each agent's first snapshot again.
+    back_ms: Summary<f64>,
+    /// The most agents that came back within any 100 ms.
+    busiest_100ms: usize,
+    /// Connection attempts that failed while it was away or busy.
+    failed_attempts: usize,
+}
+
+/// Starts `n` reconnecting simulated agents, restarts the replica (kill -9,
+/// start again on the same store) and measures how they come back.
+fn measure_reconnect(site: &mut Site, store: &str, n: usize) -> anyhow::Result<ReconnectFigures> {
+    eprintln!("propagation: {n} agents through a replica restart...");
+    let agents = issue_certificates(site, 20_000, n)?;
+    let back = Arc::new(Comeback {
+        watching_since: Mutex::new(vec![None; n]),
+        ..Comeback::default()
+    });
+    let rt = site.ns.run_in(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    })?;
+    for (i, me) in agents.into_iter().enumerate() {
+        rt.spawn(returning_agent(me, i, back.clone()));
+    }
+    let all_since = |after: Option<Instant>| {
+        let w = back
+            .watching_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        w.iter()
+            .filter(|t| t.is_some_and(|t| after.is_none_or(|a| t > a)))
+            .count()
+    };
+    let deadline = Instant::now() + CONNECT_WITHIN;
+    while all_since(None) < n {
+        ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} agents connected",
+            all_since(None)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let failed_before = back.failures.load(Ordering::Relaxed);
+    let killed = Instant::now();
+    site.replicas[0].kill9();
+    site.start_replica(0, store);
+    let listening = Instant::now();
+    let deadline = listening + Duration::from_secs(120);
+    while all_since(Some(killed)) < n {
+        if Instant::now() > deadline {
+            rt.shutdown_timeout(Duration::from_secs(5));
+            bail!(
+                "only {} of {n} agents came back within 120 s",
+                all_since(Some(killed))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let times: Vec<Instant> = back
+        .watching_since
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let mut since: Vec<Duration> = times
+        .iter()
+        .map(|t| t.saturating_duration_since(listening))
+        .collect();
+    since.sort();
+    let busiest = since
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            since[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_millis(100))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    Ok(ReconnectFigures {
+        agents: n,
+        restart_seconds: listening.duration_since(killed).as_secs_f64(),
+        back_ms: summary_ms(&since),
+        busiest_100ms: busiest,
+        failed_attempts: back.failures.load(Ordering::Relaxed) - failed_before,
+    })
+}
+
 /// `(soft, hard)` of a limit named as in `/proc/PID/limits`.
 fn limit(pid: &str, name: &str) -> Option<(String, String)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
@@ -454,6 +617,7 @@ struct PropagationResults {
     bench_nofile: Option<Limit>,
     control_plane_nofile: Option<Limit>,
     fleets: Vec<FleetFigures>,
+    reconnect: ReconnectFigures,
     kernel100k: Option<Kernel100k>,
     seconds: f64,
 }
@@ -725,7 +889,7 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
     let (sizes, rounds): (&[usize], usize) = if budget.quick {
         (&[10], 2)
     } else {
-        (&[100, 1_000], 5)
+        (&[100, 1_000, 5_000], 5)
     };
     raise_nofile()?;
     let bench_nofile = open_file_limit("self");
@@ -786,6 +950,8 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
             ))
         })?;
     drop(cx);
+    let store = site.embedded_store();
+    let reconnect = measure_reconnect(&mut site, &store, if budget.quick { 10 } else { 1_000 })?;
     drop(agent);
     drop(agent_ns);
     drop(site);
@@ -806,6 +972,7 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
         bench_nofile,
         control_plane_nofile: cp_nofile,
         fleets: scales.iter().map(Scale::figures).collect(),
+        reconnect,
         kernel100k: kernel,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -871,6 +1038,18 @@ impl Results for PropagationResults {
                 f.control_plane_open_files
             );
         }
+        let r = &self.reconnect;
+        let _ = write!(
+            table,
+            "\n| replica restart (kill -9, start again), {} agents reconnecting with full-jitter backoff | |\n|---|---:|\n| kill to listening again | {:.2} s |\n| listening to each agent's first snapshot again: p50 / p99 / max | {} / {} / {} |\n| most agents back within any 100 ms | {} |\n| connection attempts that failed meanwhile | {} |\n",
+            r.agents,
+            r.restart_seconds,
+            ms(r.back_ms.median),
+            ms(r.back_ms.p99),
+            ms(r.back_ms.max),
+            r.busiest_100ms,
+            r.failed_attempts,
+        );
         if let Some(k) = &self.kernel100k {
             let _ = write!(
                 table,
@@ -895,14 +1074,25 @@ impl Results for PropagationResults {
         };
         let met = |f: &FleetFigures| f.ack_ms.p99 < 1000.0 && f.missing_acknowledgements == 0;
         if let Some(f) = self.fleets.iter().find(|f| f.simulated_agents == 1_000) {
-            vec![Target::new(
+            let mut targets = vec![Target::new(
                 format!(
                     "apply → acknowledgement p99 under 1 s at 1,000 simulated agents (p99 {}{})",
                     ms(f.ack_ms.p99),
                     missing(f)
                 ),
                 met(f),
-            )]
+            )];
+            if let Some(f) = self.fleets.iter().find(|f| f.simulated_agents == 5_000) {
+                targets.push(Target::new(
+                    format!(
+                        "apply → acknowledgement p99 under 1 s, reported also at 5,000 simulated agents (p99 {}{})",
+                        ms(f.ack_ms.p99),
+                        missing(f)
+                    ),
+                    met(f),
+                ));
+            }
+            targets
         } else if let Some(f) = self.fleets.last() {
             vec![Target::new(
                 format!(
