@@ -43,7 +43,7 @@ pub const MAX_POLICY_SOURCE_BYTES: usize = 64 << 20;
 
 /// The limits of a policy source. Size is the whole source's; the others
 /// hold for each of its documents, which are read one by one. A document
-/// of the language nests five levels at most (`spec.ports[0].port`); a
+/// of the language nests four levels at most (`spec.ports[0]`); a
 /// segment with tens of thousands of CIDRs stays well within the values.
 pub const POLICY_LIMITS: Limits = Limits {
     what: "a policy source",
