@@ -37,6 +37,9 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// (1.95); an unpinned install takes whatever is newest.
 const NEXTEST: &str = "cargo-nextest@0.9.143";
 
+/// Pinned likewise; `cargo xtask fuzz` runs it with nightly.
+const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
+
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// Runs every step.
@@ -46,6 +49,7 @@ pub fn setup() -> Result<()> {
     nightly()?;
     bpf_linker()?;
     nextest()?;
+    cargo_fuzz()?;
     bpffs(root)?;
     println!("setup: done");
     Ok(())
@@ -163,6 +167,15 @@ fn nextest() -> Result<()> {
     }
     println!("setup: installing cargo-nextest");
     run(cargo().args(["install", NEXTEST, "--locked"]))
+}
+
+fn cargo_fuzz() -> Result<()> {
+    if succeeds(cargo().args(["fuzz", "--version"])) {
+        skip("cargo-fuzz");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (cargo xtask fuzz)");
+    run(cargo().args(["install", CARGO_FUZZ, "--locked"]))
 }
 
 fn bpffs_mounted() -> Result<bool> {
