@@ -130,8 +130,7 @@ pub fn documents(source: &str) -> Vec<SourceDocument> {
             Ok(v) => (field(v, &["kind"]), field(v, &["metadata", "name"])),
             Err(_) => (None, None),
         };
-        let text = chunk.text.trim_start_matches([' ', '\t']);
-        let text = text.strip_prefix('\n').unwrap_or(text).trim_end();
+        let text = document_text(&chunk.text);
         out.push(SourceDocument {
             index: out.len() + 1,
             kind,
@@ -140,6 +139,22 @@ pub fn documents(source: &str) -> Vec<SourceDocument> {
         });
     }
     out
+}
+
+/// A document's text as [`documents`] gives it, which must read as the
+/// chunk does: the control plane stores these texts and validates them
+/// joined again. The blanked marker's line is dropped when nothing but a
+/// comment follows the marker there. When the document starts on that line
+/// (`--- apiVersion: …`), the line is kept, blanks and all: the content's
+/// column decides how YAML reads the lines below it.
+fn document_text(chunk: &str) -> &str {
+    let first_line = chunk.split('\n').next().unwrap_or_default().trim();
+    if first_line.is_empty() || first_line.starts_with('#') {
+        let text = chunk.trim_start_matches([' ', '\t']);
+        text.strip_prefix('\n').unwrap_or(text).trim_end()
+    } else {
+        chunk.trim_end()
+    }
 }
 
 /// The text of one document of a source.
@@ -1384,6 +1399,30 @@ mod documents_tests {
             parse(&again).unwrap_err().len(),
             parse(src).unwrap_err().len()
         );
+    }
+
+    /// Found by fuzzing: a document starting on its marker's line was cut
+    /// out without the marker's columns, and the text read differently.
+    #[test]
+    fn a_document_on_its_marker_line_reads_as_in_the_source() {
+        let segment = "kind: Segment\nmetadata: {name: b}\nspec: {vlans: [4]}\n";
+        // YAML reads `kind` at column 1 as a sibling of nothing: refused.
+        for marker in ["--- ", "---\t"] {
+            let src = format!("{marker}apiVersion: wardline/v1\n{segment}");
+            let docs = documents(&src);
+            let again: String = docs.iter().map(|d| format!("---\n{}", d.text)).collect();
+            assert!(parse(&src).is_err(), "{src:?}");
+            assert!(parse(&again).is_err(), "{again:?}");
+        }
+        // A flow mapping on the marker's line reads the same either way.
+        let src = "--- {apiVersion: wardline/v1, kind: Segment, metadata: {name: b}, spec: {vlans: [4]}}\n";
+        let again: String = documents(src)
+            .iter()
+            .map(|d| format!("---\n{}", d.text))
+            .collect();
+        assert!(parse(src).is_ok() && parse(&again).is_ok(), "{again:?}");
+        // A comment after the marker is dropped with it, as before.
+        assert_eq!(documents("--- # two\nb: 2\n")[0].text, "# two\nb: 2\n");
     }
 }
 
