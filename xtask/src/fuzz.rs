@@ -33,11 +33,29 @@ pub const TEST_SECONDS: u64 = 5;
 /// policy or a config that takes seconds to read is a denial of service).
 const INPUT_TIMEOUT_SECONDS: u64 = 10;
 
-/// `cargo fuzz …` on nightly, from `fuzz/`.
+/// `cargo fuzz …` on nightly, from `fuzz/`, without the variables `cargo
+/// run` set for this task: some build scripts (ring's) rebuild when
+/// `CARGO_MANIFEST_DIR` changes, so the build would not be the one a
+/// `cargo +nightly fuzz run` by hand reuses, nor the other way round.
 fn cargo_fuzz(root: &Path) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(root.join("fuzz"))
         .args(["run", "nightly", "cargo", "fuzz"]);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_by_cargo_run = key.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&key.as_ref());
+        if set_by_cargo_run {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     cmd
 }
 
