@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::{DuplicateKeyPolicy, Error, MergeKeyPolicy, MessageFormatter};
 
@@ -95,9 +95,8 @@ fn options(limits: &Limits) -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.alias_limits.max_total_replayed_events = limits.max_alias_replays;
-    // Duplicate keys are passed on so that `Value` reports them in its own
-    // words; typed structs report them as a duplicate field.
-    options.duplicate_keys = DuplicateKeyPolicy::LastWins;
+    // In every mapping, typed or not (labels too), as serde_yaml did.
+    options.duplicate_keys = DuplicateKeyPolicy::Error;
     options.merge_keys = MergeKeyPolicy::AsOrdinary;
     options.strict_booleans = true;
     options.leading_zero_numbers_as_strings = true;
@@ -140,6 +139,10 @@ fn error(error: &Error, limits: &Limits) -> YamlError {
             }
             other => format!("over a limit for {what}: {other:?}"),
         },
+        Error::DuplicateMappingKey { key: Some(key), .. } => {
+            format!("duplicate entry with key {key:?}")
+        }
+        Error::DuplicateMappingKey { key: None, .. } => "duplicate entry in a mapping".to_owned(),
         Error::AliasReplayLimitExceeded { .. }
         | Error::AliasExpansionLimitExceeded { .. }
         | Error::AliasReplayStackDepthExceeded { .. } => format!(
@@ -303,19 +306,12 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut entries: Vec<(Value, Value)> = Vec::new();
-        while let Some(key) = map.next_key::<Value>()? {
-            if entries.iter().any(|(k, _)| *k == key) {
-                let shown = match &key {
-                    Value::String(text) => format!("{text:?}"),
-                    other => format!("{other:?}"),
-                };
-                return Err(de::Error::custom(format!(
-                    "duplicate entry with key {shown}"
-                )));
-            }
-            let value = map.next_value()?;
-            entries.push((key, value));
+        // The reader refuses a key given twice, where it is given
+        // ([`DuplicateKeyPolicy::Error`], by hash: comparing each key with
+        // those before would take quadratic time on a long mapping).
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
         }
         Ok(Value::Mapping(Mapping(entries)))
     }
@@ -364,7 +360,14 @@ mod tests {
     fn a_key_given_twice_is_an_error_where_it_is() {
         let error = read("a: 1\nb: {c: 1, c: 2}\n").unwrap_err();
         assert_eq!(error.message, "duplicate entry with key \"c\"");
-        assert_eq!(error.location.map(|at| at.line), Some(2));
+        assert_eq!(error.location.map(|at| (at.line, at.column)), Some((2, 11)));
+        // In typed structs' maps too.
+        let error =
+            from_str::<std::collections::BTreeMap<String, u8>>("c: 1\nc: 2\n", &POLICY_LIMITS);
+        assert_eq!(
+            error.unwrap_err().to_string(),
+            "line 2, column 1: duplicate entry with key \"c\""
+        );
     }
 
     #[test]
