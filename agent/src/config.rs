@@ -1,4 +1,8 @@
 //! The agent's configuration (`docs/agent.md`): one `AgentConfig` document.
+//!
+//! Read within [`CONFIG_LIMITS`]: a configuration is a few dozen lines, so
+//! a file much larger or deeper than that is refused before it is read
+//! (`wardline_policy::yaml`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,6 +11,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
+use wardline_policy::yaml::{self, Limits};
 use wardline_policy::{NameError, NodeName};
 
 /// Environment variables the agent reads, in one place.
@@ -19,6 +24,17 @@ pub const DEFAULT_STATUS_ADDRESS: &str = "127.0.0.1:9464";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/wardline";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/wardline/agent";
 
+/// What an agent configuration may ask of the YAML reader. The file
+/// nests five levels (`spec.failsafe[0].cidrs`) and holds some hundred
+/// values; these leave room for long interface and failsafe lists.
+pub const CONFIG_LIMITS: Limits = Limits {
+    what: "an agent configuration",
+    max_bytes: 64 << 10,
+    max_depth: 16,
+    max_values: 10_000,
+    max_alias_replays: 1_000,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -27,7 +43,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// YAML that does not fit the schema.
+    /// YAML that cannot be read, is past a limit of [`CONFIG_LIMITS`], or
+    /// does not fit the schema; the message leads with its line and column.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     /// A value the schema allows but the agent cannot use.
@@ -164,10 +181,11 @@ impl AgentConfig {
             field: field.to_owned(),
             message,
         };
-        let doc: Document = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let doc: Document =
+            yaml::from_str(text, &CONFIG_LIMITS).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         if doc.api_version != "wardline/v1" {
             return Err(invalid(
                 "apiVersion",
@@ -481,5 +499,67 @@ spec:
         let err =
             parse(&GOOD.replace("  policyFile: /etc/wardline/policy.yaml\n", "")).unwrap_err();
         assert!(err.to_string().contains("either policyFile"), "{err}");
+    }
+
+    /// `GOOD` with its ethertypes replaced by `list`, a YAML flow or block
+    /// sequence: each entry is read whole, whatever it holds.
+    fn with_ethertypes(list: &str) -> String {
+        GOOD.replace(
+            "passEthertypes: [0x88cc, \"0x88e5\"]",
+            &format!("passEthertypes: {list}"),
+        )
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_naming_the_limit() {
+        // Nine anchors, each nine aliases of the one before: 9^9 values, in
+        // one ethertype entry, which is read whole before it is checked.
+        let mut bomb = String::from("\n    - [&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]");
+        for (anchor, alias) in "bcdefghi".chars().zip("abcdefgh".chars()) {
+            let aliases = vec![format!("*{alias}"); 9].join(", ");
+            bomb.push_str(&format!(",\n       &{anchor} [{aliases}]"));
+        }
+        bomb.push(']');
+        let text = with_ethertypes(&bomb);
+        assert!(text.len() < 1000, "{}", text.len());
+        let err = parse(&text).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(
+            err.to_string().ends_with(&format!(
+                "aliases expand to more than {} values, the limit for an agent configuration",
+                CONFIG_LIMITS.max_alias_replays
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_hundred_levels_of_nesting_are_refused_naming_the_limit() {
+        let expected = format!(
+            "nested more than {} levels deep, the limit for an agent configuration",
+            CONFIG_LIMITS.max_depth
+        );
+        let lists = with_ethertypes(&format!("[{}{}]", "[".repeat(100), "]".repeat(100)));
+        let mappings = with_ethertypes(&format!("[{}x{}]", "{a: ".repeat(100), "}".repeat(100)));
+        for text in [lists, mappings] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with("agent.yaml: line "), "{err}");
+            assert!(err.ends_with(&expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_config_over_the_size_limit_is_refused() {
+        let mut text = GOOD.to_owned();
+        text.push_str(&"# padding\n".repeat(CONFIG_LIMITS.max_bytes / 10));
+        assert!(text.len() > CONFIG_LIMITS.max_bytes);
+        let err = parse(&text).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "agent.yaml: {} bytes is too large for an agent configuration (at most 65536 bytes)",
+                text.len()
+            )
+        );
     }
 }

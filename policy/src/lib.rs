@@ -10,6 +10,7 @@ pub mod nodes;
 pub mod packet;
 pub mod parse;
 pub mod reference;
+pub mod yaml;
 
 pub use compile::{CompileOptions, Dataplane, Schedule};
 pub use error::{PolicyError, PolicyErrors};

@@ -7,20 +7,25 @@
 //! documents: names unique per kind, no prefix or VLAN claimed by two
 //! segments, every segment a policy names defined somewhere in the source.
 //! Every problem found is reported, not only the first.
+//!
+//! YAML is read within [`POLICY_LIMITS`] (see [`crate::yaml`]): a source
+//! larger than [`yaml::MAX_POLICY_SOURCE_BYTES`] is refused unread, and a
+//! document that nests too deep or whose aliases expand too far is a syntax
+//! error of that document.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde_yaml::{Mapping, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::error::{DocLabel, Location, PolicyError, PolicyErrors};
+use crate::error::{DocLabel, PolicyError, PolicyErrors};
 use crate::model::{
     Action, DocRef, Mode, Node, NodeApproval, Peer, Policy, PolicySet, PortRule, Protocol, Segment,
 };
 use crate::name::NameProblem;
+use crate::yaml::{self, Mapping, POLICY_LIMITS, Value, YamlError};
 
 /// The only `apiVersion` this version of the language reads.
 pub const API_VERSION: &str = "wardline/v1";
@@ -61,16 +66,25 @@ const PROTOCOLS: &[&str] = &["tcp", "udp", "sctp", "icmp", "icmpv6", "any"];
 /// trailing `---`, are skipped.
 ///
 /// Segments and policies keep their document order. On failure, every
-/// problem found in every document is returned, in document order.
+/// problem found in every document is returned, in document order. A
+/// source over [`yaml::MAX_POLICY_SOURCE_BYTES`] is one error, of document
+/// 1, naming its size and the limit.
 pub fn parse(source: &str) -> Result<PolicySet, PolicyErrors> {
+    if let Err(error) = yaml::check_size(source, &POLICY_LIMITS) {
+        let doc = DocRef {
+            index: 1,
+            ..DocRef::default()
+        };
+        return Err(PolicyError::in_document(&doc, error.message).into());
+    }
     let mut documents = Vec::new();
     let mut errors = Vec::new();
     for chunk in split_documents(source) {
-        match serde_yaml::from_str::<Value>(&chunk.text) {
+        match read(&chunk) {
             Ok(Value::Null) => {}
             Ok(value) => documents.push(Some(value)),
             Err(error) => {
-                errors.push(syntax_error(documents.len() + 1, &chunk, &error));
+                errors.push(syntax_error(documents.len() + 1, error));
                 documents.push(None);
             }
         }
@@ -97,17 +111,18 @@ pub struct SourceDocument {
     pub text: String,
 }
 
-/// Cuts a source into its documents, by the same rules as [`parse`].
+/// Cuts a source into its documents, by the same rules as [`parse`]. A
+/// document that cannot be read, or is past a limit, has no kind or name.
 pub fn documents(source: &str) -> Vec<SourceDocument> {
     let mut out = Vec::new();
     for chunk in split_documents(source) {
-        let value = serde_yaml::from_str::<Value>(&chunk.text);
+        let value = read(&chunk);
         if let Ok(Value::Null) = value {
             continue;
         }
         let field = |v: &Value, path: &[&str]| {
             path.iter()
-                .try_fold(v, |v, k| v.get(*k))
+                .try_fold(v, |v, k| v.get(k))
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
@@ -115,8 +130,7 @@ pub fn documents(source: &str) -> Vec<SourceDocument> {
             Ok(v) => (field(v, &["kind"]), field(v, &["metadata", "name"])),
             Err(_) => (None, None),
         };
-        let text = chunk.text.trim_start_matches([' ', '\t']);
-        let text = text.strip_prefix('\n').unwrap_or(text).trim_end();
+        let text = document_text(&chunk.text);
         out.push(SourceDocument {
             index: out.len() + 1,
             kind,
@@ -125,6 +139,22 @@ pub fn documents(source: &str) -> Vec<SourceDocument> {
         });
     }
     out
+}
+
+/// A document's text as [`documents`] gives it, which must read as the
+/// chunk does: the control plane stores these texts and validates them
+/// joined again. The blanked marker's line is dropped when nothing but a
+/// comment follows the marker there. When the document starts on that line
+/// (`--- apiVersion: …`), the line is kept, blanks and all: the content's
+/// column decides how YAML reads the lines below it.
+fn document_text(chunk: &str) -> &str {
+    let first_line = chunk.split('\n').next().unwrap_or_default().trim();
+    if first_line.is_empty() || first_line.starts_with('#') {
+        let text = chunk.trim_start_matches([' ', '\t']);
+        text.strip_prefix('\n').unwrap_or(text).trim_end()
+    } else {
+        chunk.trim_end()
+    }
 }
 
 /// The text of one document of a source.
@@ -174,31 +204,27 @@ fn split_documents(source: &str) -> Vec<Chunk> {
     chunks
 }
 
-/// A YAML syntax error in the `index`th document, located in the source.
-fn syntax_error(index: usize, chunk: &Chunk, error: &serde_yaml::Error) -> PolicyError {
-    // Parse the document again behind as many blank lines as precede it in
-    // the source, so that every line number in the message is the source's.
-    let padded = format!("{}{}", "\n".repeat(chunk.first_line), chunk.text);
-    let shifted = serde_yaml::from_str::<Value>(&padded).err();
-    let error = shifted.as_ref().unwrap_or(error);
-    let location = error.location().map(|at| Location {
-        line: at.line(),
-        column: at.column(),
-    });
-    let mut message = error.to_string();
-    if let Some(at) = location {
-        let suffix = format!(" at line {} column {}", at.line, at.column);
-        if let Some(start) = message.find(&suffix) {
-            message.replace_range(start..start + suffix.len(), "");
+/// Reads one document, its location in the source's lines: the chunk
+/// starts on line `first_line + 1` of the source, its columns are the
+/// source's.
+fn read(chunk: &Chunk) -> Result<Value, YamlError> {
+    yaml::from_str::<Value>(&chunk.text, &POLICY_LIMITS).map_err(|mut error| {
+        if let Some(at) = &mut error.location {
+            at.line += chunk.first_line;
         }
-    }
+        error
+    })
+}
+
+/// A YAML syntax error (or a limit passed) in the `index`th document.
+fn syntax_error(index: usize, error: YamlError) -> PolicyError {
     PolicyError {
         document: index,
         kind: None,
         name: None,
         field: None,
-        location,
-        message: format!("invalid YAML: {message}"),
+        location: error.location,
+        message: format!("invalid YAML: {}", error.message),
     }
 }
 
@@ -461,7 +487,7 @@ impl Validator {
     fn label_value(&mut self, field: &str, value: &Value) -> Option<String> {
         match value {
             Value::String(text) => Some(text.clone()),
-            Value::Number(_) | Value::Bool(_) => {
+            Value::Integer(_) | Value::Float(_) | Value::Bool(_) => {
                 let text = scalar_text(value);
                 self.error(
                     field,
@@ -1113,10 +1139,7 @@ impl Validator {
     /// A whole number, of any size.
     fn integer(&mut self, field: &str, value: &Value, what: &str) -> Option<i128> {
         let number = match value {
-            Value::Number(number) => number
-                .as_i64()
-                .map(i128::from)
-                .or_else(|| number.as_u64().map(i128::from)),
+            Value::Integer(number) => Some(*number),
             _ => None,
         };
         if number.is_none() {
@@ -1180,11 +1203,10 @@ fn describe(value: &Value) -> String {
     match value {
         Value::Null => "nothing".to_owned(),
         Value::Bool(_) => format!("a boolean ({})", scalar_text(value)),
-        Value::Number(_) => format!("a number ({})", scalar_text(value)),
+        Value::Integer(_) | Value::Float(_) => format!("a number ({})", scalar_text(value)),
         Value::String(text) => format!("a string ({text:?})"),
         Value::Sequence(_) => "a list".to_owned(),
         Value::Mapping(_) => "a mapping".to_owned(),
-        Value::Tagged(tagged) => format!("a value tagged {}", tagged.tag),
     }
 }
 
@@ -1192,7 +1214,8 @@ fn describe(value: &Value) -> String {
 fn scalar_text(value: &Value) -> String {
     match value {
         Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
+        Value::Integer(n) => n.to_string(),
+        Value::Float(n) => n.to_string(),
         Value::String(s) => s.clone(),
         _ => String::new(),
     }
@@ -1376,6 +1399,30 @@ mod documents_tests {
             parse(&again).unwrap_err().len(),
             parse(src).unwrap_err().len()
         );
+    }
+
+    /// Found by fuzzing: a document starting on its marker's line was cut
+    /// out without the marker's columns, and the text read differently.
+    #[test]
+    fn a_document_on_its_marker_line_reads_as_in_the_source() {
+        let segment = "kind: Segment\nmetadata: {name: b}\nspec: {vlans: [4]}\n";
+        // YAML reads `kind` at column 1 as a sibling of nothing: refused.
+        for marker in ["--- ", "---\t"] {
+            let src = format!("{marker}apiVersion: wardline/v1\n{segment}");
+            let docs = documents(&src);
+            let again: String = docs.iter().map(|d| format!("---\n{}", d.text)).collect();
+            assert!(parse(&src).is_err(), "{src:?}");
+            assert!(parse(&again).is_err(), "{again:?}");
+        }
+        // A flow mapping on the marker's line reads the same either way.
+        let src = "--- {apiVersion: wardline/v1, kind: Segment, metadata: {name: b}, spec: {vlans: [4]}}\n";
+        let again: String = documents(src)
+            .iter()
+            .map(|d| format!("---\n{}", d.text))
+            .collect();
+        assert!(parse(src).is_ok() && parse(&again).is_ok(), "{again:?}");
+        // A comment after the marker is dropped with it, as before.
+        assert_eq!(documents("--- # two\nb: 2\n")[0].text, "# two\nb: 2\n");
     }
 }
 

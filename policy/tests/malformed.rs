@@ -76,8 +76,7 @@ spec:
     assert_eq!((location.line, location.column), (7, 8));
     assert_eq!(
         error.to_string(),
-        "document 1: line 7, column 8: invalid YAML: did not find expected ',' or ']', \
-         while parsing a flow sequence at line 6 column 10"
+        "document 1: line 7, column 8: invalid YAML: illegal placement of ':' indicator"
     );
 }
 
@@ -92,8 +91,9 @@ fn yaml_syntax_error_in_a_later_document_keeps_source_lines_and_other_errors() {
     let errors = errors(&source);
     let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(shown.len(), 2, "{shown:#?}");
+    // The bracket left open, on the source's line 11.
     assert!(
-        shown[0].starts_with("document 2: line 12, column 1: invalid YAML: "),
+        shown[0].starts_with("document 2: line 11, column 11: invalid YAML: unclosed bracket '{'"),
         "{}",
         shown[0]
     );

@@ -201,6 +201,15 @@ impl TryFrom<&v1::Dataplane> for Dataplane {
             let len = narrow::<u8>(format!("{field}.prefix_len"), p.prefix_len)?;
             let net = IpNet::new(addr, len)
                 .map_err(|e| wire_err(format!("{field}.prefix_len"), e.to_string()))?;
+            // The control plane sends networks, never an address with host
+            // bits: one would not survive the way back (the wire carries
+            // `network()`), and names a prefix no policy wrote.
+            if net.network() != addr {
+                return Err(wire_err(
+                    format!("{field}.address"),
+                    format!("{addr} has host bits set for /{len}"),
+                ));
+            }
             prefixes.push((
                 net,
                 known_segment(format!("{field}.segment"), p.segment, false)?,

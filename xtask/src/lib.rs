@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cmd;
+pub mod fuzz;
 pub mod lab;
 pub mod lint;
 pub mod package;

@@ -14,13 +14,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what this machine lacks (Debian packages, nightly with
-    /// rust-src, bpf-linker, cargo-nextest, cargo-deb) and mount bpffs; idempotent.
+    /// rust-src, bpf-linker, cargo-nextest, cargo-deb, cargo-fuzz) and mount
+    /// bpffs; idempotent.
     Setup,
     /// cargo fmt --check and clippy -D warnings, user-space and kernel
     /// crates alike.
     Lint,
-    /// Set up, lint, build every binary, and run every test with nextest
-    /// (privileged tests too when run as root).
+    /// Set up, lint, build every binary, run each fuzz target a few
+    /// seconds, and run every test with nextest (privileged tests too when
+    /// run as root).
     Test {
         /// Passed on to `cargo nextest run` (after `--`).
         #[arg(last = true)]
@@ -38,6 +40,17 @@ enum Task {
     /// (wardline-agent, wardline-control-plane, wardctl) to target/debian/
     /// with cargo-deb, then check what they hold.
     Package,
+    /// Build the fuzz targets (cargo-fuzz, nightly) and run each for a
+    /// bounded time; fails if one crashes, naming the input it saved.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = xtask::fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// Run only this target (policy, agent_config, wire); may be given
+        /// more than once.
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+    },
     /// Set up, then replay conversations through the real kernel programs
     /// against the stateful reference verdict (a million packets by
     /// default) and report how many verdicts disagree (must be 0).
@@ -72,6 +85,7 @@ fn main() -> ExitCode {
         Task::Bench { quick, parts } => xtask::bench::bench(quick, &parts),
         Task::Soak { packets } => xtask::soak::soak(packets),
         Task::Package => xtask::package::package().map(|_| ExitCode::SUCCESS),
+        Task::Fuzz { seconds, targets } => xtask::fuzz::fuzz(seconds, &targets),
     };
     outcome.unwrap_or_else(|err| {
         eprintln!("xtask: {err:#}");

@@ -41,6 +41,8 @@ const NEXTEST: &str = "cargo-nextest@0.9.143";
 
 /// Pinned like nextest: `cargo xtask package` builds the .deb files with it.
 const CARGO_DEB: &str = "cargo-deb@3.8.0";
+/// Pinned likewise; `cargo xtask fuzz` runs it with nightly.
+const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -52,6 +54,7 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     nextest()?;
     cargo_deb()?;
+    cargo_fuzz()?;
     bpffs(root)?;
     println!("setup: done");
     Ok(())
@@ -178,6 +181,15 @@ fn cargo_deb() -> Result<()> {
     }
     println!("setup: installing cargo-deb (cargo xtask package)");
     run(cargo().args(["install", CARGO_DEB, "--locked"]))
+}
+
+fn cargo_fuzz() -> Result<()> {
+    if succeeds(cargo().args(["fuzz", "--version"])) {
+        skip("cargo-fuzz");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (cargo xtask fuzz)");
+    run(cargo().args(["install", CARGO_FUZZ, "--locked"]))
 }
 
 fn bpffs_mounted() -> Result<bool> {

@@ -6,13 +6,15 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cmd::{cargo, run, status};
-use crate::{is_root, setup, workspace_root};
+use crate::{fuzz, is_root, setup, workspace_root};
 
 /// Sets the machine up, builds every binary (the tests run them: the probe,
 /// the agent), checks the systemd units against those binaries
-/// ([`crate::units`]), then runs the whole workspace's tests with nextest,
-/// extra arguments passed on to it, last, so that its summary ends the
-/// output. Returns nextest's exit code.
+/// ([`crate::units`]), runs each fuzz target for a few seconds, then runs
+/// the whole workspace's tests with nextest, extra arguments passed on to
+/// it, last, so that its summary ends the output. Returns nextest's exit
+/// code, or failure if a fuzz target crashed (nextest runs all the same,
+/// and its summary stays the last line).
 pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
     setup::setup()?;
     crate::lint::lint()?;
@@ -25,6 +27,7 @@ pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
     // before the tests: `cargo xtask package` builds them, and here the
     // ones already built are checked.
     crate::package::inspect(&root)?;
+    let fuzzed = fuzz::fuzz(fuzz::TEST_SECONDS, &[])?;
     let mut nextest = cargo();
     nextest
         .current_dir(&root)
@@ -40,6 +43,7 @@ pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
     nextest.arg("--no-fail-fast").args(nextest_args);
     let status = status(&mut nextest)?;
     Ok(match status.code() {
+        Some(0) if fuzzed != ExitCode::SUCCESS => fuzzed,
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => {

@@ -42,6 +42,12 @@ pub const BLOCKED_PREFIX: &str = "/wardline/blocked/";
 /// The largest policy source accepted, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 16 << 20;
 
+// Every source the registry takes, the policy parser reads, and a source
+// the parser reads fits in one gRPC message to an agent.
+const _: () = assert!(MAX_SOURCE_BYTES <= wardline_policy::yaml::MAX_POLICY_SOURCE_BYTES);
+const _: () =
+    assert!(wardline_policy::yaml::MAX_POLICY_SOURCE_BYTES <= wardline_tls::MAX_MESSAGE_BYTES);
+
 fn revision_key(n: u64) -> String {
     format!("{REVISIONS_PREFIX}{n:020}")
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tonic::transport::Channel;
+use wardline_policy::yaml::{self, Limits, YamlError};
 use wardline_proto::v1::management_client::ManagementClient;
 use wardline_tls::{MAX_MESSAGE_BYTES, ServerAddress};
 
@@ -15,8 +16,17 @@ use crate::failure::{EXIT_FAILURE, EXIT_UNAVAILABLE, Failure, fail};
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What the config file may ask of the YAML reader: it is four lines.
+const CONFIG_LIMITS: Limits = Limits {
+    what: "a wardctl configuration",
+    max_bytes: 64 << 10,
+    max_depth: 8,
+    max_values: 1_000,
+    max_alias_replays: 100,
+};
+
 /// `~/.config/wardline/wardctl.yaml`.
-#[derive(Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ConfigFile {
     endpoint: Option<String>,
@@ -43,8 +53,7 @@ pub fn connection(args: &ConnectionArgs) -> Result<Connection, Failure> {
         Some(p) if p.exists() => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| fail(EXIT_FAILURE, format!("{}: {e}", p.display())))?;
-            serde_yaml::from_str(&text)
-                .map_err(|e| fail(EXIT_FAILURE, format!("{}: {e}", p.display())))?
+            config_file(&text).map_err(|e| fail(EXIT_FAILURE, format!("{}: {e}", p.display())))?
         }
         _ => ConfigFile::default(),
     };
@@ -81,6 +90,11 @@ pub fn connection(args: &ConnectionArgs) -> Result<Connection, Failure> {
     })
 }
 
+/// Reads the config file's text, within [`CONFIG_LIMITS`].
+fn config_file(text: &str) -> Result<ConfigFile, YamlError> {
+    yaml::from_str(text, &CONFIG_LIMITS)
+}
+
 /// A management client over mutual TLS, built by `wardline-tls` with its
 /// checks of the files and its connect timeout.
 pub async fn client(c: &Connection) -> Result<ManagementClient<Channel>, Failure> {
@@ -101,4 +115,52 @@ pub async fn client(c: &Connection) -> Result<ManagementClient<Channel>, Failure
     Ok(ManagementClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_is_read() {
+        let file = config_file("endpoint: cp.example:7443\ncaFile: /ca.pem\n").unwrap();
+        assert_eq!(file.endpoint.as_deref(), Some("cp.example:7443"));
+        assert_eq!(file.ca_file, Some(PathBuf::from("/ca.pem")));
+        let err = config_file("endpont: x\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("line 1, column 1: unknown field `endpont`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_config_file_over_the_size_limit_is_refused() {
+        let text = format!("endpoint: x\n{}", "#".repeat(CONFIG_LIMITS.max_bytes));
+        assert_eq!(
+            config_file(&text).unwrap_err().to_string(),
+            format!(
+                "{} bytes is too large for a wardctl configuration (at most 65536 bytes)",
+                text.len()
+            )
+        );
+    }
+
+    #[test]
+    fn alias_and_nesting_bombs_are_refused() {
+        // No field of the file holds a list or a mapping, so a bomb is
+        // refused at its first bracket, before it can expand.
+        let mut bomb =
+            String::from("endpoint:\n  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (anchor, alias) in "bcdefghi".chars().zip("abcdefgh".chars()) {
+            let aliases = vec![format!("*{alias}"); 9].join(", ");
+            bomb.push_str(&format!("  - &{anchor} [{aliases}]\n"));
+        }
+        let nested = format!("{}{}\n", "[".repeat(100), "]".repeat(100));
+        let mappings = format!("caFile: {}x{}\n", "{a: ".repeat(100), "}".repeat(100));
+        for text in [bomb, nested, mappings] {
+            let err = config_file(&text).expect_err(&text);
+            assert!(err.location.is_some_and(|at| at.line <= 2), "{err}");
+        }
+    }
 }

@@ -15,7 +15,7 @@ fn print_value(output: Output, value: &Value, table: impl FnOnce() -> String) {
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         ),
-        Output::Yaml => print!("{}", serde_yaml::to_string(value).unwrap_or_default()),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(value).unwrap_or_default()),
         Output::Table => print!("{}", table()),
     }
 }
@@ -168,7 +168,12 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                         .documents
                         .iter()
                         .map(|d| {
-                            let doc: Value = serde_yaml::from_str(&d.yaml).unwrap_or(Value::Null);
+                            // A stored document, which the policy parser has read.
+                            let doc: Value = wardline_policy::yaml::from_str(
+                                &d.yaml,
+                                &wardline_policy::yaml::POLICY_LIMITS,
+                            )
+                            .unwrap_or(Value::Null);
                             json!({"kind": d.kind, "name": d.name, "document": doc})
                         })
                         .collect();
