@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 use prost::Message as _;
 use rustls::pki_types::UnixTime;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,6 +26,7 @@ use wardline_tls::{MAX_MESSAGE_BYTES, ServerAddress};
 
 use crate::config::{AgentConfig, ControlPlane};
 use crate::runtime::{Enforced, Runtime, Source};
+use crate::standalone::sha256_hex;
 use crate::status::Shared;
 
 const SNAPSHOT_FILE: &str = "snapshot.pb";
@@ -70,13 +70,6 @@ fn node_addresses(interfaces: &[String]) -> Vec<IpAddr> {
         }
     }
     out
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A signed snapshot, checked: the seal verified, the tables decoded.

@@ -33,10 +33,7 @@ pub enum PolicyLoadError {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 fn read_policy(path: &Path) -> Result<(Vec<u8>, String), PolicyLoadError> {

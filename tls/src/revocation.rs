@@ -65,7 +65,7 @@ impl fmt::Display for Refusal {
 
 /// A serial number in the form `wardctl` prints and takes: lowercase hex.
 pub fn serial_hex(serial: &[u8]) -> String {
-    serial.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(serial)
 }
 
 /// Parses a serial written in hex (colons allowed, as `openssl` prints it).
@@ -79,11 +79,7 @@ pub fn parse_serial(text: &str) -> Option<Vec<u8>> {
     } else {
         digits
     };
-    let bytes: Vec<u8> = (0..padded.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&padded[i..i + 2], 16).unwrap_or(0))
-        .collect();
-    Some(strip(bytes))
+    hex::decode(padded).ok().map(strip)
 }
 
 fn strip(mut bytes: Vec<u8>) -> Vec<u8> {

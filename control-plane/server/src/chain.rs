@@ -60,26 +60,12 @@ pub enum ChainError {
     WentBack { current: u64, seen: u64 },
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// The hash of `record`'s content: everything but the hash and the seal.
 pub fn record_hash(record: &RevisionRecord) -> String {
     let mut content = record.clone();
     content.record_sha256.clear();
     content.seal = None;
-    hex(&Sha256::digest(
+    hex::encode(Sha256::digest(
         serde_json::to_vec(&content).unwrap_or_default(),
     ))
 }
@@ -98,8 +84,8 @@ pub fn seal(
         .map_err(|e| e.to_string())?;
     record.seal = Some(RecordSeal {
         scheme: seal.scheme,
-        signature: hex(&seal.signature),
-        signer: hex(&seal.signer),
+        signature: hex::encode(&seal.signature),
+        signer: hex::encode(&seal.signer),
     });
     Ok(())
 }
@@ -125,9 +111,12 @@ pub fn check(
     let bad = |reason: String| ChainError::BadSeal { revision, reason };
     let seal = Seal {
         scheme: sealed.scheme,
-        signature: unhex(&sealed.signature)
+        signature: hex::decode(&sealed.signature)
+            .ok()
             .ok_or_else(|| bad("the signature is not hex".into()))?,
-        signer: unhex(&sealed.signer).ok_or_else(|| bad("the signer is not hex".into()))?,
+        signer: hex::decode(&sealed.signer)
+            .ok()
+            .ok_or_else(|| bad("the signer is not hex".into()))?,
     };
     let at = OffsetDateTime::parse(&record.time, &Rfc3339)
         .map_err(|e| bad(format!("its time {:?} is not RFC 3339: {e}", record.time)))?;

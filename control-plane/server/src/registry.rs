@@ -242,10 +242,7 @@ impl RevisionRecord {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 fn source_of(documents: &[StoredDocument]) -> String {

@@ -96,7 +96,7 @@ fn compile(
         revision: record.revision,
         policy_sha256: record.sha256.clone(),
         compiled_at: format_time(now),
-        tables_sha256: hex(&dataplane_hash),
+        tables_sha256: hex::encode(dataplane_hash),
         tables,
     };
     // Encoded and signed once; every stream sends the same bytes.
@@ -118,10 +118,6 @@ fn compile(
         blocked: Arc::new(blocked),
         revoked,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The revocations the records say, in the form the TLS layer checks.
@@ -579,7 +575,7 @@ fn change_author<T>(req: &Request<T>, id: &Identity) -> Author {
         name: author(id),
         fingerprint: req
             .peer_certs()
-            .and_then(|c| c.first().map(|leaf| hex(&Sha256::digest(leaf))))
+            .and_then(|c| c.first().map(|leaf| hex::encode(Sha256::digest(leaf))))
             .unwrap_or_default(),
         peer: req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
     }
@@ -1018,7 +1014,7 @@ impl Management for ControlPlane {
                 acked_policy_sha256: agent.acked_sha256.clone(),
                 tables_current: cluster
                     .as_ref()
-                    .is_some_and(|c| hex(&c.dataplane_hash) == agent.acked_tables_sha256),
+                    .is_some_and(|c| hex::encode(c.dataplane_hash) == agent.acked_tables_sha256),
                 acked_tables_sha256: agent.acked_tables_sha256.clone(),
                 generation: agent.generation,
                 behind,

@@ -87,11 +87,14 @@ impl StoreKey {
                 continue;
             }
             let bad = |why: &str| key_error(path, format!("line {}: {why}", n + 1));
-            let (id, hex) = line
+            let (id, digits) = line
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| bad("expected `<id> <64 hex digits>`"))?;
             let id: u32 = id.parse().map_err(|_| bad("the id is not a number"))?;
-            let bytes = unhex(hex.trim()).ok_or_else(|| bad("the key is not 64 hex digits"))?;
+            let bytes = hex::decode(digits.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| bad("the key is not 64 hex digits"))?;
             let cipher = Aes256Gcm::new_from_slice(&bytes)
                 .map_err(|_| bad("the key is not 32 bytes (64 hex digits)"))?;
             if keys.insert(id, cipher).is_some() {
@@ -137,7 +140,7 @@ impl StoreKey {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
-        writeln!(file, "{next} {}", hex(&key)).map_err(io)?;
+        writeln!(file, "{next} {}", hex::encode(key)).map_err(io)?;
         file.sync_all().map_err(io)?;
         Ok(next)
     }
@@ -199,20 +202,6 @@ impl StoreKey {
                 ))
             })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 {
-        return None;
-    }
-    (0..64)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 /// A [`Store`] whose values are encrypted at rest.
