@@ -155,18 +155,24 @@ fn privileged_managed_fleet_matrices_and_propagation() {
     assert_eq!(history.as_array().unwrap().len(), 2);
 }
 
-#[test]
-#[ignore = "needs root: run via cargo xtask test"]
-fn privileged_managed_faults_control_plane_away_and_agent_restart() {
-    require_root();
+/// One replica on the embedded store, the routed gateway topology, its
+/// managed agent, and the policy allowing ws to ehr on 443 (not applied).
+struct GatewaySite {
+    site: Site,
+    store: String,
+    routed: topology::Topology,
+    agent: Agent,
+    web: String,
+}
+
+fn gateway_site() -> GatewaySite {
     let mut site = Site::new();
     let store = site.embedded_store();
     site.start_replica(0, &store);
     let routed = topology::routed_gateway();
     site.connect(routed.agent_ns());
-    let ns = routed.agent_ns();
-    let mut agent = Agent::start_managed(
-        ns,
+    let agent = Agent::start_managed(
+        routed.agent_ns(),
         &routed.interfaces(),
         &site,
         "{role: gateway}",
@@ -182,6 +188,27 @@ fn privileged_managed_faults_control_plane_away_and_agent_restart() {
             "[{protocol: tcp, port: 443}]"
         )
     );
+    GatewaySite {
+        site,
+        store,
+        routed,
+        agent,
+        web,
+    }
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_managed_faults_control_plane_away_and_agent_restart() {
+    require_root();
+    let GatewaySite {
+        mut site,
+        store,
+        routed,
+        mut agent,
+        web,
+    } = gateway_site();
+    let ns = routed.agent_ns();
     let revision = site.apply(0, &web);
     site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
     let expect_web = |c: &Cell| is(c, "ws", "ehr") && c.service == Service::Tcp(443);
@@ -337,29 +364,14 @@ fn privileged_persisted_snapshot_is_signed_private_and_never_rolled_back() {
     use wardline_proto::v1;
 
     require_root();
-    let mut site = Site::new();
-    let store = site.embedded_store();
-    site.start_replica(0, &store);
-    let routed = topology::routed_gateway();
-    site.connect(routed.agent_ns());
+    let GatewaySite {
+        mut site,
+        store,
+        routed,
+        mut agent,
+        web,
+    } = gateway_site();
     let ns = routed.agent_ns();
-    let mut agent = Agent::start_managed(
-        ns,
-        &routed.interfaces(),
-        &site,
-        "{role: gateway}",
-        &[Site::endpoint(0)],
-    );
-    let web = format!(
-        "{SEGMENTS}{}",
-        policy(
-            "ws-ehr-web",
-            "allow",
-            "ws",
-            "ehr",
-            "[{protocol: tcp, port: 443}]"
-        )
-    );
     let first = site.apply(0, &web);
     site.wait_acked(0, &[&agent.node], first, Duration::from_secs(10));
     let snapshot = agent.state_file("snapshot.pb");

@@ -420,6 +420,21 @@ async fn watch_from_start(
         .into_inner()
 }
 
+/// gw-2, the pump server, connected and registered with its address.
+async fn pump_server(
+    site: &wardline_control_plane::testing::Site,
+) -> AgentApiClient<tonic::transport::Channel> {
+    let mut gw2 = site.agent("gw-2").await;
+    gw2.register(v1::RegisterRequest {
+        node: "gw-2".into(),
+        addresses: vec!["198.18.42.10".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    gw2
+}
+
 /// The compiled tables in force now that a snapshot carries.
 fn tables(s: &v1::PolicySnapshot) -> wardline_policy::Dataplane {
     let tables: v1::Tables = prost::Message::decode(s.tables.as_ref()).unwrap();
@@ -635,14 +650,7 @@ async fn a_stolen_agent_key_cannot_move_addresses_or_block_applies() {
     ))
     .await
     .unwrap();
-    let mut gw2 = site.agent("gw-2").await;
-    gw2.register(v1::RegisterRequest {
-        node: "gw-2".into(),
-        addresses: vec!["198.18.42.10".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut gw2 = pump_server(&site).await;
     let mut stream = watch_from_start(&mut gw2, "gw-2").await;
     let before = tables(
         &next_where(&mut stream, |s| {
@@ -901,14 +909,7 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_and_its_streams_close
     ))
     .await
     .unwrap();
-    let mut gw2 = site.agent("gw-2").await;
-    gw2.register(v1::RegisterRequest {
-        node: "gw-2".into(),
-        addresses: vec!["198.18.42.10".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut gw2 = pump_server(&site).await;
     let mut stream = watch_from_start(&mut gw2, "gw-2").await;
     next(&mut stream).await;
     assert!(reaches(&site, "gw-2", true).await);
