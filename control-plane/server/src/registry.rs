@@ -335,9 +335,7 @@ pub struct AgentRecord {
     #[serde(default)]
     pub acked_tables_sha256: String,
     pub generation: u32,
-    pub last_heartbeat: String,
     pub error: String,
-    pub replica: String,
 }
 
 #[derive(Debug, thiserror::Error)]

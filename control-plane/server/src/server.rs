@@ -210,15 +210,15 @@ struct AgentUpdate {
     done: oneshot::Sender<Result<(), Status>>,
 }
 
-/// Writes agents' records: every ack and every heartbeat (each agent every
-/// `HEARTBEAT_SECONDS`) updates one. A store transaction is durable (an
+/// Writes agents' records: every ack, and a heartbeat that reports a new
+/// generation, updates one (liveness itself stays in memory, `liveness`). A store transaction is durable (an
 /// fsync) before it returns, so one per update held a fleet to one update
 /// per fsync: a thousand agents acknowledging a change waited for each
 /// other's disk writes for over a second. The updates that arrive while a
 /// transaction commits go together into the next one; each caller still
 /// returns only once its update is stored. One writer also keeps an ack and
 /// a heartbeat of the same agent from overwriting each other.
-async fn agent_writer(registry: Registry, replica: String, mut rx: mpsc::Receiver<AgentUpdate>) {
+async fn agent_writer(registry: Registry, mut rx: mpsc::Receiver<AgentUpdate>) {
     let mut batch = Vec::with_capacity(AGENT_BATCH);
     while rx.recv_many(&mut batch, AGENT_BATCH).await > 0 {
         let mut changes = Vec::with_capacity(batch.len());
@@ -227,7 +227,7 @@ async fn agent_writer(registry: Registry, replica: String, mut rx: mpsc::Receive
             changes.push((u.node, u.change));
             waiting.push(u.done);
         }
-        let result = write_agents(&registry, &replica, changes).await;
+        let result = write_agents(&registry, changes).await;
         for done in waiting {
             let _ = done.send(result.clone());
         }
@@ -236,11 +236,9 @@ async fn agent_writer(registry: Registry, replica: String, mut rx: mpsc::Receive
 
 async fn write_agents(
     registry: &Registry,
-    replica: &str,
     changes: Vec<(String, AgentChange)>,
 ) -> Result<(), Status> {
     let mut records: BTreeMap<String, AgentRecord> = BTreeMap::new();
-    let now = format_time(OffsetDateTime::now_utc());
     for (node, change) in changes {
         let record = match records.entry(node) {
             Entry::Occupied(e) => e.into_mut(),
@@ -259,8 +257,6 @@ async fn write_agents(
         .into_iter()
         .map(|(node, mut record)| {
             record.node = node;
-            record.last_heartbeat = now.clone();
-            record.replica = replica.to_owned();
             record
         })
         .collect();
@@ -293,7 +289,7 @@ impl ControlPlane {
         follower.rebuild().await?;
         tokio::spawn(follower.run());
         let (agents, updates) = mpsc::channel(4 * AGENT_BATCH);
-        tokio::spawn(agent_writer(registry.clone(), replica.clone(), updates));
+        tokio::spawn(agent_writer(registry.clone(), updates));
         let liveness = Liveness::default();
         tokio::spawn(liveness.clone().publish(registry.clone(), replica.clone()));
         tokio::spawn(compact(registry.clone()));
@@ -374,8 +370,7 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
-    /// Updates what is known of an agent: `change`, then the time it was
-    /// last heard from and the replica that heard it. Returns once stored.
+    /// Updates what is known of an agent with `change`. Returns once stored.
     async fn touch_agent(
         &self,
         node: &str,
