@@ -15,7 +15,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::SignatureScheme;
 use rustls::crypto::CryptoProvider;
@@ -77,9 +77,16 @@ pub enum VerifyError {
     BadSignature,
 }
 
-/// A replica's signing key and certificate.
+/// A replica's signing key and certificate. Clones share them, so that
+/// [`Signer::replace`] (the replica's certificate renewed) changes what
+/// every clone signs with.
 #[derive(Clone)]
 pub struct Signer {
+    current: Arc<RwLock<Arc<SigningPair>>>,
+}
+
+/// One key and the certificate that names it.
+struct SigningPair {
     key: Arc<dyn SigningKey>,
     scheme: SignatureScheme,
     cert: Vec<u8>,
@@ -88,7 +95,7 @@ pub struct Signer {
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Signer")
-            .field("scheme", &self.scheme)
+            .field("scheme", &self.pair().scheme)
             .finish_non_exhaustive()
     }
 }
@@ -138,25 +145,42 @@ impl Signer {
                 path: key.to_owned(),
             })?;
         Ok(Signer {
-            scheme: signer.scheme(),
-            key: key_obj,
-            cert: leaf.to_vec(),
+            current: Arc::new(RwLock::new(Arc::new(SigningPair {
+                scheme: signer.scheme(),
+                key: key_obj,
+                cert: leaf.to_vec(),
+            }))),
         })
+    }
+
+    /// Signs from now on, in this signer and every clone of it, with
+    /// `other`'s key and certificate.
+    pub fn replace(&self, other: &Signer) {
+        let pair = other.pair();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = pair;
+    }
+
+    fn pair(&self) -> Arc<SigningPair> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Signs `payload`.
     pub fn sign(&self, payload: &[u8]) -> Result<Seal, SignError> {
-        let signer = self
+        let pair = self.pair();
+        let signer = pair
             .key
-            .choose_scheme(&[self.scheme])
-            .ok_or_else(|| SignError::Sign(format!("scheme {:?} unavailable", self.scheme)))?;
+            .choose_scheme(&[pair.scheme])
+            .ok_or_else(|| SignError::Sign(format!("scheme {:?} unavailable", pair.scheme)))?;
         let signature = signer
             .sign(payload)
             .map_err(|e| SignError::Sign(e.to_string()))?;
         Ok(Seal {
-            scheme: u16::from(self.scheme),
+            scheme: u16::from(pair.scheme),
             signature,
-            signer: self.cert.clone(),
+            signer: pair.cert.clone(),
         })
     }
 }

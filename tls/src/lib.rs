@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod expiry;
 pub mod identity;
 pub mod revocation;
 mod serve;
@@ -36,7 +37,7 @@ mod serve;
 pub use address::{AddressError, ServerAddress};
 pub use identity::{Identity, IdentityError, Role, identity_of};
 pub use revocation::{RevocationList, Revoked};
-pub use serve::{incoming, server_config};
+pub use serve::{ServingCert, incoming, server_config};
 
 use std::fs;
 use std::io;
@@ -253,6 +254,25 @@ pub fn client_tls(
         ))
         .domain_name(domain)
         .timeout(HANDSHAKE_TIMEOUT))
+}
+
+/// Checks a client's certificate `cert` and key `key` as [`client_tls`]
+/// does (they may be one file holding both), and returns what the
+/// certificate says: for an agent choosing between its configured
+/// certificate and a renewed one.
+pub fn check_client_files(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<revocation::CertificateFacts, TlsError> {
+    let material = Material::load(ca, cert, key, Usage::Client, Identified::Wardline)?;
+    certificates(cert, &material.cert_pem)?
+        .first()
+        .and_then(|leaf| revocation::CertificateFacts::of(leaf))
+        .ok_or_else(|| TlsError::BadCertificate {
+            path: cert.to_owned(),
+            reason: "no readable certificate".to_owned(),
+        })
 }
 
 /// TLS settings for a client of etcd: presents the client certificate

@@ -93,7 +93,9 @@ fn strip(mut bytes: Vec<u8>) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertificateFacts {
     pub serial: Vec<u8>,
+    /// Seconds since the epoch.
     pub not_before: u64,
+    pub not_after: u64,
     pub identity: Option<Identity>,
 }
 
@@ -104,6 +106,7 @@ impl CertificateFacts {
         Some(CertificateFacts {
             serial: strip(cert.raw_serial().to_vec()),
             not_before: u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0),
+            not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
             identity: identity_of(der).ok(),
         })
     }
@@ -182,6 +185,7 @@ mod tests {
         CertificateFacts {
             serial: serial.to_vec(),
             not_before,
+            not_after: not_before + 86_400,
             identity: Some(Identity {
                 role,
                 name: name.to_owned(),

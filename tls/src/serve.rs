@@ -6,22 +6,23 @@
 //! same stack tonic uses) and hands tonic finished TLS streams; tonic reads
 //! each caller's verified certificates from them as before.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use futures_util::Stream;
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DistinguishedName, RootCertStore, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::revocation::RevocationList;
+use crate::revocation::{CertificateFacts, RevocationList, serial_hex};
 use crate::{HANDSHAKE_TIMEOUT, Identified, Material, TlsError, Usage};
 
 /// The site CA's chain checks, then the revocation list.
@@ -83,20 +84,125 @@ impl ClientCertVerifier for RevokingVerifier {
     }
 }
 
-/// The rustls settings of a control-plane replica: [`crate::server_tls`]'s
-/// checks of the three files, the certificate served, every client
-/// required to present a certificate of the CA in `ca`, and none that
-/// `revoked` names accepted. gRPC's ALPN (`h2`).
+/// The certificate a replica serves, which it can replace without a
+/// restart: [`ServingCert::reload`] reads the files again and, when they
+/// pass every check [`crate::server_tls`] makes, serves the new
+/// certificate from the next handshake on. Connections already open keep
+/// theirs. Files that fail a check change nothing: the certificate in
+/// force stays, and the error names the file.
+pub struct ServingCert {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<(Arc<CertifiedKey>, CertificateFacts)>,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert")
+            .field("cert", &self.cert)
+            .field("serial", &serial_hex(&self.facts().serial))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServingCert {
+    /// Loads and checks the replica's certificate `cert` and key `key`
+    /// against the site CA in `ca`.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<ServingCert, TlsError> {
+        let loaded = Self::read(ca, cert, key)?;
+        Ok(ServingCert {
+            ca: ca.to_owned(),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(loaded),
+        })
+    }
+
+    fn read(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(Arc<CertifiedKey>, CertificateFacts), TlsError> {
+        let material = Material::load(ca, cert, key, Usage::Server, Identified::Wardline)?;
+        let chain = CertificateDer::pem_slice_iter(&material.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::NotCertificatePem {
+                path: cert.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let key_der =
+            PrivateKeyDer::from_pem_slice(&material.key_pem).map_err(|e| TlsError::NotKeyPem {
+                path: key.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let signing = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(|e| TlsError::UnsupportedKey {
+                path: key.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let facts = chain
+            .first()
+            .and_then(|leaf| CertificateFacts::of(leaf))
+            .ok_or_else(|| TlsError::BadCertificate {
+                path: cert.to_owned(),
+                reason: "no readable certificate".to_owned(),
+            })?;
+        Ok((Arc::new(CertifiedKey::new(chain, signing)), facts))
+    }
+
+    /// Reads the files again. Returns whether the certificate changed
+    /// (another serial); on an error the one in force stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let (certified, facts) = Self::read(&self.ca, &self.cert, &self.key)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let changed = current.1.serial != facts.serial;
+        *current = (certified, facts);
+        Ok(changed)
+    }
+
+    /// What the certificate in force says (serial, validity, identity).
+    pub fn facts(&self) -> CertificateFacts {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// The files it is read from: certificate, key.
+    pub fn paths(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .clone(),
+        )
+    }
+}
+
+/// The rustls settings of a control-plane replica: the certificate
+/// `serving` holds (from each handshake on), every client required to
+/// present a certificate of the CA in `ca`, and none that `revoked` names
+/// accepted. gRPC's ALPN (`h2`).
 pub fn server_config(
     ca: &Path,
-    cert: &Path,
-    key: &Path,
+    serving: Arc<ServingCert>,
     revoked: RevocationList,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let material = Material::load(ca, cert, key, Usage::Server, Identified::Wardline)?;
+    let ca_pem = crate::read(ca)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(&material.ca_pem) {
+    for der in CertificateDer::pem_slice_iter(&ca_pem) {
         let der = der.map_err(|e| TlsError::NotCertificatePem {
             path: ca.to_owned(),
             reason: e.to_string(),
@@ -112,29 +218,14 @@ pub fn server_config(
             path: ca.to_owned(),
             reason: e.to_string(),
         })?;
-    let chain = CertificateDer::pem_slice_iter(&material.cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::NotCertificatePem {
-            path: cert.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let key_der =
-        PrivateKeyDer::from_pem_slice(&material.key_pem).map_err(|e| TlsError::NotKeyPem {
-            path: key.to_owned(),
-            reason: e.to_string(),
-        })?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Refused {
-            path: cert.to_owned(),
+            path: serving.cert.clone(),
             reason: e.to_string(),
         })?
         .with_client_cert_verifier(Arc::new(RevokingVerifier { inner, revoked }))
-        .with_single_cert(chain, key_der)
-        .map_err(|e| TlsError::UnsupportedKey {
-            path: key.to_owned(),
-            reason: e.to_string(),
-        })?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }

@@ -17,6 +17,7 @@
 //! runs it offline, on the machine that keeps the CA key.
 #![forbid(unsafe_code)]
 
+pub mod renew;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
@@ -186,6 +187,12 @@ pub enum PkiError {
         /// The underlying error.
         source: rcgen::Error,
     },
+    /// A certificate signing request cannot be honoured.
+    #[error("certificate signing request refused: {reason}")]
+    BadRequest {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A subject attribute is not a readable string.
     #[error("certificate subject {attribute} is not a readable string")]
     UnreadableAttribute {
@@ -350,35 +357,21 @@ pub fn issue_valid_between(
     }
 
     let ca = SiteCa::load(ca_dir)?;
-    if not_after > ca.not_after {
-        return Err(PkiError::OutlivesCa {
-            ca: ca.cert_path,
-            ca_not_after: rfc3339(ca.not_after),
-            not_after: rfc3339(not_after),
-        });
-    }
+    ca.check_outlives(not_after)?;
 
     let key =
         KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| PkiError::Crypto {
             what: "generate a key",
             source,
         })?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationalUnitName, role.as_str());
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, ca.site.as_str());
-    params.subject_alt_names = subject_alt_names;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = extended_key_usages(role);
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = not_before;
-    params.not_after = not_after;
+    let params = leaf_params(
+        role,
+        name,
+        subject_alt_names,
+        &ca.site,
+        not_before,
+        not_after,
+    );
     let cert = params
         .signed_by(&key, &ca.issuer)
         .map_err(|source| PkiError::Crypto {
@@ -391,7 +384,43 @@ pub fn issue_valid_between(
     Ok(paths)
 }
 
-/// The site CA loaded from its directory, ready to sign.
+/// The parameters of every certificate the site CA issues to a party:
+/// CN = `name`, OU = the role, O = the site; not a CA; digital signatures
+/// only, with the role's extended key usages; a random serial number.
+fn leaf_params(
+    role: Role,
+    name: &str,
+    subject_alt_names: Vec<SanType>,
+    site: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, role.as_str());
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, site);
+    params.subject_alt_names = subject_alt_names;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = extended_key_usages(role);
+    params.use_authority_key_identifier_extension = true;
+    // 16 random bytes, the top bit clear so that it reads as positive:
+    // revocation and renewal lineage go by serial, so no two may meet.
+    let mut serial = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut serial);
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params
+}
+
+/// The site CA loaded from its files, ready to sign.
 struct SiteCa {
     /// The CA certificate's file, for error messages.
     cert_path: PathBuf,
@@ -407,8 +436,13 @@ impl SiteCa {
     /// Loads `ca.pem` and `ca-key.pem` from `dir` and checks that they are a
     /// CA certificate and its key.
     fn load(dir: &Path) -> Result<Self, PkiError> {
-        let cert_path = dir.join(CA_CERT_FILE);
-        let key_path = dir.join(CA_KEY_FILE);
+        Self::load_files(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE))
+    }
+
+    /// Loads the CA certificate `cert_path` and its key `key_path`, with
+    /// the same checks as [`SiteCa::load`].
+    fn load_files(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
+        let (cert_path, key_path) = (cert_path.to_owned(), key_path.to_owned());
         let cert_der = read_cert_der(&cert_path)?;
         let key_pem = read_to_string(&key_path)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|err| PkiError::NotPem {
@@ -447,6 +481,20 @@ impl SiteCa {
             not_after,
             issuer,
         })
+    }
+}
+
+impl SiteCa {
+    /// Refuses a certificate that would outlive the CA.
+    fn check_outlives(&self, not_after: OffsetDateTime) -> Result<(), PkiError> {
+        if not_after > self.not_after {
+            return Err(PkiError::OutlivesCa {
+                ca: self.cert_path.clone(),
+                ca_not_after: rfc3339(self.not_after),
+                not_after: rfc3339(not_after),
+            });
+        }
+        Ok(())
     }
 }
 

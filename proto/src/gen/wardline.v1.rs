@@ -153,10 +153,14 @@ pub struct RevokeRequest {
     pub reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RevokeResponse {
     #[prost(message, optional, tag = "1")]
     pub revocation: ::core::option::Option<Revocation>,
+    /// Certificates renewed from the revoked one (and from those), revoked
+    /// with it: a key stolen before the revocation cannot live on in them.
+    #[prost(message, repeated, tag = "2")]
+    pub renewed: ::prost::alloc::vec::Vec<Revocation>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -175,6 +179,8 @@ pub struct Revocation {
     pub author: ::prost::alloc::string::String,
     #[prost(string, tag = "6")]
     pub time: ::prost::alloc::string::String,
+    /// A replica that retires a start-up certificate once its agent has
+    /// connected with a renewal writes "retired: ...".
     #[prost(string, tag = "7")]
     pub reason: ::prost::alloc::string::String,
 }
@@ -343,6 +349,16 @@ pub struct AgentStatus {
     pub acked_tables_sha256: ::prost::alloc::string::String,
     #[prost(bool, tag = "18")]
     pub tables_current: bool,
+    /// The certificate the agent last registered or renewed with: serial
+    /// (hex), validity (RFC 3339), and a warning when it nears its expiry.
+    #[prost(string, tag = "19")]
+    pub certificate_serial: ::prost::alloc::string::String,
+    #[prost(string, tag = "20")]
+    pub certificate_not_before: ::prost::alloc::string::String,
+    #[prost(string, tag = "21")]
+    pub certificate_not_after: ::prost::alloc::string::String,
+    #[prost(string, tag = "22")]
+    pub certificate_warning: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -359,6 +375,14 @@ pub struct StatusResponse {
     pub blocked: ::prost::alloc::vec::Vec<BlockedNode>,
     #[prost(message, repeated, tag = "6")]
     pub revocations: ::prost::alloc::vec::Vec<Revocation>,
+    /// The answering replica's own certificate: serial (hex), expiry
+    /// (RFC 3339) and a warning when it nears its expiry.
+    #[prost(string, tag = "7")]
+    pub replica_certificate_serial: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub replica_certificate_not_after: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub replica_certificate_warning: ::prost::alloc::string::String,
 }
 /// Generated client implementations.
 pub mod management_client {
@@ -1415,6 +1439,12 @@ pub struct RegisterResponse {
     pub revision: u64,
     #[prost(uint32, tag = "2")]
     pub heartbeat_seconds: u32,
+    /// The lifetime of the agent certificates this replica renews (Renew);
+    /// 0 when it renews none. An agent renews halfway through its
+    /// certificate's lifetime, and at once when its certificate lives longer
+    /// than this (one an operator issued to start it with).
+    #[prost(uint64, tag = "3")]
+    pub certificate_lifetime_seconds: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1616,6 +1646,28 @@ pub struct HeartbeatResponse {
     #[prost(uint64, tag = "1")]
     pub current_revision: u64,
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenewRequest {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// A PKCS #10 certificate signing request (DER) signed by the new key.
+    #[prost(bytes = "vec", tag = "2")]
+    pub csr: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenewResponse {
+    /// The new certificate, PEM.
+    #[prost(string, tag = "1")]
+    pub certificate_pem: ::prost::alloc::string::String,
+    /// Hex.
+    #[prost(string, tag = "2")]
+    pub serial: ::prost::alloc::string::String,
+    /// RFC 3339.
+    #[prost(string, tag = "3")]
+    pub not_after: ::prost::alloc::string::String,
+}
 /// Generated client implementations.
 pub mod agent_api_client {
     #![allow(
@@ -1801,6 +1853,31 @@ pub mod agent_api_client {
                 .insert(GrpcMethod::new("wardline.v1.AgentApi", "Heartbeat"));
             self.inner.unary(req, path, codec).await
         }
+        /// A new certificate for the calling agent's new key, before its current
+        /// one expires. Its name, role and lifetime come from the certificate the
+        /// call is authenticated with and the replica's settings; the request
+        /// only proves the agent holds the new key.
+        pub async fn renew(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RenewRequest>,
+        ) -> std::result::Result<tonic::Response<super::RenewResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.AgentApi/Renew",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.AgentApi", "Renew"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1848,6 +1925,14 @@ pub mod agent_api_server {
             tonic::Response<super::HeartbeatResponse>,
             tonic::Status,
         >;
+        /// A new certificate for the calling agent's new key, before its current
+        /// one expires. Its name, role and lifetime come from the certificate the
+        /// call is authenticated with and the replica's settings; the request
+        /// only proves the agent holds the new key.
+        async fn renew(
+            &self,
+            request: tonic::Request<super::RenewRequest>,
+        ) -> std::result::Result<tonic::Response<super::RenewResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AgentApiServer<T> {
@@ -2087,6 +2172,49 @@ pub mod agent_api_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = HeartbeatSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.AgentApi/Renew" => {
+                    #[allow(non_camel_case_types)]
+                    struct RenewSvc<T: AgentApi>(pub Arc<T>);
+                    impl<T: AgentApi> tonic::server::UnaryService<super::RenewRequest>
+                    for RenewSvc<T> {
+                        type Response = super::RenewResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RenewRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentApi>::renew(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RenewSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
