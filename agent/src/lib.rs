@@ -6,6 +6,7 @@ pub mod emulation;
 pub mod enforcer;
 pub mod events;
 pub mod managed;
+pub mod renewal;
 pub mod runtime;
 pub mod standalone;
 pub mod status;

@@ -6,7 +6,7 @@
 //! its own; it reconnects with backoff and resynchronises without a gap.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -139,6 +139,27 @@ struct Persisted {
     dir: PathBuf,
 }
 
+/// Writes `dir/name` whole or not at all: mode 0600, through a temporary
+/// file, synced, renamed over the old one, and the directory synced.
+pub(crate) fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // An existing file keeps its mode: make sure.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Which snapshot the agent last enforced: a persisted file that is not
 /// this one (rolled back to an older revision, or swapped) is refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -157,22 +178,7 @@ impl Persisted {
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // An existing file keeps its mode: make sure.
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, self.dir.join(name))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        write_private(&self.dir, name, bytes)
     }
 
     /// Keeps `signed` as the snapshot in force.
@@ -363,6 +369,8 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
         endpoints,
         shared: rt.shared.clone(),
         tx,
+        dir: persisted.dir.clone(),
+        next_renewal: std::sync::Mutex::new(None),
     };
     tokio::spawn(session.run());
 
@@ -403,6 +411,19 @@ struct Session {
     endpoints: Vec<ServerAddress>,
     shared: Shared,
     tx: mpsc::Sender<Incoming>,
+    /// The node's state directory (renewed certificate, snapshot).
+    dir: PathBuf,
+    /// No renewal before this, after one failed.
+    next_renewal: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How a connection to the control plane ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The control plane closed the stream.
+    Closed,
+    /// The certificate was renewed: reconnect at once with the new one.
+    Renewed,
 }
 
 impl Session {
@@ -419,7 +440,14 @@ impl Session {
                 result.as_ref().err().map(|e| format!("{url}: {e:#}")),
             );
             match result {
-                Ok(()) => tracing::warn!("control plane {url} closed the stream; reconnecting"),
+                Ok(Ended::Renewed) => {
+                    // The same replica, at once, with the new certificate.
+                    turn -= 1;
+                    continue;
+                }
+                Ok(Ended::Closed) => {
+                    tracing::warn!("control plane {url} closed the stream; reconnecting")
+                }
                 Err(e) => tracing::warn!("control plane {url}: {e:#}"),
             }
             if started.elapsed() > Duration::from_secs(30) {
@@ -449,15 +477,105 @@ impl Session {
         (state.revision.unwrap_or(0), state.generation)
     }
 
-    async fn once(&self, url: &ServerAddress) -> anyhow::Result<()> {
-        let cp = &self.cp;
-        let channel = wardline_tls::client_endpoint(url, &cp.ca_file, &cp.cert_file, &cp.key_file)?
-            .tcp_keepalive(Some(Duration::from_secs(10)))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect()
+    fn certificate_state(&self, change: impl FnOnce(&mut crate::status::CertificateState)) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cert) = state.certificate.as_mut() {
+            change(cert);
+        }
+    }
+
+    /// Renews the certificate over `client`'s connection and keeps it.
+    async fn renew(
+        &self,
+        client: &mut AgentApiClient<tonic::transport::Channel>,
+    ) -> anyhow::Result<crate::renewal::Presented> {
+        let node = &self.config.node;
+        let (key, csr) = crate::renewal::request(node)?;
+        let renewed = client
+            .renew(v1::RenewRequest {
+                node: node.clone(),
+                csr,
+            })
             .await
-            .context("connecting")?;
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))
+            .context("renewing the certificate")?
+            .into_inner();
+        crate::renewal::keep(
+            &self.cp.ca_file,
+            &self.dir,
+            node,
+            &renewed.certificate_pem,
+            &key,
+        )
+    }
+
+    /// Renews the certificate when it is due and no failure holds it back.
+    /// `Ok(true)`: renewed, reconnect with it.
+    async fn renew_if_due(
+        &self,
+        client: &mut AgentApiClient<tonic::transport::Channel>,
+        presented: &crate::renewal::Presented,
+        site_lifetime: u64,
+    ) -> bool {
+        if !presented.due(site_lifetime, wardline_tls::expiry::now()) {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        {
+            let next = self.next_renewal.lock().unwrap_or_else(|p| p.into_inner());
+            if next.is_some_and(|at| now < at) {
+                return false;
+            }
+        }
+        match self.renew(client).await {
+            Ok(new) => {
+                tracing::info!(
+                    serial = %wardline_tls::revocation::serial_hex(&new.facts.serial),
+                    not_after = %wardline_tls::expiry::rfc3339(new.facts.not_after),
+                    "certificate renewed; reconnecting with it"
+                );
+                self.certificate_state(|c| {
+                    c.renewals += 1;
+                    c.renewal_error = None;
+                });
+                *self.next_renewal.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{e:#}; the certificate in force stays, retrying in {:?}",
+                    crate::renewal::RETRY_AFTER
+                );
+                self.certificate_state(|c| {
+                    c.renewal_failures += 1;
+                    c.renewal_error = Some(format!("{e:#}"));
+                });
+                *self.next_renewal.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(crate::renewal::retry_at(now));
+                false
+            }
+        }
+    }
+
+    async fn once(&self, url: &ServerAddress) -> anyhow::Result<Ended> {
+        let cp = &self.cp;
+        let presented = crate::renewal::choose(cp, &self.dir, &self.config.node)?;
+        {
+            let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let cert = presented.state(state.certificate.as_ref());
+            if let Some(warning) = &cert.warning {
+                tracing::warn!(serial = %cert.serial, "the agent's certificate {warning}");
+            }
+            state.certificate = Some(cert);
+        }
+        let channel =
+            wardline_tls::client_endpoint(url, &cp.ca_file, &presented.cert, &presented.key)?
+                .tcp_keepalive(Some(Duration::from_secs(10)))
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .context("connecting")?;
         let mut client = AgentApiClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -492,14 +610,14 @@ impl Session {
             tokio::select! {
                 message = stream.message() => {
                     let Some(snapshot) = message.context("receiving a snapshot")? else {
-                        return Ok(());
+                        return Ok(Ended::Closed);
                     };
                     // What the ack names; the enforcing loop checks the seal.
                     let inner = v1::PolicySnapshot::decode(snapshot.snapshot.as_ref()).unwrap_or_default();
                     let (revision, sha, tables) = (inner.revision, inner.policy_sha256, inner.tables_sha256);
                     let (reply, outcome) = oneshot::channel();
                     if self.tx.send(Incoming { snapshot, reply }).await.is_err() {
-                        return Ok(());
+                        return Ok(Ended::Closed);
                     }
                     let outcome = outcome.await.unwrap_or_else(|_| Err("the agent is stopping".into()));
                     let (generation, error) = match outcome {
@@ -512,6 +630,9 @@ impl Session {
                         .context("acknowledging")?;
                 }
                 _ = heartbeat.tick() => {
+                    if self.renew_if_due(&mut client, &presented, registered.certificate_lifetime_seconds).await {
+                        return Ok(Ended::Renewed);
+                    }
                     // A heartbeat that fails or hangs is reported, never a
                     // reason to drop the snapshot stream: policy delivery
                     // goes on over it.

@@ -39,6 +39,33 @@ pub struct AgentState {
     pub last_error: Option<String>,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// Managed mode: the certificate the agent presents to the control plane.
+    pub certificate: Option<CertificateState>,
+}
+
+/// The agent's certificate, and its renewals.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateState {
+    /// Hex.
+    pub serial: String,
+    /// Seconds since the epoch.
+    #[serde(skip)]
+    pub not_before_seconds: u64,
+    #[serde(skip)]
+    pub not_after_seconds: u64,
+    /// RFC 3339.
+    pub not_before: String,
+    pub not_after: String,
+    /// "configured" (the files the configuration names) or "renewed" (a
+    /// renewal from the control plane, in the state directory).
+    pub source: &'static str,
+    /// Set when it nears its expiry or has expired.
+    pub warning: Option<String>,
+    pub renewals: u64,
+    pub renewal_failures: u64,
+    /// The last renewal that failed, and why; cleared by the next success.
+    pub renewal_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -223,6 +250,42 @@ pub fn render_metrics(state: &AgentState, c: &Counters, events: &EventStats) -> 
             out,
             "wardline_interface_enforced{{node=\"{node}\",interface=\"{}\"}} {}",
             i.name, i.enforced as u8
+        );
+    }
+    if let Some(cert) = &state.certificate {
+        out.push_str("# HELP wardline_certificate_expiry_timestamp_seconds When the certificate the agent presents to the control plane expires.\n");
+        out.push_str("# TYPE wardline_certificate_expiry_timestamp_seconds gauge\n");
+        let _ = writeln!(
+            out,
+            "wardline_certificate_expiry_timestamp_seconds{{node=\"{node}\",serial=\"{}\",source=\"{}\"}} {}",
+            cert.serial, cert.source, cert.not_after_seconds
+        );
+        out.push_str("# HELP wardline_certificate_expiring Whether that certificate is in its warning period (its last quarter of lifetime, at most 30 days) or expired.\n");
+        out.push_str("# TYPE wardline_certificate_expiring gauge\n");
+        let expiring = wardline_tls::expiry::warning(
+            cert.not_before_seconds,
+            cert.not_after_seconds,
+            wardline_tls::expiry::now(),
+        )
+        .is_some();
+        let _ = writeln!(
+            out,
+            "wardline_certificate_expiring{{node=\"{node}\"}} {}",
+            u8::from(expiring)
+        );
+        out.push_str(
+            "# HELP wardline_certificate_renewals_total Certificate renewals, by result.\n",
+        );
+        out.push_str("# TYPE wardline_certificate_renewals_total counter\n");
+        let _ = writeln!(
+            out,
+            "wardline_certificate_renewals_total{{node=\"{node}\",result=\"ok\"}} {}",
+            cert.renewals
+        );
+        let _ = writeln!(
+            out,
+            "wardline_certificate_renewals_total{{node=\"{node}\",result=\"error\"}} {}",
+            cert.renewal_failures
         );
     }
     out.push_str(

@@ -45,6 +45,16 @@ impl Process {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends SIGHUP to the process (one this harness started, by its PID).
+    pub fn hup(&self) {
+        let pid = self.child.as_ref().expect("the process runs").id();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a PID")),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+    }
 }
 
 impl Drop for Process {
@@ -61,6 +71,8 @@ pub struct Site {
     pub etcd: Vec<Process>,
     /// The `--etcd-*` flags of the etcd members started, for the replicas.
     etcd_flags: Vec<String>,
+    /// More flags for every replica started from now on.
+    pub replica_flags: Vec<String>,
 }
 
 impl Site {
@@ -84,6 +96,7 @@ impl Site {
             replicas: Vec::new(),
             etcd: Vec::new(),
             etcd_flags: Vec::new(),
+            replica_flags: Vec::new(),
         };
         let ca = site.dir.join("ca");
         site.wardctl_local(&[
@@ -125,6 +138,39 @@ impl Site {
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// Issues the replicas a new certificate into `out` (its files
+    /// `cp.pem`, `cp-key.pem`), as a renewal before the old one expires.
+    pub fn issue_replica_certificate(&self, out: &std::path::Path) {
+        let ca = self.dir.join("ca");
+        let mut args = vec![
+            "pki",
+            "issue",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--role",
+            "control-plane",
+            "--name",
+            "cp",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        for a in REPLICAS {
+            args.extend(["--san", a]);
+        }
+        self.wardctl_local(&args);
+    }
+
+    /// Replicas started from now on renew agent certificates with the
+    /// site CA's key, for `lifetime` (`10m`).
+    pub fn renew_agents(&mut self, lifetime: &str) {
+        self.replica_flags.extend([
+            "--ca-key".to_owned(),
+            self.dir.join("ca/ca-key.pem").display().to_string(),
+            "--agent-certificate-lifetime".to_owned(),
+            lifetime.to_owned(),
+        ]);
     }
 
     /// Issues a certificate; returns (cert, key).
@@ -195,6 +241,7 @@ impl Site {
             .arg("--store-key")
             .arg(self.store_key())
             .args(etcd_flags)
+            .args(&self.replica_flags)
             .args(["--replica", &format!("replica-{i}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -166,7 +166,14 @@ struct GatewaySite {
 }
 
 fn gateway_site() -> GatewaySite {
+    gateway_site_with(|_| {})
+}
+
+/// [`gateway_site`] with `prepare` run on the site before its replica
+/// starts (flags).
+fn gateway_site_with(prepare: impl FnOnce(&mut Site)) -> GatewaySite {
     let mut site = Site::new();
+    prepare(&mut site);
     let store = site.embedded_store();
     site.start_replica(0, &store);
     let routed = topology::routed_gateway();
@@ -464,4 +471,169 @@ fn privileged_persisted_snapshot_is_signed_private_and_never_rolled_back() {
     assert_eq!(status["revision"], second);
     assert!(status["lastError"].is_null(), "{status}");
     check_matrix(&routed, "control plane back", expect_8080);
+}
+
+/// Until `check` holds of the agent's `/status`, within `within`.
+fn wait_status(
+    agent: &Agent,
+    ns: &wardline_tests::Netns,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        // Not answering yet (starting) counts as not yet.
+        let status: serde_json::Value = agent
+            .get(ns, "/status")
+            .and_then(|(_, body)| serde_json::from_str(body.trim()).ok())
+            .unwrap_or_default();
+        if check(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}; status: {status}\nlog: {}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_certificates_renew_over_the_channel_and_the_replica_reloads_its_own() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    require_root();
+    let GatewaySite {
+        site,
+        store: _,
+        routed,
+        mut agent,
+        web,
+    } = gateway_site_with(|site| site.renew_agents("10m"));
+    let ns = routed.agent_ns();
+    let revision = site.apply(0, &web);
+    site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
+    let expect_web = |c: &Cell| is(c, "ws", "ehr") && c.service == Service::Tcp(443);
+
+    // The start-up certificate (a year) outlives the site's ten minutes:
+    // the agent renews at once, with a key of its own making.
+    let status = wait_status(&agent, ns, Duration::from_secs(20), "renewed", |s| {
+        s["certificate"]["source"] == "renewed" && s["controlPlaneConnected"] == true
+    });
+    let serial = status["certificate"]["serial"].as_str().unwrap().to_owned();
+    let not_after = time::OffsetDateTime::parse(
+        status["certificate"]["notAfter"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = not_after - time::OffsetDateTime::now_utc();
+    assert!(
+        left <= time::Duration::minutes(10) && left > time::Duration::minutes(9),
+        "renewed for {left}"
+    );
+    let identity = agent.state_file("identity.pem");
+    assert_eq!(
+        std::fs::metadata(&identity).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the renewed key is the agent's alone"
+    );
+    assert_eq!(status["certificate"]["renewals"], 1, "{status}");
+    let (_, metrics) = agent.get(ns, "/metrics").expect("/metrics answers");
+    assert!(
+        metrics.contains(&format!("serial=\"{serial}\",source=\"renewed\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wardline_certificate_expiring{"),
+        "{metrics}"
+    );
+    check_matrix(&routed, "certificate renewed", expect_web);
+
+    // The control plane sees the renewal, and retired the start-up one.
+    let cp = site.status(0);
+    let seen = cp["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["node"] == agent.node.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(seen["certificate"]["serial"], serial.as_str(), "{cp}");
+    assert!(
+        cp["revocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap_or("").starts_with("retired:")),
+        "{cp}"
+    );
+
+    // Restarted, the agent comes back with the renewal (its start-up
+    // certificate no longer works) and policy keeps flowing.
+    agent.kill9();
+    agent.spawn();
+    wait_status(
+        &agent,
+        ns,
+        Duration::from_secs(30),
+        "reconnected with the renewal",
+        |s| s["certificate"]["serial"] == serial.as_str() && s["controlPlaneConnected"] == true,
+    );
+    let moved = web.replace("port: 443", "port: 8080");
+    let second = site.apply(0, &moved);
+    site.wait_acked(0, &[&agent.node], second, Duration::from_secs(15));
+
+    // The replica's own certificate is replaced on disk and reloaded
+    // without a restart: new handshakes get it, and the agent takes what
+    // it signs.
+    let before = site.status(0)["replicaCertificate"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fresh = site.dir.join("fresh");
+    site.issue_replica_certificate(&fresh);
+    // Broken files first: refused, the certificate in force stays.
+    let (cert, key) = (site.dir.join("cp.pem"), site.dir.join("cp-key.pem"));
+    let (old_cert, old_key) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+    std::fs::write(&cert, b"not a certificate").unwrap();
+    site.replicas[0].hup();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        site.status(0)["replicaCertificate"]["serial"],
+        before.as_str(),
+        "a broken file changed the served certificate"
+    );
+    assert!(
+        site.replicas[0].log().contains("the one in force stays"),
+        "{}",
+        site.replicas[0].log()
+    );
+    std::fs::write(&cert, &old_cert).unwrap();
+    std::fs::write(&key, &old_key).unwrap();
+    // Then the renewal, put in place.
+    std::fs::copy(fresh.join("cp-key.pem"), &key).unwrap();
+    std::fs::copy(fresh.join("cp.pem"), &cert).unwrap();
+    site.replicas[0].hup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = site.status(0)["replicaCertificate"]["serial"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if now != before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica still serves {before}:\n{}",
+            site.replicas[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let third = site.apply(0, &web);
+    site.wait_acked(0, &[&agent.node], third, Duration::from_secs(15));
+    check_matrix(&routed, "replica certificate reloaded", expect_web);
 }

@@ -8,14 +8,17 @@
 //! directly), reads callers from their certificates through `wardline-tls`,
 //! and compiles with `wardline-policy`. It must not depend on the agent
 //! (the two meet only in `wardline-proto` and `wardline-tls`), nor on
-//! `wardctl`; it never issues certificates (that is `wardline-pki`,
-//! offline).
+//! `wardctl`. It issues no certificate but one kind: an agent's renewed
+//! certificate, through `wardline-pki`'s `AgentRenewer` when the replica
+//! holds the site CA's key (`renewal`); everything else the site PKI
+//! issues offline.
 #![forbid(unsafe_code)]
 
 pub mod chain;
 pub mod limits;
 pub mod liveness;
 pub mod registry;
+pub mod renewal;
 pub mod server;
 #[cfg(feature = "test-support")]
 pub mod testing;

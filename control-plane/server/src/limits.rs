@@ -72,30 +72,60 @@ pub fn message(field: &str, text: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// A token bucket per node.
-#[derive(Clone, Debug, Default)]
-pub struct Registrations {
+/// Certificate renewals one node may ask for: a burst, then one per this
+/// interval. Each is a signature by the site CA and a store write; an
+/// agent renews once per half of its certificate's lifetime.
+pub const RENEW_BURST: u32 = 3;
+pub const RENEW_EVERY: Duration = Duration::from_secs(60);
+
+/// A token bucket per node for one kind of call.
+#[derive(Clone, Debug)]
+pub struct Throttle {
+    /// What the node does too often, for the refusal ("registers").
+    verb: &'static str,
+    burst: u32,
+    every: Duration,
     buckets: Arc<Mutex<HashMap<String, (f64, Instant)>>>,
 }
 
-impl Registrations {
+impl Throttle {
+    pub fn new(verb: &'static str, burst: u32, every: Duration) -> Throttle {
+        Throttle {
+            verb,
+            burst,
+            every,
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Registrations: [`REGISTER_BURST`], then one per [`REGISTER_EVERY`].
+    pub fn registrations() -> Throttle {
+        Throttle::new("registers", REGISTER_BURST, REGISTER_EVERY)
+    }
+
+    /// Renewals: [`RENEW_BURST`], then one per [`RENEW_EVERY`].
+    pub fn renewals() -> Throttle {
+        Throttle::new("renews its certificate", RENEW_BURST, RENEW_EVERY)
+    }
+
     /// Takes a token for `node`, or refuses with how long to wait.
     pub fn take(&self, node: &str) -> Result<(), Status> {
+        let (verb, burst, every) = (self.verb, self.burst, self.every);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let (tokens, at) = buckets
             .entry(node.to_owned())
-            .or_insert((f64::from(REGISTER_BURST), now));
-        let refill = now.duration_since(*at).as_secs_f64() / REGISTER_EVERY.as_secs_f64();
-        *tokens = (*tokens + refill).min(f64::from(REGISTER_BURST));
+            .or_insert((f64::from(burst), now));
+        let refill = now.duration_since(*at).as_secs_f64() / every.as_secs_f64();
+        *tokens = (*tokens + refill).min(f64::from(burst));
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             return Ok(());
         }
-        let wait = REGISTER_EVERY.mul_f64(1.0 - *tokens);
+        let wait = every.mul_f64(1.0 - *tokens);
         Err(Status::resource_exhausted(format!(
-            "node {node:?} registers too often: at most {REGISTER_BURST} at once, then one every {REGISTER_EVERY:?}; try again in {wait:.1?}"
+            "node {node:?} {verb} too often: at most {burst} at once, then one every {every:?}; try again in {wait:.1?}"
         )))
     }
 }

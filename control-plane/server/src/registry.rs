@@ -39,6 +39,10 @@ pub const LIVENESS_PREFIX: &str = "/wardline/liveness/";
 /// neither register nor receive policy until it is unblocked.
 pub const BLOCKED_PREFIX: &str = "/wardline/blocked/";
 
+/// Agent certificates replicas renewed, by serial: which certificate each
+/// was renewed from, so that revoking one revokes what grew from it.
+pub const ISSUED_PREFIX: &str = "/wardline/issued/";
+
 /// The largest policy source accepted, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 16 << 20;
 
@@ -315,6 +319,26 @@ impl RevocationRecord {
     }
 }
 
+/// An agent certificate a replica renewed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedRecord {
+    /// Lowercase hex.
+    pub serial: String,
+    pub node: String,
+    /// The certificate the renewal was authenticated with (hex).
+    pub renewed_from: String,
+    /// That certificate's lifetime was longer than the site's for agent
+    /// certificates (one an operator issued): it is retired once the agent
+    /// has connected with the renewed one.
+    #[serde(default)]
+    pub from_long_lived: bool,
+    /// RFC 3339.
+    pub not_before: String,
+    pub not_after: String,
+    pub time: String,
+    pub replica: String,
+}
+
 /// One replica's summary of the agents it heard from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LivenessRecord {
@@ -336,6 +360,14 @@ pub struct AgentRecord {
     pub acked_tables_sha256: String,
     pub generation: u32,
     pub error: String,
+    /// The certificate the agent last registered or renewed with: serial
+    /// (hex) and validity (RFC 3339).
+    #[serde(default)]
+    pub certificate_serial: String,
+    #[serde(default)]
+    pub certificate_not_before: String,
+    #[serde(default)]
+    pub certificate_not_after: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -896,19 +928,83 @@ impl Registry {
         Ok(registered)
     }
 
-    /// Stores a revocation (replacing one of the same serial, or of the
-    /// same role and name).
-    pub async fn revoke(&self, record: &RevocationRecord) -> Result<(), RegistryError> {
+    /// Stores revocations in one transaction (each replacing one of the
+    /// same serial, or of the same role and name).
+    pub async fn revoke(&self, records: &[RevocationRecord]) -> Result<(), RegistryError> {
+        let ops = records
+            .iter()
+            .map(|r| Op::Put {
+                key: r.key(),
+                value: encode(r),
+            })
+            .collect();
+        self.store.txn(vec![], ops).await?;
+        Ok(())
+    }
+
+    /// Notes a renewed certificate.
+    pub async fn record_issued(&self, record: &IssuedRecord) -> Result<(), RegistryError> {
         self.store
             .txn(
                 vec![],
                 vec![Op::Put {
-                    key: record.key(),
+                    key: format!("{ISSUED_PREFIX}{}", record.serial),
                     value: encode(record),
                 }],
             )
             .await?;
         Ok(())
+    }
+
+    /// The renewed certificate of serial `serial` (hex), if a replica
+    /// renewed it.
+    pub async fn issued(&self, serial: &str) -> Result<Option<IssuedRecord>, RegistryError> {
+        let key = format!("{ISSUED_PREFIX}{serial}");
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets renewals that expired before `before`: nothing can present
+    /// them any more. Renewals made from them keep their own record,
+    /// which names them, so revoking an expired certificate still finds
+    /// what grew from it. Returns how many were forgotten.
+    pub async fn prune_issued(&self, before: OffsetDateTime) -> Result<usize, RegistryError> {
+        let mut ops = Vec::new();
+        for kv in self.store.range(ISSUED_PREFIX).await? {
+            let record: IssuedRecord = decode(&kv.key, &kv.value)?;
+            let expired = OffsetDateTime::parse(&record.not_after, &Rfc3339)
+                .is_ok_and(|t| t < before);
+            if expired {
+                ops.push(Op::Delete { key: kv.key });
+            }
+        }
+        let n = ops.len();
+        // etcd's default --max-txn-ops is 128.
+        for chunk in ops.chunks(128) {
+            self.store.txn(vec![], chunk.to_vec()).await?;
+        }
+        Ok(n)
+    }
+
+    /// Every certificate renewed from `serial`, from those, and so on.
+    pub async fn renewed_from(&self, serial: &str) -> Result<Vec<IssuedRecord>, RegistryError> {
+        let mut all: Vec<IssuedRecord> = Vec::new();
+        for kv in self.store.range(ISSUED_PREFIX).await? {
+            all.push(decode(&kv.key, &kv.value)?);
+        }
+        let mut out = Vec::new();
+        let mut parents = vec![serial.to_owned()];
+        while let Some(parent) = parents.pop() {
+            for child in all.iter().filter(|r| r.renewed_from == parent) {
+                if !out.iter().any(|o: &IssuedRecord| o.serial == child.serial) {
+                    parents.push(child.serial.clone());
+                    out.push(child.clone());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every revocation.

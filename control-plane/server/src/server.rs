@@ -33,9 +33,13 @@ use crate::registry::{
     AgentRecord, Author, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
     RegistryError, RevisionAction, RevisionRecord, RevocationRecord, plan_apply, validate_plan,
 };
+use crate::renewal::{self, Renewal};
 use time::format_description::well_known::Rfc3339;
+use wardline_tls::expiry;
 use wardline_tls::revocation::{CertificateFacts, Revocation, parse_serial, serial_hex};
-use wardline_tls::{Identity, MAX_MESSAGE_BYTES, RevocationList, Revoked, Role, authorize};
+use wardline_tls::{
+    Identity, MAX_MESSAGE_BYTES, RevocationList, Revoked, Role, ServingCert, authorize,
+};
 
 /// How often agents are asked to send a heartbeat.
 pub const HEARTBEAT_SECONDS: u32 = 2;
@@ -191,7 +195,12 @@ pub struct ControlPlane {
     replica: String,
     revoked: RevocationList,
     liveness: Liveness,
-    registrations: limits::Registrations,
+    registrations: limits::Throttle,
+    renewals: limits::Throttle,
+    /// Set when this replica renews agent certificates.
+    renewal: Option<Arc<Renewal>>,
+    /// The certificate this replica serves, for its status.
+    serving: Option<Arc<ServingCert>>,
     streams: limits::Streams,
     cluster: watch::Receiver<Option<Cluster>>,
     agents: mpsc::Sender<AgentUpdate>,
@@ -298,7 +307,10 @@ impl ControlPlane {
             replica,
             revoked,
             liveness,
-            registrations: Default::default(),
+            registrations: limits::Throttle::registrations(),
+            renewals: limits::Throttle::renewals(),
+            renewal: None,
+            serving: None,
             streams: Default::default(),
             cluster: rx,
             agents,
@@ -307,6 +319,82 @@ impl ControlPlane {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Renews agent certificates with `renewal` (the site CA's key and the
+    /// lifetime of a renewed certificate).
+    pub fn with_renewal(mut self, renewal: Renewal) -> Self {
+        self.renewal = Some(Arc::new(renewal));
+        self
+    }
+
+    /// Reports `serving`'s certificate (this replica's own) in status,
+    /// with a warning ahead of its expiry.
+    pub fn with_serving(mut self, serving: Arc<ServingCert>) -> Self {
+        self.serving = Some(serving);
+        self
+    }
+
+    /// What the caller's certificate says: every agent call has one.
+    fn peer_facts<T>(req: &Request<T>) -> Result<CertificateFacts, Status> {
+        req.peer_certs()
+            .and_then(|c| c.first().and_then(|leaf| CertificateFacts::of(leaf)))
+            .ok_or_else(|| Status::unauthenticated("no readable client certificate"))
+    }
+
+    /// Notes the certificate an agent connected with, and retires the
+    /// long-lived certificate it was renewed from once the agent has come
+    /// back with the renewal.
+    async fn note_certificate(&self, node: &str, facts: &CertificateFacts) -> Result<(), Status> {
+        let (serial, from, until) = (
+            serial_hex(&facts.serial),
+            expiry::rfc3339(facts.not_before),
+            expiry::rfc3339(facts.not_after),
+        );
+        self.touch_agent(node, move |record| {
+            record.certificate_serial = serial;
+            record.certificate_not_before = from;
+            record.certificate_not_after = until;
+        })
+        .await?;
+        let issued = self
+            .registry
+            .issued(&serial_hex(&facts.serial))
+            .await
+            .map_err(registry_status)?;
+        let Some(issued) = issued.filter(|i| i.from_long_lived) else {
+            return Ok(());
+        };
+        let Some(parent) = parse_serial(&issued.renewed_from) else {
+            return Ok(());
+        };
+        let parent_facts = CertificateFacts {
+            serial: parent,
+            not_before: 0,
+            not_after: 0,
+            identity: None,
+        };
+        if self.revoked.current().refuses(&parent_facts).is_some() {
+            return Ok(());
+        }
+        let record = RevocationRecord {
+            serial: issued.renewed_from.clone(),
+            role: String::new(),
+            name: String::new(),
+            issued_until: String::new(),
+            author: format!("control-plane:{}", self.replica),
+            time: format_time(OffsetDateTime::now_utc()),
+            reason: format!(
+                "retired: node {node} connected with its renewal {}",
+                issued.serial
+            ),
+        };
+        self.registry
+            .revoke(&[record])
+            .await
+            .map_err(registry_status)?;
+        tracing::info!(node, retired = %issued.renewed_from, renewal = %issued.serial, "start-up certificate retired");
+        Ok(())
     }
 
     /// The revocations this replica's TLS listener checks
@@ -545,6 +633,12 @@ async fn compact(registry: Registry) {
             Ok(_) => {}
             Err(e) => tracing::warn!("reading the store's revision: {e}"),
         }
+        let day_ago = OffsetDateTime::now_utc() - time::Duration::days(1);
+        match registry.prune_issued(day_ago).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(forgotten = n, "expired certificate renewals forgotten"),
+            Err(e) => tracing::warn!("forgetting expired renewals: {e}"),
+        }
     }
 }
 
@@ -557,6 +651,7 @@ fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
     };
     key.starts_with(crate::registry::AGENTS_PREFIX)
         || key.starts_with(crate::registry::LIVENESS_PREFIX)
+        || key.starts_with(crate::registry::ISSUED_PREFIX)
 }
 
 fn author(id: &Identity) -> String {
@@ -809,13 +904,36 @@ impl Management for ControlPlane {
                 reason: r.reason,
             }
         };
+        // The revocation first, then what grew from it: a renewal racing
+        // this either is found here or finds the revocation (Renew checks
+        // again after recording itself).
         self.registry
-            .revoke(&record)
+            .revoke(std::slice::from_ref(&record))
             .await
             .map_err(registry_status)?;
-        tracing::warn!(serial = %record.serial, role = %record.role, name = %record.name, by = %id, "certificate revoked");
+        let renewed = if record.serial.is_empty() {
+            Vec::new()
+        } else {
+            let renewed = renewal::cascade(
+                &self.registry,
+                &record.serial,
+                &record.author,
+                &record.reason,
+            )
+            .await
+            .map_err(registry_status)?;
+            if !renewed.is_empty() {
+                self.registry
+                    .revoke(&renewed)
+                    .await
+                    .map_err(registry_status)?;
+            }
+            renewed
+        };
+        tracing::warn!(serial = %record.serial, role = %record.role, name = %record.name, renewed = renewed.len(), by = %id, "certificate revoked");
         Ok(Response::new(v1::RevokeResponse {
             revocation: Some(revocation_wire(&record)),
+            renewed: renewed.iter().map(revocation_wire).collect(),
         }))
     }
 
@@ -1015,6 +1133,13 @@ impl Management for ControlPlane {
                 behind,
                 error: agent.error.clone(),
                 replica: heard.map(|h| h.replica.clone()).unwrap_or_default(),
+                certificate_warning: renewal::warning(
+                    &agent.certificate_not_before,
+                    &agent.certificate_not_after,
+                ),
+                certificate_serial: agent.certificate_serial,
+                certificate_not_before: agent.certificate_not_before,
+                certificate_not_after: agent.certificate_not_after,
             });
         }
         let blocked = self
@@ -1038,6 +1163,7 @@ impl Management for ControlPlane {
             .iter()
             .map(revocation_wire)
             .collect();
+        let own = self.serving.as_ref().map(|s| s.facts());
         Ok(Response::new(v1::StatusResponse {
             revision: current.revision,
             policy_sha256: current.sha256.clone(),
@@ -1045,6 +1171,18 @@ impl Management for ControlPlane {
             replica: self.replica.clone(),
             blocked,
             revocations,
+            replica_certificate_serial: own
+                .as_ref()
+                .map(|f| serial_hex(&f.serial))
+                .unwrap_or_default(),
+            replica_certificate_not_after: own
+                .as_ref()
+                .map(|f| expiry::rfc3339(f.not_after))
+                .unwrap_or_default(),
+            replica_certificate_warning: own
+                .as_ref()
+                .and_then(|f| expiry::warning(f.not_before, f.not_after, expiry::now()))
+                .unwrap_or_default(),
         }))
     }
 }
@@ -1102,11 +1240,14 @@ impl AgentApi for ControlPlane {
             .register(&record)
             .await
             .map_err(registry_status)?;
+        self.note_certificate(&r.node, &Self::peer_facts(&req)?)
+            .await?;
         tracing::info!(node = %r.node, addresses = ?r.addresses, "agent registered");
         let current = self.registry.current().await.map_err(registry_status)?.0;
         Ok(Response::new(v1::RegisterResponse {
             revision: current.revision,
             heartbeat_seconds: HEARTBEAT_SECONDS,
+            certificate_lifetime_seconds: self.renewal.as_ref().map_or(0, |r| r.lifetime.as_secs()),
         }))
     }
 
@@ -1188,6 +1329,14 @@ impl AgentApi for ControlPlane {
     }
 
     #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]
+    async fn renew(
+        &self,
+        req: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        self.renew_certificate(req).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]
     async fn heartbeat(
         &self,
         req: Request<v1::HeartbeatRequest>,
@@ -1214,6 +1363,64 @@ impl AgentApi for ControlPlane {
             current_revision: current,
         }))
     }
+}
+
+impl ControlPlane {
+    /// `Renew`: see [`crate::renewal`].
+    async fn renew_certificate(
+        &self,
+        req: Request<v1::RenewRequest>,
+    ) -> Result<v1::RenewResponse, Status> {
+        let node = req.get_ref().node.clone();
+        self.agent(&req, &node)?;
+        self.not_blocked(&req, &node)?;
+        let facts = Self::peer_facts(&req)?;
+        let Some(renewal) = self.renewal.clone() else {
+            return Err(Status::failed_precondition(
+                "this replica renews no certificates (started without --ca-key); the agent keeps the one it has",
+            ));
+        };
+        self.renewals.take(&node)?;
+        let long_lived = renewal.is_long_lived(&facts);
+        let renewed = Renewal::sign(renewal, node.clone(), req.into_inner().csr).await?;
+        let record = renewal::issued_record(&node, &facts, long_lived, &renewed, &self.replica);
+        self.registry
+            .record_issued(&record)
+            .await
+            .map_err(registry_status)?;
+        // A revocation of the certificate this call came with may have
+        // landed while signing: from the store, not this replica's view.
+        let revoked = revoked_set(&self.registry.revocations().await.map_err(registry_status)?);
+        if let Some(refusal) = revoked.refuses(&facts) {
+            let children = renewal::cascade(
+                &self.registry,
+                &record.renewed_from,
+                &author_of_cascade(&self.replica),
+                "revoked while renewing",
+            )
+            .await
+            .map_err(registry_status)?;
+            self.registry
+                .revoke(&children)
+                .await
+                .map_err(registry_status)?;
+            return Err(Status::unauthenticated(refusal.to_string()));
+        }
+        tracing::info!(node = %node, from = %record.renewed_from, serial = %record.serial, not_after = %record.not_after, "agent certificate renewed");
+        Ok(v1::RenewResponse {
+            certificate_pem: renewed.pem,
+            serial: record.serial,
+            not_after: expiry::rfc3339(
+                u64::try_from(renewed.not_after.unix_timestamp()).unwrap_or(0),
+            ),
+        })
+    }
+}
+
+/// Who revokes what a revoked certificate was renewed into, when the
+/// replica finds it itself.
+fn author_of_cascade(replica: &str) -> String {
+    format!("control-plane:{replica}")
 }
 
 /// Serves both APIs on `listener` with mutual TLS (`tls`, from

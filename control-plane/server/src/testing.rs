@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 
 use crate::registry::Registry;
+use crate::renewal::Renewal;
 use crate::server::{self, ControlPlane};
 use tonic::transport::Channel;
 use wardline_pki as pki;
@@ -19,6 +20,9 @@ use wardline_proto::v1::{agent_api_client::AgentApiClient, management_client::Ma
 use wardline_store::{self as store, StoreSpec};
 use wardline_tls as tls;
 use wardline_tls::Role;
+
+/// The lifetime of the agent certificates the test replica renews.
+pub const RENEWED_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub struct Site {
     pub dir: PathBuf,
@@ -78,22 +82,32 @@ pub async fn site(tag: &str) -> Site {
             store::open(&spec).await.unwrap(),
             store::encrypted::StoreKey::load(&key_file).unwrap(),
         ));
+    let serving = std::sync::Arc::new(
+        tls::ServingCert::load(
+            &ca.join("ca.pem"),
+            &dir.join("cp.pem"),
+            &dir.join("cp-key.pem"),
+        )
+        .unwrap(),
+    );
+    // Renewing agent certificates, as a replica given the CA key does.
+    let renewal = Renewal {
+        renewer: pki::renew::AgentRenewer::load(&ca.join("ca.pem"), &ca.join("ca-key.pem"))
+            .unwrap(),
+        lifetime: RENEWED_LIFETIME,
+    };
     let cp = ControlPlane::start(
         Registry::new(store.clone(), signer.clone(), verifier),
         "replica-a".into(),
         signer,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .with_serving(serving.clone())
+    .with_renewal(renewal);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("https://{}", listener.local_addr().unwrap());
-    let tls = tls::server_config(
-        &ca.join("ca.pem"),
-        &dir.join("cp.pem"),
-        &dir.join("cp-key.pem"),
-        cp.revocations(),
-    )
-    .unwrap();
+    let tls = tls::server_config(&ca.join("ca.pem"), serving, cp.revocations()).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(server::serve(cp, listener, tls, async {
         let _ = rx.await;
@@ -119,6 +133,20 @@ impl Site {
         .connect()
         .await
         .unwrap()
+    }
+
+    /// A channel presenting the certificate `cert` with key `key` (the
+    /// handshake's verdict on it comes with the first call).
+    pub async fn channel_with(
+        &self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let address: tls::ServerAddress = self.endpoint.parse().unwrap();
+        tls::client_endpoint(&address, &self.dir.join("ca/ca.pem"), cert, key)
+            .unwrap()
+            .connect()
+            .await
     }
 
     pub async fn operator(&self) -> ManagementClient<Channel> {

@@ -9,6 +9,10 @@ use crate::cli::{Output, RemoteCommand, RemotePki};
 use crate::failure::{EXIT_UNHEALTHY, Failure, fail, from_status, read_file};
 use crate::table::table;
 
+/// How a replica's reason begins when it retires a start-up certificate
+/// that its agent renewed (management.proto, `Revocation.reason`).
+const RETIRED: &str = "retired:";
+
 fn print_value(output: Output, value: &Value, table: impl FnOnce() -> String) {
     match output {
         Output::Json => println!(
@@ -46,6 +50,7 @@ pub async fn pki(command: RemotePki, c: &mut ManagementClient<Channel>) -> Resul
         .await
         .map_err(from_status)?
         .into_inner();
+    let renewed = r.renewed;
     let r = r.revocation.unwrap_or_default();
     if r.serial.is_empty() {
         println!(
@@ -54,6 +59,9 @@ pub async fn pki(command: RemotePki, c: &mut ManagementClient<Channel>) -> Resul
         );
     } else {
         println!("revoked the certificate with serial {}", r.serial);
+    }
+    for child in &renewed {
+        println!("  and its renewal {}", child.serial);
     }
     Ok(())
 }
@@ -332,7 +340,15 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     "admission": a.admission, "approval": a.approval_name,
                     "refusedAddresses": a.refused_addresses, "reportedLabels": a.reported_labels,
                     "leftOut": a.left_out,
+                    "certificate": {
+                        "serial": a.certificate_serial, "notBefore": a.certificate_not_before,
+                        "notAfter": a.certificate_not_after, "warning": a.certificate_warning,
+                    },
                 })).collect::<Vec<_>>(),
+                "replicaCertificate": {
+                    "serial": r.replica_certificate_serial, "notAfter": r.replica_certificate_not_after,
+                    "warning": r.replica_certificate_warning,
+                },
                 "revocations": r.revocations.iter().map(|v| json!({
                     "serial": v.serial, "role": v.role, "name": v.name, "issuedUntil": v.issued_until,
                     "author": v.author, "time": v.time, "reason": v.reason,
@@ -359,6 +375,11 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                             if a.behind { "BEHIND" } else { "" }.to_owned(),
                             a.last_heartbeat.clone(),
                             a.replica.clone(),
+                            if a.certificate_warning.is_empty() {
+                                a.certificate_not_after.clone()
+                            } else {
+                                format!("{} (!)", a.certificate_not_after)
+                            },
                             a.error.clone(),
                         ]
                     })
@@ -390,8 +411,36 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     if !a.left_out.is_empty() {
                         warnings += &format!("\n{}", a.left_out);
                     }
+                    if !a.certificate_warning.is_empty() {
+                        warnings += &format!(
+                            "\n{}: its certificate {} {}",
+                            a.node, a.certificate_serial, a.certificate_warning
+                        );
+                    }
                 }
-                for v in &r.revocations {
+                if !r.replica_certificate_warning.is_empty() {
+                    warnings += &format!(
+                        "\n{}: the replica's own certificate {} {}",
+                        r.replica, r.replica_certificate_serial, r.replica_certificate_warning
+                    );
+                }
+                // Start-up certificates retired after their renewal are
+                // routine: counted, not listed.
+                let retired = r
+                    .revocations
+                    .iter()
+                    .filter(|v| v.reason.starts_with(RETIRED))
+                    .count();
+                if retired > 0 {
+                    warnings += &format!(
+                        "\n{retired} start-up certificate(s) retired after renewal (-o json lists them)"
+                    );
+                }
+                for v in r
+                    .revocations
+                    .iter()
+                    .filter(|v| !v.reason.starts_with(RETIRED))
+                {
                     let which = if v.serial.is_empty() {
                         format!("{} {} (issued until {})", v.role, v.name, v.issued_until)
                     } else {
@@ -429,6 +478,7 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                             "STATE",
                             "LAST HEARTBEAT",
                             "REPLICA",
+                            "CERTIFICATE EXPIRES",
                             "ERROR"
                         ],
                         &rows

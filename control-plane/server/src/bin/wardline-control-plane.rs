@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wardline_control_plane::registry::Registry;
+use wardline_control_plane::renewal::Renewal;
 use wardline_control_plane::server::{self, ControlPlane};
+use wardline_pki::renew::AgentRenewer;
 use wardline_store::{self as store, EtcdTls, StoreSpec};
 use wardline_tls as tls;
 
@@ -78,6 +80,99 @@ struct Args {
     /// Name of this replica in status reports (default: the listen address).
     #[arg(long, env = "WARDLINE_REPLICA")]
     replica: Option<String>,
+    /// The site CA's private key (0600): with it, this replica renews agent
+    /// certificates over the channel (each for the agent's own name, for
+    /// --agent-certificate-lifetime). Without it agents keep the
+    /// certificates operators issued them.
+    #[arg(long, env = "WARDLINE_CA_KEY")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of a renewed agent certificate (e.g. 24h, 90m). Agents renew
+    /// halfway through it.
+    #[arg(long, env = "WARDLINE_AGENT_CERTIFICATE_LIFETIME", default_value = "24h",
+          value_parser = humantime::parse_duration)]
+    agent_certificate_lifetime: std::time::Duration,
+}
+
+/// The shortest renewed certificate: agents renew halfway through it, and
+/// each node may renew about once a minute.
+const MIN_AGENT_CERTIFICATE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// How often the replica looks at its certificate and key files for a
+/// new certificate (SIGHUP: at once).
+const CERTIFICATE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Refuses a key file others may read.
+fn private_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by others (mode {:o}); the site CA's key must be 0600",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// Serves and signs with a new certificate when its files change (a
+/// renewal put in place) or on SIGHUP, without a restart. New files that
+/// fail a check change nothing: the certificate in force stays, and the
+/// error is logged with the file at fault.
+async fn reload_certificate(
+    serving: std::sync::Arc<tls::ServingCert>,
+    signer: wardline_signing::Signer,
+) {
+    let (cert, key) = (serving.paths().0.to_owned(), serving.paths().1.to_owned());
+    let stamp = || [&cert, &key].map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let mut seen = stamp();
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(
+                "SIGHUP handler: {e}; the certificate is reloaded when its files change"
+            );
+            return;
+        }
+    };
+    let mut every = tokio::time::interval(CERTIFICATE_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = every.tick() => {
+                if stamp() == seen {
+                    continue;
+                }
+            }
+        }
+        seen = stamp();
+        // Both or neither: the signer only once the files pass the TLS checks.
+        let fresh = match wardline_signing::Signer::from_pem_files(&cert, &key) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("reloading the replica certificate: {e}; the one in force stays");
+                continue;
+            }
+        };
+        match serving.reload() {
+            Ok(changed) => {
+                signer.replace(&fresh);
+                let facts = serving.facts();
+                tracing::info!(
+                    changed,
+                    serial = %tls::revocation::serial_hex(&facts.serial),
+                    not_after = %tls::expiry::rfc3339(facts.not_after),
+                    "replica certificate reloaded"
+                );
+            }
+            Err(e) => {
+                tracing::error!("reloading the replica certificate: {e}; the one in force stays")
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -154,10 +249,36 @@ fn main() -> ExitCode {
         }
     };
     // Checked before anything starts, so that a bad file is named at once.
-    if let Err(e) = tls::server_tls(&ca, &cert, &key) {
-        eprintln!("wardline-control-plane: {e}");
-        return ExitCode::from(EX_USAGE);
-    }
+    let serving = match tls::ServingCert::load(&ca, &cert, &key) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            eprintln!("wardline-control-plane: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let renewal = match &args.ca_key {
+        None => None,
+        Some(_) if args.agent_certificate_lifetime < MIN_AGENT_CERTIFICATE_LIFETIME => {
+            eprintln!(
+                "wardline-control-plane: --agent-certificate-lifetime {}: at least {} (agents renew halfway through it)",
+                humantime::format_duration(args.agent_certificate_lifetime),
+                humantime::format_duration(MIN_AGENT_CERTIFICATE_LIFETIME)
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+        Some(ca_key) => match private_file(ca_key)
+            .and_then(|()| AgentRenewer::load(&ca, ca_key).map_err(|e| e.to_string()))
+        {
+            Ok(renewer) => Some(Renewal {
+                renewer,
+                lifetime: args.agent_certificate_lifetime,
+            }),
+            Err(e) => {
+                eprintln!("wardline-control-plane: --ca-key: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+    };
     // The key the replica serves with also signs what it sends agents.
     let signer = match wardline_signing::Signer::from_pem_files(&cert, &key) {
         Ok(s) => s,
@@ -188,13 +309,19 @@ fn main() -> ExitCode {
             return Ok(());
         }
         let verifier = wardline_signing::Verifier::from_ca_file(&ca)?;
-        let cp = ControlPlane::start(
+        let mut cp = ControlPlane::start(
             Registry::new(store, signer.clone(), verifier),
             replica,
-            signer,
+            signer.clone(),
         )
-        .await?;
-        let tls = tls::server_config(&ca, &cert, &key, cp.revocations())?;
+        .await?
+        .with_serving(serving.clone());
+        if let Some(renewal) = renewal {
+            tracing::info!(lifetime = %humantime::format_duration(renewal.lifetime), "renewing agent certificates");
+            cp = cp.with_renewal(renewal);
+        }
+        tokio::spawn(reload_certificate(serving.clone(), signer));
+        let tls = tls::server_config(&ca, serving, cp.revocations())?;
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         let shutdown = async {
             let mut term =
