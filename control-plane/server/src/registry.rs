@@ -974,8 +974,8 @@ impl Registry {
         let mut ops = Vec::new();
         for kv in self.store.range(ISSUED_PREFIX).await? {
             let record: IssuedRecord = decode(&kv.key, &kv.value)?;
-            let expired = OffsetDateTime::parse(&record.not_after, &Rfc3339)
-                .is_ok_and(|t| t < before);
+            let expired =
+                OffsetDateTime::parse(&record.not_after, &Rfc3339).is_ok_and(|t| t < before);
             if expired {
                 ops.push(Op::Delete { key: kv.key });
             }
