@@ -107,22 +107,7 @@ impl Site {
             "--site",
             "test-hospital",
         ]);
-        let mut args = vec![
-            "pki",
-            "issue",
-            "--dir",
-            ca.to_str().unwrap(),
-            "--role",
-            "control-plane",
-            "--name",
-            "cp",
-        ];
-        for a in REPLICAS {
-            args.extend(["--san", a]);
-        }
-        let out = site.dir.to_str().unwrap().to_owned();
-        args.extend(["--out", &out]);
-        site.wardctl_local(&args);
+        site.issue_replica_certificate(&site.dir);
         site.issue("operator", "ops");
         site
     }
@@ -140,8 +125,9 @@ impl Site {
         out
     }
 
-    /// Issues the replicas a new certificate into `out` (its files
-    /// `cp.pem`, `cp-key.pem`), as a renewal before the old one expires.
+    /// Issues the replicas' certificate into `out` (its files `cp.pem`,
+    /// `cp-key.pem`): at set-up, and again as a renewal before the old
+    /// one expires.
     pub fn issue_replica_certificate(&self, out: &std::path::Path) {
         let ca = self.dir.join("ca");
         let mut args = vec![

@@ -71,6 +71,23 @@ async fn heartbeat_as(site: &Site, cert: &Path, key: &Path, node: &str) -> Resul
         .map_err(|s| s.code())
 }
 
+/// A renewal of `agent`'s certificate for a new key of a greedy request.
+async fn renew(
+    agent: &mut AgentApiClient<tonic::transport::Channel>,
+    node: &str,
+) -> (KeyPair, v1::RenewResponse) {
+    let (key, csr) = greedy_request();
+    let renewed = agent
+        .renew(v1::RenewRequest {
+            node: node.into(),
+            csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (key, renewed)
+}
+
 async fn register(
     agent: &mut AgentApiClient<tonic::transport::Channel>,
     node: &str,
@@ -96,15 +113,7 @@ async fn an_agent_renews_its_own_certificate_and_nothing_more() {
     );
 
     // The request asks to be the control plane, a CA, for other names.
-    let (key, csr) = greedy_request();
-    let renewed = gw2
-        .renew(v1::RenewRequest {
-            node: "gw-2".into(),
-            csr,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (key, renewed) = renew(&mut gw2, "gw-2").await;
     use rustls::pki_types::pem::PemObject as _;
     let der = rustls::pki_types::CertificateDer::from_pem_slice(renewed.certificate_pem.as_bytes())
         .unwrap();
@@ -214,26 +223,10 @@ async fn revoking_a_certificate_revokes_what_was_renewed_from_it() {
     let mut gw1 = site.agent("gw-1").await;
     register(&mut gw1, "gw-1").await;
     // A thief renews gw-1's stolen key into a key of their own, twice.
-    let (key, csr) = greedy_request();
-    let child = gw1
-        .renew(v1::RenewRequest {
-            node: "gw-1".into(),
-            csr,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (key, child) = renew(&mut gw1, "gw-1").await;
     let (child_cert, child_key) = keep(&site, "thief-1", &child, &key);
     let mut thief = AgentApiClient::new(site.channel_with(&child_cert, &child_key).await.unwrap());
-    let (key, csr) = greedy_request();
-    let grandchild = thief
-        .renew(v1::RenewRequest {
-            node: "gw-1".into(),
-            csr,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (key, grandchild) = renew(&mut thief, "gw-1").await;
     let (grand_cert, grand_key) = keep(&site, "thief-2", &grandchild, &key);
     assert_eq!(
         heartbeat_as(&site, &grand_cert, &grand_key, "gw-1").await,
