@@ -510,7 +510,7 @@ impl Session {
     }
 
     /// Renews the certificate when it is due and no failure holds it back.
-    /// `Ok(true)`: renewed, reconnect with it.
+    /// `true`: renewed, reconnect with it.
     async fn renew_if_due(
         &self,
         client: &mut AgentApiClient<tonic::transport::Channel>,
@@ -551,7 +551,7 @@ impl Session {
                     c.renewal_error = Some(format!("{e:#}"));
                 });
                 *self.next_renewal.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(crate::renewal::retry_at(now));
+                    Some(now + crate::renewal::RETRY_AFTER);
                 false
             }
         }

@@ -22,7 +22,7 @@
 //! reported in `/status`, and is tried again a minute later.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
@@ -193,11 +193,6 @@ pub fn keep(
         facts,
         renewed: true,
     })
-}
-
-/// When the next renewal may be tried, after one failed at `failed`.
-pub fn retry_at(failed: Instant) -> Instant {
-    failed + RETRY_AFTER
 }
 
 #[cfg(test)]

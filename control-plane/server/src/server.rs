@@ -382,7 +382,7 @@ impl ControlPlane {
             role: String::new(),
             name: String::new(),
             issued_until: String::new(),
-            author: format!("control-plane:{}", self.replica),
+            author: replica_author(&self.replica),
             time: format_time(OffsetDateTime::now_utc()),
             reason: format!(
                 "retired: node {node} connected with its renewal {}",
@@ -1395,7 +1395,7 @@ impl ControlPlane {
             let children = renewal::cascade(
                 &self.registry,
                 &record.renewed_from,
-                &author_of_cascade(&self.replica),
+                &replica_author(&self.replica),
                 "revoked while renewing",
             )
             .await
@@ -1417,9 +1417,9 @@ impl ControlPlane {
     }
 }
 
-/// Who revokes what a revoked certificate was renewed into, when the
-/// replica finds it itself.
-fn author_of_cascade(replica: &str) -> String {
+/// The author of a revocation a replica makes itself: a retired start-up
+/// certificate, renewals of a certificate revoked while renewing.
+fn replica_author(replica: &str) -> String {
     format!("control-plane:{replica}")
 }
 
