@@ -187,6 +187,14 @@ pub enum PkiError {
         /// The underlying error.
         source: rcgen::Error,
     },
+    /// A private key file that others than its owner may read.
+    #[error("{path} is readable by others (mode {mode:04o}); a private key must be 0600")]
+    KeyReadable {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A certificate signing request cannot be honoured.
     #[error("certificate signing request refused: {reason}")]
     BadRequest {

@@ -51,8 +51,24 @@ pub struct Renewed {
 
 impl AgentRenewer {
     /// Loads the site CA's certificate and key (the CA's own checks:
-    /// a CA certificate, the key its own).
+    /// a CA certificate, the key its own), refusing a key file others
+    /// may read: on a replica it is online.
     pub fn load(ca_cert: &Path, ca_key: &Path) -> Result<Self, PkiError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(ca_key)
+            .map_err(|source| PkiError::Read {
+                path: ca_key.to_owned(),
+                source,
+            })?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(PkiError::KeyReadable {
+                path: ca_key.to_owned(),
+                mode,
+            });
+        }
         Ok(Self {
             ca: SiteCa::load_files(ca_cert, ca_key)?,
         })
@@ -265,6 +281,18 @@ mod tests {
             .err()
             .unwrap_or_else(|| panic!("an oversized request was read"));
         assert!(err.to_string().contains("bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_key_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let site = Site::new("renew-mode");
+        let key = site.ca_dir().join(crate::CA_KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = AgentRenewer::load(&site.ca_dir().join(crate::CA_CERT_FILE), &key)
+            .expect_err("a group-readable CA key was loaded");
+        assert!(err.to_string().contains("mode 0640"), "{err}");
     }
 
     #[test]

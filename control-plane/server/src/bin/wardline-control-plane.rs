@@ -101,23 +101,6 @@ const MIN_AGENT_CERTIFICATE_LIFETIME: std::time::Duration = std::time::Duration:
 /// new certificate (SIGHUP: at once).
 const CERTIFICATE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Refuses a key file others may read.
-fn private_file(path: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is readable by others (mode {:o}); the site CA's key must be 0600",
-            path.display(),
-            mode & 0o777
-        ));
-    }
-    Ok(())
-}
-
 /// Serves and signs with a new certificate when its files change (a
 /// renewal put in place) or on SIGHUP, without a restart. New files that
 /// fail a check change nothing: the certificate in force stays, and the
@@ -266,9 +249,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(EX_USAGE);
         }
-        Some(ca_key) => match private_file(ca_key)
-            .and_then(|()| AgentRenewer::load(&ca, ca_key).map_err(|e| e.to_string()))
-        {
+        Some(ca_key) => match AgentRenewer::load(&ca, ca_key) {
             Ok(renewer) => Some(Renewal {
                 renewer,
                 lifetime: args.agent_certificate_lifetime,
