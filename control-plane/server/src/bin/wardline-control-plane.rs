@@ -112,19 +112,26 @@ async fn reload_certificate(
     let (cert, key) = (serving.paths().0.to_owned(), serving.paths().1.to_owned());
     let stamp = || [&cert, &key].map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
     let mut seen = stamp();
+    // Without a SIGHUP handler, file changes still reload it.
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
+        Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(
                 "SIGHUP handler: {e}; the certificate is reloaded when its files change"
             );
-            return;
+            None
         }
     };
     let mut every = tokio::time::interval(CERTIFICATE_CHECK_EVERY);
     loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = hup.recv() => {}
+            _ = hangup => {}
             _ = every.tick() => {
                 if stamp() == seen {
                     continue;
