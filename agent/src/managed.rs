@@ -563,7 +563,7 @@ impl Session {
         {
             let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
             let cert = presented.state(state.certificate.as_ref());
-            if let Some(warning) = &cert.warning {
+            if let Some(warning) = cert.warning_now() {
                 tracing::warn!(serial = %cert.serial, "the agent's certificate {warning}");
             }
             state.certificate = Some(cert);

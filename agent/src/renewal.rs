@@ -77,7 +77,8 @@ impl Presented {
             } else {
                 "configured"
             },
-            warning: expiry::warning(self.facts.not_before, self.facts.not_after, expiry::now()),
+            // Derived when shown (`CertificateState::warning_now`).
+            warning: None,
             renewals,
             renewal_failures,
             renewal_error,
@@ -106,26 +107,21 @@ pub fn choose(cp: &ControlPlane, dir: &Path, node: &str) -> anyhow::Result<Prese
     } else {
         None
     };
+    let configured = configured.map(|facts| Presented {
+        cert: cp.cert_file.clone(),
+        key: cp.key_file.clone(),
+        facts,
+        renewed: false,
+    });
     match (from_renewal, configured) {
-        (Some(r), Ok(c)) if r.not_before <= c.not_before => Ok(Presented {
-            cert: cp.cert_file.clone(),
-            key: cp.key_file.clone(),
-            facts: c,
-            renewed: false,
-        }),
+        (Some(r), Ok(c)) if r.not_before <= c.facts.not_before => Ok(c),
         (Some(r), _) => Ok(Presented {
             cert: renewed.clone(),
             key: renewed,
             facts: r,
             renewed: true,
         }),
-        (None, Ok(c)) => Ok(Presented {
-            cert: cp.cert_file.clone(),
-            key: cp.key_file.clone(),
-            facts: c,
-            renewed: false,
-        }),
-        (None, Err(e)) => Err(e).context("spec.controlPlane.certFile"),
+        (None, configured) => configured.context("spec.controlPlane.certFile"),
     }
 }
 

@@ -60,12 +60,24 @@ pub struct CertificateState {
     /// "configured" (the files the configuration names) or "renewed" (a
     /// renewal from the control plane, in the state directory).
     pub source: &'static str,
-    /// Set when it nears its expiry or has expired.
+    /// Set when it nears its expiry or has expired: filled in from
+    /// [`CertificateState::warning_now`] each time `/status` answers.
     pub warning: Option<String>,
     pub renewals: u64,
     pub renewal_failures: u64,
     /// The last renewal that failed, and why; cleared by the next success.
     pub renewal_error: Option<String>,
+}
+
+impl CertificateState {
+    /// The warning due now, if any (`wardline_tls::expiry`).
+    pub fn warning_now(&self) -> Option<String> {
+        wardline_tls::expiry::warning(
+            self.not_before_seconds,
+            self.not_after_seconds,
+            wardline_tls::expiry::now(),
+        )
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -155,7 +167,10 @@ async fn readyz(State(s): State<Shared>) -> Response {
 }
 
 async fn status(State(s): State<Shared>) -> Response {
-    let state = s.state();
+    let mut state = s.state();
+    if let Some(cert) = state.certificate.as_mut() {
+        cert.warning = cert.warning_now();
+    }
     let c = s.counters();
     let body = StatusBody {
         ready: state.ready(),
@@ -262,12 +277,7 @@ pub fn render_metrics(state: &AgentState, c: &Counters, events: &EventStats) -> 
         );
         out.push_str("# HELP wardline_certificate_expiring Whether that certificate is in its warning period (its last quarter of lifetime, at most 30 days) or expired.\n");
         out.push_str("# TYPE wardline_certificate_expiring gauge\n");
-        let expiring = wardline_tls::expiry::warning(
-            cert.not_before_seconds,
-            cert.not_after_seconds,
-            wardline_tls::expiry::now(),
-        )
-        .is_some();
+        let expiring = cert.warning_now().is_some();
         let _ = writeln!(
             out,
             "wardline_certificate_expiring{{node=\"{node}\"}} {}",
