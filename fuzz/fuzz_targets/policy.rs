@@ -13,6 +13,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let documents = wardline_policy::documents(source);
     let parsed = wardline_policy::parse(source);
+    // Validating the documents as cut is parsing: the control plane
+    // validates an apply that way, without reading it again.
+    let cut: Vec<_> = documents.iter().collect();
+    assert_eq!(
+        wardline_policy::validate(&cut),
+        parsed,
+        "validate() and parse() disagree on {source:?}"
+    );
     if let Ok(set) = &parsed {
         // Every document parse accepted is one documents() cuts out.
         assert!(documents.len() >= set.segments.len() + set.policies.len());

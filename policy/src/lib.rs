@@ -16,4 +16,4 @@ pub use compile::{CompileOptions, Dataplane, Schedule};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::*;
 pub use name::{NameError, NameProblem, NodeName};
-pub use parse::{SourceDocument, documents, parse};
+pub use parse::{SourceDocument, documents, parse, validate};

@@ -77,31 +77,38 @@ pub fn parse(source: &str) -> Result<PolicySet, PolicyErrors> {
         };
         return Err(PolicyError::in_document(&doc, error.message).into());
     }
-    let mut documents = Vec::new();
-    let mut errors = Vec::new();
-    for chunk in split_documents(source) {
-        match read(&chunk) {
-            Ok(Value::Null) => {}
-            Ok(value) => documents.push(Some(value)),
-            Err(error) => {
-                errors.push(syntax_error(documents.len() + 1, error));
-                documents.push(None);
-            }
-        }
-    }
+    let documents = documents(source);
+    validate(&documents.iter().collect::<Vec<_>>())
+}
 
-    let mut validator = Validator::new(&documents, errors);
-    for (position, document) in documents.iter().enumerate() {
-        if let Some(value) = document {
-            validator.document(position + 1, value);
+/// Validates documents [`documents`] read, together, as [`parse`] validates
+/// a source: each error names its document by the document's `index`, and
+/// the set keeps the order given. Nothing is read again: a source cut once
+/// can be validated with other documents (the control plane validates an
+/// apply with the stored documents it leaves alone).
+pub fn validate(documents: &[&SourceDocument]) -> Result<PolicySet, PolicyErrors> {
+    let errors = documents
+        .iter()
+        .filter_map(|d| {
+            d.value
+                .as_ref()
+                .err()
+                .map(|e| syntax_error(d.index, e.clone()))
+        })
+        .collect();
+    let mut validator = Validator::new(documents, errors);
+    for document in documents {
+        if let Ok(value) = &document.value {
+            validator.document(document.index, value);
         }
     }
     validator.finish()
 }
 
 /// One non-empty document of a source, as written, with its kind and name
-/// where they can be read (the control plane stores documents one by one).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// where they can be read (the control plane stores documents one by one),
+/// and its YAML as read, for [`validate`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct SourceDocument {
     /// 1-based, counting as [`parse`] counts (empty documents skipped).
     pub index: usize,
@@ -109,6 +116,7 @@ pub struct SourceDocument {
     pub name: Option<String>,
     /// The document's text, without its `---` marker.
     pub text: String,
+    value: Result<Value, YamlError>,
 }
 
 /// Cuts a source into its documents, by the same rules as [`parse`]. A
@@ -136,6 +144,7 @@ pub fn documents(source: &str) -> Vec<SourceDocument> {
             kind,
             name,
             text: format!("{text}\n"),
+            value,
         });
     }
     out
@@ -256,10 +265,10 @@ struct Validator {
 }
 
 impl Validator {
-    fn new(documents: &[Option<Value>], errors: Vec<PolicyError>) -> Self {
+    fn new(documents: &[&SourceDocument], errors: Vec<PolicyError>) -> Self {
         let mut segment_names = Vec::new();
         let mut segment_name_set = HashSet::new();
-        for value in documents.iter().flatten() {
+        for value in documents.iter().filter_map(|d| d.value.as_ref().ok()) {
             if value.get("kind").and_then(Value::as_str) == Some(SEGMENT_KIND)
                 && let Some(name) = value
                     .get("metadata")
@@ -275,7 +284,7 @@ impl Validator {
             doc: DocRef::default(),
             segment_names,
             segment_name_set,
-            complete: documents.iter().all(Option::is_some),
+            complete: documents.iter().all(|d| d.value.is_ok()),
             names: HashMap::new(),
             cidrs: HashMap::new(),
             vlans: HashMap::new(),

@@ -6,16 +6,16 @@
 //! one transaction that compares the current revision's key: a stale writer
 //! is refused, never merged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use wardline_policy::compile::NodeInfo;
-use wardline_policy::{PolicyErrors, PolicySet};
+use wardline_policy::{CompileOptions, PolicyErrors, PolicySet, Schedule, SourceDocument};
 
 use wardline_signing::{Signer, Verifier};
 use wardline_store::{Compare, Op, Store, StoreError};
@@ -421,21 +421,28 @@ pub struct Plan {
     pub changes: Vec<ChangeRecord>,
 }
 
-/// Merges the documents of `source` into `current` by (kind, name): new ones
-/// are created, same-named ones replaced. Nothing is validated here.
-pub fn plan_apply(current: &[StoredDocument], source: &str) -> Result<Plan, RegistryError> {
-    plan(current, source, false)
-}
-
-/// As [`plan_apply`]; with `prune`, stored documents the source does not
-/// have are deleted: the source becomes the whole policy.
-pub fn plan(current: &[StoredDocument], source: &str, prune: bool) -> Result<Plan, RegistryError> {
+/// Cuts an apply's source into its documents and reads each once: the
+/// planning, validation and compilation of the apply all work from what
+/// this returns.
+pub fn read_source(source: &str) -> Result<Vec<SourceDocument>, RegistryError> {
     if source.len() > MAX_SOURCE_BYTES {
         return Err(RegistryError::TooLarge {
             size: source.len(),
             limit: MAX_SOURCE_BYTES,
         });
     }
+    Ok(wardline_policy::documents(source))
+}
+
+/// Merges the `applied` documents into `current` by (kind, name): new ones
+/// are created, same-named ones replaced. Nothing is validated here.
+pub fn plan_apply(current: &[StoredDocument], applied: &[SourceDocument]) -> Plan {
+    plan(current, applied, false)
+}
+
+/// As [`plan_apply`]; with `prune`, stored documents the source does not
+/// have are deleted: the source becomes the whole policy.
+pub fn plan(current: &[StoredDocument], applied: &[SourceDocument], prune: bool) -> Plan {
     let mut docs: BTreeMap<(DocumentKind, String), StoredDocument> = current
         .iter()
         .map(|d| ((d.kind, d.name.clone()), d.clone()))
@@ -444,30 +451,39 @@ pub fn plan(current: &[StoredDocument], source: &str, prune: bool) -> Result<Pla
     // The documents of the source a revision can hold; validation of the
     // merged source names the problem with any other (no kind, no name,
     // a kind that is not a segment or a policy).
-    let named: Vec<(DocumentKind, String, String)> = wardline_policy::documents(source)
-        .into_iter()
-        .filter_map(|d| Some((DocumentKind::of_document(&d.kind?)?, d.name?, d.text)))
+    let named: BTreeMap<(DocumentKind, &str), &str> = applied
+        .iter()
+        .filter_map(|d| {
+            let kind = DocumentKind::of_document(d.kind.as_deref()?)?;
+            Some(((kind, d.name.as_deref()?), d.text.as_str()))
+        })
         .collect();
-    for (kind, name, text) in &named {
-        let doc = StoredDocument {
-            kind: *kind,
-            name: name.clone(),
-            text: text.clone(),
+    for d in applied {
+        let (Some(kind), Some(name)) = (
+            d.kind.as_deref().and_then(DocumentKind::of_document),
+            d.name.as_deref(),
+        ) else {
+            continue;
         };
-        let action = match docs.insert((*kind, name.clone()), doc) {
+        let doc = StoredDocument {
+            kind,
+            name: name.to_owned(),
+            text: d.text.clone(),
+        };
+        let action = match docs.insert((kind, name.to_owned()), doc) {
             None => ChangeAction::Created,
-            Some(old) if old.text == *text => continue,
+            Some(old) if old.text == d.text => continue,
             Some(_) => ChangeAction::Updated,
         };
         changes.push(ChangeRecord {
-            kind: *kind,
-            name: name.clone(),
+            kind,
+            name: name.to_owned(),
             action,
         });
     }
     if prune {
         docs.retain(|(kind, name), _| {
-            let keep = named.iter().any(|(k, n, _)| k == kind && n == name);
+            let keep = named.contains_key(&(*kind, name.as_str()));
             if !keep {
                 changes.push(ChangeRecord {
                     kind: *kind,
@@ -478,41 +494,92 @@ pub fn plan(current: &[StoredDocument], source: &str, prune: bool) -> Result<Pla
             keep
         });
     }
-    Ok(Plan {
+    Plan {
         documents: sorted(docs.into_values().collect()),
         changes,
+    }
+}
+
+/// What validating an apply made of it, handed on to compilation so that
+/// nothing is read or compiled twice.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    /// The documents as the revision holds them: in its order, numbered as
+    /// its stored source numbers them (what parsing that source gives).
+    pub set: PolicySet,
+    /// `set` compiled at `compiled_at` for `nodes`.
+    pub schedule: Schedule,
+    pub compiled_at: OffsetDateTime,
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// Validates and compiles the documents an apply would produce. Errors
+/// name the `applied` documents by their position in the source; stored
+/// documents the apply leaves alone are numbered after them. The stored
+/// documents are read here; the applied ones are not read again.
+pub fn validate_plan(
+    applied: &[SourceDocument],
+    plan: &Plan,
+    nodes: &[NodeInfo],
+) -> Result<Validated, RegistryError> {
+    let keys: HashSet<(&str, &str)> = applied
+        .iter()
+        .filter_map(|d| Some((d.kind.as_deref()?, d.name.as_deref()?)))
+        .collect();
+    let mut kept = Vec::new();
+    for d in &plan.documents {
+        if !keys.contains(&(d.kind.as_str(), d.name.as_str())) {
+            for mut doc in wardline_policy::documents(&d.text) {
+                doc.index = applied.len() + kept.len() + 1;
+                kept.push(doc);
+            }
+        }
+    }
+    let checked: Vec<&SourceDocument> = applied.iter().chain(&kept).collect();
+    let set = wardline_policy::validate(&checked).map_err(RegistryError::Invalid)?;
+    unstorable(applied)?;
+    let set = in_stored_order(set);
+    let compiled_at = OffsetDateTime::now_utc();
+    // Every window ahead is compiled too: a revision whose tables would
+    // not fit once a window opens is refused now, not left unsent then.
+    let schedule = Schedule::compile(
+        &set,
+        &CompileOptions {
+            now: compiled_at,
+            nodes: nodes.to_vec(),
+        },
+        wardline_ebpf_abi::MAX_SCHEDULED as usize,
+    )?;
+    Ok(Validated {
+        set,
+        schedule,
+        compiled_at,
+        nodes: nodes.to_vec(),
     })
 }
 
-/// Validates the documents an apply would produce. Errors name the
-/// documents of `source` by their position there: the applied documents
-/// come first in the checked source, stored ones after them.
-pub fn validate_plan(
-    source: &str,
-    plan: &Plan,
-    nodes: &[NodeInfo],
-) -> Result<PolicySet, RegistryError> {
-    let applied = wardline_policy::documents(source);
-    let keys: Vec<(Option<&str>, Option<&str>)> = applied
-        .iter()
-        .map(|d| (d.kind.as_deref(), d.name.as_deref()))
-        .collect();
-    let mut checked: String = applied.iter().map(|d| format!("---\n{}", d.text)).collect();
-    for d in &plan.documents {
-        if !keys.contains(&(Some(d.kind.as_str()), Some(d.name.as_str()))) {
-            checked.push_str(&format!("---\n{}", d.text));
-        }
+/// `set` as parsing its revision's stored source gives it: each kind in
+/// name order and the kinds in [`DocumentKind`] order ([`sorted`]), every
+/// document numbered by its position there. Neither validation nor the
+/// compiled tables depend on document order (compilation numbers segments
+/// and policies by name); this makes the handed-on set the very one every
+/// other replica reads from the store, messages' document numbers included.
+fn in_stored_order(mut set: PolicySet) -> PolicySet {
+    set.segments.sort_by(|a, b| a.name.cmp(&b.name));
+    set.policies.sort_by(|a, b| a.name.cmp(&b.name));
+    set.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    set.approvals.sort_by(|a, b| a.name.cmp(&b.name));
+    let docs = set
+        .segments
+        .iter_mut()
+        .map(|d| &mut d.doc)
+        .chain(set.policies.iter_mut().map(|d| &mut d.doc))
+        .chain(set.nodes.iter_mut().map(|d| &mut d.doc))
+        .chain(set.approvals.iter_mut().map(|d| &mut d.doc));
+    for (i, doc) in docs.enumerate() {
+        doc.index = i + 1;
     }
-    let set = wardline_policy::parse(&checked).map_err(RegistryError::Invalid)?;
-    unstorable(&applied)?;
-    wardline_policy::Dataplane::compile(
-        &set,
-        &wardline_policy::CompileOptions {
-            now: OffsetDateTime::now_utc(),
-            nodes: nodes.to_vec(),
-        },
-    )?;
-    Ok(set)
+    set
 }
 
 /// Refuses a document the policy language accepts but a revision cannot
@@ -543,6 +610,16 @@ pub struct Registry {
     signer: Signer,
     /// Checks every replica's seals.
     verifier: Verifier,
+    /// What this replica validated for the last apply it wrote, by the
+    /// SHA-256 of the documents' source, for compiling them without
+    /// reading them again.
+    validated: Arc<Mutex<Option<HandedOn>>>,
+}
+
+/// What an apply validated, by the SHA-256 of its revision's source.
+struct HandedOn {
+    sha256: String,
+    validated: Arc<Validated>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
@@ -570,7 +647,18 @@ impl Registry {
             store,
             signer,
             verifier,
+            validated: Arc::default(),
         }
+    }
+
+    /// What this replica validated when it applied `record`'s documents:
+    /// their typed form and tables, so that the revision is not read and
+    /// compiled again. `None` for documents another replica applied.
+    pub fn validated(&self, record: &RevisionRecord) -> Option<Arc<Validated>> {
+        let held = self.validated.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref()
+            .filter(|h| h.sha256 == record.sha256)
+            .map(|h| h.validated.clone())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -749,13 +837,18 @@ impl Registry {
         message: &str,
     ) -> Result<(Option<RevisionRecord>, Plan), RegistryError> {
         let (current, current_mod) = self.current().await?;
-        let plan = plan(&current.documents, source, prune)?;
         let nodes = self.node_infos().await?;
-        // Off the runtime's threads: a large policy takes a while.
-        let (checked, planned) = (source.to_owned(), plan.clone());
-        tokio::task::spawn_blocking(move || validate_plan(&checked, &planned, &nodes))
-            .await
-            .map_err(|e| RegistryError::Internal(format!("validating: {e}")))??;
+        // Off the runtime's threads: a large policy takes a while to read,
+        // validate and compile, and it is done once.
+        let (source, stored) = (source.to_owned(), current.documents.clone());
+        let (plan, validated) = tokio::task::spawn_blocking(move || {
+            let applied = read_source(&source)?;
+            let plan = plan(&stored, &applied, prune);
+            let validated = validate_plan(&applied, &plan, &nodes)?;
+            Ok::<_, RegistryError>((plan, validated))
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(format!("validating: {e}")))??;
         if let Some(expected) = expected
             && expected != current.revision
         {
@@ -767,6 +860,13 @@ impl Registry {
         if plan.changes.is_empty() {
             return Ok((None, plan));
         }
+        // Handed on before the write: the cluster view may rebuild as soon
+        // as the revision lands. Kept by what the documents are, so it can
+        // only ever stand for these documents.
+        *self.validated.lock().unwrap_or_else(|e| e.into_inner()) = Some(HandedOn {
+            sha256: sha256_hex(source_of(&plan.documents).as_bytes()),
+            validated: Arc::new(validated),
+        });
         let record = self
             .commit(
                 &current,
@@ -1171,6 +1271,100 @@ mod tests {
                 format!("{:?}", action.as_str())
             );
         }
+    }
+
+    fn segment(name: &str, cidr: &str) -> String {
+        format!(
+            "apiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: {name}}}\nspec: {{cidrs: [{cidr}]}}\n"
+        )
+    }
+
+    fn allow(name: &str, from: &str, to: &str, port: u16) -> String {
+        format!(
+            "apiVersion: wardline/v1\nkind: Policy\nmetadata: {{name: {name}}}\n\
+             spec: {{action: allow, from: [{from}], to: [{to}], ports: [{{protocol: tcp, port: {port}}}]}}\n"
+        )
+    }
+
+    fn stored(source: &str) -> Vec<StoredDocument> {
+        plan(&[], &read_source(source).unwrap(), false).documents
+    }
+
+    #[test]
+    fn an_apply_is_validated_into_what_its_stored_revision_parses_to() {
+        // Applied in an order of its own, over stored documents it leaves
+        // alone and one it replaces: the set validation hands on must be
+        // the one the follower would get by reading the revision back.
+        let current = stored(&format!(
+            "{}---\n{}---\n{}",
+            segment("monitors", "198.18.20.0/24"),
+            segment("ehr", "198.18.10.0/24"),
+            allow("b-old", "monitors", "ehr", 443)
+        ));
+        let source = format!(
+            "{}---\n{}---\n{}---\n{}",
+            allow("z-new", "pumps", "ehr", 8443),
+            segment("pumps", "198.18.30.0/24"),
+            allow("b-old", "pumps", "monitors", 2575),
+            segment("alarms", "198.18.40.0/24"),
+        );
+        let applied = read_source(&source).unwrap();
+        let plan = plan(&current, &applied, false);
+        let validated = validate_plan(&applied, &plan, &[]).unwrap();
+        let reread = wardline_policy::parse(&source_of(&plan.documents)).unwrap();
+        assert_eq!(validated.set, reread);
+        let names: Vec<&str> = validated
+            .set
+            .segments
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["alarms", "ehr", "monitors", "pumps"]);
+        let options = CompileOptions {
+            now: validated.compiled_at,
+            nodes: vec![],
+        };
+        assert_eq!(
+            validated.schedule,
+            Schedule::compile(&reread, &options, wardline_ebpf_abi::MAX_SCHEDULED as usize)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_applied_documents_by_their_place_in_the_source() {
+        let current = stored(&segment("ehr", "198.18.10.0/24"));
+        // Document 2 claims the stored segment's prefix (reported on the
+        // stored one, numbered after the source's three); document 3 is not
+        // YAML, and its line is the line of the source the operator wrote.
+        let source = format!(
+            "{}---\n{}---\nkind: [unclosed\n",
+            allow("p", "pumps", "ehr", 443),
+            segment("pumps", "198.18.10.0/24"),
+        );
+        let applied = read_source(&source).unwrap();
+        let errors = match validate_plan(&applied, &plan(&current, &applied, false), &[]) {
+            Err(RegistryError::Invalid(errors)) => errors,
+            other => panic!("expected the apply refused, got {other:?}"),
+        };
+        let text = errors.to_string();
+        assert!(
+            text.contains(
+                "document 4 (Segment \"ehr\"): spec.cidrs[0]: \"198.18.10.0/24\" is already claimed by document 2 (Segment \"pumps\")"
+            ),
+            "{text}"
+        );
+        let syntax = errors.iter().find(|e| e.document == 3).expect("document 3");
+        assert_eq!(syntax.location.map(|l| l.line), Some(11), "{text}");
+    }
+
+    #[test]
+    fn an_oversized_source_is_refused_unread() {
+        let source = "#".repeat(MAX_SOURCE_BYTES + 1);
+        assert!(matches!(
+            read_source(&source),
+            Err(RegistryError::TooLarge { size, .. }) if size == MAX_SOURCE_BYTES + 1
+        ));
     }
 
     #[test]

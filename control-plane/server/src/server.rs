@@ -31,7 +31,8 @@ use crate::limits;
 use crate::liveness::{Heard, Liveness, PUBLISH_EVERY};
 use crate::registry::{
     AgentRecord, Author, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
-    RegistryError, RevisionAction, RevisionRecord, RevocationRecord, plan_apply, validate_plan,
+    RegistryError, RevisionAction, RevisionRecord, RevocationRecord, Validated, plan_apply,
+    read_source, validate_plan,
 };
 use crate::renewal::{self, Renewal};
 use time::format_description::well_known::Rfc3339;
@@ -71,26 +72,44 @@ pub struct Cluster {
     pub revoked: Arc<Revoked>,
 }
 
+/// Compiles `record` for `nodes`. `validated`: what this replica made of
+/// the same documents when it applied them; its typed documents are used
+/// as they are (not read again), and its tables too while they still stand
+/// (the same nodes, no window boundary passed since).
 fn compile(
     record: &RevisionRecord,
     nodes: &[NodeInfo],
+    validated: Option<Arc<Validated>>,
     blocked: BTreeMap<String, BlockRecord>,
     revoked: Arc<Revoked>,
     signer: &Signer,
 ) -> Result<Cluster, String> {
-    let source = record.source();
-    let set = wardline_policy::parse(&source).map_err(|e| e.to_string())?;
     let now = OffsetDateTime::now_utc();
-    let schedule = Schedule::compile(
-        &set,
-        &CompileOptions {
-            now,
-            nodes: nodes.to_vec(),
-        },
-        wardline_ebpf_abi::MAX_SCHEDULED as usize,
-    )
-    .map_err(|e| e.to_string())?;
-    let admitted = wardline_policy::nodes::admit(&set, nodes);
+    let parsed;
+    let set = match &validated {
+        Some(v) => &v.set,
+        None => {
+            parsed = wardline_policy::parse(&record.source()).map_err(|e| e.to_string())?;
+            &parsed
+        }
+    };
+    let standing = validated
+        .as_ref()
+        .filter(|v| v.nodes == nodes && v.schedule.now.next_change.is_none_or(|t| t > now));
+    let (schedule, compiled_at) = match standing {
+        Some(v) => (v.schedule.clone(), v.compiled_at),
+        None => {
+            let options = CompileOptions {
+                now,
+                nodes: nodes.to_vec(),
+            };
+            let schedule =
+                Schedule::compile(set, &options, wardline_ebpf_abi::MAX_SCHEDULED as usize)
+                    .map_err(|e| e.to_string())?;
+            (schedule, now)
+        }
+    };
+    let admitted = wardline_policy::nodes::admit(set, nodes);
     // Only compiled tables go out: the policy source and what any node
     // claimed stay here. An agent programs them as they are, and follows
     // the window boundaries they carry with the control plane away.
@@ -99,7 +118,7 @@ fn compile(
     let snapshot = v1::PolicySnapshot {
         revision: record.revision,
         policy_sha256: record.sha256.clone(),
-        compiled_at: format_time(now),
+        compiled_at: format_time(compiled_at),
         tables_sha256: hex::encode(dataplane_hash),
         tables,
     };
@@ -528,12 +547,14 @@ impl Follower {
         // Parsing and compiling a large policy takes a while: off the
         // runtime's threads, so that calls and streams go on meanwhile.
         let signer = self.signer.clone();
+        let validated = self.registry.validated(&record);
         let (record, nodes) = (Arc::new(record), Arc::new(nodes));
         let (r, n) = (record.clone(), nodes.clone());
-        let compiled =
-            tokio::task::spawn_blocking(move || compile(&r, &n, blocked, revoked, &signer))
-                .await
-                .unwrap_or_else(|e| Err(format!("compiling: {e}")));
+        let compiled = tokio::task::spawn_blocking(move || {
+            compile(&r, &n, validated, blocked, revoked, &signer)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("compiling: {e}")));
         match compiled {
             Ok(cluster) => {
                 tracing::info!(
@@ -681,17 +702,19 @@ impl Management for ControlPlane {
         self.operator(&req)?;
         let source = &req.get_ref().source;
         let (current, _) = self.registry.current().await.map_err(registry_status)?;
-        let plan = plan_apply(&current.documents, source).map_err(registry_status)?;
         let nodes = self.registry.node_infos().await.map_err(registry_status)?;
-        let checked = source.clone();
-        let validated = tokio::task::spawn_blocking(move || validate_plan(&checked, &plan, &nodes))
-            .await
-            .map_err(internal)?;
+        let (source, stored) = (source.clone(), current.documents);
+        let validated = tokio::task::spawn_blocking(move || {
+            let applied = read_source(&source)?;
+            validate_plan(&applied, &plan_apply(&stored, &applied), &nodes)
+        })
+        .await
+        .map_err(internal)?;
         Ok(Response::new(match validated {
-            Ok(set) => v1::ValidateResponse {
+            Ok(validated) => v1::ValidateResponse {
                 errors: vec![],
-                segments: set.segments.len() as u32,
-                policies: set.policies.len() as u32,
+                segments: validated.set.segments.len() as u32,
+                policies: validated.set.policies.len() as u32,
             },
             Err(RegistryError::Invalid(errors)) => v1::ValidateResponse {
                 errors: validation_errors(&errors),
@@ -750,8 +773,8 @@ impl Management for ControlPlane {
         self.operator(&req)?;
         let source = &req.get_ref().source;
         let (current, _) = self.registry.current().await.map_err(registry_status)?;
-        let plan = crate::registry::plan(&current.documents, source, req.get_ref().prune)
-            .map_err(registry_status)?;
+        let applied = read_source(source).map_err(registry_status)?;
+        let plan = crate::registry::plan(&current.documents, &applied, req.get_ref().prune);
         let old: BTreeMap<_, _> = current
             .documents
             .iter()

@@ -442,6 +442,50 @@ fn tables(s: &v1::PolicySnapshot) -> wardline_policy::Dataplane {
 }
 
 #[tokio::test]
+async fn an_apply_is_sent_as_read_once_and_as_its_stored_revision_compiles() {
+    // The replica validates and compiles the apply from the source as the
+    // operator ordered it, and sends those tables without reading the
+    // revision back. They must be the tables any replica compiles from the
+    // stored revision, or two replicas would send different tables for one
+    // revision.
+    let site = site("read-once").await;
+    let mut op = site.operator().await;
+    let source = format!(
+        "{POLICY}---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: alarms}}\nspec: {{cidrs: [\"198.18.40.0/24\"]}}\n---\n{SEGMENTS}"
+    );
+    op.apply(apply(&source, None, "")).await.unwrap();
+    let mut gw1 = site.agent("gw-1").await;
+    let mut stream = watch_from_start(&mut gw1, "gw-1").await;
+    let sent = next_where(&mut stream, |s| s.revision == 1).await;
+    let stored = op
+        .get(v1::GetRequest {
+            revision: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reread: String = stored
+        .documents
+        .iter()
+        .map(|d| format!("---\n{}", d.yaml))
+        .collect();
+    let set = wardline_policy::parse(&reread).unwrap();
+    let names: Vec<&str> = set.segments.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["alarms", "pump-server", "pumps"], "stored order");
+    let options = wardline_policy::CompileOptions {
+        now: time::OffsetDateTime::now_utc(),
+        nodes: vec![],
+    };
+    let schedule = wardline_policy::Schedule::compile(&set, &options, 8).unwrap();
+    let expected = prost::Message::encode_to_vec(&v1::Tables::from(&schedule));
+    assert_eq!(
+        sent.tables, expected,
+        "the tables the stored revision compiles to"
+    );
+}
+
+#[tokio::test]
 async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
     let site = site("agents").await;
     let mut op = site.operator().await;
