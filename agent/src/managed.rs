@@ -41,7 +41,55 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// where the outcome (the generation, or why not) goes back.
 struct Incoming {
     snapshot: v1::SignedSnapshot,
-    reply: oneshot::Sender<Result<u32, String>>,
+    reply: oneshot::Sender<Result<u32, Refusal>>,
+}
+
+/// Why a snapshot was not enforced.
+#[derive(Debug)]
+struct Refusal {
+    message: String,
+    /// A change to tables this agent does not hold (or that does not make
+    /// the tables it was signed for): a new Watch gets whole tables.
+    resync: bool,
+}
+
+impl Refusal {
+    fn resync(message: String) -> Self {
+        Self {
+            message,
+            resync: true,
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            resync: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The last tables received whole or made from a change, checked against
+/// their signed hash: what the next change from the stream applies to.
+struct Held {
+    sha256: String,
+    schedule: Schedule,
+}
+
+/// Where the whole tables of a snapshot sent as a change come from.
+enum Base<'a> {
+    /// The tables last received on the channel.
+    Held(Option<&'a Held>),
+    /// The tables persisted beside the snapshot, named by their hash.
+    Disk(&'a Path),
 }
 
 /// The addresses of the enforced interfaces (for `nodeSelector`).
@@ -76,6 +124,8 @@ fn node_addresses(interfaces: &[String]) -> Vec<IpAddr> {
 struct Opened {
     snapshot: v1::PolicySnapshot,
     schedule: Schedule,
+    /// The encoded tables whose SHA-256 the snapshot names.
+    tables: Vec<u8>,
     /// The replica that signed it.
     signer: String,
 }
@@ -84,16 +134,17 @@ struct Opened {
 /// CA over exactly these bytes, its tables match their hash and decode.
 /// The signer's certificate must be valid now (`from_disk`: at the time
 /// the snapshot was compiled, so that a replica certificate that expired
-/// since does not make the agent drop what it enforced).
+/// since does not make the agent drop what it enforced). A snapshot sent as
+/// a change takes its base tables from `base`.
 fn open_snapshot(
     signed: &v1::SignedSnapshot,
     verifier: &Verifier,
-    from_disk: bool,
-) -> Result<Opened, String> {
+    base: Base<'_>,
+) -> Result<Opened, Refusal> {
     let snapshot = v1::PolicySnapshot::decode(signed.snapshot.as_ref())
         .map_err(|e| format!("the snapshot cannot be decoded: {e}"))?;
     let revision = snapshot.revision;
-    let at = if from_disk {
+    let at = if matches!(base, Base::Disk(_)) {
         let compiled = OffsetDateTime::parse(&snapshot.compiled_at, &Rfc3339).map_err(|e| {
             format!(
                 "revision {revision}: compiled_at {:?} is not RFC 3339: {e}",
@@ -115,19 +166,75 @@ fn open_snapshot(
     let signer = verifier
         .verify(&signed.snapshot, &seal, at)
         .map_err(|e| format!("revision {revision}: the signature is refused: {e}"))?;
-    if sha256_hex(&snapshot.tables) != snapshot.tables_sha256 {
-        return Err(format!(
-            "revision {revision}: the tables do not match their tables_sha256"
-        ));
+    let tables = match &snapshot.delta {
+        None => snapshot.tables.clone(),
+        Some(delta) => changed_tables(revision, delta, &snapshot.tables_sha256, base)?,
+    };
+    if sha256_hex(&tables) != snapshot.tables_sha256 {
+        let message = format!("revision {revision}: the tables do not match their tables_sha256");
+        return Err(if snapshot.delta.is_some() {
+            Refusal::resync(format!("{message} (made from a change)"))
+        } else {
+            message.into()
+        });
     }
-    let tables = v1::Tables::decode(snapshot.tables.as_ref())
+    let decoded = v1::Tables::decode(tables.as_slice())
         .map_err(|e| format!("revision {revision}: the tables cannot be decoded: {e}"))?;
-    let schedule = Schedule::try_from(&tables).map_err(|e| format!("revision {revision}: {e}"))?;
+    let schedule = Schedule::try_from(&decoded).map_err(|e| format!("revision {revision}: {e}"))?;
     Ok(Opened {
         snapshot,
         schedule,
+        tables,
         signer: signer.name,
     })
+}
+
+/// The whole tables a change makes: from the tables held, when they are
+/// the change's base; from the file persisted with the snapshot on disk.
+fn changed_tables(
+    revision: u64,
+    delta: &v1::TablesDelta,
+    tables_sha256: &str,
+    base: Base<'_>,
+) -> Result<Vec<u8>, Refusal> {
+    match base {
+        Base::Held(held) => {
+            let Some(held) = held.filter(|h| h.sha256 == delta.base_tables_sha256) else {
+                return Err(Refusal::resync(format!(
+                    "revision {revision}: a change to tables {} this agent does not hold",
+                    delta.base_tables_sha256
+                )));
+            };
+            let made =
+                wardline_proto::delta::apply(&held.schedule, &delta.dataplanes).map_err(|e| {
+                    Refusal::resync(format!(
+                        "revision {revision}: the change does not fit the tables it names: {e}"
+                    ))
+                })?;
+            Ok(v1::Tables::from(&made).encode_to_vec())
+        }
+        Base::Disk(dir) => {
+            let path = dir.join(tables_file(tables_sha256));
+            std::fs::read(&path).map_err(|e| {
+                format!(
+                    "revision {revision}: the tables it changes to ({}) cannot be read: {e}",
+                    path.display()
+                )
+                .into()
+            })
+        }
+    }
+}
+
+/// The file that keeps the whole tables of a snapshot received as a
+/// change, named by their SHA-256 (hex, as the snapshot names it).
+fn tables_file(sha256: &str) -> String {
+    let safe: String = sha256
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(64)
+        .collect();
+    format!("tables-{safe}.pb")
 }
 
 /// The persisted snapshot (the signed bytes as received) and the record of
@@ -181,14 +288,34 @@ impl Persisted {
         write_private(&self.dir, name, bytes)
     }
 
-    /// Keeps `signed` as the snapshot in force.
+    /// Keeps `signed` as the snapshot in force. A snapshot received as a
+    /// change is kept with the whole tables it made, in a file of their
+    /// own written first: whichever snapshot a crash leaves finds its
+    /// tables.
     fn store(&self, signed: &v1::SignedSnapshot, opened: &Opened) -> std::io::Result<()> {
+        let keep = opened
+            .snapshot
+            .delta
+            .is_some()
+            .then(|| tables_file(&opened.snapshot.tables_sha256));
+        if let Some(name) = &keep {
+            self.write(name, &opened.tables)?;
+        }
         self.write(SNAPSHOT_FILE, &signed.encode_to_vec())?;
         let record = format!(
             "{} {}\n",
             opened.snapshot.revision, opened.snapshot.tables_sha256
         );
-        self.write(ENFORCED_FILE, record.as_bytes())
+        self.write(ENFORCED_FILE, record.as_bytes())?;
+        // Tables of snapshots no longer in force.
+        for entry in std::fs::read_dir(&self.dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tables-") && name.ends_with(".pb") && Some(&name) != keep.as_ref()
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     fn last_enforced(&self) -> Result<Option<LastEnforced>, String> {
@@ -228,7 +355,8 @@ impl Persisted {
         };
         let signed = v1::SignedSnapshot::decode(bytes.as_slice())
             .map_err(|e| refused(format!("it cannot be decoded: {e}")))?;
-        let opened = open_snapshot(&signed, verifier, true).map_err(refused)?;
+        let opened = open_snapshot(&signed, verifier, Base::Disk(&self.dir))
+            .map_err(|e| refused(e.message))?;
         let revision = opened.snapshot.revision;
         match self.last_enforced().map_err(refused)? {
             Some(last) if revision < last.revision => {
@@ -293,19 +421,28 @@ fn apply_snapshot(
     }
 }
 
-/// Checks a snapshot from the channel, then enforces it.
+/// Checks a snapshot from the channel, then enforces it. `held`: the
+/// tables a change applies to, replaced by these once they check out
+/// (enforced or not: they are what the stream sent).
 fn receive(
     rt: &mut Runtime,
     signed: &v1::SignedSnapshot,
     verifier: &Verifier,
     persisted: &Persisted,
-) -> Result<u32, String> {
-    match open_snapshot(signed, verifier, false) {
-        Ok(opened) => apply_snapshot(rt, signed, opened, persisted),
+    held: &mut Option<Held>,
+) -> Result<u32, Refusal> {
+    match open_snapshot(signed, verifier, Base::Held(held.as_ref())) {
+        Ok(opened) => {
+            *held = Some(Held {
+                sha256: opened.snapshot.tables_sha256.clone(),
+                schedule: opened.schedule.clone(),
+            });
+            apply_snapshot(rt, signed, opened, persisted).map_err(Refusal::from)
+        }
         Err(e) => {
             let mut state = rt.state();
             state.reloads_failed += 1;
-            state.last_error = Some(e.clone());
+            state.last_error = Some(e.message.clone());
             Err(e)
         }
     }
@@ -339,9 +476,14 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
     let persisted = Persisted { dir };
     let verifier = Verifier::from_ca_file(&cp.ca_file).context("spec.controlPlane.caFile")?;
     let mut rt = Runtime::open(config.clone(), "managed")?;
+    let mut held = None;
     match persisted.load(&verifier) {
         Ok(Some((signed, opened))) => {
             let revision = opened.snapshot.revision;
+            held = Some(Held {
+                sha256: opened.snapshot.tables_sha256.clone(),
+                schedule: opened.schedule.clone(),
+            });
             match apply_snapshot(&mut rt, &signed, opened, &persisted) {
                 Ok(_) => tracing::info!(
                     revision,
@@ -382,7 +524,7 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
     loop {
         tokio::select! {
             Some(incoming) = rx.recv() => {
-                let outcome = receive(&mut rt, &incoming.snapshot, &verifier, &persisted);
+                let outcome = receive(&mut rt, &incoming.snapshot, &verifier, &persisted, &mut held);
                 if let Err(e) = &outcome {
                     tracing::error!("{e}; the previous policy stays in force");
                 }
@@ -619,15 +761,25 @@ impl Session {
                     if self.tx.send(Incoming { snapshot, reply }).await.is_err() {
                         return Ok(Ended::Closed);
                     }
-                    let outcome = outcome.await.unwrap_or_else(|_| Err("the agent is stopping".into()));
-                    let (generation, error) = match outcome {
-                        Ok(g) => (g, String::new()),
-                        Err(e) => (0, e),
+                    let outcome = outcome.await.unwrap_or_else(|_| Err("the agent is stopping".to_owned().into()));
+                    let (generation, error, resync) = match outcome {
+                        Ok(g) => (g, String::new(), false),
+                        Err(e) => (0, e.message, e.resync),
                     };
                     client
                         .ack(v1::AckRequest { node: node.clone(), revision, policy_sha256: sha, generation, error, tables_sha256: tables })
                         .await
                         .context("acknowledging")?;
+                    if resync {
+                        // A change to tables this agent does not hold: a
+                        // new stream starts with whole tables.
+                        tracing::warn!(node = %node, "asking for whole tables");
+                        stream = client
+                            .watch(v1::WatchRequest { node: node.clone(), known_revision: 0 })
+                            .await
+                            .context("watching again")?
+                            .into_inner();
+                    }
                 }
                 _ = heartbeat.tick() => {
                     if self.renew_if_due(&mut client, &presented, registered.certificate_lifetime_seconds).await {

@@ -21,7 +21,7 @@ pub struct WireError {
     pub message: String,
 }
 
-fn wire_err(field: impl Into<String>, message: impl Into<String>) -> WireError {
+pub(crate) fn wire_err(field: impl Into<String>, message: impl Into<String>) -> WireError {
     WireError {
         field: field.into(),
         message: message.into(),
@@ -67,6 +67,32 @@ fn ip_to_bytes(a: IpAddr) -> Vec<u8> {
     }
 }
 
+/// The network `p` names (its segment is the caller's to check).
+pub(crate) fn prefix_from_wire(field: &str, p: &v1::Prefix) -> Result<IpNet, WireError> {
+    let addr = ip_from_bytes(&format!("{field}.address"), &p.address)?;
+    let len = narrow::<u8>(format!("{field}.prefix_len"), p.prefix_len)?;
+    let net = IpNet::new(addr, len)
+        .map_err(|e| wire_err(format!("{field}.prefix_len"), e.to_string()))?;
+    // The control plane sends networks, never an address with host bits:
+    // one would not survive the way back (the wire carries `network()`),
+    // and names a prefix no policy wrote.
+    if net.network() != addr {
+        return Err(wire_err(
+            format!("{field}.address"),
+            format!("{addr} has host bits set for /{len}"),
+        ));
+    }
+    Ok(net)
+}
+
+pub(crate) fn prefix_to_wire(net: IpNet, segment: u32) -> v1::Prefix {
+    v1::Prefix {
+        address: ip_to_bytes(net.network()),
+        prefix_len: u32::from(net.prefix_len()),
+        segment,
+    }
+}
+
 impl From<&Dataplane> for v1::Dataplane {
     fn from(dp: &Dataplane) -> Self {
         v1::Dataplane {
@@ -92,11 +118,7 @@ impl From<&Dataplane> for v1::Dataplane {
             prefixes: dp
                 .prefixes
                 .iter()
-                .map(|(net, seg)| v1::Prefix {
-                    address: ip_to_bytes(net.network()),
-                    prefix_len: net.prefix_len() as u32,
-                    segment: *seg,
-                })
+                .map(|(net, seg)| prefix_to_wire(*net, *seg))
                 .collect(),
             vlans: dp
                 .vlans
@@ -197,21 +219,8 @@ impl TryFrom<&v1::Dataplane> for Dataplane {
         let mut prefixes = Vec::with_capacity(w.prefixes.len());
         for (i, p) in w.prefixes.iter().enumerate() {
             let field = format!("dataplane.prefixes[{i}]");
-            let addr = ip_from_bytes(&format!("{field}.address"), &p.address)?;
-            let len = narrow::<u8>(format!("{field}.prefix_len"), p.prefix_len)?;
-            let net = IpNet::new(addr, len)
-                .map_err(|e| wire_err(format!("{field}.prefix_len"), e.to_string()))?;
-            // The control plane sends networks, never an address with host
-            // bits: one would not survive the way back (the wire carries
-            // `network()`), and names a prefix no policy wrote.
-            if net.network() != addr {
-                return Err(wire_err(
-                    format!("{field}.address"),
-                    format!("{addr} has host bits set for /{len}"),
-                ));
-            }
             prefixes.push((
-                net,
+                prefix_from_wire(&field, p)?,
                 known_segment(format!("{field}.segment"), p.segment, false)?,
             ));
         }

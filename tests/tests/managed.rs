@@ -473,6 +473,152 @@ fn privileged_persisted_snapshot_is_signed_private_and_never_rolled_back() {
     check_matrix(&routed, "control plane back", expect_8080);
 }
 
+/// Registers `node` with `addresses` as its agent would, with a
+/// certificate of that name.
+fn register_node(site: &Site, node: &str, addresses: &[&str]) {
+    use wardline_proto::v1;
+
+    let (cert, key) = site.issue("agent", node);
+    let (ca, node, addresses) = (
+        site.ca(),
+        node.to_owned(),
+        addresses
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect::<Vec<_>>(),
+    );
+    // From the management network, where the replicas listen.
+    site.ns.run_in(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let url: wardline_tls::ServerAddress = Site::endpoint(0).parse().unwrap();
+            let channel = wardline_tls::client_endpoint(&url, &ca, &cert, &key)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            v1::agent_api_client::AgentApiClient::new(channel)
+                .register(v1::RegisterRequest {
+                    node,
+                    labels: Default::default(),
+                    addresses,
+                })
+                .await
+                .unwrap();
+        })
+    });
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_a_node_change_is_enforced_from_a_delta_and_kept_across_restarts() {
+    require_root();
+    let GatewaySite {
+        mut site,
+        store,
+        routed,
+        mut agent,
+        web,
+    } = gateway_site();
+    let ns = routed.agent_ns();
+    // The EHR database host joins a segment of its own when its node
+    // registers: no policy lets anything reach that segment.
+    let policy = format!(
+        "{web}---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {{name: ehr-db}}
+spec: {{nodeSelector: {{matchLabels: {{role: ehr-db}}}}}}
+---
+apiVersion: wardline/v1
+kind: Node
+metadata: {{name: ehr-db-1, labels: {{role: ehr-db}}}}
+spec: {{addresses: [\"198.18.41.10/32\", \"2001:db8:41::10/128\"]}}
+"
+    );
+    let revision = site.apply(0, &policy);
+    site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
+    let web_open = |c: &Cell| is(c, "ws", "ehr") && c.service == Service::Tcp(443);
+    check_matrix(&routed, "before the node joins", web_open);
+    let before = agent.status_json(ns)["tablesSha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tables_of = |file: &[u8]| {
+        let signed = <wardline_proto::v1::SignedSnapshot as prost::Message>::decode(file).unwrap();
+        <wardline_proto::v1::PolicySnapshot as prost::Message>::decode(signed.snapshot.as_ref())
+            .unwrap()
+    };
+    let earlier = tables_of(&std::fs::read(agent.state_file("snapshot.pb")).unwrap()).tables;
+    assert!(!earlier.is_empty(), "whole tables first");
+
+    register_node(&site, "ehr-db-1", &["198.18.41.10", "2001:db8:41::10"]);
+    let status = wait_status(
+        &agent,
+        ns,
+        Duration::from_secs(10),
+        "the node's change",
+        |s| s["tablesSha256"] != before.as_str(),
+    );
+    let after = status["tablesSha256"].as_str().unwrap().to_owned();
+    assert_eq!(
+        status["revision"], revision,
+        "a node change is no new revision"
+    );
+    assert!(status["lastError"].is_null(), "{status}");
+    check_matrix(&routed, "the host moved by its node", |_| false);
+    // It came as a change: the agent keeps the tables it made beside the
+    // snapshot, which holds no tables of its own.
+    let kept = agent.state_file(&format!("tables-{after}.pb"));
+    let made = std::fs::read(&kept).expect("the tables made from the change are kept");
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&made)),
+        after
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The control plane away, the agent restarts: it enforces the
+    // persisted change, its tables read back from the kept file.
+    site.replicas[0].kill9();
+    agent.kill9();
+    agent.spawn();
+    let status = wait_status(&agent, ns, Duration::from_secs(30), "restarted", |s| {
+        s["tablesSha256"] == after.as_str()
+    });
+    assert!(status["lastError"].is_null(), "{status}");
+    check_matrix(&routed, "restarted from the kept change", |_| false);
+
+    // Someone with the disk puts the earlier tables (the host back in
+    // ehr, port 443 open) in the kept file: refused, the pinned tables stay.
+    agent.kill9();
+    let inner = tables_of(&std::fs::read(agent.state_file("snapshot.pb")).unwrap());
+    assert!(
+        inner.tables.is_empty() && inner.delta.is_some(),
+        "the change itself is persisted"
+    );
+    std::fs::write(&kept, &earlier).unwrap();
+    agent.spawn();
+    wait_status(&agent, ns, Duration::from_secs(30), "the refusal", |s| {
+        s["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("do not match their tables_sha256"))
+    });
+    check_matrix(&routed, "tampered tables refused", |_| false);
+
+    // The control plane returns: whole tables, the same ones.
+    site.start_replica(0, &store);
+    let status = wait_status(&agent, ns, Duration::from_secs(15), "back", |s| {
+        s["tablesSha256"] == after.as_str() && s["lastError"].is_null()
+    });
+    assert_eq!(status["revision"], revision);
+    check_matrix(&routed, "control plane back", |_| false);
+}
+
 /// Until `check` holds of the agent's `/status`, within `within`.
 fn wait_status(
     agent: &Agent,

@@ -61,6 +61,12 @@ pub struct Cluster {
     pub snapshot: Arc<v1::SignedSnapshot>,
     /// SHA-256 of the compiled tables, to send only what changed.
     pub dataplane_hash: [u8; 32],
+    /// The tables compiled, to find what the next ones change.
+    pub schedule: Arc<Schedule>,
+    /// The same snapshot as a change to the tables before it, for streams
+    /// that sent those: when only prefixes changed (a node joined, left or
+    /// moved), a few bytes instead of the whole tables to every agent.
+    pub delta: Option<Delta>,
     pub next_change: Option<OffsetDateTime>,
     /// Each registered node as the operators' documents admit it.
     pub admitted: Arc<Vec<AdmittedNode>>,
@@ -76,14 +82,42 @@ pub struct Cluster {
 /// the same documents when it applied them; its typed documents are used
 /// as they are (not read again), and its tables too while they still stand
 /// (the same nodes, no window boundary passed since).
+/// A snapshot sent as a change to the tables whose SHA-256 is `base`.
+#[derive(Clone)]
+pub struct Delta {
+    pub base: [u8; 32],
+    pub snapshot: Arc<v1::SignedSnapshot>,
+}
+
+/// The cluster view a rebuild starts from: what it may reuse.
+struct Before {
+    /// This replica's own validation of the revision's documents.
+    validated: Option<Arc<Validated>>,
+    /// The tables of the view being replaced, and their SHA-256.
+    tables: Option<(Arc<Schedule>, [u8; 32])>,
+}
+
+/// Seals `snapshot` with the replica's key.
+fn seal(snapshot: &v1::PolicySnapshot, signer: &Signer) -> Result<v1::SignedSnapshot, String> {
+    let payload = prost::Message::encode_to_vec(snapshot);
+    let seal = signer.sign(&payload).map_err(|e| e.to_string())?;
+    Ok(v1::SignedSnapshot {
+        snapshot: payload.into(),
+        scheme: u32::from(seal.scheme),
+        signature: seal.signature.into(),
+        signer: seal.signer.into(),
+    })
+}
+
 fn compile(
     record: &RevisionRecord,
     nodes: &[NodeInfo],
-    validated: Option<Arc<Validated>>,
+    before: Before,
     blocked: BTreeMap<String, BlockRecord>,
     revoked: Arc<Revoked>,
     signer: &Signer,
 ) -> Result<Cluster, String> {
+    let validated = before.validated;
     let now = OffsetDateTime::now_utc();
     let parsed;
     let set = match &validated {
@@ -115,23 +149,43 @@ fn compile(
     // the window boundaries they carry with the control plane away.
     let tables = prost::Message::encode_to_vec(&v1::Tables::from(&schedule));
     let dataplane_hash: [u8; 32] = Sha256::digest(&tables).into();
-    let snapshot = v1::PolicySnapshot {
+    let full_size = tables.len();
+    let mut snapshot = v1::PolicySnapshot {
         revision: record.revision,
         policy_sha256: record.sha256.clone(),
         compiled_at: format_time(compiled_at),
         tables_sha256: hex::encode(dataplane_hash),
         tables,
+        delta: None,
     };
     // Encoded and signed once; every stream sends the same bytes.
-    let payload = prost::Message::encode_to_vec(&snapshot);
-    let seal = signer.sign(&payload).map_err(|e| e.to_string())?;
+    let full = seal(&snapshot, signer)?;
+    let delta = match before.tables {
+        Some((old, base)) if base != dataplane_hash => wardline_proto::delta::diff(&old, &schedule)
+            .map(|dataplanes| {
+                let d = v1::TablesDelta {
+                    base_tables_sha256: hex::encode(base),
+                    dataplanes,
+                };
+                (base, d)
+            }),
+        _ => None,
+    };
+    let delta = match delta {
+        Some((base, d)) if prost::Message::encoded_len(&d) < full_size => {
+            snapshot.tables = Vec::new();
+            snapshot.delta = Some(d);
+            Some(Delta {
+                base,
+                snapshot: Arc::new(seal(&snapshot, signer)?),
+            })
+        }
+        _ => None,
+    };
     Ok(Cluster {
-        snapshot: Arc::new(v1::SignedSnapshot {
-            snapshot: payload.into(),
-            scheme: u32::from(seal.scheme),
-            signature: seal.signature.into(),
-            signer: seal.signer.into(),
-        }),
+        snapshot: Arc::new(full),
+        schedule: Arc::new(schedule.clone()),
+        delta,
         record: Arc::new(record.clone()),
         nodes: Arc::new(nodes.to_vec()),
         dataplane_hash,
@@ -547,14 +601,20 @@ impl Follower {
         // Parsing and compiling a large policy takes a while: off the
         // runtime's threads, so that calls and streams go on meanwhile.
         let signer = self.signer.clone();
-        let validated = self.registry.validated(&record);
+        let before = Before {
+            validated: self.registry.validated(&record),
+            tables: self
+                .tx
+                .borrow()
+                .as_ref()
+                .map(|c| (c.schedule.clone(), c.dataplane_hash)),
+        };
         let (record, nodes) = (Arc::new(record), Arc::new(nodes));
         let (r, n) = (record.clone(), nodes.clone());
-        let compiled = tokio::task::spawn_blocking(move || {
-            compile(&r, &n, validated, blocked, revoked, &signer)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("compiling: {e}")));
+        let compiled =
+            tokio::task::spawn_blocking(move || compile(&r, &n, before, blocked, revoked, &signer))
+                .await
+                .unwrap_or_else(|e| Err(format!("compiling: {e}")));
         match compiled {
             Ok(cluster) => {
                 tracing::info!(
@@ -1311,8 +1371,15 @@ impl AgentApi for ControlPlane {
                 if let Some(c) = cluster {
                     let key = (c.record.revision, c.dataplane_hash);
                     if sent != Some(key) {
-                        tracing::debug!(node = %node, revision = c.record.revision, "snapshot sent");
-                        yield (*c.snapshot).clone();
+                        // The change alone to a stream that sent its base;
+                        // whole tables otherwise (a new stream, or one that
+                        // missed a view in between).
+                        let delta = c
+                            .delta
+                            .as_ref()
+                            .filter(|d| sent.is_some_and(|(_, tables)| tables == d.base));
+                        tracing::debug!(node = %node, revision = c.record.revision, delta = delta.is_some(), "snapshot sent");
+                        yield delta.map_or(&c.snapshot, |d| &d.snapshot).as_ref().clone();
                     }
                     sent = Some(key);
                 }

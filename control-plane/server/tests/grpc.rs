@@ -356,13 +356,42 @@ fn open(signed: &v1::SignedSnapshot) -> v1::PolicySnapshot {
         })
         .expect("signed by the site's replica");
     assert_eq!(who.role, Role::ControlPlane);
-    prost::Message::decode(signed.snapshot.as_ref()).unwrap()
+    let snapshot: v1::PolicySnapshot = prost::Message::decode(signed.snapshot.as_ref()).unwrap();
+    whole(snapshot)
+}
+
+/// `snapshot` with its tables whole: a change is made from the tables it
+/// names (seen earlier on this thread), as an agent makes it, and must
+/// give the tables the replica signed.
+fn whole(mut snapshot: v1::PolicySnapshot) -> v1::PolicySnapshot {
+    use sha2::Digest as _;
+
+    if let Some(delta) = &snapshot.delta {
+        let base = SEEN.with(|seen| seen.borrow().get(&delta.base_tables_sha256).cloned());
+        let base = base.expect("a change to tables this thread saw");
+        let base: v1::Tables = prost::Message::decode(base.as_slice()).unwrap();
+        let base = wardline_policy::Schedule::try_from(&base).unwrap();
+        let made = wardline_proto::delta::apply(&base, &delta.dataplanes).unwrap();
+        snapshot.tables = prost::Message::encode_to_vec(&v1::Tables::from(&made));
+    }
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&snapshot.tables)),
+        snapshot.tables_sha256
+    );
+    SEEN.with(|seen| {
+        seen.borrow_mut()
+            .insert(snapshot.tables_sha256.clone(), snapshot.tables.clone())
+    });
+    snapshot
 }
 
 thread_local! {
     /// The verifier of the site the test on this thread started.
     static VERIFIER: std::cell::RefCell<Option<wardline_signing::Verifier>> =
         const { std::cell::RefCell::new(None) };
+    /// Every set of whole tables seen on this thread, by SHA-256.
+    static SEEN: std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// A test site whose snapshots [`open`] verifies.
@@ -483,6 +512,72 @@ async fn an_apply_is_sent_as_read_once_and_as_its_stored_revision_compiles() {
         sent.tables, expected,
         "the tables the stored revision compiles to"
     );
+}
+
+#[tokio::test]
+async fn a_node_change_goes_out_as_a_delta_that_makes_the_signed_tables() {
+    use sha2::Digest as _;
+
+    let site = site("delta").await;
+    let mut op = site.operator().await;
+    op.apply(apply(
+        &format!("{SEGMENTS}---\n{NODES}---\n{POLICY}"),
+        None,
+        "",
+    ))
+    .await
+    .unwrap();
+    let mut gw1 = site.agent("gw-1").await;
+    let mut stream = watch_from_start(&mut gw1, "gw-1").await;
+    let first = next_where(&mut stream, |s| s.revision == 1).await;
+    assert!(
+        first.delta.is_none() && !first.tables.is_empty(),
+        "a new stream gets whole tables"
+    );
+    let base = wardline_policy::Schedule::try_from(
+        &prost::Message::decode(first.tables.as_ref()).unwrap(),
+    )
+    .unwrap();
+
+    // The pump server joins: only which prefixes are in which segment
+    // changes, so the stream sends that change alone.
+    let _gw2 = pump_server(&site).await;
+    let signed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let signed = stream.next().await.unwrap().unwrap();
+            if open(&signed).tables_sha256 != first.tables_sha256 {
+                return signed;
+            }
+        }
+    })
+    .await
+    .expect("the change within 5 s");
+    let changed: v1::PolicySnapshot = prost::Message::decode(signed.snapshot.as_ref()).unwrap();
+    assert_eq!(changed.revision, 1, "a node change is no new revision");
+    assert!(changed.tables.is_empty(), "no whole tables");
+    let delta = changed.delta.clone().expect("sent as a change");
+    assert_eq!(delta.base_tables_sha256, first.tables_sha256);
+    let made = wardline_proto::delta::apply(&base, &delta.dataplanes).unwrap();
+    let encoded = prost::Message::encode_to_vec(&v1::Tables::from(&made));
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&encoded)),
+        changed.tables_sha256,
+        "the change makes the tables the replica signed"
+    );
+    assert!(
+        made.now
+            .prefixes
+            .iter()
+            .any(|(n, _)| n.to_string() == "198.18.42.10/32")
+    );
+
+    // A stream that did not see the base (an agent that restarted, or
+    // one that could not use the change) gets whole tables.
+    let mut again = watch_from_start(&mut gw1, "gw-1").await;
+    let all = next(&mut again).await;
+    assert!(all.delta.is_none());
+    assert_eq!(all.tables, encoded);
+    assert_eq!(all.tables_sha256, changed.tables_sha256);
 }
 
 #[tokio::test]

@@ -1573,7 +1573,7 @@ pub struct Tables {
     pub scheduled: ::prost::alloc::vec::Vec<ScheduledDataplane>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct PolicySnapshot {
     #[prost(uint64, tag = "1")]
     pub revision: u64,
@@ -1583,13 +1583,46 @@ pub struct PolicySnapshot {
     pub policy_sha256: ::prost::alloc::string::String,
     #[prost(string, tag = "6")]
     pub compiled_at: ::prost::alloc::string::String,
-    /// An encoded `Tables`, hashed as sent.
+    /// An encoded `Tables`, hashed as sent. Empty when `delta` is set.
     #[prost(bytes = "vec", tag = "7")]
     pub tables: ::prost::alloc::vec::Vec<u8>,
-    /// SHA-256 (hex) of `tables`: what the agent enforces, in its /status and
+    /// SHA-256 (hex) of the encoded `Tables` (`tables`, or what `delta` makes
+    /// of the tables it changes): what the agent enforces, in its /status and
     /// its Ack.
     #[prost(string, tag = "8")]
     pub tables_sha256: ::prost::alloc::string::String,
+    /// Set instead of `tables` when the tables differ from the ones this
+    /// stream sent last only in which prefixes belong to which segment (a
+    /// node joined, left or moved): the agent applies it to those tables and
+    /// checks the result against `tables_sha256`. An agent that no longer
+    /// holds the base tables asks for whole ones with a new Watch.
+    #[prost(message, optional, tag = "9")]
+    pub delta: ::core::option::Option<TablesDelta>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TablesDelta {
+    /// SHA-256 (hex) of the encoded `Tables` this changes.
+    #[prost(string, tag = "1")]
+    pub base_tables_sha256: ::prost::alloc::string::String,
+    /// At most one per dataplane, in index order.
+    #[prost(message, repeated, tag = "2")]
+    pub dataplanes: ::prost::alloc::vec::Vec<PrefixChanges>,
+}
+/// Changes to one dataplane of `Tables`: index 0 is `now`, index i is
+/// `scheduled\[i - 1\]`.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PrefixChanges {
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    /// Prefixes no segment holds any more; each must be in the base tables.
+    /// Only address and prefix_len are read.
+    #[prost(message, repeated, tag = "2")]
+    pub removed: ::prost::alloc::vec::Vec<Prefix>,
+    /// Prefixes that join a segment or move to another one.
+    #[prost(message, repeated, tag = "3")]
+    pub set: ::prost::alloc::vec::Vec<Prefix>,
 }
 /// A snapshot as a replica signed it: agents verify the signature against
 /// the site CA before enforcing it, and again each time they read it back
