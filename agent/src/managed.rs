@@ -810,3 +810,100 @@ impl Session {
 pub fn snapshot_path(config: &AgentConfig) -> PathBuf {
     config.state_dir.join(&config.node).join(SNAPSHOT_FILE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use wardline_policy::CompileOptions;
+    use wardline_policy::compile::NodeInfo;
+
+    const POLICY: &str = "\
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ehr-db}
+spec: {nodeSelector: {matchLabels: {role: ehr-db}}}
+---
+apiVersion: wardline/v1
+kind: Node
+metadata: {name: db-1, labels: {role: ehr-db}}
+spec: {addresses: [\"198.18.41.0/24\"]}
+";
+
+    fn schedule(addresses: &[&str]) -> Schedule {
+        let set = wardline_policy::parse(POLICY).unwrap();
+        let nodes = vec![NodeInfo {
+            name: "db-1".into(),
+            labels: Default::default(),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        }];
+        let options = CompileOptions {
+            nodes,
+            ..CompileOptions::at(OffsetDateTime::now_utc())
+        };
+        Schedule::compile(&set, &options, 3).unwrap()
+    }
+
+    fn delta(base: &Schedule, next: &Schedule) -> v1::TablesDelta {
+        v1::TablesDelta {
+            base_tables_sha256: sha256_hex(&v1::Tables::from(base).encode_to_vec()),
+            dataplanes: wardline_proto::delta::diff(base, next).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_change_is_made_only_from_the_tables_it_names() {
+        let base = schedule(&["198.18.41.10"]);
+        let next = schedule(&["198.18.41.11"]);
+        let change = delta(&base, &next);
+        let want = v1::Tables::from(&next).encode_to_vec();
+        let held = Held {
+            sha256: change.base_tables_sha256.clone(),
+            schedule: base.clone(),
+        };
+        let made = changed_tables(7, &change, "", Base::Held(Some(&held))).unwrap();
+        assert_eq!(made, want);
+
+        // No tables held (a restart), or other ones: a new stream is asked
+        // for, and the message names the tables the change is to.
+        for held in [
+            None,
+            Some(Held {
+                sha256: sha256_hex(&want),
+                schedule: next.clone(),
+            }),
+        ] {
+            let refused = changed_tables(7, &change, "", Base::Held(held.as_ref())).unwrap_err();
+            assert!(refused.resync, "{refused}");
+            assert!(
+                refused.message.contains(&change.base_tables_sha256),
+                "{refused}"
+            );
+        }
+
+        // Tables held under the right name that are not those tables (the
+        // change removes a prefix they lack): refused, and resynced.
+        let liar = Held {
+            sha256: change.base_tables_sha256.clone(),
+            schedule: schedule(&["198.18.41.99"]),
+        };
+        let refused = changed_tables(7, &change, "", Base::Held(Some(&liar))).unwrap_err();
+        assert!(refused.resync, "{refused}");
+        assert!(refused.message.contains("does not fit"), "{refused}");
+    }
+
+    #[test]
+    fn a_persisted_change_without_its_tables_file_is_refused_by_path() {
+        let dir =
+            std::env::temp_dir().join(format!("wardline-agent-tables-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let change = delta(&schedule(&["198.18.41.10"]), &schedule(&[]));
+        let sha = "ab".repeat(32);
+        let refused = changed_tables(3, &change, &sha, Base::Disk(&dir)).unwrap_err();
+        assert!(!refused.resync);
+        assert!(refused.message.contains(&tables_file(&sha)), "{refused}");
+        // A name that is not a hash cannot reach outside the directory.
+        assert_eq!(tables_file("../../etc/passwd"), "tables-ecad.pb");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
