@@ -47,9 +47,14 @@ const ACK_WITHIN: Duration = Duration::from_secs(60);
 /// The policy of round `k`: the hospital example with workstation
 /// 198.18.20.`k` quarantined (a /32 in a segment no policy names), as the
 /// lab does it; every round changes what each node enforces.
+/// The node whose address the node-change rounds move: a pump server the
+/// policy declares ([`policy`]), registered by the bench.
+const MOVER: &str = "sim-mover";
+
 fn policy(k: usize) -> String {
     format!(
-        "{}\n---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: quarantine}}\nspec: {{cidrs: [\"198.18.20.{}/32\"]}}\n",
+        "{}\n---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: quarantine}}\nspec: {{cidrs: [\"198.18.20.{}/32\"]}}\n\
+         ---\napiVersion: wardline/v1\nkind: Node\nmetadata: {{name: {MOVER}, labels: {{role: pump-server}}}}\nspec: {{addresses: [\"198.18.42.0/24\"]}}\n",
         crate::lab::POLICY,
         100 + k % 150
     )
@@ -69,6 +74,9 @@ struct Acked {
 struct Fleet {
     /// Revision -> every simulated agent's acknowledgement of it.
     acks: Mutex<BTreeMap<u64, Vec<Acked>>>,
+    /// Tables (SHA-256) -> every simulated agent's acknowledgement of
+    /// them: a node change moves the tables, not the revision.
+    by_tables: Mutex<BTreeMap<String, Vec<Acked>>>,
     /// Each simulated agent's last acknowledged revision.
     latest: Mutex<Vec<u64>>,
     watching: AtomicUsize,
@@ -76,7 +84,13 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn record(&self, id: usize, revision: u64, a: Acked) {
+    fn record(&self, id: usize, revision: u64, tables: &str, a: Acked) {
+        self.by_tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(tables.to_owned())
+            .or_default()
+            .push(a);
         self.acks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -88,6 +102,15 @@ impl Fleet {
             latest.resize(id + 1, 0);
         }
         latest[id] = latest[id].max(revision);
+    }
+
+    fn acks_of_tables(&self, tables: &str) -> Vec<Acked> {
+        self.by_tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tables)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn acks_of(&self, revision: u64) -> Vec<Acked> {
@@ -203,7 +226,7 @@ async fn sim_agent_session(
                     .context("acknowledging")?;
                 let acked = Instant::now();
                 enforced = snapshot.revision;
-                fleet.record(me.id, snapshot.revision, Acked { received, acked, bytes });
+                fleet.record(me.id, snapshot.revision, &snapshot.tables_sha256, Acked { received, acked, bytes });
             }
             _ = heartbeat.tick() => {
                 client
@@ -500,6 +523,12 @@ struct Scale {
     missing: usize,
     /// The largest snapshot a simulated agent received, encoded.
     snapshot_bytes: usize,
+    /// From a node's registration with a new address to each simulated
+    /// agent's Ack of the tables that follow.
+    node_acked: Vec<Duration>,
+    node_missing: usize,
+    /// The largest snapshot a simulated agent received for a node change.
+    node_snapshot_bytes: usize,
     /// CPUs busy during the applies: (control plane, bench process).
     cpu: Option<(f64, f64)>,
     connect: Duration,
@@ -557,6 +586,13 @@ struct FleetFigures {
     connect_seconds: f64,
     /// The largest snapshot a simulated agent received, encoded.
     snapshot_bytes: usize,
+    node_changes: usize,
+    /// From a node registering with a new address to each simulated
+    /// agent's Ack of the new tables.
+    node_change_ack_ms: Summary<f64>,
+    node_change_missing_acknowledgements: usize,
+    /// The largest snapshot a simulated agent received for a node change.
+    node_change_snapshot_bytes: usize,
     cpus_busy_during_applies: Option<CpusBusy>,
     control_plane_rss_bytes: u64,
     control_plane_open_files: usize,
@@ -579,6 +615,10 @@ impl Scale {
             apply_returned: summary_ms(&self.apply_returned),
             connect_seconds: self.connect.as_secs_f64(),
             snapshot_bytes: self.snapshot_bytes,
+            node_changes: self.rounds,
+            node_change_ack_ms: summary_ms(&self.node_acked),
+            node_change_missing_acknowledgements: self.node_missing,
+            node_change_snapshot_bytes: self.node_snapshot_bytes,
             cpus_busy_during_applies: self.cpu.map(|(control_plane, bench_process)| CpusBusy {
                 control_plane,
                 bench_process,
@@ -596,6 +636,14 @@ struct Kernel100k {
     prefixes: usize,
     rules: usize,
     policy_bytes: usize,
+    /// The encoded tables a whole snapshot carries.
+    tables_bytes: usize,
+    /// The encoded change one host prefix joining a segment makes.
+    node_change_delta_bytes: usize,
+    /// Finding that change (`wardline_proto::delta::diff`), and making the
+    /// tables from it as an agent does (`delta::apply`).
+    diff_seconds: f64,
+    apply_delta_seconds: f64,
     parse_seconds: f64,
     compile_seconds: f64,
     load_seconds: f64,
@@ -623,23 +671,68 @@ struct PropagationResults {
 }
 
 /// Issues `count` agent certificates, `first` on, on two threads.
-fn issue_certificates(site: &Site, first: usize, count: usize) -> anyhow::Result<Vec<SimAgent>> {
-    let ca_dir = site.dir.join("ca");
-    let out_dir = site.dir.join("simulated");
-    let ca = site.ca();
-    let issue = |id: usize| -> anyhow::Result<SimAgent> {
-        let node = format!("sim-{id:04}");
-        let paths = pki::issue(&ca_dir, Role::Agent, &node, &[], &out_dir, 1)
-            .with_context(|| format!("issuing the certificate of {node}"))?;
-        let tls = client_tls(&ca, &paths.cert, &paths.key, REPLICAS[0])
-            .with_context(|| format!("TLS settings of {node}"))?;
-        Ok(SimAgent {
-            id,
-            node,
-            address: format!("198.19.{}.{}", 100 + id / 250, 1 + id % 250),
-            tls,
+/// An agent certificate for `node`, and its TLS settings.
+fn issue_certificate(site: &Site, node: &str, id: usize) -> anyhow::Result<SimAgent> {
+    let paths = pki::issue(
+        &site.dir.join("ca"),
+        Role::Agent,
+        node,
+        &[],
+        &site.dir.join("simulated"),
+        1,
+    )
+    .with_context(|| format!("issuing the certificate of {node}"))?;
+    let tls = client_tls(&site.ca(), &paths.cert, &paths.key, REPLICAS[0])
+        .with_context(|| format!("TLS settings of {node}"))?;
+    Ok(SimAgent {
+        id,
+        node: node.to_owned(),
+        address: format!("198.19.{}.{}", 100 + id / 250 % 100, 1 + id % 250),
+        tls,
+    })
+}
+
+/// Registers `me` with `address` alone, as its agent would after moving.
+async fn register(me: &SimAgent, address: &str) -> anyhow::Result<()> {
+    let channel = Endpoint::from_shared(format!("https://{}:{PORT}", REPLICAS[0]))?
+        .tls_config(me.tls.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting as {}", me.node))?;
+    AgentApiClient::new(channel)
+        .register(v1::RegisterRequest {
+            node: me.node.clone(),
+            labels: Default::default(),
+            addresses: vec![address.to_owned()],
         })
-    };
+        .await
+        .with_context(|| format!("registering {} at {address}", me.node))?;
+    Ok(())
+}
+
+/// The tables the real agent enforces, by `/status`.
+fn tables_of(agent: &Agent, ns: &Netns) -> Option<String> {
+    agent
+        .get(ns, "/status")
+        .and_then(|(_, body)| serde_json::from_str::<Value>(body.trim()).ok())
+        .and_then(|v| v["tablesSha256"].as_str().map(str::to_owned))
+}
+
+/// The tables the real agent enforces once they are no longer `before`
+/// (polled every 5 ms); `None` after [`ACK_WITHIN`].
+fn wait_tables(agent: &Agent, ns: &Netns, before: &str) -> Option<String> {
+    let start = Instant::now();
+    while start.elapsed() < ACK_WITHIN {
+        if let Some(t) = tables_of(agent, ns).filter(|t| t != before) {
+            return Some(t);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+fn issue_certificates(site: &Site, first: usize, count: usize) -> anyhow::Result<Vec<SimAgent>> {
+    let issue = |id: usize| issue_certificate(site, &format!("sim-{id:04}"), id);
     let ids: Vec<usize> = (first..first + count).collect();
     let halves: Vec<anyhow::Result<Vec<SimAgent>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ids
@@ -716,6 +809,7 @@ fn measure_fleet(
         .build()
         .context("building the simulated agents' runtime")?;
     let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+    let mover = issue_certificate(cx.site, MOVER, usize::MAX)?;
     let mut scales = Vec::new();
     let mut connected = 0;
     let mut round = 0;
@@ -743,6 +837,9 @@ fn measure_fleet(
                 apply_returned: Vec::new(),
                 missing: 0,
                 snapshot_bytes: 0,
+                node_acked: Vec::new(),
+                node_missing: 0,
+                node_snapshot_bytes: 0,
                 cpu: None,
                 connect,
                 rss,
@@ -805,6 +902,30 @@ fn measure_fleet(
                     (me1.saturating_sub(me0)).as_secs_f64() / wall,
                 ));
             }
+            // Node changes: the pump server registers from a new address
+            // each time; only its prefix moves in every node's tables.
+            for _ in 0..cx.rounds {
+                round += 1;
+                let before = tables_of(cx.agent, cx.agent_ns).unwrap_or_default();
+                let t0 = Instant::now();
+                let address = format!("198.18.42.{}", 100 + round % 150);
+                rt.block_on(register(&mover, &address))?;
+                let Some(tables) = wait_tables(cx.agent, cx.agent_ns, &before) else {
+                    bail!("the real agent did not take {MOVER} at {address} within {ACK_WITHIN:?}");
+                };
+                let start = Instant::now();
+                while cx.fleet.acks_of_tables(&tables).len() < n && start.elapsed() < ACK_WITHIN {
+                    cx.fleet.check()?;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let acks = cx.fleet.acks_of_tables(&tables);
+                scale.node_missing += n.saturating_sub(acks.len());
+                for a in &acks {
+                    scale.node_snapshot_bytes = scale.node_snapshot_bytes.max(a.bytes);
+                    scale.node_acked.push(a.acked.saturating_duration_since(t0));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
             scales.push(scale);
         }
         Ok(())
@@ -845,6 +966,30 @@ fn program_100k() -> anyhow::Result<Kernel100k> {
         dp.prefixes.len(),
         dp.rules.len()
     );
+    // A node joining: one host prefix more in a segment, the rest as it was.
+    let base = wardline_policy::Schedule {
+        now: dp.clone(),
+        ahead: Vec::new(),
+    };
+    let mut joined = base.clone();
+    joined
+        .now
+        .prefixes
+        .push(("198.19.250.1/32".parse().context("the joining prefix")?, 1));
+    joined.now.prefixes.sort();
+    let whole = prost::Message::encode_to_vec(&v1::Tables::from(&base));
+    let t = Instant::now();
+    let changes = wardline_proto::delta::diff(&base, &joined)
+        .context("a node joining is a change of prefixes")?;
+    let diffed = t.elapsed();
+    let t = Instant::now();
+    let made = wardline_proto::delta::apply(&base, &changes).context("applying the change")?;
+    let applied = t.elapsed();
+    ensure!(made == joined, "the change makes the joined tables");
+    let delta = v1::TablesDelta {
+        base_tables_sha256: "0".repeat(64),
+        dataplanes: changes,
+    };
     let bpffs = Path::new(BPFFS).to_path_buf();
     let node = format!("wl-bench-100k-{}", std::process::id());
     let _pins = Pins(bpffs.clone(), node.clone());
@@ -870,6 +1015,10 @@ fn program_100k() -> anyhow::Result<Kernel100k> {
         prefixes: dp.prefixes.len(),
         rules: dp.rules.len(),
         policy_bytes: yaml.len(),
+        tables_bytes: whole.len(),
+        node_change_delta_bytes: prost::Message::encoded_len(&delta),
+        diff_seconds: diffed.as_secs_f64(),
+        apply_delta_seconds: applied.as_secs_f64(),
         parse_seconds: parsed.as_secs_f64(),
         compile_seconds: compiled.as_secs_f64(),
         load_seconds: loaded.as_secs_f64(),
@@ -1002,6 +1151,23 @@ impl Results for PropagationResults {
             );
         }
         table.push_str(
+            "\n| simulated agents | node changes | node change → ack p50 | p99 | max | missing | snapshot per agent for a node change (a delta) | for an apply (whole tables) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for f in &self.fleets {
+            let _ = writeln!(
+                table,
+                "| {} | {} | {} | {} | {} | {} | {:.2} KiB | {:.1} KiB |",
+                f.simulated_agents,
+                f.node_changes,
+                ms(f.node_change_ack_ms.median),
+                ms(f.node_change_ack_ms.p99),
+                ms(f.node_change_ack_ms.max),
+                f.node_change_missing_acknowledgements,
+                f.node_change_snapshot_bytes as f64 / 1024.0,
+                f.snapshot_bytes as f64 / 1024.0,
+            );
+        }
+        table.push_str(
             "\n| simulated agents | snapshot per agent | fleet connected in | CPUs busy during the applies: control plane / bench process |\n|---:|---:|---:|---:|\n",
         );
         for f in &self.fleets {
@@ -1053,12 +1219,17 @@ impl Results for PropagationResults {
         if let Some(k) = &self.kernel100k {
             let _ = write!(
                 table,
-                "\n| 100,000 rules and 100,000 prefixes | time |\n|---|---:|\n| parse | {:.2} s |\n| compile | {:.2} s |\n| load the programs | {:.2} s |\n| **program into the kernel (first generation)** | **{:.2} s** |\n| program the next generation beside the live one | {:.2} s |\n",
+                "\n| 100,000 rules and 100,000 prefixes | time |\n|---|---:|\n| parse | {:.2} s |\n| compile | {:.2} s |\n| load the programs | {:.2} s |\n| **program into the kernel (first generation)** | **{:.2} s** |\n| program the next generation beside the live one | {:.2} s |\n\n\
+| a node joining at 100,000 rules and prefixes | |\n|---|---:|\n| whole tables, encoded | {:.1} MiB |\n| the change alone (`TablesDelta`) | {} bytes |\n| finding the change (`delta::diff`, the replica) | {:.0} ms |\n| making the tables from it (`delta::apply`, the agent) | {:.0} ms |\n",
                 k.parse_seconds,
                 k.compile_seconds,
                 k.load_seconds,
                 k.program_seconds,
                 k.next_generation_seconds,
+                k.tables_bytes as f64 / (1024.0 * 1024.0),
+                k.node_change_delta_bytes,
+                k.diff_seconds * 1e3,
+                k.apply_delta_seconds * 1e3,
             );
         }
         table
@@ -1130,7 +1301,12 @@ agent; the simulated agents' figures do not.\n\
 - **snapshot per agent**: the encoded size of the signed snapshot each agent receives: the \
 compiled tables (now and at the next window boundaries) and the seal; the addresses of the \
 nodes segments select are in the tables, so it grows with the fleet. Each distinct snapshot is \
-encoded and signed once and every stream sends the same bytes. **CPUs busy**: CPU time the control plane, and the bench process (the simulated \
+encoded and signed once and every stream sends the same bytes.\n\
+- **node change**: after the applies at each size, as many times as there were applies, the \
+pump server `sim-mover` (a `Node` document of the policy) registers from a new address in its \
+range; the clock starts before the Register call and stops at each simulated agent's Ack of \
+the tables the real agent then shows. Only a prefix moves, so every stream that sent the tables \
+before sends the signed change alone (a `TablesDelta`). **CPUs busy**: CPU time the control plane, and the bench process (the simulated \
 agents), used during the applies over their wall time (2.00 would be both cores).\n\
 - **control-plane memory**: VmRSS of the replica from `/proc/PID/status`, after the fleet \
 connected and settled, less the figure with only the real agent, divided by the number of \
@@ -1151,7 +1327,10 @@ scheduling delay is part of their figures. This part took {:.0} s.",
 single-port policies) parsed and compiled in the bench process, then programmed with \
 `Enforcer::apply` into freshly loaded programs' maps pinned under a private node name (removed \
 afterwards): the first generation, then the next written beside the live one, as a policy \
-change does.",
+change does. **A node joining**: the same compiled tables with one host /32 added to a segment, \
+as a node's registration adds its address; the sizes are of the encoded `Tables` and \
+`TablesDelta` (the seal, about 0.8 KiB with the signer's certificate, comes on top of \
+either), and the times of finding the change and applying it, once each.",
             );
         }
         if self.quick {
@@ -1174,6 +1353,7 @@ mod tests {
         for p in [a, b] {
             let set = wardline_policy::parse(&p).expect("the round's policy parses");
             assert!(set.segments.iter().any(|s| s.name == "quarantine"));
+            assert!(set.nodes.iter().any(|n| n.name == MOVER));
         }
     }
 }
