@@ -692,22 +692,29 @@ fn issue_certificate(site: &Site, node: &str, id: usize) -> anyhow::Result<SimAg
     })
 }
 
-/// Registers `me` with `address` alone, as its agent would after moving.
-async fn register(me: &SimAgent, address: &str) -> anyhow::Result<()> {
+/// Registers `me` with `address` alone, as its agent would after moving;
+/// `Ok(false)` when the replica's rate limit on registrations (a few at
+/// once, then one every 2 s per node) asks to come back later.
+async fn register(me: &SimAgent, address: &str) -> anyhow::Result<bool> {
     let channel = Endpoint::from_shared(format!("https://{}:{PORT}", REPLICAS[0]))?
         .tls_config(me.tls.clone())?
         .connect()
         .await
         .with_context(|| format!("connecting as {}", me.node))?;
-    AgentApiClient::new(channel)
+    let registered = AgentApiClient::new(channel)
         .register(v1::RegisterRequest {
             node: me.node.clone(),
             labels: Default::default(),
             addresses: vec![address.to_owned()],
         })
-        .await
-        .with_context(|| format!("registering {} at {address}", me.node))?;
-    Ok(())
+        .await;
+    match registered {
+        Ok(_) => Ok(true),
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => Ok(false),
+        Err(status) => {
+            Err(anyhow::Error::new(status).context(format!("registering {} at {address}", me.node)))
+        }
+    }
 }
 
 /// The tables the real agent enforces, by `/status`.
@@ -907,9 +914,12 @@ fn measure_fleet(
             for _ in 0..cx.rounds {
                 round += 1;
                 let before = tables_of(cx.agent, cx.agent_ns).unwrap_or_default();
-                let t0 = Instant::now();
                 let address = format!("198.18.42.{}", 100 + round % 150);
-                rt.block_on(register(&mover, &address))?;
+                let mut t0 = Instant::now();
+                while !rt.block_on(register(&mover, &address))? {
+                    std::thread::sleep(Duration::from_millis(500));
+                    t0 = Instant::now();
+                }
                 let Some(tables) = wait_tables(cx.agent, cx.agent_ns, &before) else {
                     bail!("the real agent did not take {MOVER} at {address} within {ACK_WITHIN:?}");
                 };
