@@ -1,6 +1,5 @@
 //! The status endpoint (`docs/agent.md`): `/healthz`, `/readyz`, `/status`, `/metrics`.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use wardline_ebpf_abi as abi;
+use wardline_metrics::Exposition;
 
 use crate::enforcer::{Counters, Enforcer};
 use crate::events::EventStats;
@@ -187,127 +187,102 @@ async fn status(State(s): State<Shared>) -> Response {
     axum::Json(body).into_response()
 }
 
-/// Prometheus text format.
+/// Prometheus text format (`docs/agent.md`), read at scrape time from the
+/// kernel counters and the agent's state. No series repeats the node: the
+/// scrape target names it.
 pub fn render_metrics(state: &AgentState, c: &Counters, events: &EventStats) -> String {
-    let mut out = String::new();
-    let node = &state.node;
-    out.push_str(
-        "# HELP wardline_packets_total Packets judged, by direction, verdict and reason.\n",
+    let mut e = Exposition::new();
+    let mut packets = e.counter(
+        "wardline_packets_total",
+        "Packets judged, by direction, verdict and reason.",
     );
-    out.push_str("# TYPE wardline_packets_total counter\n");
     for (d, direction) in ["ingress", "egress"].iter().enumerate() {
         for r in abi::Reason::ALL {
             let verdict = crate::events::verdict_name(r.verdict() as u8);
-            let _ = writeln!(
-                out,
-                "wardline_packets_total{{node=\"{node}\",direction=\"{direction}\",verdict=\"{verdict}\",reason=\"{}\"}} {}",
-                r.name(),
-                c.packets[d][r as usize]
+            packets.sample(
+                &[
+                    ("direction", direction),
+                    ("verdict", verdict),
+                    ("reason", r.name()),
+                ],
+                c.packets[d][r as usize] as f64,
             );
         }
     }
-    out.push_str(
-        "# HELP wardline_events_lost_total Flow events the ring buffer had no room for.\n",
+    e.counter(
+        "wardline_events_lost_total",
+        "Flow events the ring buffer had no room for.",
+    )
+    .sample(&[], c.lost_events as f64);
+    e.counter(
+        "wardline_tracking_insert_failures_total",
+        "Passed connections (table=connections) and first fragments (table=fragments) their table had no room for.",
+    )
+    .sample(&[("table", "connections")], c.tracking_full as f64)
+    .sample(&[("table", "fragments")], c.fragments_full as f64);
+    let mut flows = e.counter(
+        "wardline_flow_events_total",
+        "Flow events read, by kind and verdict.",
     );
-    out.push_str("# TYPE wardline_events_lost_total counter\n");
-    let _ = writeln!(
-        out,
-        "wardline_events_lost_total{{node=\"{node}\"}} {}",
-        c.lost_events
-    );
-    out.push_str(
-        "# HELP wardline_tracking_insert_failures_total Passed connections (table=connections) \
-         and first fragments (table=fragments) their table had no room for.\n",
-    );
-    out.push_str("# TYPE wardline_tracking_insert_failures_total counter\n");
-    for (table, n) in [
-        ("connections", c.tracking_full),
-        ("fragments", c.fragments_full),
-    ] {
-        let _ = writeln!(
-            out,
-            "wardline_tracking_insert_failures_total{{node=\"{node}\",table=\"{table}\"}} {n}"
-        );
-    }
-    out.push_str("# HELP wardline_flow_events_total Flow events read, by kind and verdict.\n");
-    out.push_str("# TYPE wardline_flow_events_total counter\n");
     for ((kind, verdict), n) in &events.by_kind_verdict {
-        let _ = writeln!(
-            out,
-            "wardline_flow_events_total{{node=\"{node}\",kind=\"{kind}\",verdict=\"{verdict}\"}} {n}"
-        );
+        flows.sample(&[("kind", kind), ("verdict", verdict)], *n as f64);
     }
-    out.push_str("# HELP wardline_policy_generation The policy generation in force.\n");
-    out.push_str("# TYPE wardline_policy_generation gauge\n");
-    let _ = writeln!(
-        out,
-        "wardline_policy_generation{{node=\"{node}\"}} {}",
-        state.generation
+    e.gauge(
+        "wardline_policy_generation",
+        "The policy generation in force.",
+    )
+    .sample(&[], f64::from(state.generation));
+    if let Some(revision) = state.revision {
+        e.gauge(
+            "wardline_policy_revision",
+            "Managed mode: the control plane's policy revision enforced.",
+        )
+        .sample(&[], revision as f64);
+    }
+    e.counter("wardline_policy_reloads_total", "Policy loads, by result.")
+        .sample(&[("result", "ok")], state.reloads_ok as f64)
+        .sample(&[("result", "error")], state.reloads_failed as f64);
+    let mut interfaces = e.gauge(
+        "wardline_interface_enforced",
+        "Whether the policy is enforced on an interface.",
     );
-    out.push_str("# HELP wardline_policy_reloads_total Policy loads, by result.\n");
-    out.push_str("# TYPE wardline_policy_reloads_total counter\n");
-    let _ = writeln!(
-        out,
-        "wardline_policy_reloads_total{{node=\"{node}\",result=\"ok\"}} {}",
-        state.reloads_ok
-    );
-    let _ = writeln!(
-        out,
-        "wardline_policy_reloads_total{{node=\"{node}\",result=\"error\"}} {}",
-        state.reloads_failed
-    );
-    out.push_str(
-        "# HELP wardline_interface_enforced Whether the policy is enforced on an interface.\n",
-    );
-    out.push_str("# TYPE wardline_interface_enforced gauge\n");
     for i in &state.interfaces {
-        let _ = writeln!(
-            out,
-            "wardline_interface_enforced{{node=\"{node}\",interface=\"{}\"}} {}",
-            i.name, i.enforced as u8
-        );
+        interfaces.sample(&[("interface", &i.name)], f64::from(u8::from(i.enforced)));
+    }
+    if let Some(connected) = state.control_plane_connected {
+        e.gauge(
+            "wardline_control_plane_connected",
+            "Managed mode: whether the control plane is connected.",
+        )
+        .sample(&[], f64::from(u8::from(connected)));
     }
     if let Some(cert) = &state.certificate {
-        out.push_str("# HELP wardline_certificate_expiry_timestamp_seconds When the certificate the agent presents to the control plane expires.\n");
-        out.push_str("# TYPE wardline_certificate_expiry_timestamp_seconds gauge\n");
-        let _ = writeln!(
-            out,
-            "wardline_certificate_expiry_timestamp_seconds{{node=\"{node}\",serial=\"{}\",source=\"{}\"}} {}",
-            cert.serial, cert.source, cert.not_after_seconds
+        e.gauge(
+            "wardline_certificate_expiry_timestamp_seconds",
+            "When the certificate the agent presents to the control plane expires.",
+        )
+        .sample(
+            &[("serial", &cert.serial), ("source", cert.source)],
+            cert.not_after_seconds as f64,
         );
-        out.push_str("# HELP wardline_certificate_expiring Whether that certificate is in its warning period (its last quarter of lifetime, at most 30 days) or expired.\n");
-        out.push_str("# TYPE wardline_certificate_expiring gauge\n");
-        let expiring = cert.warning_now().is_some();
-        let _ = writeln!(
-            out,
-            "wardline_certificate_expiring{{node=\"{node}\"}} {}",
-            u8::from(expiring)
-        );
-        out.push_str(
-            "# HELP wardline_certificate_renewals_total Certificate renewals, by result.\n",
-        );
-        out.push_str("# TYPE wardline_certificate_renewals_total counter\n");
-        let _ = writeln!(
-            out,
-            "wardline_certificate_renewals_total{{node=\"{node}\",result=\"ok\"}} {}",
-            cert.renewals
-        );
-        let _ = writeln!(
-            out,
-            "wardline_certificate_renewals_total{{node=\"{node}\",result=\"error\"}} {}",
-            cert.renewal_failures
-        );
+        e.gauge(
+            "wardline_certificate_expiring",
+            "Whether that certificate is in its warning period (its last quarter of lifetime, at most 30 days) or expired.",
+        )
+        .sample(&[], f64::from(u8::from(cert.warning_now().is_some())));
+        e.counter(
+            "wardline_certificate_renewals_total",
+            "Certificate renewals, by result.",
+        )
+        .sample(&[("result", "ok")], cert.renewals as f64)
+        .sample(&[("result", "error")], cert.renewal_failures as f64);
     }
-    out.push_str(
-        "# HELP wardline_ready Whether the agent is ready (policy enforced everywhere).\n",
-    );
-    out.push_str("# TYPE wardline_ready gauge\n");
-    let _ = writeln!(
-        out,
-        "wardline_ready{{node=\"{node}\"}} {}",
-        state.ready() as u8
-    );
-    out
+    e.gauge(
+        "wardline_ready",
+        "Whether the agent is ready (policy enforced everywhere).",
+    )
+    .sample(&[], f64::from(u8::from(state.ready())));
+    e.encode()
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
@@ -315,7 +290,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
     let c = s.counters();
     let events = s.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, wardline_metrics::CONTENT_TYPE)],
         render_metrics(&state, &c, &events),
     )
         .into_response()

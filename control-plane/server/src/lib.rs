@@ -11,12 +11,13 @@
 //! `wardctl`. It issues no certificate but one kind: an agent's renewed
 //! certificate, through `wardline-pki`'s `AgentRenewer` when the replica
 //! holds the site CA's key (`renewal`); everything else the site PKI
-//! issues offline.
+//! issues offline. Its `/metrics` goes through `wardline-metrics`.
 #![forbid(unsafe_code)]
 
 pub mod chain;
 pub mod limits;
 pub mod liveness;
+pub mod metrics;
 pub mod registry;
 pub mod renewal;
 pub mod server;

@@ -149,4 +149,11 @@ impl Streams {
         tx.send_replace(epoch);
         (tx.subscribe(), epoch)
     }
+
+    /// How many nodes have a stream open (each open stream holds a
+    /// receiver of its node's epochs).
+    pub fn open_count(&self) -> usize {
+        let epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        epochs.values().filter(|tx| tx.receiver_count() > 0).count()
+    }
 }

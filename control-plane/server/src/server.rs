@@ -29,6 +29,7 @@ use wardline_signing::Signer;
 use crate::chain::ChainError;
 use crate::limits;
 use crate::liveness::{Heard, Liveness, PUBLISH_EVERY};
+use crate::metrics::Metrics;
 use crate::registry::{
     AgentRecord, Author, BlockRecord, ChangeRecord, DocumentKind, KEY_PREFIX, NodeRecord, Registry,
     RegistryError, RevisionAction, RevisionRecord, RevocationRecord, Validated, plan_apply,
@@ -277,6 +278,7 @@ pub struct ControlPlane {
     streams: limits::Streams,
     cluster: watch::Receiver<Option<Cluster>>,
     agents: mpsc::Sender<AgentUpdate>,
+    metrics: Arc<Metrics>,
 }
 
 /// At most this many agent records in one store transaction (etcd's
@@ -387,7 +389,22 @@ impl ControlPlane {
             streams: Default::default(),
             cluster: rx,
             agents,
+            metrics: Arc::default(),
         })
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The cluster view now.
+    pub(crate) fn cluster_view(&self) -> Option<Cluster> {
+        self.cluster.borrow().clone()
+    }
+
+    /// How many agents have a policy stream open to this replica.
+    pub(crate) fn open_streams(&self) -> usize {
+        self.streams.open_count()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -1346,6 +1363,7 @@ impl AgentApi for ControlPlane {
             .peer_certs()
             .and_then(|c| c.first().and_then(|leaf| CertificateFacts::of(leaf)));
         let mut rx = self.cluster.clone();
+        let metrics = self.metrics.clone();
         let (mut newer, epoch) = self.streams.open(&node);
         let stream = async_stream::try_stream! {
             // (revision, tables) last sent to this agent.
@@ -1379,6 +1397,7 @@ impl AgentApi for ControlPlane {
                             .as_ref()
                             .filter(|d| sent.is_some_and(|(_, tables)| tables == d.base));
                         tracing::debug!(node = %node, revision = c.record.revision, delta = delta.is_some(), "snapshot sent");
+                        metrics.sent(delta.is_some());
                         yield delta.map_or(&c.snapshot, |d| &d.snapshot).as_ref().clone();
                     }
                     sent = Some(key);
@@ -1403,8 +1422,23 @@ impl AgentApi for ControlPlane {
         self.liveness
             .heard(&r.node, r.error.is_empty().then_some(r.generation));
         let ack = r.clone();
+        // How long the revision took to reach this agent, from when it was
+        // written; counted once per agent and revision.
+        let written = self
+            .cluster
+            .borrow()
+            .as_ref()
+            .filter(|c| c.record.revision == r.revision)
+            .and_then(|c| c.record.time());
+        let metrics = self.metrics.clone();
         self.touch_agent(&r.node, move |record| {
             if ack.error.is_empty() {
+                if let Some(at) = written
+                    && record.acked_revision < ack.revision
+                {
+                    let took = OffsetDateTime::now_utc() - at;
+                    metrics.apply_to_ack.observe(took.as_seconds_f64().max(0.0));
+                }
                 record.acked_revision = ack.revision;
                 record.acked_sha256 = ack.policy_sha256;
                 record.acked_tables_sha256 = ack.tables_sha256;

@@ -29,6 +29,8 @@ pub struct Site {
     pub endpoint: String,
     /// The replica's store, for tests that change it behind its back.
     pub store: std::sync::Arc<dyn wardline_store::Store>,
+    /// The replica, for what it shows outside gRPC (`/metrics`).
+    pub control_plane: ControlPlane,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -109,6 +111,7 @@ pub async fn site(tag: &str) -> Site {
     let endpoint = format!("https://{}", listener.local_addr().unwrap());
     let tls = tls::server_config(&ca.join("ca.pem"), serving, cp.revocations()).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let control_plane = cp.clone();
     tokio::spawn(server::serve(cp, listener, tls, async {
         let _ = rx.await;
     }));
@@ -116,6 +119,7 @@ pub async fn site(tag: &str) -> Site {
         dir,
         endpoint,
         store,
+        control_plane,
         shutdown: Some(tx),
     }
 }

@@ -580,6 +580,79 @@ async fn a_node_change_goes_out_as_a_delta_that_makes_the_signed_tables() {
     assert_eq!(all.tables_sha256, changed.tables_sha256);
 }
 
+/// The value of the series `series` (name and labels exactly as exposed).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn the_replica_counts_what_it_serves_in_metrics() {
+    let site = site("metrics").await;
+    let mut op = site.operator().await;
+    op.apply(apply(
+        &format!("{SEGMENTS}---\n{NODES}---\n{POLICY}"),
+        None,
+        "",
+    ))
+    .await
+    .unwrap();
+    let mut gw1 = site.agent("gw-1").await;
+    gw1.register(v1::RegisterRequest {
+        node: "gw-1".into(),
+        addresses: vec!["198.18.20.1".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = watch_from_start(&mut gw1, "gw-1").await;
+    let first = next_where(&mut stream, |s| s.revision == 1).await;
+    gw1.ack(v1::AckRequest {
+        node: "gw-1".into(),
+        revision: 1,
+        policy_sha256: first.policy_sha256.clone(),
+        generation: 1,
+        error: String::new(),
+        tables_sha256: first.tables_sha256.clone(),
+    })
+    .await
+    .unwrap();
+    // gw-2 joins: gw-1's stream gets the change alone.
+    let _gw2 = pump_server(&site).await;
+    next_where(&mut stream, |s| s.tables_sha256 != first.tables_sha256).await;
+    let metrics = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let m = site.control_plane.render_metrics();
+            if sample(&m, "wardline_apply_to_ack_seconds_count") == Some(1.0) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the ack counted within 5 s");
+    for (series, value) in [
+        ("wardline_policy_revision", 1.0),
+        ("wardline_agents_connected", 1.0),
+        ("wardline_nodes{admission=\"declared\"}", 2.0),
+        ("wardline_nodes{admission=\"pending\"}", 0.0),
+        ("wardline_snapshots_sent_total{form=\"whole\"}", 1.0),
+        ("wardline_snapshots_sent_total{form=\"delta\"}", 1.0),
+        ("wardline_apply_to_ack_seconds_bucket{le=\"+Inf\"}", 1.0),
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series}:\n{metrics}"
+        );
+    }
+    // Counts only: no node's name, address or policy.
+    for secret in ["gw-1", "198.18.", "pumps-to-server"] {
+        assert!(!metrics.contains(secret), "{secret}:\n{metrics}");
+    }
+}
+
 #[tokio::test]
 async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
     let site = site("agents").await;

@@ -91,6 +91,11 @@ struct Args {
     #[arg(long, env = "WARDLINE_AGENT_CERTIFICATE_LIFETIME", default_value = "24h",
           value_parser = humantime::parse_duration)]
     agent_certificate_lifetime: std::time::Duration,
+    /// Serve Prometheus metrics over plain HTTP at /metrics on this address
+    /// (a loopback or management address, e.g. 127.0.0.1:9465). Counts
+    /// only: no policy, names or addresses.
+    #[arg(long, env = "WARDLINE_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The shortest renewed certificate: agents renew halfway through it, and
@@ -309,6 +314,17 @@ fn main() -> ExitCode {
             cp = cp.with_renewal(renewal);
         }
         tokio::spawn(reload_certificate(serving.clone(), signer));
+        if let Some(address) = args.metrics_address {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics-address {address}: {e}"))?;
+            let cp = cp.clone();
+            tokio::spawn(async move {
+                if let Err(e) = wardline_control_plane::metrics::serve(cp, listener).await {
+                    tracing::error!("serving /metrics: {e}");
+                }
+            });
+        }
         let tls = tls::server_config(&ca, serving, cp.revocations())?;
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         let shutdown = async {
