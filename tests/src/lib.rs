@@ -57,6 +57,7 @@ pub mod forge;
 pub mod frame;
 pub mod lab;
 pub mod matrix;
+pub mod prometheus;
 pub mod scenarios;
 pub mod site;
 pub mod tcx;

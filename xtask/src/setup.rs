@@ -12,8 +12,9 @@ use crate::is_root;
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and
 /// benchmarks drive, etcd for the control plane's real-component tests,
-/// protoc for etcd's client, and systemd for `systemd-analyze`, which
-/// checks the units (Debian 12 has it; a container may not).
+/// protoc for etcd's client, systemd for `systemd-analyze`, which checks
+/// the units (Debian 12 has it; a container may not), and Prometheus, which
+/// the observability test runs for real.
 pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +28,7 @@ pub const PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "libprotobuf-dev",
     "systemd",
+    "prometheus",
 ];
 
 /// The bpf-linker release that links against LLVM 22 (its default feature

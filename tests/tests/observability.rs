@@ -1,0 +1,184 @@
+//! Prometheus (Debian's, for real) scraping a managed agent and its
+//! control plane while the routed gateway carries allowed and dropped
+//! traffic: what Prometheus stores is what the agent counted, the control
+//! plane's figures follow an apply, and every panel of the Grafana
+//! dashboard in `packaging/grafana/` has data.
+
+use std::time::{Duration, Instant};
+
+use wardline_tests::agent::Agent;
+use wardline_tests::docs::{WS_PUMP_EHR, policy, with};
+use wardline_tests::matrix::{Service, check_matrix};
+use wardline_tests::prometheus::{Prometheus, Target};
+use wardline_tests::require_root;
+use wardline_tests::site::{REPLICAS, Site};
+use wardline_tests::topology;
+
+/// Where the replica serves `/metrics`, on the management network.
+const METRICS_PORT: u16 = 9465;
+
+/// The sum of the agent's `wardline_packets_total` series of `verdict`.
+fn packets(agent: &Agent, ns: &wardline_tests::Netns, verdict: &str) -> f64 {
+    let (_, metrics) = agent.get(ns, "/metrics").expect("/metrics answers");
+    let needle = format!("verdict=\"{verdict}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("wardline_packets_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `check` every 250 ms until it holds, for at most `within`.
+fn until(within: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if start.elapsed() > within => panic!("{what}, not within {within:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_prometheus_scrapes_agent_and_control_plane_and_every_dashboard_panel_has_data() {
+    require_root();
+    let mut site = Site::new();
+    let metrics_address = format!("{}:{METRICS_PORT}", REPLICAS[0]);
+    site.replica_flags
+        .extend(["--metrics-address".to_owned(), metrics_address.clone()]);
+    let store = site.embedded_store();
+    site.start_replica(0, &store);
+    let routed = topology::routed_gateway();
+    site.connect(routed.agent_ns());
+    let ns = routed.agent_ns();
+    let agent = Agent::start_managed(
+        ns,
+        &routed.interfaces(),
+        &site,
+        "{role: gateway}",
+        &[Site::endpoint(0)],
+    );
+    let web = with(
+        WS_PUMP_EHR,
+        &[policy(
+            "ws-ehr-web",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 443}]",
+        )],
+    );
+    let first = site.apply(0, &web);
+    site.wait_acked(0, &[&agent.node], first, Duration::from_secs(10));
+
+    // Prometheus in the agent's namespace: the agent's status endpoint on
+    // loopback, the replica over the management link.
+    let prometheus = Prometheus::start(
+        ns,
+        &site.dir,
+        &[
+            Target {
+                job: "wardline-agent",
+                address: agent.status,
+                labels: &[("node", &agent.node)],
+            },
+            Target {
+                job: "wardline-control-plane",
+                address: metrics_address.parse().unwrap(),
+                labels: &[("replica", "replica-0")],
+            },
+        ],
+    );
+
+    // Traffic through the gateway: allowed and dropped, both families.
+    check_matrix(&routed, "scraped", |c| {
+        c.from == "ws" && c.to == "ehr" && c.service == Service::Tcp(443)
+    });
+    // An apply while Prometheus watches: the revision and the
+    // apply-to-acknowledgement histogram move.
+    let second = site.apply(0, &web.replace("port: 443", "port: 8443"));
+    site.wait_acked(0, &[&agent.node], second, Duration::from_secs(10));
+
+    // What Prometheus stores is what the agent counted.
+    for verdict in ["allowed", "dropped"] {
+        let expr =
+            format!("sum(wardline_packets_total{{job=\"wardline-agent\", verdict=\"{verdict}\"}})");
+        until(
+            Duration::from_secs(15),
+            &format!("{verdict} packets"),
+            || {
+                let counted = packets(&agent, ns, verdict);
+                let stored = prometheus.value(ns, &expr);
+                if counted > 0.0 && stored == Some(counted) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the agent counted {counted}, Prometheus has {stored:?}"
+                    ))
+                }
+            },
+        );
+    }
+    for (expr, want) in [
+        (
+            "max(wardline_policy_revision{job=\"wardline-control-plane\"})".to_owned(),
+            second as f64,
+        ),
+        (
+            format!(
+                "max(wardline_policy_revision{{job=\"wardline-agent\", node=\"{}\"}})",
+                agent.node
+            ),
+            second as f64,
+        ),
+        ("sum(wardline_agents_connected)".to_owned(), 1.0),
+        (
+            "sum(wardline_apply_to_ack_seconds_count{job=\"wardline-control-plane\"})".to_owned(),
+            2.0,
+        ),
+    ] {
+        until(Duration::from_secs(15), &expr, || {
+            match prometheus.value(ns, &expr) {
+                Some(v) if v == want => Ok(()),
+                other => Err(format!("{other:?}, want {want}")),
+            }
+        });
+    }
+
+    // Every panel of the dashboard has data: each query returns at least
+    // one series, each a number.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/grafana/wardline.json"
+        ))
+        .expect("the dashboard is in the repository"),
+    )
+    .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            until(
+                Duration::from_secs(20),
+                &format!("panel {title:?}: {expr}"),
+                || {
+                    let result = prometheus.query(ns, expr);
+                    let values: Vec<Option<f64>> = result
+                        .iter()
+                        .map(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
+                        .collect();
+                    if !values.is_empty() && values.iter().all(|v| v.is_some_and(f64::is_finite)) {
+                        Ok(())
+                    } else {
+                        Err(format!("{result:?}"))
+                    }
+                },
+            );
+        }
+    }
+}
