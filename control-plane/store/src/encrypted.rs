@@ -150,7 +150,9 @@ impl StoreKey {
         self.current
     }
 
-    fn seal(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// `value` sealed with the current key, bound to `name` (the key it is
+    /// stored under): it opens only under that name.
+    pub fn seal(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
         let cipher = &self.keys[&self.current];
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill_bytes(&mut nonce);
@@ -177,7 +179,9 @@ impl StoreKey {
             .then(|| u32::from_be_bytes([stored[4], stored[5], stored[6], stored[7]]))
     }
 
-    fn open(&self, name: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// What [`StoreKey::seal`] sealed under `name`, with whichever key of
+    /// the file it was sealed with.
+    pub fn open(&self, name: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
         let id = Self::sealed_with(stored).ok_or_else(|| {
             StoreError::Backend(format!(
                 "the stored value of {name:?} is not encrypted with the site's store key (written without --store-key?); run --rekey to encrypt it"

@@ -1,0 +1,17 @@
+//! The flow store: every flow record the agents report, validated at
+//! ingest, kept with retention by age and by size, queried by time, node,
+//! segment, address or CIDR, port, protocol, verdict, reason and policy,
+//! counted into the segment matrix, and followed live.
+//!
+//! It holds no policy and speaks to no agent: the server hands it the
+//! batches it received (with the caller's node from its certificate) and
+//! the queries operators send. Its records are sealed at rest with the
+//! site's store key, as the policy store's values are.
+#![forbid(unsafe_code)]
+
+pub mod filter;
+pub mod record;
+pub mod store;
+
+pub use filter::{Query, QueryError};
+pub use store::{FlowError, FlowStore, Ingested, Retention};

@@ -1,0 +1,639 @@
+//! The embedded flow store: one `redb` file beside the policy store.
+//!
+//! Records are kept in blocks, one per ingest batch, node and minute, each
+//! sealed with the site's store key (its key in the file is its AAD, so a
+//! block moved under another key does not open). A table counts the
+//! records of each minute, so retention by age and by size drops whole
+//! minutes, oldest first, without reading them; another keeps, per node,
+//! the highest sequence number stored, so a batch sent again after a lost
+//! answer is stored once.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prost::Message as _;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use wardline_proto::v1;
+use wardline_store::encrypted::StoreKey;
+
+use crate::filter::{MAX_RESULTS, Query};
+use crate::record::{MAX_BATCH, check, time_of};
+
+/// Block key (minute, big-endian; node; 0; the agent's buffer id and the
+/// block's first sequence, big-endian) to the sealed, encoded block (a
+/// [`v1::FlowBatch`] holding its records).
+const BLOCKS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("blocks");
+/// Minute (since the epoch) to the records stored in it.
+const MINUTES: TableDefinition<'_, u64, u64> = TableDefinition::new("minutes");
+/// Node to (its agent's buffer id, the highest sequence number stored).
+const SEQUENCES: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("sequences");
+
+/// How long records are kept, and how many at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_records: u64,
+}
+
+impl Default for Retention {
+    /// 30 days, 50 million records.
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_records: 50_000_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("the flow store {path}: {message}")]
+    Store { path: String, message: String },
+    #[error("a batch holds at most {MAX_BATCH} records, not {0}")]
+    BatchTooLarge(usize),
+    #[error("a stored block at {key} does not open: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// What one batch came to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Stored now, or stored from an earlier send of the same records.
+    pub accepted: u32,
+    /// Invalid, dropped whole.
+    pub refused: u32,
+    pub first_refusal: String,
+}
+
+/// Counts kept for metrics and status.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub stored: AtomicU64,
+    pub refused: AtomicU64,
+    pub duplicates: AtomicU64,
+}
+
+pub struct FlowStore {
+    db: Database,
+    path: String,
+    key: StoreKey,
+    retention: Retention,
+    records: AtomicU64,
+    pub counts: Counts,
+    follow: broadcast::Sender<Arc<v1::Flow>>,
+}
+
+fn minute_of(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp().div_euclid(60)).unwrap_or(0)
+}
+
+fn block_key(minute: u64, node: &str, buffer: u64, first: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(25 + node.len());
+    key.extend_from_slice(&minute.to_be_bytes());
+    key.extend_from_slice(node.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&buffer.to_be_bytes());
+    key.extend_from_slice(&first.to_be_bytes());
+    key
+}
+
+fn key_name(key: &[u8]) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("flows/{hex}")
+}
+
+impl FlowStore {
+    /// Opens (or makes, 0600) the store in `path`.
+    pub fn open(path: &Path, key: StoreKey, retention: Retention) -> Result<FlowStore, FlowError> {
+        let name = path.display().to_string();
+        let fail = |message: String| FlowError::Store {
+            path: name.clone(),
+            message,
+        };
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| fail(format!("its folder: {e}")))?;
+        }
+        let db = Database::create(path).map_err(|e| fail(e.to_string()))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| fail(format!("making it private (0600): {e}")))?;
+        }
+        let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
+        let mut records = 0;
+        {
+            wtx.open_table(BLOCKS).map_err(|e| fail(e.to_string()))?;
+            wtx.open_table(SEQUENCES).map_err(|e| fail(e.to_string()))?;
+            let minutes = wtx.open_table(MINUTES).map_err(|e| fail(e.to_string()))?;
+            for entry in minutes.iter().map_err(|e| fail(e.to_string()))? {
+                let (_, n) = entry.map_err(|e| fail(e.to_string()))?;
+                records += n.value();
+            }
+        }
+        wtx.commit().map_err(|e| fail(e.to_string()))?;
+        Ok(FlowStore {
+            db,
+            path: name,
+            key,
+            retention,
+            records: AtomicU64::new(records),
+            counts: Counts::default(),
+            follow: broadcast::channel(65_536).0,
+        })
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> FlowError {
+        FlowError::Store {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Records stored now.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// Every record stored from now on, as it is stored.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<v1::Flow>> {
+        self.follow.subscribe()
+    }
+
+    /// Stores the valid records of `batch`, reported by `node` (the name in
+    /// its certificate), in one transaction. Records already stored (a
+    /// batch sent again) are accepted and not stored twice; invalid ones are
+    /// counted and dropped whole. Blocking: call it off the async runtime.
+    pub fn ingest(
+        &self,
+        node: &str,
+        batch: &v1::FlowBatch,
+        now: OffsetDateTime,
+    ) -> Result<Ingested, FlowError> {
+        if batch.flows.len() > MAX_BATCH {
+            return Err(FlowError::BatchTooLarge(batch.flows.len()));
+        }
+        let mut out = Ingested::default();
+        let wtx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let mut stored = Vec::new();
+        {
+            let mut sequences = wtx.open_table(SEQUENCES).map_err(|e| self.fail(e))?;
+            let high = match sequences.get(node).map_err(|e| self.fail(e))? {
+                Some(v) if v.value().0 == batch.buffer => v.value().1,
+                _ => 0,
+            };
+            let mut highest = high;
+            // Minute -> its records, in sequence order.
+            let mut groups: std::collections::BTreeMap<u64, Vec<v1::Flow>> = Default::default();
+            for flow in &batch.flows {
+                if flow.sequence != 0 && flow.sequence <= highest {
+                    out.accepted += 1;
+                    self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match check(flow, now) {
+                    Ok(at) => {
+                        highest = flow.sequence;
+                        let mut f = flow.clone();
+                        f.node = node.to_owned();
+                        groups.entry(minute_of(at)).or_default().push(f);
+                        out.accepted += 1;
+                    }
+                    Err(why) => {
+                        highest = highest.max(flow.sequence);
+                        out.refused += 1;
+                        if out.first_refusal.is_empty() {
+                            out.first_refusal = format!("record {}: {why}", flow.sequence);
+                        }
+                    }
+                }
+            }
+            let mut blocks = wtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
+            let mut minutes = wtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
+            for (minute, flows) in groups {
+                let key = block_key(minute, node, batch.buffer, flows[0].sequence);
+                let n = flows.len() as u64;
+                let block = v1::FlowBatch {
+                    flows,
+                    ..Default::default()
+                };
+                let sealed = self
+                    .key
+                    .seal(&key_name(&key), &block.encode_to_vec())
+                    .map_err(|e| self.fail(e))?;
+                blocks
+                    .insert(key.as_slice(), sealed.as_slice())
+                    .map_err(|e| self.fail(e))?;
+                let before = minutes
+                    .get(minute)
+                    .map_err(|e| self.fail(e))?
+                    .map_or(0, |v| v.value());
+                minutes
+                    .insert(minute, before + n)
+                    .map_err(|e| self.fail(e))?;
+                stored.extend(block.flows);
+            }
+            if highest != high || batch.buffer != 0 {
+                sequences
+                    .insert(node, (batch.buffer, highest))
+                    .map_err(|e| self.fail(e))?;
+            }
+        }
+        wtx.commit().map_err(|e| self.fail(e))?;
+        self.records
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.counts
+            .stored
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.counts
+            .refused
+            .fetch_add(u64::from(out.refused), Ordering::Relaxed);
+        for f in stored {
+            // No one following is fine.
+            let _ = self.follow.send(Arc::new(f));
+        }
+        Ok(out)
+    }
+
+    /// Calls `each` with every block of the minutes `query` spans, minute
+    /// by minute (oldest first, or newest first with `newest_first`), each
+    /// minute's matching records in time order; `each` returns whether to
+    /// go on.
+    fn scan(
+        &self,
+        query: &Query,
+        newest_first: bool,
+        mut each: impl FnMut(Vec<(OffsetDateTime, v1::Flow)>) -> bool,
+    ) -> Result<(), FlowError> {
+        let rtx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let minutes = rtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
+        let blocks = rtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
+        let first = query.since.map_or(0, minute_of);
+        let last = query.until.map_or(u64::MAX, minute_of);
+        let range = minutes.range(first..=last).map_err(|e| self.fail(e))?;
+        let mut list: Vec<u64> = Vec::new();
+        for entry in range {
+            let (minute, _) = entry.map_err(|e| self.fail(e))?;
+            list.push(minute.value());
+        }
+        if newest_first {
+            list.reverse();
+        }
+        for minute in list {
+            let lower = minute.to_be_bytes();
+            let upper = (minute + 1).to_be_bytes();
+            let mut found = Vec::new();
+            for entry in blocks
+                .range(lower.as_slice()..upper.as_slice())
+                .map_err(|e| self.fail(e))?
+            {
+                let (key, value) = entry.map_err(|e| self.fail(e))?;
+                let name = key_name(key.value());
+                let opened =
+                    self.key
+                        .open(&name, value.value())
+                        .map_err(|e| FlowError::Corrupt {
+                            key: name.clone(),
+                            message: e.to_string(),
+                        })?;
+                let block =
+                    v1::FlowBatch::decode(opened.as_slice()).map_err(|e| FlowError::Corrupt {
+                        key: name.clone(),
+                        message: e.to_string(),
+                    })?;
+                for flow in block.flows {
+                    if let Some(at) = time_of(&flow)
+                        && query.matches(&flow, at)
+                    {
+                        found.push((at, flow));
+                    }
+                }
+            }
+            found.sort_by(|(a, fa), (b, fb)| {
+                (a, &fa.node, fa.sequence).cmp(&(b, &fb.node, fb.sequence))
+            });
+            if !each(found) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The records `query` wants, oldest first: with `last`, the newest
+    /// that many; otherwise at most [`MAX_RESULTS`]. Blocking.
+    pub fn query(&self, query: &Query) -> Result<Vec<v1::Flow>, FlowError> {
+        if query.last > 0 {
+            let mut minutes: Vec<Vec<v1::Flow>> = Vec::new();
+            let mut n = 0;
+            self.scan(query, true, |found| {
+                n += found.len();
+                minutes.push(found.into_iter().map(|(_, f)| f).collect());
+                n < query.last
+            })?;
+            let mut out: Vec<v1::Flow> = minutes.into_iter().rev().flatten().collect();
+            let skip = out.len().saturating_sub(query.last);
+            out.drain(..skip);
+            return Ok(out);
+        }
+        let mut out = Vec::new();
+        self.scan(query, false, |found| {
+            out.extend(found.into_iter().map(|(_, f)| f));
+            out.len() < MAX_RESULTS
+        })?;
+        out.truncate(MAX_RESULTS);
+        Ok(out)
+    }
+
+    /// Records `query` wants, counted by (source segment, destination
+    /// segment, verdict). Blocking.
+    pub fn matrix(&self, query: &Query) -> Result<v1::FlowMatrixResponse, FlowError> {
+        let mut cells: std::collections::BTreeMap<(String, String, String), u64> =
+            Default::default();
+        let mut flows = 0;
+        self.scan(query, false, |found| {
+            for (_, f) in found {
+                flows += 1;
+                *cells
+                    .entry((f.src_segment, f.dst_segment, f.verdict))
+                    .or_default() += 1;
+            }
+            true
+        })?;
+        Ok(v1::FlowMatrixResponse {
+            cells: cells
+                .into_iter()
+                .map(
+                    |((src_segment, dst_segment, verdict), flows)| v1::FlowMatrixCell {
+                        src_segment,
+                        dst_segment,
+                        verdict,
+                        flows,
+                    },
+                )
+                .collect(),
+            flows,
+        })
+    }
+
+    /// Drops the minutes retention no longer keeps: older than its age,
+    /// then the oldest while there are more records than it allows.
+    /// Returns the records dropped. Blocking.
+    pub fn prune(&self, now: OffsetDateTime) -> Result<u64, FlowError> {
+        let age = time::Duration::try_from(self.retention.max_age).unwrap_or(time::Duration::MAX);
+        let cutoff = minute_of(now.checked_sub(age).unwrap_or(OffsetDateTime::UNIX_EPOCH));
+        let wtx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let mut dropped = 0;
+        {
+            let mut minutes = wtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
+            let mut blocks = wtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
+            let mut all: Vec<(u64, u64)> = Vec::new();
+            for entry in minutes.iter().map_err(|e| self.fail(e))? {
+                let (m, n) = entry.map_err(|e| self.fail(e))?;
+                all.push((m.value(), n.value()));
+            }
+            let mut total: u64 = all.iter().map(|(_, n)| n).sum();
+            for (minute, n) in all {
+                if minute >= cutoff && total <= self.retention.max_records {
+                    break;
+                }
+                minutes.remove(minute).map_err(|e| self.fail(e))?;
+                let lower = minute.to_be_bytes();
+                let upper = (minute + 1).to_be_bytes();
+                blocks
+                    .retain_in(lower.as_slice()..upper.as_slice(), |_, _| false)
+                    .map_err(|e| self.fail(e))?;
+                total -= n;
+                dropped += n;
+            }
+        }
+        wtx.commit().map_err(|e| self.fail(e))?;
+        self.records.fetch_sub(dropped, Ordering::Relaxed);
+        Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::flow;
+    use time::format_description::well_known::Rfc3339;
+
+    fn store(dir: &Path, retention: Retention) -> FlowStore {
+        let key_file = dir.join("store.key");
+        if !key_file.exists() {
+            StoreKey::generate(&key_file).unwrap();
+        }
+        FlowStore::open(
+            &dir.join("flows.redb"),
+            StoreKey::load(&key_file).unwrap(),
+            retention,
+        )
+        .unwrap()
+    }
+
+    fn at(t: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(t, &Rfc3339).unwrap()
+    }
+
+    fn batch(buffer: u64, flows: Vec<v1::Flow>) -> v1::FlowBatch {
+        v1::FlowBatch {
+            node: "gw-1".into(),
+            flows,
+            dropped: 0,
+            buffer,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_stored_once_its_bad_records_dropped_whole_and_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), Retention::default());
+        let mut bad = flow(
+            "2026-12-02T11:00:01Z",
+            "198.18.20.10",
+            "198.18.41.10",
+            22,
+            "dropped",
+            3,
+        );
+        bad.verdict = "perhaps".into();
+        let flows = vec![
+            flow(
+                "2026-12-02T11:00:00Z",
+                "198.18.20.10",
+                "198.18.41.10",
+                443,
+                "allowed",
+                1,
+            ),
+            flow(
+                "2026-12-02T11:00:59Z",
+                "198.18.20.11",
+                "198.18.41.10",
+                22,
+                "dropped",
+                2,
+            ),
+            bad,
+            flow(
+                "2026-12-02T11:01:02Z",
+                "198.18.20.12",
+                "198.18.41.10",
+                443,
+                "allowed",
+                4,
+            ),
+        ];
+        let now = at("2026-12-02T12:00:00Z");
+        let got = s.ingest("gw-1", &batch(7, flows.clone()), now).unwrap();
+        assert_eq!((got.accepted, got.refused), (3, 1));
+        assert!(
+            got.first_refusal.contains("record 3: verdict"),
+            "{}",
+            got.first_refusal
+        );
+        // Sent again (the answer was lost): nothing stored twice.
+        let again = s.ingest("gw-1", &batch(7, flows.clone()), now).unwrap();
+        assert_eq!((again.accepted, again.refused), (4, 0));
+        assert_eq!(s.records(), 3);
+        let all = s.query(&Query::default()).unwrap();
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|f| f.node == "gw-1"));
+        let ports: Vec<u32> = all.iter().map(|f| f.dport).collect();
+        assert_eq!(ports, [443, 22, 443], "oldest first");
+        // A new buffer (the agent lost its state): numbering starts again.
+        let fresh = s
+            .ingest("gw-1", &batch(8, flows[..1].to_vec()), now)
+            .unwrap();
+        assert_eq!(fresh.accepted, 1);
+        assert_eq!(s.records(), 4);
+        // The newest two (by time), and a filter.
+        let last = s
+            .query(&Query {
+                last: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(last.iter().map(|f| f.sequence).collect::<Vec<_>>(), [2, 4]);
+        let dropped = Query::parse(
+            &v1::ObserveRequest {
+                verdict: "dropped".into(),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(s.query(&dropped).unwrap().len(), 1);
+        let m = s.matrix(&Query::default()).unwrap();
+        assert_eq!(m.flows, 4);
+        assert!(
+            m.cells
+                .iter()
+                .any(|c| c.verdict == "dropped" && c.flows == 1)
+        );
+    }
+
+    #[test]
+    fn retention_drops_whole_minutes_by_age_then_by_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(
+            dir.path(),
+            Retention {
+                max_age: Duration::from_secs(3600),
+                max_records: 2,
+            },
+        );
+        let now = at("2026-12-02T12:00:00Z");
+        let flows = vec![
+            flow(
+                "2026-12-02T10:00:00Z",
+                "198.18.20.10",
+                "198.18.41.10",
+                443,
+                "allowed",
+                1,
+            ),
+            flow(
+                "2026-12-02T11:30:00Z",
+                "198.18.20.10",
+                "198.18.41.10",
+                443,
+                "allowed",
+                2,
+            ),
+            flow(
+                "2026-12-02T11:40:00Z",
+                "198.18.20.10",
+                "198.18.41.10",
+                443,
+                "allowed",
+                3,
+            ),
+            flow(
+                "2026-12-02T11:50:00Z",
+                "198.18.20.10",
+                "198.18.41.10",
+                443,
+                "allowed",
+                4,
+            ),
+        ];
+        s.ingest("gw-1", &batch(1, flows), now).unwrap();
+        // 10:00 is past the hour; of the three left, the oldest goes for
+        // the count.
+        assert_eq!(s.prune(now).unwrap(), 2);
+        let left: Vec<u64> = s
+            .query(&Query::default())
+            .unwrap()
+            .iter()
+            .map(|f| f.sequence)
+            .collect();
+        assert_eq!(left, [3, 4]);
+        assert_eq!(s.records(), 2);
+        // Reopened: the count is read back.
+        drop(s);
+        let s = store(dir.path(), Retention::default());
+        assert_eq!(s.records(), 2);
+    }
+
+    #[test]
+    fn a_block_edited_on_disk_is_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), Retention::default());
+        let now = at("2026-12-02T12:00:00Z");
+        let f = flow(
+            "2026-12-02T11:00:00Z",
+            "198.18.20.10",
+            "198.18.41.10",
+            443,
+            "allowed",
+            1,
+        );
+        s.ingest("gw-1", &batch(1, vec![f]), now).unwrap();
+        {
+            let wtx = s.db.begin_write().unwrap();
+            {
+                let mut blocks = wtx.open_table(BLOCKS).unwrap();
+                let (key, mut value) = {
+                    let (k, v) = blocks.first().unwrap().unwrap();
+                    (k.value().to_vec(), v.value().to_vec())
+                };
+                let last = value.len() - 1;
+                value[last] ^= 1;
+                blocks.insert(key.as_slice(), value.as_slice()).unwrap();
+            }
+            wtx.commit().unwrap();
+        }
+        match s.query(&Query::default()) {
+            Err(FlowError::Corrupt { message, .. }) => {
+                assert!(message.contains("does not open"), "{message}")
+            }
+            other => panic!("expected the edited block refused, got {other:?}"),
+        }
+    }
+}
