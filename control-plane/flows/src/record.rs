@@ -12,8 +12,9 @@ pub const KINDS: [&str; 4] = ["new", "drop", "close", "revoked"];
 pub const DIRECTIONS: [&str; 2] = ["ingress", "egress"];
 pub const VERDICTS: [&str; 3] = ["allowed", "audited", "dropped"];
 
-/// The most records one batch may carry.
-pub const MAX_BATCH: usize = 5_000;
+/// The most records one batch may carry (and it must fit the agent API's
+/// message limit, 256 KiB: agents also cut batches by size).
+pub const MAX_BATCH: usize = 1_000;
 /// The longest name a record carries (segments and policies are DNS
 /// labels; reasons are short words).
 const MAX_NAME: usize = 63;

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod flows;
 pub mod limits;
 pub mod liveness;
 pub mod metrics;

@@ -11,8 +11,9 @@ use tonic::Status;
 
 use crate::registry::MAX_SOURCE_BYTES;
 
-/// The largest request an agent sends (register, ack, heartbeat): a few
-/// hundred addresses and labels fit many times over.
+/// The largest request an agent sends (register, ack, heartbeat, a batch of
+/// flow records): a few hundred addresses and labels fit many times over,
+/// and agents cut flow batches to fit.
 pub const AGENT_REQUEST_BYTES: usize = 256 << 10;
 /// The largest request an operator may send: twice the largest policy
 /// source, so that a source somewhat over its limit is refused by the

@@ -102,6 +102,26 @@ impl ControlPlane {
             metrics.delta.load(Ordering::Relaxed) as f64,
         );
         e.histogram(&metrics.apply_to_ack);
+        if let Some(flows) = self.flows() {
+            let counts = &flows.store.counts;
+            e.counter(
+                "wardline_flow_records_total",
+                "Flow records agents reported: stored, refused at ingest (invalid, dropped whole), or sent again and already stored.",
+            )
+            .sample(&[("result", "stored")], counts.stored.load(Ordering::Relaxed) as f64)
+            .sample(&[("result", "refused")], counts.refused.load(Ordering::Relaxed) as f64)
+            .sample(&[("result", "duplicate")], counts.duplicates.load(Ordering::Relaxed) as f64);
+            e.gauge(
+                "wardline_flow_records_stored",
+                "Flow records in this replica's flow store.",
+            )
+            .sample(&[], flows.store.records() as f64);
+            e.gauge(
+                "wardline_flow_records_lost_by_agents",
+                "Flow records agents had to drop (their buffer full), as they last reported, summed.",
+            )
+            .sample(&[], flows.lost().values().sum::<u64>() as f64);
+        }
         e.encode()
     }
 }

@@ -27,6 +27,7 @@ use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Ma
 use wardline_signing::Signer;
 
 use crate::chain::ChainError;
+use crate::flows::{FlowStream, Flows};
 use crate::limits;
 use crate::liveness::{Heard, Liveness, PUBLISH_EVERY};
 use crate::metrics::Metrics;
@@ -37,6 +38,7 @@ use crate::registry::{
 };
 use crate::renewal::{self, Renewal};
 use time::format_description::well_known::Rfc3339;
+use wardline_flows::FlowStore;
 use wardline_tls::expiry;
 use wardline_tls::revocation::{CertificateFacts, Revocation, parse_serial, serial_hex};
 use wardline_tls::{
@@ -279,6 +281,7 @@ pub struct ControlPlane {
     cluster: watch::Receiver<Option<Cluster>>,
     agents: mpsc::Sender<AgentUpdate>,
     metrics: Arc<Metrics>,
+    flows: Option<Arc<Flows>>,
 }
 
 /// At most this many agent records in one store transaction (etcd's
@@ -390,7 +393,29 @@ impl ControlPlane {
             cluster: rx,
             agents,
             metrics: Arc::default(),
+            flows: None,
         })
+    }
+
+    /// Keeps the flow records agents report in `store`, and answers
+    /// operators' flow queries from it.
+    pub fn with_flows(mut self, store: Arc<FlowStore>) -> Self {
+        self.flows = Some(Arc::new(Flows::new(store)));
+        self
+    }
+
+    pub(crate) fn flows(&self) -> Option<&Arc<Flows>> {
+        self.flows.as_ref()
+    }
+
+    pub(crate) fn agent_call<T>(&self, req: &Request<T>, node: &str) -> Result<Identity, Status> {
+        let id = self.agent(req, node)?;
+        self.not_blocked(req, node)?;
+        Ok(id)
+    }
+
+    pub(crate) fn operator_call<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        self.operator(req)
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -771,6 +796,24 @@ fn change_author<T>(req: &Request<T>, id: &Identity) -> Author {
 
 #[tonic::async_trait]
 impl Management for ControlPlane {
+    type ObserveStream = FlowStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn observe(
+        &self,
+        req: Request<v1::ObserveRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        self.observe_flows(req).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn flow_matrix(
+        &self,
+        req: Request<v1::ObserveRequest>,
+    ) -> Result<Response<v1::FlowMatrixResponse>, Status> {
+        self.count_flows(req).await.map(Response::new)
+    }
+
     #[tracing::instrument(skip_all)]
     async fn validate(
         &self,
@@ -1450,6 +1493,14 @@ impl AgentApi for ControlPlane {
         })
         .await?;
         Ok(Response::new(v1::AckResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]
+    async fn report_flows(
+        &self,
+        req: Request<v1::FlowBatch>,
+    ) -> Result<Response<v1::FlowBatchResponse>, Status> {
+        self.ingest_flows(req).await.map(Response::new)
     }
 
     #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]

@@ -98,6 +98,14 @@ pub async fn site(tag: &str) -> Site {
             .unwrap(),
         lifetime: RENEWED_LIFETIME,
     };
+    let flows = std::sync::Arc::new(
+        wardline_flows::FlowStore::open(
+            &dir.join("flows.redb"),
+            store::encrypted::StoreKey::load(&key_file).unwrap(),
+            wardline_flows::Retention::default(),
+        )
+        .unwrap(),
+    );
     let cp = ControlPlane::start(
         Registry::new(store.clone(), signer.clone(), verifier),
         "replica-a".into(),
@@ -106,7 +114,8 @@ pub async fn site(tag: &str) -> Site {
     .await
     .unwrap()
     .with_serving(serving.clone())
-    .with_renewal(renewal);
+    .with_renewal(renewal)
+    .with_flows(flows);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("https://{}", listener.local_addr().unwrap());
     let tls = tls::server_config(&ca.join("ca.pem"), serving, cp.revocations()).unwrap();

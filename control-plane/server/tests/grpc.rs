@@ -653,6 +653,204 @@ async fn the_replica_counts_what_it_serves_in_metrics() {
     }
 }
 
+/// A flow record of gw-1's, `ago` seconds before now.
+fn flow_record(seq: u64, ago: i64, dst: [u8; 4], dport: u32, verdict: &str) -> v1::Flow {
+    let time = (time::OffsetDateTime::now_utc() - time::Duration::seconds(ago))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let dropped = verdict == "dropped";
+    v1::Flow {
+        time,
+        kind: if dropped { "drop" } else { "new" }.into(),
+        interface: "eth1".into(),
+        direction: "ingress".into(),
+        src: vec![198, 18, 20, 10],
+        dst: dst.to_vec(),
+        sport: 40_000 + seq as u32,
+        dport,
+        protocol: 6,
+        src_segment: "pumps".into(),
+        dst_segment: if dst[2] == 42 { "pump-server" } else { "world" }.into(),
+        verdict: verdict.into(),
+        reason: if dropped {
+            "default-deny"
+        } else {
+            "policy-allow"
+        }
+        .into(),
+        policy: if dropped { "" } else { "pumps-to-server" }.into(),
+        generation: 1,
+        revision: 1,
+        packets: 1,
+        bytes: 60,
+        sequence: seq,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn flow_records_are_stored_under_the_callers_name_queried_and_followed() {
+    let site = site("flows").await;
+    let mut op = site.operator().await;
+    let mut gw1 = site.agent("gw-1").await;
+    let batch = v1::FlowBatch {
+        node: "gw-1".into(),
+        flows: vec![
+            flow_record(1, 30, [198, 18, 42, 10], 443, "allowed"),
+            flow_record(2, 20, [203, 0, 113, 9], 22, "dropped"),
+            {
+                // An impossible record: refused whole, the others kept.
+                let mut f = flow_record(3, 10, [198, 18, 42, 10], 443, "allowed");
+                f.dst = vec![1, 2, 3];
+                f
+            },
+        ],
+        dropped: 5,
+        buffer: 42,
+    };
+    let got = gw1.report_flows(batch.clone()).await.unwrap().into_inner();
+    assert_eq!((got.accepted, got.refused), (2, 1), "{got:?}");
+    assert!(got.first_refusal.contains("record 3: src, dst"), "{got:?}");
+    // The answer was lost, the agent sends again: stored once.
+    let again = gw1.report_flows(batch.clone()).await.unwrap().into_inner();
+    assert_eq!((again.accepted, again.refused), (3, 0));
+
+    // gw-1's certificate cannot report for gw-2.
+    let forged = v1::FlowBatch {
+        node: "gw-2".into(),
+        ..batch.clone()
+    };
+    let e = gw1.report_flows(forged).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    let observe = |req: v1::ObserveRequest| {
+        let mut op = op.clone();
+        async move {
+            let mut s = op.observe(req).await?.into_inner();
+            let mut out = Vec::new();
+            while let Some(f) = s.next().await {
+                out.push(f?);
+            }
+            Ok::<_, tonic::Status>(out)
+        }
+    };
+    let all = observe(v1::ObserveRequest::default()).await.unwrap();
+    assert_eq!(all.iter().map(|f| f.sequence).collect::<Vec<_>>(), [1, 2]);
+    assert!(
+        all.iter().all(|f| f.node == "gw-1"),
+        "named by the certificate"
+    );
+    let dropped = observe(v1::ObserveRequest {
+        verdict: "dropped".into(),
+        to: "203.0.113.0/24".into(),
+        since: "5m".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].dport, 22);
+    let none = observe(v1::ObserveRequest {
+        from: "pump-server".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(none.is_empty());
+    // A malformed filter is refused, naming it.
+    for (req, field) in [
+        (
+            v1::ObserveRequest {
+                from: "198.18.0.0/99".into(),
+                ..Default::default()
+            },
+            "from:",
+        ),
+        (
+            v1::ObserveRequest {
+                since: "the day before".into(),
+                ..Default::default()
+            },
+            "since:",
+        ),
+        (
+            v1::ObserveRequest {
+                verdict: "denied".into(),
+                ..Default::default()
+            },
+            "verdict:",
+        ),
+    ] {
+        let e = observe(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with(field), "{}", e.message());
+    }
+    let matrix = op
+        .flow_matrix(v1::ObserveRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(matrix.flows, 2);
+    assert!(matrix.cells.iter().any(|c| c.src_segment == "pumps"
+        && c.dst_segment == "world"
+        && c.verdict == "dropped"
+        && c.flows == 1));
+
+    // Following: the stored ones, then a new one as it arrives.
+    let mut follow = op
+        .observe(v1::ObserveRequest {
+            follow: true,
+            verdict: "allowed".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = follow.next().await.unwrap().unwrap();
+    assert_eq!(first.sequence, 1);
+    gw1.report_flows(v1::FlowBatch {
+        node: "gw-1".into(),
+        flows: vec![
+            flow_record(4, 0, [203, 0, 113, 9], 22, "dropped"),
+            flow_record(5, 0, [198, 18, 42, 10], 443, "allowed"),
+        ],
+        dropped: 5,
+        buffer: 42,
+    })
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), follow.next())
+        .await
+        .expect("the new record within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.sequence, 5, "only what the filter wants");
+
+    // More records than a batch may hold: refused whole.
+    let e = gw1
+        .report_flows(v1::FlowBatch {
+            node: "gw-1".into(),
+            flows: (1..=1_001)
+                .map(|i| flow_record(100 + i, 0, [198, 18, 42, 10], 443, "allowed"))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let metrics = site.control_plane.render_metrics();
+    assert_eq!(
+        sample(&metrics, "wardline_flow_records_total{result=\"refused\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "wardline_flow_records_lost_by_agents"),
+        Some(5.0)
+    );
+    assert_eq!(sample(&metrics, "wardline_flow_records_stored"), Some(4.0));
+}
+
 #[tokio::test]
 async fn agents_get_snapshots_nodes_join_and_acks_are_tracked() {
     let site = site("agents").await;

@@ -96,6 +96,18 @@ struct Args {
     /// only: no policy, names or addresses.
     #[arg(long, env = "WARDLINE_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// This replica's flow store file (records sealed with the store key).
+    /// Default: flows.redb beside an embedded policy store, or
+    /// /var/lib/wardline/control-plane/flows.redb.
+    #[arg(long, env = "WARDLINE_FLOW_STORE")]
+    flow_store: Option<PathBuf>,
+    /// How long flow records are kept (e.g. 30d, 12h).
+    #[arg(long, env = "WARDLINE_FLOW_RETENTION", default_value = "30d",
+          value_parser = humantime::parse_duration)]
+    flow_retention: std::time::Duration,
+    /// The most flow records kept: the oldest minutes go first.
+    #[arg(long, env = "WARDLINE_FLOW_MAX_RECORDS", default_value_t = 50_000_000)]
+    flow_max_records: u64,
 }
 
 /// The shortest renewed certificate: agents renew halfway through it, and
@@ -233,6 +245,11 @@ fn main() -> ExitCode {
         }
         (spec @ StoreSpec::Embedded(_), ..) => spec,
     };
+    let flow_path = match (&args.flow_store, &spec) {
+        (Some(path), _) => path.clone(),
+        (None, StoreSpec::Embedded(path)) => path.with_file_name("flows.redb"),
+        (None, _) => PathBuf::from("/var/lib/wardline/control-plane/flows.redb"),
+    };
     let store_key = match store::encrypted::StoreKey::load(&args.store_key) {
         Ok(k) => k,
         Err(e) => {
@@ -241,6 +258,20 @@ fn main() -> ExitCode {
                 args.store_key.display()
             );
             return ExitCode::from(EX_USAGE);
+        }
+    };
+    let flows = match wardline_flows::FlowStore::open(
+        &flow_path,
+        store_key.clone(),
+        wardline_flows::Retention {
+            max_age: args.flow_retention,
+            max_records: args.flow_max_records,
+        },
+    ) {
+        Ok(f) => std::sync::Arc::new(f),
+        Err(e) => {
+            eprintln!("wardline-control-plane: --flow-store: {e}");
+            return ExitCode::FAILURE;
         }
     };
     // Checked before anything starts, so that a bad file is named at once.
@@ -308,7 +339,9 @@ fn main() -> ExitCode {
             signer.clone(),
         )
         .await?
-        .with_serving(serving.clone());
+        .with_serving(serving.clone())
+        .with_flows(flows.clone());
+        tokio::spawn(wardline_control_plane::flows::prune(flows));
         if let Some(renewal) = renewal {
             tracing::info!(lifetime = %humantime::format_duration(renewal.lifetime), "renewing agent certificates");
             cp = cp.with_renewal(renewal);

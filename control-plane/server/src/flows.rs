@@ -1,0 +1,172 @@
+//! Flow records through the replica: agents' batches into the flow store
+//! (`wardline-flows`), and operators' queries, the segment matrix and the
+//! live follow out of it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_stream::Stream;
+use tonic::{Request, Status};
+use wardline_flows::{FlowError, FlowStore, Query};
+use wardline_proto::v1;
+
+use crate::server::ControlPlane;
+
+/// How often retention runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The flow store and what agents said they lost.
+pub struct Flows {
+    pub store: Arc<FlowStore>,
+    /// Per node: records its agent dropped since its buffer was made (its
+    /// buffer full), as it last reported.
+    lost: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Flows {
+    pub fn new(store: Arc<FlowStore>) -> Flows {
+        Flows {
+            store,
+            lost: Mutex::default(),
+        }
+    }
+
+    /// Records agents reported they had to drop, per node.
+    pub fn lost(&self) -> BTreeMap<String, u64> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Runs retention on `store` every minute, off the async runtime.
+pub async fn prune(store: Arc<FlowStore>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune(OffsetDateTime::now_utc())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(records = n, "flow records past retention dropped"),
+            Ok(Err(e)) => tracing::warn!("flow retention: {e}"),
+            Err(e) => tracing::warn!("flow retention: {e}"),
+        }
+    }
+}
+
+fn store_status(e: FlowError) -> Status {
+    match e {
+        FlowError::BatchTooLarge(_) => Status::invalid_argument(e.to_string()),
+        FlowError::Corrupt { .. } => Status::data_loss(e.to_string()),
+        FlowError::Store { .. } => Status::unavailable(e.to_string()),
+    }
+}
+
+pub type FlowStream = Pin<Box<dyn Stream<Item = Result<v1::Flow, Status>> + Send>>;
+
+impl ControlPlane {
+    fn flow_store(&self) -> Result<&Arc<Flows>, Status> {
+        self.flows()
+            .ok_or_else(|| Status::failed_precondition("this replica keeps no flow records"))
+    }
+
+    /// An agent's batch: stored under the name in its certificate.
+    pub(crate) async fn ingest_flows(
+        &self,
+        req: Request<v1::FlowBatch>,
+    ) -> Result<v1::FlowBatchResponse, Status> {
+        let node = req.get_ref().node.clone();
+        self.agent_call(&req, &node)?;
+        let flows = self.flow_store()?.clone();
+        let batch = req.into_inner();
+        let dropped = batch.dropped;
+        let store = flows.store.clone();
+        let name = node.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            store.ingest(&name, &batch, OffsetDateTime::now_utc())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(store_status)?;
+        flows
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.clone(), dropped);
+        if got.refused > 0 {
+            tracing::warn!(node = %node, refused = got.refused, first = %got.first_refusal, "flow records refused");
+        }
+        Ok(v1::FlowBatchResponse {
+            accepted: got.accepted,
+            refused: got.refused,
+            first_refusal: got.first_refusal,
+        })
+    }
+
+    fn query_of(&self, req: &v1::ObserveRequest) -> Result<Query, Status> {
+        Query::parse(req, OffsetDateTime::now_utc())
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    /// Stored records, then with `follow` each new match as it is stored.
+    pub(crate) async fn observe_flows(
+        &self,
+        req: Request<v1::ObserveRequest>,
+    ) -> Result<FlowStream, Status> {
+        self.operator_call(&req)?;
+        let query = self.query_of(req.get_ref())?;
+        let flows = self.flow_store()?.clone();
+        // Subscribed first, so nothing stored while the query runs is
+        // missed; what both see is sent once.
+        let mut live = query.follow.then(|| flows.store.subscribe());
+        let store = flows.store.clone();
+        let q = query.clone();
+        let stored = tokio::task::spawn_blocking(move || store.query(&q))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_status)?;
+        let stream = async_stream::try_stream! {
+            let mut sent: HashSet<(String, u64, String)> = HashSet::new();
+            for f in stored {
+                if live.is_some() {
+                    sent.insert((f.node.clone(), f.sequence, f.time.clone()));
+                }
+                yield f;
+            }
+            if let Some(live) = live.as_mut() {
+                loop {
+                    match live.recv().await {
+                        Ok(f) => {
+                            let Some(at) = wardline_flows::record::time_of(&f) else { continue };
+                            if sent.remove(&(f.node.clone(), f.sequence, f.time.clone())) || !query.matches(&f, at) {
+                                continue;
+                            }
+                            yield (*f).clone();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            Err(Status::resource_exhausted(format!(
+                                "the follow fell {n} records behind; narrow the filter or follow again"
+                            )))?;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }
+        };
+        Ok(Box::pin(stream))
+    }
+
+    pub(crate) async fn count_flows(
+        &self,
+        req: Request<v1::ObserveRequest>,
+    ) -> Result<v1::FlowMatrixResponse, Status> {
+        self.operator_call(&req)?;
+        let query = self.query_of(req.get_ref())?;
+        let store = self.flow_store()?.store.clone();
+        tokio::task::spawn_blocking(move || store.matrix(&query))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_status)
+    }
+}
