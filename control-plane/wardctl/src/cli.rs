@@ -69,6 +69,13 @@ pub enum PkiCommand {
     Remote(RemotePki),
 }
 
+/// How `observe` prints records: streaming, so no table alignment.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FlowOutput {
+    Table,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Output {
     Table,
@@ -150,6 +157,47 @@ pub enum RemoteCommand {
         expected_revision: Option<u64>,
         #[arg(short, long, default_value = "")]
         message: String,
+    },
+    /// Flow records: who talked to whom, what was dropped and which policy
+    /// decided. Stored ones first (oldest first), then with -f each new one.
+    Observe {
+        /// allowed, audited or dropped.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// The source: a segment, an address or a CIDR.
+        #[arg(long)]
+        from: Option<String>,
+        /// The destination: a segment, an address or a CIDR.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        /// The destination port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// tcp, udp, sctp, icmp, icmpv6 or a protocol number.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// The deciding policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// The reason, e.g. default-deny.
+        #[arg(long)]
+        reason: Option<String>,
+        /// RFC 3339, or a duration back from now (10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// Only the newest N stored records.
+        #[arg(long)]
+        last: Option<u32>,
+        /// Keep following: each new record as it is stored.
+        #[arg(short, long)]
+        follow: bool,
+        /// table: one line per record; json: one JSON object per line.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: FlowOutput,
     },
     /// The current revision and every agent's state.
     Status {

@@ -14,6 +14,7 @@ use clap::Parser;
 mod cli;
 mod connect;
 mod failure;
+mod flows;
 mod local;
 mod remote;
 mod table;

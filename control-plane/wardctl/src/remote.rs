@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 use wardline_proto::v1::{self, management_client::ManagementClient};
 
-use crate::cli::{Output, RemoteCommand, RemotePki};
+use crate::cli::{FlowOutput, Output, RemoteCommand, RemotePki};
 use crate::failure::{EXIT_UNHEALTHY, Failure, fail, from_status, read_file};
 use crate::table::table;
 
@@ -325,6 +325,49 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                 changes_text(&r.changes)
             );
         }
+        RemoteCommand::Observe {
+            verdict,
+            from,
+            to,
+            node,
+            port,
+            protocol,
+            policy,
+            reason,
+            since,
+            until,
+            last,
+            follow,
+            output,
+        } => {
+            let request = v1::ObserveRequest {
+                since: since.unwrap_or_default(),
+                until: until.unwrap_or_default(),
+                node: node.unwrap_or_default(),
+                from: from.unwrap_or_default(),
+                to: to.unwrap_or_default(),
+                port: port.map_or(0, u32::from),
+                protocol: protocol.unwrap_or_default(),
+                verdict: verdict.unwrap_or_default(),
+                reason: reason.unwrap_or_default(),
+                policy: policy.unwrap_or_default(),
+                last: last.unwrap_or_default(),
+                follow,
+            };
+            let mut stream = c.observe(request).await.map_err(from_status)?.into_inner();
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            while let Some(flow) = stream.message().await.map_err(from_status)? {
+                let line = match output {
+                    FlowOutput::Json => flow_json(&flow).to_string(),
+                    FlowOutput::Table => crate::flows::line(&flow),
+                };
+                // A closed pipe (| head) ends the command quietly.
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+            }
+        }
         RemoteCommand::Status { output, check } => {
             let r = c
                 .status(v1::StatusRequest {})
@@ -491,4 +534,19 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
         }
     }
     Ok(())
+}
+
+/// A flow record for scripts: one JSON object.
+fn flow_json(f: &v1::Flow) -> Value {
+    json!({
+        "time": f.time, "node": f.node, "kind": f.kind, "interface": f.interface,
+        "direction": f.direction, "protocol": crate::flows::protocol(f.protocol),
+        "src": crate::flows::address(&f.src), "dst": crate::flows::address(&f.dst),
+        "sport": f.sport, "dport": f.dport, "vlan": f.vlan,
+        "srcSegment": f.src_segment, "dstSegment": f.dst_segment,
+        "verdict": f.verdict, "reason": f.reason,
+        "policy": if f.policy.is_empty() { Value::Null } else { Value::from(f.policy.clone()) },
+        "generation": f.generation, "revision": f.revision,
+        "packets": f.packets, "bytes": f.bytes, "sequence": f.sequence,
+    })
 }

@@ -314,3 +314,119 @@ async fn removing_a_node_and_revoking_certificates() {
         "{status}"
     );
 }
+
+/// A flow record of gw-1's, from a workstation to `dst`:`dport`.
+fn flow(seq: u64, dst: [u8; 4], dport: u32, verdict: &str, policy: &str) -> v1::Flow {
+    let dropped = verdict == "dropped";
+    v1::Flow {
+        time: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+        kind: if dropped { "drop" } else { "new" }.into(),
+        interface: "eth1".into(),
+        direction: "ingress".into(),
+        src: vec![198, 18, 30, 10],
+        dst: dst.to_vec(),
+        sport: 40_000,
+        dport,
+        protocol: 6,
+        src_segment: "pumps".into(),
+        dst_segment: "ehr".into(),
+        verdict: verdict.into(),
+        reason: if dropped {
+            "default-deny"
+        } else {
+            "policy-allow"
+        }
+        .into(),
+        policy: policy.into(),
+        generation: 1,
+        revision: 1,
+        packets: 1,
+        bytes: 60,
+        sequence: seq,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn observe_prints_filters_and_refuses_a_bad_filter() {
+    let site = site("wardctl-observe").await;
+    let dir = site.dir.clone();
+    let env = [
+        ("WARDCTL_ENDPOINT", site.endpoint.clone()),
+        ("WARDCTL_CA", dir.join("ca/ca.pem").display().to_string()),
+        ("WARDCTL_CERT", dir.join("alice.pem").display().to_string()),
+        (
+            "WARDCTL_KEY",
+            dir.join("alice-key.pem").display().to_string(),
+        ),
+    ];
+    let mut gw = site.agent("gw-1").await;
+    gw.report_flows(v1::FlowBatch {
+        node: "gw-1".into(),
+        flows: vec![
+            flow(1, [198, 18, 41, 10], 2575, "allowed", "pumps-to-ehr"),
+            flow(2, [198, 18, 41, 10], 22, "dropped", ""),
+            flow(3, [198, 18, 41, 11], 2575, "allowed", "pumps-to-ehr"),
+        ],
+        dropped: 0,
+        buffer: 1,
+    })
+    .await
+    .unwrap();
+
+    let o = run(&["observe"], &env).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.lines().next().unwrap().contains(
+            "gw-1  198.18.30.10:40000 (pumps) -> 198.18.41.10:2575 (ehr)  tcp  ALLOWED  policy-allow  pumps-to-ehr"
+        ),
+        "{out}"
+    );
+    let o = run(&["observe", "--verdict", "dropped", "-o", "json"], &env).await;
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", text(&o));
+    assert_eq!(lines[0]["dport"], 22);
+    assert_eq!(lines[0]["reason"], "default-deny");
+    assert_eq!(lines[0]["policy"], serde_json::Value::Null);
+    let o = run(
+        &[
+            "observe",
+            "--to",
+            "198.18.41.11",
+            "--port",
+            "2575",
+            "--since",
+            "5m",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        1,
+        "{}",
+        text(&o)
+    );
+    let o = run(&["observe", "--last", "2", "--protocol", "tcp"], &env).await;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("198.18.41.11:2575"), "{out}");
+
+    // A malformed filter: exit 3, naming it.
+    for (args, named) in [
+        (vec!["observe", "--from", "198.18.0.0/40"], "from:"),
+        (vec!["observe", "--since", "last week"], "since:"),
+        (vec!["observe", "--protocol", "gopher"], "protocol:"),
+    ] {
+        let o = run(&args, &env).await;
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(named), "{args:?}: {}", text(&o));
+    }
+}

@@ -1,0 +1,139 @@
+//! Flow records as `wardctl observe` prints them: one line each, as
+//! `hubble observe` reads, so that a followed stream needs no table.
+//!
+//! ```text
+//! Dec 02 14:35:09.123  gw-icu  198.18.20.10:40112 (ws) -> 198.18.41.10:443 (ehr)  tcp  ALLOWED  policy-allow  ws-ehr-web
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use wardline_proto::v1;
+
+/// The address 4 or 16 bytes hold, as text; the bytes in hex otherwise.
+pub fn address(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => IpAddr::from(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])).to_string(),
+        16 => <[u8; 16]>::try_from(bytes)
+            .map(|b| IpAddr::from(Ipv6Addr::from(b)).to_string())
+            .unwrap_or_default(),
+        _ => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+pub fn protocol(n: u32) -> String {
+    match n {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        132 => "sctp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+/// `address:port`, IPv6 in brackets; no port for protocols without.
+fn end(bytes: &[u8], port: u32, ports: bool) -> String {
+    let a = address(bytes);
+    match (ports, bytes.len()) {
+        (false, _) => a,
+        (true, 16) => format!("[{a}]:{port}"),
+        (true, _) => format!("{a}:{port}"),
+    }
+}
+
+/// `2026-12-02T14:35:09.123456789Z` as `Dec 02 14:35:09.123`; other text
+/// as it is.
+fn when(time: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (Some(month), Some(day), Some(clock)) = (
+        time.get(5..7).and_then(|m| m.parse::<usize>().ok()),
+        time.get(8..10),
+        time.get(11..19),
+    ) else {
+        return time.to_owned();
+    };
+    let millis = time
+        .get(19..)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .map(|f| {
+            f.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .map(|f| format!("{f:0<3}")[..3].to_owned())
+        .unwrap_or_else(|| "000".to_owned());
+    match MONTHS.get(month.wrapping_sub(1)) {
+        Some(m) => format!("{m} {day} {clock}.{millis}"),
+        None => time.to_owned(),
+    }
+}
+
+/// One record, one line.
+pub fn line(f: &v1::Flow) -> String {
+    let ports = matches!(f.protocol, 6 | 17 | 132);
+    let mut s = format!(
+        "{}  {}  {} ({}) -> {} ({})  {}  {}  {}",
+        when(&f.time),
+        f.node,
+        end(&f.src, f.sport, ports),
+        f.src_segment,
+        end(&f.dst, f.dport, ports),
+        f.dst_segment,
+        protocol(f.protocol),
+        f.verdict.to_uppercase(),
+        f.reason,
+    );
+    if !f.policy.is_empty() {
+        s.push_str("  ");
+        s.push_str(&f.policy);
+    }
+    if f.kind != "new" && f.kind != "drop" {
+        s.push_str(&format!("  ({})", f.kind));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_as_one_line() {
+        let f = v1::Flow {
+            time: "2026-12-02T14:35:09.1234Z".into(),
+            node: "gw-icu".into(),
+            kind: "new".into(),
+            src: vec![198, 18, 20, 10],
+            dst: vec![198, 18, 41, 10],
+            sport: 40112,
+            dport: 443,
+            protocol: 6,
+            src_segment: "ws".into(),
+            dst_segment: "ehr".into(),
+            verdict: "allowed".into(),
+            reason: "policy-allow".into(),
+            policy: "ws-ehr-web".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            line(&f),
+            "Dec 02 14:35:09.123  gw-icu  198.18.20.10:40112 (ws) -> 198.18.41.10:443 (ehr)  tcp  ALLOWED  policy-allow  ws-ehr-web"
+        );
+        let v6 = v1::Flow {
+            time: "2026-12-02T14:35:09Z".into(),
+            kind: "close".into(),
+            src: vec![0x20, 1, 0xd, 0xb8, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
+            dst: vec![0x20, 1, 0xd, 0xb8, 0, 0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
+            protocol: 58,
+            verdict: "dropped".into(),
+            reason: "default-deny".into(),
+            ..f
+        };
+        assert_eq!(
+            line(&v6),
+            "Dec 02 14:35:09.000  gw-icu  2001:db8:20::10 (ws) -> 2001:db8:41::10 (ehr)  icmpv6  DROPPED  default-deny  ws-ehr-web  (close)"
+        );
+    }
+}
