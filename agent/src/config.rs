@@ -23,6 +23,10 @@ pub mod env {
 pub const DEFAULT_STATUS_ADDRESS: &str = "127.0.0.1:9464";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/wardline";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/wardline/agent";
+/// Flow records waiting for the control plane may take this much disk by
+/// default (`spec.flowBufferMiB`), and at most the larger figure.
+const DEFAULT_FLOW_BUFFER_MIB: u32 = 64;
+const MAX_FLOW_BUFFER_MIB: u32 = 4096;
 
 /// What an agent configuration may ask of the YAML reader. The file
 /// nests five levels (`spec.failsafe[0].cidrs`) and holds some hundred
@@ -87,6 +91,8 @@ struct Spec {
     pass_ethertypes: Vec<Ethertype>,
     flow_log: Option<String>,
     state_dir: Option<PathBuf>,
+    #[serde(rename = "flowBufferMiB")]
+    flow_buffer_mib: Option<u32>,
 }
 
 /// Managed mode's connection to the control plane.
@@ -164,6 +170,9 @@ pub struct AgentConfig {
     pub flow_log: FlowLog,
     /// Managed mode keeps the last snapshot here (`<stateDir>/<node>/`).
     pub state_dir: PathBuf,
+    /// Managed mode: the most flow records waiting for the control plane
+    /// may take on disk, in bytes.
+    pub flow_buffer_bytes: u64,
 }
 
 impl AgentConfig {
@@ -335,6 +344,13 @@ impl AgentConfig {
                 }
             }
         }
+        let flow_buffer_mib = spec.flow_buffer_mib.unwrap_or(DEFAULT_FLOW_BUFFER_MIB);
+        if !(1..=MAX_FLOW_BUFFER_MIB).contains(&flow_buffer_mib) {
+            return Err(invalid(
+                "spec.flowBufferMiB",
+                format!("{flow_buffer_mib} is not between 1 and {MAX_FLOW_BUFFER_MIB} MiB"),
+            ));
+        }
         let flow_log = match spec.flow_log.as_deref() {
             None | Some("stdout") => FlowLog::Stdout,
             Some("off") => FlowLog::Off,
@@ -353,6 +369,7 @@ impl AgentConfig {
             state_dir: spec
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            flow_buffer_bytes: u64::from(flow_buffer_mib) << 20,
         })
     }
 }

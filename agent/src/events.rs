@@ -22,13 +22,16 @@ use wardline_policy::reference::to_ip;
 pub struct Names {
     segments: Vec<String>,
     policies: Vec<String>,
+    /// The control plane's revision the generation enforces (0: none).
+    revision: u64,
 }
 
 impl Names {
-    pub fn of(dp: &Dataplane) -> Names {
+    pub fn of(dp: &Dataplane, revision: u64) -> Names {
         Names {
             segments: dp.segments.iter().map(|s| s.name.clone()).collect(),
             policies: dp.policies.iter().map(|p| p.name.clone()).collect(),
+            revision,
         }
     }
 
@@ -62,8 +65,8 @@ pub struct Generations {
 impl Generations {
     const KEPT: usize = 8;
 
-    pub fn insert(&mut self, generation: u32, dp: &Dataplane) {
-        let names = Names::of(dp);
+    pub fn insert(&mut self, generation: u32, dp: &Dataplane, revision: u64) {
+        let names = Names::of(dp, revision);
         let shared = self
             .by_generation
             .values()
@@ -105,6 +108,46 @@ pub struct FlowRecord {
     pub generation: u32,
     pub packets: u64,
     pub bytes: u64,
+    /// The IANA protocol number (`protocol` names it).
+    #[serde(skip)]
+    pub proto: u8,
+    /// The control plane's revision the generation enforced (0: none).
+    #[serde(skip)]
+    pub revision: u64,
+}
+
+impl FlowRecord {
+    /// The record as the control plane stores it (numbered by the spool).
+    pub fn to_wire(&self) -> wardline_proto::v1::Flow {
+        let bytes = |a: Option<IpAddr>| match a {
+            Some(IpAddr::V4(v4)) => v4.octets().to_vec(),
+            Some(IpAddr::V6(v6)) => v6.octets().to_vec(),
+            None => Vec::new(),
+        };
+        wardline_proto::v1::Flow {
+            time: self.time.clone(),
+            node: self.node.clone(),
+            kind: self.kind.to_owned(),
+            interface: self.interface.clone(),
+            direction: self.direction.to_owned(),
+            src: bytes(self.src),
+            dst: bytes(self.dst),
+            sport: u32::from(self.sport),
+            dport: u32::from(self.dport),
+            protocol: u32::from(self.proto),
+            vlan: u32::from(self.vlan),
+            src_segment: self.src_segment.clone(),
+            dst_segment: self.dst_segment.clone(),
+            verdict: self.verdict.to_owned(),
+            reason: self.reason.to_owned(),
+            policy: self.policy.clone().unwrap_or_default(),
+            generation: self.generation,
+            revision: self.revision,
+            packets: self.packets,
+            bytes: self.bytes,
+            sequence: 0,
+        }
+    }
 }
 
 /// Counts of events seen, for /metrics.
@@ -259,17 +302,26 @@ impl Namer {
             generation: e.generation,
             packets: e.packets,
             bytes: e.bytes,
+            proto: e.proto,
+            revision: names.map_or(0, |n| n.revision),
         }
     }
 }
 
-/// Reads events until the task is dropped, writing each as a JSON line.
+/// Where flow records go: the flow log (JSON lines), the spool for the
+/// control plane (managed mode), or both.
+pub struct Sinks {
+    pub log: Option<Box<dyn Write + Send>>,
+    pub spool: Option<Arc<Mutex<crate::spool::Spool>>>,
+}
+
+/// Reads events until the task is dropped, writing each to `sinks`.
 pub async fn run(
     ring: RingBuf<MapData>,
     mut namer: Namer,
     generations: Arc<Mutex<Generations>>,
     stats: Arc<Mutex<EventStats>>,
-    mut sink: Box<dyn Write + Send>,
+    mut sinks: Sinks,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and AsyncFd owns the ring buffer,
     // so the fd stays open, unshared, for as long as it is registered.
@@ -278,7 +330,7 @@ pub async fn run(
     loop {
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        let mut lines = Vec::new();
+        let mut records = Vec::new();
         while let Some(item) = ring.next() {
             if let Some(e) = decode(&item) {
                 let record = {
@@ -291,15 +343,28 @@ pub async fn run(
                         .entry((record.kind, record.verdict))
                         .or_default() += 1;
                 }
-                if let Ok(line) = serde_json::to_string(&record) {
-                    lines.push(line);
-                }
+                records.push(record);
             }
         }
         guard.clear_ready();
-        for line in lines {
-            writeln!(sink, "{line}")?;
+        if let Some(log) = sinks.log.as_mut() {
+            for record in &records {
+                if let Ok(line) = serde_json::to_string(record) {
+                    writeln!(log, "{line}")?;
+                }
+            }
+            log.flush()?;
         }
-        sink.flush()?;
+        if let Some(spool) = &sinks.spool {
+            let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+            for record in &records {
+                if let Err(e) = spool.push(record.to_wire()) {
+                    tracing::warn!("keeping a flow record for the control plane: {e}");
+                }
+            }
+            if let Err(e) = spool.flush() {
+                tracing::warn!("keeping flow records for the control plane: {e}");
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod events;
 pub mod managed;
 pub mod renewal;
 pub mod runtime;
+pub mod spool;
 pub mod standalone;
 pub mod status;
 

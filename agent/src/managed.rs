@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,8 +27,9 @@ use wardline_tls::{MAX_MESSAGE_BYTES, ServerAddress};
 
 use crate::config::{AgentConfig, ControlPlane};
 use crate::runtime::{Enforced, Runtime, Source};
+use crate::spool::Spool;
 use crate::standalone::sha256_hex;
-use crate::status::Shared;
+use crate::status::{FlowState, Shared};
 
 const SNAPSHOT_FILE: &str = "snapshot.pb";
 /// The revision and tables hash of the snapshot last enforced.
@@ -503,6 +505,15 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
             state.last_error = Some(e);
         }
     }
+    let spool = crate::spool::Spool::open(&persisted.dir.join("flows"), config.flow_buffer_bytes)
+        .with_context(|| {
+        format!(
+            "the flow buffer in {}",
+            persisted.dir.join("flows").display()
+        )
+    })?;
+    let spool = Arc::new(Mutex::new(spool));
+    rt.send_flows_to(spool.clone());
     let mut server = rt.serve()?;
     let (tx, mut rx) = mpsc::channel::<Incoming>(4);
     let session = Session {
@@ -513,6 +524,7 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
         tx,
         dir: persisted.dir.clone(),
         next_renewal: std::sync::Mutex::new(None),
+        spool: spool.clone(),
     };
     tokio::spawn(session.run());
 
@@ -531,6 +543,8 @@ pub async fn run(mut config: AgentConfig, cp: ControlPlane) -> anyhow::Result<()
                 let _ = incoming.reply.send(outcome);
             }
             _ = tick.tick() => {
+                // What waits for the control plane, also while it is away.
+                update_flow_state(&rt.shared, &spool, |_| {});
                 rt.check_windows();
                 rt.check_interfaces();
                 rt.check_addresses();
@@ -557,6 +571,115 @@ struct Session {
     dir: PathBuf,
     /// No renewal before this, after one failed.
     next_renewal: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Flow records waiting for the control plane.
+    spool: Arc<Mutex<Spool>>,
+}
+
+/// Aborts a task when dropped: the flow sender ends with its connection.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long the flow sender waits when nothing is waiting, and after a
+/// failed send.
+const FLOWS_IDLE: Duration = Duration::from_millis(250);
+const FLOWS_RETRY: Duration = Duration::from_secs(2);
+
+/// Sends the spool's records, oldest first, one segment per batch, each
+/// removed once the control plane stored it; runs for one connection.
+async fn send_flows(
+    mut client: AgentApiClient<tonic::transport::Channel>,
+    node: String,
+    spool: Arc<Mutex<Spool>>,
+    shared: Shared,
+) {
+    let lock = |spool: &Arc<Mutex<Spool>>| {
+        spool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next_segment()
+    };
+    loop {
+        let segment = match lock(&spool) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                update_flow_state(&shared, &spool, |_| {});
+                tokio::time::sleep(FLOWS_IDLE).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("reading the flow buffer: {e}");
+                tokio::time::sleep(FLOWS_RETRY).await;
+                continue;
+            }
+        };
+        let (dropped, buffer) = {
+            let s = spool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (s.dropped(), s.buffer)
+        };
+        let batch = v1::FlowBatch {
+            node: node.clone(),
+            flows: segment.flows.clone(),
+            dropped,
+            buffer,
+        };
+        match client.report_flows(batch).await {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                if answer.refused > 0 {
+                    tracing::warn!(refused = answer.refused, first = %answer.first_refusal, "the control plane refused flow records");
+                }
+                if let Err(e) = spool
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .sent(&segment)
+                {
+                    tracing::warn!("removing sent flow records: {e}");
+                }
+                update_flow_state(&shared, &spool, |f| {
+                    f.sent += u64::from(answer.accepted);
+                    f.refused += u64::from(answer.refused);
+                    f.error = None;
+                });
+            }
+            Err(status) => {
+                tracing::warn!("sending flow records: {}", status.message());
+                update_flow_state(&shared, &spool, |f| {
+                    f.error = Some(status.message().to_owned());
+                });
+                tokio::time::sleep(FLOWS_RETRY).await;
+            }
+        }
+    }
+}
+
+/// The flow buffer's figures in `/status`, and `change`.
+fn update_flow_state(
+    shared: &Shared,
+    spool: &Arc<Mutex<Spool>>,
+    change: impl FnOnce(&mut FlowState),
+) {
+    let (waiting, dropped, bound) = {
+        let s = spool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (s.bytes(), s.dropped(), s.limit())
+    };
+    let mut state = shared
+        .state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let flows = state.flows.get_or_insert_with(FlowState::default);
+    flows.waiting_bytes = waiting;
+    flows.buffer_bytes = bound;
+    flows.dropped = dropped;
+    change(flows);
 }
 
 /// How a connection to the control plane ended without an error.
@@ -745,6 +868,12 @@ impl Session {
             .await
             .context("watching")?
             .into_inner();
+        let _flows = AbortOnDrop(tokio::spawn(send_flows(
+            client.clone(),
+            node.clone(),
+            self.spool.clone(),
+            self.shared.clone(),
+        )));
         let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(
             registered.heartbeat_seconds.max(1),
         )));

@@ -47,10 +47,7 @@ pub struct Runtime {
     next_change: Option<OffsetDateTime>,
     /// The generation found pinned at start (0: none).
     pub adopted_generation: u32,
-    events: Option<(
-        aya::maps::RingBuf<aya::maps::MapData>,
-        Box<dyn Write + Send>,
-    )>,
+    events: Option<(aya::maps::RingBuf<aya::maps::MapData>, events::Sinks)>,
 }
 
 fn flow_sink(log: &FlowLog) -> anyhow::Result<Option<Box<dyn Write + Send>>> {
@@ -87,7 +84,8 @@ impl Runtime {
         enforcer.set_local_rules(&config.failsafe, &config.pass_ethertypes)?;
         enforcer.set_local_addresses(&local_addresses()?)?;
         let sink = flow_sink(&config.flow_log)?;
-        enforcer.set_events(sink.is_some())?;
+        // Managed mode sends every record to the control plane, flow log or not.
+        enforcer.set_events(sink.is_some() || mode == "managed")?;
         let ring = enforcer.take_events();
         let shared = Shared {
             state: Arc::new(Mutex::new(AgentState {
@@ -114,8 +112,24 @@ impl Runtime {
             enforced: None,
             next_change: None,
             adopted_generation,
-            events: ring.zip(sink),
+            events: ring.map(|ring| {
+                (
+                    ring,
+                    events::Sinks {
+                        log: sink,
+                        spool: None,
+                    },
+                )
+            }),
         })
+    }
+
+    /// Managed mode: flow records also go to `spool`, for the control
+    /// plane. Before [`Runtime::serve`].
+    pub fn send_flows_to(&mut self, spool: Arc<Mutex<crate::spool::Spool>>) {
+        if let Some((_, sinks)) = self.events.as_mut() {
+            sinks.spool = Some(spool);
+        }
     }
 
     /// After the first policy: attach, drop other ABI versions' pins, start
@@ -123,12 +137,12 @@ impl Runtime {
     pub fn serve(&mut self) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
         self.check_interfaces();
         enforcer::remove_other_abi_versions(&self.config.bpffs, &self.config.node)?;
-        if let Some((ring, sink)) = self.events.take() {
+        if let Some((ring, sinks)) = self.events.take() {
             let namer = Namer::new(self.config.node.clone());
             let stats = self.shared.events.clone();
             let generations = self.generations.clone();
             tokio::spawn(async move {
-                if let Err(e) = events::run(ring, namer, generations, stats, sink).await {
+                if let Err(e) = events::run(ring, namer, generations, stats, sinks).await {
                     tracing::error!("flow events stopped: {e}");
                 }
             });
@@ -202,9 +216,10 @@ impl Runtime {
             .apply(dp, &steps)?;
         let generation = applied.live;
         let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
-        generations.insert(generation, dp);
+        let revision = enforced.revision.unwrap_or(0);
+        generations.insert(generation, dp, revision);
         for (g, (_, dp)) in applied.scheduled.iter().zip(&schedule.ahead) {
-            generations.insert(*g, dp);
+            generations.insert(*g, dp, revision);
         }
         drop(generations);
         self.next_change = schedule.next_change();

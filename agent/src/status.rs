@@ -41,6 +41,24 @@ pub struct AgentState {
     pub reloads_failed: u64,
     /// Managed mode: the certificate the agent presents to the control plane.
     pub certificate: Option<CertificateState>,
+    /// Managed mode: flow records on their way to the control plane.
+    pub flows: Option<FlowState>,
+}
+
+/// Flow records kept for the control plane, and how their sending goes.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowState {
+    /// Bytes waiting on disk, and the bound.
+    pub waiting_bytes: u64,
+    pub buffer_bytes: u64,
+    /// Records dropped because the buffer was full, since it was made.
+    pub dropped: u64,
+    /// Records the control plane stored, and refused as invalid.
+    pub sent: u64,
+    pub refused: u64,
+    /// The last send that failed, and why; cleared by the next success.
+    pub error: Option<String>,
 }
 
 /// The agent's certificate, and its renewals.
@@ -276,6 +294,20 @@ pub fn render_metrics(state: &AgentState, c: &Counters, events: &EventStats) -> 
         )
         .sample(&[("result", "ok")], cert.renewals as f64)
         .sample(&[("result", "error")], cert.renewal_failures as f64);
+    }
+    if let Some(flows) = &state.flows {
+        e.counter(
+            "wardline_flow_records_total",
+            "Flow records for the control plane: sent (stored there), refused there as invalid, or dropped here with the buffer full.",
+        )
+        .sample(&[("result", "sent")], flows.sent as f64)
+        .sample(&[("result", "refused")], flows.refused as f64)
+        .sample(&[("result", "dropped")], flows.dropped as f64);
+        e.gauge(
+            "wardline_flow_buffer_bytes",
+            "Bytes of flow records waiting on disk for the control plane.",
+        )
+        .sample(&[], flows.waiting_bytes as f64);
     }
     e.gauge(
         "wardline_ready",

@@ -619,6 +619,123 @@ spec: {{addresses: [\"198.18.41.10/32\", \"2001:db8:41::10/128\"]}}
     check_matrix(&routed, "control plane back", |_| false);
 }
 
+/// Flow records the replica stored for `node`, as `wardctl observe -o json`
+/// prints them.
+fn observed(site: &Site, node: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["observe", "--node", node, "-o", "json"];
+    all.extend_from_slice(args);
+    let out = site.wardctl(0, &all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+/// The sum of the agent's `wardline_flow_events_total` series.
+fn events_read(agent: &Agent, ns: &wardline_tests::Netns) -> u64 {
+    let (_, metrics) = agent.get(ns, "/metrics").expect("/metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("wardline_flow_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_every_flow_verdict_reaches_observe_also_across_a_control_plane_outage() {
+    require_root();
+    let GatewaySite {
+        mut site,
+        store,
+        routed,
+        agent,
+        web,
+    } = gateway_site();
+    let ns = routed.agent_ns();
+    let revision = site.apply(0, &web);
+    site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
+    check_matrix(&routed, "observed", |c| {
+        is(c, "ws", "ehr") && c.service == Service::Tcp(443)
+    });
+    // Every record the agent read from the kernel is stored, none lost.
+    let all_stored = |site: &Site| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let read = events_read(&agent, ns);
+            let stored = observed(site, &agent.node, &[]).len() as u64;
+            if read > 0 && stored == read {
+                return stored;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent read {read} flow events, the replica stored {stored}\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let before = all_stored(&site);
+    let allowed = observed(
+        &site,
+        &agent.node,
+        &["--verdict", "allowed", "--to", "ehr", "--port", "443"],
+    );
+    assert!(!allowed.is_empty());
+    for f in &allowed {
+        assert_eq!(f["srcSegment"], "ws", "{f}");
+        assert_eq!(f["policy"], "ws-ehr-web", "{f}");
+        assert_eq!(f["revision"], revision, "{f}");
+    }
+    let dropped = observed(
+        &site,
+        &agent.node,
+        &["--verdict", "dropped", "--from", "198.18.30.0/24"],
+    );
+    assert!(!dropped.is_empty());
+    assert!(
+        dropped
+            .iter()
+            .all(|f| f["reason"] == "default-deny" && f["srcSegment"] == "pump"),
+        "{dropped:?}"
+    );
+
+    // The control plane away: the agent keeps what it judges on disk and
+    // delivers it when the replica is back.
+    site.replicas[0].kill9();
+    check_matrix(&routed, "with the control plane away", |c| {
+        is(c, "ws", "ehr") && c.service == Service::Tcp(443)
+    });
+    let waiting = agent.status_json(ns)["flows"]["waitingBytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        waiting > 0,
+        "records wait on disk: {}",
+        agent.status_json(ns)
+    );
+    site.start_replica(0, &store);
+    let after = all_stored(&site);
+    assert!(after > before, "{before} then {after}");
+    let status = agent.status_json(ns);
+    assert_eq!(status["flows"]["dropped"], 0, "{status}");
+    // No record stored twice across the reconnect.
+    let records = observed(&site, &agent.node, &[]);
+    let mut numbers: Vec<u64> = records
+        .iter()
+        .map(|f| f["sequence"].as_u64().unwrap())
+        .collect();
+    let n = numbers.len();
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), n, "each record once");
+}
+
 /// Until `check` holds of the agent's `/status`, within `within`.
 fn wait_status(
     agent: &Agent,

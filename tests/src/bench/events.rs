@@ -281,7 +281,7 @@ impl Fixture {
             .take_events()
             .context("the events ring buffer is missing")?;
         let mut generations = Generations::default();
-        generations.insert(generation, &dp);
+        generations.insert(generation, &dp, 0);
         Ok(Fixture {
             programs,
             ring,
