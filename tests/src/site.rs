@@ -227,6 +227,9 @@ impl Site {
             .arg("--store-key")
             .arg(self.store_key())
             .args(etcd_flags)
+            // Each replica its own flow store, in the site's directory.
+            .arg("--flow-store")
+            .arg(self.dir.join(format!("flows-{i}.redb")))
             .args(&self.replica_flags)
             .args(["--replica", &format!("replica-{i}")])
             .stdin(Stdio::null())

@@ -810,7 +810,7 @@ fn privileged_certificates_renew_over_the_channel_and_the_replica_reloads_its_ow
         "{metrics}"
     );
     assert!(
-        metrics.contains("wardline_certificate_expiring{"),
+        metrics.contains("wardline_certificate_expiring 0"),
         "{metrics}"
     );
     check_matrix(&routed, "certificate renewed", expect_web);

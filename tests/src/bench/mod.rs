@@ -8,7 +8,8 @@
 //!
 //! The parts run in turn ([`PARTS`]): the per-packet cost of the kernel
 //! programs ([`packet`]), throughput through a gateway ([`throughput`]),
-//! policy propagation ([`propagation`]), flow events ([`events`]), kernel
+//! policy propagation ([`propagation`]), flow events ([`events`]), the
+//! flow store's ingest and queries through a replica ([`flows`]), kernel
 //! and agent memory at scale ([`memory`]) and allowed traffic under a flood
 //! of denied SYNs ([`flood`]). A part that fails or panics does not stop
 //! the others: its section says why, and the run reports the failure at the
@@ -23,6 +24,7 @@ use serde_json::Value;
 
 pub mod events;
 pub mod flood;
+pub mod flows;
 pub mod memory;
 pub mod packet;
 mod procfs;
@@ -101,7 +103,7 @@ pub struct Part {
 }
 
 /// The parts, in the order they run.
-pub const PARTS: [Part; 6] = [
+pub const PARTS: [Part; 7] = [
     Part {
         name: "packet",
         title: "Per-packet cost in the kernel",
@@ -121,6 +123,11 @@ pub const PARTS: [Part; 6] = [
         name: "events",
         title: "Flow events",
         run: events::run,
+    },
+    Part {
+        name: "flows",
+        title: "Flow records: ingest and queries",
+        run: flows::run,
     },
     Part {
         name: "memory",

@@ -450,7 +450,7 @@ fn raise_nofile() -> anyhow::Result<()> {
 
 /// The PID of the control-plane replica this site started: the child of
 /// this process running `wardline-control-plane` on the site's store.
-fn control_plane_pid(site: &Site) -> anyhow::Result<u32> {
+pub(crate) fn control_plane_pid(site: &Site) -> anyhow::Result<u32> {
     let me = std::process::id();
     let store = site.embedded_store();
     for entry in std::fs::read_dir("/proc")?.flatten() {
@@ -670,7 +670,6 @@ struct PropagationResults {
     seconds: f64,
 }
 
-/// Issues `count` agent certificates, `first` on, on two threads.
 /// An agent certificate for `node`, and its TLS settings.
 fn issue_certificate(site: &Site, node: &str, id: usize) -> anyhow::Result<SimAgent> {
     let paths = pki::issue(
@@ -738,6 +737,7 @@ fn wait_tables(agent: &Agent, ns: &Netns, before: &str) -> Option<String> {
     None
 }
 
+/// Issues `count` agent certificates, `first` on, on two threads.
 fn issue_certificates(site: &Site, first: usize, count: usize) -> anyhow::Result<Vec<SimAgent>> {
     let issue = |id: usize| issue_certificate(site, &format!("sim-{id:04}"), id);
     let ids: Vec<usize> = (first..first + count).collect();

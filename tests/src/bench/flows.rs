@@ -1,0 +1,383 @@
+//! The flow store through a real replica: ingest from simulated agents
+//! over mutual TLS (`ReportFlows`, batches of 1,000 as agents send them),
+//! then filtered queries (`Observe`) and the segment matrix (`FlowMatrix`)
+//! over everything stored, from an operator's client.
+//!
+//! The simulated agents and the operator are tonic clients in this
+//! process, in the management namespace, each agent with its own agent
+//! certificate; the replica runs as the real binary with its embedded
+//! stores and the site's store key.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use serde::Serialize;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+use wardline_pki as pki;
+use wardline_proto::v1::{
+    self, agent_api_client::AgentApiClient, management_client::ManagementClient,
+};
+use wardline_tls::{MAX_MESSAGE_BYTES, Role, client_tls};
+
+use crate::bench::stats::{Summary, percentile};
+use crate::bench::{Budget, Results, Section, Target, procfs};
+use crate::site::{PORT, REPLICAS, Site};
+
+/// Records per batch, as agents send them.
+const BATCH: usize = 1_000;
+/// Runs of each query.
+const RUNS: usize = 20;
+
+fn endpoint() -> String {
+    format!("https://{}:{PORT}", REPLICAS[0])
+}
+
+async fn channel(tls: ClientTlsConfig) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(Endpoint::from_shared(endpoint())?
+        .tls_config(tls)?
+        .connect()
+        .await?)
+}
+
+/// Record `i` of agent `agent`: a mix of segments, ports and verdicts
+/// (one in twenty dropped), spread over the last ten minutes.
+fn record(agent: usize, i: u64, now: time::OffsetDateTime) -> v1::Flow {
+    let dropped = i.is_multiple_of(20);
+    let host = (i % 250) as u8 + 1;
+    let ward = (agent % 10) as u8;
+    let time = now - time::Duration::milliseconds((i % 600_000) as i64);
+    v1::Flow {
+        time: time
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        node: String::new(),
+        kind: if dropped { "drop" } else { "new" }.into(),
+        interface: "eth1".into(),
+        direction: "ingress".into(),
+        src: vec![198, 18, 20 + ward, host],
+        dst: vec![198, 18, 41, (i % 16) as u8 + 1],
+        sport: 32_768 + (i % 28_000) as u32,
+        dport: [443, 2575, 104, 22][(i % 4) as usize],
+        protocol: 6,
+        vlan: 0,
+        src_segment: format!("ward-{ward}"),
+        dst_segment: if i % 4 == 2 { "pacs" } else { "ehr" }.into(),
+        verdict: if dropped { "dropped" } else { "allowed" }.into(),
+        reason: if dropped {
+            "default-deny"
+        } else {
+            "policy-allow"
+        }
+        .into(),
+        policy: if dropped {
+            String::new()
+        } else {
+            format!("ward-{ward}-to-ehr")
+        },
+        generation: 1,
+        revision: 1,
+        packets: 1 + i % 7,
+        bytes: 60 + i % 1400,
+        sequence: i + 1,
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QueryFigures {
+    query: String,
+    returned: u64,
+    p50_ms: f64,
+    p95_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FlowResults {
+    quick: bool,
+    agents: usize,
+    records: u64,
+    ingest_seconds: f64,
+    records_per_second: f64,
+    /// Per batch, from the call to its answer.
+    batch_ms: Summary<f64>,
+    stored: u64,
+    refused: u64,
+    queries: Vec<QueryFigures>,
+    flow_store_bytes: u64,
+    control_plane_rss_bytes: u64,
+    seconds: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs `query` [`RUNS`] times; what it returned and how long it took.
+async fn time_query(
+    op: &mut ManagementClient<tonic::transport::Channel>,
+    name: &str,
+    req: v1::ObserveRequest,
+    matrix: bool,
+) -> anyhow::Result<QueryFigures> {
+    let mut took = Vec::new();
+    let mut returned = 0;
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        returned = if matrix {
+            op.flow_matrix(req.clone()).await?.into_inner().flows
+        } else {
+            let mut stream = op.observe(req.clone()).await?.into_inner();
+            let mut n = 0;
+            while stream.message().await?.is_some() {
+                n += 1;
+            }
+            n
+        };
+        took.push(ms(t.elapsed()));
+    }
+    Ok(QueryFigures {
+        query: name.to_owned(),
+        returned,
+        p50_ms: percentile(&took, 50.0).unwrap_or(0.0),
+        p95_ms: percentile(&took, 95.0).unwrap_or(0.0),
+        max_ms: percentile(&took, 100.0).unwrap_or(0.0),
+    })
+}
+
+pub fn run(budget: Budget) -> anyhow::Result<Section> {
+    ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "the flows benchmark needs root (namespaces)"
+    );
+    let started = Instant::now();
+    let (agents, records) = if budget.quick {
+        (2, 10_000u64)
+    } else {
+        (8, 1_000_000u64)
+    };
+    let mut site = Site::new();
+    site.start_replica(0, &site.embedded_store());
+    let ca = site.ca();
+    let mut tls = Vec::new();
+    for a in 0..agents {
+        let node = format!("flow-sim-{a}");
+        let paths = pki::issue(
+            &site.dir.join("ca"),
+            Role::Agent,
+            &node,
+            &[],
+            &site.dir.join("simulated"),
+            1,
+        )
+        .with_context(|| format!("issuing the certificate of {node}"))?;
+        tls.push((node, client_tls(&ca, &paths.cert, &paths.key, REPLICAS[0])?));
+    }
+    let operator = client_tls(
+        &ca,
+        &site.dir.join("ops.pem"),
+        &site.dir.join("ops-key.pem"),
+        REPLICAS[0],
+    )?;
+    let per_agent = records / agents as u64;
+    let (ingest, batch_ms, stored, refused, queries) = site.ns.run_in(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let now = time::OffsetDateTime::now_utc();
+            let t0 = Instant::now();
+            let mut tasks = Vec::new();
+            for (a, (node, tls)) in tls.into_iter().enumerate() {
+                tasks.push(tokio::spawn(async move {
+                    let mut client = AgentApiClient::new(channel(tls).await?)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                    let mut took = Vec::new();
+                    let (mut stored, mut refused) = (0u64, 0u64);
+                    let mut i = 0;
+                    while i < per_agent {
+                        let flows: Vec<v1::Flow> = (i..(i + BATCH as u64).min(per_agent))
+                            .map(|j| record(a, j, now))
+                            .collect();
+                        i += flows.len() as u64;
+                        let t = Instant::now();
+                        let answer = client
+                            .report_flows(v1::FlowBatch {
+                                node: node.clone(),
+                                flows,
+                                dropped: 0,
+                                buffer: 1,
+                            })
+                            .await?
+                            .into_inner();
+                        took.push(ms(t.elapsed()));
+                        stored += u64::from(answer.accepted);
+                        refused += u64::from(answer.refused);
+                    }
+                    Ok::<_, anyhow::Error>((took, stored, refused))
+                }));
+            }
+            let mut batch_ms = Vec::new();
+            let (mut stored, mut refused) = (0, 0);
+            for t in tasks {
+                let (took, s, r) = t.await??;
+                batch_ms.extend(took);
+                stored += s;
+                refused += r;
+            }
+            let ingest = t0.elapsed();
+            let mut op = ManagementClient::new(channel(operator).await?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES);
+            let mut queries = Vec::new();
+            for (name, req, matrix) in [
+                (
+                    "segment matrix, every record",
+                    v1::ObserveRequest::default(),
+                    true,
+                ),
+                (
+                    "dropped, the newest 100",
+                    v1::ObserveRequest {
+                        verdict: "dropped".into(),
+                        last: 100,
+                        ..Default::default()
+                    },
+                    false,
+                ),
+                (
+                    "one workstation to the EHR on 443, last 5 minutes",
+                    v1::ObserveRequest {
+                        from: "198.18.23.7".into(),
+                        to: "ehr".into(),
+                        port: 443,
+                        since: "5m".into(),
+                        ..Default::default()
+                    },
+                    false,
+                ),
+                (
+                    "one ward's dropped connections, a CIDR",
+                    v1::ObserveRequest {
+                        from: "198.18.25.0/24".into(),
+                        verdict: "dropped".into(),
+                        ..Default::default()
+                    },
+                    false,
+                ),
+            ] {
+                queries.push(time_query(&mut op, name, req, matrix).await?);
+            }
+            Ok::<_, anyhow::Error>((ingest, batch_ms, stored, refused, queries))
+        })
+    })?;
+    let rss = crate::bench::propagation::control_plane_pid(&site)
+        .and_then(procfs::vm_rss)
+        .unwrap_or(0);
+    let flow_store_bytes = std::fs::metadata(site.dir.join("flows.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    Section::of(&FlowResults {
+        quick: budget.quick,
+        agents,
+        records: per_agent * agents as u64,
+        ingest_seconds: ingest.as_secs_f64(),
+        records_per_second: (per_agent * agents as u64) as f64 / ingest.as_secs_f64(),
+        batch_ms: Summary::of(&batch_ms).context("no batch sent")?,
+        stored,
+        refused,
+        queries,
+        flow_store_bytes,
+        control_plane_rss_bytes: rss,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+impl Results for FlowResults {
+    fn tables(&self) -> String {
+        let mut t = format!(
+            "| ingest | |\n|---|---:|\n| simulated agents | {} |\n| records sent | {} |\n| stored / refused | {} / {} |\n| **records per second** | **{:.0}** |\n| batch of 1,000, call to answer: p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n| flow store file | {} |\n| replica VmRSS after | {} |\n",
+            self.agents,
+            self.records,
+            self.stored,
+            self.refused,
+            self.records_per_second,
+            self.batch_ms.median,
+            self.batch_ms.p99,
+            self.batch_ms.max,
+            procfs::mib(self.flow_store_bytes as f64),
+            procfs::mib(self.control_plane_rss_bytes as f64),
+        );
+        t.push_str(&format!(
+            "\n| query over {} records ({RUNS} runs) | returned | p50 | p95 | max |\n|---|---:|---:|---:|---:|\n",
+            self.stored
+        ));
+        for q in &self.queries {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms |",
+                q.query, q.returned, q.p50_ms, q.p95_ms, q.max_ms
+            );
+        }
+        t
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let scale = if self.quick {
+            " (quick mode: the targets are set at 1,000,000 records)"
+        } else {
+            ""
+        };
+        let mut targets = vec![Target::new(
+            format!(
+                "ingest at least 50,000 records/s with zero loss{scale}: {:.0} records/s, {} of {} stored",
+                self.records_per_second, self.stored, self.records
+            ),
+            self.records_per_second >= 50_000.0 && self.stored == self.records && !self.quick,
+        )];
+        let worst = |pick: &dyn Fn(&QueryFigures) -> bool| {
+            self.queries
+                .iter()
+                .filter(|q| pick(q))
+                .map(|q| q.p95_ms)
+                .fold(0.0, f64::max)
+        };
+        let filtered = worst(&|q| !q.query.starts_with("segment matrix"));
+        let matrix = worst(&|q| q.query.starts_with("segment matrix"));
+        targets.push(Target::new(
+            format!(
+                "a filtered query over 1,000,000 stored records under 200 ms at p95{scale}: worst {filtered:.0} ms"
+            ),
+            filtered < 200.0 && !self.quick,
+        ));
+        targets.push(Target::new(
+            format!("the segment matrix over 1,000,000 stored records under 200 ms at p95{scale}: {matrix:.0} ms"),
+            matrix < 200.0 && !self.quick,
+        ));
+        targets
+    }
+
+    fn how_to_read(&self) -> String {
+        let mut s = format!(
+            "One control-plane replica (the real binary, embedded stores, records sealed with the \
+site's store key) in a management namespace. {} simulated agents, tonic clients in the bench \
+process each with its own agent certificate, send {} records between them as agents do: \
+`ReportFlows` batches of 1,000, each agent sending its next batch when the answer to the last \
+came. **records per second**: records stored over the wall time from the first call to the \
+last answer; **zero loss**: every record answered as stored. Then an operator's client runs each \
+query {RUNS} times (`Observe`, reading the whole answer; `FlowMatrix`), timed from the call to \
+the last record; p50 / p95 / max are nearest-rank. Records span the last ten minutes, so every \
+query reads the minutes its time range covers and filters there: the store has no index \
+beyond time (see the targets). Everything shares the machine's 2 cores. This part took {:.0} s.",
+            self.agents, self.records, self.seconds
+        );
+        if self.quick {
+            s.push_str(
+                "\n\nQuick mode: 10,000 records, a smoke of the harness, not figures to quote.",
+            );
+        }
+        s
+    }
+}
