@@ -12,6 +12,7 @@
 pub mod filter;
 pub mod record;
 pub mod store;
+pub mod summary;
 
 pub use filter::{Query, QueryError};
 pub use store::{FlowError, FlowStore, Ingested, Retention};

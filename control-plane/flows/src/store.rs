@@ -22,11 +22,18 @@ use wardline_store::encrypted::StoreKey;
 
 use crate::filter::{MAX_RESULTS, Query};
 use crate::record::{MAX_BATCH, check, time_of};
+use crate::summary::Summary;
+
+/// The flow store's page cache: enough for the recent minutes queries
+/// read, far below redb's default of a gigabyte.
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Block key (minute, big-endian; node; 0; the agent's buffer id and the
 /// block's first sequence, big-endian) to the sealed, encoded block (a
 /// [`v1::FlowBatch`] holding its records).
 const BLOCKS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("blocks");
+/// The same key to the sealed [`Summary`] of its block.
+const SUMMARIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("summaries");
 /// Minute (since the epoch) to the records stored in it.
 const MINUTES: TableDefinition<'_, u64, u64> = TableDefinition::new("minutes");
 /// Node to (its agent's buffer id, the highest sequence number stored).
@@ -106,6 +113,18 @@ fn key_name(key: &[u8]) -> String {
     format!("flows/{hex}")
 }
 
+fn summary_name(key: &[u8]) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("flow-summaries/{hex}")
+}
+
+/// The node a block key names.
+fn node_of(key: &[u8]) -> &[u8] {
+    let rest = key.get(8..).unwrap_or_default();
+    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    &rest[..end]
+}
+
 impl FlowStore {
     /// Opens (or makes, 0600) the store in `path`.
     pub fn open(path: &Path, key: StoreKey, retention: Retention) -> Result<FlowStore, FlowError> {
@@ -119,7 +138,10 @@ impl FlowStore {
         {
             std::fs::create_dir_all(parent).map_err(|e| fail(format!("its folder: {e}")))?;
         }
-        let db = Database::create(path).map_err(|e| fail(e.to_string()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| fail(e.to_string()))?;
         {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -129,6 +151,7 @@ impl FlowStore {
         let mut records = 0;
         {
             wtx.open_table(BLOCKS).map_err(|e| fail(e.to_string()))?;
+            wtx.open_table(SUMMARIES).map_err(|e| fail(e.to_string()))?;
             wtx.open_table(SEQUENCES).map_err(|e| fail(e.to_string()))?;
             let minutes = wtx.open_table(MINUTES).map_err(|e| fail(e.to_string()))?;
             for entry in minutes.iter().map_err(|e| fail(e.to_string()))? {
@@ -214,6 +237,7 @@ impl FlowStore {
                 }
             }
             let mut blocks = wtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
+            let mut summaries = wtx.open_table(SUMMARIES).map_err(|e| self.fail(e))?;
             let mut minutes = wtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
             for (minute, flows) in groups {
                 let key = block_key(minute, node, batch.buffer, flows[0].sequence);
@@ -228,6 +252,16 @@ impl FlowStore {
                     .map_err(|e| self.fail(e))?;
                 blocks
                     .insert(key.as_slice(), sealed.as_slice())
+                    .map_err(|e| self.fail(e))?;
+                let summary = self
+                    .key
+                    .seal(
+                        &summary_name(&key),
+                        &Summary::of(&block.flows).encode_to_vec(),
+                    )
+                    .map_err(|e| self.fail(e))?;
+                summaries
+                    .insert(key.as_slice(), summary.as_slice())
                     .map_err(|e| self.fail(e))?;
                 let before = minutes
                     .get(minute)
@@ -260,52 +294,107 @@ impl FlowStore {
         Ok(out)
     }
 
-    /// Calls `each` with every block of the minutes `query` spans, minute
-    /// by minute (oldest first, or newest first with `newest_first`), each
-    /// minute's matching records in time order; `each` returns whether to
-    /// go on.
-    fn scan(
+    /// Walks the blocks of the minutes `query` spans, minute by minute
+    /// (oldest first, or newest first with `newest_first`), skipping those
+    /// whose summary says they hold no match. A block whose records all
+    /// count as they are (`whole`, for the matrix) goes to `counts` unread;
+    /// the others are opened and their matching records, in time order per
+    /// minute, go to `each`, which returns whether to go on.
+    fn walk(
         &self,
         query: &Query,
         newest_first: bool,
+        limit: Option<usize>,
+        whole: bool,
+        mut counts: impl FnMut(&[crate::summary::Cell]),
         mut each: impl FnMut(Vec<(OffsetDateTime, v1::Flow)>) -> bool,
     ) -> Result<(), FlowError> {
         let rtx = self.db.begin_read().map_err(|e| self.fail(e))?;
         let minutes = rtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
         let blocks = rtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
+        let summaries = rtx.open_table(SUMMARIES).map_err(|e| self.fail(e))?;
         let first = query.since.map_or(0, minute_of);
         let last = query.until.map_or(u64::MAX, minute_of);
-        let range = minutes.range(first..=last).map_err(|e| self.fail(e))?;
         let mut list: Vec<u64> = Vec::new();
-        for entry in range {
+        for entry in minutes.range(first..=last).map_err(|e| self.fail(e))? {
             let (minute, _) = entry.map_err(|e| self.fail(e))?;
             list.push(minute.value());
         }
         if newest_first {
             list.reverse();
         }
+        let corrupt = |name: &str, e: &dyn std::fmt::Display| FlowError::Corrupt {
+            key: name.to_owned(),
+            message: e.to_string(),
+        };
+        let mut delivered = 0usize;
         for minute in list {
             let lower = minute.to_be_bytes();
             let upper = (minute + 1).to_be_bytes();
-            let mut found = Vec::new();
-            for entry in blocks
+            // The blocks of this minute that may hold a match.
+            let mut candidates: Vec<(Vec<u8>, i64)> = Vec::new();
+            for entry in summaries
                 .range(lower.as_slice()..upper.as_slice())
                 .map_err(|e| self.fail(e))?
             {
                 let (key, value) = entry.map_err(|e| self.fail(e))?;
-                let name = key_name(key.value());
-                let opened =
-                    self.key
-                        .open(&name, value.value())
-                        .map_err(|e| FlowError::Corrupt {
-                            key: name.clone(),
-                            message: e.to_string(),
-                        })?;
+                let key = key.value();
+                if query
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.as_bytes() != node_of(key))
+                {
+                    continue;
+                }
+                let name = summary_name(key);
+                let opened = self
+                    .key
+                    .open(&name, value.value())
+                    .map_err(|e| corrupt(&name, &e))?;
+                let summary = Summary::decode(opened.as_slice()).map_err(|e| corrupt(&name, &e))?;
+                if !summary.may_match(query) {
+                    continue;
+                }
+                if whole && let Some(cells) = summary.whole_counts(query) {
+                    counts(cells);
+                    continue;
+                }
+                candidates.push((key.to_vec(), summary.last_ns));
+            }
+            // The newest `need` only: blocks newest first, and none opened
+            // once `need` matches are as new as all it could hold.
+            let need = limit
+                .filter(|_| newest_first)
+                .map(|l| l.saturating_sub(delivered));
+            if need.is_some() {
+                candidates.sort_by(|(_, a), (_, b)| b.cmp(a));
+            }
+            let mut found: Vec<(OffsetDateTime, v1::Flow)> = Vec::new();
+            for (key, last_ns) in &candidates {
+                if let Some(need) = need
+                    && need > 0
+                    && found.len() >= need
+                {
+                    let mut times: Vec<i128> = found
+                        .iter()
+                        .map(|(t, _)| t.unix_timestamp_nanos())
+                        .collect();
+                    times.sort_unstable_by(|a, b| b.cmp(a));
+                    if times[need - 1] >= i128::from(*last_ns) {
+                        break;
+                    }
+                }
+                let name = key_name(key);
+                let stored = blocks
+                    .get(key.as_slice())
+                    .map_err(|e| self.fail(e))?
+                    .ok_or_else(|| corrupt(&name, &"its block is missing"))?;
+                let opened = self
+                    .key
+                    .open(&name, stored.value())
+                    .map_err(|e| corrupt(&name, &e))?;
                 let block =
-                    v1::FlowBatch::decode(opened.as_slice()).map_err(|e| FlowError::Corrupt {
-                        key: name.clone(),
-                        message: e.to_string(),
-                    })?;
+                    v1::FlowBatch::decode(opened.as_slice()).map_err(|e| corrupt(&name, &e))?;
                 for flow in block.flows {
                     if let Some(at) = time_of(&flow)
                         && query.matches(&flow, at)
@@ -317,11 +406,22 @@ impl FlowStore {
             found.sort_by(|(a, fa), (b, fb)| {
                 (a, &fa.node, fa.sequence).cmp(&(b, &fb.node, fb.sequence))
             });
+            delivered += found.len();
             if !each(found) {
                 break;
             }
         }
         Ok(())
+    }
+
+    fn scan(
+        &self,
+        query: &Query,
+        newest_first: bool,
+        each: impl FnMut(Vec<(OffsetDateTime, v1::Flow)>) -> bool,
+    ) -> Result<(), FlowError> {
+        let limit = (newest_first && query.last > 0).then_some(query.last);
+        self.walk(query, newest_first, limit, false, |_| {}, each)
     }
 
     /// The records `query` wants, oldest first: with `last`, the newest
@@ -355,15 +455,29 @@ impl FlowStore {
         let mut cells: std::collections::BTreeMap<(String, String, String), u64> =
             Default::default();
         let mut flows = 0;
-        self.scan(query, false, |found| {
-            for (_, f) in found {
-                flows += 1;
-                *cells
-                    .entry((f.src_segment, f.dst_segment, f.verdict))
-                    .or_default() += 1;
-            }
-            true
-        })?;
+        let mut whole: Vec<crate::summary::Cell> = Vec::new();
+        self.walk(
+            query,
+            false,
+            None,
+            true,
+            |counted| whole.extend_from_slice(counted),
+            |found| {
+                for (_, f) in found {
+                    flows += 1;
+                    *cells
+                        .entry((f.src_segment, f.dst_segment, f.verdict))
+                        .or_default() += 1;
+                }
+                true
+            },
+        )?;
+        for c in whole {
+            flows += c.records;
+            *cells
+                .entry((c.src_segment, c.dst_segment, c.verdict))
+                .or_default() += c.records;
+        }
         Ok(v1::FlowMatrixResponse {
             cells: cells
                 .into_iter()
@@ -391,6 +505,7 @@ impl FlowStore {
         {
             let mut minutes = wtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
             let mut blocks = wtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
+            let mut summaries = wtx.open_table(SUMMARIES).map_err(|e| self.fail(e))?;
             let mut all: Vec<(u64, u64)> = Vec::new();
             for entry in minutes.iter().map_err(|e| self.fail(e))? {
                 let (m, n) = entry.map_err(|e| self.fail(e))?;
@@ -405,6 +520,9 @@ impl FlowStore {
                 let lower = minute.to_be_bytes();
                 let upper = (minute + 1).to_be_bytes();
                 blocks
+                    .retain_in(lower.as_slice()..upper.as_slice(), |_, _| false)
+                    .map_err(|e| self.fail(e))?;
+                summaries
                     .retain_in(lower.as_slice()..upper.as_slice(), |_, _| false)
                     .map_err(|e| self.fail(e))?;
                 total -= n;
@@ -536,6 +654,69 @@ mod tests {
                 .iter()
                 .any(|c| c.verdict == "dropped" && c.flows == 1)
         );
+    }
+
+    #[test]
+    fn the_newest_n_are_the_newest_whichever_blocks_hold_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), Retention::default());
+        let now = at("2026-12-02T12:00:00Z");
+        // Three agents' blocks in one minute, their times interleaved.
+        let mut all = Vec::new();
+        for (n, node) in ["gw-1", "gw-2", "gw-3"].iter().enumerate() {
+            let flows: Vec<v1::Flow> = (0..50u64)
+                .map(|i| {
+                    let second = (i * 3 + n as u64) % 60;
+                    let verdict = if i % 4 == 0 { "dropped" } else { "allowed" };
+                    flow(
+                        &format!("2026-12-02T11:58:{second:02}.{i:03}Z"),
+                        "198.18.20.10",
+                        "198.18.41.10",
+                        443,
+                        verdict,
+                        i + 1,
+                    )
+                })
+                .collect();
+            all.extend(flows.iter().map(|f| {
+                (
+                    time_of(f).unwrap(),
+                    node.to_string(),
+                    f.sequence,
+                    f.verdict.clone(),
+                )
+            }));
+            s.ingest(node, &batch(1, flows), now).unwrap();
+        }
+        for (last, verdict) in [(1, ""), (7, ""), (7, "dropped"), (60, "dropped"), (500, "")] {
+            let q = Query::parse(
+                &v1::ObserveRequest {
+                    last,
+                    verdict: verdict.into(),
+                    ..Default::default()
+                },
+                now,
+            )
+            .unwrap();
+            let got: Vec<(String, u64)> = s
+                .query(&q)
+                .unwrap()
+                .into_iter()
+                .map(|f| (f.node, f.sequence))
+                .collect();
+            let mut want: Vec<_> = all
+                .iter()
+                .filter(|(_, _, _, v)| verdict.is_empty() || v == verdict)
+                .cloned()
+                .collect();
+            want.sort();
+            let skip = want.len().saturating_sub(last as usize);
+            let want: Vec<(String, u64)> = want[skip..]
+                .iter()
+                .map(|(_, n, q, _)| (n.clone(), *q))
+                .collect();
+            assert_eq!(got, want, "last {last} {verdict}");
+        }
     }
 
     #[test]

@@ -276,7 +276,7 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
     let rss = crate::bench::propagation::control_plane_pid(&site)
         .and_then(procfs::vm_rss)
         .unwrap_or(0);
-    let flow_store_bytes = std::fs::metadata(site.dir.join("flows.redb"))
+    let flow_store_bytes = std::fs::metadata(site.dir.join("flows-0.redb"))
         .map(|m| m.len())
         .unwrap_or(0);
     Section::of(&FlowResults {
@@ -368,9 +368,14 @@ process each with its own agent certificate, send {} records between them as age
 came. **records per second**: records stored over the wall time from the first call to the \
 last answer; **zero loss**: every record answered as stored. Then an operator's client runs each \
 query {RUNS} times (`Observe`, reading the whole answer; `FlowMatrix`), timed from the call to \
-the last record; p50 / p95 / max are nearest-rank. Records span the last ten minutes, so every \
-query reads the minutes its time range covers and filters there: the store has no index \
-beyond time (see the targets). Everything shares the machine's 2 cores. This part took {:.0} s.",
+the last record; p50 / p95 / max are nearest-rank. Records span the last ten minutes; each \
+simulated agent's come from one ward's /24, as the agent on that ward's gateway sees them. The \
+store keeps a sealed summary beside each block (time span, address ranges, ports, protocols, \
+counts by segment pair, verdict, reason and policy): a query opens only the blocks whose \
+summary admits a match, so one that names a few agents' addresses or segments reads little, and \
+one that matches in every block (a common port alone, say) reads them all; the matrix over whole \
+blocks adds their counts without opening them. `last N` reads the newest blocks first and stops \
+when nothing older can be newer. Everything shares the machine's 2 cores. This part took {:.0} s.",
             self.agents, self.records, self.seconds
         );
         if self.quick {
