@@ -44,6 +44,9 @@ const KEYS: &[(&str, &[&str])] = &[
     ("propagation", &["fleets", "0", "simulatedAgents"]),
     ("propagation", &["fleets", "0", "ackMs", "p99"]),
     ("events", &["together", "0", "lostEvents"]),
+    ("flows", &["recordsPerSecond"]),
+    ("flows", &["queries", "0", "p95Ms"]),
+    ("propagation", &["fleets", "0", "nodeChangeAckMs", "p99"]),
     ("memory", &["pinnedMemlockBytes"]),
     ("memory", &["maps", "0", "memlockBytes"]),
     ("memory", &["fill", "after"]),
@@ -93,6 +96,7 @@ fn privileged_bench_quick_smoke() {
         "throughput",
         "propagation",
         "events",
+        "flows",
         "memory",
         "flood",
     ] {
