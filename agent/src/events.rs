@@ -156,17 +156,6 @@ pub struct EventStats {
     pub by_kind_verdict: BTreeMap<(&'static str, &'static str), u64>,
 }
 
-pub fn protocol_name(proto: u8) -> String {
-    match proto {
-        abi::PROTO_TCP => "tcp".into(),
-        abi::PROTO_UDP => "udp".into(),
-        abi::PROTO_SCTP => "sctp".into(),
-        abi::PROTO_ICMP => "icmp".into(),
-        abi::PROTO_ICMPV6 => "icmpv6".into(),
-        other => other.to_string(),
-    }
-}
-
 pub fn verdict_name(v: u8) -> &'static str {
     match v {
         1 => "allowed",
@@ -288,7 +277,7 @@ impl Namer {
                 "egress"
             },
             family: e.family,
-            protocol: protocol_name(e.proto),
+            protocol: wardline_proto::convert::protocol_name(u32::from(e.proto)),
             src: addr(&e.src),
             dst: addr(&e.dst),
             sport: e.sport,

@@ -41,6 +41,32 @@ fn parse_time(field: &str, s: &str) -> Result<Option<OffsetDateTime>, WireError>
         .map_err(|e| wire_err(field, format!("{s:?} is not RFC 3339: {e}")))
 }
 
+/// The name of IANA protocol `n` as flow records and filters write it
+/// (`tcp`, `udp`, `sctp`, `icmp`, `icmpv6`), or the number.
+pub fn protocol_name(n: u32) -> String {
+    match n {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        132 => "sctp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+/// The IANA number of a protocol [`protocol_name`] writes, or of a number
+/// written (0 to 255).
+pub fn protocol_number(name: &str) -> Option<u32> {
+    match name {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "sctp" => Some(132),
+        "icmp" => Some(1),
+        "icmpv6" => Some(58),
+        n => n.parse::<u8>().ok().map(u32::from),
+    }
+}
+
 pub fn format_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }

@@ -8,7 +8,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use wardline_proto::v1;
 
-use crate::record::{VERDICTS, address, protocol_number};
+use wardline_proto::convert::protocol_number;
+
+use crate::record::{VERDICTS, address};
 
 /// The most records one query returns (more: narrow it, or use `last`).
 pub const MAX_RESULTS: usize = 100_000;

@@ -108,30 +108,6 @@ pub fn check(flow: &v1::Flow, now: OffsetDateTime) -> Result<OffsetDateTime, Str
     Ok(at)
 }
 
-/// The IANA number of a protocol name, or the number written.
-pub fn protocol_number(name: &str) -> Option<u32> {
-    match name {
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "sctp" => Some(132),
-        "icmp" => Some(1),
-        "icmpv6" => Some(58),
-        n => n.parse::<u8>().ok().map(u32::from),
-    }
-}
-
-/// The name of IANA protocol `n`, or the number.
-pub fn protocol_name(n: u32) -> String {
-    match n {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        132 => "sctp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        n => n.to_string(),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

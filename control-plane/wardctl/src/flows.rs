@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use wardline_proto::convert::protocol_name;
 use wardline_proto::v1;
 
 /// The address 4 or 16 bytes hold, as text; the bytes in hex otherwise.
@@ -17,17 +18,6 @@ pub fn address(bytes: &[u8]) -> String {
             .map(|b| IpAddr::from(Ipv6Addr::from(b)).to_string())
             .unwrap_or_default(),
         _ => bytes.iter().map(|b| format!("{b:02x}")).collect(),
-    }
-}
-
-pub fn protocol(n: u32) -> String {
-    match n {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        132 => "sctp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        n => n.to_string(),
     }
 }
 
@@ -81,7 +71,7 @@ pub fn line(f: &v1::Flow) -> String {
         f.src_segment,
         end(&f.dst, f.dport, ports),
         f.dst_segment,
-        protocol(f.protocol),
+        protocol_name(f.protocol),
         f.verdict.to_uppercase(),
         f.reason,
     );

@@ -540,7 +540,7 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
 fn flow_json(f: &v1::Flow) -> Value {
     json!({
         "time": f.time, "node": f.node, "kind": f.kind, "interface": f.interface,
-        "direction": f.direction, "protocol": crate::flows::protocol(f.protocol),
+        "direction": f.direction, "protocol": wardline_proto::convert::protocol_name(f.protocol),
         "src": crate::flows::address(&f.src), "dst": crate::flows::address(&f.dst),
         "sport": f.sport, "dport": f.dport, "vlan": f.vlan,
         "srcSegment": f.src_segment, "dstSegment": f.dst_segment,
