@@ -52,7 +52,13 @@ pub struct Spool {
     closed: VecDeque<(PathBuf, u64)>,
     open: Option<Open>,
     state_written: (u64, u64),
+    /// When `state` was last written by [`Spool::flush`].
+    state_flushed: std::time::Instant,
 }
+
+/// How often a flush may write the `state` file (closing or removing a
+/// segment always does).
+const STATE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn segment_name(first: u64) -> String {
     format!("{first:020}.flows")
@@ -120,6 +126,7 @@ impl Spool {
             closed: segments.into_iter().map(|(_, p, s)| (p, s)).collect(),
             open: None,
             state_written: (0, 0),
+            state_flushed: std::time::Instant::now(),
         };
         spool.write_state()?;
         Ok(spool)
@@ -191,12 +198,19 @@ impl Spool {
     }
 
     /// Writes what was pushed to the files (called after each read of the
-    /// kernel's events).
+    /// kernel's events), and the `state` file at most once a second: it is
+    /// synced, and a flood must not cost a sync per read. The next number
+    /// is safe without it, since it is written whenever a segment closes
+    /// or goes (a restart takes it from the newest segment otherwise).
     pub fn flush(&mut self) -> std::io::Result<()> {
         if let Some(open) = self.open.as_mut() {
             open.file.flush()?;
         }
-        self.write_state()
+        if self.state_flushed.elapsed() >= STATE_EVERY {
+            self.state_flushed = std::time::Instant::now();
+            self.write_state()?;
+        }
+        Ok(())
     }
 
     /// Ends the open segment: it is sent next once older ones are.
@@ -228,8 +242,10 @@ impl Spool {
         }))
     }
 
-    /// The control plane stored `segment`: it is removed.
+    /// The control plane stored `segment`: it is removed, once the `state`
+    /// file holds a next number past its records.
     pub fn sent(&mut self, segment: &Segment) -> std::io::Result<()> {
+        self.write_state()?;
         if let Some(i) = self.closed.iter().position(|(p, _)| *p == segment.path) {
             let (path, size) = self.closed.remove(i).unwrap_or_default();
             self.bytes = self.bytes.saturating_sub(size);
@@ -239,6 +255,17 @@ impl Spool {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Spool {
+    /// On the way out (the agent stopping): what was pushed, and the
+    /// counts, are written.
+    fn drop(&mut self) {
+        if let Some(open) = self.open.as_mut() {
+            let _ = open.file.flush();
+        }
+        let _ = self.write_state();
     }
 }
 
@@ -286,6 +313,29 @@ mod tests {
                 .all(|(i, (seq, port))| *seq == i as u64 + 1 && *port == i as u32)
         );
         assert_eq!(s.bytes(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_crash_after_everything_was_sent_does_not_reuse_numbers() {
+        let dir = scratch("crash");
+        let mut s = Spool::open(&dir, 64 << 20).unwrap();
+        for port in 0..10 {
+            s.push(record(port)).unwrap();
+        }
+        s.flush().unwrap();
+        let seg = s.next_segment().unwrap().unwrap();
+        s.sent(&seg).unwrap();
+        // Killed: no Drop, nothing left on disk but the state file.
+        std::mem::forget(s);
+        let mut s = Spool::open(&dir, 64 << 20).unwrap();
+        s.push(record(10)).unwrap();
+        s.flush().unwrap();
+        let seg = s.next_segment().unwrap().unwrap();
+        assert_eq!(
+            seg.flows[0].sequence, 11,
+            "the control plane would take 1..10 as sent again"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
