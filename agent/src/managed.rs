@@ -635,6 +635,12 @@ async fn send_flows(
                 if answer.refused > 0 {
                     tracing::warn!(refused = answer.refused, first = %answer.first_refusal, "the control plane refused flow records");
                 }
+                if answer.over_quota > 0 {
+                    tracing::warn!(
+                        over_quota = answer.over_quota,
+                        "the control plane stored no more of this node's flow records this minute"
+                    );
+                }
                 if let Err(e) = spool
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -645,6 +651,7 @@ async fn send_flows(
                 update_flow_state(&shared, &spool, |f| {
                     f.sent += u64::from(answer.accepted);
                     f.refused += u64::from(answer.refused);
+                    f.over_quota += u64::from(answer.over_quota);
                     f.error = None;
                 });
             }

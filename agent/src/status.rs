@@ -54,9 +54,11 @@ pub struct FlowState {
     pub buffer_bytes: u64,
     /// Records dropped because the buffer was full, since it was made.
     pub dropped: u64,
-    /// Records the control plane stored, and refused as invalid.
+    /// Records the control plane stored, refused as invalid, and did not
+    /// store past this node's quota a minute.
     pub sent: u64,
     pub refused: u64,
+    pub over_quota: u64,
     /// The last send that failed, and why; cleared by the next success.
     pub error: Option<String>,
 }
@@ -298,10 +300,11 @@ pub fn render_metrics(state: &AgentState, c: &Counters, events: &EventStats) -> 
     if let Some(flows) = &state.flows {
         e.counter(
             "wardline_flow_records_total",
-            "Flow records for the control plane: sent (stored there), refused there as invalid, or dropped here with the buffer full.",
+            "Flow records for the control plane: sent (stored there), refused there as invalid, not stored there past this node's quota a minute, or dropped here with the buffer full.",
         )
         .sample(&[("result", "sent")], flows.sent as f64)
         .sample(&[("result", "refused")], flows.refused as f64)
+        .sample(&[("result", "over-quota")], flows.over_quota as f64)
         .sample(&[("result", "dropped")], flows.dropped as f64);
         e.gauge(
             "wardline_flow_buffer_bytes",

@@ -39,19 +39,24 @@ const MINUTES: TableDefinition<'_, u64, u64> = TableDefinition::new("minutes");
 /// Node to (its agent's buffer id, the highest sequence number stored).
 const SEQUENCES: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("sequences");
 
-/// How long records are kept, and how many at most.
+/// How long records are kept, how many at most, and how many one node may
+/// add in a minute (so that one node, or one stolen agent key, cannot fill
+/// the store and push everyone's older records out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
     pub max_age: Duration,
     pub max_records: u64,
+    pub max_per_node_minute: u64,
 }
 
 impl Default for Retention {
-    /// 30 days, 50 million records.
+    /// 30 days, 50 million records, 120,000 a minute per node (2,000 a
+    /// second).
     fn default() -> Self {
         Self {
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_records: 50_000_000,
+            max_per_node_minute: 120_000,
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct Ingested {
     /// Invalid, dropped whole.
     pub refused: u32,
     pub first_refusal: String,
+    /// Valid, not stored: past the node's quota for their minute.
+    pub over_quota: u32,
 }
 
 /// Counts kept for metrics and status.
@@ -82,6 +89,7 @@ pub struct Counts {
     pub stored: AtomicU64,
     pub refused: AtomicU64,
     pub duplicates: AtomicU64,
+    pub over_quota: AtomicU64,
 }
 
 pub struct FlowStore {
@@ -92,6 +100,9 @@ pub struct FlowStore {
     records: AtomicU64,
     pub counts: Counts,
     follow: broadcast::Sender<Arc<v1::Flow>>,
+    /// Records stored per (node, minute), for the quota; only recent
+    /// minutes are kept.
+    quota: std::sync::Mutex<std::collections::HashMap<(String, u64), u64>>,
 }
 
 fn minute_of(t: OffsetDateTime) -> u64 {
@@ -168,6 +179,7 @@ impl FlowStore {
             records: AtomicU64::new(records),
             counts: Counts::default(),
             follow: broadcast::channel(65_536).0,
+            quota: Default::default(),
         })
     }
 
@@ -202,6 +214,10 @@ impl FlowStore {
             return Err(FlowError::BatchTooLarge(batch.flows.len()));
         }
         let mut out = Ingested::default();
+        let mut quota = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+        // Minutes long past take no more records worth counting.
+        let recent = minute_of(now).saturating_sub(10);
+        quota.retain(|(_, minute), _| *minute >= recent);
         let wtx = self.db.begin_write().map_err(|e| self.fail(e))?;
         let mut stored = Vec::new();
         {
@@ -222,9 +238,16 @@ impl FlowStore {
                 match check(flow, now) {
                     Ok(at) => {
                         highest = flow.sequence;
+                        let minute = minute_of(at);
+                        let used = quota.entry((node.to_owned(), minute)).or_default();
+                        if *used >= self.retention.max_per_node_minute {
+                            out.over_quota += 1;
+                            continue;
+                        }
+                        *used += 1;
                         let mut f = flow.clone();
                         f.node = node.to_owned();
-                        groups.entry(minute_of(at)).or_default().push(f);
+                        groups.entry(minute).or_default().push(f);
                         out.accepted += 1;
                     }
                     Err(why) => {
@@ -287,6 +310,9 @@ impl FlowStore {
         self.counts
             .refused
             .fetch_add(u64::from(out.refused), Ordering::Relaxed);
+        self.counts
+            .over_quota
+            .fetch_add(u64::from(out.over_quota), Ordering::Relaxed);
         for f in stored {
             // No one following is fine.
             let _ = self.follow.send(Arc::new(f));
@@ -720,6 +746,44 @@ mod tests {
     }
 
     #[test]
+    fn one_node_cannot_crowd_the_others_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(
+            dir.path(),
+            Retention {
+                max_per_node_minute: 3,
+                ..Retention::default()
+            },
+        );
+        let now = at("2026-12-02T12:00:00Z");
+        let many = |first: u64, minute: &str| -> Vec<v1::Flow> {
+            (0..5)
+                .map(|i| {
+                    flow(
+                        &format!("2026-12-02T11:{minute}:0{i}Z"),
+                        "198.18.20.10",
+                        "198.18.41.10",
+                        443,
+                        "allowed",
+                        first + i,
+                    )
+                })
+                .collect()
+        };
+        // A flood from a stolen key: three a minute stored, the rest counted.
+        let got = s.ingest("rogue", &batch(1, many(1, "58")), now).unwrap();
+        assert_eq!((got.accepted, got.over_quota), (3, 2));
+        let got = s.ingest("rogue", &batch(1, many(6, "58")), now).unwrap();
+        assert_eq!((got.accepted, got.over_quota), (0, 5));
+        // Another node's records, and the next minute, are untouched.
+        let got = s.ingest("gw-1", &batch(1, many(1, "58")), now).unwrap();
+        assert_eq!((got.accepted, got.over_quota), (3, 2));
+        let got = s.ingest("rogue", &batch(1, many(11, "59")), now).unwrap();
+        assert_eq!(got.accepted, 3);
+        assert_eq!(s.records(), 9);
+    }
+
+    #[test]
     fn retention_drops_whole_minutes_by_age_then_by_count() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(
@@ -727,6 +791,7 @@ mod tests {
             Retention {
                 max_age: Duration::from_secs(3600),
                 max_records: 2,
+                ..Retention::default()
             },
         );
         let now = at("2026-12-02T12:00:00Z");

@@ -97,10 +97,14 @@ impl ControlPlane {
         if got.refused > 0 {
             tracing::warn!(node = %node, refused = got.refused, first = %got.first_refusal, "flow records refused");
         }
+        if got.over_quota > 0 {
+            tracing::warn!(node = %node, over_quota = got.over_quota, "flow records past the node's quota a minute, not stored");
+        }
         Ok(v1::FlowBatchResponse {
             accepted: got.accepted,
             refused: got.refused,
             first_refusal: got.first_refusal,
+            over_quota: got.over_quota,
         })
     }
 

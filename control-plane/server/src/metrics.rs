@@ -106,11 +106,12 @@ impl ControlPlane {
             let counts = &flows.store.counts;
             e.counter(
                 "wardline_flow_records_total",
-                "Flow records agents reported: stored, refused at ingest (invalid, dropped whole), or sent again and already stored.",
+                "Flow records agents reported: stored, refused at ingest (invalid, dropped whole), sent again and already stored, or past the node's quota a minute.",
             )
             .sample(&[("result", "stored")], counts.stored.load(Ordering::Relaxed) as f64)
             .sample(&[("result", "refused")], counts.refused.load(Ordering::Relaxed) as f64)
-            .sample(&[("result", "duplicate")], counts.duplicates.load(Ordering::Relaxed) as f64);
+            .sample(&[("result", "duplicate")], counts.duplicates.load(Ordering::Relaxed) as f64)
+            .sample(&[("result", "over-quota")], counts.over_quota.load(Ordering::Relaxed) as f64);
             e.gauge(
                 "wardline_flow_records_stored",
                 "Flow records in this replica's flow store.",

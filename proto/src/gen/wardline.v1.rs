@@ -367,6 +367,10 @@ pub struct FlowBatchResponse {
     pub refused: u32,
     #[prost(string, tag = "3")]
     pub first_refusal: ::prost::alloc::string::String,
+    /// Valid records not stored: past the node's quota for their minute, so
+    /// that one node cannot crowd the others' records out of the store.
+    #[prost(uint32, tag = "4")]
+    pub over_quota: u32,
 }
 /// Generated client implementations.
 pub mod agent_api_client {

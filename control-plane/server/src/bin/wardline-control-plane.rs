@@ -108,6 +108,14 @@ struct Args {
     /// The most flow records kept: the oldest minutes go first.
     #[arg(long, env = "WARDLINE_FLOW_MAX_RECORDS", default_value_t = 50_000_000)]
     flow_max_records: u64,
+    /// The most flow records one node may add in a minute; past it they
+    /// are counted, not stored (one stolen agent key cannot fill the store).
+    #[arg(
+        long,
+        env = "WARDLINE_FLOW_MAX_PER_NODE_MINUTE",
+        default_value_t = 120_000
+    )]
+    flow_max_per_node_minute: u64,
 }
 
 /// The shortest renewed certificate: agents renew halfway through it, and
@@ -266,6 +274,7 @@ fn main() -> ExitCode {
         wardline_flows::Retention {
             max_age: args.flow_retention,
             max_records: args.flow_max_records,
+            max_per_node_minute: args.flow_max_per_node_minute,
         },
     ) {
         Ok(f) => std::sync::Arc::new(f),
