@@ -382,7 +382,22 @@ struct AgentCounters {
 }
 
 fn agent_counters(agent: &Agent, ns: &Netns) -> AgentCounters {
-    let v: Value = agent.status_json(ns);
+    // Right after a flood the agent may still be writing the flood's flow
+    // events, and its endpoint slow to answer on a busy machine: the
+    // counters are the kernel's, as true a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let v: Value = loop {
+        match agent.get(ns, "/status") {
+            Some((200, body)) => {
+                break serde_json::from_str(body.trim())
+                    .unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"));
+            }
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            other => panic!("the status endpoint does not answer after a flood: {other:?}"),
+        }
+    };
     let c = &v["counters"];
     AgentCounters {
         dropped: c["dropped"].as_u64().unwrap_or(0),
