@@ -77,7 +77,7 @@ impl ControlPlane {
         req: Request<v1::FlowBatch>,
     ) -> Result<v1::FlowBatchResponse, Status> {
         let node = req.get_ref().node.clone();
-        self.agent_call(&req, &node)?;
+        self.admitted_agent(&req, &node)?;
         let flows = self.flow_store()?.clone();
         let batch = req.into_inner();
         let dropped = batch.dropped;
@@ -118,7 +118,7 @@ impl ControlPlane {
         &self,
         req: Request<v1::ObserveRequest>,
     ) -> Result<FlowStream, Status> {
-        self.operator_call(&req)?;
+        self.operator(&req)?;
         let query = self.query_of(req.get_ref())?;
         let flows = self.flow_store()?.clone();
         // Subscribed first, so nothing stored while the query runs is
@@ -165,7 +165,7 @@ impl ControlPlane {
         &self,
         req: Request<v1::ObserveRequest>,
     ) -> Result<v1::FlowMatrixResponse, Status> {
-        self.operator_call(&req)?;
+        self.operator(&req)?;
         let query = self.query_of(req.get_ref())?;
         let store = self.flow_store()?.store.clone();
         tokio::task::spawn_blocking(move || store.matrix(&query))

@@ -408,14 +408,16 @@ impl ControlPlane {
         self.flows.as_ref()
     }
 
-    pub(crate) fn agent_call<T>(&self, req: &Request<T>, node: &str) -> Result<Identity, Status> {
+    /// An agent call for `node` by its own certificate, from a node
+    /// operators have not removed.
+    pub(crate) fn admitted_agent<T>(
+        &self,
+        req: &Request<T>,
+        node: &str,
+    ) -> Result<Identity, Status> {
         let id = self.agent(req, node)?;
         self.not_blocked(req, node)?;
         Ok(id)
-    }
-
-    pub(crate) fn operator_call<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
-        self.operator(req)
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -533,7 +535,7 @@ impl ControlPlane {
         }
     }
 
-    fn operator<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+    pub(crate) fn operator<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         self.not_revoked(req)?;
         authorize(req, Role::Operator)
     }
@@ -1400,8 +1402,7 @@ impl AgentApi for ControlPlane {
         req: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let node = req.get_ref().node.clone();
-        self.agent(&req, &node)?;
-        self.not_blocked(&req, &node)?;
+        self.admitted_agent(&req, &node)?;
         let facts = req
             .peer_certs()
             .and_then(|c| c.first().and_then(|leaf| CertificateFacts::of(leaf)));
@@ -1457,8 +1458,7 @@ impl AgentApi for ControlPlane {
     #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]
     async fn ack(&self, req: Request<v1::AckRequest>) -> Result<Response<v1::AckResponse>, Status> {
         let r = req.get_ref();
-        self.agent(&req, &r.node)?;
-        self.not_blocked(&req, &r.node)?;
+        self.admitted_agent(&req, &r.node)?;
         if !r.error.is_empty() {
             tracing::warn!(node = %r.node, revision = r.revision, error = %r.error, "agent could not enforce a snapshot");
         }
@@ -1517,8 +1517,7 @@ impl AgentApi for ControlPlane {
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let r = req.get_ref();
-        self.agent(&req, &r.node)?;
-        self.not_blocked(&req, &r.node)?;
+        self.admitted_agent(&req, &r.node)?;
         // In memory; the store hears only of a new generation.
         if self.liveness.heard(&r.node, Some(r.generation)) {
             let generation = r.generation;
@@ -1547,8 +1546,7 @@ impl ControlPlane {
         req: Request<v1::RenewRequest>,
     ) -> Result<v1::RenewResponse, Status> {
         let node = req.get_ref().node.clone();
-        self.agent(&req, &node)?;
-        self.not_blocked(&req, &node)?;
+        self.admitted_agent(&req, &node)?;
         let facts = Self::peer_facts(&req)?;
         let Some(renewal) = self.renewal.clone() else {
             return Err(Status::failed_precondition(
