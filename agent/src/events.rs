@@ -119,10 +119,9 @@ pub struct FlowRecord {
 impl FlowRecord {
     /// The record as the control plane stores it (numbered by the spool).
     pub fn to_wire(&self) -> wardline_proto::v1::Flow {
-        let bytes = |a: Option<IpAddr>| match a {
-            Some(IpAddr::V4(v4)) => v4.octets().to_vec(),
-            Some(IpAddr::V6(v6)) => v6.octets().to_vec(),
-            None => Vec::new(),
+        let bytes = |a: Option<IpAddr>| {
+            a.map(wardline_proto::convert::ip_to_bytes)
+                .unwrap_or_default()
         };
         wardline_proto::v1::Flow {
             time: self.time.clone(),

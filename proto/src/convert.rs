@@ -71,22 +71,30 @@ pub fn format_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-fn ip_from_bytes(field: &str, b: &[u8]) -> Result<IpAddr, WireError> {
+/// The address 4 or 16 bytes on the wire hold; `None` for any other length.
+pub fn ip_from_wire(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
-        4 => Ok(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-        16 => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(b);
-            Ok(IpAddr::V6(Ipv6Addr::from(a)))
-        }
-        n => Err(wire_err(
-            field,
-            format!("an address has 4 or 16 bytes, not {n}"),
-        )),
+        4 => <[u8; 4]>::try_from(b)
+            .ok()
+            .map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+        16 => <[u8; 16]>::try_from(b)
+            .ok()
+            .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+        _ => None,
     }
 }
 
-fn ip_to_bytes(a: IpAddr) -> Vec<u8> {
+fn ip_from_bytes(field: &str, b: &[u8]) -> Result<IpAddr, WireError> {
+    ip_from_wire(b).ok_or_else(|| {
+        wire_err(
+            field,
+            format!("an address has 4 or 16 bytes, not {}", b.len()),
+        )
+    })
+}
+
+/// An address as the wire carries it: 4 or 16 bytes.
+pub fn ip_to_bytes(a: IpAddr) -> Vec<u8> {
     match a {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),

@@ -22,13 +22,7 @@ const MAX_NAME: usize = 63;
 const MAX_AHEAD: time::Duration = time::Duration::minutes(5);
 
 /// The address `bytes` holds (4 or 16 bytes).
-pub fn address(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
-        _ => None,
-    }
-}
+pub use wardline_proto::convert::ip_from_wire as address;
 
 /// When the record was judged.
 pub fn time_of(flow: &v1::Flow) -> Option<OffsetDateTime> {

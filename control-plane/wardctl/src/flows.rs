@@ -5,19 +5,14 @@
 //! Dec 02 14:35:09.123  gw-icu  198.18.20.10:40112 (ws) -> 198.18.41.10:443 (ehr)  tcp  ALLOWED  policy-allow  ws-ehr-web
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
 use wardline_proto::convert::protocol_name;
 use wardline_proto::v1;
 
 /// The address 4 or 16 bytes hold, as text; the bytes in hex otherwise.
 pub fn address(bytes: &[u8]) -> String {
-    match bytes.len() {
-        4 => IpAddr::from(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])).to_string(),
-        16 => <[u8; 16]>::try_from(bytes)
-            .map(|b| IpAddr::from(Ipv6Addr::from(b)).to_string())
-            .unwrap_or_default(),
-        _ => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+    match wardline_proto::convert::ip_from_wire(bytes) {
+        Some(a) => a.to_string(),
+        None => bytes.iter().map(|b| format!("{b:02x}")).collect(),
     }
 }
 
