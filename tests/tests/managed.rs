@@ -467,7 +467,11 @@ fn privileged_persisted_snapshot_is_signed_private_and_never_rolled_back() {
     // The control plane returns: the agent takes its snapshot and is whole.
     site.start_replica(0, &store);
     agent.wait_ready(ns, Duration::from_secs(15));
-    let status = agent.status_json(ns);
+    // Connected is not yet whole: the replica's snapshot clears the error
+    // the forged file left once it is enforced.
+    let status = wait_status(&agent, ns, Duration::from_secs(15), "whole again", |s| {
+        s["revision"] == second && s["lastError"].is_null()
+    });
     assert_eq!(status["revision"], second);
     assert!(status["lastError"].is_null(), "{status}");
     check_matrix(&routed, "control plane back", expect_8080);
