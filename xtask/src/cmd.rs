@@ -33,9 +33,15 @@ fn quote(word: &OsStr) -> String {
 }
 
 /// The program to run for `cargo`: the one that runs this task when there
-/// is one, so the same toolchain builds everything.
+/// is one, so the same toolchain builds everything. In CI (`CI` set) builds
+/// are not incremental unless the caller chose otherwise: a clean checkout
+/// builds once, and incremental state would only take disk.
 pub fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    if std::env::var_os("CI").is_some() && std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
+    cmd
 }
 
 /// Echoes `cmd`, runs it with the task's standard streams, and fails unless
