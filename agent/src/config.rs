@@ -27,6 +27,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/wardline/agent";
 /// default (`spec.flowBufferMiB`), and at most the larger figure.
 const DEFAULT_FLOW_BUFFER_MIB: u32 = 64;
 const MAX_FLOW_BUFFER_MIB: u32 = 4096;
+/// A long connection's counts are reported this often by default
+/// (`spec.flowUpdateSeconds`), and within these bounds (the agent sweeps
+/// its tracking tables every 5 s).
+const DEFAULT_FLOW_UPDATE_SECONDS: u32 = 60;
+const FLOW_UPDATE_SECONDS: std::ops::RangeInclusive<u32> = 5..=3600;
 
 /// What an agent configuration may ask of the YAML reader. The file
 /// nests five levels (`spec.failsafe[0].cidrs`) and holds some hundred
@@ -93,6 +98,7 @@ struct Spec {
     state_dir: Option<PathBuf>,
     #[serde(rename = "flowBufferMiB")]
     flow_buffer_mib: Option<u32>,
+    flow_update_seconds: Option<u32>,
 }
 
 /// Managed mode's connection to the control plane.
@@ -173,6 +179,8 @@ pub struct AgentConfig {
     /// Managed mode: the most flow records waiting for the control plane
     /// may take on disk, in bytes.
     pub flow_buffer_bytes: u64,
+    /// How often a long connection's byte and packet counts are reported.
+    pub flow_update: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -351,6 +359,19 @@ impl AgentConfig {
                 format!("{flow_buffer_mib} is not between 1 and {MAX_FLOW_BUFFER_MIB} MiB"),
             ));
         }
+        let flow_update_seconds = spec
+            .flow_update_seconds
+            .unwrap_or(DEFAULT_FLOW_UPDATE_SECONDS);
+        if !FLOW_UPDATE_SECONDS.contains(&flow_update_seconds) {
+            return Err(invalid(
+                "spec.flowUpdateSeconds",
+                format!(
+                    "{flow_update_seconds} is not between {} and {} seconds",
+                    FLOW_UPDATE_SECONDS.start(),
+                    FLOW_UPDATE_SECONDS.end()
+                ),
+            ));
+        }
         let flow_log = match spec.flow_log.as_deref() {
             None | Some("stdout") => FlowLog::Stdout,
             Some("off") => FlowLog::Off,
@@ -370,6 +391,7 @@ impl AgentConfig {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             flow_buffer_bytes: u64::from(flow_buffer_mib) << 20,
+            flow_update: std::time::Duration::from_secs(u64::from(flow_update_seconds)),
         })
     }
 }
@@ -407,6 +429,28 @@ spec:
         assert_eq!(c.failsafe.len(), 1);
         assert_eq!(c.pass_ethertypes, [0x88cc, 0x88e5]);
         assert_eq!(c.flow_log, FlowLog::Stdout);
+        assert_eq!(c.flow_update, std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn flow_update_seconds_is_bounded() {
+        let with = |n: &str| {
+            parse(&GOOD.replace(
+                "  passEthertypes",
+                &format!("  flowUpdateSeconds: {n}\n  passEthertypes"),
+            ))
+        };
+        assert_eq!(
+            with("5").unwrap().flow_update,
+            std::time::Duration::from_secs(5)
+        );
+        for bad in ["4", "3601", "0"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("spec.flowUpdateSeconds") && err.contains("between 5 and 3600"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -77,6 +77,17 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> EnforcerError + '_ {
     }
 }
 
+/// What one [`Enforcer::sweep`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Connections removed, idle past their timeout, as they were.
+    pub expired: Vec<(abi::FlowKey, abi::FlowState)>,
+    /// Live connections whose counts are due to be reported.
+    pub due: Vec<(abi::FlowKey, abi::FlowState)>,
+    /// Fragment entries removed.
+    pub fragments: usize,
+}
+
 /// Packet counters summed over CPUs: `[direction][reason]`, plus lost
 /// events and failed inserts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -847,23 +858,30 @@ impl Enforcer {
 
     /// Removes tracked connections and fragments idle for longer than their
     /// timeout, as of `now` (`CLOCK_BOOTTIME` nanoseconds, the kernel's
-    /// clock). The kernel keeps confirmed connections in a plain hash map,
-    /// which never evicts a live connection (an LRU map evicts entries long
-    /// before it is full when CPUs contend); this sweep is what frees them.
-    /// Returns how many connections and fragments were removed.
-    pub fn expire(&mut self, now: u64) -> (usize, usize) {
-        let mut connections = 0;
+    /// clock), and finds the long connections whose counts are due to be
+    /// reported: those that crossed a multiple of `interval` nanoseconds of
+    /// age since `previous` (the last sweep; `None`: none yet). The kernel keeps confirmed connections in a plain
+    /// hash map, which never evicts a live connection (an LRU map evicts
+    /// entries long before it is full when CPUs contend); this sweep is
+    /// what frees them. One pass over each table.
+    pub fn sweep(&mut self, now: u64, previous: Option<u64>, interval: u64) -> Sweep {
+        let mut out = Sweep::default();
+        let due = |s: &abi::FlowState| {
+            let age = |at: u64| at.saturating_sub(s.created_ns) / interval.max(1);
+            previous.is_some_and(|p| age(now) > age(p.max(s.created_ns)))
+        };
         for table in [&mut self.conntrack, &mut self.unconfirmed] {
-            let idle: Vec<abi::FlowKey> = table
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, s)| {
-                    now.saturating_sub(s.last_seen_ns)
-                        >= abi::flow_timeout(k.proto, s.status, s.tcp)
-                })
-                .map(|(k, _)| k)
-                .collect();
-            connections += idle.iter().filter(|k| table.remove(k).is_ok()).count();
+            let mut idle = Vec::new();
+            for (k, s) in table.iter().filter_map(Result::ok) {
+                if now.saturating_sub(s.last_seen_ns) >= abi::flow_timeout(k.proto, s.status, s.tcp)
+                {
+                    idle.push((k, s));
+                } else if due(&s) {
+                    out.due.push((k, s));
+                }
+            }
+            out.expired
+                .extend(idle.into_iter().filter(|(k, _)| table.remove(k).is_ok()));
         }
         // Remembered drops are evicted when their table is full; forgetting
         // old ones keeps it small.
@@ -884,11 +902,11 @@ impl Enforcer {
             .filter(|(_, f)| now.saturating_sub(f.seen_ns) >= abi::TIMEOUT_FRAGMENT)
             .map(|(k, _)| k)
             .collect();
-        let fragments = old
+        out.fragments = old
             .iter()
             .filter(|k| self.fragments.remove(k).is_ok())
             .count();
-        (connections, fragments)
+        out
     }
 
     /// The tracked connections, confirmed or not, for inspection.

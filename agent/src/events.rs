@@ -106,8 +106,15 @@ pub struct FlowRecord {
     pub reason: &'static str,
     pub policy: Option<String>,
     pub generation: u32,
+    /// What passed since the connection's previous record (`new`: nothing
+    /// yet; `drop`: the packet dropped).
     pub packets: u64,
     pub bytes: u64,
+    /// The initiator's and the responder's Ethernet addresses as the frame
+    /// that caused the record carried them (the next hop's when routed);
+    /// none in records the agent writes itself.
+    pub src_mac: Option<String>,
+    pub dst_mac: Option<String>,
     /// The IANA protocol number (`protocol` names it).
     #[serde(skip)]
     pub proto: u8,
@@ -145,6 +152,8 @@ impl FlowRecord {
             packets: self.packets,
             bytes: self.bytes,
             sequence: 0,
+            src_mac: self.src_mac.as_deref().map(mac_bytes).unwrap_or_default(),
+            dst_mac: self.dst_mac.as_deref().map(mac_bytes).unwrap_or_default(),
         }
     }
 }
@@ -153,6 +162,10 @@ impl FlowRecord {
 #[derive(Clone, Debug, Default)]
 pub struct EventStats {
     pub by_kind_verdict: BTreeMap<(&'static str, &'static str), u64>,
+    /// Long connections whose reported counts the agent remembers.
+    pub long_connections: usize,
+    /// Agent-written records lost because the event reader lagged.
+    pub sweep_records_lost: u64,
 }
 
 pub fn verdict_name(v: u8) -> &'static str {
@@ -169,6 +182,8 @@ fn kind_name(kind: u8) -> &'static str {
         abi::EVENT_DROP => "drop",
         abi::EVENT_CLOSE => "close",
         abi::EVENT_REVOKED => "revoked",
+        abi::EVENT_UPDATE => "update",
+        abi::EVENT_EXPIRED => "expired",
         _ => "unknown",
     }
 }
@@ -222,6 +237,23 @@ fn interface_name(cache: &mut HashMap<u32, String>, ifindex: u32) -> String {
         .clone()
 }
 
+/// An Ethernet address as operators write it; none when all zero.
+fn mac(b: &[u8]) -> Option<String> {
+    b.iter().any(|&x| x != 0).then(|| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+}
+
+/// The six bytes of an address [`mac`] wrote.
+fn mac_bytes(text: &str) -> Vec<u8> {
+    text.split(':')
+        .filter_map(|x| u8::from_str_radix(x, 16).ok())
+        .collect()
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Option<abi::FlowEvent> {
     if bytes.len() < size_of::<abi::FlowEvent>() {
@@ -261,6 +293,12 @@ impl Namer {
         };
         let reason = abi::Reason::from_u8(e.reason).map_or("unknown", abi::Reason::name);
         let addr = |a: &[u8; 16]| (e.family != 0).then(|| to_ip(a));
+        let (wire_dst, wire_src) = e.eth.split_at(6);
+        let (src_mac, dst_mac) = if e.flags & abi::EVENT_ETH_REPLY != 0 {
+            (mac(wire_dst), mac(wire_src))
+        } else {
+            (mac(wire_src), mac(wire_dst))
+        };
         FlowRecord {
             time: self
                 .clock
@@ -290,10 +328,160 @@ impl Namer {
             generation: e.generation,
             packets: e.packets,
             bytes: e.bytes,
+            src_mac,
+            dst_mac,
             proto: e.proto,
             revision: names.map_or(0, |n| n.revision),
         }
     }
+}
+
+/// What a long connection's records have reported so far.
+#[derive(Clone, Copy, Debug)]
+struct Reported {
+    packets: u64,
+    bytes: u64,
+    /// When a sweep last saw the connection alive.
+    seen_ns: u64,
+}
+
+/// Turns the totals the kernel keeps per connection into what passed since
+/// the connection's previous record, so that a connection's records add up
+/// to its totals: `new` records count nothing (the counts come later),
+/// `update` records what passed since the one before, `close`, `revoked`
+/// and `expired` the rest. Only connections that had an `update` are
+/// remembered (long ones), each until its last record, or until sweeps no
+/// longer see it (its end was lost with a full ring buffer: counted there).
+#[derive(Debug)]
+pub struct Counts {
+    reported: HashMap<abi::FlowKey, Reported>,
+    /// A sweep reports every live long connection at least this often.
+    interval_ns: u64,
+}
+
+impl Counts {
+    /// At most this many long connections are remembered (the tracking
+    /// table's size): past it, a connection's next record counts from its
+    /// start again rather than the agent growing without bound.
+    const MAX: usize = 262_144;
+
+    pub fn new(interval_ns: u64) -> Counts {
+        Counts {
+            reported: HashMap::new(),
+            interval_ns,
+        }
+    }
+
+    /// Rewrites `e`'s counts as described above; false when it has nothing
+    /// to report (an update of a connection idle since the last one).
+    pub fn account(&mut self, e: &mut abi::FlowEvent) -> bool {
+        let key = abi::FlowKey {
+            src: e.src,
+            dst: e.dst,
+            sport: e.sport,
+            dport: e.dport,
+            proto: e.proto,
+            _pad: [0; 3],
+        };
+        let since = |r: Option<Reported>, e: &abi::FlowEvent| {
+            let (p, b) = r.map_or((0, 0), |r| (r.packets, r.bytes));
+            (e.packets.saturating_sub(p), e.bytes.saturating_sub(b))
+        };
+        match e.kind {
+            abi::EVENT_NEW => {
+                (e.packets, e.bytes) = (0, 0);
+                true
+            }
+            abi::EVENT_UPDATE => {
+                let before = self.reported.get(&key).copied();
+                let (packets, bytes) = since(before, e);
+                if before.is_some() || self.reported.len() < Self::MAX {
+                    self.reported.insert(
+                        key,
+                        Reported {
+                            packets: e.packets,
+                            bytes: e.bytes,
+                            seen_ns: e.time_ns,
+                        },
+                    );
+                }
+                (e.packets, e.bytes) = (packets, bytes);
+                packets > 0
+            }
+            abi::EVENT_CLOSE | abi::EVENT_REVOKED | abi::EVENT_EXPIRED => {
+                (e.packets, e.bytes) = since(self.reported.remove(&key), e);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Forgets connections no sweep has seen for three intervals, as of
+    /// `now` (their last record was lost).
+    pub fn forget_unseen(&mut self, now: u64) {
+        let horizon = self.interval_ns.saturating_mul(3);
+        self.reported
+            .retain(|_, r| now.saturating_sub(r.seen_ns) < horizon);
+    }
+
+    pub fn remembered(&self) -> usize {
+        self.reported.len()
+    }
+}
+
+/// The event the agent writes for tracked connection `key` (`s` as a sweep
+/// read it) with `kind` ([`abi::EVENT_UPDATE`] or [`abi::EVENT_EXPIRED`]),
+/// named as its initiator opened it, as the kernel names its own. None for
+/// a connection a policy change already cut (its `revoked` record was
+/// written).
+pub fn connection_event(
+    key: &abi::FlowKey,
+    s: &abi::FlowState,
+    kind: u8,
+    now: u64,
+) -> Option<abi::FlowEvent> {
+    let verdict = match s.status {
+        abi::FLOW_ALLOWED | abi::FLOW_FAILSAFE => 1,
+        abi::FLOW_AUDITED => 2,
+        _ => return None,
+    };
+    let k = if s.binding & abi::INITIATOR_FIRST != 0 {
+        *key
+    } else {
+        key.reversed()
+    };
+    let ingress = s.binding & abi::BOUND_ORIG != 0;
+    let v4 = k.src[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    Some(abi::FlowEvent {
+        time_ns: now,
+        packets: s.packets,
+        bytes: s.bytes,
+        src: k.src,
+        dst: k.dst,
+        ifindex: if ingress {
+            s.orig_ifindex
+        } else {
+            s.reply_ifindex
+        },
+        generation: s.generation,
+        policy: s.policy,
+        src_segment: s.src_segment,
+        dst_segment: s.dst_segment,
+        sport: k.sport,
+        dport: k.dport,
+        vlan: if ingress { s.orig_vlan } else { 0 },
+        kind,
+        verdict,
+        reason: s.reason,
+        direction: if ingress {
+            abi::DIR_INGRESS
+        } else {
+            abi::DIR_EGRESS
+        },
+        proto: k.proto,
+        family: if v4 { 4 } else { 6 },
+        ..abi::FlowEvent::default()
+    })
 }
 
 /// Where flow records go: the flow log (JSON lines), the spool for the
@@ -303,38 +491,63 @@ pub struct Sinks {
     pub spool: Option<Arc<Mutex<crate::spool::Spool>>>,
 }
 
-/// Reads events until the task is dropped, writing each to `sinks`.
+/// Reads events until the task is dropped, and the agent's own (from
+/// `swept`), writing each to `sinks`.
 pub async fn run(
     ring: RingBuf<MapData>,
+    mut swept: tokio::sync::mpsc::Receiver<Vec<abi::FlowEvent>>,
     mut namer: Namer,
     generations: Arc<Mutex<Generations>>,
     stats: Arc<Mutex<EventStats>>,
+    mut counts: Counts,
     mut sinks: Sinks,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and AsyncFd owns the ring buffer,
     // so the fd stays open, unshared, for as long as it is registered.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut sweeps_open = true;
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut records = Vec::new();
-        while let Some(item) = ring.next() {
-            if let Some(e) = decode(&item) {
-                let record = {
-                    let generations = generations.lock().unwrap_or_else(|p| p.into_inner());
-                    namer.record(&e, &generations)
-                };
-                {
-                    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-                    *s.by_kind_verdict
-                        .entry((record.kind, record.verdict))
-                        .or_default() += 1;
+        let mut events = Vec::new();
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    events.extend(decode(&item));
                 }
-                records.push(record);
+                guard.clear_ready();
             }
+            batch = swept.recv(), if sweeps_open => match batch {
+                Some(batch) => {
+                    events = batch;
+                    if let Some(now) = events.first().map(|e| e.time_ns) {
+                        counts.forget_unseen(now);
+                    }
+                }
+                None => sweeps_open = false,
+            },
         }
-        guard.clear_ready();
+        let mut records = Vec::with_capacity(events.len());
+        for mut e in events {
+            if !counts.account(&mut e) {
+                continue;
+            }
+            let record = {
+                let generations = generations.lock().unwrap_or_else(|p| p.into_inner());
+                namer.record(&e, &generations)
+            };
+            records.push(record);
+        }
+        {
+            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+            for record in &records {
+                *s.by_kind_verdict
+                    .entry((record.kind, record.verdict))
+                    .or_default() += 1;
+            }
+            s.long_connections = counts.remembered();
+        }
         if let Some(log) = sinks.log.as_mut() {
             for record in &records {
                 if let Ok(line) = serde_json::to_string(record) {
@@ -354,5 +567,145 @@ pub async fn run(
                 tracing::warn!("keeping flow records for the control plane: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: u8, packets: u64, bytes: u64, at_s: u64) -> abi::FlowEvent {
+        abi::FlowEvent {
+            time_ns: at_s * abi::SECOND_NS,
+            packets,
+            bytes,
+            src: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 20, 10],
+            dst: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 41, 10],
+            sport: 40000,
+            dport: 443,
+            proto: 6,
+            kind,
+            ..abi::FlowEvent::default()
+        }
+    }
+
+    /// Whatever the kernel's totals, a connection's records add up to them:
+    /// nothing at `new`, the growth at each `update`, the rest at the end.
+    #[test]
+    fn a_connections_records_add_up_to_its_totals() {
+        let mut counts = Counts::new(60 * abi::SECOND_NS);
+        let mut reported = Vec::new();
+        for mut e in [
+            event(abi::EVENT_NEW, 1, 74, 0),
+            event(abi::EVENT_UPDATE, 500, 400_000, 60),
+            event(abi::EVENT_UPDATE, 500, 400_000, 120),
+            event(abi::EVENT_UPDATE, 900, 700_000, 180),
+            event(abi::EVENT_CLOSE, 1_000, 800_000, 200),
+        ] {
+            if counts.account(&mut e) {
+                reported.push((e.kind, e.packets, e.bytes));
+            }
+        }
+        assert_eq!(
+            reported,
+            [
+                (abi::EVENT_NEW, 0, 0),
+                (abi::EVENT_UPDATE, 500, 400_000),
+                // The idle interval reports nothing.
+                (abi::EVENT_UPDATE, 400, 300_000),
+                (abi::EVENT_CLOSE, 100, 100_000),
+            ]
+        );
+        let sum: (u64, u64) = reported.iter().fold((0, 0), |(p, b), r| (p + r.1, b + r.2));
+        assert_eq!(sum, (1_000, 800_000));
+        assert_eq!(counts.remembered(), 0, "forgotten at its end");
+        // A short connection: its end carries everything.
+        let mut close = event(abi::EVENT_EXPIRED, 3, 200, 30);
+        assert!(counts.account(&mut close));
+        assert_eq!((close.packets, close.bytes), (3, 200));
+    }
+
+    #[test]
+    fn a_long_connection_whose_end_was_lost_is_forgotten() {
+        let mut counts = Counts::new(60 * abi::SECOND_NS);
+        assert!(counts.account(&mut event(abi::EVENT_UPDATE, 10, 1_000, 60)));
+        assert_eq!(counts.remembered(), 1);
+        counts.forget_unseen(200 * abi::SECOND_NS);
+        assert_eq!(counts.remembered(), 1, "within three intervals");
+        counts.forget_unseen(241 * abi::SECOND_NS);
+        assert_eq!(counts.remembered(), 0);
+    }
+
+    /// The agent's own records name a connection as its initiator opened
+    /// it, whichever end its key holds first, where it arrived.
+    #[test]
+    fn a_swept_connection_is_named_as_the_kernel_names_it() {
+        let e = event(abi::EVENT_NEW, 0, 0, 0);
+        let initiator = abi::FlowKey {
+            src: e.src,
+            dst: e.dst,
+            sport: 40000,
+            dport: 443,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let state = abi::FlowState {
+            packets: 7,
+            bytes: 900,
+            orig_ifindex: 4,
+            reply_ifindex: 5,
+            orig_vlan: 30,
+            status: abi::FLOW_AUDITED,
+            reason: abi::Reason::Monitor as u8,
+            binding: abi::BOUND_ORIG,
+            ..abi::FlowState::default()
+        };
+        // Keyed responder first: named the other way round.
+        let keyed = initiator.reversed();
+        let got = connection_event(&keyed, &state, abi::EVENT_UPDATE, 9).unwrap();
+        assert_eq!((got.src, got.sport, got.dport), (initiator.src, 40000, 443));
+        assert_eq!(
+            (got.ifindex, got.vlan, got.direction),
+            (4, 30, abi::DIR_INGRESS)
+        );
+        assert_eq!((got.verdict, got.family, got.packets), (2, 4, 7));
+        // The node opened it: where it left, egress.
+        let egress = abi::FlowState {
+            binding: abi::INITIATOR_FIRST,
+            ..state
+        };
+        let got = connection_event(&initiator, &egress, abi::EVENT_EXPIRED, 9).unwrap();
+        assert_eq!(
+            (got.ifindex, got.vlan, got.direction),
+            (5, 0, abi::DIR_EGRESS)
+        );
+        assert_eq!(got.src, initiator.src);
+        // A connection a policy change cut already has its record.
+        let cut = abi::FlowState {
+            status: abi::FLOW_DENIED,
+            ..state
+        };
+        assert!(connection_event(&keyed, &cut, abi::EVENT_EXPIRED, 9).is_none());
+    }
+
+    #[test]
+    fn ethernet_addresses_are_named_with_the_connection() {
+        let mut e = event(abi::EVENT_NEW, 0, 0, 0);
+        // On the wire: destination, then source.
+        e.eth = [2, 0, 0, 0, 0x29, 0x0a, 2, 0, 0, 0, 0x14, 0x0a];
+        e.family = 4;
+        let names = Generations::default();
+        let mut namer = Namer::new("gw".into());
+        let r = namer.record(&e, &names);
+        assert_eq!(r.src_mac.as_deref(), Some("02:00:00:00:14:0a"));
+        assert_eq!(r.dst_mac.as_deref(), Some("02:00:00:00:29:0a"));
+        // From a reply: its source is the responder.
+        e.flags = abi::EVENT_ETH_REPLY;
+        let r = namer.record(&e, &names);
+        assert_eq!(r.src_mac.as_deref(), Some("02:00:00:00:29:0a"));
+        let wire = r.to_wire();
+        assert_eq!(wire.src_mac, [2, 0, 0, 0, 0x29, 0x0a]);
+        e.eth = [0; 12];
+        assert_eq!(namer.record(&e, &names).src_mac, None);
     }
 }

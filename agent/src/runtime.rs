@@ -48,6 +48,17 @@ pub struct Runtime {
     /// The generation found pinned at start (0: none).
     pub adopted_generation: u32,
     events: Option<(aya::maps::RingBuf<aya::maps::MapData>, events::Sinks)>,
+    /// The agent's own flow events (long connections' counts, idle ones
+    /// removed), to the event reader; none while flow events are off.
+    swept: Option<SweptEvents>,
+    /// When the tracking tables were last swept (`CLOCK_BOOTTIME` ns).
+    last_sweep: Option<u64>,
+}
+
+/// The two ends of the channel from the sweep to the event reader.
+struct SweptEvents {
+    tx: tokio::sync::mpsc::Sender<Vec<wardline_ebpf_abi::FlowEvent>>,
+    rx: Option<tokio::sync::mpsc::Receiver<Vec<wardline_ebpf_abi::FlowEvent>>>,
 }
 
 fn flow_sink(log: &FlowLog) -> anyhow::Result<Option<Box<dyn Write + Send>>> {
@@ -87,6 +98,12 @@ impl Runtime {
         // Managed mode sends every record to the control plane, flow log or not.
         enforcer.set_events(sink.is_some() || mode == "managed")?;
         let ring = enforcer.take_events();
+        // A few sweeps' worth: a reader that lags further loses them,
+        // counted.
+        let swept = ring.as_ref().map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            SweptEvents { tx, rx: Some(rx) }
+        });
         let shared = Shared {
             state: Arc::new(Mutex::new(AgentState {
                 node: config.node.clone(),
@@ -121,6 +138,8 @@ impl Runtime {
                     },
                 )
             }),
+            swept,
+            last_sweep: None,
         })
     }
 
@@ -137,12 +156,16 @@ impl Runtime {
     pub fn serve(&mut self) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
         self.check_interfaces();
         enforcer::remove_other_abi_versions(&self.config.bpffs, &self.config.node)?;
-        if let Some((ring, sinks)) = self.events.take() {
+        let swept = self.swept.as_mut().and_then(|s| s.rx.take());
+        if let (Some((ring, sinks)), Some(swept)) = (self.events.take(), swept) {
             let namer = Namer::new(self.config.node.clone());
             let stats = self.shared.events.clone();
             let generations = self.generations.clone();
+            let counts = events::Counts::new(duration_ns(self.config.flow_update));
             tokio::spawn(async move {
-                if let Err(e) = events::run(ring, namer, generations, stats, sinks).await {
+                if let Err(e) =
+                    events::run(ring, swept, namer, generations, stats, counts, sinks).await
+                {
                     tracing::error!("flow events stopped: {e}");
                 }
             });
@@ -251,11 +274,39 @@ impl Runtime {
         Ok(generation)
     }
 
-    /// Frees the tracking entries of connections that went idle.
+    /// Frees the tracking entries of connections that went idle, and
+    /// hands the event reader a record of each, and of each long
+    /// connection whose counts are due (`spec.flowUpdateSeconds`).
     pub fn expire_connections(&mut self) {
-        let (connections, fragments) = self.enforcer().expire(enforcer::boot_ns());
+        let now = enforcer::boot_ns();
+        let interval = duration_ns(self.config.flow_update);
+        let sweep = self.enforcer().sweep(now, self.last_sweep, interval);
+        self.last_sweep = Some(now);
+        let (connections, fragments) = (sweep.expired.len(), sweep.fragments);
         if connections + fragments > 0 {
             tracing::debug!(connections, fragments, "expired idle tracking entries");
+        }
+        let Some(swept) = &self.swept else {
+            return;
+        };
+        let records: Vec<_> = sweep
+            .expired
+            .iter()
+            .filter(|(_, s)| s.tcp & wardline_ebpf_abi::TCP_CLOSE_REPORTED == 0)
+            .filter_map(|(k, s)| {
+                events::connection_event(k, s, wardline_ebpf_abi::EVENT_EXPIRED, now)
+            })
+            .chain(sweep.due.iter().filter_map(|(k, s)| {
+                events::connection_event(k, s, wardline_ebpf_abi::EVENT_UPDATE, now)
+            }))
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let n = records.len() as u64;
+        if swept.tx.try_send(records).is_err() {
+            let mut stats = self.shared.events.lock().unwrap_or_else(|p| p.into_inner());
+            stats.sweep_records_lost += n;
         }
     }
 
@@ -324,6 +375,10 @@ impl Runtime {
 }
 
 /// The `CLOCK_TAI` instant of wall-clock instant `at`, given both clocks now.
+fn duration_ns(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn tai_at(tai_now: u64, utc_now: OffsetDateTime, at: OffsetDateTime) -> u64 {
     let ahead = (at - utc_now).whole_nanoseconds().max(0);
     tai_now.saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX))

@@ -231,9 +231,15 @@ pub fn render_metrics(state: &AgentState, c: &Counters, events: &EventStats) -> 
     }
     e.counter(
         "wardline_events_lost_total",
-        "Flow events the ring buffer had no room for.",
+        "Flow events lost: the kernel's ring buffer had no room for them (source=kernel), or the agent's event reader lagged behind its own sweep (source=sweep).",
     )
-    .sample(&[], c.lost_events as f64);
+    .sample(&[("source", "kernel")], c.lost_events as f64)
+    .sample(&[("source", "sweep")], events.sweep_records_lost as f64);
+    e.gauge(
+        "wardline_long_connections",
+        "Long connections whose reported counts the agent remembers, to report the rest at their end.",
+    )
+    .sample(&[], events.long_connections as f64);
     e.counter(
         "wardline_tracking_insert_failures_total",
         "Passed connections (table=connections) and first fragments (table=fragments) their table had no room for.",

@@ -731,18 +731,25 @@ fn privileged_idle_connections_are_expired_and_live_ones_kept() {
     assert_eq!(r.return_value as i32, abi::ACTION_PASS);
     assert_eq!(enforcer.connections().len(), 1);
     let now = enforcer::boot_ns();
-    assert_eq!(enforcer.expire(now), (0, 0), "a live connection stays");
+    let swept = |e: &mut Enforcer, at: u64| {
+        let s = e.sweep(at, Some(at - abi::SECOND_NS), 60 * abi::SECOND_NS);
+        (s.expired.len(), s.fragments)
+    };
+    assert_eq!(swept(&mut enforcer, now), (0, 0), "a live connection stays");
     let opening = abi::TIMEOUT_TCP_OPENING;
     assert_eq!(
-        enforcer.expire(now + opening - abi::SECOND_NS),
+        swept(&mut enforcer, now + opening - abi::SECOND_NS),
         (0, 0),
         "not idle long enough"
     );
+    let removed = enforcer.sweep(now + opening + abi::SECOND_NS, None, 60 * abi::SECOND_NS);
     assert_eq!(
-        enforcer.expire(now + opening + abi::SECOND_NS),
+        (removed.expired.len(), removed.fragments),
         (1, 0),
         "idle past its timeout"
     );
+    let (key, state) = removed.expired[0];
+    assert_eq!((key.proto, state.packets), (6, 1), "removed as it was");
     assert!(enforcer.connections().is_empty());
 }
 

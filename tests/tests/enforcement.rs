@@ -241,7 +241,7 @@ fn privileged_status_endpoint_readiness_reload_and_metrics() {
     for needle in [
         "wardline_packets_total{",
         "reason=\"policy-allow\"",
-        "wardline_events_lost_total ",
+        "wardline_events_lost_total{source=\"kernel\"} ",
         "wardline_flow_events_total{",
         "wardline_policy_generation ",
         "wardline_interface_enforced{",
@@ -317,4 +317,103 @@ fn privileged_bulk_tcp_keeps_its_connection_across_cpus() {
         "{} bytes, {} retransmits, no packet of the allowed stream dropped",
         bytes, report["end"]["sum_sent"]["retransmits"]
     );
+}
+
+/// The Ethernet address of the one non-loopback interface in `ns`.
+fn mac_in(ns: &wardline_tests::Netns) -> String {
+    let out = ns.exec(["ip", "-o", "link", "show"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("LOOPBACK"))
+        .find_map(|l| {
+            let at = l.find("link/ether ")? + "link/ether ".len();
+            l.get(at..at + 17).map(str::to_owned)
+        })
+        .expect("an Ethernet interface")
+}
+
+#[test]
+#[ignore = "needs root: run via cargo xtask test"]
+fn privileged_a_long_connection_reports_its_counts_as_it_goes_and_they_add_up() {
+    require_root();
+    // A 12 s stream with counts every 5 s: its records are new (nothing
+    // counted yet, the initiator's Ethernet address), updates with what
+    // passed since the one before, and its close with the rest; together
+    // at least what iperf3 moved.
+    let topo = topology::routed_gateway();
+    let agent = Agent::start_with(
+        topo.agent_ns(),
+        &topo.interfaces(),
+        &with_segments(&[policy(
+            "ws-ehr-bulk",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 5201}]",
+        )]),
+        "  flowUpdateSeconds: 5\n",
+    );
+    let ehr = topo.host("ehr");
+    let mut server = ehr.ns.spawn(["iperf3", "-s", "-1", "-p", "5201"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = topo.host("ws").ns.exec([
+        "iperf3",
+        "-c",
+        &ehr.v4.to_string(),
+        "-p",
+        "5201",
+        "-t",
+        "12",
+        "-b",
+        "20M",
+        "-J",
+    ]);
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let moved = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(moved > 1_000_000, "the stream moved data: {report}");
+    let data_port = report["start"]["connected"][0]["local_port"]
+        .as_u64()
+        .expect("iperf3 names its data connection");
+    // Its records, as the flow log has them once the close is written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let records: Vec<serde_json::Value> = agent
+            .flows()
+            .into_iter()
+            .filter(|f| f["dport"] == 5201 && f["sport"] == data_port)
+            .collect();
+        if records.iter().any(|f| f["kind"] == "close") || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let kinds: Vec<&str> = records.iter().filter_map(|f| f["kind"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"new"), "{records:#?}");
+    assert_eq!(kinds.last(), Some(&"close"), "{records:#?}");
+    let updates = kinds.iter().filter(|k| **k == "update").count();
+    assert!(
+        (1..=3).contains(&updates),
+        "a 12 s stream has one to three 5 s updates: {kinds:?}"
+    );
+    let new = &records[0];
+    assert_eq!(
+        (new["packets"].as_u64(), new["bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(new["srcMac"], mac_in(&topo.host("ws").ns), "{new}");
+    assert!(new["dstMac"].is_string(), "{new}");
+    for f in records.iter().filter(|f| f["kind"] == "update") {
+        assert!(f["bytes"].as_u64().unwrap() > 0, "{f}");
+        assert_eq!(f["srcSegment"], "ws", "{f}");
+        assert_eq!(f["policy"], "ws-ehr-bulk", "{f}");
+        assert!(f["srcMac"].is_null(), "no frame made an update: {f}");
+    }
+    let total: u64 = records.iter().filter_map(|f| f["bytes"].as_u64()).sum();
+    assert!(
+        total >= moved,
+        "records add up to at least what moved: {total} < {moved}\n{records:#?}"
+    );
+    let status = agent.status_json(topo.agent_ns());
+    assert!(status["counters"]["lostEvents"] == 0, "{status}");
 }

@@ -89,8 +89,19 @@ pub struct Query {
     pub follow: bool,
 }
 
+/// A segment name (a DNS label), if any.
+pub(crate) fn label(field: &'static str, text: &str) -> Result<Option<String>, QueryError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match End::parse(field, text)? {
+        End::Segment(s) => Ok(Some(s)),
+        End::Addresses(_) => Err(refuse(field, format!("{text:?} is not a segment name"))),
+    }
+}
+
 /// An instant: RFC 3339, or a duration back from `now` (`10m`, `2h30m`).
-fn instant(
+pub(crate) fn instant(
     field: &'static str,
     text: &str,
     now: OffsetDateTime,

@@ -1,7 +1,8 @@
 //! The flow store: every flow record the agents report, validated at
 //! ingest, kept with retention by age and by size, queried by time, node,
 //! segment, address or CIDR, port, protocol, verdict, reason and policy,
-//! counted into the segment matrix, and followed live.
+//! counted into the segment matrix and the top sources and talkers,
+//! followed live, and the device inventory they make.
 //!
 //! It holds no policy and speaks to no agent: the server hands it the
 //! batches it received (with the caller's node from its certificate) and
@@ -10,9 +11,11 @@
 #![forbid(unsafe_code)]
 
 pub mod filter;
+pub mod inventory;
 pub mod record;
 pub mod store;
 pub mod summary;
 
 pub use filter::{Query, QueryError};
-pub use store::{FlowError, FlowStore, Ingested, Retention};
+pub use inventory::InventoryQuery;
+pub use store::{FlowError, FlowStore, Ingested, Retention, Top};

@@ -8,7 +8,10 @@ use time::format_description::well_known::Rfc3339;
 use wardline_proto::v1;
 
 /// The kinds of record an agent reports.
-pub const KINDS: [&str; 4] = ["new", "drop", "close", "revoked"];
+pub const KINDS: [&str; 6] = ["new", "drop", "update", "close", "expired", "revoked"];
+/// The kinds that open a connection's story (its verdict): what the
+/// segment matrix and the top lists count as connections.
+pub const FIRST_KINDS: [&str; 2] = ["new", "drop"];
 pub const DIRECTIONS: [&str; 2] = ["ingress", "egress"];
 pub const VERDICTS: [&str; 3] = ["allowed", "audited", "dropped"];
 
@@ -99,6 +102,14 @@ pub fn check(flow: &v1::Flow, now: OffsetDateTime) -> Result<OffsetDateTime, Str
     if flow.sequence == 0 {
         return Err("sequence: records are numbered from 1".to_owned());
     }
+    for (field, mac) in [("src_mac", &flow.src_mac), ("dst_mac", &flow.dst_mac)] {
+        if !mac.is_empty() && mac.len() != 6 {
+            return Err(format!(
+                "{field}: {} bytes are not an Ethernet address",
+                mac.len()
+            ));
+        }
+    }
     Ok(at)
 }
 
@@ -139,6 +150,8 @@ pub(crate) mod tests {
             packets: 1,
             bytes: 60,
             sequence: seq,
+            src_mac: vec![2, 0, 0, 0, 0x14, 0x0a],
+            dst_mac: Vec::new(),
         }
     }
 
@@ -172,6 +185,8 @@ pub(crate) mod tests {
             (Box::new(|f| f.policy = "p".repeat(64)), "policy:"),
             (Box::new(|f| f.reason = "a\nb".into()), "reason:"),
             (Box::new(|f| f.sequence = 0), "sequence:"),
+            (Box::new(|f| f.src_mac = vec![2; 7]), "src_mac:"),
+            (Box::new(|f| f.dst_mac = vec![2; 5]), "dst_mac:"),
         ];
         for (spoil, named) in cases {
             let mut bad = good.clone();

@@ -14,14 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use wardline_proto::v1;
 use wardline_store::encrypted::StoreKey;
 
 use crate::filter::{MAX_RESULTS, Query};
-use crate::record::{MAX_BATCH, check, time_of};
+use crate::inventory::{self, InventoryQuery};
+use crate::record::{FIRST_KINDS, MAX_BATCH, check, time_of};
 use crate::summary::Summary;
 
 /// The flow store's page cache: enough for the recent minutes queries
@@ -47,16 +48,20 @@ pub struct Retention {
     pub max_age: Duration,
     pub max_records: u64,
     pub max_per_node_minute: u64,
+    /// Devices the inventory holds at most (its entries also go with
+    /// `max_age` after they were last seen).
+    pub max_devices: u64,
 }
 
 impl Default for Retention {
     /// 30 days, 50 million records, 120,000 a minute per node (2,000 a
-    /// second).
+    /// second), 100,000 devices.
     fn default() -> Self {
         Self {
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_records: 50_000_000,
             max_per_node_minute: 120_000,
+            max_devices: 100_000,
         }
     }
 }
@@ -69,6 +74,32 @@ pub enum FlowError {
     BatchTooLarge(usize),
     #[error("a stored block at {key} does not open: {message}")]
     Corrupt { key: String, message: String },
+}
+
+/// The most distinct sources or pairs [`FlowStore::top`] ranks (a flood
+/// of forged sources must not make a query take the server's memory).
+const MAX_RANKED: usize = 200_000;
+
+/// What [`FlowStore::top`] ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Top {
+    /// Sources, by connections.
+    Sources,
+    /// Address pairs, by bytes.
+    Talkers,
+}
+
+impl Top {
+    pub fn parse(text: &str) -> Result<Top, crate::QueryError> {
+        match text {
+            "sources" | "" => Ok(Top::Sources),
+            "talkers" => Ok(Top::Talkers),
+            other => Err(crate::QueryError {
+                field: "by",
+                message: format!("{other:?} is neither sources nor talkers"),
+            }),
+        }
+    }
 }
 
 /// What one batch came to.
@@ -90,6 +121,8 @@ pub struct Counts {
     pub refused: AtomicU64,
     pub duplicates: AtomicU64,
     pub over_quota: AtomicU64,
+    /// Addresses the inventory had no room for.
+    pub inventory_full: AtomicU64,
 }
 
 pub struct FlowStore {
@@ -98,6 +131,8 @@ pub struct FlowStore {
     key: StoreKey,
     retention: Retention,
     records: AtomicU64,
+    /// Devices in the inventory.
+    devices: AtomicU64,
     pub counts: Counts,
     follow: broadcast::Sender<Arc<v1::Flow>>,
     /// Records stored per (node, minute), for the quota; only recent
@@ -160,10 +195,16 @@ impl FlowStore {
         }
         let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
         let mut records = 0;
+        let devices;
         {
             wtx.open_table(BLOCKS).map_err(|e| fail(e.to_string()))?;
             wtx.open_table(SUMMARIES).map_err(|e| fail(e.to_string()))?;
             wtx.open_table(SEQUENCES).map_err(|e| fail(e.to_string()))?;
+            devices = wtx
+                .open_table(inventory::DEVICES)
+                .map_err(|e| fail(e.to_string()))?
+                .len()
+                .map_err(|e| fail(e.to_string()))?;
             let minutes = wtx.open_table(MINUTES).map_err(|e| fail(e.to_string()))?;
             for entry in minutes.iter().map_err(|e| fail(e.to_string()))? {
                 let (_, n) = entry.map_err(|e| fail(e.to_string()))?;
@@ -177,6 +218,7 @@ impl FlowStore {
             key,
             retention,
             records: AtomicU64::new(records),
+            devices: AtomicU64::new(devices),
             counts: Counts::default(),
             follow: broadcast::channel(65_536).0,
             quota: Default::default(),
@@ -220,6 +262,7 @@ impl FlowStore {
         quota.retain(|(_, minute), _| *minute >= recent);
         let wtx = self.db.begin_write().map_err(|e| self.fail(e))?;
         let mut stored = Vec::new();
+        let upkeep;
         {
             let mut sequences = wtx.open_table(SEQUENCES).map_err(|e| self.fail(e))?;
             let high = match sequences.get(node).map_err(|e| self.fail(e))? {
@@ -295,6 +338,17 @@ impl FlowStore {
                     .map_err(|e| self.fail(e))?;
                 stored.extend(block.flows);
             }
+            let mut devices = wtx
+                .open_table(inventory::DEVICES)
+                .map_err(|e| self.fail(e))?;
+            upkeep = inventory::take(
+                &mut devices,
+                &self.key,
+                &stored,
+                self.devices.load(Ordering::Relaxed),
+                self.retention.max_devices,
+            )
+            .map_err(|e| self.fail(e))?;
             if highest != high || batch.buffer != 0 {
                 sequences
                     .insert(node, (batch.buffer, highest))
@@ -304,6 +358,10 @@ impl FlowStore {
         wtx.commit().map_err(|e| self.fail(e))?;
         self.records
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.devices.fetch_add(upkeep.added, Ordering::Relaxed);
+        self.counts
+            .inventory_full
+            .fetch_add(upkeep.refused_full, Ordering::Relaxed);
         self.counts
             .stored
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
@@ -475,8 +533,9 @@ impl FlowStore {
         Ok(out)
     }
 
-    /// Records `query` wants, counted by (source segment, destination
-    /// segment, verdict). Blocking.
+    /// Connections `query` wants (their first records, `new` and `drop`),
+    /// counted by (source segment, destination segment, verdict).
+    /// Blocking.
     pub fn matrix(&self, query: &Query) -> Result<v1::FlowMatrixResponse, FlowError> {
         let mut cells: std::collections::BTreeMap<(String, String, String), u64> =
             Default::default();
@@ -490,19 +549,21 @@ impl FlowStore {
             |counted| whole.extend_from_slice(counted),
             |found| {
                 for (_, f) in found {
-                    flows += 1;
-                    *cells
-                        .entry((f.src_segment, f.dst_segment, f.verdict))
-                        .or_default() += 1;
+                    if FIRST_KINDS.contains(&f.kind.as_str()) {
+                        flows += 1;
+                        *cells
+                            .entry((f.src_segment, f.dst_segment, f.verdict))
+                            .or_default() += 1;
+                    }
                 }
                 true
             },
         )?;
-        for c in whole {
-            flows += c.records;
+        for c in whole.into_iter().filter(|c| c.connections > 0) {
+            flows += c.connections;
             *cells
                 .entry((c.src_segment, c.dst_segment, c.verdict))
-                .or_default() += c.records;
+                .or_default() += c.connections;
         }
         Ok(v1::FlowMatrixResponse {
             cells: cells
@@ -517,6 +578,112 @@ impl FlowStore {
                 )
                 .collect(),
             flows,
+        })
+    }
+
+    /// Devices in the inventory now.
+    pub fn devices(&self) -> u64 {
+        self.devices.load(Ordering::Relaxed)
+    }
+
+    /// The inventory's devices `q` wants, by address. Blocking.
+    pub fn inventory(&self, q: &InventoryQuery) -> Result<v1::InventoryResponse, FlowError> {
+        let rtx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let table = rtx
+            .open_table(inventory::DEVICES)
+            .map_err(|e| self.fail(e))?;
+        let devices = inventory::list(&table, &self.key, q).map_err(|e| self.fail(e))?;
+        Ok(v1::InventoryResponse {
+            devices,
+            known: self.devices(),
+            refused_full: self.counts.inventory_full.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The `limit` highest-ranked sources (by connections) or talkers
+    /// (address pairs, by bytes) among the records `query` wants.
+    /// Blocking.
+    pub fn top(&self, query: &Query, by: Top, limit: usize) -> Result<v1::TopResponse, FlowError> {
+        #[derive(Default)]
+        struct Entry {
+            src_segment: String,
+            dst_segment: String,
+            connections: u64,
+            packets: u64,
+            bytes: u64,
+            destinations: std::collections::HashSet<(Vec<u8>, u32)>,
+            last: Option<OffsetDateTime>,
+        }
+        let mut ranked: std::collections::HashMap<(Vec<u8>, Vec<u8>), Entry> = Default::default();
+        let mut flows = 0;
+        let mut partial = false;
+        self.walk(
+            query,
+            false,
+            None,
+            false,
+            |_| {},
+            |found| {
+                for (at, f) in found {
+                    flows += 1;
+                    let pair = match by {
+                        Top::Sources => (f.src.clone(), Vec::new()),
+                        Top::Talkers => (f.src.clone(), f.dst.clone()),
+                    };
+                    if ranked.len() >= MAX_RANKED && !ranked.contains_key(&pair) {
+                        partial = true;
+                        continue;
+                    }
+                    let e = ranked.entry(pair).or_default();
+                    if e.last.is_none_or(|l| at >= l) {
+                        e.last = Some(at);
+                        e.src_segment.clone_from(&f.src_segment);
+                        e.dst_segment.clone_from(&f.dst_segment);
+                    }
+                    e.connections += u64::from(FIRST_KINDS.contains(&f.kind.as_str()));
+                    e.packets += f.packets;
+                    e.bytes += f.bytes;
+                    if by == Top::Sources && e.destinations.len() < 100_000 {
+                        e.destinations.insert((f.dst, f.dport));
+                    }
+                }
+                true
+            },
+        )?;
+        let mut entries: Vec<v1::TopEntry> = ranked
+            .into_iter()
+            .map(|((src, dst), e)| v1::TopEntry {
+                src,
+                src_segment: e.src_segment,
+                dst,
+                dst_segment: if by == Top::Talkers {
+                    e.dst_segment
+                } else {
+                    String::new()
+                },
+                connections: e.connections,
+                packets: e.packets,
+                bytes: e.bytes,
+                destinations: e.destinations.len() as u64,
+                last_seen: e
+                    .last
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let rank = |e: &v1::TopEntry| match by {
+            Top::Sources => (e.connections, e.destinations, e.bytes),
+            Top::Talkers => (e.bytes, e.packets, e.connections),
+        };
+        entries.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.src.cmp(&b.src)));
+        entries.truncate(limit);
+        Ok(v1::TopResponse {
+            entries,
+            flows,
+            partial,
         })
     }
 
@@ -554,6 +721,13 @@ impl FlowStore {
                 total -= n;
                 dropped += n;
             }
+            let mut devices = wtx
+                .open_table(inventory::DEVICES)
+                .map_err(|e| self.fail(e))?;
+            let cutoff = now.checked_sub(age).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            let gone =
+                inventory::prune(&mut devices, &self.key, cutoff).map_err(|e| self.fail(e))?;
+            self.devices.fetch_sub(gone, Ordering::Relaxed);
         }
         wtx.commit().map_err(|e| self.fail(e))?;
         self.records.fetch_sub(dropped, Ordering::Relaxed);
@@ -881,5 +1055,310 @@ mod tests {
             }
             other => panic!("expected the edited block refused, got {other:?}"),
         }
+    }
+
+    fn ip(a: &str) -> Vec<u8> {
+        wardline_proto::convert::ip_to_bytes(a.parse().unwrap())
+    }
+
+    /// A connection that passed (new, then its close with its counts), or
+    /// one dropped.
+    fn connection(
+        t: &str,
+        src: &str,
+        dst: &str,
+        verdict: &str,
+        bytes: u64,
+        seq: u64,
+    ) -> Vec<v1::Flow> {
+        let first = flow(t, src, dst, 443, verdict, seq);
+        if verdict == "dropped" {
+            return vec![first];
+        }
+        let close = v1::Flow {
+            kind: "close".into(),
+            packets: 10,
+            bytes,
+            sequence: seq + 1,
+            src_mac: Vec::new(),
+            ..first.clone()
+        };
+        vec![
+            v1::Flow {
+                packets: 0,
+                bytes: 0,
+                ..first
+            },
+            close,
+        ]
+    }
+
+    #[test]
+    fn the_matrix_and_the_top_lists_count_connections_not_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), Retention::default());
+        let now = at("2026-12-02T12:00:00Z");
+        let mut flows = Vec::new();
+        flows.extend(connection(
+            "2026-12-02T11:00:00Z",
+            "198.18.20.10",
+            "198.18.41.10",
+            "allowed",
+            5_000,
+            1,
+        ));
+        flows.extend(connection(
+            "2026-12-02T11:00:01Z",
+            "198.18.20.10",
+            "198.18.41.10",
+            "allowed",
+            7_000,
+            3,
+        ));
+        flows.extend(connection(
+            "2026-12-02T11:00:02Z",
+            "198.18.20.20",
+            "198.18.41.11",
+            "allowed",
+            90_000,
+            5,
+        ));
+        // A scan from one workstation: dropped, to many.
+        for i in 0..5u64 {
+            let dst = format!("198.18.41.{}", 20 + i);
+            flows.extend(connection(
+                "2026-12-02T11:00:03Z",
+                "198.18.20.66",
+                &dst,
+                "dropped",
+                0,
+                7 + i,
+            ));
+        }
+        let got = s.ingest("gw-1", &batch(1, flows), now).unwrap();
+        assert_eq!(got.accepted, 11);
+        let q = |req: v1::ObserveRequest| Query::parse(&req, now).unwrap();
+        let m = s.matrix(&q(v1::ObserveRequest::default())).unwrap();
+        assert_eq!(m.flows, 8, "eight connections in eleven records");
+        let by = |v: &str| {
+            m.cells
+                .iter()
+                .filter(|c| c.verdict == v)
+                .map(|c| c.flows)
+                .sum::<u64>()
+        };
+        assert_eq!((by("allowed"), by("dropped")), (3, 5));
+        // The same counted from the records (a filter that opens blocks).
+        let m = s
+            .matrix(&q(v1::ObserveRequest {
+                to: "198.18.41.0/24".into(),
+                ..Default::default()
+            }))
+            .unwrap();
+        assert_eq!(m.flows, 8);
+
+        let dropped = q(v1::ObserveRequest {
+            verdict: "dropped".into(),
+            ..Default::default()
+        });
+        let top = s.top(&dropped, Top::Sources, 10).unwrap();
+        assert_eq!(top.entries.len(), 1);
+        let e = &top.entries[0];
+        assert_eq!(e.src, ip("198.18.20.66"));
+        assert_eq!((e.connections, e.destinations), (5, 5));
+
+        let talkers = s
+            .top(&q(v1::ObserveRequest::default()), Top::Talkers, 2)
+            .unwrap();
+        let pairs: Vec<_> = talkers
+            .entries
+            .iter()
+            .map(|e| (e.src.clone(), e.dst.clone(), e.connections, e.bytes))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (ip("198.18.20.20"), ip("198.18.41.11"), 1, 90_000),
+                (ip("198.18.20.10"), ip("198.18.41.10"), 2, 12_000),
+            ],
+            "ranked by bytes, the closes' counts summed"
+        );
+        let all = s
+            .top(&q(v1::ObserveRequest::default()), Top::Sources, 1)
+            .unwrap();
+        assert_eq!(all.entries[0].src, ip("198.18.20.66"), "most connections");
+        assert_eq!(Top::parse("bytes").unwrap_err().field, "by");
+    }
+
+    #[test]
+    fn the_inventory_knows_each_endpoint_and_reports_new_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), Retention::default());
+        let now = at("2026-12-02T12:00:00Z");
+        let pump = |t: &str, mac: u8, seq: u64| v1::Flow {
+            src_segment: "pumps".into(),
+            vlan: 30,
+            src_mac: vec![2, 0, 0, 0, 0x1e, mac],
+            dst_mac: vec![2, 0, 0, 0, 0x29, 1],
+            ..flow(t, "198.18.30.10", "198.18.41.10", 443, "allowed", seq)
+        };
+        let stranger = v1::Flow {
+            src_segment: "world".into(),
+            ..flow(
+                "2026-12-02T11:00:05Z",
+                "198.18.99.9",
+                "198.18.41.10",
+                22,
+                "dropped",
+                3,
+            )
+        };
+        s.ingest(
+            "gw-1",
+            &batch(1, vec![pump("2026-12-02T11:00:00Z", 1, 1), stranger]),
+            now,
+        )
+        .unwrap();
+        let list = |req: v1::InventoryRequest| {
+            s.inventory(&InventoryQuery::parse(&req, now).unwrap())
+                .unwrap()
+        };
+        let all = list(v1::InventoryRequest::default());
+        assert_eq!(all.known, 3);
+        let by_addr = |r: &v1::InventoryResponse, a: &str| {
+            r.devices
+                .iter()
+                .find(|d| d.address == ip(a))
+                .cloned()
+                .unwrap()
+        };
+        let p = by_addr(&all, "198.18.30.10");
+        assert_eq!(
+            (p.vlan, p.segment.as_str(), p.mac.as_slice()),
+            (30, "pumps", &[2, 0, 0, 0, 0x1e, 1][..])
+        );
+        assert_eq!(p.peers, [ip("198.18.41.10")]);
+        assert_eq!(p.ports.len(), 1);
+        assert!(!p.ports[0].serves);
+        assert_eq!(p.new_reason, "new MAC 02:00:00:00:1e:01 on VLAN 30");
+        let ehr = by_addr(&all, "198.18.41.10");
+        assert_eq!((ehr.connections, ehr.dropped), (2, 1));
+        assert!(ehr.ports.iter().all(|p| p.serves));
+        assert!(ehr.new_reason.is_empty(), "untagged, in a segment");
+        assert_eq!(by_addr(&all, "198.18.99.9").new_reason, "in no segment");
+
+        // The same pump again: nothing new. Another MAC on its address
+        // (a device taking its place): reported.
+        s.ingest(
+            "gw-1",
+            &batch(1, vec![pump("2026-12-02T11:10:00Z", 1, 4)]),
+            now,
+        )
+        .unwrap();
+        let p = by_addr(&list(v1::InventoryRequest::default()), "198.18.30.10");
+        assert_eq!(p.new_at, "2026-12-02T11:00:00Z");
+        s.ingest(
+            "gw-1",
+            &batch(1, vec![pump("2026-12-02T11:20:00Z", 7, 5)]),
+            now,
+        )
+        .unwrap();
+        let new = list(v1::InventoryRequest {
+            new_only: true,
+            segment: "pumps".into(),
+            ..Default::default()
+        });
+        assert_eq!(new.devices.len(), 1);
+        assert_eq!(
+            new.devices[0].new_reason,
+            "new MAC 02:00:00:00:1e:07 on VLAN 30"
+        );
+        assert_eq!(new.devices[0].last_seen, "2026-12-02T11:20:00Z");
+        let narrowed = list(v1::InventoryRequest {
+            address: "198.18.41.0/24".into(),
+            ..Default::default()
+        });
+        assert_eq!(narrowed.devices.len(), 1);
+        for (req, field) in [
+            (
+                v1::InventoryRequest {
+                    address: "198.18.41.0/40".into(),
+                    ..Default::default()
+                },
+                "address",
+            ),
+            (
+                v1::InventoryRequest {
+                    segment: "Pumps!".into(),
+                    ..Default::default()
+                },
+                "segment",
+            ),
+            (
+                v1::InventoryRequest {
+                    since: "last week".into(),
+                    ..Default::default()
+                },
+                "since",
+            ),
+        ] {
+            assert_eq!(InventoryQuery::parse(&req, now).unwrap_err().field, field);
+        }
+    }
+
+    /// A stolen agent key sending records from thousands of forged sources
+    /// fills the inventory to its limit, and no further: the devices known
+    /// stay, the rest are counted.
+    #[test]
+    fn forged_sources_cannot_push_known_devices_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(
+            dir.path(),
+            Retention {
+                max_devices: 10,
+                ..Retention::default()
+            },
+        );
+        let now = at("2026-12-02T12:00:00Z");
+        s.ingest(
+            "gw-1",
+            &batch(
+                1,
+                vec![flow(
+                    "2026-12-02T11:00:00Z",
+                    "198.18.20.10",
+                    "198.18.41.10",
+                    443,
+                    "allowed",
+                    1,
+                )],
+            ),
+            now,
+        )
+        .unwrap();
+        let forged: Vec<v1::Flow> = (0..500u64)
+            .map(|i| {
+                let src = format!("198.18.{}.{}", 100 + i / 250, i % 250 + 1);
+                flow(
+                    "2026-12-02T11:00:01Z",
+                    &src,
+                    "198.18.41.10",
+                    22,
+                    "dropped",
+                    2 + i,
+                )
+            })
+            .collect();
+        s.ingest("rogue", &batch(1, forged), now).unwrap();
+        let all = s.inventory(&InventoryQuery::default()).unwrap();
+        assert_eq!(all.known, 10);
+        assert_eq!(all.refused_full, 492);
+        for a in ["198.18.20.10", "198.18.41.10"] {
+            assert!(all.devices.iter().any(|d| d.address == ip(a)), "{a} kept");
+        }
+        // Retention forgets devices not seen for its age.
+        let later = now + time::Duration::days(31);
+        s.prune(later).unwrap();
+        assert_eq!(s.devices(), 0);
     }
 }

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use wardline_proto::v1;
 
 use crate::filter::{End, Query};
-use crate::record::{address, time_of};
+use crate::record::{FIRST_KINDS, address, time_of};
 
 /// More distinct ports than this: the block may hold any.
 const MAX_PORTS: usize = 64;
@@ -33,6 +33,9 @@ pub struct Cell {
     pub policy: String,
     #[prost(uint64, tag = "6")]
     pub records: u64,
+    /// Of them, the connections' first records (`new`, `drop`).
+    #[prost(uint64, tag = "7")]
+    pub connections: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -63,6 +66,9 @@ pub struct Summary {
     pub cells: Vec<Cell>,
 }
 
+/// A cell's (source segment, destination segment, verdict, reason, policy).
+type CellKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+
 fn wide(a: IpAddr) -> u128 {
     match a {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
@@ -85,7 +91,8 @@ impl Summary {
         let (mut src, mut dst) = ((u128::MAX, 0u128), (u128::MAX, 0u128));
         let mut ports = BTreeSet::new();
         let mut protocols = BTreeSet::new();
-        let mut cells: BTreeMap<(&str, &str, &str, &str, &str), u64> = BTreeMap::new();
+        // (source, destination, verdict, reason, policy) -> (records, connections)
+        let mut cells: BTreeMap<CellKey<'_>, (u64, u64)> = BTreeMap::new();
         for f in flows {
             if let Some(t) = time_of(f) {
                 first = first.min(nanos(t));
@@ -97,7 +104,7 @@ impl Summary {
             }
             ports.insert(f.dport);
             protocols.insert(f.protocol);
-            *cells
+            let cell = cells
                 .entry((
                     &f.src_segment,
                     &f.dst_segment,
@@ -105,7 +112,9 @@ impl Summary {
                     &f.reason,
                     &f.policy,
                 ))
-                .or_default() += 1;
+                .or_default();
+            cell.0 += 1;
+            cell.1 += u64::from(FIRST_KINDS.contains(&f.kind.as_str()));
         }
         let many_ports = ports.len() > MAX_PORTS;
         Summary {
@@ -124,13 +133,14 @@ impl Summary {
             protocols: protocols.into_iter().collect(),
             cells: cells
                 .into_iter()
-                .map(|((s, d, v, r, p), records)| Cell {
+                .map(|((s, d, v, r, p), (records, connections))| Cell {
                     src_segment: s.to_owned(),
                     dst_segment: d.to_owned(),
                     verdict: v.to_owned(),
                     reason: r.to_owned(),
                     policy: p.to_owned(),
                     records,
+                    connections,
                 })
                 .collect(),
         }

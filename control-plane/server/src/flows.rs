@@ -173,4 +173,45 @@ impl ControlPlane {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(store_status)
     }
+
+    /// Top sources or talkers among the connections a filter wants.
+    pub(crate) async fn rank_flows(
+        &self,
+        req: Request<v1::TopRequest>,
+    ) -> Result<v1::TopResponse, Status> {
+        self.operator(&req)?;
+        let req = req.into_inner();
+        let query = self.query_of(&req.filter.unwrap_or_default())?;
+        let by = wardline_flows::Top::parse(&req.by)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let limit = match req.limit {
+            0 => 10,
+            n @ 1..=1000 => n as usize,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "limit: {n} is not between 1 and 1000"
+                )));
+            }
+        };
+        let store = self.flow_store()?.store.clone();
+        tokio::task::spawn_blocking(move || store.top(&query, by, limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_status)
+    }
+
+    /// The device inventory.
+    pub(crate) async fn list_inventory(
+        &self,
+        req: Request<v1::InventoryRequest>,
+    ) -> Result<v1::InventoryResponse, Status> {
+        self.operator(&req)?;
+        let query = wardline_flows::InventoryQuery::parse(req.get_ref(), OffsetDateTime::now_utc())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let store = self.flow_store()?.store.clone();
+        tokio::task::spawn_blocking(move || store.inventory(&query))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_status)
+    }
 }

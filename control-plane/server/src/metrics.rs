@@ -122,6 +122,16 @@ impl ControlPlane {
                 "Flow records agents had to drop (their buffer full), as they last reported, summed.",
             )
             .sample(&[], flows.lost().values().sum::<u64>() as f64);
+            e.gauge(
+                "wardline_inventory_devices",
+                "Devices in this replica's inventory.",
+            )
+            .sample(&[], flows.store.devices() as f64);
+            e.counter(
+                "wardline_inventory_full_total",
+                "Addresses not added to the inventory because it was full (--flow-max-devices).",
+            )
+            .sample(&[], counts.inventory_full.load(Ordering::Relaxed) as f64);
         }
         e.encode()
     }

@@ -817,6 +817,22 @@ impl Management for ControlPlane {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn top_flows(
+        &self,
+        req: Request<v1::TopRequest>,
+    ) -> Result<Response<v1::TopResponse>, Status> {
+        self.rank_flows(req).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn inventory(
+        &self,
+        req: Request<v1::InventoryRequest>,
+    ) -> Result<Response<v1::InventoryResponse>, Status> {
+        self.list_inventory(req).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn validate(
         &self,
         req: Request<v1::ValidateRequest>,

@@ -684,6 +684,8 @@ fn flow_record(seq: u64, ago: i64, dst: [u8; 4], dport: u32, verdict: &str) -> v
         packets: 1,
         bytes: 60,
         sequence: seq,
+        src_mac: Vec::new(),
+        dst_mac: Vec::new(),
         ..Default::default()
     }
 }

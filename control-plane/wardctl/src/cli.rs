@@ -69,6 +69,46 @@ pub enum PkiCommand {
     Remote(RemotePki),
 }
 
+/// Which flow records a command takes (`observe`, `matrix`, `top`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct FlowFilter {
+    /// allowed, audited or dropped.
+    #[arg(long)]
+    pub verdict: Option<String>,
+    /// The source: a segment, an address or a CIDR.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// The destination: a segment, an address or a CIDR.
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The destination port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// tcp, udp, sctp, icmp, icmpv6 or a protocol number.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// The deciding policy.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// The reason, e.g. default-deny.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// RFC 3339, or a duration back from now (10m, 2h).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+/// What `wardctl top` ranks.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TopBy {
+    Sources,
+    Talkers,
+}
+
 /// How `observe` prints records: streaming, so no table alignment.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum FlowOutput {
@@ -161,34 +201,8 @@ pub enum RemoteCommand {
     /// Flow records: who talked to whom, what was dropped and which policy
     /// decided. Stored ones first (oldest first), then with -f each new one.
     Observe {
-        /// allowed, audited or dropped.
-        #[arg(long)]
-        verdict: Option<String>,
-        /// The source: a segment, an address or a CIDR.
-        #[arg(long)]
-        from: Option<String>,
-        /// The destination: a segment, an address or a CIDR.
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long)]
-        node: Option<String>,
-        /// The destination port.
-        #[arg(long)]
-        port: Option<u16>,
-        /// tcp, udp, sctp, icmp, icmpv6 or a protocol number.
-        #[arg(long)]
-        protocol: Option<String>,
-        /// The deciding policy.
-        #[arg(long)]
-        policy: Option<String>,
-        /// The reason, e.g. default-deny.
-        #[arg(long)]
-        reason: Option<String>,
-        /// RFC 3339, or a duration back from now (10m, 2h).
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
+        #[command(flatten)]
+        filter: FlowFilter,
         /// Only the newest N stored records.
         #[arg(long)]
         last: Option<u32>,
@@ -198,6 +212,46 @@ pub enum RemoteCommand {
         /// table: one line per record; json: one JSON object per line.
         #[arg(short, long, value_enum, default_value = "table")]
         output: FlowOutput,
+    },
+    /// Connections between segments, by verdict.
+    Matrix {
+        #[command(flatten)]
+        filter: FlowFilter,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// The top sources of the connections the filter wants (with
+    /// --verdict dropped: who tries to move sideways), or the top talkers
+    /// (address pairs by bytes).
+    Top {
+        /// sources (by connections) or talkers (by bytes).
+        #[arg(long, value_enum, default_value = "sources")]
+        by: TopBy,
+        /// How many, 1 to 1000.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        limit: u32,
+        #[command(flatten)]
+        filter: FlowFilter,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Every endpoint the agents have seen: address, Ethernet address and
+    /// VLAN where seen, segment, first and last seen, peers and ports; new
+    /// devices (in no segment, or a new Ethernet address on a VLAN) marked.
+    Inventory {
+        /// An address or CIDR.
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        segment: Option<String>,
+        /// Only devices reported as new.
+        #[arg(long)]
+        new: bool,
+        /// Seen since: RFC 3339, or a duration back from now (1h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// The current revision and every agent's state.
     Status {

@@ -16,6 +16,141 @@ pub fn address(bytes: &[u8]) -> String {
     }
 }
 
+/// An Ethernet address as text; none for empty bytes.
+pub fn mac(bytes: &[u8]) -> Option<String> {
+    (!bytes.is_empty()).then(|| {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+}
+
+/// The segment matrix as a table: one row per segment pair and verdict.
+pub fn matrix_table(r: &v1::FlowMatrixResponse) -> String {
+    let rows: Vec<Vec<String>> = r
+        .cells
+        .iter()
+        .map(|c| {
+            vec![
+                c.src_segment.clone(),
+                c.dst_segment.clone(),
+                c.verdict.to_uppercase(),
+                c.flows.to_string(),
+            ]
+        })
+        .collect();
+    crate::table::table(&["FROM", "TO", "VERDICT", "CONNECTIONS"], &rows)
+        + &format!("{} connections\n", r.flows)
+}
+
+/// `wardctl top` as a table.
+pub fn top_table(r: &v1::TopResponse, talkers: bool) -> String {
+    let rows: Vec<Vec<String>> = r
+        .entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![format!("{} ({})", address(&e.src), e.src_segment)];
+            if talkers {
+                row.push(format!("{} ({})", address(&e.dst), e.dst_segment));
+            }
+            row.push(e.connections.to_string());
+            if !talkers {
+                row.push(e.destinations.to_string());
+            }
+            row.push(e.packets.to_string());
+            row.push(e.bytes.to_string());
+            row.push(when(&e.last_seen));
+            row
+        })
+        .collect();
+    let header: &[&str] = if talkers {
+        &[
+            "SOURCE",
+            "DESTINATION",
+            "CONNECTIONS",
+            "PACKETS",
+            "BYTES",
+            "LAST SEEN",
+        ]
+    } else {
+        &[
+            "SOURCE",
+            "CONNECTIONS",
+            "DESTINATIONS",
+            "PACKETS",
+            "BYTES",
+            "LAST SEEN",
+        ]
+    };
+    let mut out = crate::table::table(header, &rows);
+    if r.partial {
+        out += "(more distinct sources than the control plane ranks at once: narrow the filter)\n";
+    }
+    out
+}
+
+/// `wardctl inventory` as a table.
+pub fn inventory_table(r: &v1::InventoryResponse) -> String {
+    let rows: Vec<Vec<String>> = r
+        .devices
+        .iter()
+        .map(|d| {
+            let ports: Vec<String> = d
+                .ports
+                .iter()
+                .filter(|p| p.serves)
+                .map(|p| format!("{}/{}", protocol_name(p.protocol), p.port))
+                .collect();
+            vec![
+                address(&d.address),
+                mac(&d.mac).unwrap_or_else(|| "-".to_owned()),
+                if d.vlan == 0 {
+                    "-".to_owned()
+                } else {
+                    d.vlan.to_string()
+                },
+                d.segment.clone(),
+                when(&d.first_seen),
+                when(&d.last_seen),
+                format!("{}{}", d.peers.len(), if d.more_peers { "+" } else { "" }),
+                format!(
+                    "{}{}",
+                    ports.join(","),
+                    if d.more_ports { ",..." } else { "" }
+                ),
+                if d.new_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!("NEW: {}", d.new_reason)
+                },
+            ]
+        })
+        .collect();
+    let mut out = crate::table::table(
+        &[
+            "ADDRESS",
+            "MAC",
+            "VLAN",
+            "SEGMENT",
+            "FIRST SEEN",
+            "LAST SEEN",
+            "PEERS",
+            "SERVES",
+            "",
+        ],
+        &rows,
+    );
+    if r.refused_full > 0 {
+        out += &format!(
+            "the inventory is full: {} addresses were not added\n",
+            r.refused_full
+        );
+    }
+    out
+}
+
 /// `address:port`, IPv6 in brackets; no port for protocols without.
 fn end(bytes: &[u8], port: u32, ports: bool) -> String {
     let a = address(bytes);

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 use wardline_proto::v1::{self, management_client::ManagementClient};
 
-use crate::cli::{FlowOutput, Output, RemoteCommand, RemotePki};
+use crate::cli::{FlowFilter, FlowOutput, Output, RemoteCommand, RemotePki, TopBy};
 use crate::failure::{EXIT_UNHEALTHY, Failure, fail, from_status, read_file};
 use crate::table::table;
 
@@ -326,33 +326,15 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
             );
         }
         RemoteCommand::Observe {
-            verdict,
-            from,
-            to,
-            node,
-            port,
-            protocol,
-            policy,
-            reason,
-            since,
-            until,
+            filter,
             last,
             follow,
             output,
         } => {
             let request = v1::ObserveRequest {
-                since: since.unwrap_or_default(),
-                until: until.unwrap_or_default(),
-                node: node.unwrap_or_default(),
-                from: from.unwrap_or_default(),
-                to: to.unwrap_or_default(),
-                port: port.map_or(0, u32::from),
-                protocol: protocol.unwrap_or_default(),
-                verdict: verdict.unwrap_or_default(),
-                reason: reason.unwrap_or_default(),
-                policy: policy.unwrap_or_default(),
                 last: last.unwrap_or_default(),
                 follow,
+                ..observe_request(filter)
             };
             let mut stream = c.observe(request).await.map_err(from_status)?.into_inner();
             use std::io::Write as _;
@@ -367,6 +349,91 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     break;
                 }
             }
+        }
+        RemoteCommand::Matrix { filter, output } => {
+            let r = c
+                .flow_matrix(observe_request(filter))
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let value = json!({
+                "connections": r.flows,
+                "cells": r.cells.iter().map(|m| json!({
+                    "srcSegment": m.src_segment, "dstSegment": m.dst_segment,
+                    "verdict": m.verdict, "connections": m.flows,
+                })).collect::<Vec<_>>(),
+            });
+            print_value(output, &value, || crate::flows::matrix_table(&r));
+        }
+        RemoteCommand::Top {
+            by,
+            limit,
+            filter,
+            output,
+        } => {
+            let r = c
+                .top_flows(v1::TopRequest {
+                    filter: Some(observe_request(filter)),
+                    by: match by {
+                        TopBy::Sources => "sources",
+                        TopBy::Talkers => "talkers",
+                    }
+                    .to_owned(),
+                    limit,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let value = json!({
+                "records": r.flows, "partial": r.partial,
+                "entries": r.entries.iter().map(|e| json!({
+                    "src": crate::flows::address(&e.src), "srcSegment": e.src_segment,
+                    "dst": (!e.dst.is_empty()).then(|| crate::flows::address(&e.dst)),
+                    "dstSegment": (!e.dst_segment.is_empty()).then_some(&e.dst_segment),
+                    "connections": e.connections, "packets": e.packets, "bytes": e.bytes,
+                    "destinations": e.destinations, "lastSeen": e.last_seen,
+                })).collect::<Vec<_>>(),
+            });
+            print_value(output, &value, || {
+                crate::flows::top_table(&r, matches!(by, TopBy::Talkers))
+            });
+        }
+        RemoteCommand::Inventory {
+            address,
+            segment,
+            new,
+            since,
+            output,
+        } => {
+            let r = c
+                .inventory(v1::InventoryRequest {
+                    address: address.unwrap_or_default(),
+                    segment: segment.unwrap_or_default(),
+                    new_only: new,
+                    since: since.unwrap_or_default(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let value = json!({
+                "known": r.known, "refusedFull": r.refused_full,
+                "devices": r.devices.iter().map(|d| json!({
+                    "address": crate::flows::address(&d.address),
+                    "mac": crate::flows::mac(&d.mac), "vlan": d.vlan,
+                    "segment": d.segment, "node": d.node,
+                    "firstSeen": d.first_seen, "lastSeen": d.last_seen,
+                    "connections": d.connections, "dropped": d.dropped,
+                    "peers": d.peers.iter().map(|p| crate::flows::address(p)).collect::<Vec<_>>(),
+                    "morePeers": d.more_peers,
+                    "ports": d.ports.iter().map(|p| json!({
+                        "protocol": wardline_proto::convert::protocol_name(p.protocol),
+                        "port": p.port, "serves": p.serves,
+                    })).collect::<Vec<_>>(),
+                    "morePorts": d.more_ports,
+                    "new": (!d.new_reason.is_empty()).then(|| json!({"reason": d.new_reason, "at": d.new_at})),
+                })).collect::<Vec<_>>(),
+            });
+            print_value(output, &value, || crate::flows::inventory_table(&r));
         }
         RemoteCommand::Status { output, check } => {
             let r = c
@@ -537,6 +604,23 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
 }
 
 /// A flow record for scripts: one JSON object.
+fn observe_request(f: FlowFilter) -> v1::ObserveRequest {
+    v1::ObserveRequest {
+        since: f.since.unwrap_or_default(),
+        until: f.until.unwrap_or_default(),
+        node: f.node.unwrap_or_default(),
+        from: f.from.unwrap_or_default(),
+        to: f.to.unwrap_or_default(),
+        port: f.port.map_or(0, u32::from),
+        protocol: f.protocol.unwrap_or_default(),
+        verdict: f.verdict.unwrap_or_default(),
+        reason: f.reason.unwrap_or_default(),
+        policy: f.policy.unwrap_or_default(),
+        last: 0,
+        follow: false,
+    }
+}
+
 fn flow_json(f: &v1::Flow) -> Value {
     json!({
         "time": f.time, "node": f.node, "kind": f.kind, "interface": f.interface,
@@ -548,5 +632,6 @@ fn flow_json(f: &v1::Flow) -> Value {
         "policy": if f.policy.is_empty() { Value::Null } else { Value::from(f.policy.clone()) },
         "generation": f.generation, "revision": f.revision,
         "packets": f.packets, "bytes": f.bytes, "sequence": f.sequence,
+        "srcMac": crate::flows::mac(&f.src_mac), "dstMac": crate::flows::mac(&f.dst_mac),
     })
 }

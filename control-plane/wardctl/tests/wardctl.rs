@@ -345,6 +345,8 @@ fn flow(seq: u64, dst: [u8; 4], dport: u32, verdict: &str, policy: &str) -> v1::
         packets: 1,
         bytes: 60,
         sequence: seq,
+        src_mac: vec![2, 0, 0, 0, 0x14, 0x0a],
+        dst_mac: Vec::new(),
         ..Default::default()
     }
 }
@@ -419,8 +421,58 @@ async fn observe_prints_filters_and_refuses_a_bad_filter() {
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.contains("198.18.41.11:2575"), "{out}");
 
+    // The aggregate views over the same records.
+    let o = run(&["matrix"], &env).await;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pumps", "ehr", "ALLOWED", "2"]),
+        "{out}"
+    );
+    assert!(out.contains("3 connections"), "{out}");
+    let o = run(&["top", "--verdict", "dropped", "-o", "json"], &env).await;
+    let top: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(top["entries"][0]["src"], "198.18.30.10", "{}", text(&o));
+    assert_eq!(top["entries"][0]["connections"], 1);
+    let o = run(&["top", "--by", "talkers", "-n", "1"], &env).await;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        out.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["SOURCE", "DESTINATION"],
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let o = run(&["inventory"], &env).await;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", text(&o));
+    let pump = out
+        .lines()
+        .find(|l| l.starts_with("198.18.30.10 "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        pump.contains("02:00:00:00:14:0a") && pump.contains("pumps"),
+        "{pump}"
+    );
+    let o = run(
+        &["inventory", "--address", "198.18.41.0/24", "-o", "json"],
+        &env,
+    )
+    .await;
+    let inv: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let served: Vec<_> = inv["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["address"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(served, ["198.18.41.10", "198.18.41.11"], "{inv}");
+
     // A malformed filter: exit 3, naming it.
     for (args, named) in [
+        (vec!["top", "-n", "5000"], "limit:"),
+        (vec!["inventory", "--address", "pumps"], "address:"),
+        (vec!["matrix", "--until", "soon"], "until:"),
         (vec!["observe", "--from", "198.18.0.0/40"], "from:"),
         (vec!["observe", "--since", "last week"], "since:"),
         (vec!["observe", "--protocol", "gopher"], "protocol:"),

@@ -20,7 +20,7 @@
 use core::mem::offset_of;
 
 /// Bumped whenever a map layout, a map name or a program's meaning changes.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Generation slots in the policy tables: the live one and up to
 /// [`MAX_SCHEDULED`] scheduled ones.
@@ -714,6 +714,16 @@ pub const EVENT_DROP: u8 = 2;
 pub const EVENT_CLOSE: u8 = 3;
 /// A tracked connection lost its allow with a policy change and was cut.
 pub const EVENT_REVOKED: u8 = 4;
+/// Written by the agent, never by the kernel: a long connection's counts
+/// since its previous record.
+pub const EVENT_UPDATE: u8 = 5;
+/// Written by the agent, never by the kernel: a tracked connection idle
+/// past its timeout, removed.
+pub const EVENT_EXPIRED: u8 = 6;
+
+/// [`FlowEvent::flags`]: `eth` was read from a reply (its destination is
+/// the initiator's side).
+pub const EVENT_ETH_REPLY: u8 = 1 << 0;
 
 /// One record on the `WL_EVENTS` ring buffer.
 #[repr(C)]
@@ -741,6 +751,12 @@ pub struct FlowEvent {
     pub proto: u8,
     /// 4 or 6; 0 when the packet was dropped before its IP header was read.
     pub family: u8,
+    /// The packet's Ethernet destination and source addresses, as on the
+    /// wire (zero when the frame is shorter than its Ethernet header).
+    pub eth: [u8; 12],
+    /// [`EVENT_ETH_REPLY`].
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
 // ---------------------------------------------------------------------------
@@ -803,7 +819,7 @@ const _: () = {
     assert!(core::mem::size_of::<DeniedState>() == 24);
     assert!(core::mem::size_of::<FragmentKey>() == 40);
     assert!(core::mem::size_of::<FragmentState>() == 8);
-    assert!(core::mem::size_of::<FlowEvent>() == 88);
+    assert!(core::mem::size_of::<FlowEvent>() == 104);
 };
 
 #[cfg(feature = "user")]

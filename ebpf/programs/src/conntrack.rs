@@ -343,6 +343,7 @@ fn flow_of(s: &FlowState) -> EventFlow {
         policy: s.policy,
         src_segment: s.src_segment,
         dst_segment: s.dst_segment,
+        reply: false,
     }
 }
 
@@ -427,7 +428,7 @@ fn event_as_initiator(
         core::mem::swap(&mut p.src, &mut p.dst);
         core::mem::swap(&mut p.sport, &mut p.dport);
     }
-    flow_event(env, p, kind, reason, f);
+    flow_event(env, p, kind, reason, &EventFlow { reply, ..*f });
     if reply {
         core::mem::swap(&mut p.src, &mut p.dst);
         core::mem::swap(&mut p.sport, &mut p.dport);

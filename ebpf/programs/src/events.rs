@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
 };
 use wardline_ebpf_abi::{
-    COUNTER_LOST_EVENTS, COUNTER_SLOTS, EVENT_DROP, EVENTS_BYTES, FlowEvent, Reason, config_flags,
-    counter_index,
+    COUNTER_LOST_EVENTS, COUNTER_SLOTS, EVENT_DROP, EVENT_ETH_REPLY, EVENTS_BYTES, FlowEvent,
+    Reason, config_flags, counter_index,
 };
 
-use crate::parse::Packet;
+use crate::parse::{Packet, ethernet_addresses};
 use crate::verdict::{Env, now_ns};
 
 /// Per-CPU packet counters, indexed by [`counter_index`], then the counts
@@ -39,12 +39,15 @@ pub fn count(direction: u8, reason: Reason) {
 }
 
 /// What an event says about the connection besides the packet.
+#[derive(Clone, Copy)]
 pub struct EventFlow {
     pub packets: u64,
     pub bytes: u64,
     pub policy: u32,
     pub src_segment: u32,
     pub dst_segment: u32,
+    /// `p` is named as its initiator sent it, but the frame is a reply.
+    pub reply: bool,
 }
 
 /// Puts one record on the ring buffer (unless events are off).
@@ -80,6 +83,9 @@ pub fn flow_event(env: &Env<'_>, p: &Packet, kind: u8, reason: Reason, f: &Event
         (*e).direction = env.direction;
         (*e).proto = p.proto;
         (*e).family = p.family;
+        (*e).eth = ethernet_addresses(env.ctx);
+        (*e).flags = if f.reply { EVENT_ETH_REPLY } else { 0 };
+        (*e)._pad = [0; 3];
     }
     entry.submit(0);
 }
@@ -99,6 +105,7 @@ pub fn drop_event_segments(env: &Env<'_>, p: &Packet, reason: Reason, src: u32, 
         policy: 0,
         src_segment: src,
         dst_segment: dst,
+        reply: false,
     };
     flow_event(env, p, EVENT_DROP, reason, &f);
 }

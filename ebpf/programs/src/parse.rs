@@ -96,6 +96,13 @@ fn bytes_at<const N: usize>(ctx: &TcContext, at: usize) -> Result<[u8; N], Reaso
     ctx.load::<[u8; N]>(at).map_err(|_| Reason::Truncated)
 }
 
+/// The frame's Ethernet destination and source addresses, as on the wire;
+/// zero when the frame is shorter than them.
+#[inline(always)]
+pub fn ethernet_addresses(ctx: &TcContext) -> [u8; 12] {
+    bytes_at::<12>(ctx, 0).unwrap_or([0; 12])
+}
+
 #[inline(always)]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])

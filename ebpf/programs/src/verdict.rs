@@ -234,6 +234,7 @@ fn new_connection(env: &Env<'_>, p: &Packet, key: &FlowKey, which: u8) -> Reason
         policy: j.policy,
         src_segment: j.src_segment,
         dst_segment: j.dst_segment,
+        reply: false,
     };
     flow_event(
         env,

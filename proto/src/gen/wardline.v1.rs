@@ -292,7 +292,7 @@ pub struct Flow {
     /// Set by the control plane from the reporting agent's certificate.
     #[prost(string, tag = "2")]
     pub node: ::prost::alloc::string::String,
-    /// new, drop, close or revoked.
+    /// new, drop, update, close, expired or revoked.
     #[prost(string, tag = "3")]
     pub kind: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
@@ -332,6 +332,8 @@ pub struct Flow {
     /// The control plane's revision enforced; 0 in standalone mode.
     #[prost(uint64, tag = "18")]
     pub revision: u64,
+    /// What passed since the connection's previous record (new: nothing
+    /// yet; drop: the packet dropped), so a connection's records add up.
     #[prost(uint64, tag = "19")]
     pub packets: u64,
     #[prost(uint64, tag = "20")]
@@ -339,6 +341,12 @@ pub struct Flow {
     /// The agent's number for it, from 1, in the order it was judged.
     #[prost(uint64, tag = "21")]
     pub sequence: u64,
+    /// The initiator's and the responder's Ethernet addresses as the frame
+    /// carried them, 6 bytes each; empty where no frame was seen.
+    #[prost(bytes = "vec", tag = "22")]
+    pub src_mac: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "23")]
+    pub dst_mac: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1482,6 +1490,7 @@ pub struct FlowMatrixCell {
     pub dst_segment: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]
     pub verdict: ::prost::alloc::string::String,
+    /// Connections (their first records: new and drop).
     #[prost(uint64, tag = "4")]
     pub flows: u64,
 }
@@ -1490,9 +1499,143 @@ pub struct FlowMatrixCell {
 pub struct FlowMatrixResponse {
     #[prost(message, repeated, tag = "1")]
     pub cells: ::prost::alloc::vec::Vec<FlowMatrixCell>,
-    /// Records the matrix was counted over.
+    /// Connections the matrix was counted over.
     #[prost(uint64, tag = "2")]
     pub flows: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TopRequest {
+    /// Which connections count (its last and follow are not used).
+    #[prost(message, optional, tag = "1")]
+    pub filter: ::core::option::Option<ObserveRequest>,
+    /// "sources" or "talkers".
+    #[prost(string, tag = "2")]
+    pub by: ::prost::alloc::string::String,
+    /// How many to list: 1 to 1000; 0: 10.
+    #[prost(uint32, tag = "3")]
+    pub limit: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TopEntry {
+    #[prost(bytes = "vec", tag = "1")]
+    pub src: ::prost::alloc::vec::Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub src_segment: ::prost::alloc::string::String,
+    /// Talkers only.
+    #[prost(bytes = "vec", tag = "3")]
+    pub dst: ::prost::alloc::vec::Vec<u8>,
+    #[prost(string, tag = "4")]
+    pub dst_segment: ::prost::alloc::string::String,
+    /// Connections (first records: new and drop).
+    #[prost(uint64, tag = "5")]
+    pub connections: u64,
+    #[prost(uint64, tag = "6")]
+    pub packets: u64,
+    #[prost(uint64, tag = "7")]
+    pub bytes: u64,
+    /// Sources only: the distinct destination address and port pairs its
+    /// connections went to (a scan reaches many).
+    #[prost(uint64, tag = "8")]
+    pub destinations: u64,
+    /// RFC 3339.
+    #[prost(string, tag = "9")]
+    pub last_seen: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TopResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: ::prost::alloc::vec::Vec<TopEntry>,
+    /// Records the ranking was counted over.
+    #[prost(uint64, tag = "2")]
+    pub flows: u64,
+    /// More distinct sources or pairs than the server ranks at once
+    /// (200,000): those seen first were ranked.
+    #[prost(bool, tag = "3")]
+    pub partial: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InventoryRequest {
+    /// An address or CIDR; empty: any.
+    #[prost(string, tag = "1")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub segment: ::prost::alloc::string::String,
+    /// Only devices reported as new.
+    #[prost(bool, tag = "3")]
+    pub new_only: bool,
+    /// Seen since: RFC 3339 or a duration back from now ("1h"); empty: any.
+    #[prost(string, tag = "4")]
+    pub since: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DevicePort {
+    #[prost(uint32, tag = "1")]
+    pub protocol: u32,
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    /// The device answers on it (false: it connects to it elsewhere).
+    #[prost(bool, tag = "3")]
+    pub serves: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Device {
+    #[prost(bytes = "vec", tag = "1")]
+    pub address: ::prost::alloc::vec::Vec<u8>,
+    /// The last Ethernet address seen for it (the next hop's when routed);
+    /// empty: none seen.
+    #[prost(bytes = "vec", tag = "2")]
+    pub mac: ::prost::alloc::vec::Vec<u8>,
+    /// The VLAN its packets last arrived on; 0: untagged or not seen.
+    #[prost(uint32, tag = "3")]
+    pub vlan: u32,
+    #[prost(string, tag = "4")]
+    pub segment: ::prost::alloc::string::String,
+    /// The node that last saw it.
+    #[prost(string, tag = "5")]
+    pub node: ::prost::alloc::string::String,
+    /// RFC 3339.
+    #[prost(string, tag = "6")]
+    pub first_seen: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub last_seen: ::prost::alloc::string::String,
+    /// Connections it opened or answered, and of them those dropped.
+    #[prost(uint64, tag = "8")]
+    pub connections: u64,
+    #[prost(uint64, tag = "9")]
+    pub dropped: u64,
+    /// Up to 32 of each; more\_\*: there were more.
+    #[prost(bytes = "vec", repeated, tag = "10")]
+    pub peers: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bool, tag = "11")]
+    pub more_peers: bool,
+    #[prost(message, repeated, tag = "12")]
+    pub ports: ::prost::alloc::vec::Vec<DevicePort>,
+    #[prost(bool, tag = "13")]
+    pub more_ports: bool,
+    /// Why it is reported as a new device ("in no segment", "new MAC
+    /// 02:00:00:00:1e:0a on VLAN 30"); empty: it is not.
+    #[prost(string, tag = "14")]
+    pub new_reason: ::prost::alloc::string::String,
+    #[prost(string, tag = "15")]
+    pub new_at: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct InventoryResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub devices: ::prost::alloc::vec::Vec<Device>,
+    /// Devices known.
+    #[prost(uint64, tag = "2")]
+    pub known: u64,
+    /// Addresses not added since the inventory was full.
+    #[prost(uint64, tag = "3")]
+    pub refused_full: u64,
 }
 /// Generated client implementations.
 pub mod management_client {
@@ -1897,6 +2040,55 @@ pub mod management_client {
                 .insert(GrpcMethod::new("wardline.v1.Management", "FlowMatrix"));
             self.inner.unary(req, path, codec).await
         }
+        /// The endpoints that matching connections involve, ranked: sources by
+        /// connections (with verdict "dropped": lateral-movement attempts), or
+        /// talkers (address pairs) by bytes.
+        pub async fn top_flows(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TopRequest>,
+        ) -> std::result::Result<tonic::Response<super::TopResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/TopFlows",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "TopFlows"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every endpoint the agents have seen, with what it talks to.
+        pub async fn inventory(
+            &mut self,
+            request: impl tonic::IntoRequest<super::InventoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::InventoryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Inventory",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Inventory"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1998,6 +2190,21 @@ pub mod management_server {
             request: tonic::Request<super::ObserveRequest>,
         ) -> std::result::Result<
             tonic::Response<super::FlowMatrixResponse>,
+            tonic::Status,
+        >;
+        /// The endpoints that matching connections involve, ranked: sources by
+        /// connections (with verdict "dropped": lateral-movement attempts), or
+        /// talkers (address pairs) by bytes.
+        async fn top_flows(
+            &self,
+            request: tonic::Request<super::TopRequest>,
+        ) -> std::result::Result<tonic::Response<super::TopResponse>, tonic::Status>;
+        /// Every endpoint the agents have seen, with what it talks to.
+        async fn inventory(
+            &self,
+            request: tonic::Request<super::InventoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::InventoryResponse>,
             tonic::Status,
         >;
     }
@@ -2636,6 +2843,94 @@ pub mod management_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = FlowMatrixSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/TopFlows" => {
+                    #[allow(non_camel_case_types)]
+                    struct TopFlowsSvc<T: Management>(pub Arc<T>);
+                    impl<T: Management> tonic::server::UnaryService<super::TopRequest>
+                    for TopFlowsSvc<T> {
+                        type Response = super::TopResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TopRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::top_flows(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TopFlowsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Inventory" => {
+                    #[allow(non_camel_case_types)]
+                    struct InventorySvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::InventoryRequest>
+                    for InventorySvc<T> {
+                        type Response = super::InventoryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::InventoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::inventory(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = InventorySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -80,6 +80,8 @@ fn record(agent: usize, i: u64, now: time::OffsetDateTime) -> v1::Flow {
         packets: 1 + i % 7,
         bytes: 60 + i % 1400,
         sequence: i + 1,
+        src_mac: vec![2, 0, 0, 0, 0x14, (agent % 256) as u8],
+        dst_mac: vec![2, 0, 0, 0, 0x29, 1],
     }
 }
 
@@ -87,6 +89,8 @@ fn record(agent: usize, i: u64, now: time::OffsetDateTime) -> v1::Flow {
 #[serde(rename_all = "camelCase")]
 struct QueryFigures {
     query: String,
+    /// observe, matrix, top or inventory.
+    kind: &'static str,
     returned: u64,
     p50_ms: f64,
     p95_ms: f64,
@@ -115,31 +119,55 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Runs `query` [`RUNS`] times; what it returned and how long it took.
+/// One operator query the bench times.
+#[derive(Clone)]
+enum Ask {
+    Observe(v1::ObserveRequest),
+    Matrix(v1::ObserveRequest),
+    Top(v1::TopRequest),
+    Inventory(v1::InventoryRequest),
+}
+
+impl Ask {
+    fn kind(&self) -> &'static str {
+        match self {
+            Ask::Observe(_) => "observe",
+            Ask::Matrix(_) => "matrix",
+            Ask::Top(_) => "top",
+            Ask::Inventory(_) => "inventory",
+        }
+    }
+}
+
+/// Runs `ask` [`RUNS`] times; what it returned (records, connections,
+/// entries or devices) and how long it took.
 async fn time_query(
     op: &mut ManagementClient<tonic::transport::Channel>,
     name: &str,
-    req: v1::ObserveRequest,
-    matrix: bool,
+    ask: Ask,
 ) -> anyhow::Result<QueryFigures> {
     let mut took = Vec::new();
     let mut returned = 0;
     for _ in 0..RUNS {
         let t = Instant::now();
-        returned = if matrix {
-            op.flow_matrix(req.clone()).await?.into_inner().flows
-        } else {
-            let mut stream = op.observe(req.clone()).await?.into_inner();
-            let mut n = 0;
-            while stream.message().await?.is_some() {
-                n += 1;
+        returned = match ask.clone() {
+            Ask::Matrix(req) => op.flow_matrix(req).await?.into_inner().flows,
+            Ask::Top(req) => op.top_flows(req).await?.into_inner().entries.len() as u64,
+            Ask::Inventory(req) => op.inventory(req).await?.into_inner().devices.len() as u64,
+            Ask::Observe(req) => {
+                let mut stream = op.observe(req).await?.into_inner();
+                let mut n = 0;
+                while stream.message().await?.is_some() {
+                    n += 1;
+                }
+                n
             }
-            n
         };
         took.push(ms(t.elapsed()));
     }
     Ok(QueryFigures {
         query: name.to_owned(),
+        kind: ask.kind(),
         returned,
         p50_ms: percentile(&took, 50.0).unwrap_or(0.0),
         p95_ms: percentile(&took, 95.0).unwrap_or(0.0),
@@ -232,43 +260,64 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
             let mut op = ManagementClient::new(channel(operator).await?)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES);
             let mut queries = Vec::new();
-            for (name, req, matrix) in [
+            let dropped = v1::ObserveRequest {
+                verdict: "dropped".into(),
+                ..Default::default()
+            };
+            for (name, ask) in [
                 (
                     "segment matrix, every record",
-                    v1::ObserveRequest::default(),
-                    true,
+                    Ask::Matrix(v1::ObserveRequest::default()),
                 ),
                 (
                     "dropped, the newest 100",
-                    v1::ObserveRequest {
-                        verdict: "dropped".into(),
+                    Ask::Observe(v1::ObserveRequest {
                         last: 100,
-                        ..Default::default()
-                    },
-                    false,
+                        ..dropped.clone()
+                    }),
                 ),
                 (
                     "one workstation to the EHR on 443, last 5 minutes",
-                    v1::ObserveRequest {
+                    Ask::Observe(v1::ObserveRequest {
                         from: "198.18.23.7".into(),
                         to: "ehr".into(),
                         port: 443,
                         since: "5m".into(),
                         ..Default::default()
-                    },
-                    false,
+                    }),
                 ),
                 (
                     "one ward's dropped connections, a CIDR",
-                    v1::ObserveRequest {
+                    Ask::Observe(v1::ObserveRequest {
                         from: "198.18.25.0/24".into(),
-                        verdict: "dropped".into(),
-                        ..Default::default()
-                    },
-                    false,
+                        ..dropped.clone()
+                    }),
+                ),
+                (
+                    "top 10 sources of dropped connections, every record",
+                    Ask::Top(v1::TopRequest {
+                        filter: Some(dropped.clone()),
+                        by: "sources".into(),
+                        limit: 10,
+                    }),
+                ),
+                (
+                    "top 10 talkers, last minute",
+                    Ask::Top(v1::TopRequest {
+                        filter: Some(v1::ObserveRequest {
+                            since: "1m".into(),
+                            ..Default::default()
+                        }),
+                        by: "talkers".into(),
+                        limit: 10,
+                    }),
+                ),
+                (
+                    "device inventory, every device",
+                    Ask::Inventory(v1::InventoryRequest::default()),
                 ),
             ] {
-                queries.push(time_query(&mut op, name, req, matrix).await?);
+                queries.push(time_query(&mut op, name, ask).await?);
             }
             Ok::<_, anyhow::Error>((ingest, batch_ms, stored, refused, queries))
         })
@@ -344,8 +393,8 @@ impl Results for FlowResults {
                 .map(|q| q.p95_ms)
                 .fold(0.0, f64::max)
         };
-        let filtered = worst(&|q| !q.query.starts_with("segment matrix"));
-        let matrix = worst(&|q| q.query.starts_with("segment matrix"));
+        let filtered = worst(&|q| q.kind == "observe");
+        let matrix = worst(&|q| q.kind == "matrix");
         targets.push(Target::new(
             format!(
                 "a filtered query over 1,000,000 stored records under 200 ms at p95{scale}: worst {filtered:.0} ms"
@@ -367,8 +416,11 @@ process each with its own agent certificate, send {} records between them as age
 `ReportFlows` batches of 1,000, each agent sending its next batch when the answer to the last \
 came. **records per second**: records stored over the wall time from the first call to the \
 last answer; **zero loss**: every record answered as stored. Then an operator's client runs each \
-query {RUNS} times (`Observe`, reading the whole answer; `FlowMatrix`), timed from the call to \
-the last record; p50 / p95 / max are nearest-rank. Records span the last ten minutes; each \
+query {RUNS} times (`Observe`, reading the whole answer; `FlowMatrix`; `TopFlows`, which \
+reads every record the filter admits and ranks them; `Inventory`, which reads the device \
+entries kept at ingest), timed from the call to the last record; p50 / p95 / max are \
+nearest-rank. Ingest also keeps the device inventory up to date (one sealed entry per address a \
+batch names, read and written in the batch's transaction). Records span the last ten minutes; each \
 simulated agent's come from one ward's /24, as the agent on that ward's gateway sees them. The \
 store keeps a sealed summary beside each block (time span, address ranges, ports, protocols, \
 counts by segment pair, verdict, reason and policy): a query opens only the blocks whose \

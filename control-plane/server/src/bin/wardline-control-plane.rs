@@ -116,6 +116,11 @@ struct Args {
         default_value_t = 120_000
     )]
     flow_max_per_node_minute: u64,
+    /// The most devices the inventory holds; past it new addresses are
+    /// counted, not added (a flood of forged sources cannot push known
+    /// devices out).
+    #[arg(long, env = "WARDLINE_FLOW_MAX_DEVICES", default_value_t = 100_000)]
+    flow_max_devices: u64,
 }
 
 /// The shortest renewed certificate: agents renew halfway through it, and
@@ -275,6 +280,7 @@ fn main() -> ExitCode {
             max_age: args.flow_retention,
             max_records: args.flow_max_records,
             max_per_node_minute: args.flow_max_per_node_minute,
+            max_devices: args.flow_max_devices,
         },
     ) {
         Ok(f) => std::sync::Arc::new(f),
