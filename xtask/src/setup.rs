@@ -13,8 +13,9 @@ use crate::is_root;
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and
 /// benchmarks drive, etcd for the control plane's real-component tests,
 /// protoc for etcd's client, systemd for `systemd-analyze`, which checks
-/// the units (Debian 12 has it; a container may not), and Prometheus, which
-/// the observability test runs for real.
+/// the units (Debian 12 has it; a container may not), Prometheus, which
+/// the observability test runs for real, and rsyslog with its TLS driver
+/// and openssl, which the SIEM export's test runs as its collector.
 pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -29,6 +30,9 @@ pub const PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     "systemd",
     "prometheus",
+    "rsyslog",
+    "rsyslog-gnutls",
+    "openssl",
 ];
 
 /// The bpf-linker release that links against LLVM 22 (its default feature

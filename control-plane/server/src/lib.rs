@@ -11,7 +11,8 @@
 //! `wardctl`. It issues no certificate but one kind: an agent's renewed
 //! certificate, through `wardline-pki`'s `AgentRenewer` when the replica
 //! holds the site CA's key (`renewal`); everything else the site PKI
-//! issues offline. Its `/metrics` goes through `wardline-metrics`.
+//! issues offline. Its `/metrics` goes through `wardline-metrics`; its SIEM
+//! export through `wardline-siem`.
 #![forbid(unsafe_code)]
 
 pub mod chain;
@@ -22,5 +23,6 @@ pub mod metrics;
 pub mod registry;
 pub mod renewal;
 pub mod server;
+pub mod siem;
 #[cfg(feature = "test-support")]
 pub mod testing;

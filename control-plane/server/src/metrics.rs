@@ -133,6 +133,34 @@ impl ControlPlane {
             )
             .sample(&[], counts.inventory_full.load(Ordering::Relaxed) as f64);
         }
+        if let Some(siem) = self.siem() {
+            let sinks = siem.counts();
+            let mut messages = e.counter(
+                "wardline_siem_messages_total",
+                "Messages to the SIEM export, by sink (syslog, ocsf) and result (sent, or dropped: its queue was full while the collector was away).",
+            );
+            for (sink, c) in &sinks {
+                messages
+                    .sample(
+                        &[("sink", sink), ("result", "sent")],
+                        c.sent.load(Ordering::Relaxed) as f64,
+                    )
+                    .sample(
+                        &[("sink", sink), ("result", "dropped")],
+                        c.dropped.load(Ordering::Relaxed) as f64,
+                    );
+            }
+            let mut connected = e.gauge(
+                "wardline_siem_connected",
+                "Whether the SIEM sink is connected (the JSON lines file: open).",
+            );
+            for (sink, c) in &sinks {
+                connected.sample(
+                    &[("sink", sink)],
+                    f64::from(u8::from(c.connected.load(Ordering::Relaxed))),
+                );
+            }
+        }
         e.encode()
     }
 }

@@ -282,6 +282,7 @@ pub struct ControlPlane {
     agents: mpsc::Sender<AgentUpdate>,
     metrics: Arc<Metrics>,
     flows: Option<Arc<Flows>>,
+    siem: Option<Arc<wardline_siem::Exporter>>,
 }
 
 /// At most this many agent records in one store transaction (etcd's
@@ -394,6 +395,7 @@ impl ControlPlane {
             agents,
             metrics: Arc::default(),
             flows: None,
+            siem: None,
         })
     }
 
@@ -406,6 +408,24 @@ impl ControlPlane {
 
     pub(crate) fn flows(&self) -> Option<&Arc<Flows>> {
         self.flows.as_ref()
+    }
+
+    /// Exports every flow record this replica stores (after
+    /// [`ControlPlane::with_flows`]) and every new policy revision to the
+    /// SIEM (`crate::siem`).
+    pub fn with_siem(mut self, exporter: Arc<wardline_siem::Exporter>) -> Self {
+        crate::siem::feed(&self, exporter.clone());
+        self.siem = Some(exporter);
+        self
+    }
+
+    pub(crate) fn siem(&self) -> Option<&Arc<wardline_siem::Exporter>> {
+        self.siem.as_ref()
+    }
+
+    /// The cluster view: each new revision (and node change) as it comes.
+    pub(crate) fn cluster_watch(&self) -> watch::Receiver<Option<Cluster>> {
+        self.cluster.clone()
     }
 
     /// An agent call for `node` by its own certificate, from a node

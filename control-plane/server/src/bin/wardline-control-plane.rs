@@ -121,6 +121,18 @@ struct Args {
     /// devices out).
     #[arg(long, env = "WARDLINE_FLOW_MAX_DEVICES", default_value_t = 100_000)]
     flow_max_devices: u64,
+    /// Send every stored flow record and every policy revision to this
+    /// syslog collector, HOST:PORT, as RFC 5424 over TLS (RFC 5425).
+    #[arg(long, env = "WARDLINE_SIEM_SYSLOG")]
+    siem_syslog: Option<String>,
+    /// The CA the collector's certificate is checked against (its name
+    /// must be HOST); default: the site CA.
+    #[arg(long, env = "WARDLINE_SIEM_CA")]
+    siem_ca: Option<PathBuf>,
+    /// Append every stored flow record (OCSF Network Activity) and every
+    /// policy revision to this file, one JSON object per line.
+    #[arg(long, env = "WARDLINE_SIEM_OCSF")]
+    siem_ocsf: Option<PathBuf>,
 }
 
 /// The shortest renewed certificate: agents renew halfway through it, and
@@ -337,6 +349,20 @@ fn main() -> ExitCode {
         }
     };
     let replica = args.replica.clone().unwrap_or_else(|| args.listen.clone());
+    let siem_syslog = match &args.siem_syslog {
+        Some(text) => match wardline_siem::SyslogTarget::parse(
+            text,
+            args.siem_ca.clone().unwrap_or_else(|| ca.clone()),
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("wardline-control-plane: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        None => None,
+    };
+    let siem_name = replica.clone();
     let result: anyhow::Result<()> = runtime.block_on(async move {
         let store = std::sync::Arc::new(store::encrypted::EncryptedStore::new(
             store::open(&spec).await?,
@@ -357,6 +383,12 @@ fn main() -> ExitCode {
         .with_serving(serving.clone())
         .with_flows(flows.clone());
         tokio::spawn(wardline_control_plane::flows::prune(flows));
+        if siem_syslog.is_some() || args.siem_ocsf.is_some() {
+            let exporter =
+                wardline_siem::Exporter::start(&siem_name, siem_syslog, args.siem_ocsf.clone())
+                    .await?;
+            cp = cp.with_siem(std::sync::Arc::new(exporter));
+        }
         if let Some(renewal) = renewal {
             tracing::info!(lifetime = %humantime::format_duration(renewal.lifetime), "renewing agent certificates");
             cp = cp.with_renewal(renewal);

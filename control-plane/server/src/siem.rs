@@ -1,0 +1,69 @@
+//! What this replica hands the SIEM export (`wardline-siem`): each flow
+//! record as it is stored, and each policy revision newer than the one in
+//! force when the replica started, as the store's watch brings it (every
+//! replica reports every revision it sees; a SIEM keys them by
+//! `revision` and `recordSha256`).
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use wardline_siem::{Exporter, PolicyChange};
+
+use crate::registry::{RevisionAction, RevisionRecord};
+use crate::server::ControlPlane;
+
+fn change_of(r: &RevisionRecord) -> PolicyChange {
+    PolicyChange {
+        revision: r.revision,
+        time: r.time.clone(),
+        author: r.author.clone(),
+        author_fingerprint: r.author_fingerprint.clone(),
+        action: r.action.map_or("", RevisionAction::as_str).to_owned(),
+        message: r.message.clone(),
+        changes: r
+            .changes
+            .iter()
+            .map(|c| {
+                (
+                    format!("{}/{}", c.kind.as_str(), c.name),
+                    c.action.as_str().to_owned(),
+                )
+            })
+            .collect(),
+        policy_sha256: r.sha256.clone(),
+        record_sha256: r.record_sha256.clone(),
+    }
+}
+
+/// Starts the two feeds.
+pub(crate) fn feed(cp: &ControlPlane, exporter: Arc<Exporter>) {
+    if let Some(flows) = cp.flows() {
+        let mut stored = flows.store.subscribe();
+        let exporter = exporter.clone();
+        tokio::spawn(async move {
+            loop {
+                match stored.recv().await {
+                    Ok(f) => exporter.flow(f),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(records = n, "the SIEM export fell behind the flow store");
+                        exporter.lost(n);
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+    let mut view = cp.cluster_watch();
+    tokio::spawn(async move {
+        let mut last = view.borrow_and_update().as_ref().map(|c| c.record.revision);
+        while view.changed().await.is_ok() {
+            let record = view.borrow_and_update().as_ref().map(|c| c.record.clone());
+            let Some(record) = record else { continue };
+            if last.is_some_and(|l| record.revision <= l) {
+                continue;
+            }
+            last = Some(record.revision);
+            exporter.change(change_of(&record));
+        }
+    });
+}
