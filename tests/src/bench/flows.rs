@@ -80,8 +80,8 @@ fn record(agent: usize, i: u64, now: time::OffsetDateTime) -> v1::Flow {
         packets: 1 + i % 7,
         bytes: 60 + i % 1400,
         sequence: i + 1,
-        src_mac: Vec::new(),
-        dst_mac: Vec::new(),
+        src_mac: vec![2, 0, 0, 0, 0x14, (agent % 256) as u8],
+        dst_mac: vec![2, 0, 0, 0, 0x29, 1],
     }
 }
 
