@@ -193,9 +193,18 @@ impl Query {
 
     /// Whether `flow`, judged at `at`, is one of the records wanted.
     pub fn matches(&self, flow: &v1::Flow, at: OffsetDateTime) -> bool {
-        self.since.is_none_or(|s| at >= s)
-            && self.until.is_none_or(|u| at <= u)
-            && self.node.as_ref().is_none_or(|n| *n == flow.node)
+        self.within(at) && self.matches_but_time(flow)
+    }
+
+    /// Whether `at` is within the query's time range.
+    pub fn within(&self, at: OffsetDateTime) -> bool {
+        self.since.is_none_or(|s| at >= s) && self.until.is_none_or(|u| at <= u)
+    }
+
+    /// Whether `flow` matches everything but the time range (cheaper than
+    /// reading its time: checked first).
+    pub fn matches_but_time(&self, flow: &v1::Flow) -> bool {
+        self.node.as_ref().is_none_or(|n| *n == flow.node)
             && self
                 .from
                 .as_ref()

@@ -28,6 +28,8 @@ use crate::summary::Summary;
 /// The flow store's page cache: enough for the recent minutes queries
 /// read, far below redb's default of a gigabyte.
 const CACHE_BYTES: usize = 64 << 20;
+/// A minute with at least this many blocks to open is read on every core.
+const PARALLEL_BLOCKS: usize = 16;
 
 /// Block key (minute, big-endian; node; 0; the agent's buffer id and the
 /// block's first sequence, big-endian) to the sealed, encoded block (a
@@ -454,6 +456,43 @@ impl FlowStore {
                 candidates.sort_by(|(_, a), (_, b)| b.cmp(a));
             }
             let mut found: Vec<(OffsetDateTime, v1::Flow)> = Vec::new();
+            if need.is_none() && candidates.len() >= PARALLEL_BLOCKS {
+                // Opening and reading blocks is the query's cost: split
+                // across the machine's cores, each with its own read
+                // transaction (the blocks named are there in any later
+                // one: only retention removes blocks, whole minutes).
+                let workers = std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .min(4);
+                let chunk = candidates.len().div_ceil(workers);
+                let parts: Vec<Result<Vec<_>, FlowError>> = std::thread::scope(|scope| {
+                    let handles: Vec<_> = candidates
+                        .chunks(chunk)
+                        .map(|part| {
+                            scope.spawn(move || {
+                                let rtx = self.db.begin_read().map_err(|e| self.fail(e))?;
+                                let blocks = rtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
+                                let mut found = Vec::new();
+                                for (key, _) in part {
+                                    self.read_block(&blocks, key, query, &mut found)?;
+                                }
+                                Ok(found)
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join()
+                                .unwrap_or_else(|_| Err(self.fail("a block reader panicked")))
+                        })
+                        .collect()
+                });
+                for part in parts {
+                    found.extend(part?);
+                }
+                candidates.clear();
+            }
             for (key, last_ns) in &candidates {
                 if let Some(need) = need
                     && need > 0
@@ -468,24 +507,7 @@ impl FlowStore {
                         break;
                     }
                 }
-                let name = key_name(key);
-                let stored = blocks
-                    .get(key.as_slice())
-                    .map_err(|e| self.fail(e))?
-                    .ok_or_else(|| corrupt(&name, &"its block is missing"))?;
-                let opened = self
-                    .key
-                    .open(&name, stored.value())
-                    .map_err(|e| corrupt(&name, &e))?;
-                let block =
-                    v1::FlowBatch::decode(opened.as_slice()).map_err(|e| corrupt(&name, &e))?;
-                for flow in block.flows {
-                    if let Some(at) = time_of(&flow)
-                        && query.matches(&flow, at)
-                    {
-                        found.push((at, flow));
-                    }
-                }
+                self.read_block(&blocks, key, query, &mut found)?;
             }
             found.sort_by(|(a, fa), (b, fb)| {
                 (a, &fa.node, fa.sequence).cmp(&(b, &fb.node, fb.sequence))
@@ -493,6 +515,40 @@ impl FlowStore {
             delivered += found.len();
             if !each(found) {
                 break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the block at `key` and adds its records `query` wants to
+    /// `found`.
+    fn read_block(
+        &self,
+        blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        key: &[u8],
+        query: &Query,
+        found: &mut Vec<(OffsetDateTime, v1::Flow)>,
+    ) -> Result<(), FlowError> {
+        let name = key_name(key);
+        let corrupt = |e: &dyn std::fmt::Display| FlowError::Corrupt {
+            key: name.clone(),
+            message: e.to_string(),
+        };
+        let stored = blocks
+            .get(key)
+            .map_err(|e| self.fail(e))?
+            .ok_or_else(|| corrupt(&"its block is missing"))?;
+        let opened = self
+            .key
+            .open(&name, stored.value())
+            .map_err(|e| corrupt(&e))?;
+        let block = v1::FlowBatch::decode(opened.as_slice()).map_err(|e| corrupt(&e))?;
+        for flow in block.flows {
+            if query.matches_but_time(&flow)
+                && let Some(at) = time_of(&flow)
+                && query.within(at)
+            {
+                found.push((at, flow));
             }
         }
         Ok(())
@@ -1360,5 +1416,49 @@ mod tests {
         let later = now + time::Duration::days(31);
         s.prune(later).unwrap();
         assert_eq!(s.devices(), 0);
+    }
+
+    #[test]
+    fn a_minute_of_many_blocks_is_read_on_every_core_with_the_same_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), Retention::default());
+        let now = at("2026-12-02T12:00:00Z");
+        for b in 0..(PARALLEL_BLOCKS as u64 * 3) {
+            let flows = (0..10u64)
+                .map(|i| {
+                    let verdict = if i % 5 == 0 { "dropped" } else { "allowed" };
+                    let dst = format!("198.18.41.{}", i + 1);
+                    flow(
+                        "2026-12-02T11:00:00Z",
+                        "198.18.20.10",
+                        &dst,
+                        443,
+                        verdict,
+                        b * 10 + i + 1,
+                    )
+                })
+                .collect();
+            s.ingest("gw-1", &batch(1, flows), now).unwrap();
+        }
+        let q = |req: v1::ObserveRequest| Query::parse(&req, now).unwrap();
+        let dropped = s
+            .query(&q(v1::ObserveRequest {
+                verdict: "dropped".into(),
+                ..Default::default()
+            }))
+            .unwrap();
+        assert_eq!(dropped.len(), PARALLEL_BLOCKS * 3 * 2);
+        let seqs: Vec<u64> = dropped.iter().map(|f| f.sequence).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "in order, as one reader gives them");
+        let last = s
+            .query(&q(v1::ObserveRequest {
+                verdict: "dropped".into(),
+                last: 3,
+                ..Default::default()
+            }))
+            .unwrap();
+        assert_eq!(last.len(), 3);
     }
 }
