@@ -14,6 +14,7 @@ use tokio::io::unix::AsyncFd;
 use wardline_ebpf_abi as abi;
 use wardline_policy::Dataplane;
 use wardline_policy::reference::to_ip;
+use wardline_proto::convert::mac_text;
 
 /// What the ids of one generation name: segment and policy names, by id.
 /// Kept instead of the whole compiled policy, whose prefix and rule tables
@@ -237,16 +238,6 @@ fn interface_name(cache: &mut HashMap<u32, String>, ifindex: u32) -> String {
         .clone()
 }
 
-/// An Ethernet address as operators write it; none when all zero.
-fn mac(b: &[u8]) -> Option<String> {
-    b.iter().any(|&x| x != 0).then(|| {
-        b.iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    })
-}
-
 /// The six bytes of an address [`mac`] wrote.
 fn mac_bytes(text: &str) -> Vec<u8> {
     text.split(':')
@@ -295,9 +286,9 @@ impl Namer {
         let addr = |a: &[u8; 16]| (e.family != 0).then(|| to_ip(a));
         let (wire_dst, wire_src) = e.eth.split_at(6);
         let (src_mac, dst_mac) = if e.flags & abi::EVENT_ETH_REPLY != 0 {
-            (mac(wire_dst), mac(wire_src))
+            (mac_text(wire_dst), mac_text(wire_src))
         } else {
-            (mac(wire_src), mac(wire_dst))
+            (mac_text(wire_src), mac_text(wire_dst))
         };
         FlowRecord {
             time: self

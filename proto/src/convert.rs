@@ -93,6 +93,18 @@ fn ip_from_bytes(field: &str, b: &[u8]) -> Result<IpAddr, WireError> {
     })
 }
 
+/// An Ethernet address as operators write it (`02:00:00:00:14:0a`): for 6
+/// bytes not all zero; none otherwise (not seen).
+pub fn mac_text(bytes: &[u8]) -> Option<String> {
+    (bytes.len() == 6 && bytes.iter().any(|b| *b != 0)).then(|| {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+}
+
 /// An address as the wire carries it: 4 or 16 bytes.
 pub fn ip_to_bytes(a: IpAddr) -> Vec<u8> {
     match a {

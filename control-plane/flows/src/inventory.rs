@@ -19,6 +19,7 @@ use prost::Message as _;
 use redb::{ReadableTable, Table, TableDefinition};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use wardline_proto::convert::mac_text;
 use wardline_proto::v1;
 use wardline_store::encrypted::StoreKey;
 
@@ -103,13 +104,6 @@ fn name_of(key: &[u8]) -> String {
     format!("devices/{hex}")
 }
 
-fn mac_text(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn nanos(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
 }
@@ -184,7 +178,10 @@ impl Stored {
                     self.macs.remove(0);
                 }
                 self.macs.push(s.mac.to_vec());
-                self.new_reason = format!("new MAC {} on VLAN {vlan}", mac_text(s.mac));
+                self.new_reason = format!(
+                    "new MAC {} on VLAN {vlan}",
+                    mac_text(s.mac).unwrap_or_default()
+                );
                 self.new_ns = s.at_ns;
             }
         }

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use wardline_proto::convert::{ip_from_wire, protocol_name};
+use wardline_proto::convert::{ip_from_wire, mac_text, protocol_name};
 use wardline_proto::v1;
 
 /// The OCSF schema version the events follow.
@@ -25,22 +25,12 @@ fn activity(f: &v1::Flow) -> (u32, &'static str) {
     }
 }
 
-fn mac(bytes: &[u8]) -> Option<String> {
-    (bytes.len() == 6).then(|| {
-        bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    })
-}
-
 fn endpoint(addr: &[u8], port: u32, mac_bytes: &[u8]) -> Value {
     let mut e = json!({
         "ip": ip_from_wire(addr).map(|a| a.to_string()),
         "port": port,
     });
-    if let Some(m) = mac(mac_bytes) {
+    if let Some(m) = mac_text(mac_bytes) {
         e["mac"] = Value::from(m);
     }
     e

@@ -16,16 +16,8 @@ pub fn address(bytes: &[u8]) -> String {
     }
 }
 
-/// An Ethernet address as text; none for empty bytes.
-pub fn mac(bytes: &[u8]) -> Option<String> {
-    (!bytes.is_empty()).then(|| {
-        bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    })
-}
+/// An Ethernet address as text; none when not seen.
+pub use wardline_proto::convert::mac_text as mac;
 
 /// The segment matrix as a table: one row per segment pair and verdict.
 pub fn matrix_table(r: &v1::FlowMatrixResponse) -> String {
