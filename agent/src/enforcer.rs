@@ -86,6 +86,9 @@ pub struct Sweep {
     pub due: Vec<(abi::FlowKey, abi::FlowState)>,
     /// Fragment entries removed.
     pub fragments: usize,
+    /// Each tracking table's live entries after the sweep, and its
+    /// capacity: `connections`, `unconfirmed`, `denied`, `fragments`.
+    pub entries: Vec<(&'static str, usize, u32)>,
 }
 
 /// Packet counters summed over CPUs: `[direction][reason]`, plus lost
@@ -870,42 +873,52 @@ impl Enforcer {
             let age = |at: u64| at.saturating_sub(s.created_ns) / interval.max(1);
             previous.is_some_and(|p| age(now) > age(p.max(s.created_ns)))
         };
-        for table in [&mut self.conntrack, &mut self.unconfirmed] {
+        for (name, capacity, table) in [
+            ("connections", abi::MAX_CONNECTIONS, &mut self.conntrack),
+            ("unconfirmed", abi::MAX_UNCONFIRMED, &mut self.unconfirmed),
+        ] {
             let mut idle = Vec::new();
+            let mut live = 0;
             for (k, s) in table.iter().filter_map(Result::ok) {
                 if now.saturating_sub(s.last_seen_ns) >= abi::flow_timeout(k.proto, s.status, s.tcp)
                 {
                     idle.push((k, s));
-                } else if due(&s) {
-                    out.due.push((k, s));
+                } else {
+                    live += 1;
+                    if due(&s) {
+                        out.due.push((k, s));
+                    }
                 }
             }
-            out.expired
-                .extend(idle.into_iter().filter(|(k, _)| table.remove(k).is_ok()));
+            let removed: Vec<_> = idle
+                .into_iter()
+                .filter(|(k, _)| table.remove(k).is_ok())
+                .collect();
+            out.entries.push((name, live, capacity));
+            out.expired.extend(removed);
         }
         // Remembered drops are evicted when their table is full; forgetting
         // old ones keeps it small.
-        let forgotten: Vec<abi::FlowKey> = self
+        let (forgotten, kept): (Vec<_>, Vec<_>) = self
             .denied
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, d)| now.saturating_sub(d.created_ns) >= abi::TIMEOUT_DENIED)
-            .map(|(k, _)| k)
-            .collect();
-        for k in &forgotten {
+            .partition(|(_, d)| now.saturating_sub(d.created_ns) >= abi::TIMEOUT_DENIED);
+        for (k, _) in &forgotten {
             let _ = self.denied.remove(k);
         }
-        let old: Vec<abi::FragmentKey> = self
+        out.entries.push(("denied", kept.len(), abi::MAX_DENIED));
+        let (old, kept): (Vec<_>, Vec<_>) = self
             .fragments
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, f)| now.saturating_sub(f.seen_ns) >= abi::TIMEOUT_FRAGMENT)
-            .map(|(k, _)| k)
-            .collect();
+            .partition(|(_, f)| now.saturating_sub(f.seen_ns) >= abi::TIMEOUT_FRAGMENT);
         out.fragments = old
             .iter()
-            .filter(|k| self.fragments.remove(k).is_ok())
+            .filter(|(k, _)| self.fragments.remove(k).is_ok())
             .count();
+        out.entries
+            .push(("fragments", kept.len(), abi::MAX_FRAGMENTS));
         out
     }
 

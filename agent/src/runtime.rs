@@ -282,6 +282,7 @@ impl Runtime {
         let interval = duration_ns(self.config.flow_update);
         let sweep = self.enforcer().sweep(now, self.last_sweep, interval);
         self.last_sweep = Some(now);
+        self.state().tables = sweep.entries.clone();
         let (connections, fragments) = (sweep.expired.len(), sweep.fragments);
         if connections + fragments > 0 {
             tracing::debug!(connections, fragments, "expired idle tracking entries");

@@ -43,6 +43,9 @@ pub struct AgentState {
     pub certificate: Option<CertificateState>,
     /// Managed mode: flow records on their way to the control plane.
     pub flows: Option<FlowState>,
+    /// Each tracking table's entries and capacity, as the last sweep
+    /// counted them.
+    pub tables: Vec<(&'static str, usize, u32)>,
 }
 
 /// Flow records kept for the control plane, and how their sending goes.
@@ -235,6 +238,20 @@ pub fn render_metrics(state: &AgentState, c: &Counters, events: &EventStats) -> 
     )
     .sample(&[("source", "kernel")], c.lost_events as f64)
     .sample(&[("source", "sweep")], events.sweep_records_lost as f64);
+    let mut entries = e.gauge(
+        "wardline_tracking_entries",
+        "Entries in each tracking table (table=connections, unconfirmed, denied, fragments), as the agent's last sweep (every 5 s) counted them.",
+    );
+    for (table, n, _) in &state.tables {
+        entries.sample(&[("table", table)], *n as f64);
+    }
+    let mut capacity = e.gauge(
+        "wardline_tracking_capacity_entries",
+        "How many entries each tracking table holds at most.",
+    );
+    for (table, _, max) in &state.tables {
+        capacity.sample(&[("table", table)], f64::from(*max));
+    }
     e.gauge(
         "wardline_long_connections",
         "Long connections whose reported counts the agent remembers, to report the rest at their end.",

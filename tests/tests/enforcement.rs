@@ -375,6 +375,22 @@ fn privileged_a_long_connection_reports_its_counts_as_it_goes_and_they_add_up() 
     let data_port = report["start"]["connected"][0]["local_port"]
         .as_u64()
         .expect("iperf3 names its data connection");
+    // The sweeps during the stream counted its connections in the table.
+    let (_, metrics) = agent.get(topo.agent_ns(), "/metrics").expect("/metrics");
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(
+        gauge("wardline_tracking_entries{table=\"connections\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        gauge("wardline_tracking_capacity_entries{table=\"connections\"}"),
+        262_144.0
+    );
     // Its records, as the flow log has them once the close is written.
     let deadline = Instant::now() + Duration::from_secs(10);
     let records = loop {
