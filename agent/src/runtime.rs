@@ -375,11 +375,12 @@ impl Runtime {
     }
 }
 
-/// The `CLOCK_TAI` instant of wall-clock instant `at`, given both clocks now.
+/// `d` in nanoseconds, the kernel clocks' unit.
 fn duration_ns(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The `CLOCK_TAI` instant of wall-clock instant `at`, given both clocks now.
 fn tai_at(tai_now: u64, utc_now: OffsetDateTime, at: OffsetDateTime) -> u64 {
     let ahead = (at - utc_now).whole_nanoseconds().max(0);
     tai_now.saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX))
