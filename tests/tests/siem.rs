@@ -104,6 +104,14 @@ input(type="imtcp" address="127.0.0.1" port="{COLLECTOR_PORT}" ruleset="siem")
     )
 }
 
+/// The replica's `/metrics` (`--metrics-address` below).
+fn replica_metrics(site: &Site) -> String {
+    site.ns
+        .run_in(|| wardline_tests::agent::http_get("127.0.0.1:19464".parse().unwrap(), "/metrics"))
+        .expect("/metrics")
+        .1
+}
+
 fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + within;
     loop {
@@ -315,10 +323,7 @@ fn privileged_flows_and_policy_changes_reach_rsyslog_over_tls_and_the_ocsf_file(
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&ocsf).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
-    let (_, metrics) = site
-        .ns
-        .run_in(|| wardline_tests::agent::http_get("127.0.0.1:19464".parse().unwrap(), "/metrics"))
-        .expect("/metrics");
+    let metrics = replica_metrics(&site);
     assert!(
         metrics.contains("wardline_siem_messages_total{sink=\"syslog\",result=\"sent\"} 3"),
         "{metrics}"
@@ -344,10 +349,7 @@ fn privileged_flows_and_policy_changes_reach_rsyslog_over_tls_and_the_ocsf_file(
         }
     });
     assert_eq!(lines().len(), before, "nothing reached the collector");
-    let (_, metrics) = site
-        .ns
-        .run_in(|| wardline_tests::agent::http_get("127.0.0.1:19464".parse().unwrap(), "/metrics"))
-        .expect("/metrics");
+    let metrics = replica_metrics(&site);
     assert!(
         metrics.contains("wardline_siem_connected{sink=\"syslog\"} 0"),
         "{metrics}"
