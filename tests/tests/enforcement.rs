@@ -265,6 +265,20 @@ fn privileged_status_endpoint_readiness_reload_and_metrics() {
     assert!(!metrics.contains("node=\""), "{metrics}");
 }
 
+/// One iperf3 stream from ws to ehr on TCP 5201 (`args` added to the
+/// client's), its JSON report.
+fn iperf3_ws_to_ehr(topo: &Topology, args: &[&str]) -> serde_json::Value {
+    let ehr = topo.host("ehr");
+    let mut server = ehr.ns.spawn(["iperf3", "-s", "-1", "-p", "5201"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let target = ehr.v4.to_string();
+    let mut client = vec!["iperf3", "-c", &target, "-p", "5201", "-J"];
+    client.extend_from_slice(args);
+    let out = topo.host("ws").ns.exec(client);
+    let _ = server.wait();
+    serde_json::from_slice(&out.stdout).expect("iperf3 JSON")
+}
+
 #[test]
 #[ignore = "needs root: run via cargo xtask test"]
 fn privileged_bulk_tcp_keeps_its_connection_across_cpus() {
@@ -283,21 +297,7 @@ fn privileged_bulk_tcp_keeps_its_connection_across_cpus() {
             "[{protocol: tcp, port: 5201}]",
         )]),
     );
-    let ehr = topo.host("ehr");
-    let mut server = ehr.ns.spawn(["iperf3", "-s", "-1", "-p", "5201"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = topo.host("ws").ns.exec([
-        "iperf3",
-        "-c",
-        &ehr.v4.to_string(),
-        "-p",
-        "5201",
-        "-t",
-        "3",
-        "-J",
-    ]);
-    let _ = server.wait();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let report = iperf3_ws_to_ehr(&topo, &["-t", "3"]);
     let bytes = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     assert!(bytes > 0, "the stream moved data: {report}");
     let wrong: Vec<_> = agent
@@ -353,23 +353,7 @@ fn privileged_a_long_connection_reports_its_counts_as_it_goes_and_they_add_up() 
         )]),
         "  flowUpdateSeconds: 5\n",
     );
-    let ehr = topo.host("ehr");
-    let mut server = ehr.ns.spawn(["iperf3", "-s", "-1", "-p", "5201"]);
-    std::thread::sleep(Duration::from_millis(500));
-    let out = topo.host("ws").ns.exec([
-        "iperf3",
-        "-c",
-        &ehr.v4.to_string(),
-        "-p",
-        "5201",
-        "-t",
-        "12",
-        "-b",
-        "20M",
-        "-J",
-    ]);
-    let _ = server.wait();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let report = iperf3_ws_to_ehr(&topo, &["-t", "12", "-b", "20M"]);
     let moved = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     assert!(moved > 1_000_000, "the stream moved data: {report}");
     let data_port = report["start"]["connected"][0]["local_port"]
