@@ -15,3 +15,4 @@ pub mod v1 {
 
 pub mod convert;
 pub mod delta;
+pub mod json;

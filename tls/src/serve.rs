@@ -230,6 +230,24 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The rustls settings of a replica's web dashboard: the same certificate
+/// `serving` holds (a browser checks it against the site CA), and no
+/// client certificate asked for, since operators sign in with a link
+/// `wardctl` gets them over mutual TLS. HTTP/1.1 only.
+pub fn browser_config(serving: Arc<ServingCert>) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Refused {
+            path: serving.cert.clone(),
+            reason: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(serving);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The TLS connections accepted on `listener`, each handshake bounded by
 /// [`HANDSHAKE_TIMEOUT`] and run on its own task, so that a slow or
 /// refused client holds up no other. Failed handshakes are logged and

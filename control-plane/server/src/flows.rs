@@ -108,7 +108,7 @@ impl ControlPlane {
         })
     }
 
-    fn query_of(&self, req: &v1::ObserveRequest) -> Result<Query, Status> {
+    pub(crate) fn query_of(&self, req: &v1::ObserveRequest) -> Result<Query, Status> {
         Query::parse(req, OffsetDateTime::now_utc())
             .map_err(|e| Status::invalid_argument(e.to_string()))
     }
@@ -124,12 +124,7 @@ impl ControlPlane {
         // Subscribed first, so nothing stored while the query runs is
         // missed; what both see is sent once.
         let mut live = query.follow.then(|| flows.store.subscribe());
-        let store = flows.store.clone();
-        let q = query.clone();
-        let stored = tokio::task::spawn_blocking(move || store.query(&q))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(store_status)?;
+        let stored = self.stored_flows(query.clone()).await?;
         let stream = async_stream::try_stream! {
             let mut sent: HashSet<(String, u64, String)> = HashSet::new();
             for f in stored {
@@ -161,12 +156,29 @@ impl ControlPlane {
         Ok(Box::pin(stream))
     }
 
+    /// The stored records `query` wants (no follow).
+    pub(crate) async fn stored_flows(&self, query: Query) -> Result<Vec<v1::Flow>, Status> {
+        let store = self.flow_store()?.store.clone();
+        tokio::task::spawn_blocking(move || store.query(&query))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_status)
+    }
+
     pub(crate) async fn count_flows(
         &self,
         req: Request<v1::ObserveRequest>,
     ) -> Result<v1::FlowMatrixResponse, Status> {
         self.operator(&req)?;
-        let query = self.query_of(req.get_ref())?;
+        self.matrix_of(req.get_ref()).await
+    }
+
+    /// The segment matrix of the connections a filter wants.
+    pub(crate) async fn matrix_of(
+        &self,
+        req: &v1::ObserveRequest,
+    ) -> Result<v1::FlowMatrixResponse, Status> {
+        let query = self.query_of(req)?;
         let store = self.flow_store()?.store.clone();
         tokio::task::spawn_blocking(move || store.matrix(&query))
             .await
@@ -180,7 +192,10 @@ impl ControlPlane {
         req: Request<v1::TopRequest>,
     ) -> Result<v1::TopResponse, Status> {
         self.operator(&req)?;
-        let req = req.into_inner();
+        self.top_of(req.into_inner()).await
+    }
+
+    pub(crate) async fn top_of(&self, req: v1::TopRequest) -> Result<v1::TopResponse, Status> {
         let query = self.query_of(&req.filter.unwrap_or_default())?;
         let by = wardline_flows::Top::parse(&req.by)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -206,7 +221,14 @@ impl ControlPlane {
         req: Request<v1::InventoryRequest>,
     ) -> Result<v1::InventoryResponse, Status> {
         self.operator(&req)?;
-        let query = wardline_flows::InventoryQuery::parse(req.get_ref(), OffsetDateTime::now_utc())
+        self.inventory_of(req.get_ref()).await
+    }
+
+    pub(crate) async fn inventory_of(
+        &self,
+        req: &v1::InventoryRequest,
+    ) -> Result<v1::InventoryResponse, Status> {
+        let query = wardline_flows::InventoryQuery::parse(req, OffsetDateTime::now_utc())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let store = self.flow_store()?.store.clone();
         tokio::task::spawn_blocking(move || store.inventory(&query))

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod dashboard;
 pub mod flows;
 pub mod limits;
 pub mod liveness;

@@ -283,6 +283,7 @@ pub struct ControlPlane {
     metrics: Arc<Metrics>,
     flows: Option<Arc<Flows>>,
     siem: Option<Arc<wardline_siem::Exporter>>,
+    dashboard: Option<Arc<crate::dashboard::Dashboard>>,
 }
 
 /// At most this many agent records in one store transaction (etcd's
@@ -396,6 +397,7 @@ impl ControlPlane {
             metrics: Arc::default(),
             flows: None,
             siem: None,
+            dashboard: None,
         })
     }
 
@@ -417,6 +419,17 @@ impl ControlPlane {
         crate::siem::feed(&self, exporter.clone());
         self.siem = Some(exporter);
         self
+    }
+
+    /// Serves the web dashboard at `url` (`crate::dashboard`): sign-in
+    /// links from [`Management::dashboard_login`] open sessions there.
+    pub fn with_dashboard(mut self, url: String, settings: wardline_dashboard::Settings) -> Self {
+        self.dashboard = Some(Arc::new(crate::dashboard::Dashboard::new(url, settings)));
+        self
+    }
+
+    pub(crate) fn dashboard(&self) -> Option<&Arc<crate::dashboard::Dashboard>> {
+        self.dashboard.as_ref()
     }
 
     pub(crate) fn siem(&self) -> Option<&Arc<wardline_siem::Exporter>> {
@@ -1213,6 +1226,23 @@ impl Management for ControlPlane {
         req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
         self.operator(&req)?;
+        self.status_report().await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn dashboard_login(
+        &self,
+        req: Request<v1::DashboardLoginRequest>,
+    ) -> Result<Response<v1::DashboardLoginResponse>, Status> {
+        let id = self.operator(&req)?;
+        self.sign_in_link(&author(&id)).map(Response::new)
+    }
+}
+
+impl ControlPlane {
+    /// The current revision and every agent's state, as `wardctl status`
+    /// and the dashboard show them.
+    pub(crate) async fn status_report(&self) -> Result<v1::StatusResponse, Status> {
         let (current, _) = self.registry.current().await.map_err(registry_status)?;
         let nodes: BTreeMap<String, NodeRecord> = self
             .registry
@@ -1345,7 +1375,7 @@ impl Management for ControlPlane {
             .map(revocation_wire)
             .collect();
         let own = self.serving.as_ref().map(|s| s.facts());
-        Ok(Response::new(v1::StatusResponse {
+        Ok(v1::StatusResponse {
             revision: current.revision,
             policy_sha256: current.sha256.clone(),
             agents: out,
@@ -1364,7 +1394,7 @@ impl Management for ControlPlane {
                 .as_ref()
                 .and_then(|f| expiry::warning(f.not_before, f.not_after, expiry::now()))
                 .unwrap_or_default(),
-        }))
+        })
     }
 }
 

@@ -27,6 +27,8 @@ pub const RENEWED_LIFETIME: std::time::Duration = std::time::Duration::from_secs
 pub struct Site {
     pub dir: PathBuf,
     pub endpoint: String,
+    /// The replica's web dashboard, `https://127.0.0.1:port`.
+    pub dashboard: String,
     /// The replica's store, for tests that change it behind its back.
     pub store: std::sync::Arc<dyn wardline_store::Store>,
     /// The replica, for what it shows outside gRPC (`/metrics`).
@@ -116,6 +118,13 @@ pub async fn site(tag: &str) -> Site {
     .with_serving(serving.clone())
     .with_renewal(renewal)
     .with_flows(flows);
+    // The web dashboard beside gRPC, as `--dashboard-address` serves it.
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dashboard = format!("https://{}", web.local_addr().unwrap());
+    let cp = cp.with_dashboard(dashboard.clone(), wardline_dashboard::Settings::default());
+    let router = cp.dashboard_router().expect("a dashboard");
+    let browser = tls::browser_config(serving.clone()).unwrap();
+    tokio::spawn(wardline_dashboard::serve(web, browser, router));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("https://{}", listener.local_addr().unwrap());
     let tls = tls::server_config(&ca.join("ca.pem"), serving, cp.revocations()).unwrap();
@@ -127,6 +136,7 @@ pub async fn site(tag: &str) -> Site {
     Site {
         dir,
         endpoint,
+        dashboard,
         store,
         control_plane,
         shutdown: Some(tx),

@@ -253,6 +253,9 @@ pub enum RemoteCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// The web dashboard of the replica this connects to.
+    #[command(subcommand)]
+    Dashboard(DashboardCommand),
     /// The current revision and every agent's state.
     Status {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -261,6 +264,16 @@ pub enum RemoteCommand {
         #[arg(long)]
         check: bool,
     },
+}
+
+/// `wardctl dashboard`.
+#[derive(Subcommand)]
+pub enum DashboardCommand {
+    /// Print a sign-in link to the dashboard in this operator's name: it
+    /// works once, within a minute, in any browser (no client certificate
+    /// needed there). Keep it to yourself: whoever opens it first is signed
+    /// in as you.
+    Login,
 }
 
 /// Revocation, answered by the control plane.

@@ -8,13 +8,7 @@
 use wardline_proto::convert::protocol_name;
 use wardline_proto::v1;
 
-/// The address 4 or 16 bytes hold, as text; the bytes in hex otherwise.
-pub fn address(bytes: &[u8]) -> String {
-    match wardline_proto::convert::ip_from_wire(bytes) {
-        Some(a) => a.to_string(),
-        None => bytes.iter().map(|b| format!("{b:02x}")).collect(),
-    }
-}
+pub use wardline_proto::json::address;
 
 /// An Ethernet address as text; none when not seen.
 pub use wardline_proto::convert::mac_text as mac;

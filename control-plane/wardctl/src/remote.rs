@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 use wardline_proto::v1::{self, management_client::ManagementClient};
 
-use crate::cli::{FlowFilter, FlowOutput, Output, RemoteCommand, RemotePki, TopBy};
+use crate::cli::{
+    DashboardCommand, FlowFilter, FlowOutput, Output, RemoteCommand, RemotePki, TopBy,
+};
 use crate::failure::{EXIT_UNHEALTHY, Failure, fail, from_status, read_file};
 use crate::table::table;
 
@@ -341,7 +343,7 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
             let mut out = std::io::stdout().lock();
             while let Some(flow) = stream.message().await.map_err(from_status)? {
                 let line = match output {
-                    FlowOutput::Json => flow_json(&flow).to_string(),
+                    FlowOutput::Json => wardline_proto::json::flow(&flow).to_string(),
                     FlowOutput::Table => crate::flows::line(&flow),
                 };
                 // A closed pipe (| head) ends the command quietly.
@@ -356,13 +358,7 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                 .await
                 .map_err(from_status)?
                 .into_inner();
-            let value = json!({
-                "connections": r.flows,
-                "cells": r.cells.iter().map(|m| json!({
-                    "srcSegment": m.src_segment, "dstSegment": m.dst_segment,
-                    "verdict": m.verdict, "connections": m.flows,
-                })).collect::<Vec<_>>(),
-            });
+            let value = wardline_proto::json::matrix(&r);
             print_value(output, &value, || crate::flows::matrix_table(&r));
         }
         RemoteCommand::Top {
@@ -384,16 +380,7 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                 .await
                 .map_err(from_status)?
                 .into_inner();
-            let value = json!({
-                "records": r.flows, "partial": r.partial,
-                "entries": r.entries.iter().map(|e| json!({
-                    "src": crate::flows::address(&e.src), "srcSegment": e.src_segment,
-                    "dst": (!e.dst.is_empty()).then(|| crate::flows::address(&e.dst)),
-                    "dstSegment": (!e.dst_segment.is_empty()).then_some(&e.dst_segment),
-                    "connections": e.connections, "packets": e.packets, "bytes": e.bytes,
-                    "destinations": e.destinations, "lastSeen": e.last_seen,
-                })).collect::<Vec<_>>(),
-            });
+            let value = wardline_proto::json::top(&r);
             print_value(output, &value, || {
                 crate::flows::top_table(&r, matches!(by, TopBy::Talkers))
             });
@@ -415,25 +402,22 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                 .await
                 .map_err(from_status)?
                 .into_inner();
-            let value = json!({
-                "known": r.known, "refusedFull": r.refused_full,
-                "devices": r.devices.iter().map(|d| json!({
-                    "address": crate::flows::address(&d.address),
-                    "mac": crate::flows::mac(&d.mac), "vlan": d.vlan,
-                    "segment": d.segment, "node": d.node,
-                    "firstSeen": d.first_seen, "lastSeen": d.last_seen,
-                    "connections": d.connections, "dropped": d.dropped,
-                    "peers": d.peers.iter().map(|p| crate::flows::address(p)).collect::<Vec<_>>(),
-                    "morePeers": d.more_peers,
-                    "ports": d.ports.iter().map(|p| json!({
-                        "protocol": wardline_proto::convert::protocol_name(p.protocol),
-                        "port": p.port, "serves": p.serves,
-                    })).collect::<Vec<_>>(),
-                    "morePorts": d.more_ports,
-                    "new": (!d.new_reason.is_empty()).then(|| json!({"reason": d.new_reason, "at": d.new_at})),
-                })).collect::<Vec<_>>(),
-            });
+            let value = wardline_proto::json::inventory(&r);
             print_value(output, &value, || crate::flows::inventory_table(&r));
+        }
+        RemoteCommand::Dashboard(DashboardCommand::Login) => {
+            let r = c
+                .dashboard_login(v1::DashboardLoginRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            // The link alone on stdout, for scripts; the rest for people.
+            println!("{}", r.url);
+            eprintln!(
+                "Open it before {} (it works once); the session lasts {}.",
+                r.expires,
+                humantime::format_duration(std::time::Duration::from_secs(r.session_seconds))
+            );
         }
         RemoteCommand::Status { output, check } => {
             let r = c
@@ -441,32 +425,7 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                 .await
                 .map_err(from_status)?
                 .into_inner();
-            let value = json!({
-                "revision": r.revision, "policySha256": r.policy_sha256, "replica": r.replica,
-                "agents": r.agents.iter().map(|a| json!({
-                    "node": a.node, "connected": a.connected, "ackedRevision": a.acked_revision,
-                    "behind": a.behind, "lastHeartbeat": a.last_heartbeat, "generation": a.generation,
-                    "addresses": a.addresses, "labels": a.labels, "replica": a.replica, "error": a.error,
-                    "admission": a.admission, "approval": a.approval_name,
-                    "refusedAddresses": a.refused_addresses, "reportedLabels": a.reported_labels,
-                    "leftOut": a.left_out,
-                    "certificate": {
-                        "serial": a.certificate_serial, "notBefore": a.certificate_not_before,
-                        "notAfter": a.certificate_not_after, "warning": a.certificate_warning,
-                    },
-                })).collect::<Vec<_>>(),
-                "replicaCertificate": {
-                    "serial": r.replica_certificate_serial, "notAfter": r.replica_certificate_not_after,
-                    "warning": r.replica_certificate_warning,
-                },
-                "revocations": r.revocations.iter().map(|v| json!({
-                    "serial": v.serial, "role": v.role, "name": v.name, "issuedUntil": v.issued_until,
-                    "author": v.author, "time": v.time, "reason": v.reason,
-                })).collect::<Vec<_>>(),
-                "blocked": r.blocked.iter().map(|b| json!({
-                    "node": b.node, "author": b.author, "time": b.time, "reason": b.reason,
-                })).collect::<Vec<_>>(),
-            });
+            let value = wardline_proto::json::status(&r);
             print_value(output, &value, || {
                 let rows: Vec<Vec<String>> = r
                     .agents
@@ -603,7 +562,7 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
     Ok(())
 }
 
-/// A flow record for scripts: one JSON object.
+/// The filter flags as the request carries them.
 fn observe_request(f: FlowFilter) -> v1::ObserveRequest {
     v1::ObserveRequest {
         since: f.since.unwrap_or_default(),
@@ -619,19 +578,4 @@ fn observe_request(f: FlowFilter) -> v1::ObserveRequest {
         last: 0,
         follow: false,
     }
-}
-
-fn flow_json(f: &v1::Flow) -> Value {
-    json!({
-        "time": f.time, "node": f.node, "kind": f.kind, "interface": f.interface,
-        "direction": f.direction, "protocol": wardline_proto::convert::protocol_name(f.protocol),
-        "src": crate::flows::address(&f.src), "dst": crate::flows::address(&f.dst),
-        "sport": f.sport, "dport": f.dport, "vlan": f.vlan,
-        "srcSegment": f.src_segment, "dstSegment": f.dst_segment,
-        "verdict": f.verdict, "reason": f.reason,
-        "policy": if f.policy.is_empty() { Value::Null } else { Value::from(f.policy.clone()) },
-        "generation": f.generation, "revision": f.revision,
-        "packets": f.packets, "bytes": f.bytes, "sequence": f.sequence,
-        "srcMac": crate::flows::mac(&f.src_mac), "dstMac": crate::flows::mac(&f.dst_mac),
-    })
 }

@@ -482,3 +482,215 @@ async fn observe_prints_filters_and_refuses_a_bad_filter() {
         assert!(text(&o).contains(named), "{args:?}: {}", text(&o));
     }
 }
+
+/// wardctl's environment for the operator alice of `site`.
+fn alice(site: &wardline_control_plane::testing::Site) -> [(&'static str, String); 4] {
+    let dir = &site.dir;
+    [
+        ("WARDCTL_ENDPOINT", site.endpoint.clone()),
+        ("WARDCTL_CA", dir.join("ca/ca.pem").display().to_string()),
+        ("WARDCTL_CERT", dir.join("alice.pem").display().to_string()),
+        (
+            "WARDCTL_KEY",
+            dir.join("alice-key.pem").display().to_string(),
+        ),
+    ]
+}
+
+/// One answer of the dashboard.
+struct Page {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+/// `method path` on the dashboard at `base` (`https://127.0.0.1:port`),
+/// with `cookie` if any, the server checked against the site CA.
+async fn fetch(
+    site: &wardline_control_plane::testing::Site,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> Page {
+    use http_body_util::BodyExt as _;
+    use rustls::pki_types::pem::PemObject as _;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls::pki_types::CertificateDer::pem_file_iter(site.dir.join("ca/ca.pem")).unwrap()
+    {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let host = site.dashboard.trim_start_matches("https://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the dashboard's certificate verifies against the site CA");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", &host);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let r = send
+        .send_request(
+            req.body(http_body_util::Empty::<hyper::body::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    Page {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn dashboard_sign_in_links_work_once_and_only_sessions_read_flows() {
+    let site = site("wardctl-dashboard").await;
+    let env = alice(&site);
+    let mut gw = site.agent("gw-1").await;
+    gw.report_flows(v1::FlowBatch {
+        node: "gw-1".into(),
+        flows: vec![
+            flow(1, [198, 18, 41, 10], 2575, "allowed", "pumps-to-ehr"),
+            flow(2, [198, 18, 41, 10], 22, "dropped", ""),
+        ],
+        dropped: 0,
+        buffer: 1,
+    })
+    .await
+    .unwrap();
+
+    // Nothing without a session: not the page's data, not a guessed cookie.
+    assert_eq!(fetch(&site, "GET", "/api/flows", None).await.status, 401);
+    let forged = format!("wardline_session={}", "0".repeat(64));
+    assert_eq!(
+        fetch(&site, "GET", "/api/flows", Some(&forged))
+            .await
+            .status,
+        401
+    );
+    let page = fetch(&site, "GET", "/", None).await;
+    assert_eq!(page.status, 401);
+    assert!(
+        page.body.contains("wardctl dashboard login"),
+        "{}",
+        page.body
+    );
+
+    // An agent's certificate gets no link; an operator's does.
+    let mut agent =
+        wardline_proto::v1::management_client::ManagementClient::new(site.channel_as("gw-1").await);
+    let refused = agent
+        .dashboard_login(v1::DashboardLoginRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    let o = run(&["dashboard", "login"], &env).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let url = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(
+        url.starts_with(&format!("{}/login?token=", site.dashboard)),
+        "{url}"
+    );
+    assert!(text(&o).contains("works once"), "{}", text(&o));
+    let path = url.trim_start_matches(&site.dashboard).to_owned();
+
+    // The link: a hardened cookie and a redirect that drops it from the
+    // address bar.
+    let signed_in = fetch(&site, "GET", &path, None).await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    assert_eq!(signed_in.headers["location"], "/");
+    assert_eq!(signed_in.headers["referrer-policy"], "no-referrer");
+    let cookie = signed_in.headers["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    // Used once: the same link again opens nothing.
+    let again = fetch(&site, "GET", &path, None).await;
+    assert_eq!(again.status, 401);
+    assert!(again.headers.get("set-cookie").is_none());
+
+    // The session reads what wardctl reads, in the same JSON.
+    let who = fetch(&site, "GET", "/api/session", Some(&cookie)).await;
+    assert_eq!(who.status, 200, "{}", who.body);
+    let who: serde_json::Value = serde_json::from_str(&who.body).unwrap();
+    assert_eq!(who["operator"], "operator:alice");
+    let page = fetch(&site, "GET", "/", Some(&cookie)).await;
+    assert_eq!(page.status, 200);
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(
+        !page.body.contains("http://") && !page.body.contains("https://"),
+        "nothing from elsewhere"
+    );
+    let script = fetch(&site, "GET", "/assets/app.js", None).await;
+    assert_eq!(script.status, 200);
+    assert!(
+        !script.body.contains("innerHTML"),
+        "values go in as text, never markup"
+    );
+    let dropped = fetch(&site, "GET", "/api/flows?verdict=dropped", Some(&cookie)).await;
+    assert_eq!(dropped.status, 200, "{}", dropped.body);
+    let dropped: serde_json::Value = serde_json::from_str(&dropped.body).unwrap();
+    let flows = dropped["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 1, "{dropped}");
+    assert_eq!(flows[0]["dport"], 22);
+    assert_eq!(flows[0]["srcMac"], "02:00:00:00:14:0a");
+    let matrix = fetch(&site, "GET", "/api/matrix?since=1h", Some(&cookie)).await;
+    let matrix: serde_json::Value = serde_json::from_str(&matrix.body).unwrap();
+    assert_eq!(matrix["connections"], 2, "{matrix}");
+    let inventory = fetch(&site, "GET", "/api/inventory", Some(&cookie)).await;
+    assert_eq!(inventory.status, 200, "{}", inventory.body);
+    let agents = fetch(&site, "GET", "/api/agents", Some(&cookie)).await;
+    assert_eq!(agents.status, 200, "{}", agents.body);
+
+    // Bad filters are refused by name, as wardctl's are.
+    for (query, named) in [
+        ("/api/flows?port=70000", "port:"),
+        ("/api/flows?since=yesterday-ish", "since:"),
+        ("/api/flows?to=198.18.41.0%2F33", "to:"),
+        ("/api/flows?last=5000", "last:"),
+        ("/api/inventory?new=maybe", "new:"),
+    ] {
+        let r = fetch(&site, "GET", query, Some(&cookie)).await;
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        assert!(r.body.contains(named), "{query}: {}", r.body);
+    }
+    let unknown = fetch(&site, "GET", "/api/flows?verdictt=dropped", Some(&cookie)).await;
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+
+    // Sign-out ends the session.
+    assert_eq!(
+        fetch(&site, "POST", "/logout", Some(&cookie)).await.status,
+        303
+    );
+    assert_eq!(
+        fetch(&site, "GET", "/api/session", Some(&cookie))
+            .await
+            .status,
+        401
+    );
+}

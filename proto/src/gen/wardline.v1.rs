@@ -1637,6 +1637,23 @@ pub struct InventoryResponse {
     #[prost(uint64, tag = "3")]
     pub refused_full: u64,
 }
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DashboardLoginRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DashboardLoginResponse {
+    /// The link to open; it carries a secret, so it is shown to the caller
+    /// only and never logged.
+    #[prost(string, tag = "1")]
+    pub url: ::prost::alloc::string::String,
+    /// RFC 3339: the link is refused after this.
+    #[prost(string, tag = "2")]
+    pub expires: ::prost::alloc::string::String,
+    /// How long the session it opens lasts, in seconds.
+    #[prost(uint64, tag = "3")]
+    pub session_seconds: u64,
+}
 /// Generated client implementations.
 pub mod management_client {
     #![allow(
@@ -2089,6 +2106,32 @@ pub mod management_client {
                 .insert(GrpcMethod::new("wardline.v1.Management", "Inventory"));
             self.inner.unary(req, path, codec).await
         }
+        /// A sign-in link to this replica's web dashboard for the caller: used
+        /// once, within a minute, it opens a session in the caller's name.
+        pub async fn dashboard_login(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DashboardLoginRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DashboardLoginResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/DashboardLogin",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "DashboardLogin"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2205,6 +2248,15 @@ pub mod management_server {
             request: tonic::Request<super::InventoryRequest>,
         ) -> std::result::Result<
             tonic::Response<super::InventoryResponse>,
+            tonic::Status,
+        >;
+        /// A sign-in link to this replica's web dashboard for the caller: used
+        /// once, within a minute, it opens a session in the caller's name.
+        async fn dashboard_login(
+            &self,
+            request: tonic::Request<super::DashboardLoginRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DashboardLoginResponse>,
             tonic::Status,
         >;
     }
@@ -2931,6 +2983,51 @@ pub mod management_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = InventorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/DashboardLogin" => {
+                    #[allow(non_camel_case_types)]
+                    struct DashboardLoginSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::DashboardLoginRequest>
+                    for DashboardLoginSvc<T> {
+                        type Response = super::DashboardLoginResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DashboardLoginRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::dashboard_login(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DashboardLoginSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

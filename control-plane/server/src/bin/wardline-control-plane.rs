@@ -96,6 +96,24 @@ struct Args {
     /// only: no policy, names or addresses.
     #[arg(long, env = "WARDLINE_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Serve the web dashboard over HTTPS on this address, with this
+    /// replica's certificate (e.g. 192.0.2.1:8443). Operators sign in with
+    /// `wardctl dashboard login`.
+    #[arg(long, env = "WARDLINE_DASHBOARD_ADDRESS")]
+    dashboard_address: Option<std::net::SocketAddr>,
+    /// The dashboard's address as browsers reach it, for sign-in links
+    /// (e.g. https://cp1.example.org:8443). Default: https:// and
+    /// --dashboard-address, which must then name one address.
+    #[arg(long, env = "WARDLINE_DASHBOARD_URL")]
+    dashboard_url: Option<String>,
+    /// How long a dashboard session lasts from sign-in, however busy.
+    #[arg(long, env = "WARDLINE_DASHBOARD_SESSION", default_value = "8h",
+          value_parser = humantime::parse_duration)]
+    dashboard_session: std::time::Duration,
+    /// A dashboard session without a request for this long ends.
+    #[arg(long, env = "WARDLINE_DASHBOARD_IDLE", default_value = "30m",
+          value_parser = humantime::parse_duration)]
+    dashboard_idle: std::time::Duration,
     /// This replica's flow store file (records sealed with the store key).
     /// Default: flows.redb beside an embedded policy store, or
     /// /var/lib/wardline/control-plane/flows.redb.
@@ -301,6 +319,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let dashboard_url = match (&args.dashboard_address, &args.dashboard_url) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            eprintln!("wardline-control-plane: --dashboard-url needs --dashboard-address");
+            return ExitCode::from(EX_USAGE);
+        }
+        (Some(a), None) if a.ip().is_unspecified() => {
+            eprintln!(
+                "wardline-control-plane: --dashboard-address {a} names every address; \
+                 give --dashboard-url, the address browsers reach"
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+        (Some(a), None) => Some(format!("https://{a}")),
+        (Some(_), Some(url)) => match url.parse::<tls::ServerAddress>() {
+            Ok(_) => Some(url.clone()),
+            Err(e) => {
+                eprintln!("wardline-control-plane: --dashboard-url: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+    };
     // Checked before anything starts, so that a bad file is named at once.
     let serving = match tls::ServingCert::load(&ca, &cert, &key) {
         Ok(s) => std::sync::Arc::new(s),
@@ -389,6 +429,16 @@ fn main() -> ExitCode {
                     .await?;
             cp = cp.with_siem(std::sync::Arc::new(exporter));
         }
+        if let Some(url) = &dashboard_url {
+            cp = cp.with_dashboard(
+                url.clone(),
+                wardline_dashboard::Settings {
+                    session: args.dashboard_session,
+                    idle: args.dashboard_idle,
+                    ..Default::default()
+                },
+            );
+        }
         if let Some(renewal) = renewal {
             tracing::info!(lifetime = %humantime::format_duration(renewal.lifetime), "renewing agent certificates");
             cp = cp.with_renewal(renewal);
@@ -402,6 +452,17 @@ fn main() -> ExitCode {
             tokio::spawn(async move {
                 if let Err(e) = wardline_control_plane::metrics::serve(cp, listener).await {
                     tracing::error!("serving /metrics: {e}");
+                }
+            });
+        }
+        if let (Some(address), Some(router)) = (args.dashboard_address, cp.dashboard_router()) {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| anyhow::anyhow!("--dashboard-address {address}: {e}"))?;
+            let config = tls::browser_config(serving.clone())?;
+            tokio::spawn(async move {
+                if let Err(e) = wardline_dashboard::serve(listener, config, router).await {
+                    tracing::error!("serving the dashboard: {e}");
                 }
             });
         }
