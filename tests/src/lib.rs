@@ -52,6 +52,7 @@ pub fn require_root() {
 
 pub mod agent;
 pub mod bench;
+pub mod browser;
 pub mod docs;
 pub mod forge;
 pub mod frame;

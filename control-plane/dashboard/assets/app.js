@@ -4,6 +4,8 @@
 "use strict";
 
 const VERDICTS = ["allowed", "audited", "dropped"];
+// As app.css colours them (markers do not take the page's styles).
+const COLOURS = { allowed: "#2e7d32", audited: "#c77700", dropped: "#c62828" };
 const FLOW_FILTERS = ["verdict", "from", "to", "node", "port", "protocol", "policy", "reason", "since", "until", "last"];
 const LIVE_EVERY_MS = 2000;
 
@@ -144,7 +146,7 @@ async function flowsView(main, params) {
     const r = await api("flows", query);
     const flows = r.flows.slice().reverse(); // newest first
     const rows = flows.map(f => el("tr", { "data-verdict": f.verdict, "data-policy": f.policy || "", "data-kind": f.kind },
-      el("td", {}, f.time.replace("T", " ").replace("Z", "")),
+      el("td", { title: f.time }, f.time.replace("T", " ").replace(/(\.\d{1,3})\d*Z$/, "$1").replace(/Z$/, "")),
       el("td", {}, f.node),
       el("td", {}, f.kind),
       el("td", {}, f.src + (f.sport ? ":" + f.sport : "")),
@@ -191,7 +193,7 @@ async function topView(main, params) {
 }
 
 // The segments on a circle and the connections between them, each pair
-// coloured by its worst verdict.
+// coloured by verdict: one line for each verdict seen between them.
 async function mapView(main, params) {
   const since = params.get("since") || "1h";
   const m = await api("matrix", { since });
@@ -199,7 +201,7 @@ async function mapView(main, params) {
   const names = new Set(m.segments.map(s => s.name));
   for (const c of m.cells) { names.add(c.srcSegment); names.add(c.dstSegment); }
   const segs = [...names].sort();
-  const W = 900, H = 620, R = Math.min(W, H) / 2 - 80;
+  const W = 900, H = 620, R = Math.min(W, H) / 2 - 70;
   const pos = new Map(segs.map((s, i) => {
     const a = (2 * Math.PI * i) / Math.max(segs.length, 1) - Math.PI / 2;
     return [s, { x: W / 2 + R * Math.cos(a), y: H / 2 + R * Math.sin(a) }];
@@ -213,31 +215,35 @@ async function mapView(main, params) {
   }
   const root = svg("svg", { class: "map", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "segment map" },
     svg("defs", {}, VERDICTS.map(v => svg("marker", { id: "arrow-" + v, viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
-      svg("path", { d: "M0,0 L10,5 L0,10 z", class: v, fill: "currentColor", style: `fill: var(--${v})` })))));
+      svg("path", { d: "M0,0 L10,5 L0,10 z", fill: COLOURS[v] })))));
   for (const p of pairs.values()) {
-    const worst = p.dropped ? "dropped" : p.audited ? "audited" : "allowed";
-    const total = p.allowed + p.audited + p.dropped;
-    const width = 1.5 + Math.log2(1 + total);
-    const title = svg("title", {}, `${p.src} → ${p.dst}: ${p.allowed} allowed, ${p.audited} audited, ${p.dropped} dropped`);
     const a = pos.get(p.src), b = pos.get(p.dst);
-    let shape;
-    if (p.src === p.dst) {
-      shape = svg("path", { d: `M${a.x - 12},${a.y - 30} C${a.x - 50},${a.y - 95} ${a.x + 50},${a.y - 95} ${a.x + 12},${a.y - 30}`, fill: "none", class: worst, "stroke-width": width, "marker-end": `url(#arrow-${worst})` });
-    } else {
-      // Shortened to the circles' edges, and set off to one side so that
-      // both directions of a pair show.
-      const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
-      const ux = dx / len, uy = dy / len, ox = -uy * 6, oy = ux * 6;
-      shape = svg("line", { x1: a.x + ux * 34 + ox, y1: a.y + uy * 34 + oy, x2: b.x - ux * 34 + ox, y2: b.y - uy * 34 + oy, class: worst, "stroke-width": width, "marker-end": `url(#arrow-${worst})` });
-    }
-    root.append(svg("g", { class: "edge", "data-src": p.src, "data-dst": p.dst, "data-verdict": worst }, shape, title));
+    // One line per verdict seen, side by side, so that a pair with both
+    // allowed and dropped connections shows both.
+    VERDICTS.filter(v => p[v]).forEach((v, i, seen) => {
+      const width = 1.5 + Math.log2(1 + p[v]);
+      const title = svg("title", {}, `${p.src} → ${p.dst}: ${p[v]} ${v}`);
+      let shape;
+      if (p.src === p.dst) {
+        const r = 40 + 12 * i;
+        shape = svg("path", { d: `M${a.x - 12},${a.y - 30} C${a.x - r},${a.y - 2.4 * r} ${a.x + r},${a.y - 2.4 * r} ${a.x + 12},${a.y - 30}`, fill: "none", class: v, "stroke-width": width, "marker-end": `url(#arrow-${v})` });
+      } else {
+        // Shortened to the circles' edges, and set off to the right of
+        // the direction of travel, so that both directions show.
+        const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
+        const ux = dx / len, uy = dy / len, off = 6 + 7 * (i - (seen.length - 1) / 2) + (seen.length > 1 ? 4 : 0);
+        const ox = -uy * off, oy = ux * off;
+        shape = svg("line", { x1: a.x + ux * 36 + ox, y1: a.y + uy * 36 + oy, x2: b.x - ux * 40 + ox, y2: b.y - uy * 40 + oy, class: v, "stroke-width": width, "marker-end": `url(#arrow-${v})` });
+      }
+      root.append(svg("g", { class: "edge", "data-src": p.src, "data-dst": p.dst, "data-verdict": v }, shape, title));
+    });
   }
   for (const s of segs) {
     const { x, y } = pos.get(s);
     root.append(svg("g", { class: "node", "data-segment": s },
-      svg("circle", { cx: x, cy: y, r: 32, class: "segment " + (mode.get(s) || "") }),
-      svg("text", { x, y: y + 4 }, s),
-      svg("text", { x, y: y + 48, style: "font-size: 11px; fill: var(--muted)" }, mode.get(s) || "")));
+      svg("circle", { cx: x, cy: y, r: 34, class: "segment " + (mode.get(s) || "") }),
+      svg("text", { x, y: y - 2 }, s),
+      svg("text", { x, y: y + 13, class: "mode" }, mode.get(s) || "")));
   }
   main.append(
     el("h2", {}, "Segment map"),
@@ -337,7 +343,7 @@ async function show() {
 async function start() {
   try {
     const s = await api("session");
-    document.getElementById("who").textContent = s.operator + " · session until " + s.expires.replace("T", " ");
+    document.getElementById("who").textContent = s.operator + " · session until " + s.expires.replace("T", " ").replace(/\.\d+Z$/, " UTC");
   } catch (e) {
     fail(e);
     return;
