@@ -24,7 +24,7 @@ use crate::agent::Agent;
 use crate::link::{bridge, link_up, veth};
 use crate::netns::Netns;
 use crate::probe::ServerHandle;
-use crate::site::Site;
+use crate::site::{REPLICAS, Site};
 
 /// The policy the lab enforces.
 pub const POLICY: &str = include_str!("../../examples/hospital.yaml");
@@ -160,6 +160,7 @@ const FLOWS: [Flow; 13] = [
 /// removed on return.
 pub fn run(hold: bool) -> anyhow::Result<()> {
     crate::require_root();
+    crate::quiet_probes();
     if hold {
         // Blocked before any thread or child exists, so that the signal
         // reaches `wait_for_signal` and the lab is removed in order.
@@ -216,8 +217,27 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
 
     println!("Starting the control plane (embedded store) on the management network...");
     let mut site = Site::new();
+    let (dashboard, metrics) = (
+        format!("{}:{DASHBOARD_PORT}", REPLICAS[0]),
+        format!("{}:{METRICS_PORT}", REPLICAS[0]),
+    );
+    site.replica_flags.extend([
+        "--dashboard-address".to_owned(),
+        dashboard.clone(),
+        "--metrics-address".to_owned(),
+        metrics.clone(),
+    ]);
+    // Held, the dashboard is reached from this machine (`Forward`), and
+    // its sign-in links say so.
+    let forward = if hold { Some(Forward::bind()?) } else { None };
+    let dashboard_url = match &forward {
+        Some(f) => format!("https://127.0.0.1:{}", f.port()),
+        None => format!("https://{dashboard}"),
+    };
+    site.replica_flags
+        .extend(["--dashboard-url".to_owned(), dashboard_url.clone()]);
     site.start_replica(0, &site.embedded_store());
-    site.connect(&gw);
+    let gateway_address = site.connect(&gw);
     println!(
         "Starting wardline-agent (managed) on the gateway's {} bridge ports...",
         refs.len()
@@ -229,8 +249,13 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         "{role: gateway, site: main}",
         &[Site::endpoint(0)],
     );
-    println!("$ wardctl apply -f examples/hospital.yaml");
-    let revision = site.apply(0, POLICY);
+    println!("$ wardctl apply -f examples/hospital.yaml  (and the gateway's Node document)");
+    // The gateway is the operators' to name: declared, not pending.
+    let gateway = format!(
+        "---\napiVersion: wardline/v1\nkind: Node\nmetadata:\n  name: {}\n  labels: {{role: gateway, site: main}}\nspec:\n  addresses: [\"{gateway_address}/32\"]\n",
+        agent.node
+    );
+    let revision = site.apply(0, &format!("{POLICY}{gateway}"));
     let took = site.wait_acked(0, &[agent.node.as_str()], revision, Duration::from_secs(10));
     agent.wait_ready(&gw, Duration::from_secs(5));
     println!(
@@ -350,6 +375,25 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         String::from_utf8_lossy(&site.wardctl(0, &["history"]).stdout)
     );
 
+    // What the control plane gathered from the gateway's flow records.
+    let observe = [
+        "observe",
+        "--from",
+        "198.18.20.10",
+        "--verdict",
+        "dropped",
+        "--since",
+        "5m",
+    ];
+    let observed = wait_for_output(&site, &observe, "deny-workstations-to-devices");
+    println!("\n$ wardctl {}\n{observed}", observe.join(" "));
+    let new = ["inventory", "--new"];
+    println!(
+        "$ wardctl {}\n{}",
+        new.join(" "),
+        wait_for_output(&site, &new, "NEW")
+    );
+
     let status = agent.status_json(&gw);
     println!(
         "\nCounters: {} packets allowed, {} audited, {} dropped. Flow log: {}",
@@ -359,8 +403,31 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         agent.dir.join("flows.jsonl").display()
     );
 
+    if let Some(f) = forward {
+        f.start(&site.ns, dashboard.parse()?)?;
+    }
+    let login = site.wardctl(0, &["dashboard", "login"]);
+    anyhow::ensure!(
+        login.status.success(),
+        "wardctl dashboard login: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    println!(
+        "\nDashboard: {dashboard_url}/  (site CA: {})\n$ wardctl dashboard login\n{}Metrics: http://{metrics}/metrics (in the management network)",
+        site.ca().display(),
+        String::from_utf8_lossy(&login.stdout)
+    );
+
     if hold {
-        println!("\nThe lab stays up. Enter a host with:");
+        println!(
+            "\nThe lab stays up. Open the link above in a browser on this machine within a minute\n(import the site CA to trust it), or get a new one with:\n  ip netns exec {} wardctl --endpoint {} --ca {} --cert {} --key {} dashboard login",
+            site.ns.name(),
+            Site::endpoint(0),
+            site.ca().display(),
+            site.dir.join("ops.pem").display(),
+            site.dir.join("ops-key.pem").display()
+        );
+        println!("Enter a host with:");
         for d in &devices {
             println!(
                 "  ip netns exec {} bash    # {} {}",
@@ -380,6 +447,76 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
     drop(site);
     drop(switches);
     Ok(())
+}
+
+/// Where the replica serves its dashboard and metrics.
+const DASHBOARD_PORT: u16 = 8443;
+const METRICS_PORT: u16 = 9465;
+
+/// `wardctl ARGS`' output once it contains `needle` (the gateway's
+/// records reach the control plane in batches), or as it is after 10 s.
+fn wait_for_output(site: &Site, args: &[&str], needle: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let out = site.wardctl(0, args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(needle) || start.elapsed() > Duration::from_secs(10) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// This machine's 127.0.0.1:PORT carried to the dashboard inside the
+/// management network's namespace, so that a browser here reaches it
+/// without the lab touching this machine's own addresses or routes: each
+/// connection accepted is dialled anew from inside the namespace (a socket
+/// stays in the namespace it was made in) and the bytes copied both ways.
+/// TLS runs end to end between the browser and the replica.
+struct Forward {
+    listener: std::net::TcpListener,
+}
+
+impl Forward {
+    fn bind() -> anyhow::Result<Forward> {
+        Ok(Forward {
+            listener: std::net::TcpListener::bind("127.0.0.1:0")?,
+        })
+    }
+
+    fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves on its own threads until the process ends.
+    fn start(self, ns: &Netns, to: std::net::SocketAddr) -> anyhow::Result<()> {
+        let netns = std::sync::Arc::new(std::fs::File::open(ns.path())?);
+        std::thread::spawn(move || {
+            for client in self.listener.incoming().flatten() {
+                let netns = netns.clone();
+                std::thread::spawn(move || {
+                    let dialled = nix::sched::setns(&*netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .ok()
+                        .and_then(|()| {
+                            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)).ok()
+                        });
+                    let Some(server) = dialled else { return };
+                    let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                        return;
+                    };
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c2, &mut s2);
+                        let _ = s2.shutdown(std::net::Shutdown::Write);
+                    });
+                    let (mut client, mut server) = (client, server);
+                    let _ = std::io::copy(&mut server, &mut client);
+                    let _ = client.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+        });
+        Ok(())
+    }
 }
 
 fn signals() -> nix::sys::signal::SigSet {

@@ -34,7 +34,7 @@ pub use link::{
     veth,
 };
 pub use netns::{NETNS_DIR, Netns, netns_exists};
-pub use probe::{PROBE_BIN_NAME, PROBE_TIMEOUT, RetryCount, ServerHandle, probe_bin};
+pub use probe::{PROBE_BIN_NAME, PROBE_TIMEOUT, RetryCount, ServerHandle, probe_bin, quiet_probes};
 
 /// The environment variable that points at the directory holding the built
 /// binaries (`wardline-probe`, the agent); defaults to the workspace's

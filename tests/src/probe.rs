@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -115,6 +116,15 @@ fn append_bounded(log: &Mutex<String>, line: &str) {
     }
 }
 
+/// Whether [`Netns::probe`] echoes each probe's report to stderr.
+static ECHO: AtomicBool = AtomicBool::new(true);
+
+/// Stops [`Netns::probe`] echoing probe reports (for the lab, whose output
+/// is its story, not a test log).
+pub fn quiet_probes() {
+    ECHO.store(false, Ordering::Relaxed);
+}
+
 impl Netns {
     /// `ip netns exec NAME wardline-probe args...`, not yet run.
     pub fn probe_command<I, S>(&self, args: I) -> Command
@@ -142,10 +152,12 @@ impl Netns {
             .output()
             .unwrap_or_else(|err| panic!("`{}` could not be started: {err}", describe(&cmd)));
         // Shown with the test's own output when it fails.
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        for line in stdout.lines().chain(stderr.lines()) {
-            eprintln!("[{}] {line}", self.name());
+        if ECHO.load(Ordering::Relaxed) {
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            for line in stdout.lines().chain(stderr.lines()) {
+                eprintln!("[{}] {line}", self.name());
+            }
         }
         output
     }

@@ -4,9 +4,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
-use crate::cmd::{cargo, run, status};
+use crate::cmd::{cargo, display};
 use crate::{is_root, setup, workspace_root};
 
 pub fn lab(hold: bool) -> Result<ExitCode> {
@@ -15,14 +15,28 @@ pub fn lab(hold: bool) -> Result<ExitCode> {
     }
     setup::setup()?;
     let root = workspace_root();
-    run(cargo()
+    // The lab's output is its story: the build (with the kernel programs'
+    // nested build) speaks only when it fails.
+    println!("Building Wardline (the first build takes several minutes)...");
+    let mut build = cargo();
+    build
         .current_dir(&root)
-        .args(["build", "--workspace", "--bins"]))?;
+        .args(["build", "--workspace", "--bins"])
+        .stdin(std::process::Stdio::null());
+    let built = build
+        .output()
+        .with_context(|| format!("`{}` could not be started", display(&build)))?;
+    if !built.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&built.stderr));
+        bail!("`{}` failed ({})", display(&build), built.status);
+    }
     let mut lab = std::process::Command::new(root.join("target/debug/wardline-lab"));
     if hold {
         lab.arg("--hold");
     }
-    let status = status(&mut lab)?;
+    let status = lab
+        .status()
+        .with_context(|| format!("`{}` could not be started", display(&lab)))?;
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {

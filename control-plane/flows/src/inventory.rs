@@ -138,7 +138,10 @@ fn sightings(flows: &[v1::Flow]) -> HashMap<[u8; 16], Vec<Sighting<'_>>> {
             node: &f.node,
             segment: &f.src_segment,
             mac: &f.src_mac,
-            vlan: (f.direction == "ingress").then_some(f.vlan),
+            // The frame of a first record (new, drop) is the initiator's
+            // own first packet: arriving, its tag is the initiator's VLAN.
+            // Later records (update, close) come from either side's frames.
+            vlan: (first && f.direction == "ingress").then_some(f.vlan),
             first,
             dropped,
             peer: dst,

@@ -1247,6 +1247,45 @@ mod tests {
     }
 
     #[test]
+    fn a_responders_tagged_frame_does_not_put_the_initiator_on_its_vlan() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), Retention::default());
+        let now = at("2026-12-02T12:00:00Z");
+        // An untagged management host opens SSH to a pump on VLAN 30; the
+        // close came from the pump's FIN, arriving tagged.
+        let open = flow(
+            "2026-12-02T11:00:00Z",
+            "198.18.250.10",
+            "198.18.30.11",
+            22,
+            "allowed",
+            1,
+        );
+        let close = v1::Flow {
+            kind: "close".into(),
+            vlan: 30,
+            ..flow(
+                "2026-12-02T11:00:01Z",
+                "198.18.250.10",
+                "198.18.30.11",
+                22,
+                "allowed",
+                2,
+            )
+        };
+        s.ingest("gw-1", &batch(1, vec![open, close]), now).unwrap();
+        let all = s
+            .inventory(&InventoryQuery::parse(&v1::InventoryRequest::default(), now).unwrap())
+            .unwrap();
+        let mgmt = all
+            .devices
+            .iter()
+            .find(|d| d.address == ip("198.18.250.10"))
+            .unwrap();
+        assert_eq!(mgmt.vlan, 0, "{mgmt:?}");
+    }
+
+    #[test]
     fn the_inventory_knows_each_endpoint_and_reports_new_devices() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), Retention::default());
