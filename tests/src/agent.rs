@@ -70,6 +70,25 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((code, body))
 }
 
+/// Replica 0 of `site` on an embedded store (started with the flags the
+/// site holds), the routed gateway joined to the management network, and
+/// its agent managed by that replica as `{role: gateway}`.
+pub fn managed_gateway(site: &mut crate::site::Site) -> (crate::topology::Topology, Agent) {
+    use crate::site::Site;
+    let store = site.embedded_store();
+    site.start_replica(0, &store);
+    let routed = crate::topology::routed_gateway();
+    site.connect(routed.agent_ns());
+    let agent = Agent::start_managed(
+        routed.agent_ns(),
+        &routed.interfaces(),
+        site,
+        "{role: gateway}",
+        &[Site::endpoint(0)],
+    );
+    (routed, agent)
+}
+
 impl Agent {
     /// Writes the config and policy, starts the agent in `ns` enforcing
     /// `interfaces`, and waits until it is ready.

@@ -7,13 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use wardline_tests::agent::Agent;
+use wardline_tests::agent::managed_gateway;
 use wardline_tests::browser::{Browser, count};
 use wardline_tests::docs::{WS_PUMP_EHR, policy, with};
 use wardline_tests::matrix::{Service, check_matrix};
 use wardline_tests::require_root;
 use wardline_tests::site::{REPLICAS, Site};
-use wardline_tests::topology;
 
 const DASHBOARD_PORT: u16 = 8443;
 
@@ -70,17 +69,7 @@ fn privileged_the_dashboard_in_chromium_shows_the_labs_flows_verdicts_and_polici
     let dashboard = format!("{}:{DASHBOARD_PORT}", REPLICAS[0]);
     site.replica_flags
         .extend(["--dashboard-address".to_owned(), dashboard.clone()]);
-    let store = site.embedded_store();
-    site.start_replica(0, &store);
-    let routed = topology::routed_gateway();
-    site.connect(routed.agent_ns());
-    let agent = Agent::start_managed(
-        routed.agent_ns(),
-        &routed.interfaces(),
-        &site,
-        "{role: gateway}",
-        &[Site::endpoint(0)],
-    );
+    let (routed, agent) = managed_gateway(&mut site);
     let web = with(
         WS_PUMP_EHR,
         &[policy(

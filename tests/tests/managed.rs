@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use wardline_tests::agent::Agent;
+use wardline_tests::agent::{Agent, managed_gateway};
 use wardline_tests::docs::policy;
 use wardline_tests::matrix::{Cell, Service, check_matrix};
 use wardline_tests::require_root;
@@ -174,17 +174,8 @@ fn gateway_site() -> GatewaySite {
 fn gateway_site_with(prepare: impl FnOnce(&mut Site)) -> GatewaySite {
     let mut site = Site::new();
     prepare(&mut site);
+    let (routed, agent) = managed_gateway(&mut site);
     let store = site.embedded_store();
-    site.start_replica(0, &store);
-    let routed = topology::routed_gateway();
-    site.connect(routed.agent_ns());
-    let agent = Agent::start_managed(
-        routed.agent_ns(),
-        &routed.interfaces(),
-        &site,
-        "{role: gateway}",
-        &[Site::endpoint(0)],
-    );
     let web = format!(
         "{SEGMENTS}{}",
         policy(

@@ -6,13 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use wardline_tests::agent::Agent;
+use wardline_tests::agent::{Agent, managed_gateway};
 use wardline_tests::docs::{WS_PUMP_EHR, policy, with};
 use wardline_tests::matrix::{Service, check_matrix};
 use wardline_tests::prometheus::{Prometheus, Target};
 use wardline_tests::require_root;
 use wardline_tests::site::{REPLICAS, Site};
-use wardline_tests::topology;
 
 /// Where the replica serves `/metrics`, on the management network.
 const METRICS_PORT: u16 = 9465;
@@ -48,18 +47,8 @@ fn privileged_prometheus_scrapes_agent_and_control_plane_and_every_dashboard_pan
     let metrics_address = format!("{}:{METRICS_PORT}", REPLICAS[0]);
     site.replica_flags
         .extend(["--metrics-address".to_owned(), metrics_address.clone()]);
-    let store = site.embedded_store();
-    site.start_replica(0, &store);
-    let routed = topology::routed_gateway();
-    site.connect(routed.agent_ns());
+    let (routed, agent) = managed_gateway(&mut site);
     let ns = routed.agent_ns();
-    let agent = Agent::start_managed(
-        ns,
-        &routed.interfaces(),
-        &site,
-        "{role: gateway}",
-        &[Site::endpoint(0)],
-    );
     let web = with(
         WS_PUMP_EHR,
         &[policy(
@@ -208,18 +197,8 @@ fn privileged_a_denied_flood_loses_no_count_kernel_drops_equal_stored_records_pl
     use wardline_tests::forge::{flood_bin, mac_of};
     require_root();
     let mut site = Site::new();
-    let store = site.embedded_store();
-    site.start_replica(0, &store);
-    let routed = topology::routed_gateway();
-    site.connect(routed.agent_ns());
+    let (routed, agent) = managed_gateway(&mut site);
     let ns = routed.agent_ns();
-    let agent = Agent::start_managed(
-        ns,
-        &routed.interfaces(),
-        &site,
-        "{role: gateway}",
-        &[Site::endpoint(0)],
-    );
     let revision = site.apply(0, WS_PUMP_EHR);
     site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
 

@@ -117,15 +117,7 @@ async fn config_environment_formats_and_exit_codes() {
     })
     .await
     .unwrap();
-    let env = [
-        ("WARDCTL_ENDPOINT", site.endpoint.clone()),
-        ("WARDCTL_CA", dir.join("ca/ca.pem").display().to_string()),
-        ("WARDCTL_CERT", dir.join("alice.pem").display().to_string()),
-        (
-            "WARDCTL_KEY",
-            dir.join("alice-key.pem").display().to_string(),
-        ),
-    ];
+    let env = alice(&site);
     let o = run(&["status", "-o", "json"], &env).await;
     let v: serde_json::Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
@@ -192,15 +184,7 @@ async fn config_environment_formats_and_exit_codes() {
 async fn removing_a_node_and_revoking_certificates() {
     let site = site("wardctl-revoke").await;
     let dir = site.dir.clone();
-    let env = [
-        ("WARDCTL_ENDPOINT", site.endpoint.clone()),
-        ("WARDCTL_CA", dir.join("ca/ca.pem").display().to_string()),
-        ("WARDCTL_CERT", dir.join("alice.pem").display().to_string()),
-        (
-            "WARDCTL_KEY",
-            dir.join("alice-key.pem").display().to_string(),
-        ),
-    ];
+    let env = alice(&site);
     let o = run(&["delete", "node", "gw-2", "-m", "decommissioned"], &env).await;
     assert!(o.status.success(), "{}", text(&o));
     assert!(
@@ -351,32 +335,33 @@ fn flow(seq: u64, dst: [u8; 4], dport: u32, verdict: &str, policy: &str) -> v1::
     }
 }
 
+/// `flows` reported by gw-1's agent, as one batch.
+async fn report(site: &wardline_control_plane::testing::Site, flows: Vec<v1::Flow>) {
+    site.agent("gw-1")
+        .await
+        .report_flows(v1::FlowBatch {
+            node: "gw-1".into(),
+            flows,
+            dropped: 0,
+            buffer: 1,
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn observe_prints_filters_and_refuses_a_bad_filter() {
     let site = site("wardctl-observe").await;
-    let dir = site.dir.clone();
-    let env = [
-        ("WARDCTL_ENDPOINT", site.endpoint.clone()),
-        ("WARDCTL_CA", dir.join("ca/ca.pem").display().to_string()),
-        ("WARDCTL_CERT", dir.join("alice.pem").display().to_string()),
-        (
-            "WARDCTL_KEY",
-            dir.join("alice-key.pem").display().to_string(),
-        ),
-    ];
-    let mut gw = site.agent("gw-1").await;
-    gw.report_flows(v1::FlowBatch {
-        node: "gw-1".into(),
-        flows: vec![
+    let env = alice(&site);
+    report(
+        &site,
+        vec![
             flow(1, [198, 18, 41, 10], 2575, "allowed", "pumps-to-ehr"),
             flow(2, [198, 18, 41, 10], 22, "dropped", ""),
             flow(3, [198, 18, 41, 11], 2575, "allowed", "pumps-to-ehr"),
         ],
-        dropped: 0,
-        buffer: 1,
-    })
-    .await
-    .unwrap();
+    )
+    .await;
 
     let o = run(&["observe"], &env).await;
     assert!(o.status.success(), "{}", text(&o));
@@ -566,18 +551,14 @@ async fn fetch(
 async fn dashboard_sign_in_links_work_once_and_only_sessions_read_flows() {
     let site = site("wardctl-dashboard").await;
     let env = alice(&site);
-    let mut gw = site.agent("gw-1").await;
-    gw.report_flows(v1::FlowBatch {
-        node: "gw-1".into(),
-        flows: vec![
+    report(
+        &site,
+        vec![
             flow(1, [198, 18, 41, 10], 2575, "allowed", "pumps-to-ehr"),
             flow(2, [198, 18, 41, 10], 22, "dropped", ""),
         ],
-        dropped: 0,
-        buffer: 1,
-    })
-    .await
-    .unwrap();
+    )
+    .await;
 
     // Nothing without a session: not the page's data, not a guessed cookie.
     assert_eq!(fetch(&site, "GET", "/api/flows", None).await.status, 401);
