@@ -42,6 +42,9 @@ pub const DEFAULT_ROWS: u32 = 200;
 const MAX_CONNECTIONS: usize = 256;
 /// A request's headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is closed after this, busy or idle (a browser opens
+/// another), so that idle keep-alive connections cannot hold every slot.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A segment as the policy in force names it.
 #[derive(Clone, Debug)]
@@ -410,7 +413,7 @@ pub fn router<S: Source>(source: S, sessions: Arc<Sessions>) -> Router {
 /// Serves `router` over TLS on `listener` until the process ends: each
 /// handshake bounded ([`wardline_tls::incoming`]), at most
 /// [`MAX_CONNECTIONS`] connections at once, each request's headers within
-/// [`HEADER_TIMEOUT`].
+/// [`HEADER_TIMEOUT`], each connection at most [`CONNECTION_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: rustls::ServerConfig,
@@ -437,8 +440,12 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!("dashboard connection: {e}");
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Err(e)) => tracing::debug!("dashboard connection: {e}"),
+                Ok(Ok(())) => {}
+                Err(_) => {
+                    tracing::debug!("dashboard connection open {CONNECTION_TIMEOUT:?}, closed")
+                }
             }
         });
     }
