@@ -1,7 +1,8 @@
 //! The flow store through a real replica: ingest from simulated agents
 //! over mutual TLS (`ReportFlows`, batches of 1,000 as agents send them),
 //! then filtered queries (`Observe`) and the segment matrix (`FlowMatrix`)
-//! over everything stored, from an operator's client.
+//! over everything stored, from an operator's client, and the web
+//! dashboard's views over HTTPS.
 //!
 //! The simulated agents and the operator are tonic clients in this
 //! process, in the management namespace, each agent with its own agent
@@ -85,6 +86,101 @@ fn record(agent: usize, i: u64, now: time::OffsetDateTime) -> v1::Flow {
     }
 }
 
+/// Where the replica serves its dashboard in the bench.
+const DASHBOARD_PORT: u16 = 8443;
+
+/// A browser's session with the dashboard: one kept-alive HTTPS
+/// connection, the server checked against the site CA, and the cookie a
+/// sign-in link from `DashboardLogin` opened.
+struct Web {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+    cookie: String,
+}
+
+impl Web {
+    async fn connect(
+        ca: &std::path::Path,
+    ) -> anyhow::Result<
+        hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+    > {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+            roots.add(der?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect((REPLICAS[0], DASHBOARD_PORT)).await?;
+        let name = rustls::pki_types::ServerName::try_from(REPLICAS[0])?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name.to_owned(), tcp)
+            .await?;
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        Ok(send)
+    }
+
+    /// Signs in with a link the operator asked for.
+    async fn sign_in(
+        ca: &std::path::Path,
+        op: &mut ManagementClient<tonic::transport::Channel>,
+    ) -> anyhow::Result<Web> {
+        let link = op
+            .dashboard_login(v1::DashboardLoginRequest {})
+            .await?
+            .into_inner()
+            .url;
+        let path = link
+            .split_once(&format!("{DASHBOARD_PORT}"))
+            .map(|(_, p)| p.to_owned())
+            .context("a sign-in link")?;
+        let mut web = Web {
+            send: Web::connect(ca).await?,
+            cookie: String::new(),
+        };
+        let r = web.request(&path).await?;
+        web.cookie = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .context("the sign-in link set no cookie")?
+            .to_owned();
+        Ok(web)
+    }
+
+    async fn request(
+        &mut self,
+        path: &str,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        self.send.ready().await?;
+        let req = hyper::Request::get(path)
+            .header("host", format!("{}:{DASHBOARD_PORT}", REPLICAS[0]))
+            .header("cookie", &self.cookie)
+            .body(http_body_util::Empty::new())?;
+        Ok(self.send.send_request(req).await?)
+    }
+
+    /// GETs `path` and reads the whole answer; its length in bytes.
+    async fn get(&mut self, path: &str) -> anyhow::Result<usize> {
+        use http_body_util::BodyExt as _;
+        let r = self.request(path).await?;
+        let status = r.status();
+        let body = r.into_body().collect().await?.to_bytes();
+        ensure!(
+            status.is_success(),
+            "GET {path}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(body.len())
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct QueryFigures {
@@ -126,6 +222,8 @@ enum Ask {
     Matrix(v1::ObserveRequest),
     Top(v1::TopRequest),
     Inventory(v1::InventoryRequest),
+    /// A dashboard API path, over its HTTPS session.
+    Page(&'static str),
 }
 
 impl Ask {
@@ -135,6 +233,7 @@ impl Ask {
             Ask::Matrix(_) => "matrix",
             Ask::Top(_) => "top",
             Ask::Inventory(_) => "inventory",
+            Ask::Page(_) => "dashboard",
         }
     }
 }
@@ -143,6 +242,7 @@ impl Ask {
 /// entries or devices) and how long it took.
 async fn time_query(
     op: &mut ManagementClient<tonic::transport::Channel>,
+    web: &mut Web,
     name: &str,
     ask: Ask,
 ) -> anyhow::Result<QueryFigures> {
@@ -154,6 +254,7 @@ async fn time_query(
             Ask::Matrix(req) => op.flow_matrix(req).await?.into_inner().flows,
             Ask::Top(req) => op.top_flows(req).await?.into_inner().entries.len() as u64,
             Ask::Inventory(req) => op.inventory(req).await?.into_inner().devices.len() as u64,
+            Ask::Page(path) => web.get(path).await? as u64,
             Ask::Observe(req) => {
                 let mut stream = op.observe(req).await?.into_inner();
                 let mut n = 0;
@@ -187,6 +288,10 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
         (8, 1_000_000u64)
     };
     let mut site = Site::new();
+    site.replica_flags.extend([
+        "--dashboard-address".to_owned(),
+        format!("{}:{DASHBOARD_PORT}", REPLICAS[0]),
+    ]);
     site.start_replica(0, &site.embedded_store());
     let ca = site.ca();
     let mut tls = Vec::new();
@@ -259,6 +364,7 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
             let ingest = t0.elapsed();
             let mut op = ManagementClient::new(channel(operator).await?)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES);
+            let mut web = Web::sign_in(&ca, &mut op).await?;
             let mut queries = Vec::new();
             let dropped = v1::ObserveRequest {
                 verdict: "dropped".into(),
@@ -316,8 +422,32 @@ pub fn run(budget: Budget) -> anyhow::Result<Section> {
                     "device inventory, every device",
                     Ask::Inventory(v1::InventoryRequest::default()),
                 ),
+                (
+                    "dashboard: the matrix view (/api/matrix)",
+                    Ask::Page("/api/matrix"),
+                ),
+                (
+                    "dashboard: the flow table, newest 200 (/api/flows)",
+                    Ask::Page("/api/flows"),
+                ),
+                (
+                    "dashboard: the flow table, one ward's drops",
+                    Ask::Page("/api/flows?from=198.18.25.0%2F24&verdict=dropped"),
+                ),
+                (
+                    "dashboard: top dropped sources (/api/top)",
+                    Ask::Page("/api/top?by=sources&verdict=dropped&limit=25"),
+                ),
+                (
+                    "dashboard: the inventory view (/api/inventory)",
+                    Ask::Page("/api/inventory"),
+                ),
+                (
+                    "dashboard: the agents view (/api/agents)",
+                    Ask::Page("/api/agents"),
+                ),
             ] {
-                queries.push(time_query(&mut op, name, ask).await?);
+                queries.push(time_query(&mut op, &mut web, name, ask).await?);
             }
             Ok::<_, anyhow::Error>((ingest, batch_ms, stored, refused, queries))
         })
@@ -405,6 +535,19 @@ impl Results for FlowResults {
             format!("the segment matrix over 1,000,000 stored records under 200 ms at p95{scale}: {matrix:.0} ms"),
             matrix < 200.0 && !self.quick,
         ));
+        let views = worst(&|q| q.kind == "dashboard");
+        let slowest = self
+            .queries
+            .iter()
+            .filter(|q| q.kind == "dashboard")
+            .max_by(|a, b| a.p95_ms.total_cmp(&b.p95_ms))
+            .map_or("", |q| q.query.as_str());
+        targets.push(Target::new(
+            format!(
+                "every dashboard view's answer over 1,000,000 stored records under 200 ms at p95{scale}: worst {views:.0} ms ({slowest})"
+            ),
+            views < 200.0 && !self.quick,
+        ));
         targets
     }
 
@@ -419,7 +562,9 @@ last answer; **zero loss**: every record answered as stored. Then an operator's 
 query {RUNS} times (`Observe`, reading the whole answer; `FlowMatrix`; `TopFlows`, which \
 reads every record the filter admits and ranks them; `Inventory`, which reads the device \
 entries kept at ingest), timed from the call to the last record; p50 / p95 / max are \
-nearest-rank. Ingest also keeps the device inventory up to date (one sealed entry per address a \
+nearest-rank. The `dashboard:` rows are the web dashboard's views as a browser asks for them: \
+HTTPS GETs of its JSON API over one kept-alive connection signed in with a `DashboardLogin` \
+link, timed to the last byte of the answer (the same queries, plus the JSON and TLS). Ingest also keeps the device inventory up to date (one sealed entry per address a \
 batch names, read and written in the batch's transaction). Records span the last ten minutes; each \
 simulated agent's come from one ward's /24, as the agent on that ward's gateway sees them. The \
 store keeps a sealed summary beside each block (time span, address ranges, ports, protocols, \
