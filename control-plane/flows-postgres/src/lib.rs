@@ -153,10 +153,16 @@ fn record_name(node: &str, buffer: i64, sequence: i64, at_ns: i64) -> String {
 
 /// `e`, with the server's message where it sent one.
 fn message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{e}: {}", db.message()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{e}: {}", db.message());
     }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// The database `config` names, without its password.
@@ -191,7 +197,7 @@ impl PgFlowStore {
     /// counts what is stored.
     pub fn open(url: &str, key: StoreKey, retention: Retention) -> Result<PgFlowStore, FlowError> {
         let bad = |message: String| FlowError::Store {
-            path: "--flow-postgres".to_owned(),
+            path: "URL".to_owned(),
             message,
         };
         let mut config: Config = url
