@@ -15,7 +15,8 @@ use crate::is_root;
 /// protoc for etcd's client, systemd for `systemd-analyze`, which checks
 /// the units (Debian 12 has it; a container may not), Prometheus, which
 /// the observability test runs for real, and rsyslog with its TLS driver
-/// and openssl, which the SIEM export's test runs as its collector.
+/// and openssl, which the SIEM export's test runs as its collector, and
+/// PostgreSQL (15 on Debian 12), which the shared flow store's tests start.
 pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -33,6 +34,7 @@ pub const PACKAGES: &[&str] = &[
     "rsyslog",
     "rsyslog-gnutls",
     "openssl",
+    "postgresql",
 ];
 
 /// The bpf-linker release that links against LLVM 22 (its default feature
