@@ -31,6 +31,8 @@
 //! queries, not followed.
 #![forbid(unsafe_code)]
 
+pub mod testing;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,134 +2,16 @@
 //! for each test in a folder of its own and stopped when it ends.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use wardline_flows::{FlowBackend, FlowStore, InventoryQuery, Query, Retention, Top};
 use wardline_flows_postgres::PgFlowStore;
+use wardline_flows_postgres::testing::Postgres;
 use wardline_proto::v1;
 use wardline_store::encrypted::StoreKey;
-
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// A PostgreSQL server of its own, stopped (by its PID's pg_ctl, fast) on
-/// drop.
-struct Postgres {
-    dir: tempfile::TempDir,
-    data: PathBuf,
-    port: u16,
-    root: bool,
-}
-
-impl Postgres {
-    fn start() -> Postgres {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let root = is_root();
-        std::fs::create_dir(&data).unwrap();
-        if root {
-            // initdb refuses root: the cluster is the postgres user's.
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "chown to postgres");
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = Postgres {
-            dir,
-            data,
-            port,
-            root,
-        };
-        let out = pg
-            .command("initdb")
-            .arg("-D")
-            .arg(&pg.data)
-            .args(["-A", "trust", "-U", "wardline", "--no-sync"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "initdb: {out:?}");
-        let out = pg
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&pg.data)
-            .arg("-o")
-            .arg(format!(
-                "-k {} -c listen_addresses=127.0.0.1 -p {port} -c fsync=off",
-                pg.data.display()
-            ))
-            .args(["-w", "-l"])
-            .arg(pg.dir.path().join("log"))
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pg_ctl start: {out:?}");
-        let out = pg
-            .command("createdb")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "wardline"])
-            .arg("wardline")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "createdb: {out:?}");
-        pg
-    }
-
-    fn command(&self, tool: &str) -> Command {
-        let path = Path::new(BIN).join(tool);
-        if self.root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("postgresql://wardline@127.0.0.1:{}/wardline", self.port)
-    }
-
-    /// `sql`'s one text value, through psql.
-    fn psql(&self, sql: &str) -> String {
-        let out = self
-            .command("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", "wardline", "-d", "wardline", "-At", "-c", sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "psql {sql}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "stop"])
-            .output();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 fn key(dir: &Path) -> StoreKey {
     let path = dir.join("store.key");
