@@ -112,8 +112,6 @@ pub struct PgFlowStore {
     name: String,
     key: StoreKey,
     retention: Retention,
-    /// Hours whose partition exists.
-    partitions: Mutex<BTreeSet<i64>>,
     records: AtomicU64,
     devices: AtomicU64,
     counts: Counts,
@@ -221,7 +219,7 @@ impl PgFlowStore {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("its runtime: {e}")))?;
-        let (client, records, devices, hours) = runtime.block_on(async {
+        let (client, records, devices) = runtime.block_on(async {
             let client = connect(&config).await.map_err(|e| fail(message(&e)))?;
             client
                 .batch_execute(&format!(
@@ -239,8 +237,7 @@ impl PgFlowStore {
                 .await
                 .map_err(|e| fail(message(&e)))?
                 .get(0);
-            let hours = partitions(&client).await.map_err(|e| fail(message(&e)))?;
-            Ok::<_, FlowError>((client, records, devices, hours))
+            Ok::<_, FlowError>((client, records, devices))
         })?;
         Ok(PgFlowStore {
             runtime: Some(runtime),
@@ -249,7 +246,6 @@ impl PgFlowStore {
             name,
             key,
             retention,
-            partitions: Mutex::new(hours.into_iter().collect()),
             records: AtomicU64::new(u64::try_from(records).unwrap_or(0)),
             devices: AtomicU64::new(u64::try_from(devices).unwrap_or(0)),
             counts: Counts::default(),
@@ -410,34 +406,30 @@ impl FlowBackend for PgFlowStore {
                 .fetch_add(sorted.duplicates, Ordering::Relaxed);
             let stored: Vec<v1::Flow> = sorted.groups.into_values().flatten().collect();
             // Partitions for the hours the records fall in, made under the
-            // lock (replicas sharing the database take it too).
+            // lock (replicas sharing the database take it too). Asked of
+            // the database each time: another replica's retention may have
+            // dropped one since.
+            let hours: BTreeSet<i64> = stored
+                .iter()
+                .map(|f| time_of(f).map_or(0, nanos).div_euclid(PARTITION_NS))
+                .collect();
+            for hour in hours {
+                let (from, to) = (
+                    hour.saturating_mul(PARTITION_NS),
+                    hour.saturating_add(1).saturating_mul(PARTITION_NS),
+                );
+                // Integers only: DDL takes no parameters.
+                tx.batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF {TABLE} \
+                     FOR VALUES FROM ({from}) TO ({to})",
+                    partition(hour)
+                ))
+                .await
+                .map_err(|e| self.pg(&e))?;
+            }
             let mut cols: Cols = Cols::default();
             for f in &stored {
                 let at = time_of(f).map_or(0, nanos);
-                let hour = at.div_euclid(PARTITION_NS);
-                let known = self
-                    .partitions
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&hour);
-                if !known {
-                    let (from, to) = (
-                        hour.saturating_mul(PARTITION_NS),
-                        hour.saturating_add(1).saturating_mul(PARTITION_NS),
-                    );
-                    // Integers only: DDL takes no parameters.
-                    tx.batch_execute(&format!(
-                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF {TABLE} \
-                         FOR VALUES FROM ({from}) TO ({to})",
-                        partition(hour)
-                    ))
-                    .await
-                    .map_err(|e| self.pg(&e))?;
-                    self.partitions
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(hour);
-                }
                 let sequence = f.sequence as i64;
                 let sealed = self
                     .key
@@ -634,10 +626,6 @@ impl FlowBackend for PgFlowStore {
                 tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", partition(hour)))
                     .await
                     .map_err(|e| self.pg(&e))?;
-                self.partitions
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&hour);
                 total -= n;
                 dropped += n;
             }

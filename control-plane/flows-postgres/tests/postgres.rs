@@ -321,7 +321,7 @@ fn two_replicas_on_one_database_see_each_others_records_once() {
     let dir = tempfile::tempdir().unwrap();
     let key = key(dir.path());
     let a = PgFlowStore::open(&pg.url(), key.clone(), Retention::default()).unwrap();
-    let b = PgFlowStore::open(&pg.url(), key, Retention::default()).unwrap();
+    let b = PgFlowStore::open(&pg.url(), key.clone(), Retention::default()).unwrap();
     let now = at("2026-12-02T12:00:00Z");
     let sent = batches(200, 1, at("2026-12-02T09:00:00Z"));
     let mut follow_a = a.subscribe();
@@ -357,6 +357,21 @@ fn two_replicas_on_one_database_see_each_others_records_once() {
     );
     // A follows what it stored itself.
     assert_eq!(follow_a.try_recv().unwrap().sequence, 1);
+    // A third replica's retention drops every partition; A stores into
+    // an hour it stored into before all the same.
+    let c = PgFlowStore::open(
+        &pg.url(),
+        key,
+        Retention {
+            max_records: 0,
+            ..Retention::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.prune(now).unwrap(), 300);
+    let later = batches(1, 500, at("2026-12-02T09:00:00Z")).remove(0);
+    assert_eq!(a.ingest("gw-1", &later, now).unwrap().accepted, 1);
+    assert_eq!(b.query(&q).unwrap().len(), 1);
 }
 
 #[test]
