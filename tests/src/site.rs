@@ -230,9 +230,20 @@ impl Site {
             .arg("--store-key")
             .arg(self.store_key())
             .args(etcd_flags)
-            // Each replica its own flow store, in the site's directory.
-            .arg("--flow-store")
-            .arg(self.dir.join(format!("flows-{i}.redb")))
+            // Each replica its own flow store, in the site's directory,
+            // unless the flags name a shared one.
+            .args(
+                (!self.replica_flags.iter().any(|f| f == "--flow-postgres"))
+                    .then(|| {
+                        [
+                            "--flow-store".into(),
+                            self.dir.join(format!("flows-{i}.redb")),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<PathBuf>>(),
+            )
             .args(&self.replica_flags)
             .args(["--replica", &format!("replica-{i}")])
             .stdin(Stdio::null())

@@ -15,8 +15,9 @@ use crate::is_root;
 /// protoc for etcd's client, systemd for `systemd-analyze`, which checks
 /// the units (Debian 12 has it; a container may not), Prometheus, which
 /// the observability test runs for real, and rsyslog with its TLS driver
-/// and openssl, which the SIEM export's test runs as its collector, and
-/// Chromium, in which the dashboard's test reads the rendered pages.
+/// and openssl, which the SIEM export's test runs as its collector,
+/// Chromium, in which the dashboard's test reads the rendered pages, and
+/// PostgreSQL (15 on Debian 12), which the shared flow store's tests start.
 pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -35,6 +36,7 @@ pub const PACKAGES: &[&str] = &[
     "rsyslog-gnutls",
     "openssl",
     "chromium",
+    "postgresql",
 ];
 
 /// The bpf-linker release that links against LLVM 22 (its default feature

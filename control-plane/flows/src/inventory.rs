@@ -230,12 +230,56 @@ pub(crate) fn take(
     known: u64,
     limit: u64,
 ) -> Result<Upkeep, String> {
+    let mut put = Vec::new();
+    let upkeep = take_with(
+        key,
+        flows,
+        known,
+        limit,
+        |addr| {
+            Ok(table
+                .get(addr.as_slice())
+                .map_err(|e| e.to_string())?
+                .map(|v| v.value().to_vec()))
+        },
+        |addr, sealed| {
+            put.push((addr, sealed));
+            Ok(())
+        },
+    )?;
+    for (addr, sealed) in put {
+        table
+            .insert(addr.as_slice(), sealed.as_slice())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(upkeep)
+}
+
+/// The addresses (16 bytes, IPv4 mapped) the records `flows` name.
+pub fn addresses_of(flows: &[v1::Flow]) -> Vec<[u8; 16]> {
+    sightings(flows).into_keys().collect()
+}
+
+/// [`take`] for any store: `get` gives an address's sealed entry, if
+/// any, and `put` takes its new one.
+pub fn take_with(
+    key: &StoreKey,
+    flows: &[v1::Flow],
+    known: u64,
+    limit: u64,
+    mut get: impl FnMut(&[u8; 16]) -> Result<Option<Vec<u8>>, String>,
+    mut put: impl FnMut([u8; 16], Vec<u8>) -> Result<(), String>,
+) -> Result<Upkeep, String> {
     let mut upkeep = Upkeep::default();
-    for (addr, seen) in sightings(flows) {
+    let mut by: Vec<_> = sightings(flows).into_iter().collect();
+    // In address order, so that which addresses a full inventory refuses
+    // does not depend on a hash.
+    by.sort_by_key(|(a, _)| *a);
+    for (addr, seen) in by {
         let name = name_of(&addr);
-        let existing = match table.get(addr.as_slice()).map_err(|e| e.to_string())? {
+        let existing = match get(&addr)? {
             Some(v) => {
-                let opened = key.open(&name, v.value()).map_err(|e| e.to_string())?;
+                let opened = key.open(&name, &v).map_err(|e| e.to_string())?;
                 Some(Stored::decode(opened.as_slice()).map_err(|e| format!("{name}: {e}"))?)
             }
             None => None,
@@ -267,11 +311,20 @@ pub(crate) fn take(
         let sealed = key
             .seal(&name, &device.encode_to_vec())
             .map_err(|e| e.to_string())?;
-        table
-            .insert(addr.as_slice(), sealed.as_slice())
-            .map_err(|e| e.to_string())?;
+        put(addr, sealed)?;
     }
     Ok(upkeep)
+}
+
+/// When the device at `addr`, sealed as `sealed`, was last seen.
+pub fn last_seen(key: &StoreKey, addr: &[u8], sealed: &[u8]) -> Result<OffsetDateTime, String> {
+    let name = name_of(addr);
+    let opened = key.open(&name, sealed).map_err(|e| e.to_string())?;
+    let device = Stored::decode(opened.as_slice()).map_err(|e| format!("{name}: {e}"))?;
+    Ok(
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(device.last_ns))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+    )
 }
 
 /// Removes devices last seen before `cutoff`; returns how many.
@@ -284,10 +337,7 @@ pub(crate) fn prune(
     let mut old = Vec::new();
     for entry in table.iter().map_err(|e| e.to_string())? {
         let (k, v) = entry.map_err(|e| e.to_string())?;
-        let name = name_of(k.value());
-        let opened = key.open(&name, v.value()).map_err(|e| e.to_string())?;
-        let device = Stored::decode(opened.as_slice()).map_err(|e| format!("{name}: {e}"))?;
-        if device.last_ns < cutoff {
+        if nanos(last_seen(key, k.value(), v.value())?) < cutoff {
             old.push(k.value().to_vec());
         }
     }
@@ -335,60 +385,76 @@ impl InventoryQuery {
     }
 }
 
+/// The range of addresses (16 bytes, IPv4 mapped; both ends included)
+/// `q` wants.
+pub fn range_of(q: &InventoryQuery) -> ([u8; 16], [u8; 16]) {
+    match &q.addresses {
+        Some(net) => (wide(net.network()), wide(net.broadcast())),
+        None => ([0; 16], [0xff; 16]),
+    }
+}
+
 /// The devices `q` wants, by address, from `table`.
 pub(crate) fn list(
     table: &impl ReadableTable<&'static [u8], &'static [u8]>,
     key: &StoreKey,
     q: &InventoryQuery,
 ) -> Result<Vec<v1::Device>, String> {
-    let (low, high) = match &q.addresses {
-        Some(net) => (wide(net.network()), wide(net.broadcast())),
-        None => ([0; 16], [0xff; 16]),
-    };
-    let since = q.since.map(nanos);
+    let (low, high) = range_of(q);
     let mut out = Vec::new();
     for entry in table
         .range(low.as_slice()..=high.as_slice())
         .map_err(|e| e.to_string())?
     {
         let (k, v) = entry.map_err(|e| e.to_string())?;
-        let name = name_of(k.value());
-        let opened = key.open(&name, v.value()).map_err(|e| e.to_string())?;
-        let d = Stored::decode(opened.as_slice()).map_err(|e| format!("{name}: {e}"))?;
-        let wanted = q.segment.as_ref().is_none_or(|s| *s == d.segment)
-            && (!q.new_only || !d.new_reason.is_empty())
-            && since.is_none_or(|s| d.last_ns >= s);
-        if !wanted {
-            continue;
-        }
-        let address = narrow(k.value()).map(wardline_proto::convert::ip_to_bytes);
-        let peers = d
-            .peers
-            .iter()
-            .filter_map(|p| narrow(p))
-            .map(wardline_proto::convert::ip_to_bytes)
-            .collect();
-        out.push(v1::Device {
-            address: address.unwrap_or_default(),
-            mac: d.mac,
-            vlan: d.vlan,
-            segment: d.segment,
-            node: d.node,
-            first_seen: rfc3339(d.first_ns),
-            last_seen: rfc3339(d.last_ns),
-            connections: d.connections,
-            dropped: d.dropped,
-            peers,
-            more_peers: d.more_peers,
-            ports: d.ports,
-            more_ports: d.more_ports,
-            new_at: if d.new_reason.is_empty() {
-                String::new()
-            } else {
-                rfc3339(d.new_ns)
-            },
-            new_reason: d.new_reason,
-        });
+        out.extend(device(key, k.value(), v.value(), q)?);
     }
     Ok(out)
+}
+
+/// The device at `addr`, sealed as `sealed`, if `q` wants it.
+pub fn device(
+    key: &StoreKey,
+    addr: &[u8],
+    sealed: &[u8],
+    q: &InventoryQuery,
+) -> Result<Option<v1::Device>, String> {
+    let since = q.since.map(nanos);
+    let name = name_of(addr);
+    let opened = key.open(&name, sealed).map_err(|e| e.to_string())?;
+    let d = Stored::decode(opened.as_slice()).map_err(|e| format!("{name}: {e}"))?;
+    let wanted = q.segment.as_ref().is_none_or(|s| *s == d.segment)
+        && (!q.new_only || !d.new_reason.is_empty())
+        && since.is_none_or(|s| d.last_ns >= s);
+    if !wanted {
+        return Ok(None);
+    }
+    let address = narrow(addr).map(wardline_proto::convert::ip_to_bytes);
+    let peers = d
+        .peers
+        .iter()
+        .filter_map(|p| narrow(p))
+        .map(wardline_proto::convert::ip_to_bytes)
+        .collect();
+    Ok(Some(v1::Device {
+        address: address.unwrap_or_default(),
+        mac: d.mac,
+        vlan: d.vlan,
+        segment: d.segment,
+        node: d.node,
+        first_seen: rfc3339(d.first_ns),
+        last_seen: rfc3339(d.last_ns),
+        connections: d.connections,
+        dropped: d.dropped,
+        peers,
+        more_peers: d.more_peers,
+        ports: d.ports,
+        more_ports: d.more_ports,
+        new_at: if d.new_reason.is_empty() {
+            String::new()
+        } else {
+            rfc3339(d.new_ns)
+        },
+        new_reason: d.new_reason,
+    }))
 }

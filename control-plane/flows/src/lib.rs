@@ -10,12 +10,16 @@
 //! site's store key, as the policy store's values are.
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod filter;
+pub mod ingest;
 pub mod inventory;
 pub mod record;
 pub mod store;
 pub mod summary;
+pub mod tally;
 
+pub use backend::FlowBackend;
 pub use filter::{Query, QueryError};
 pub use inventory::InventoryQuery;
-pub use store::{FlowError, FlowStore, Ingested, Retention, Top};
+pub use store::{Counts, FlowError, FlowStore, Ingested, Retention, Top};

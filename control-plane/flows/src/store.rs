@@ -21,9 +21,11 @@ use wardline_proto::v1;
 use wardline_store::encrypted::StoreKey;
 
 use crate::filter::{MAX_RESULTS, Query};
+use crate::ingest::{minute_of, sort};
 use crate::inventory::{self, InventoryQuery};
-use crate::record::{FIRST_KINDS, MAX_BATCH, check, time_of};
+use crate::record::{MAX_BATCH, time_of};
 use crate::summary::Summary;
+use crate::tally::{Matrix, Ranking};
 
 /// The flow store's page cache: enough for the recent minutes queries
 /// read, far below redb's default of a gigabyte.
@@ -77,10 +79,6 @@ pub enum FlowError {
     #[error("a stored block at {key} does not open: {message}")]
     Corrupt { key: String, message: String },
 }
-
-/// The most distinct sources or pairs [`FlowStore::top`] ranks (a flood
-/// of forged sources must not make a query take the server's memory).
-const MAX_RANKED: usize = 200_000;
 
 /// What [`FlowStore::top`] ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,11 +137,7 @@ pub struct FlowStore {
     follow: broadcast::Sender<Arc<v1::Flow>>,
     /// Records stored per (node, minute), for the quota; only recent
     /// minutes are kept.
-    quota: std::sync::Mutex<std::collections::HashMap<(String, u64), u64>>,
-}
-
-fn minute_of(t: OffsetDateTime) -> u64 {
-    u64::try_from(t.unix_timestamp().div_euclid(60)).unwrap_or(0)
+    quota: std::sync::Mutex<crate::ingest::QuotaUsed>,
 }
 
 fn block_key(minute: u64, node: &str, buffer: u64, first: u64) -> Vec<u8> {
@@ -254,56 +248,30 @@ impl FlowStore {
         batch: &v1::FlowBatch,
         now: OffsetDateTime,
     ) -> Result<Ingested, FlowError> {
-        if batch.flows.len() > MAX_BATCH {
-            return Err(FlowError::BatchTooLarge(batch.flows.len()));
-        }
-        let mut out = Ingested::default();
         let mut quota = self.quota.lock().unwrap_or_else(|p| p.into_inner());
-        // Minutes long past take no more records worth counting.
-        let recent = minute_of(now).saturating_sub(10);
-        quota.retain(|(_, minute), _| *minute >= recent);
         let wtx = self.db.begin_write().map_err(|e| self.fail(e))?;
         let mut stored = Vec::new();
         let upkeep;
+        let out;
         {
             let mut sequences = wtx.open_table(SEQUENCES).map_err(|e| self.fail(e))?;
             let high = match sequences.get(node).map_err(|e| self.fail(e))? {
                 Some(v) if v.value().0 == batch.buffer => v.value().1,
                 _ => 0,
             };
-            let mut highest = high;
-            // Minute -> its records, in sequence order.
-            let mut groups: std::collections::BTreeMap<u64, Vec<v1::Flow>> = Default::default();
-            for flow in &batch.flows {
-                if flow.sequence != 0 && flow.sequence <= highest {
-                    out.accepted += 1;
-                    self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                match check(flow, now) {
-                    Ok(at) => {
-                        highest = flow.sequence;
-                        let minute = minute_of(at);
-                        let used = quota.entry((node.to_owned(), minute)).or_default();
-                        if *used >= self.retention.max_per_node_minute {
-                            out.over_quota += 1;
-                            continue;
-                        }
-                        *used += 1;
-                        let mut f = flow.clone();
-                        f.node = node.to_owned();
-                        groups.entry(minute).or_default().push(f);
-                        out.accepted += 1;
-                    }
-                    Err(why) => {
-                        highest = highest.max(flow.sequence);
-                        out.refused += 1;
-                        if out.first_refusal.is_empty() {
-                            out.first_refusal = format!("record {}: {why}", flow.sequence);
-                        }
-                    }
-                }
-            }
+            let sorted = sort(
+                node,
+                batch,
+                now,
+                high,
+                &mut quota,
+                self.retention.max_per_node_minute,
+            )?;
+            self.counts
+                .duplicates
+                .fetch_add(sorted.duplicates, Ordering::Relaxed);
+            let (highest, groups) = (sorted.highest, sorted.groups);
+            out = sorted.out;
             let mut blocks = wtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
             let mut summaries = wtx.open_table(SUMMARIES).map_err(|e| self.fail(e))?;
             let mut minutes = wtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
@@ -593,9 +561,7 @@ impl FlowStore {
     /// counted by (source segment, destination segment, verdict).
     /// Blocking.
     pub fn matrix(&self, query: &Query) -> Result<v1::FlowMatrixResponse, FlowError> {
-        let mut cells: std::collections::BTreeMap<(String, String, String), u64> =
-            Default::default();
-        let mut flows = 0;
+        let mut matrix = Matrix::default();
         let mut whole: Vec<crate::summary::Cell> = Vec::new();
         self.walk(
             query,
@@ -605,36 +571,15 @@ impl FlowStore {
             |counted| whole.extend_from_slice(counted),
             |found| {
                 for (_, f) in found {
-                    if FIRST_KINDS.contains(&f.kind.as_str()) {
-                        flows += 1;
-                        *cells
-                            .entry((f.src_segment, f.dst_segment, f.verdict))
-                            .or_default() += 1;
-                    }
+                    matrix.add(f);
                 }
                 true
             },
         )?;
-        for c in whole.into_iter().filter(|c| c.connections > 0) {
-            flows += c.connections;
-            *cells
-                .entry((c.src_segment, c.dst_segment, c.verdict))
-                .or_default() += c.connections;
+        for c in whole {
+            matrix.add_cell(c);
         }
-        Ok(v1::FlowMatrixResponse {
-            cells: cells
-                .into_iter()
-                .map(
-                    |((src_segment, dst_segment, verdict), flows)| v1::FlowMatrixCell {
-                        src_segment,
-                        dst_segment,
-                        verdict,
-                        flows,
-                    },
-                )
-                .collect(),
-            flows,
-        })
+        Ok(matrix.finish())
     }
 
     /// Devices in the inventory now.
@@ -660,19 +605,7 @@ impl FlowStore {
     /// (address pairs, by bytes) among the records `query` wants.
     /// Blocking.
     pub fn top(&self, query: &Query, by: Top, limit: usize) -> Result<v1::TopResponse, FlowError> {
-        #[derive(Default)]
-        struct Entry {
-            src_segment: String,
-            dst_segment: String,
-            connections: u64,
-            packets: u64,
-            bytes: u64,
-            destinations: std::collections::HashSet<(Vec<u8>, u32)>,
-            last: Option<OffsetDateTime>,
-        }
-        let mut ranked: std::collections::HashMap<(Vec<u8>, Vec<u8>), Entry> = Default::default();
-        let mut flows = 0;
-        let mut partial = false;
+        let mut ranking = Ranking::new(by);
         self.walk(
             query,
             false,
@@ -681,66 +614,12 @@ impl FlowStore {
             |_| {},
             |found| {
                 for (at, f) in found {
-                    flows += 1;
-                    let pair = match by {
-                        Top::Sources => (f.src.clone(), Vec::new()),
-                        Top::Talkers => (f.src.clone(), f.dst.clone()),
-                    };
-                    if ranked.len() >= MAX_RANKED && !ranked.contains_key(&pair) {
-                        partial = true;
-                        continue;
-                    }
-                    let e = ranked.entry(pair).or_default();
-                    if e.last.is_none_or(|l| at >= l) {
-                        e.last = Some(at);
-                        e.src_segment.clone_from(&f.src_segment);
-                        e.dst_segment.clone_from(&f.dst_segment);
-                    }
-                    e.connections += u64::from(FIRST_KINDS.contains(&f.kind.as_str()));
-                    e.packets += f.packets;
-                    e.bytes += f.bytes;
-                    if by == Top::Sources && e.destinations.len() < 100_000 {
-                        e.destinations.insert((f.dst, f.dport));
-                    }
+                    ranking.add(at, f);
                 }
                 true
             },
         )?;
-        let mut entries: Vec<v1::TopEntry> = ranked
-            .into_iter()
-            .map(|((src, dst), e)| v1::TopEntry {
-                src,
-                src_segment: e.src_segment,
-                dst,
-                dst_segment: if by == Top::Talkers {
-                    e.dst_segment
-                } else {
-                    String::new()
-                },
-                connections: e.connections,
-                packets: e.packets,
-                bytes: e.bytes,
-                destinations: e.destinations.len() as u64,
-                last_seen: e
-                    .last
-                    .and_then(|t| {
-                        t.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
-                    .unwrap_or_default(),
-            })
-            .collect();
-        let rank = |e: &v1::TopEntry| match by {
-            Top::Sources => (e.connections, e.destinations, e.bytes),
-            Top::Talkers => (e.bytes, e.packets, e.connections),
-        };
-        entries.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.src.cmp(&b.src)));
-        entries.truncate(limit);
-        Ok(v1::TopResponse {
-            entries,
-            flows,
-            partial,
-        })
+        Ok(ranking.finish(limit))
     }
 
     /// Drops the minutes retention no longer keeps: older than its age,

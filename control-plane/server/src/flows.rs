@@ -10,7 +10,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_stream::Stream;
 use tonic::{Request, Status};
-use wardline_flows::{FlowError, FlowStore, Query};
+use wardline_flows::{FlowBackend, FlowError, Query};
 use wardline_proto::v1;
 
 use crate::server::ControlPlane;
@@ -20,14 +20,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// The flow store and what agents said they lost.
 pub struct Flows {
-    pub store: Arc<FlowStore>,
+    pub store: Arc<dyn FlowBackend>,
     /// Per node: records its agent dropped since its buffer was made (its
     /// buffer full), as it last reported.
     lost: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Flows {
-    pub fn new(store: Arc<FlowStore>) -> Flows {
+    pub fn new(store: Arc<dyn FlowBackend>) -> Flows {
         Flows {
             store,
             lost: Mutex::default(),
@@ -41,7 +41,7 @@ impl Flows {
 }
 
 /// Runs retention on `store` every minute, off the async runtime.
-pub async fn prune(store: Arc<FlowStore>) {
+pub async fn prune(store: Arc<dyn FlowBackend>) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
         tick.tick().await;

@@ -103,7 +103,7 @@ impl ControlPlane {
         );
         e.histogram(&metrics.apply_to_ack);
         if let Some(flows) = self.flows() {
-            let counts = &flows.store.counts;
+            let counts = flows.store.counts();
             e.counter(
                 "wardline_flow_records_total",
                 "Flow records agents reported: stored, refused at ingest (invalid, dropped whole), sent again and already stored, or past the node's quota a minute.",

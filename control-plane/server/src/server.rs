@@ -38,7 +38,7 @@ use crate::registry::{
 };
 use crate::renewal::{self, Renewal};
 use time::format_description::well_known::Rfc3339;
-use wardline_flows::FlowStore;
+use wardline_flows::FlowBackend;
 use wardline_tls::expiry;
 use wardline_tls::revocation::{CertificateFacts, Revocation, parse_serial, serial_hex};
 use wardline_tls::{
@@ -403,7 +403,7 @@ impl ControlPlane {
 
     /// Keeps the flow records agents report in `store`, and answers
     /// operators' flow queries from it.
-    pub fn with_flows(mut self, store: Arc<FlowStore>) -> Self {
+    pub fn with_flows(mut self, store: Arc<dyn FlowBackend>) -> Self {
         self.flows = Some(Arc::new(Flows::new(store)));
         self
     }

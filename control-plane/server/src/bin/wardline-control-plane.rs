@@ -119,6 +119,11 @@ struct Args {
     /// /var/lib/wardline/control-plane/flows.redb.
     #[arg(long, env = "WARDLINE_FLOW_STORE")]
     flow_store: Option<PathBuf>,
+    /// Keep flow records in this PostgreSQL database instead, shared by
+    /// the site's replicas (e.g. postgresql://wardline@127.0.0.1:5432/wardline;
+    /// no TLS: loopback or a TLS-terminating path). Not with --flow-store.
+    #[arg(long, env = "WARDLINE_FLOW_POSTGRES", value_name = "URL")]
+    flow_postgres: Option<String>,
     /// How long flow records are kept (e.g. 30d, 12h).
     #[arg(long, env = "WARDLINE_FLOW_RETENTION", default_value = "30d",
           value_parser = humantime::parse_duration)]
@@ -303,19 +308,37 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let flows = match wardline_flows::FlowStore::open(
-        &flow_path,
-        store_key.clone(),
-        wardline_flows::Retention {
-            max_age: args.flow_retention,
-            max_records: args.flow_max_records,
-            max_per_node_minute: args.flow_max_per_node_minute,
-            max_devices: args.flow_max_devices,
-        },
-    ) {
-        Ok(f) => std::sync::Arc::new(f),
+    let retention = wardline_flows::Retention {
+        max_age: args.flow_retention,
+        max_records: args.flow_max_records,
+        max_per_node_minute: args.flow_max_per_node_minute,
+        max_devices: args.flow_max_devices,
+    };
+    let opened: Result<std::sync::Arc<dyn wardline_flows::FlowBackend>, _> =
+        match (&args.flow_postgres, &args.flow_store) {
+            (Some(_), Some(_)) => {
+                eprintln!(
+                    "wardline-control-plane: --flow-postgres and --flow-store name two flow \
+                     stores: give one"
+                );
+                return ExitCode::from(EX_USAGE);
+            }
+            (Some(url), None) => {
+                wardline_flows_postgres::PgFlowStore::open(url, store_key.clone(), retention)
+                    .map(|s| std::sync::Arc::new(s) as _)
+            }
+            (None, _) => wardline_flows::FlowStore::open(&flow_path, store_key.clone(), retention)
+                .map(|s| std::sync::Arc::new(s) as _),
+        };
+    let flows = match opened {
+        Ok(f) => f,
         Err(e) => {
-            eprintln!("wardline-control-plane: --flow-store: {e}");
+            let flag = if args.flow_postgres.is_some() {
+                "--flow-postgres"
+            } else {
+                "--flow-store"
+            };
+            eprintln!("wardline-control-plane: {flag}: {e}");
             return ExitCode::FAILURE;
         }
     };

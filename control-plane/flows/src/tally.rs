@@ -1,0 +1,162 @@
+//! The segment matrix and the top lists, counted from records: written
+//! once for every flow store, so that each gives the same answer from the
+//! same records.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use time::OffsetDateTime;
+use wardline_proto::v1;
+
+use crate::record::FIRST_KINDS;
+use crate::store::Top;
+use crate::summary::Cell;
+
+/// The most distinct sources or pairs a ranking holds (a flood of forged
+/// sources must not make a query take the server's memory).
+const MAX_RANKED: usize = 200_000;
+
+/// Connections counted by (source segment, destination segment, verdict).
+#[derive(Debug, Default)]
+pub struct Matrix {
+    cells: BTreeMap<(String, String, String), u64>,
+    flows: u64,
+}
+
+impl Matrix {
+    /// Counts `f` if it is a connection's first record.
+    pub fn add(&mut self, f: v1::Flow) {
+        if FIRST_KINDS.contains(&f.kind.as_str()) {
+            self.flows += 1;
+            *self
+                .cells
+                .entry((f.src_segment, f.dst_segment, f.verdict))
+                .or_default() += 1;
+        }
+    }
+
+    /// Adds a block's counts, taken whole.
+    pub fn add_cell(&mut self, c: Cell) {
+        if c.connections > 0 {
+            self.flows += c.connections;
+            *self
+                .cells
+                .entry((c.src_segment, c.dst_segment, c.verdict))
+                .or_default() += c.connections;
+        }
+    }
+
+    pub fn finish(self) -> v1::FlowMatrixResponse {
+        v1::FlowMatrixResponse {
+            cells: self
+                .cells
+                .into_iter()
+                .map(
+                    |((src_segment, dst_segment, verdict), flows)| v1::FlowMatrixCell {
+                        src_segment,
+                        dst_segment,
+                        verdict,
+                        flows,
+                    },
+                )
+                .collect(),
+            flows: self.flows,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    src_segment: String,
+    dst_segment: String,
+    connections: u64,
+    packets: u64,
+    bytes: u64,
+    destinations: HashSet<(Vec<u8>, u32)>,
+    last: Option<OffsetDateTime>,
+}
+
+/// Sources (by connections) or talkers (address pairs, by bytes), ranked.
+#[derive(Debug)]
+pub struct Ranking {
+    by: Top,
+    ranked: HashMap<(Vec<u8>, Vec<u8>), Entry>,
+    flows: u64,
+    partial: bool,
+}
+
+impl Ranking {
+    pub fn new(by: Top) -> Ranking {
+        Ranking {
+            by,
+            ranked: HashMap::new(),
+            flows: 0,
+            partial: false,
+        }
+    }
+
+    /// Counts `f`, judged at `at`.
+    pub fn add(&mut self, at: OffsetDateTime, f: v1::Flow) {
+        self.flows += 1;
+        let pair = match self.by {
+            Top::Sources => (f.src.clone(), Vec::new()),
+            Top::Talkers => (f.src.clone(), f.dst.clone()),
+        };
+        if self.ranked.len() >= MAX_RANKED && !self.ranked.contains_key(&pair) {
+            self.partial = true;
+            return;
+        }
+        let e = self.ranked.entry(pair).or_default();
+        if e.last.is_none_or(|l| at >= l) {
+            e.last = Some(at);
+            e.src_segment.clone_from(&f.src_segment);
+            e.dst_segment.clone_from(&f.dst_segment);
+        }
+        e.connections += u64::from(FIRST_KINDS.contains(&f.kind.as_str()));
+        e.packets += f.packets;
+        e.bytes += f.bytes;
+        if self.by == Top::Sources && e.destinations.len() < 100_000 {
+            e.destinations.insert((f.dst, f.dport));
+        }
+    }
+
+    /// The `limit` highest ranked.
+    pub fn finish(self, limit: usize) -> v1::TopResponse {
+        let by = self.by;
+        let mut entries: Vec<v1::TopEntry> = self
+            .ranked
+            .into_iter()
+            .map(|((src, dst), e)| v1::TopEntry {
+                src,
+                src_segment: e.src_segment,
+                dst,
+                dst_segment: if by == Top::Talkers {
+                    e.dst_segment
+                } else {
+                    String::new()
+                },
+                connections: e.connections,
+                packets: e.packets,
+                bytes: e.bytes,
+                destinations: e.destinations.len() as u64,
+                last_seen: e
+                    .last
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let rank = |e: &v1::TopEntry| match by {
+            Top::Sources => (e.connections, e.destinations, e.bytes),
+            Top::Talkers => (e.bytes, e.packets, e.connections),
+        };
+        entries.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.src.cmp(&b.src)));
+        entries.truncate(limit);
+        v1::TopResponse {
+            entries,
+            flows: self.flows,
+            partial: self.partial,
+        }
+    }
+}
