@@ -31,6 +31,7 @@
 //! queries, not followed.
 #![forbid(unsafe_code)]
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
 use std::collections::{BTreeSet, HashMap};

@@ -93,6 +93,7 @@ const DASHBOARD_PORT: u16 = 8443;
 /// connection, the server checked against the site CA, and the cookie a
 /// sign-in link from `DashboardLogin` opened.
 struct Web {
+    ca: std::path::PathBuf,
     send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
     cookie: String,
 }
@@ -140,6 +141,7 @@ impl Web {
             .map(|(_, p)| p.to_owned())
             .context("a sign-in link")?;
         let mut web = Web {
+            ca: ca.to_owned(),
             send: Web::connect(ca).await?,
             cookie: String::new(),
         };
@@ -158,7 +160,12 @@ impl Web {
         &mut self,
         path: &str,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        self.send.ready().await?;
+        // The dashboard closes a connection idle for 10 s, as a browser's
+        // would be between views: dialled again then.
+        if self.send.is_closed() || self.send.ready().await.is_err() {
+            self.send = Web::connect(&self.ca).await?;
+            self.send.ready().await?;
+        }
         let req = hyper::Request::get(path)
             .header("host", format!("{}:{DASHBOARD_PORT}", REPLICAS[0]))
             .header("cookie", &self.cookie)
