@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::link::{addr, link_up, veth};
 use crate::netns::Netns;
 use crate::probe::probe_bin;
+use wardline_proto::v1;
 use wardline_store::testing::EtcdPki;
 
 fn bin(name: &str) -> PathBuf {
@@ -471,5 +472,42 @@ impl Drop for Site {
         self.replicas.clear();
         self.etcd.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A flow record a simulated gateway agent reports: ws 198.18.20.10 to
+/// ehr 198.18.41.10 on `dport`, `allowed` (by ws-ehr-web) or `dropped`
+/// (default deny), the `seq`-th of its buffer, timed now.
+pub fn ws_ehr_record(seq: u64, dport: u32, verdict: &str) -> v1::Flow {
+    let dropped = verdict == "dropped";
+    v1::Flow {
+        time: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+        kind: if dropped { "drop" } else { "new" }.into(),
+        interface: "eth1".into(),
+        direction: "ingress".into(),
+        src: vec![198, 18, 20, 10],
+        dst: vec![198, 18, 41, 10],
+        sport: 40_000 + seq as u32,
+        dport,
+        protocol: 6,
+        src_segment: "ws".into(),
+        dst_segment: "ehr".into(),
+        verdict: verdict.into(),
+        reason: if dropped {
+            "default-deny"
+        } else {
+            "policy-allow"
+        }
+        .into(),
+        policy: if dropped { "" } else { "ws-ehr-web" }.into(),
+        generation: 1,
+        revision: 1,
+        packets: 1,
+        bytes: 60,
+        sequence: seq,
+        src_mac: vec![2, 0, 0, 0, 0x14, 0x0a],
+        ..Default::default()
     }
 }

@@ -8,42 +8,8 @@ use wardline_flows_postgres::testing::Postgres;
 use wardline_pki as pki;
 use wardline_proto::v1::{self, agent_api_client::AgentApiClient};
 use wardline_tests::require_root;
-use wardline_tests::site::{PORT, REPLICAS, Site};
+use wardline_tests::site::{PORT, REPLICAS, Site, ws_ehr_record as flow};
 use wardline_tls::{Role, client_tls};
-
-fn flow(seq: u64, dport: u32, verdict: &str) -> v1::Flow {
-    let dropped = verdict == "dropped";
-    v1::Flow {
-        time: time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap(),
-        kind: if dropped { "drop" } else { "new" }.into(),
-        interface: "eth1".into(),
-        direction: "ingress".into(),
-        src: vec![198, 18, 20, 10],
-        dst: vec![198, 18, 41, 10],
-        sport: 40_000 + seq as u32,
-        dport,
-        protocol: 6,
-        src_segment: "ws".into(),
-        dst_segment: "ehr".into(),
-        verdict: verdict.into(),
-        reason: if dropped {
-            "default-deny"
-        } else {
-            "policy-allow"
-        }
-        .into(),
-        policy: if dropped { "" } else { "ws-ehr-web" }.into(),
-        generation: 1,
-        revision: 1,
-        packets: 1,
-        bytes: 60,
-        sequence: seq,
-        src_mac: vec![2, 0, 0, 0, 0x14, 0x0a],
-        ..Default::default()
-    }
-}
 
 /// `wardctl observe --node gw-icu -o json` on `replica`: (sequence, dport)
 /// of each record, in order.

@@ -10,7 +10,7 @@ use tonic::transport::Endpoint;
 use wardline_pki as pki;
 use wardline_proto::v1::{self, agent_api_client::AgentApiClient};
 use wardline_tests::require_root;
-use wardline_tests::site::{PORT, REPLICAS, Site};
+use wardline_tests::site::{PORT, REPLICAS, Site, ws_ehr_record as flow};
 use wardline_tls::{Role, client_tls};
 
 /// A CA of the collector's own and its certificate for 127.0.0.1, in `dir`.
@@ -120,40 +120,6 @@ fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> Result<(), 
             Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
-    }
-}
-
-fn flow(seq: u64, dport: u32, verdict: &str) -> v1::Flow {
-    let dropped = verdict == "dropped";
-    v1::Flow {
-        time: time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap(),
-        kind: if dropped { "drop" } else { "new" }.into(),
-        interface: "eth1".into(),
-        direction: "ingress".into(),
-        src: vec![198, 18, 20, 10],
-        dst: vec![198, 18, 41, 10],
-        sport: 40_000 + seq as u32,
-        dport,
-        protocol: 6,
-        src_segment: "ws".into(),
-        dst_segment: "ehr".into(),
-        verdict: verdict.into(),
-        reason: if dropped {
-            "default-deny"
-        } else {
-            "policy-allow"
-        }
-        .into(),
-        policy: if dropped { "" } else { "ws-ehr-web" }.into(),
-        generation: 1,
-        revision: 1,
-        packets: 1,
-        bytes: 60,
-        sequence: seq,
-        src_mac: vec![2, 0, 0, 0, 0x14, 0x0a],
-        ..Default::default()
     }
 }
 

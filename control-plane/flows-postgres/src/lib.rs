@@ -516,21 +516,7 @@ impl FlowBackend for PgFlowStore {
             Ordering::Relaxed,
         );
         self.counts
-            .inventory_full
-            .fetch_add(upkeep.refused_full, Ordering::Relaxed);
-        self.counts
-            .stored
-            .fetch_add(stored.len() as u64, Ordering::Relaxed);
-        self.counts
-            .refused
-            .fetch_add(u64::from(out.refused), Ordering::Relaxed);
-        self.counts
-            .over_quota
-            .fetch_add(u64::from(out.over_quota), Ordering::Relaxed);
-        for f in stored {
-            // No one following is fine.
-            let _ = self.follow.send(Arc::new(f));
-        }
+            .ingested(stored, &out, upkeep.refused_full, &self.follow);
         Ok(out)
     }
 

@@ -125,6 +125,33 @@ pub struct Counts {
     pub inventory_full: AtomicU64,
 }
 
+impl Counts {
+    /// A batch's ingest done, by either store: `stored` kept, what `out`
+    /// says of the rest, and `refused_full` addresses the inventory had no
+    /// room for; each stored record then goes to those following
+    /// (`subscribe`).
+    pub fn ingested(
+        &self,
+        stored: Vec<v1::Flow>,
+        out: &Ingested,
+        refused_full: u64,
+        follow: &broadcast::Sender<Arc<v1::Flow>>,
+    ) {
+        self.inventory_full
+            .fetch_add(refused_full, Ordering::Relaxed);
+        self.stored
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.refused
+            .fetch_add(u64::from(out.refused), Ordering::Relaxed);
+        self.over_quota
+            .fetch_add(u64::from(out.over_quota), Ordering::Relaxed);
+        for f in stored {
+            // No one following is fine.
+            let _ = follow.send(Arc::new(f));
+        }
+    }
+}
+
 pub struct FlowStore {
     db: Database,
     path: String,
@@ -330,21 +357,7 @@ impl FlowStore {
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
         self.devices.fetch_add(upkeep.added, Ordering::Relaxed);
         self.counts
-            .inventory_full
-            .fetch_add(upkeep.refused_full, Ordering::Relaxed);
-        self.counts
-            .stored
-            .fetch_add(stored.len() as u64, Ordering::Relaxed);
-        self.counts
-            .refused
-            .fetch_add(u64::from(out.refused), Ordering::Relaxed);
-        self.counts
-            .over_quota
-            .fetch_add(u64::from(out.over_quota), Ordering::Relaxed);
-        for f in stored {
-            // No one following is fine.
-            let _ = self.follow.send(Arc::new(f));
-        }
+            .ingested(stored, &out, upkeep.refused_full, &self.follow);
         Ok(out)
     }
 
