@@ -19,6 +19,21 @@ metadata: {name: ehr}
 spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
 "#;
 
+/// [`WS_PUMP_EHR`] with one policy, `ws-ehr-web`: ws may reach ehr on
+/// TCP 443, nothing else is allowed.
+pub fn ws_ehr_web() -> String {
+    with(
+        WS_PUMP_EHR,
+        &[policy(
+            "ws-ehr-web",
+            "allow",
+            "ws",
+            "ehr",
+            "[{protocol: tcp, port: 443}]",
+        )],
+    )
+}
+
 /// A Policy document (with its `---`); `ports` is a YAML flow list or empty
 /// for every protocol and port.
 pub fn policy(name: &str, action: &str, from: &str, to: &str, ports: &str) -> String {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use wardline_tests::agent::managed_gateway;
 use wardline_tests::browser::{Browser, count};
-use wardline_tests::docs::{WS_PUMP_EHR, policy, with};
+use wardline_tests::docs::ws_ehr_web;
 use wardline_tests::matrix::{Service, check_matrix};
 use wardline_tests::require_root;
 use wardline_tests::site::{REPLICAS, Site};
@@ -70,16 +70,7 @@ fn privileged_the_dashboard_in_chromium_shows_the_labs_flows_verdicts_and_polici
     site.replica_flags
         .extend(["--dashboard-address".to_owned(), dashboard.clone()]);
     let (routed, agent) = managed_gateway(&mut site);
-    let web = with(
-        WS_PUMP_EHR,
-        &[policy(
-            "ws-ehr-web",
-            "allow",
-            "ws",
-            "ehr",
-            "[{protocol: tcp, port: 443}]",
-        )],
-    );
+    let web = ws_ehr_web();
     let revision = site.apply(0, &web);
     site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
     check_matrix(&routed, "dashboard", |c| {

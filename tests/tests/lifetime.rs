@@ -11,16 +11,7 @@ use wardline_tests::require_root;
 use wardline_tests::topology;
 
 fn policy() -> String {
-    docs::with(
-        docs::WS_PUMP_EHR,
-        &[docs::policy(
-            "ws-ehr-web",
-            "allow",
-            "ws",
-            "ehr",
-            "[{protocol: tcp, port: 443}]",
-        )],
-    )
+    docs::ws_ehr_web()
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use wardline_tests::agent::{Agent, managed_gateway};
-use wardline_tests::docs::{WS_PUMP_EHR, policy, with};
+use wardline_tests::docs::{WS_PUMP_EHR, ws_ehr_web};
 use wardline_tests::matrix::{Service, check_matrix};
 use wardline_tests::prometheus::{Prometheus, Target};
 use wardline_tests::require_root;
@@ -49,16 +49,7 @@ fn privileged_prometheus_scrapes_agent_and_control_plane_and_every_dashboard_pan
         .extend(["--metrics-address".to_owned(), metrics_address.clone()]);
     let (routed, agent) = managed_gateway(&mut site);
     let ns = routed.agent_ns();
-    let web = with(
-        WS_PUMP_EHR,
-        &[policy(
-            "ws-ehr-web",
-            "allow",
-            "ws",
-            "ehr",
-            "[{protocol: tcp, port: 443}]",
-        )],
-    );
+    let web = ws_ehr_web();
     let first = site.apply(0, &web);
     site.wait_acked(0, &[&agent.node], first, Duration::from_secs(10));
 

@@ -154,19 +154,7 @@ fn privileged_flows_and_policy_changes_reach_rsyslog_over_tls_and_the_ocsf_file(
     site.start_replica(0, &site.embedded_store());
 
     // A policy change, and an agent's flow records.
-    let revision = site.apply(
-        0,
-        &wardline_tests::docs::with(
-            wardline_tests::docs::WS_PUMP_EHR,
-            &[wardline_tests::docs::policy(
-                "ws-ehr-web",
-                "allow",
-                "ws",
-                "ehr",
-                "[{protocol: tcp, port: 443}]",
-            )],
-        ),
-    );
+    let revision = site.apply(0, &wardline_tests::docs::ws_ehr_web());
     let paths = pki::issue(
         &site.dir.join("ca"),
         Role::Agent,
