@@ -204,20 +204,56 @@ impl Query {
     /// Whether `flow` matches everything but the time range (cheaper than
     /// reading its time: checked first).
     pub fn matches_but_time(&self, flow: &v1::Flow) -> bool {
-        self.node.as_ref().is_none_or(|n| *n == flow.node)
-            && self
-                .from
-                .as_ref()
-                .is_none_or(|e| e.matches(&flow.src_segment, address(&flow.src)))
+        self.node.as_ref().is_none_or(|n| *n == flow.node) && self.matches_facts(&Facts::of(flow))
+    }
+
+    /// Whether a record with these `facts` matches everything but the time
+    /// range and the node.
+    pub fn matches_facts(&self, f: &Facts<'_>) -> bool {
+        self.from
+            .as_ref()
+            .is_none_or(|e| e.matches(f.src_segment, address(f.src)))
             && self
                 .to
                 .as_ref()
-                .is_none_or(|e| e.matches(&flow.dst_segment, address(&flow.dst)))
-            && self.port.is_none_or(|p| u32::from(p) == flow.dport)
-            && self.protocol.is_none_or(|p| p == flow.protocol)
-            && self.verdict.as_ref().is_none_or(|v| *v == flow.verdict)
-            && self.reason.as_ref().is_none_or(|r| *r == flow.reason)
-            && self.policy.as_ref().is_none_or(|p| *p == flow.policy)
+                .is_none_or(|e| e.matches(f.dst_segment, address(f.dst)))
+            && self.port.is_none_or(|p| u32::from(p) == f.dport)
+            && self.protocol.is_none_or(|p| p == f.protocol)
+            && self.verdict.as_ref().is_none_or(|v| v == f.verdict)
+            && self.reason.as_ref().is_none_or(|r| r == f.reason)
+            && self.policy.as_ref().is_none_or(|p| p == f.policy)
+    }
+}
+
+/// What a query compares of a record (but its time and node), whether it
+/// is read from the record or from a block's tally of its pairs.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    pub src_segment: &'a str,
+    pub dst_segment: &'a str,
+    /// The addresses, as records carry them (4 or 16 bytes).
+    pub src: &'a [u8],
+    pub dst: &'a [u8],
+    pub dport: u32,
+    pub protocol: u32,
+    pub verdict: &'a str,
+    pub reason: &'a str,
+    pub policy: &'a str,
+}
+
+impl<'a> Facts<'a> {
+    pub fn of(flow: &'a v1::Flow) -> Facts<'a> {
+        Facts {
+            src_segment: &flow.src_segment,
+            dst_segment: &flow.dst_segment,
+            src: &flow.src,
+            dst: &flow.dst,
+            dport: flow.dport,
+            protocol: flow.protocol,
+            verdict: &flow.verdict,
+            reason: &flow.reason,
+            policy: &flow.policy,
+        }
     }
 }
 
