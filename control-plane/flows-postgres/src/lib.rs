@@ -549,7 +549,7 @@ impl FlowBackend for PgFlowStore {
     fn top(&self, query: &Query, by: Top, limit: usize) -> Result<v1::TopResponse, FlowError> {
         let mut ranking = Ranking::new(by);
         self.scan(query, false, |at, f| {
-            ranking.add(at, f);
+            ranking.add(at, &f);
             true
         })?;
         Ok(ranking.finish(limit))

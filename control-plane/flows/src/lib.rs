@@ -14,6 +14,7 @@ pub mod backend;
 pub mod filter;
 pub mod ingest;
 pub mod inventory;
+pub mod pairs;
 pub mod record;
 pub mod store;
 pub mod summary;

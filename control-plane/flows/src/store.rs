@@ -23,6 +23,7 @@ use wardline_store::encrypted::StoreKey;
 use crate::filter::{MAX_RESULTS, Query};
 use crate::ingest::{minute_of, sort};
 use crate::inventory::{self, InventoryQuery};
+use crate::pairs::Pairs;
 use crate::record::{MAX_BATCH, time_of};
 use crate::summary::Summary;
 use crate::tally::{Matrix, Ranking};
@@ -39,6 +40,10 @@ const PARALLEL_BLOCKS: usize = 16;
 const BLOCKS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("blocks");
 /// The same key to the sealed [`Summary`] of its block.
 const SUMMARIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("summaries");
+/// The same key to the sealed [`Pairs`] of its block: the top sources and
+/// talkers over blocks a query covers whole are counted from these.
+/// (A store written before it existed has none: its blocks are read.)
+const PAIRS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("pairs");
 /// Minute (since the epoch) to the records stored in it.
 const MINUTES: TableDefinition<'_, u64, u64> = TableDefinition::new("minutes");
 /// Node to (its agent's buffer id, the highest sequence number stored).
@@ -187,11 +192,29 @@ fn summary_name(key: &[u8]) -> String {
     format!("flow-summaries/{hex}")
 }
 
+fn pairs_name(key: &[u8]) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("flow-pairs/{hex}")
+}
+
 /// The node a block key names.
 fn node_of(key: &[u8]) -> &[u8] {
     let rest = key.get(8..).unwrap_or_default();
     let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
     &rest[..end]
+}
+
+/// How [`FlowStore::walk`] may count a block without reading its records.
+enum Unread<'a> {
+    /// It may not: every block that may match is read.
+    None,
+    /// The segment matrix: a block whose records the query wants every one
+    /// of is counted from its summary's cells.
+    Cells(&'a mut dyn FnMut(&[crate::summary::Cell])),
+    /// The top sources and talkers: a block whose time the query covers is
+    /// counted from its pair tally, which returns false when the tally
+    /// cannot be used (the block is then read).
+    Pairs(&'a mut dyn FnMut(&Pairs) -> bool),
 }
 
 impl FlowStore {
@@ -222,6 +245,7 @@ impl FlowStore {
         {
             wtx.open_table(BLOCKS).map_err(|e| fail(e.to_string()))?;
             wtx.open_table(SUMMARIES).map_err(|e| fail(e.to_string()))?;
+            wtx.open_table(PAIRS).map_err(|e| fail(e.to_string()))?;
             wtx.open_table(SEQUENCES).map_err(|e| fail(e.to_string()))?;
             devices = wtx
                 .open_table(inventory::DEVICES)
@@ -301,6 +325,7 @@ impl FlowStore {
             out = sorted.out;
             let mut blocks = wtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
             let mut summaries = wtx.open_table(SUMMARIES).map_err(|e| self.fail(e))?;
+            let mut pairs = wtx.open_table(PAIRS).map_err(|e| self.fail(e))?;
             let mut minutes = wtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
             for (minute, flows) in groups {
                 let key = block_key(minute, node, batch.buffer, flows[0].sequence);
@@ -325,6 +350,13 @@ impl FlowStore {
                     .map_err(|e| self.fail(e))?;
                 summaries
                     .insert(key.as_slice(), summary.as_slice())
+                    .map_err(|e| self.fail(e))?;
+                let tally = self
+                    .key
+                    .seal(&pairs_name(&key), &Pairs::of(&block.flows).encode_to_vec())
+                    .map_err(|e| self.fail(e))?;
+                pairs
+                    .insert(key.as_slice(), tally.as_slice())
                     .map_err(|e| self.fail(e))?;
                 let before = minutes
                     .get(minute)
@@ -363,23 +395,23 @@ impl FlowStore {
 
     /// Walks the blocks of the minutes `query` spans, minute by minute
     /// (oldest first, or newest first with `newest_first`), skipping those
-    /// whose summary says they hold no match. A block whose records all
-    /// count as they are (`whole`, for the matrix) goes to `counts` unread;
-    /// the others are opened and their matching records, in time order per
+    /// whose summary says they hold no match. A block that can be counted
+    /// without reading its records (see [`Unread`]) is counted so; the
+    /// others are opened and their matching records, in time order per
     /// minute, go to `each`, which returns whether to go on.
     fn walk(
         &self,
         query: &Query,
         newest_first: bool,
         limit: Option<usize>,
-        whole: bool,
-        mut counts: impl FnMut(&[crate::summary::Cell]),
+        mut unread: Unread<'_>,
         mut each: impl FnMut(Vec<(OffsetDateTime, v1::Flow)>) -> bool,
     ) -> Result<(), FlowError> {
         let rtx = self.db.begin_read().map_err(|e| self.fail(e))?;
         let minutes = rtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
         let blocks = rtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
         let summaries = rtx.open_table(SUMMARIES).map_err(|e| self.fail(e))?;
+        let pairs = rtx.open_table(PAIRS).map_err(|e| self.fail(e))?;
         let first = query.since.map_or(0, minute_of);
         let last = query.until.map_or(u64::MAX, minute_of);
         let mut list: Vec<u64> = Vec::new();
@@ -422,9 +454,30 @@ impl FlowStore {
                 if !summary.may_match(query) {
                     continue;
                 }
-                if whole && let Some(cells) = summary.whole_counts(query) {
-                    counts(cells);
-                    continue;
+                match &mut unread {
+                    Unread::None => {}
+                    Unread::Cells(counts) => {
+                        if let Some(cells) = summary.whole_counts(query) {
+                            counts(cells);
+                            continue;
+                        }
+                    }
+                    Unread::Pairs(counts) => {
+                        if summary.covers(query)
+                            && let Some(sealed) = pairs.get(key).map_err(|e| self.fail(e))?
+                        {
+                            let name = pairs_name(key);
+                            let opened = self
+                                .key
+                                .open(&name, sealed.value())
+                                .map_err(|e| corrupt(&name, &e))?;
+                            let tally =
+                                Pairs::decode(opened.as_slice()).map_err(|e| corrupt(&name, &e))?;
+                            if counts(&tally) {
+                                continue;
+                            }
+                        }
+                    }
                 }
                 candidates.push((key.to_vec(), summary.last_ns));
             }
@@ -542,7 +595,7 @@ impl FlowStore {
         each: impl FnMut(Vec<(OffsetDateTime, v1::Flow)>) -> bool,
     ) -> Result<(), FlowError> {
         let limit = (newest_first && query.last > 0).then_some(query.last);
-        self.walk(query, newest_first, limit, false, |_| {}, each)
+        self.walk(query, newest_first, limit, Unread::None, each)
     }
 
     /// The records `query` wants, oldest first: with `last`, the newest
@@ -580,8 +633,7 @@ impl FlowStore {
             query,
             false,
             None,
-            true,
-            |counted| whole.extend_from_slice(counted),
+            Unread::Cells(&mut |counted| whole.extend_from_slice(counted)),
             |found| {
                 for (_, f) in found {
                     matrix.add(f);
@@ -615,24 +667,30 @@ impl FlowStore {
     }
 
     /// The `limit` highest-ranked sources (by connections) or talkers
-    /// (address pairs, by bytes) among the records `query` wants.
-    /// Blocking.
+    /// (address pairs, by bytes) among the records `query` wants: blocks
+    /// the query's time range covers are counted from their pair tallies,
+    /// the others record by record. Blocking.
     pub fn top(&self, query: &Query, by: Top, limit: usize) -> Result<v1::TopResponse, FlowError> {
-        let mut ranking = Ranking::new(by);
+        let ranking = std::cell::RefCell::new(Ranking::new(by));
         self.walk(
             query,
             false,
             None,
-            false,
-            |_| {},
+            Unread::Pairs(&mut |tally| {
+                let mut ranking = ranking.borrow_mut();
+                tally
+                    .each_wanted(query, |said| ranking.add_said(said))
+                    .is_some()
+            }),
             |found| {
+                let mut ranking = ranking.borrow_mut();
                 for (at, f) in found {
-                    ranking.add(at, f);
+                    ranking.add(at, &f);
                 }
                 true
             },
         )?;
-        Ok(ranking.finish(limit))
+        Ok(ranking.into_inner().finish(limit))
     }
 
     /// Drops the minutes retention no longer keeps: older than its age,
@@ -647,6 +705,7 @@ impl FlowStore {
             let mut minutes = wtx.open_table(MINUTES).map_err(|e| self.fail(e))?;
             let mut blocks = wtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
             let mut summaries = wtx.open_table(SUMMARIES).map_err(|e| self.fail(e))?;
+            let mut pairs = wtx.open_table(PAIRS).map_err(|e| self.fail(e))?;
             let mut all: Vec<(u64, u64)> = Vec::new();
             for entry in minutes.iter().map_err(|e| self.fail(e))? {
                 let (m, n) = entry.map_err(|e| self.fail(e))?;
@@ -664,6 +723,9 @@ impl FlowStore {
                     .retain_in(lower.as_slice()..upper.as_slice(), |_, _| false)
                     .map_err(|e| self.fail(e))?;
                 summaries
+                    .retain_in(lower.as_slice()..upper.as_slice(), |_, _| false)
+                    .map_err(|e| self.fail(e))?;
+                pairs
                     .retain_in(lower.as_slice()..upper.as_slice(), |_, _| false)
                     .map_err(|e| self.fail(e))?;
                 total -= n;
@@ -963,6 +1025,12 @@ mod tests {
             .collect();
         assert_eq!(left, [3, 4]);
         assert_eq!(s.records(), 2);
+        // A dropped block's summary and tally go with it.
+        {
+            let rtx = s.db.begin_read().unwrap();
+            let len = |t| rtx.open_table(t).unwrap().len().unwrap();
+            assert_eq!((len(BLOCKS), len(SUMMARIES), len(PAIRS)), (2, 2, 2));
+        }
         // Reopened: the count is read back.
         drop(s);
         let s = store(dir.path(), Retention::default());
@@ -1347,6 +1415,132 @@ mod tests {
         let later = now + time::Duration::days(31);
         s.prune(later).unwrap();
         assert_eq!(s.devices(), 0);
+    }
+
+    /// Every record `q` wants, ranked one by one: what the pair tallies
+    /// must give.
+    fn ranked_from_records(s: &FlowStore, q: &Query, by: Top) -> v1::TopResponse {
+        let mut ranking = Ranking::new(by);
+        for f in s.query(q).unwrap() {
+            ranking.add(time_of(&f).unwrap(), &f);
+        }
+        sorted(ranking.finish(usize::MAX))
+    }
+
+    fn sorted(mut top: v1::TopResponse) -> v1::TopResponse {
+        top.entries
+            .sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
+        top
+    }
+
+    #[test]
+    fn the_top_lists_from_pair_tallies_are_those_from_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), Retention::default());
+        let now = at("2026-12-02T12:00:00Z");
+        let mut seq = 1;
+        // Six minutes, three batches (blocks) each, at seconds 0-9, 20-29
+        // and 40-49: a range from 11:02:25 leaves one block of that minute
+        // out, reads one, and takes the rest from their tallies.
+        for minute in 0..6u64 {
+            for part in 0..3u64 {
+                let mut flows = Vec::new();
+                for i in 0..10u64 {
+                    let t = format!("2026-12-02T11:0{minute}:{:02}Z", part * 20 + i);
+                    let src = format!("198.18.20.{}", 10 + (i % 4));
+                    let dst = format!("198.18.41.{}", 10 + (i + minute) % 3);
+                    let verdict = ["allowed", "dropped", "audited"][(i % 3) as usize];
+                    let mut made = connection(&t, &src, &dst, verdict, 100 * i, seq);
+                    for f in made.iter_mut() {
+                        f.sport = 40_000 + seq as u32;
+                        if i % 5 == 4 {
+                            f.dport = 22;
+                        }
+                    }
+                    seq += made.len() as u64;
+                    flows.extend(made);
+                }
+                s.ingest("gw-1", &batch(1, flows), now).unwrap();
+            }
+        }
+        let q = |req: v1::ObserveRequest| Query::parse(&req, now).unwrap();
+        let queries = [
+            v1::ObserveRequest::default(),
+            v1::ObserveRequest {
+                since: "2026-12-02T11:02:25Z".into(),
+                ..Default::default()
+            },
+            v1::ObserveRequest {
+                since: "2026-12-02T11:01:05Z".into(),
+                until: "2026-12-02T11:04:45Z".into(),
+                verdict: "dropped".into(),
+                ..Default::default()
+            },
+            v1::ObserveRequest {
+                to: "198.18.41.11/32".into(),
+                port: 22,
+                ..Default::default()
+            },
+            v1::ObserveRequest {
+                from: "198.18.20.12".into(),
+                node: "gw-1".into(),
+                ..Default::default()
+            },
+        ];
+        for req in &queries {
+            for by in [Top::Sources, Top::Talkers] {
+                let query = q(req.clone());
+                let want = ranked_from_records(&s, &query, by);
+                assert!(want.flows > 0, "{req:?} finds records");
+                let got = sorted(s.top(&query, by, usize::MAX).unwrap());
+                assert_eq!(got, want, "{req:?} by {by:?}");
+            }
+        }
+        // A store written before blocks had tallies: its blocks are read.
+        let before = sorted(s.top(&q(queries[1].clone()), Top::Sources, 100).unwrap());
+        {
+            let wtx = s.db.begin_write().unwrap();
+            wtx.open_table(PAIRS).unwrap().retain(|_, _| false).unwrap();
+            wtx.commit().unwrap();
+        }
+        let after = sorted(s.top(&q(queries[1].clone()), Top::Sources, 100).unwrap());
+        assert_eq!(after, before);
+    }
+
+    #[test]
+    fn a_tally_edited_on_disk_is_refused_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), Retention::default());
+        let now = at("2026-12-02T12:00:00Z");
+        let f = flow(
+            "2026-12-02T11:00:00Z",
+            "198.18.20.10",
+            "198.18.41.10",
+            443,
+            "dropped",
+            1,
+        );
+        s.ingest("gw-1", &batch(1, vec![f]), now).unwrap();
+        {
+            let wtx = s.db.begin_write().unwrap();
+            {
+                let mut pairs = wtx.open_table(PAIRS).unwrap();
+                let (key, mut value) = {
+                    let (k, v) = pairs.first().unwrap().unwrap();
+                    (k.value().to_vec(), v.value().to_vec())
+                };
+                let last = value.len() - 1;
+                value[last] ^= 1;
+                pairs.insert(key.as_slice(), value.as_slice()).unwrap();
+            }
+            wtx.commit().unwrap();
+        }
+        match s.top(&Query::default(), Top::Sources, 10) {
+            Err(FlowError::Corrupt { key, .. }) => assert!(key.starts_with("flow-pairs/"), "{key}"),
+            other => panic!("an edited tally was counted: {other:?}"),
+        }
+        // The records themselves are untouched.
+        assert_eq!(s.query(&Query::default()).unwrap().len(), 1);
     }
 
     #[test]

@@ -156,6 +156,11 @@ impl Summary {
         (overlaps, covered)
     }
 
+    /// Whether `q`'s time range holds every record of the block.
+    pub fn covers(&self, q: &Query) -> bool {
+        self.within_time(q).1
+    }
+
     /// Whether the block may hold a record `q` wants (it may not: then it
     /// is not opened).
     pub fn may_match(&self, q: &Query) -> bool {

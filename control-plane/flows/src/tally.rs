@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use time::OffsetDateTime;
 use wardline_proto::v1;
 
+use crate::pairs::Said;
 use crate::record::FIRST_KINDS;
 use crate::store::Top;
 use crate::summary::Cell;
@@ -95,27 +96,45 @@ impl Ranking {
     }
 
     /// Counts `f`, judged at `at`.
-    pub fn add(&mut self, at: OffsetDateTime, f: v1::Flow) {
-        self.flows += 1;
+    pub fn add(&mut self, at: OffsetDateTime, f: &v1::Flow) {
+        self.add_said(Said {
+            src: &f.src,
+            dst: &f.dst,
+            dport: f.dport,
+            src_segment: &f.src_segment,
+            dst_segment: &f.dst_segment,
+            records: 1,
+            connections: u64::from(FIRST_KINDS.contains(&f.kind.as_str())),
+            packets: f.packets,
+            bytes: f.bytes,
+            last: at,
+        });
+    }
+
+    /// Counts one pair of a block's tally (or one record, as [`add`] does).
+    ///
+    /// [`add`]: Ranking::add
+    pub fn add_said(&mut self, s: Said<'_>) {
+        self.flows += s.records;
         let pair = match self.by {
-            Top::Sources => (f.src.clone(), Vec::new()),
-            Top::Talkers => (f.src.clone(), f.dst.clone()),
+            Top::Sources => (s.src.to_vec(), Vec::new()),
+            Top::Talkers => (s.src.to_vec(), s.dst.to_vec()),
         };
         if self.ranked.len() >= MAX_RANKED && !self.ranked.contains_key(&pair) {
             self.partial = true;
             return;
         }
         let e = self.ranked.entry(pair).or_default();
-        if e.last.is_none_or(|l| at >= l) {
-            e.last = Some(at);
-            e.src_segment.clone_from(&f.src_segment);
-            e.dst_segment.clone_from(&f.dst_segment);
+        if e.last.is_none_or(|l| s.last >= l) {
+            e.last = Some(s.last);
+            s.src_segment.clone_into(&mut e.src_segment);
+            s.dst_segment.clone_into(&mut e.dst_segment);
         }
-        e.connections += u64::from(FIRST_KINDS.contains(&f.kind.as_str()));
-        e.packets += f.packets;
-        e.bytes += f.bytes;
+        e.connections += s.connections;
+        e.packets += s.packets;
+        e.bytes += s.bytes;
         if self.by == Top::Sources && e.destinations.len() < 100_000 {
-            e.destinations.insert((f.dst, f.dport));
+            e.destinations.insert((s.dst.to_vec(), s.dport));
         }
     }
 
