@@ -23,7 +23,7 @@ use wardline_store::encrypted::StoreKey;
 use crate::filter::{MAX_RESULTS, Query};
 use crate::ingest::{minute_of, sort};
 use crate::inventory::{self, InventoryQuery};
-use crate::pairs::Pairs;
+use crate::pairs::{Pairs, Said};
 use crate::record::{MAX_BATCH, time_of};
 use crate::summary::Summary;
 use crate::tally::{Matrix, Ranking};
@@ -212,9 +212,9 @@ enum Unread<'a> {
     /// of is counted from its summary's cells.
     Cells(&'a mut dyn FnMut(&[crate::summary::Cell])),
     /// The top sources and talkers: a block whose time the query covers is
-    /// counted from its pair tally, which returns false when the tally
-    /// cannot be used (the block is then read).
-    Pairs(&'a mut dyn FnMut(&Pairs) -> bool),
+    /// counted from the pairs of its tally the query wants (a tally that
+    /// names what it does not hold gives none: the block is then read).
+    Pairs(&'a mut dyn FnMut(&[Said<'_>])),
 }
 
 impl FlowStore {
@@ -430,8 +430,10 @@ impl FlowStore {
         for minute in list {
             let lower = minute.to_be_bytes();
             let upper = (minute + 1).to_be_bytes();
-            // The blocks of this minute that may hold a match.
+            // The blocks of this minute that may hold a match, and those
+            // of them counted from their tallies.
             let mut candidates: Vec<(Vec<u8>, i64)> = Vec::new();
+            let mut tallied: Vec<(Vec<u8>, i64)> = Vec::new();
             for entry in summaries
                 .range(lower.as_slice()..upper.as_slice())
                 .map_err(|e| self.fail(e))?
@@ -462,24 +464,43 @@ impl FlowStore {
                             continue;
                         }
                     }
-                    Unread::Pairs(counts) => {
+                    Unread::Pairs(_) => {
                         if summary.covers(query)
-                            && let Some(sealed) = pairs.get(key).map_err(|e| self.fail(e))?
+                            && pairs.get(key).map_err(|e| self.fail(e))?.is_some()
                         {
-                            let name = pairs_name(key);
-                            let opened = self
-                                .key
-                                .open(&name, sealed.value())
-                                .map_err(|e| corrupt(&name, &e))?;
-                            let tally =
-                                Pairs::decode(opened.as_slice()).map_err(|e| corrupt(&name, &e))?;
-                            if counts(&tally) {
-                                continue;
-                            }
+                            tallied.push((key.to_vec(), summary.last_ns));
+                            continue;
                         }
                     }
                 }
                 candidates.push((key.to_vec(), summary.last_ns));
+            }
+            if let Unread::Pairs(counts) = &mut unread
+                && !tallied.is_empty()
+            {
+                // Opened and filtered on every core; counted in order.
+                let opened: Vec<(Pairs, Option<Vec<u32>>)> = if tallied.len() >= PARALLEL_BLOCKS {
+                    self.on_cores(&tallied, |rtx, part| {
+                        let pairs = rtx.open_table(PAIRS).map_err(|e| self.fail(e))?;
+                        part.iter()
+                            .map(|(key, _)| self.read_wanted(&pairs, key, query))
+                            .collect()
+                    })?
+                } else {
+                    tallied
+                        .iter()
+                        .map(|(key, _)| self.read_wanted(&pairs, key, query))
+                        .collect::<Result<_, _>>()?
+                };
+                for ((tally, wanted), block) in opened.iter().zip(tallied.drain(..)) {
+                    let said: Option<Vec<Said<'_>>> = wanted
+                        .as_ref()
+                        .and_then(|w| w.iter().map(|i| tally.said(*i)).collect());
+                    match said {
+                        Some(said) => counts(&said),
+                        None => candidates.push(block),
+                    }
+                }
             }
             // The newest `need` only: blocks newest first, and none opened
             // once `need` matches are as new as all it could hold.
@@ -491,40 +512,14 @@ impl FlowStore {
             }
             let mut found: Vec<(OffsetDateTime, v1::Flow)> = Vec::new();
             if need.is_none() && candidates.len() >= PARALLEL_BLOCKS {
-                // Opening and reading blocks is the query's cost: split
-                // across the machine's cores, each with its own read
-                // transaction (the blocks named are there in any later
-                // one: only retention removes blocks, whole minutes).
-                let workers = std::thread::available_parallelism()
-                    .map_or(2, |n| n.get())
-                    .min(4);
-                let chunk = candidates.len().div_ceil(workers);
-                let parts: Vec<Result<Vec<_>, FlowError>> = std::thread::scope(|scope| {
-                    let handles: Vec<_> = candidates
-                        .chunks(chunk)
-                        .map(|part| {
-                            scope.spawn(move || {
-                                let rtx = self.db.begin_read().map_err(|e| self.fail(e))?;
-                                let blocks = rtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
-                                let mut found = Vec::new();
-                                for (key, _) in part {
-                                    self.read_block(&blocks, key, query, &mut found)?;
-                                }
-                                Ok(found)
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join()
-                                .unwrap_or_else(|_| Err(self.fail("a block reader panicked")))
-                        })
-                        .collect()
-                });
-                for part in parts {
-                    found.extend(part?);
-                }
+                found = self.on_cores(&candidates, |rtx, part| {
+                    let blocks = rtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
+                    let mut found = Vec::new();
+                    for (key, _) in part {
+                        self.read_block(&blocks, key, query, &mut found)?;
+                    }
+                    Ok(found)
+                })?;
                 candidates.clear();
             }
             for (key, last_ns) in &candidates {
@@ -552,6 +547,71 @@ impl FlowStore {
             }
         }
         Ok(())
+    }
+
+    /// `work` on `blocks`, split across the machine's cores (opening and
+    /// reading blocks is a query's cost), each part with its own read
+    /// transaction: the blocks named are there in any later one, since only
+    /// retention removes blocks, and whole minutes.
+    fn on_cores<T: Send>(
+        &self,
+        blocks: &[(Vec<u8>, i64)],
+        work: impl Fn(&redb::ReadTransaction, &[(Vec<u8>, i64)]) -> Result<Vec<T>, FlowError> + Sync,
+    ) -> Result<Vec<T>, FlowError> {
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(4);
+        let chunk = blocks.len().div_ceil(workers).max(1);
+        let parts: Vec<Result<Vec<T>, FlowError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = blocks
+                .chunks(chunk)
+                .map(|part| {
+                    let work = &work;
+                    scope.spawn(move || {
+                        let rtx = self.db.begin_read().map_err(|e| self.fail(e))?;
+                        work(&rtx, part)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(self.fail("a block reader panicked")))
+                })
+                .collect()
+        });
+        let mut out = Vec::new();
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    /// The tally of the block at `key`, and which of its pairs `query`
+    /// wants (see [`Pairs::wanted`]).
+    fn read_wanted(
+        &self,
+        pairs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        key: &[u8],
+        query: &Query,
+    ) -> Result<(Pairs, Option<Vec<u32>>), FlowError> {
+        let name = pairs_name(key);
+        let corrupt = |e: &dyn std::fmt::Display| FlowError::Corrupt {
+            key: name.clone(),
+            message: e.to_string(),
+        };
+        let sealed = pairs
+            .get(key)
+            .map_err(|e| self.fail(e))?
+            .ok_or_else(|| corrupt(&"its tally is missing"))?;
+        let opened = self
+            .key
+            .open(&name, sealed.value())
+            .map_err(|e| corrupt(&e))?;
+        let tally = Pairs::decode(opened.as_slice()).map_err(|e| corrupt(&e))?;
+        let wanted = tally.wanted(query);
+        Ok((tally, wanted))
     }
 
     /// Opens the block at `key` and adds its records `query` wants to
@@ -676,11 +736,11 @@ impl FlowStore {
             query,
             false,
             None,
-            Unread::Pairs(&mut |tally| {
+            Unread::Pairs(&mut |said| {
                 let mut ranking = ranking.borrow_mut();
-                tally
-                    .each_wanted(query, |said| ranking.add_said(said))
-                    .is_some()
+                for s in said {
+                    ranking.add_said(*s);
+                }
             }),
             |found| {
                 let mut ranking = ranking.borrow_mut();
@@ -1424,10 +1484,10 @@ mod tests {
         for f in s.query(q).unwrap() {
             ranking.add(time_of(&f).unwrap(), &f);
         }
-        sorted(ranking.finish(usize::MAX))
+        by_address(ranking.finish(usize::MAX))
     }
 
-    fn sorted(mut top: v1::TopResponse) -> v1::TopResponse {
+    fn by_address(mut top: v1::TopResponse) -> v1::TopResponse {
         top.entries
             .sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
         top
@@ -1492,18 +1552,18 @@ mod tests {
                 let query = q(req.clone());
                 let want = ranked_from_records(&s, &query, by);
                 assert!(want.flows > 0, "{req:?} finds records");
-                let got = sorted(s.top(&query, by, usize::MAX).unwrap());
+                let got = by_address(s.top(&query, by, usize::MAX).unwrap());
                 assert_eq!(got, want, "{req:?} by {by:?}");
             }
         }
         // A store written before blocks had tallies: its blocks are read.
-        let before = sorted(s.top(&q(queries[1].clone()), Top::Sources, 100).unwrap());
+        let before = by_address(s.top(&q(queries[1].clone()), Top::Sources, 100).unwrap());
         {
             let wtx = s.db.begin_write().unwrap();
             wtx.open_table(PAIRS).unwrap().retain(|_, _| false).unwrap();
             wtx.commit().unwrap();
         }
-        let after = sorted(s.top(&q(queries[1].clone()), Top::Sources, 100).unwrap());
+        let after = by_address(s.top(&q(queries[1].clone()), Top::Sources, 100).unwrap());
         assert_eq!(after, before);
     }
 
@@ -1585,5 +1645,12 @@ mod tests {
             }))
             .unwrap();
         assert_eq!(last.len(), 3);
+        // The tallies of a minute of many blocks are opened on every core.
+        for by in [Top::Sources, Top::Talkers] {
+            let query = q(v1::ObserveRequest::default());
+            let got = by_address(s.top(&query, by, usize::MAX).unwrap());
+            assert_eq!(got.flows, PARALLEL_BLOCKS as u64 * 3 * 10);
+            assert_eq!(got, ranked_from_records(&s, &query, by));
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use time::OffsetDateTime;
 use wardline_proto::v1;
 
-use crate::pairs::Said;
+use crate::pairs::{Addr, Said};
 use crate::record::FIRST_KINDS;
 use crate::store::Top;
 use crate::summary::Cell;
@@ -72,7 +72,7 @@ struct Entry {
     connections: u64,
     packets: u64,
     bytes: u64,
-    destinations: HashSet<(Vec<u8>, u32)>,
+    destinations: HashSet<(Addr, u32)>,
     last: Option<OffsetDateTime>,
 }
 
@@ -80,7 +80,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct Ranking {
     by: Top,
-    ranked: HashMap<(Vec<u8>, Vec<u8>), Entry>,
+    ranked: HashMap<(Addr, Addr), Entry>,
     flows: u64,
     partial: bool,
 }
@@ -98,8 +98,8 @@ impl Ranking {
     /// Counts `f`, judged at `at`.
     pub fn add(&mut self, at: OffsetDateTime, f: &v1::Flow) {
         self.add_said(Said {
-            src: &f.src,
-            dst: &f.dst,
+            src: Addr::of(&f.src),
+            dst: Addr::of(&f.dst),
             dport: f.dport,
             src_segment: &f.src_segment,
             dst_segment: &f.dst_segment,
@@ -117,8 +117,8 @@ impl Ranking {
     pub fn add_said(&mut self, s: Said<'_>) {
         self.flows += s.records;
         let pair = match self.by {
-            Top::Sources => (s.src.to_vec(), Vec::new()),
-            Top::Talkers => (s.src.to_vec(), s.dst.to_vec()),
+            Top::Sources => (s.src, Addr::NONE),
+            Top::Talkers => (s.src, s.dst),
         };
         if self.ranked.len() >= MAX_RANKED && !self.ranked.contains_key(&pair) {
             self.partial = true;
@@ -134,7 +134,7 @@ impl Ranking {
         e.packets += s.packets;
         e.bytes += s.bytes;
         if self.by == Top::Sources && e.destinations.len() < 100_000 {
-            e.destinations.insert((s.dst.to_vec(), s.dport));
+            e.destinations.insert((s.dst, s.dport));
         }
     }
 
@@ -145,9 +145,9 @@ impl Ranking {
             .ranked
             .into_iter()
             .map(|((src, dst), e)| v1::TopEntry {
-                src,
+                src: src.as_bytes().to_vec(),
                 src_segment: e.src_segment,
-                dst,
+                dst: dst.as_bytes().to_vec(),
                 dst_segment: if by == Top::Talkers {
                     e.dst_segment
                 } else {

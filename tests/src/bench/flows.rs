@@ -567,7 +567,7 @@ process each with its own agent certificate, send {} records between them as age
 came. **records per second**: records stored over the wall time from the first call to the \
 last answer; **zero loss**: every record answered as stored. Then an operator's client runs each \
 query {RUNS} times (`Observe`, reading the whole answer; `FlowMatrix`; `TopFlows`, which \
-reads every record the filter admits and ranks them; `Inventory`, which reads the device \
+ranks every record the filter admits; `Inventory`, which reads the device \
 entries kept at ingest), timed from the call to the last record; p50 / p95 / max are \
 nearest-rank. The `dashboard:` rows are the web dashboard's views as a browser asks for them: \
 HTTPS GETs of its JSON API over one kept-alive connection signed in with a `DashboardLogin` \
@@ -578,7 +578,14 @@ store keeps a sealed summary beside each block (time span, address ranges, ports
 counts by segment pair, verdict, reason and policy): a query opens only the blocks whose \
 summary admits a match, so one that names a few agents' addresses or segments reads little, and \
 one that matches in every block (a common port alone, say) reads them all; the matrix over whole \
-blocks adds their counts without opening them. `last N` reads the newest blocks first and stops \
+blocks adds their counts without opening them. Each block also keeps a sealed tally of its \
+pairs (source, destination, port, protocol, segments, verdict, reason, policy, with their \
+counts): the top lists count the blocks the query's time range covers from these tallies \
+and read only the blocks at the range's edges. Records that differ only in their source port \
+are one entry, but these records repeat a (source, destination, port) only every 2,000 records, \
+so here a tally holds as many entries as its block holds records: what this measures is the \
+tally's smaller encoding (numbers only, no allocation per entry) and nothing of the collapse \
+that real traffic (a workstation's many connections to one service) gives. `last N` reads the newest blocks first and stops \
 when nothing older can be newer. Everything shares the machine's 2 cores. This part took {:.0} s.",
             self.agents, self.records, self.seconds
         );
