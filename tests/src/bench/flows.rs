@@ -573,7 +573,8 @@ nearest-rank. The `dashboard:` rows are the web dashboard's views as a browser a
 HTTPS GETs of its JSON API over one kept-alive connection signed in with a `DashboardLogin` \
 link, timed to the last byte of the answer (the same queries, plus the JSON and TLS). Ingest also keeps the device inventory up to date (one sealed entry per address a \
 batch names, read and written in the batch's transaction). Records span the last ten minutes; each \
-simulated agent's come from one ward's /24, as the agent on that ward's gateway sees them. The \
+simulated agent's come from one ward's /24, as the agent on that ward's gateway sees them. A \
+batch's records of one minute are stored as a block per verdict, and the \
 store keeps a sealed summary beside each block (time span, address ranges, ports, protocols, \
 counts by segment pair, verdict, reason and policy): a query opens only the blocks whose \
 summary admits a match, so one that names a few agents' addresses or segments reads little, and \
@@ -581,7 +582,8 @@ one that matches in every block (a common port alone, say) reads them all; the m
 blocks adds their counts without opening them. Each block also keeps a sealed tally of its \
 pairs (source, destination, port, protocol, segments, verdict, reason, policy, with their \
 counts): the top lists count the blocks the query's time range covers from these tallies \
-and read only the blocks at the range's edges. Records that differ only in their source port \
+and read only the blocks at the range's edges; a query naming addresses checks a block's tally before \
+opening it. Records that differ only in their source port \
 are one entry, but these records repeat a (source, destination, port) only every 2,000 records, \
 so here a tally holds as many entries as its block holds records: what this measures is the \
 tally's smaller encoding (numbers only, no allocation per entry) and nothing of the collapse \
