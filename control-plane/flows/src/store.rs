@@ -352,30 +352,11 @@ impl FlowStore {
                         flows: part,
                         ..Default::default()
                     };
-                    let sealed = self
-                        .key
-                        .seal(&key_name(&key), &block.encode_to_vec())
-                        .map_err(|e| self.fail(e))?;
-                    blocks
-                        .insert(key.as_slice(), sealed.as_slice())
-                        .map_err(|e| self.fail(e))?;
-                    let summary = self
-                        .key
-                        .seal(
-                            &summary_name(&key),
-                            &Summary::of(&block.flows).encode_to_vec(),
-                        )
-                        .map_err(|e| self.fail(e))?;
-                    summaries
-                        .insert(key.as_slice(), summary.as_slice())
-                        .map_err(|e| self.fail(e))?;
-                    let tally = self
-                        .key
-                        .seal(&pairs_name(&key), &Pairs::of(&block.flows).encode_to_vec())
-                        .map_err(|e| self.fail(e))?;
-                    pairs
-                        .insert(key.as_slice(), tally.as_slice())
-                        .map_err(|e| self.fail(e))?;
+                    self.put(&mut blocks, &key, key_name(&key), &block)?;
+                    let summary = Summary::of(&block.flows);
+                    self.put(&mut summaries, &key, summary_name(&key), &summary)?;
+                    let tally = Pairs::of(&block.flows);
+                    self.put(&mut pairs, &key, pairs_name(&key), &tally)?;
                     minute_stored.extend(block.flows);
                 }
                 let before = minutes
@@ -632,22 +613,51 @@ impl FlowStore {
         key: &[u8],
         query: &Query,
     ) -> Result<(Pairs, Option<Vec<u32>>), FlowError> {
-        let name = pairs_name(key);
-        let corrupt = |e: &dyn std::fmt::Display| FlowError::Corrupt {
+        let tally: Pairs = self.open_sealed(pairs, key, pairs_name(key), "tally")?;
+        let wanted = tally.wanted(query);
+        Ok((tally, wanted))
+    }
+
+    /// Seals `value` under `name` and stores it at `key` in `table`.
+    fn put(
+        &self,
+        table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        key: &[u8],
+        name: String,
+        value: &impl prost::Message,
+    ) -> Result<(), FlowError> {
+        let sealed = self
+            .key
+            .seal(&name, &value.encode_to_vec())
+            .map_err(|e| self.fail(e))?;
+        table
+            .insert(key, sealed.as_slice())
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// The sealed `what` at `key` in `table`, opened with the store key
+    /// under `name` and decoded: anything else is [`FlowError::Corrupt`].
+    fn open_sealed<M: prost::Message + Default>(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        key: &[u8],
+        name: String,
+        what: &str,
+    ) -> Result<M, FlowError> {
+        let corrupt = |message: String| FlowError::Corrupt {
             key: name.clone(),
-            message: e.to_string(),
+            message,
         };
-        let sealed = pairs
+        let sealed = table
             .get(key)
             .map_err(|e| self.fail(e))?
-            .ok_or_else(|| corrupt(&"its tally is missing"))?;
+            .ok_or_else(|| corrupt(format!("its {what} is missing")))?;
         let opened = self
             .key
             .open(&name, sealed.value())
-            .map_err(|e| corrupt(&e))?;
-        let tally = Pairs::decode(opened.as_slice()).map_err(|e| corrupt(&e))?;
-        let wanted = tally.wanted(query);
-        Ok((tally, wanted))
+            .map_err(|e| corrupt(e.to_string()))?;
+        M::decode(opened.as_slice()).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Opens the block at `key` and adds its records `query` wants to
@@ -659,20 +669,7 @@ impl FlowStore {
         query: &Query,
         found: &mut Vec<(OffsetDateTime, v1::Flow)>,
     ) -> Result<(), FlowError> {
-        let name = key_name(key);
-        let corrupt = |e: &dyn std::fmt::Display| FlowError::Corrupt {
-            key: name.clone(),
-            message: e.to_string(),
-        };
-        let stored = blocks
-            .get(key)
-            .map_err(|e| self.fail(e))?
-            .ok_or_else(|| corrupt(&"its block is missing"))?;
-        let opened = self
-            .key
-            .open(&name, stored.value())
-            .map_err(|e| corrupt(&e))?;
-        let block = v1::FlowBatch::decode(opened.as_slice()).map_err(|e| corrupt(&e))?;
+        let block: v1::FlowBatch = self.open_sealed(blocks, key, key_name(key), "block")?;
         for flow in block.flows {
             if query.matches_but_time(&flow)
                 && let Some(at) = time_of(&flow)
@@ -1133,34 +1130,43 @@ mod tests {
         assert_eq!(s.records(), 2);
     }
 
-    #[test]
-    fn a_block_edited_on_disk_is_refused_not_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), Retention::default());
-        let now = at("2026-12-02T12:00:00Z");
+    /// A store holding one record, with `verdict`.
+    fn one_record(dir: &Path, verdict: &str) -> FlowStore {
+        let s = store(dir, Retention::default());
         let f = flow(
             "2026-12-02T11:00:00Z",
             "198.18.20.10",
             "198.18.41.10",
             443,
-            "allowed",
+            verdict,
             1,
         );
-        s.ingest("gw-1", &batch(1, vec![f]), now).unwrap();
+        s.ingest("gw-1", &batch(1, vec![f]), at("2026-12-02T12:00:00Z"))
+            .unwrap();
+        s
+    }
+
+    /// Edits the sealed value of the first entry of `table` on disk.
+    fn flip_a_bit_of_the_first(s: &FlowStore, table: TableDefinition<'_, &[u8], &[u8]>) {
+        let wtx = s.db.begin_write().unwrap();
         {
-            let wtx = s.db.begin_write().unwrap();
-            {
-                let mut blocks = wtx.open_table(BLOCKS).unwrap();
-                let (key, mut value) = {
-                    let (k, v) = blocks.first().unwrap().unwrap();
-                    (k.value().to_vec(), v.value().to_vec())
-                };
-                let last = value.len() - 1;
-                value[last] ^= 1;
-                blocks.insert(key.as_slice(), value.as_slice()).unwrap();
-            }
-            wtx.commit().unwrap();
+            let mut t = wtx.open_table(table).unwrap();
+            let (key, mut value) = {
+                let (k, v) = t.first().unwrap().unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            };
+            let last = value.len() - 1;
+            value[last] ^= 1;
+            t.insert(key.as_slice(), value.as_slice()).unwrap();
         }
+        wtx.commit().unwrap();
+    }
+
+    #[test]
+    fn a_block_edited_on_disk_is_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = one_record(dir.path(), "allowed");
+        flip_a_bit_of_the_first(&s, BLOCKS);
         match s.query(&Query::default()) {
             Err(FlowError::Corrupt { message, .. }) => {
                 assert!(message.contains("does not open"), "{message}")
@@ -1619,31 +1625,8 @@ mod tests {
     #[test]
     fn a_tally_edited_on_disk_is_refused_not_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), Retention::default());
-        let now = at("2026-12-02T12:00:00Z");
-        let f = flow(
-            "2026-12-02T11:00:00Z",
-            "198.18.20.10",
-            "198.18.41.10",
-            443,
-            "dropped",
-            1,
-        );
-        s.ingest("gw-1", &batch(1, vec![f]), now).unwrap();
-        {
-            let wtx = s.db.begin_write().unwrap();
-            {
-                let mut pairs = wtx.open_table(PAIRS).unwrap();
-                let (key, mut value) = {
-                    let (k, v) = pairs.first().unwrap().unwrap();
-                    (k.value().to_vec(), v.value().to_vec())
-                };
-                let last = value.len() - 1;
-                value[last] ^= 1;
-                pairs.insert(key.as_slice(), value.as_slice()).unwrap();
-            }
-            wtx.commit().unwrap();
-        }
+        let s = one_record(dir.path(), "dropped");
+        flip_a_bit_of_the_first(&s, PAIRS);
         match s.top(&Query::default(), Top::Sources, 10) {
             Err(FlowError::Corrupt { key, .. }) => assert!(key.starts_with("flow-pairs/"), "{key}"),
             other => panic!("an edited tally was counted: {other:?}"),
