@@ -217,6 +217,10 @@ fn node_of(key: &[u8]) -> &[u8] {
     &rest[..end]
 }
 
+/// A block's tally and the pairs of it a query wants (see
+/// [`Pairs::wanted`]).
+type Wanted = (Pairs, Option<Vec<u32>>);
+
 /// How [`FlowStore::walk`] may count a block without reading its records.
 enum Unread<'a> {
     /// It may not: every block that may match is read.
@@ -462,17 +466,6 @@ impl FlowStore {
                 if !summary.may_match(query) {
                     continue;
                 }
-                // A block's address ranges are wide (a gateway's block spans
-                // its ward): for a query naming addresses, its tally, a
-                // fraction of the block to open, says whether any record
-                // matches at all.
-                if names_addresses
-                    && pairs.get(key).map_err(|e| self.fail(e))?.is_some()
-                    && let (_, Some(wanted)) = self.read_wanted(&pairs, key, query)?
-                    && wanted.is_empty()
-                {
-                    continue;
-                }
                 match &mut unread {
                     Unread::None => {}
                     Unread::Cells(counts) => {
@@ -482,21 +475,31 @@ impl FlowStore {
                         }
                     }
                     Unread::Pairs(_) => {
-                        if summary.covers(query)
-                            && pairs.get(key).map_err(|e| self.fail(e))?.is_some()
-                        {
+                        if summary.covers(query) {
                             tallied.push((key.to_vec(), summary.last_ns));
                             continue;
                         }
                     }
+                }
+                // A block's address ranges are wide (a gateway's block spans
+                // its ward): for a query naming addresses, its tally, a
+                // fraction of the block to open, says whether any record
+                // matches at all.
+                if names_addresses
+                    && let Some((_, Some(wanted))) = self.read_wanted(&pairs, key, query)?
+                    && wanted.is_empty()
+                {
+                    continue;
                 }
                 candidates.push((key.to_vec(), summary.last_ns));
             }
             if let Unread::Pairs(counts) = &mut unread
                 && !tallied.is_empty()
             {
-                // Opened and filtered on every core; counted in order.
-                let opened: Vec<(Pairs, Option<Vec<u32>>)> = if tallied.len() >= PARALLEL_BLOCKS {
+                // Opened and filtered on every core; counted in order. A
+                // block without a usable tally (none: a store written
+                // before tallies) is read instead.
+                let opened: Vec<Option<Wanted>> = if tallied.len() >= PARALLEL_BLOCKS {
                     self.on_cores(&tallied, |rtx, part| {
                         let pairs = rtx.open_table(PAIRS).map_err(|e| self.fail(e))?;
                         part.iter()
@@ -509,10 +512,11 @@ impl FlowStore {
                         .map(|(key, _)| self.read_wanted(&pairs, key, query))
                         .collect::<Result<_, _>>()?
                 };
-                for ((tally, wanted), block) in opened.iter().zip(tallied.drain(..)) {
-                    let said: Option<Vec<Said<'_>>> = wanted
-                        .as_ref()
-                        .and_then(|w| w.iter().map(|i| tally.said(*i)).collect());
+                for (opened, block) in opened.iter().zip(tallied.drain(..)) {
+                    let said: Option<Vec<Said<'_>>> =
+                        opened.as_ref().and_then(|(tally, wanted)| {
+                            wanted.as_ref()?.iter().map(|i| tally.said(*i)).collect()
+                        });
                     match said {
                         Some(said) => counts(&said),
                         None => candidates.push(block),
@@ -605,17 +609,19 @@ impl FlowStore {
         Ok(out)
     }
 
-    /// The tally of the block at `key`, and which of its pairs `query`
-    /// wants (see [`Pairs::wanted`]).
+    /// The tally of the block at `key` (none in a store written before
+    /// tallies), and which of its pairs `query` wants.
     fn read_wanted(
         &self,
         pairs: &impl ReadableTable<&'static [u8], &'static [u8]>,
         key: &[u8],
         query: &Query,
-    ) -> Result<(Pairs, Option<Vec<u32>>), FlowError> {
-        let tally: Pairs = self.open_sealed(pairs, key, pairs_name(key), "tally")?;
-        let wanted = tally.wanted(query);
-        Ok((tally, wanted))
+    ) -> Result<Option<Wanted>, FlowError> {
+        let tally: Option<Pairs> = self.open_sealed(pairs, key, pairs_name(key))?;
+        Ok(tally.map(|tally| {
+            let wanted = tally.wanted(query);
+            (tally, wanted)
+        }))
     }
 
     /// Seals `value` under `name` and stores it at `key` in `table`.
@@ -636,28 +642,29 @@ impl FlowStore {
         Ok(())
     }
 
-    /// The sealed `what` at `key` in `table`, opened with the store key
-    /// under `name` and decoded: anything else is [`FlowError::Corrupt`].
+    /// The sealed value at `key` in `table` (if there is one), opened with
+    /// the store key under `name` and decoded: one that does not open or
+    /// decode is [`FlowError::Corrupt`].
     fn open_sealed<M: prost::Message + Default>(
         &self,
         table: &impl ReadableTable<&'static [u8], &'static [u8]>,
         key: &[u8],
         name: String,
-        what: &str,
-    ) -> Result<M, FlowError> {
+    ) -> Result<Option<M>, FlowError> {
+        let Some(sealed) = table.get(key).map_err(|e| self.fail(e))? else {
+            return Ok(None);
+        };
         let corrupt = |message: String| FlowError::Corrupt {
             key: name.clone(),
             message,
         };
-        let sealed = table
-            .get(key)
-            .map_err(|e| self.fail(e))?
-            .ok_or_else(|| corrupt(format!("its {what} is missing")))?;
         let opened = self
             .key
             .open(&name, sealed.value())
             .map_err(|e| corrupt(e.to_string()))?;
-        M::decode(opened.as_slice()).map_err(|e| corrupt(e.to_string()))
+        M::decode(opened.as_slice())
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()))
     }
 
     /// Opens the block at `key` and adds its records `query` wants to
@@ -669,7 +676,12 @@ impl FlowStore {
         query: &Query,
         found: &mut Vec<(OffsetDateTime, v1::Flow)>,
     ) -> Result<(), FlowError> {
-        let block: v1::FlowBatch = self.open_sealed(blocks, key, key_name(key), "block")?;
+        let block: v1::FlowBatch =
+            self.open_sealed(blocks, key, key_name(key))?
+                .ok_or_else(|| FlowError::Corrupt {
+                    key: key_name(key),
+                    message: "its block is missing".into(),
+                })?;
         for flow in block.flows {
             if query.matches_but_time(&flow)
                 && let Some(at) = time_of(&flow)
