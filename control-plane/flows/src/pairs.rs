@@ -7,6 +7,8 @@
 //! over blocks a query's time range covers are counted from these tallies
 //! without opening the blocks: records that differ only in their source
 //! port (every new connection of a workstation to the EHR) are one entry.
+//! A query naming addresses also checks a block's tally before opening the
+//! block: a block's address range spans its ward, its tally names each.
 
 use std::collections::HashMap;
 

@@ -41,7 +41,8 @@ const BLOCKS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("blocks")
 /// The same key to the sealed [`Summary`] of its block.
 const SUMMARIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("summaries");
 /// The same key to the sealed [`Pairs`] of its block: the top sources and
-/// talkers over blocks a query covers whole are counted from these.
+/// talkers over blocks a query covers whole are counted from these, and a
+/// query naming addresses checks them before opening a block.
 /// (A store written before it existed has none: its blocks are read.)
 const PAIRS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("pairs");
 /// Minute (since the epoch) to the records stored in it.
