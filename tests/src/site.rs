@@ -381,6 +381,13 @@ impl Site {
 
     /// `wardctl ARGS` as the operator, against replica `replica`.
     pub fn wardctl(&self, replica: usize, args: &[&str]) -> Output {
+        self.wardctl_command(replica, args)
+            .output()
+            .expect("wardctl runs")
+    }
+
+    /// [`Site::wardctl`]'s command, to spawn (a follow that runs on).
+    pub fn wardctl_command(&self, replica: usize, args: &[&str]) -> Command {
         let (cert, key) = (self.dir.join("ops.pem"), self.dir.join("ops-key.pem"));
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.ns.name()])
@@ -394,7 +401,7 @@ impl Site {
             .arg(key)
             .args(args)
             .stdin(Stdio::null());
-        cmd.output().expect("wardctl runs")
+        cmd
     }
 
     /// Applies `policy` as the whole policy (`--prune`); returns the revision.

@@ -1,6 +1,9 @@
-//! Two replicas given one PostgreSQL flow store (`--flow-postgres`): what
-//! an agent reports to one, `wardctl observe` on the other answers with.
+//! Two replicas given one PostgreSQL flow store (`--flow-postgres`, over
+//! TLS with a client certificate): what an agent reports to one, `wardctl
+//! observe` on the other answers with, and `observe -f` there follows.
 
+use std::io::BufRead as _;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Endpoint;
@@ -38,7 +41,18 @@ fn privileged_two_replicas_on_one_postgres_flow_store_answer_with_each_others_re
     require_root();
     let mut site = Site::new();
     let pg = Postgres::start_in(Some(site.ns.name()));
-    site.replica_flags = vec!["--flow-postgres".into(), pg.url()];
+    let tls = pg.tls();
+    let (cert, key) = tls.client.clone().unwrap();
+    site.replica_flags = vec![
+        "--flow-postgres".into(),
+        pg.url(),
+        "--flow-postgres-ca".into(),
+        tls.ca.display().to_string(),
+        "--flow-postgres-cert".into(),
+        cert.display().to_string(),
+        "--flow-postgres-key".into(),
+        key.display().to_string(),
+    ];
     // Each replica its own policy store; the flow store is what they share.
     for i in 0..2 {
         let store = format!(
@@ -87,6 +101,25 @@ fn privileged_two_replicas_on_one_postgres_flow_store_answer_with_each_others_re
             })
         })
     };
+    // Following on replica 1 what the agent sends to either.
+    let mut follower = site
+        .wardctl_command(1, &["observe", "--node", "gw-icu", "-f", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follow has subscribed once it is connected: give it that.
+    std::thread::sleep(Duration::from_secs(1));
     let first = vec![flow(1, 443, "allowed"), flow(2, 22, "dropped")];
     assert_eq!(report(0, first.clone()).accepted, 2);
     assert_eq!(observed(&site, 1), vec![(1, 443), (2, 22)]);
@@ -104,6 +137,25 @@ fn privileged_two_replicas_on_one_postgres_flow_store_answer_with_each_others_re
     }
     assert_eq!(observed(&site, 1), want);
     assert_eq!(pg.psql("SELECT count(*) FROM wardline_flows"), "3");
+    let followed: Vec<(u64, u64)> = (0..3)
+        .map(|_| {
+            let line = lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the follow on replica 1 shows the record");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            (
+                v["sequence"].as_u64().unwrap(),
+                v["dport"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(followed, want, "each record followed once, in order");
+    assert!(
+        lines.recv_timeout(Duration::from_millis(500)).is_err(),
+        "nothing more"
+    );
+    follower.kill().unwrap();
+    follower.wait().unwrap();
     // Replicas stop before their database.
     site.replicas.clear();
 }

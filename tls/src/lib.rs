@@ -339,6 +339,59 @@ pub fn etcd_check_config(
     })
 }
 
+/// A TLS client configuration for the shared flow database (PostgreSQL):
+/// the database server verified against the CA in `ca` by the host
+/// dialled, and with `client` (certificate, key) a client certificate for
+/// PostgreSQL's `cert` authentication, checked as [`etcd_client_tls`]
+/// checks its own (issued by that CA, valid now, for client
+/// authentication). Without one the database authenticates the replica
+/// by password, over this TLS.
+pub fn database_client_config(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let ca_pem = match client {
+        Some((cert, key)) => Material::load(ca, cert, key, Usage::Client, Identified::Any)?.ca_pem,
+        None => read(ca)?,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for der in certificates(ca, &ca_pem)? {
+        if !parse(ca, &der)?.is_ca() {
+            return Err(TlsError::NotCa {
+                path: ca.to_owned(),
+            });
+        }
+        roots.add(der).map_err(|err| TlsError::BadCertificate {
+            path: ca.to_owned(),
+            reason: err.to_string(),
+        })?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|err| TlsError::BadCertificate {
+        path: ca.to_owned(),
+        reason: err.to_string(),
+    })?
+    .with_root_certificates(roots);
+    let Some((cert, key)) = client else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = certificates(cert, &read(cert)?)?;
+    let key_der =
+        PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|err| TlsError::NotKeyPem {
+            path: key.to_owned(),
+            reason: err.to_string(),
+        })?;
+    builder
+        .with_client_auth_cert(chain, key_der)
+        .map_err(|err| TlsError::UnsupportedKey {
+            path: key.to_owned(),
+            reason: err.to_string(),
+        })
+}
+
 /// A channel endpoint to the control plane at `address`: [`client_tls`]
 /// with the certificate in `cert` and key in `key`, verifying the server
 /// against the CA in `ca` by the address's host, and [`CONNECT_TIMEOUT`].

@@ -26,15 +26,30 @@
 //! transaction, so that replicas sharing it neither store a batch sent
 //! again twice nor make or drop one partition at once.
 //!
-//! Live follow ([`FlowBackend::subscribe`]) carries the records this
-//! replica ingested itself; records another replica stores are found by
-//! queries, not followed.
+//! Live follow ([`FlowBackend::subscribe`]) carries every record stored,
+//! whichever replica stored it: each row takes the next number of one
+//! sequence (`ingest_id`) as it is inserted, and the ingest that inserted
+//! it notifies (`NOTIFY wardline_flows`, with its highest number) as it
+//! commits. Every replica listens, and while someone follows it reads the
+//! rows numbered after the last it read, in that order. Ingests hold the
+//! advisory lock until they commit, so numbers become visible in order: a
+//! row numbered below one already read is never found later. The SIEM
+//! export takes [`FlowBackend::subscribe_ingested`] instead, the records
+//! this replica stored itself, so that each record reaches the SIEM once
+//! from the replicas between them.
+//!
+//! Over TCP the database is reached only over TLS ([`PgTls`]): its
+//! certificate verified against the CA given for it by the host dialled,
+//! never plaintext and never a fallback to it; with a client certificate
+//! for PostgreSQL's `cert` authentication, or by password over that TLS.
+//! A Unix socket (a host that is a path) is local and needs none.
 #![forbid(unsafe_code)]
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,8 +58,10 @@ use futures_util::{StreamExt as _, pin_mut};
 use prost::Message as _;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use wardline_flows::filter::MAX_RESULTS;
 use wardline_flows::ingest::{QuotaUsed, sort};
 use wardline_flows::record::time_of;
@@ -63,6 +80,13 @@ const TABLE: &str = "wardline_flows";
 const LOCK: i64 = 0x5761_7264_466c_6f77; // "WardFlow"
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The channel ingests notify on, with the highest `ingest_id` they
+/// inserted.
+const CHANNEL: &str = "wardline_flows";
+/// Rows the follow reads at once.
+const TAIL_PAGE: i64 = 10_000;
+/// The pause before the follow's connection is made again.
+const TAIL_RETRY: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS wardline_flows (
@@ -89,10 +113,18 @@ CREATE TABLE IF NOT EXISTS wardline_flow_devices (
     address bytea PRIMARY KEY,
     device bytea NOT NULL
 );
+CREATE SEQUENCE IF NOT EXISTS wardline_flows_ingest;
+ALTER TABLE wardline_flows ADD COLUMN IF NOT EXISTS
+    ingest_id bigint NOT NULL DEFAULT nextval('wardline_flows_ingest');
+CREATE INDEX IF NOT EXISTS wardline_flows_ingest_id ON wardline_flows (ingest_id);
 ";
 
 /// The columns a query reads, in this order.
 const COLUMNS: &str = "at_ns, node, buffer, sequence, record";
+/// The columns an ingest writes, in this order (`ingest_id` is numbered
+/// by the database).
+const INSERTED: &str = "at_ns, node, buffer, sequence, src_segment, dst_segment, verdict, \
+    reason, policy, protocol, dport, record";
 /// What narrows a query in the database (the same code decides after).
 const WHERE: &str = "at_ns >= $1 AND at_ns <= $2 \
     AND ($3::text IS NULL OR node = $3) \
@@ -109,6 +141,7 @@ pub struct PgFlowStore {
     runtime: Option<tokio::runtime::Runtime>,
     client: tokio::sync::Mutex<Client>,
     config: Config,
+    connector: Connector,
     /// The database as errors name it (no password).
     name: String,
     key: StoreKey,
@@ -116,8 +149,27 @@ pub struct PgFlowStore {
     records: AtomicU64,
     devices: AtomicU64,
     counts: Counts,
+    /// Every record stored, by any replica (fed by [`tail`]).
     follow: broadcast::Sender<Arc<v1::Flow>>,
+    /// The records this replica stored.
+    ingested: broadcast::Sender<Arc<v1::Flow>>,
     quota: Mutex<QuotaUsed>,
+}
+
+/// TLS to the database: the CA that issued its certificate, and a client
+/// certificate and its key for PostgreSQL's `cert` authentication (its
+/// common name the database user), if the database asks for one.
+#[derive(Debug, Clone)]
+pub struct PgTls {
+    pub ca: PathBuf,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// How a connection is made: TLS over TCP, nothing over a Unix socket.
+#[derive(Clone)]
+enum Connector {
+    Tls(MakeRustlsConnect),
+    Socket,
 }
 
 impl Drop for PgFlowStore {
@@ -168,7 +220,6 @@ fn message(e: &tokio_postgres::Error) -> String {
 
 /// The database `config` names, without its password.
 fn describe(config: &Config) -> String {
-    use tokio_postgres::config::Host;
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         Some(Host::Unix(p)) => p.display().to_string(),
@@ -182,21 +233,89 @@ fn describe(config: &Config) -> String {
     )
 }
 
-async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("flow store connection: {}", message(&e));
+/// A connection, run on a task of its own; with `notices`, every
+/// notification it receives goes there.
+async fn connect(
+    config: &Config,
+    connector: &Connector,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<Client, tokio_postgres::Error> {
+    match connector {
+        Connector::Tls(tls) => {
+            let (client, connection) = config.connect(tls.clone()).await?;
+            tokio::spawn(run(connection, notices));
+            Ok(client)
         }
-    });
-    Ok(client)
+        Connector::Socket => {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(run(connection, notices));
+            Ok(client)
+        }
+    }
+}
+
+async fn run<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(AsyncMessage::Notification(n)) => {
+                if let Some(tx) = &notices {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("flow store connection: {}", message(&e));
+                break;
+            }
+        }
+    }
+}
+
+/// How `config` is to be reached: over TCP only with `tls` (and never
+/// with `sslmode=disable`), which it then requires; over a Unix socket
+/// without.
+fn connector_for(config: &mut Config, tls: Option<&PgTls>) -> Result<Connector, String> {
+    let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+    if !tcp {
+        return Ok(Connector::Socket);
+    }
+    let Some(tls) = tls else {
+        return Err(
+            "a database over TCP is reached only over TLS: give the CA that issued its \
+             certificate (--flow-postgres-ca)"
+                .to_owned(),
+        );
+    };
+    if config.get_ssl_mode() == SslMode::Disable {
+        return Err("sslmode=disable: a database over TCP is reached only over TLS".to_owned());
+    }
+    // Never `prefer`: a server (or whoever answers in its place) that
+    // declines TLS is refused, not spoken to in plaintext.
+    config.ssl_mode(SslMode::Require);
+    let client = tls.client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let rustls =
+        wardline_tls::database_client_config(&tls.ca, client).map_err(|e| e.to_string())?;
+    Ok(Connector::Tls(MakeRustlsConnect::new(rustls)))
 }
 
 impl PgFlowStore {
     /// Connects to the database `url` names (`postgresql://user@host:port/db`
     /// or `host=... user=...`), makes the tables if they are missing and
     /// counts what is stored.
-    pub fn open(url: &str, key: StoreKey, retention: Retention) -> Result<PgFlowStore, FlowError> {
+    /// Over TCP it needs `tls` (see [`PgTls`]).
+    pub fn open(
+        url: &str,
+        tls: Option<&PgTls>,
+        key: StoreKey,
+        retention: Retention,
+    ) -> Result<PgFlowStore, FlowError> {
         let bad = |message: String| FlowError::Store {
             path: "URL".to_owned(),
             message,
@@ -210,6 +329,10 @@ impl PgFlowStore {
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("wardline-control-plane");
         let name = describe(&config);
+        let connector = connector_for(&mut config, tls).map_err(|message| FlowError::Store {
+            path: name.clone(),
+            message,
+        })?;
         let fail = |message: String| FlowError::Store {
             path: name.clone(),
             message,
@@ -220,8 +343,10 @@ impl PgFlowStore {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("its runtime: {e}")))?;
-        let (client, records, devices) = runtime.block_on(async {
-            let client = connect(&config).await.map_err(|e| fail(message(&e)))?;
+        let (client, records, devices, newest) = runtime.block_on(async {
+            let client = connect(&config, &connector, None)
+                .await
+                .map_err(|e| fail(message(&e)))?;
             client
                 .batch_execute(&format!(
                     "SELECT pg_advisory_lock({LOCK}); {SCHEMA} SELECT pg_advisory_unlock({LOCK});"
@@ -238,19 +363,38 @@ impl PgFlowStore {
                 .await
                 .map_err(|e| fail(message(&e)))?
                 .get(0);
-            Ok::<_, FlowError>((client, records, devices))
+            // Followers follow from here on.
+            let newest: i64 = client
+                .query_one(
+                    &format!("SELECT coalesce(max(ingest_id), 0) FROM {TABLE}"),
+                    &[],
+                )
+                .await
+                .map_err(|e| fail(message(&e)))?
+                .get(0);
+            Ok::<_, FlowError>((client, records, devices, newest))
         })?;
+        let follow = broadcast::channel(65_536).0;
+        runtime.spawn(tail(
+            config.clone(),
+            connector.clone(),
+            key.clone(),
+            follow.clone(),
+            newest,
+        ));
         Ok(PgFlowStore {
             runtime: Some(runtime),
             client: tokio::sync::Mutex::new(client),
             config,
+            connector,
             name,
             key,
             retention,
             records: AtomicU64::new(u64::try_from(records).unwrap_or(0)),
             devices: AtomicU64::new(u64::try_from(devices).unwrap_or(0)),
             counts: Counts::default(),
-            follow: broadcast::channel(65_536).0,
+            follow,
+            ingested: broadcast::channel(65_536).0,
             quota: Mutex::default(),
         })
     }
@@ -278,31 +422,12 @@ impl PgFlowStore {
         rt.block_on(async {
             let mut client = self.client.lock().await;
             if client.is_closed() {
-                *client = connect(&self.config).await.map_err(|e| self.pg(&e))?;
+                *client = connect(&self.config, &self.connector, None)
+                    .await
+                    .map_err(|e| self.pg(&e))?;
             }
             f(&mut client).await
         })
-    }
-
-    /// Opens the record sealed in a row of [`COLUMNS`].
-    fn open_row(&self, row: &tokio_postgres::Row) -> Result<(OffsetDateTime, v1::Flow), FlowError> {
-        let (at_ns, node, buffer, sequence): (i64, String, i64, i64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        let name = record_name(&node, buffer, sequence, at_ns);
-        let corrupt = |message: String| FlowError::Corrupt {
-            key: name.clone(),
-            message,
-        };
-        let opened = self
-            .key
-            .open(&name, row.get::<_, &[u8]>(4))
-            .map_err(|e| corrupt(e.to_string()))?;
-        let flow = v1::Flow::decode(opened.as_slice()).map_err(|e| corrupt(e.to_string()))?;
-        let at = time_of(&flow).ok_or_else(|| corrupt("its time does not parse".to_owned()))?;
-        if nanos(at) != at_ns || flow.node != node {
-            return Err(corrupt("its row's time or node is not its own".to_owned()));
-        }
-        Ok((at, flow))
     }
 
     /// Streams the rows `query` may want, in time order (newest first
@@ -342,13 +467,136 @@ impl PgFlowStore {
             pin_mut!(rows);
             while let Some(row) = rows.next().await {
                 let row = row.map_err(|e| self.pg(&e))?;
-                let (at, flow) = self.open_row(&row)?;
+                let (at, flow) = open_row(&self.key, &row)?;
                 if query.matches(&flow, at) && !each(at, flow) {
                     break;
                 }
             }
             Ok(())
         })
+    }
+}
+
+/// Opens the record sealed in a row of [`COLUMNS`].
+fn open_row(
+    key: &StoreKey,
+    row: &tokio_postgres::Row,
+) -> Result<(OffsetDateTime, v1::Flow), FlowError> {
+    let (at_ns, node, buffer, sequence): (i64, String, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let name = record_name(&node, buffer, sequence, at_ns);
+    let corrupt = |message: String| FlowError::Corrupt {
+        key: name.clone(),
+        message,
+    };
+    let opened = key
+        .open(&name, row.get::<_, &[u8]>(4))
+        .map_err(|e| corrupt(e.to_string()))?;
+    let flow = v1::Flow::decode(opened.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+    let at = time_of(&flow).ok_or_else(|| corrupt("its time does not parse".to_owned()))?;
+    if nanos(at) != at_ns || flow.node != node {
+        return Err(corrupt("its row's time or node is not its own".to_owned()));
+    }
+    Ok((at, flow))
+}
+
+/// Feeds `follow` every record stored from now on, by any replica: listens
+/// for ingests' notifications and, while someone follows, reads the rows
+/// numbered after the last read, in order. Runs until the store is
+/// dropped, its connection made again when lost.
+async fn tail(
+    config: Config,
+    connector: Connector,
+    key: StoreKey,
+    follow: broadcast::Sender<Arc<v1::Flow>>,
+    from: i64,
+) {
+    let mut last = from;
+    loop {
+        if let Err(e) = tail_once(&config, &connector, &key, &follow, &mut last).await {
+            tracing::warn!("flow store follow: {e}");
+        }
+        tokio::time::sleep(TAIL_RETRY).await;
+    }
+}
+
+/// One connection's worth of [`tail`]: returns when it is lost.
+async fn tail_once(
+    config: &Config,
+    connector: &Connector,
+    key: &StoreKey,
+    follow: &broadcast::Sender<Arc<v1::Flow>>,
+    last: &mut i64,
+) -> Result<(), String> {
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let mut config = config.clone();
+    config.application_name("wardline-control-plane follow");
+    let client = connect(&config, connector, Some(tx))
+        .await
+        .map_err(|e| message(&e))?;
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(|e| message(&e))?;
+    // Where to start: the newest row now when no one follows; otherwise
+    // after the last read (at first, the newest row when the store was
+    // opened), so that a connection lost loses no record.
+    if follow.receiver_count() == 0 {
+        let high: i64 = client
+            .query_one(
+                &format!("SELECT coalesce(max(ingest_id), 0) FROM {TABLE}"),
+                &[],
+            )
+            .await
+            .map_err(|e| message(&e))?
+            .get(0);
+        *last = high;
+    } else {
+        read_after(&client, key, follow, last, i64::MAX).await?;
+    }
+    while let Some(payload) = notices.recv().await {
+        let Ok(high) = payload.parse::<i64>() else {
+            continue;
+        };
+        if follow.receiver_count() == 0 {
+            *last = (*last).max(high);
+            continue;
+        }
+        read_after(&client, key, follow, last, high).await?;
+    }
+    Err("its connection closed".to_owned())
+}
+
+/// Sends `follow` the rows numbered after `last` up to `high`, in order.
+async fn read_after(
+    client: &Client,
+    key: &StoreKey,
+    follow: &broadcast::Sender<Arc<v1::Flow>>,
+    last: &mut i64,
+    high: i64,
+) -> Result<(), String> {
+    let sql = format!(
+        "SELECT {COLUMNS}, ingest_id FROM {TABLE} WHERE ingest_id > $1 AND ingest_id <= $2 \
+         ORDER BY ingest_id LIMIT {TAIL_PAGE}"
+    );
+    loop {
+        let from = *last;
+        let rows = client
+            .query(sql.as_str(), &[&from, &high])
+            .await
+            .map_err(|e| message(&e))?;
+        for row in &rows {
+            *last = row.get::<_, i64>(5);
+            match open_row(key, row) {
+                Ok((_, flow)) => {
+                    let _ = follow.send(Arc::new(flow));
+                }
+                Err(e) => tracing::warn!("flow store follow: {e}"),
+            }
+        }
+        if (rows.len() as i64) < TAIL_PAGE {
+            return Ok(());
+        }
     }
 }
 
@@ -443,14 +691,25 @@ impl FlowBackend for PgFlowStore {
             }
             if !stored.is_empty() {
                 let c = &cols;
+                let insert = format!(
+                    "INSERT INTO {TABLE} ({INSERTED}) SELECT * FROM unnest($1::bigint[], \
+                     $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], \
+                     $8::text[], $9::text[], $10::integer[], $11::integer[], $12::bytea[])"
+                );
                 tx.execute(
-                    "INSERT INTO wardline_flows SELECT * FROM unnest($1::bigint[], $2::text[], \
-                     $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], \
-                     $9::text[], $10::integer[], $11::integer[], $12::bytea[])",
+                    insert.as_str(),
                     &[
                         &c.at, &c.node, &c.buffer, &c.sequence, &c.src_segment, &c.dst_segment,
                         &c.verdict, &c.reason, &c.policy, &c.protocol, &c.dport, &c.record,
                     ],
+                )
+                .await
+                .map_err(|e| self.pg(&e))?;
+                // Delivered as the transaction commits, to every replica
+                // listening (this one too): the rows up to this number.
+                tx.execute(
+                    "SELECT pg_notify($1, currval('wardline_flows_ingest')::text)",
+                    &[&CHANNEL],
                 )
                 .await
                 .map_err(|e| self.pg(&e))?;
@@ -516,7 +775,7 @@ impl FlowBackend for PgFlowStore {
             Ordering::Relaxed,
         );
         self.counts
-            .ingested(stored, &out, upkeep.refused_full, &self.follow);
+            .ingested(stored, &out, upkeep.refused_full, &self.ingested);
         Ok(out)
     }
 
@@ -660,6 +919,10 @@ impl FlowBackend for PgFlowStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<v1::Flow>> {
         self.follow.subscribe()
+    }
+
+    fn subscribe_ingested(&self) -> broadcast::Receiver<Arc<v1::Flow>> {
+        self.ingested.subscribe()
     }
 
     fn counts(&self) -> &Counts {

@@ -1,15 +1,18 @@
 //! The PostgreSQL flow store against a real PostgreSQL 15 server, started
 //! for each test in a folder of its own and stopped when it ends.
 
+use std::io::{Read as _, Write as _};
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::broadcast::error::TryRecvError;
 use wardline_flows::{FlowBackend, FlowStore, InventoryQuery, Query, Retention, Top};
-use wardline_flows_postgres::PgFlowStore;
-use wardline_flows_postgres::testing::Postgres;
+use wardline_flows_postgres::testing::{PgPki, Postgres};
+use wardline_flows_postgres::{PgFlowStore, PgTls};
 use wardline_proto::v1;
 use wardline_store::encrypted::StoreKey;
 
@@ -120,6 +123,36 @@ fn batches(n: u64, first: u64, start: OffsetDateTime) -> Vec<v1::FlowBatch> {
         .collect()
 }
 
+/// The next `n` records `rx` follows, waiting for each up to 10 s; then
+/// none more for 300 ms.
+fn follow(rx: &mut tokio::sync::broadcast::Receiver<Arc<v1::Flow>>, n: usize) -> Vec<v1::Flow> {
+    let mut out = Vec::new();
+    let mut deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        match rx.try_recv() {
+            Ok(f) => {
+                out.push((*f).clone());
+                deadline = Instant::now() + Duration::from_secs(10);
+            }
+            Err(TryRecvError::Empty) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "followed {} of {n} records",
+                    out.len()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("follow: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        matches!(rx.try_recv(), Err(TryRecvError::Empty)),
+        "a record followed twice or one not stored"
+    );
+    out
+}
+
 fn query(req: v1::ObserveRequest, now: OffsetDateTime) -> Query {
     Query::parse(&req, now).unwrap()
 }
@@ -132,7 +165,7 @@ fn both_stores_give_the_same_answers_from_the_same_records() {
     let key = key(dir.path());
     let retention = Retention::default();
     let embedded = FlowStore::open(&dir.path().join("flows.redb"), key.clone(), retention).unwrap();
-    let shared = PgFlowStore::open(&pg.url(), key, retention).unwrap();
+    let shared = PgFlowStore::open(&pg.url(), Some(&pg.tls()), key, retention).unwrap();
     let now = at("2026-12-02T12:00:00Z");
     let start = at("2026-12-02T09:10:00Z");
     // gw-2's records a millisecond after gw-1's: with `last`, which of
@@ -269,7 +302,7 @@ fn retention_drops_whole_partitions_by_age_then_by_size() {
         max_records: 150,
         ..Retention::default()
     };
-    let store = PgFlowStore::open(&pg.url(), key(dir.path()), retention).unwrap();
+    let store = PgFlowStore::open(&pg.url(), Some(&pg.tls()), key(dir.path()), retention).unwrap();
     let now = at("2026-12-02T12:00:00Z");
     // 96 records an hour (one every 37.5 s), 07:00 to 11:59: five hours.
     for b in batches(480, 1, at("2026-12-02T07:00:00Z")) {
@@ -320,11 +353,24 @@ fn two_replicas_on_one_database_see_each_others_records_once() {
     let pg = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
     let key = key(dir.path());
-    let a = PgFlowStore::open(&pg.url(), key.clone(), Retention::default()).unwrap();
-    let b = PgFlowStore::open(&pg.url(), key.clone(), Retention::default()).unwrap();
+    let a = PgFlowStore::open(
+        &pg.url(),
+        Some(&pg.tls()),
+        key.clone(),
+        Retention::default(),
+    )
+    .unwrap();
+    let b = PgFlowStore::open(
+        &pg.url(),
+        Some(&pg.tls()),
+        key.clone(),
+        Retention::default(),
+    )
+    .unwrap();
     let now = at("2026-12-02T12:00:00Z");
     let sent = batches(200, 1, at("2026-12-02T09:00:00Z"));
-    let mut follow_a = a.subscribe();
+    let mut follow_b = b.subscribe();
+    let (mut own_a, mut own_b) = (a.subscribe_ingested(), b.subscribe_ingested());
     a.ingest("gw-1", &sent[0], now).unwrap();
     // The agent's answer was lost: it sends the batch again, to the other
     // replica, then the next one there.
@@ -355,12 +401,31 @@ fn two_replicas_on_one_database_see_each_others_records_once() {
         a.inventory(&inv).unwrap().devices,
         b.inventory(&inv).unwrap().devices
     );
-    // A follows what it stored itself.
-    assert_eq!(follow_a.try_recv().unwrap().sequence, 1);
+    // B follows every record stored, A's and its own, in the order they
+    // were stored, each once.
+    let followed: Vec<(String, u64)> = follow(&mut follow_b, 300)
+        .iter()
+        .map(|f| (f.node.clone(), f.sequence))
+        .collect();
+    let want: Vec<(String, u64)> = (1..=200)
+        .map(|i| ("gw-1".to_owned(), i))
+        .chain((101..=200).map(|i| ("gw-2".to_owned(), i)))
+        .collect();
+    assert_eq!(followed, want);
+    // Each exports what it stored itself: every record once between them.
+    let mine = |rx: &mut tokio::sync::broadcast::Receiver<_>| {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|f: std::sync::Arc<v1::Flow>| (f.node.clone(), f.sequence))
+            .collect::<Vec<_>>()
+    };
+    let (by_a, by_b) = (mine(&mut own_a), mine(&mut own_b));
+    assert_eq!(by_a, want[..100].to_vec());
+    assert_eq!(by_b, want[100..].to_vec());
     // A third replica's retention drops every partition; A stores into
     // an hour it stored into before all the same.
     let c = PgFlowStore::open(
         &pg.url(),
+        Some(&pg.tls()),
         key,
         Retention {
             max_records: 0,
@@ -379,7 +444,13 @@ fn two_replicas_on_one_database_see_each_others_records_once() {
 fn a_filter_value_is_a_value_not_sql() {
     let pg = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
-    let store = PgFlowStore::open(&pg.url(), key(dir.path()), Retention::default()).unwrap();
+    let store = PgFlowStore::open(
+        &pg.url(),
+        Some(&pg.tls()),
+        key(dir.path()),
+        Retention::default(),
+    )
+    .unwrap();
     let now = at("2026-12-02T12:00:00Z");
     let mut b = batches(10, 1, at("2026-12-02T10:00:00Z")).remove(0);
     // No whitespace: a name the server's filter parsing accepts.
@@ -426,7 +497,7 @@ fn a_bad_url_is_named_not_dialled() {
             "not a PostgreSQL URL",
         ),
     ] {
-        let e = PgFlowStore::open(url, key.clone(), Retention::default())
+        let e = PgFlowStore::open(url, None, key.clone(), Retention::default())
             .err()
             .unwrap()
             .to_string();
@@ -438,8 +509,10 @@ fn a_bad_url_is_named_not_dialled() {
         .local_addr()
         .unwrap()
         .port();
+    let pki = PgPki::generate(&dir.path().join("pki"));
     let e = PgFlowStore::open(
         &format!("postgresql://wardline:secret@127.0.0.1:{port}/wardline"),
+        Some(&pki.tls()),
         key,
         Retention::default(),
     )
@@ -451,4 +524,137 @@ fn a_bad_url_is_named_not_dialled() {
         "{e}"
     );
     assert!(!e.contains("secret"), "{e}");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 (/usr/lib/postgresql/15/bin): run via cargo xtask test"]
+fn a_follower_loses_nothing_when_its_connection_is_cut() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key(dir.path());
+    let a = PgFlowStore::open(
+        &pg.url(),
+        Some(&pg.tls()),
+        key.clone(),
+        Retention::default(),
+    )
+    .unwrap();
+    let b = PgFlowStore::open(&pg.url(), Some(&pg.tls()), key, Retention::default()).unwrap();
+    let now = at("2026-12-02T12:00:00Z");
+    let sent: Vec<v1::FlowBatch> = (0..3)
+        .map(|k| batches(100, 1 + 100 * k, at("2026-12-02T09:00:00Z")).remove(0))
+        .collect();
+    let mut follow_b = b.subscribe();
+    a.ingest("gw-1", &sent[0], now).unwrap();
+    assert_eq!(follow(&mut follow_b, 100).last().unwrap().sequence, 100);
+    // B's follow connection is cut (as by a database restart or a network
+    // fault), and A stores while it is away.
+    let cut = pg.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'wardline-control-plane follow'",
+    );
+    assert_eq!(cut, "2", "both replicas' follow connections");
+    for batch in &sent[1..] {
+        let got = a.ingest("gw-1", batch, now).unwrap();
+        assert_eq!((got.accepted, got.refused, got.over_quota), (100, 0, 0));
+    }
+    let after: Vec<u64> = follow(&mut follow_b, 200)
+        .iter()
+        .map(|f| f.sequence)
+        .collect();
+    assert_eq!(after, (101..=300).collect::<Vec<_>>());
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 (/usr/lib/postgresql/15/bin): run via cargo xtask test"]
+fn the_database_is_reached_over_tls_only_and_each_end_verified() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key(dir.path());
+    let open = |url: &str, tls: Option<&PgTls>| {
+        PgFlowStore::open(url, tls, key.clone(), Retention::default())
+            .err()
+            .map(|e| e.to_string())
+    };
+    // Plaintext over TCP is refused before anything is dialled.
+    let e = open(&pg.url(), None).unwrap();
+    assert!(
+        e.contains("only over TLS") && e.contains("--flow-postgres-ca"),
+        "{e}"
+    );
+    let e = open(&format!("{}?sslmode=disable", pg.url()), Some(&pg.tls())).unwrap();
+    assert!(e.contains("sslmode=disable"), "{e}");
+    // A database whose certificate another CA issued (one standing in
+    // for it) is refused at the handshake.
+    let other = PgPki::generate(&dir.path().join("other"));
+    let e = open(
+        &pg.url(),
+        Some(&PgTls {
+            ca: other.ca.clone(),
+            client: pg.tls().client,
+        }),
+    )
+    .unwrap();
+    assert!(e.contains("certificate"), "{e}");
+    // A client certificate another CA issued is refused by the database.
+    let e = open(
+        &pg.url(),
+        Some(&PgTls {
+            ca: pg.pki().ca.clone(),
+            client: other.tls().client,
+        }),
+    )
+    .unwrap();
+    assert!(!e.is_empty(), "{e}");
+    // Without a client certificate the database's `cert` rule refuses.
+    let e = open(
+        &pg.url(),
+        Some(&PgTls {
+            ca: pg.pki().ca.clone(),
+            client: None,
+        }),
+    )
+    .unwrap();
+    assert!(e.contains("certificate"), "{e}");
+    // Its own CA and certificate: in; and its Unix socket needs no TLS.
+    assert_eq!(open(&pg.url(), Some(&pg.tls())), None);
+    assert_eq!(open(&pg.socket_url(), None), None);
+}
+
+#[test]
+fn a_server_that_declines_tls_is_not_spoken_to_in_plaintext() {
+    // Whoever answers on the database's address and says "no TLS" (a
+    // downgrade): the replica must hang up, not send its startup message
+    // (user, database) in the clear.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answered = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut request = [0u8; 8];
+        conn.read_exact(&mut request).unwrap();
+        conn.write_all(b"N").unwrap();
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+        (request, rest)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PgPki::generate(&dir.path().join("pki"));
+    let e = PgFlowStore::open(
+        &format!("postgresql://wardline@127.0.0.1:{port}/wardline"),
+        Some(&pki.tls()),
+        key(dir.path()),
+        Retention::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    let (request, rest) = answered.join().unwrap();
+    // The SSLRequest: length 8, code 80877103.
+    assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47]);
+    assert!(
+        rest.is_empty(),
+        "sent in plaintext after the refusal: {rest:?}"
+    );
+    assert!(e.contains("TLS"), "{e}");
 }

@@ -37,8 +37,16 @@ pub trait FlowBackend: Send + Sync {
     fn records(&self) -> u64;
     /// Devices in the inventory now (as last counted).
     fn devices(&self) -> u64;
-    /// Every record stored from now on, as it is stored.
+    /// Every record stored from now on, as it is stored, whichever
+    /// replica stored it (a shared store's replicas each store what
+    /// their agents send).
     fn subscribe(&self) -> broadcast::Receiver<Arc<v1::Flow>>;
+    /// Every record this replica stores from now on: what an export that
+    /// must carry each record once takes, each replica exporting its own.
+    /// The embedded store is one replica's: the same as [`Self::subscribe`].
+    fn subscribe_ingested(&self) -> broadcast::Receiver<Arc<v1::Flow>> {
+        self.subscribe()
+    }
     /// This replica's ingest counts.
     fn counts(&self) -> &Counts;
 }

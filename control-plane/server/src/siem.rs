@@ -1,5 +1,7 @@
 //! What this replica hands the SIEM export (`wardline-siem`): each flow
-//! record as it is stored, and each policy revision newer than the one in
+//! record it stores itself, as it is stored (replicas sharing one flow
+//! store each export their own agents' records, so that each reaches the
+//! SIEM once), and each policy revision newer than the one in
 //! force when the replica started, as the store's watch brings it (every
 //! replica reports every revision it sees; a SIEM keys them by
 //! `revision` and `recordSha256`).
@@ -38,7 +40,7 @@ fn change_of(r: &RevisionRecord) -> PolicyChange {
 /// Starts the two feeds.
 pub(crate) fn feed(cp: &ControlPlane, exporter: Arc<Exporter>) {
     if let Some(flows) = cp.flows() {
-        let mut stored = flows.store.subscribe();
+        let mut stored = flows.store.subscribe_ingested();
         let exporter = exporter.clone();
         tokio::spawn(async move {
             loop {

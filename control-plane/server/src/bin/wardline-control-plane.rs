@@ -120,10 +120,27 @@ struct Args {
     #[arg(long, env = "WARDLINE_FLOW_STORE")]
     flow_store: Option<PathBuf>,
     /// Keep flow records in this PostgreSQL database instead, shared by
-    /// the site's replicas (e.g. postgresql://wardline@127.0.0.1:5432/wardline;
-    /// no TLS: loopback or a TLS-terminating path). Not with --flow-store.
+    /// the site's replicas (e.g. postgresql://wardline@db.example:5432/wardline).
+    /// Over TCP only over TLS, with --flow-postgres-ca; a Unix socket
+    /// (host=/run/postgresql) needs none. Not with --flow-store.
     #[arg(long, env = "WARDLINE_FLOW_POSTGRES", value_name = "URL")]
     flow_postgres: Option<String>,
+    /// The CA that issued the flow database's certificate (the database is
+    /// verified against it by the host in the URL).
+    #[arg(long, env = "WARDLINE_FLOW_POSTGRES_CA", requires = "flow_postgres")]
+    flow_postgres_ca: Option<PathBuf>,
+    /// A client certificate for the flow database's `cert` authentication
+    /// (its common name the database user), issued by that CA.
+    #[arg(long, env = "WARDLINE_FLOW_POSTGRES_CERT",
+          requires_all = ["flow_postgres_ca", "flow_postgres_key"])]
+    flow_postgres_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(
+        long,
+        env = "WARDLINE_FLOW_POSTGRES_KEY",
+        requires = "flow_postgres_cert"
+    )]
+    flow_postgres_key: Option<PathBuf>,
     /// How long flow records are kept (e.g. 30d, 12h).
     #[arg(long, env = "WARDLINE_FLOW_RETENTION", default_value = "30d",
           value_parser = humantime::parse_duration)]
@@ -324,8 +341,23 @@ fn main() -> ExitCode {
                 return ExitCode::from(EX_USAGE);
             }
             (Some(url), None) => {
-                wardline_flows_postgres::PgFlowStore::open(url, store_key.clone(), retention)
-                    .map(|s| std::sync::Arc::new(s) as _)
+                let tls = args
+                    .flow_postgres_ca
+                    .clone()
+                    .map(|ca| wardline_flows_postgres::PgTls {
+                        ca,
+                        client: args
+                            .flow_postgres_cert
+                            .clone()
+                            .zip(args.flow_postgres_key.clone()),
+                    });
+                wardline_flows_postgres::PgFlowStore::open(
+                    url,
+                    tls.as_ref(),
+                    store_key.clone(),
+                    retention,
+                )
+                .map(|s| std::sync::Arc::new(s) as _)
             }
             (None, _) => wardline_flows::FlowStore::open(&flow_path, store_key.clone(), retention)
                 .map(|s| std::sync::Arc::new(s) as _),
