@@ -445,6 +445,12 @@ impl FlowStore {
             // of them counted from their tallies.
             let mut candidates: Vec<(Vec<u8>, i64)> = Vec::new();
             let mut tallied: Vec<(Vec<u8>, i64)> = Vec::new();
+            // Blocks whose tally says, before they are opened, whether any
+            // record matches: a block's address ranges are wide (a
+            // gateway's block spans its ward), so for a query naming
+            // addresses its tally, a fraction of the block to open, says
+            // whether any record matches at all.
+            let mut checked: Vec<(Vec<u8>, i64)> = Vec::new();
             for entry in summaries
                 .range(lower.as_slice()..upper.as_slice())
                 .map_err(|e| self.fail(e))?
@@ -482,17 +488,11 @@ impl FlowStore {
                         }
                     }
                 }
-                // A block's address ranges are wide (a gateway's block spans
-                // its ward): for a query naming addresses, its tally, a
-                // fraction of the block to open, says whether any record
-                // matches at all.
-                if names_addresses
-                    && let Some((_, Some(wanted))) = self.read_wanted(&pairs, key, query)?
-                    && wanted.is_empty()
-                {
-                    continue;
+                if names_addresses {
+                    checked.push((key.to_vec(), summary.last_ns));
+                } else {
+                    candidates.push((key.to_vec(), summary.last_ns));
                 }
-                candidates.push((key.to_vec(), summary.last_ns));
             }
             if let Unread::Pairs(counts) = &mut unread
                 && !tallied.is_empty()
@@ -529,20 +529,36 @@ impl FlowStore {
             let need = limit
                 .filter(|_| newest_first)
                 .map(|l| l.saturating_sub(delivered));
-            if need.is_some() {
-                candidates.sort_by(|(_, a), (_, b)| b.cmp(a));
-            }
             let mut found: Vec<(OffsetDateTime, v1::Flow)> = Vec::new();
-            if need.is_none() && candidates.len() >= PARALLEL_BLOCKS {
-                found = self.on_cores(&candidates, |rtx, part| {
+            if need.is_none() && candidates.len() + checked.len() >= PARALLEL_BLOCKS {
+                // Checked and read on every core in one pass.
+                let all: Vec<(&[u8], bool)> = candidates
+                    .iter()
+                    .map(|(k, _)| (k.as_slice(), false))
+                    .chain(checked.iter().map(|(k, _)| (k.as_slice(), true)))
+                    .collect();
+                found = self.on_cores(&all, |rtx, part| {
                     let blocks = rtx.open_table(BLOCKS).map_err(|e| self.fail(e))?;
+                    let pairs = rtx.open_table(PAIRS).map_err(|e| self.fail(e))?;
                     let mut found = Vec::new();
-                    for (key, _) in part {
+                    for (key, check) in part {
+                        if *check && self.holds_none(&pairs, key, query)? {
+                            continue;
+                        }
                         self.read_block(&blocks, key, query, &mut found)?;
                     }
                     Ok(found)
                 })?;
                 candidates.clear();
+                checked.clear();
+            }
+            for (key, last_ns) in checked.drain(..) {
+                if !self.holds_none(&pairs, &key, query)? {
+                    candidates.push((key, last_ns));
+                }
+            }
+            if need.is_some() {
+                candidates.sort_by(|(_, a), (_, b)| b.cmp(a));
             }
             for (key, last_ns) in &candidates {
                 if let Some(need) = need
@@ -575,10 +591,10 @@ impl FlowStore {
     /// reading blocks is a query's cost), each part with its own read
     /// transaction: the blocks named are there in any later one, since only
     /// retention removes blocks, and whole minutes.
-    fn on_cores<T: Send>(
+    fn on_cores<B: Sync, T: Send>(
         &self,
-        blocks: &[(Vec<u8>, i64)],
-        work: impl Fn(&redb::ReadTransaction, &[(Vec<u8>, i64)]) -> Result<Vec<T>, FlowError> + Sync,
+        blocks: &[B],
+        work: impl Fn(&redb::ReadTransaction, &[B]) -> Result<Vec<T>, FlowError> + Sync,
     ) -> Result<Vec<T>, FlowError> {
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
@@ -608,6 +624,20 @@ impl FlowStore {
             out.extend(part?);
         }
         Ok(out)
+    }
+
+    /// Whether the tally of the block at `key` says no record of it
+    /// matches `query` (false without a tally: the block is read).
+    fn holds_none(
+        &self,
+        pairs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        key: &[u8],
+        query: &Query,
+    ) -> Result<bool, FlowError> {
+        Ok(matches!(
+            self.read_wanted(pairs, key, query)?,
+            Some((_, Some(wanted))) if wanted.is_empty()
+        ))
     }
 
     /// The tally of the block at `key` (none in a store written before
