@@ -17,6 +17,79 @@ pub struct PolicySet {
     pub nodes: Vec<Node>,
     /// Rules that admit nodes without a `Node` document of their own.
     pub approvals: Vec<NodeApproval>,
+    /// Who may read and change what (`kind: RoleBinding`).
+    pub role_bindings: Vec<RoleBinding>,
+    /// Named sets of operators that role bindings name (`kind: Group`).
+    pub groups: Vec<Group>,
+}
+
+/// An operator role, as role bindings name it. What each may do is the
+/// control plane's (`wardline-roles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads policy, status and flows.
+    Viewer,
+    /// A viewer who also reads the history and the audit trail.
+    Auditor,
+    /// Proposes and applies changes to segments and policies.
+    Operator,
+    /// Approves changes others propose.
+    Approver,
+    /// Changes role bindings, nodes and the PKI.
+    Admin,
+}
+
+impl Role {
+    /// Every role, in this order.
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Auditor,
+        Role::Operator,
+        Role::Approver,
+        Role::Admin,
+    ];
+
+    /// As role bindings write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role given to operators (`kind: RoleBinding`): to those whose
+/// certificate names one of `users`, and to the members of `groups`. With
+/// `segments`, the role's changes are limited to segments whose labels
+/// match it and to policies that name only such segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleBinding {
+    pub name: String,
+    pub role: Role,
+    /// Operator certificate names (their common name).
+    pub users: Vec<String>,
+    /// Names of `Group` documents.
+    pub groups: Vec<String>,
+    /// Labels a segment must carry to be within the binding's reach.
+    pub segments: Option<BTreeMap<String, String>>,
+    pub doc: DocRef,
+}
+
+/// A named set of operators (`kind: Group`), by certificate name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub members: Vec<String>,
+    pub doc: DocRef,
 }
 
 /// A node as operators declare it (`kind: Node`): the labels segments'

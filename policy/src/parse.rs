@@ -22,7 +22,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::{DocLabel, PolicyError, PolicyErrors};
 use crate::model::{
-    Action, DocRef, Mode, Node, NodeApproval, Peer, Policy, PolicySet, PortRule, Protocol, Segment,
+    Action, DocRef, Group, Mode, Node, NodeApproval, Peer, Policy, PolicySet, PortRule, Protocol,
+    Role, RoleBinding, Segment,
 };
 use crate::name::NameProblem;
 use crate::yaml::{self, Mapping, POLICY_LIMITS, Value, YamlError};
@@ -43,8 +44,21 @@ pub const NODE_KIND: &str = "Node";
 /// `kind` of a document that admits registering nodes by name.
 pub const NODE_APPROVAL_KIND: &str = "NodeApproval";
 
+/// `kind` of a document that gives operators a role.
+pub const ROLE_BINDING_KIND: &str = "RoleBinding";
+
+/// `kind` of a document that names a set of operators.
+pub const GROUP_KIND: &str = "Group";
+
 /// Every kind of document, in the order the store lists them.
-pub const KINDS: [&str; 4] = [SEGMENT_KIND, POLICY_KIND, NODE_KIND, NODE_APPROVAL_KIND];
+pub const KINDS: [&str; 6] = [
+    SEGMENT_KIND,
+    POLICY_KIND,
+    NODE_KIND,
+    NODE_APPROVAL_KIND,
+    ROLE_BINDING_KIND,
+    GROUP_KIND,
+];
 
 /// Names no segment may take: a policy's `from` and `to` give them a meaning
 /// of their own.
@@ -58,6 +72,8 @@ const POLICY_FIELDS: &[&str] = &["action", "from", "to", "ports", "validFrom", "
 const PORT_FIELDS: &[&str] = &["protocol", "port", "endPort"];
 const NODE_FIELDS: &[&str] = &["addresses"];
 const NODE_APPROVAL_FIELDS: &[&str] = &["nodes", "addresses", "labels"];
+const ROLE_BINDING_FIELDS: &[&str] = &["role", "users", "groups", "segments"];
+const GROUP_FIELDS: &[&str] = &["members"];
 const PROTOCOLS: &[&str] = &["tcp", "udp", "sctp", "icmp", "icmpv6", "any"];
 
 /// Reads and validates a policy source: one or more YAML documents
@@ -255,6 +271,9 @@ struct Validator {
     segment_names: Vec<String>,
     /// The same names, to look up.
     segment_name_set: HashSet<String>,
+    /// Name of every Group document: what a role binding's `groups` may
+    /// refer to.
+    group_name_set: std::collections::BTreeSet<String>,
     /// Whether every document could be read. If one could not, a segment a
     /// policy names may be defined there, so unknown names are not reported.
     complete: bool,
@@ -268,7 +287,16 @@ impl Validator {
     fn new(documents: &[&SourceDocument], errors: Vec<PolicyError>) -> Self {
         let mut segment_names = Vec::new();
         let mut segment_name_set = HashSet::new();
+        let mut group_name_set = std::collections::BTreeSet::new();
         for value in documents.iter().filter_map(|d| d.value.as_ref().ok()) {
+            if value.get("kind").and_then(Value::as_str) == Some(GROUP_KIND)
+                && let Some(name) = value
+                    .get("metadata")
+                    .and_then(|metadata| metadata.get("name"))
+                    .and_then(Value::as_str)
+            {
+                group_name_set.insert(name.to_owned());
+            }
             if value.get("kind").and_then(Value::as_str) == Some(SEGMENT_KIND)
                 && let Some(name) = value
                     .get("metadata")
@@ -284,6 +312,7 @@ impl Validator {
             doc: DocRef::default(),
             segment_names,
             segment_name_set,
+            group_name_set,
             complete: documents.iter().all(|d| d.value.is_ok()),
             names: HashMap::new(),
             cidrs: HashMap::new(),
@@ -356,7 +385,7 @@ impl Validator {
             self.error(
                 "kind",
                 format!(
-                    "{text:?} is not a kind of document (expected Segment, Policy, Node or NodeApproval{hint})"
+                    "{text:?} is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding or Group{hint})"
                 ),
             );
         }
@@ -386,6 +415,18 @@ impl Validator {
                 let node = self.node_spec(spec, labels);
                 if self.errors.len() == errors_before {
                     self.set.nodes.push(node);
+                }
+            }
+            Some(ROLE_BINDING_KIND) => {
+                let binding = self.role_binding_spec(spec);
+                if self.errors.len() == errors_before {
+                    self.set.role_bindings.push(binding);
+                }
+            }
+            Some(GROUP_KIND) => {
+                let group = self.group_spec(spec);
+                if self.errors.len() == errors_before {
+                    self.set.groups.push(group);
                 }
             }
             Some(_) => {
@@ -615,6 +656,146 @@ impl Validator {
         approval
     }
 
+    /// A `RoleBinding`'s spec: the role, whom it is given to, and the
+    /// segments its changes may reach.
+    fn role_binding_spec(&mut self, value: &Value) -> RoleBinding {
+        let mut binding = RoleBinding {
+            name: self.doc.name.clone(),
+            role: Role::Viewer,
+            users: Vec::new(),
+            groups: Vec::new(),
+            segments: None,
+            doc: self.doc.clone(),
+        };
+        let Some(spec) = self.mapping(
+            "spec",
+            value,
+            ROLE_BINDING_FIELDS,
+            "a mapping with role, users, groups and segments",
+        ) else {
+            return binding;
+        };
+        if let Some(text) = self.required_string_at("spec", spec, "role") {
+            match Role::ALL.into_iter().find(|r| r.as_str() == text) {
+                Some(role) => binding.role = role,
+                None => {
+                    let hint = hint(text, Role::ALL.map(Role::as_str));
+                    self.error(
+                        "spec.role",
+                        format!(
+                            "{text:?} is not a role (expected viewer, auditor, operator, approver or admin{hint})"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(users) = present(spec, "users") {
+            binding.users = self.operator_names("spec.users", users);
+        }
+        if let Some(groups) = present(spec, "groups") {
+            binding.groups = self.group_names("spec.groups", groups);
+        }
+        if binding.users.is_empty()
+            && binding.groups.is_empty()
+            && present(spec, "users").is_none()
+            && present(spec, "groups").is_none()
+        {
+            self.error(
+                "spec",
+                "a role binding needs users or groups, or it gives its role to no one",
+            );
+        }
+        if let Some(segments) = present(spec, "segments") {
+            binding.segments = self.selector("spec.segments", segments, "segment");
+            if !matches!(binding.role, Role::Operator | Role::Approver) {
+                self.error(
+                    "spec.segments",
+                    format!(
+                        "only an operator or approver binding may reach some segments only; the {} \
+                         role is for the whole site",
+                        binding.role
+                    ),
+                );
+            }
+        }
+        binding
+    }
+
+    /// A `Group`'s spec: its members.
+    fn group_spec(&mut self, value: &Value) -> Group {
+        let mut group = Group {
+            name: self.doc.name.clone(),
+            members: Vec::new(),
+            doc: self.doc.clone(),
+        };
+        let Some(spec) = self.mapping("spec", value, GROUP_FIELDS, "a mapping with members") else {
+            return group;
+        };
+        if let Some(members) = self.required_at("spec", spec, "members") {
+            group.members = self.operator_names("spec.members", members);
+        }
+        group
+    }
+
+    /// A list of operator certificate names (DNS names, as the site PKI
+    /// issues them).
+    fn operator_names(&mut self, field: &str, value: &Value) -> Vec<String> {
+        let mut names = Vec::new();
+        let Some(items) = self.sequence(field, value, "a list of operator names") else {
+            return names;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let item_field = format!("{field}[{i}]");
+            let Some(text) = self.string(&item_field, item, "an operator name") else {
+                continue;
+            };
+            let problem = if text.is_empty() || text.len() > 253 {
+                Some("a name is 1 to 253 characters".to_owned())
+            } else {
+                text.split('.')
+                    .find_map(NameProblem::of)
+                    .map(|p| p.to_string())
+            };
+            match problem {
+                Some(problem) => self.error(
+                    &item_field,
+                    format!(
+                        "{text:?} is not an operator name (the name in its certificate: {problem})"
+                    ),
+                ),
+                None if names.contains(&text.to_owned()) => {
+                    self.error(&item_field, format!("{text:?} is named twice"));
+                }
+                None => names.push(text.to_owned()),
+            }
+        }
+        names
+    }
+
+    /// `spec.groups` of a role binding: names of `Group` documents.
+    fn group_names(&mut self, field: &str, value: &Value) -> Vec<String> {
+        let mut names = Vec::new();
+        let Some(items) = self.sequence(field, value, "a list of group names") else {
+            return names;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let item_field = format!("{field}[{i}]");
+            let Some(text) = self.string(&item_field, item, "a group name") else {
+                continue;
+            };
+            if self.complete && !self.group_name_set.contains(text) {
+                let hint = hint(text, self.group_name_set.iter().map(String::as_str));
+                self.error(
+                    &item_field,
+                    format!("{text:?} is not a group (no Group document has that name{hint})"),
+                );
+                continue;
+            }
+            names.push(text.to_owned());
+        }
+        names
+    }
+
     /// `spec.nodes` of an approval: node names, or a prefix ending in `*`.
     fn node_patterns(&mut self, value: &Value) -> Vec<String> {
         const WHAT: &str = "a list of node names, such as [\"gw-1\", \"ward-*\"]";
@@ -775,27 +956,39 @@ impl Validator {
 
     /// `spec.nodeSelector`: `{matchLabels: {...}}`, at least one label.
     fn node_selector(&mut self, value: &Value) -> Option<BTreeMap<String, String>> {
-        const FIELD: &str = "spec.nodeSelector";
+        self.selector("spec.nodeSelector", value, "node")
+    }
+
+    /// A label selector at `field`: `{matchLabels: {...}}`, at least one
+    /// label (an empty one would match every `what`).
+    fn selector(
+        &mut self,
+        field: &str,
+        value: &Value,
+        what: &str,
+    ) -> Option<BTreeMap<String, String>> {
         let selector = self.mapping(
-            FIELD,
+            field,
             value,
             NODE_SELECTOR_FIELDS,
             "a mapping with matchLabels",
         )?;
         let Some(labels) = present(selector, "matchLabels") else {
             self.error(
-                &format!("{FIELD}.matchLabels"),
-                "required field is missing (an empty selector would match every node)",
+                &format!("{field}.matchLabels"),
+                format!("required field is missing (an empty selector would match every {what})"),
             );
             return None;
         };
-        let field = format!("{FIELD}.matchLabels");
+        let field = format!("{field}.matchLabels");
         let errors_before = self.errors.len();
         let labels = self.labels(&field, labels);
         if labels.is_empty() && self.errors.len() == errors_before {
             self.error(
                 &field,
-                "must name at least one label (an empty selector would match every node)",
+                format!(
+                    "must name at least one label (an empty selector would match every {what})"
+                ),
             );
         }
         Some(labels)

@@ -171,13 +171,13 @@ fn unknown_kind() {
     assert_rejected(
         "apiVersion: wardline/v1\nkind: Segmnet\nmetadata: {name: pacs}\nspec: {cidrs: [198.18.40.0/24]}\n",
         &[
-            "document 1 (\"pacs\"): kind: \"Segmnet\" is not a kind of document (expected Segment, Policy, Node or NodeApproval; did you mean \"Segment\"?)",
+            "document 1 (\"pacs\"): kind: \"Segmnet\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding or Group; did you mean \"Segment\"?)",
         ],
     );
     assert_rejected(
         "apiVersion: wardline/v1\nkind: NetworkPolicy\nmetadata: {name: pacs}\nspec: {}\n",
         &[
-            "document 1 (\"pacs\"): kind: \"NetworkPolicy\" is not a kind of document (expected Segment, Policy, Node or NodeApproval)",
+            "document 1 (\"pacs\"): kind: \"NetworkPolicy\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding or Group)",
         ],
     );
 }
@@ -837,6 +837,70 @@ fn node_documents() {
         &[
             "document 1 (NodeApproval \"wards\"): spec.nodes[0]: \"ward-*-a\" is not a node name or pattern (only a trailing * is a pattern)",
             "document 1 (NodeApproval \"wards\"): spec.addresses: required field is missing",
+        ],
+    );
+}
+
+#[test]
+fn bad_role_bindings_and_groups() {
+    let rb = |spec: &str| {
+        format!(
+            "apiVersion: wardline/v1\nkind: RoleBinding\nmetadata: {{name: ops}}\nspec: {spec}\n"
+        )
+    };
+    assert_rejected(
+        &rb("{role: superuser, users: [otto]}"),
+        &[
+            "document 1 (RoleBinding \"ops\"): spec.role: \"superuser\" is not a role (expected viewer, auditor, operator, approver or admin)",
+        ],
+    );
+    assert_rejected(
+        &rb("{role: oprator, users: [otto]}"),
+        &[
+            "document 1 (RoleBinding \"ops\"): spec.role: \"oprator\" is not a role (expected viewer, auditor, operator, approver or admin; did you mean \"operator\"?)",
+        ],
+    );
+    assert_rejected(
+        &rb("{role: operator}"),
+        &[
+            "document 1 (RoleBinding \"ops\"): spec: a role binding needs users or groups, or it gives its role to no one",
+        ],
+    );
+    assert_rejected(
+        &rb("{role: operator, groups: [biomed]}"),
+        &[
+            "document 1 (RoleBinding \"ops\"): spec.groups[0]: \"biomed\" is not a group (no Group document has that name)",
+        ],
+    );
+    assert_rejected(
+        &rb("{role: operator, users: [\"Otto Smith\", otto, otto]}"),
+        &[
+            "document 1 (RoleBinding \"ops\"): spec.users[0]: \"Otto Smith\" is not an operator name (the name in its certificate: uppercase 'O'; names are lowercase)",
+            "document 1 (RoleBinding \"ops\"): spec.users[2]: \"otto\" is named twice",
+        ],
+    );
+    assert_rejected(
+        &rb("{role: admin, users: [ada], segments: {matchLabels: {zone: clinical-devices}}}"),
+        &[
+            "document 1 (RoleBinding \"ops\"): spec.segments: only an operator or approver binding may reach some segments only; the admin role is for the whole site",
+        ],
+    );
+    assert_rejected(
+        &rb("{role: operator, users: [bea], segments: {matchLabels: {}}}"),
+        &[
+            "document 1 (RoleBinding \"ops\"): spec.segments.matchLabels: must name at least one label (an empty selector would match every segment)",
+        ],
+    );
+    assert_rejected(
+        &rb("{role: operator, users: [bea], scope: everything}"),
+        &[
+            "document 1 (RoleBinding \"ops\"): spec.scope: unknown field (expected one of: role, users, groups, segments)",
+        ],
+    );
+    assert_rejected(
+        "apiVersion: wardline/v1\nkind: Group\nmetadata: {name: biomed}\nspec: {members: bea}\n",
+        &[
+            "document 1 (Group \"biomed\"): spec.members: expected a list of operator names, found a string (\"bea\")",
         ],
     );
 }

@@ -114,6 +114,7 @@ pub fn status(r: &v1::StatusResponse) -> Value {
         "blocked": r.blocked.iter().map(|b| json!({
             "node": b.node, "author": b.author, "time": b.time, "reason": b.reason,
         })).collect::<Vec<_>>(),
+        "caller": r.caller, "callerRoles": r.caller_roles, "rolesUnbound": r.roles_unbound,
     })
 }
 

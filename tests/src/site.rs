@@ -388,7 +388,22 @@ impl Site {
 
     /// [`Site::wardctl`]'s command, to spawn (a follow that runs on).
     pub fn wardctl_command(&self, replica: usize, args: &[&str]) -> Command {
-        let (cert, key) = (self.dir.join("ops.pem"), self.dir.join("ops-key.pem"));
+        self.wardctl_command_as("ops", replica, args)
+    }
+
+    /// `wardctl` as the operator `name` (its certificate from
+    /// [`Site::issue`]).
+    pub fn wardctl_as(&self, name: &str, replica: usize, args: &[&str]) -> Output {
+        self.wardctl_command_as(name, replica, args)
+            .output()
+            .expect("wardctl runs")
+    }
+
+    fn wardctl_command_as(&self, name: &str, replica: usize, args: &[&str]) -> Command {
+        let (cert, key) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        );
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.ns.name()])
             .arg(bin("wardctl"))

@@ -17,7 +17,9 @@ use crate::is_root;
 /// the observability test runs for real, and rsyslog with its TLS driver
 /// and openssl, which the SIEM export's test runs as its collector,
 /// Chromium, in which the dashboard's test reads the rendered pages, and
-/// PostgreSQL (15 on Debian 12), which the shared flow store's tests start.
+/// PostgreSQL (15 on Debian 12), which the shared flow store's tests start,
+/// and curl, with which the roles test asks the dashboard as an operator
+/// whose role is taken away.
 pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -37,6 +39,7 @@ pub const PACKAGES: &[&str] = &[
     "openssl",
     "chromium",
     "postgresql",
+    "curl",
 ];
 
 /// The bpf-linker release that links against LLVM 22 (its default feature

@@ -75,6 +75,10 @@ pub trait Source: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Result<v1::StatusResponse, Status>> + Send;
     /// The segments of the policy in force, in name order.
     fn segments(&self) -> Vec<Segment>;
+    /// Refuses a session whose operator (as signed in) may no longer read
+    /// what the dashboard shows: asked on every request, so that a role
+    /// taken away ends what a session may see at once.
+    fn allows(&self, operator: &str) -> Result<(), Status>;
 }
 
 struct App<S> {
@@ -158,6 +162,7 @@ impl From<Status> for Failure {
             Code::InvalidArgument => StatusCode::BAD_REQUEST,
             Code::FailedPrecondition => StatusCode::CONFLICT,
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         Failure(code, s.message().to_owned())
@@ -185,14 +190,16 @@ fn cookie_secret(headers: &HeaderMap) -> Option<&str> {
 
 impl<S: Source> App<S> {
     fn session(&self, headers: &HeaderMap) -> Result<Session, Failure> {
-        cookie_secret(headers)
+        let session = cookie_secret(headers)
             .and_then(|s| self.sessions.session(s, OffsetDateTime::now_utc()))
             .ok_or_else(|| {
                 Failure(
                     StatusCode::UNAUTHORIZED,
                     "not signed in, or the session ended: run `wardctl dashboard login`".into(),
                 )
-            })
+            })?;
+        self.source.allows(&session.operator)?;
+        Ok(session)
     }
 }
 

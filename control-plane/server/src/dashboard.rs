@@ -83,6 +83,13 @@ impl Source for ControlPlane {
         self.status_report().await
     }
 
+    fn allows(&self, operator: &str) -> Result<(), Status> {
+        let name = operator.strip_prefix("operator:").unwrap_or(operator);
+        self.grants(name)?
+            .allow(wardline_roles::Verb::ReadFlows)
+            .map_err(|r| crate::server::refused(&r, None))
+    }
+
     fn segments(&self) -> Vec<Segment> {
         let Some(c) = self.cluster_view() else {
             return Vec::new();

@@ -118,7 +118,7 @@ impl ControlPlane {
         &self,
         req: Request<v1::ObserveRequest>,
     ) -> Result<FlowStream, Status> {
-        self.operator(&req)?;
+        self.allowed(&req, wardline_roles::Verb::ReadFlows)?;
         let query = self.query_of(req.get_ref())?;
         let flows = self.flow_store()?.clone();
         // Subscribed first, so nothing stored while the query runs is
@@ -169,7 +169,7 @@ impl ControlPlane {
         &self,
         req: Request<v1::ObserveRequest>,
     ) -> Result<v1::FlowMatrixResponse, Status> {
-        self.operator(&req)?;
+        self.allowed(&req, wardline_roles::Verb::ReadFlows)?;
         self.matrix_of(req.get_ref()).await
     }
 
@@ -191,7 +191,7 @@ impl ControlPlane {
         &self,
         req: Request<v1::TopRequest>,
     ) -> Result<v1::TopResponse, Status> {
-        self.operator(&req)?;
+        self.allowed(&req, wardline_roles::Verb::ReadFlows)?;
         self.top_of(req.into_inner()).await
     }
 
@@ -220,7 +220,7 @@ impl ControlPlane {
         &self,
         req: Request<v1::InventoryRequest>,
     ) -> Result<v1::InventoryResponse, Status> {
-        self.operator(&req)?;
+        self.allowed(&req, wardline_roles::Verb::ReadFlows)?;
         self.inventory_of(req.get_ref()).await
     }
 

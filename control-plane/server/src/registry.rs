@@ -65,15 +65,19 @@ pub enum DocumentKind {
     Policy,
     Node,
     NodeApproval,
+    RoleBinding,
+    Group,
 }
 
 impl DocumentKind {
     /// Every kind, in revision order.
-    pub const ALL: [DocumentKind; 4] = [
+    pub const ALL: [DocumentKind; 6] = [
         DocumentKind::Segment,
         DocumentKind::Policy,
         DocumentKind::Node,
         DocumentKind::NodeApproval,
+        DocumentKind::RoleBinding,
+        DocumentKind::Group,
     ];
 
     /// The kind as documents write it.
@@ -83,6 +87,8 @@ impl DocumentKind {
             DocumentKind::Policy => wardline_policy::parse::POLICY_KIND,
             DocumentKind::Node => wardline_policy::parse::NODE_KIND,
             DocumentKind::NodeApproval => wardline_policy::parse::NODE_APPROVAL_KIND,
+            DocumentKind::RoleBinding => wardline_policy::parse::ROLE_BINDING_KIND,
+            DocumentKind::Group => wardline_policy::parse::GROUP_KIND,
         }
     }
 
@@ -102,6 +108,10 @@ impl DocumentKind {
             "nodeapproval" | "nodeapprovals" | "approval" | "approvals" => {
                 Some(DocumentKind::NodeApproval)
             }
+            "rolebinding" | "rolebindings" | "binding" | "bindings" => {
+                Some(DocumentKind::RoleBinding)
+            }
+            "group" | "groups" => Some(DocumentKind::Group),
             _ => None,
         }
     }
@@ -200,6 +210,9 @@ pub struct RevisionRecord {
 /// address the call came from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Author {
+    /// The name in the operator's certificate: whose role bindings decide.
+    pub operator: String,
+    /// As the history records it (`operator:NAME`).
     pub name: String,
     pub fingerprint: String,
     pub peer: String,
@@ -410,6 +423,9 @@ pub enum RegistryError {
     Seal(String),
     #[error("{0}")]
     Internal(String),
+    /// The operator's roles do not allow the change; nothing changed.
+    #[error("{0}; nothing changed")]
+    Forbidden(wardline_roles::Refusal),
     #[error("a stored record at {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
 }
@@ -569,17 +585,56 @@ fn in_stored_order(mut set: PolicySet) -> PolicySet {
     set.policies.sort_by(|a, b| a.name.cmp(&b.name));
     set.nodes.sort_by(|a, b| a.name.cmp(&b.name));
     set.approvals.sort_by(|a, b| a.name.cmp(&b.name));
+    set.role_bindings.sort_by(|a, b| a.name.cmp(&b.name));
+    set.groups.sort_by(|a, b| a.name.cmp(&b.name));
     let docs = set
         .segments
         .iter_mut()
         .map(|d| &mut d.doc)
         .chain(set.policies.iter_mut().map(|d| &mut d.doc))
         .chain(set.nodes.iter_mut().map(|d| &mut d.doc))
-        .chain(set.approvals.iter_mut().map(|d| &mut d.doc));
+        .chain(set.approvals.iter_mut().map(|d| &mut d.doc))
+        .chain(set.role_bindings.iter_mut().map(|d| &mut d.doc))
+        .chain(set.groups.iter_mut().map(|d| &mut d.doc));
     for (i, doc) in docs.enumerate() {
         doc.index = i + 1;
     }
     set
+}
+
+/// Refuses the change from `before` to `after` unless the role bindings
+/// in `before` let `operator` make it (`wardline-roles`).
+fn allow_change(
+    operator: &str,
+    before: &[StoredDocument],
+    after: &[StoredDocument],
+    changes: &[ChangeRecord],
+) -> Result<(), RegistryError> {
+    let governance: Vec<StoredDocument> = before
+        .iter()
+        .filter(|d| matches!(d.kind, DocumentKind::RoleBinding | DocumentKind::Group))
+        .cloned()
+        .collect();
+    let bindings = wardline_policy::parse(&source_of(&governance))
+        .map(|set| wardline_roles::Bindings::of(&set))
+        .map_err(|e| RegistryError::Internal(format!("the role bindings in force: {e}")))?;
+    let changed: Vec<wardline_roles::Changed<'_>> = changes
+        .iter()
+        .map(|c| wardline_roles::Changed {
+            kind: c.kind.as_str(),
+            name: &c.name,
+        })
+        .collect();
+    let sets = || {
+        let read = |docs: &[StoredDocument]| {
+            wardline_policy::parse(&source_of(docs)).map_err(|e| e.to_string())
+        };
+        Ok((read(before)?, read(after)?))
+    };
+    bindings
+        .grants(operator)
+        .allow_change(&changed, sets)
+        .map_err(RegistryError::Forbidden)
 }
 
 /// Refuses a document the policy language accepts but a revision cannot
@@ -771,6 +826,9 @@ impl Registry {
                 current: current.revision,
             });
         }
+        // The role bindings of the revision this one replaces decide; the
+        // write below lands only if it is still the current one.
+        allow_change(&author.operator, &current.documents, &documents, &changes)?;
         let mut record = RevisionRecord {
             revision: current.revision + 1,
             author: author.name.clone(),

@@ -24,6 +24,7 @@ use wardline_policy::nodes::{Admission, AdmittedNode};
 use wardline_policy::{CompileOptions, Schedule};
 use wardline_proto::convert::{format_time, validation_errors};
 use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Management};
+use wardline_roles::Verb;
 use wardline_signing::Signer;
 
 use crate::chain::ChainError;
@@ -79,6 +80,8 @@ pub struct Cluster {
     pub blocked: Arc<BTreeMap<String, BlockRecord>>,
     /// Revoked certificates: their streams are ended.
     pub revoked: Arc<Revoked>,
+    /// The role bindings in force: what operators' calls may do.
+    pub bindings: Arc<wardline_roles::Bindings>,
 }
 
 /// Compiles `record` for `nodes`. `validated`: what this replica made of
@@ -197,6 +200,7 @@ fn compile(
         conflicts: Arc::new(schedule.now.node_conflicts.clone()),
         blocked: Arc::new(blocked),
         revoked,
+        bindings: Arc::new(wardline_roles::Bindings::of(set)),
     })
 }
 
@@ -251,7 +255,17 @@ fn registry_status(e: RegistryError) -> Status {
         RegistryError::Chain(_) => Status::data_loss(e.to_string()),
         RegistryError::Seal(_) | RegistryError::Internal(_) => internal(e),
         RegistryError::Corrupt { .. } => internal(e),
+        RegistryError::Forbidden(ref r) => {
+            tracing::warn!(operator = %r.operator, verb = %r.verb, "refused: {r}");
+            Status::permission_denied(e.to_string())
+        }
     }
+}
+
+/// Logs a refusal by role and turns it into the call's answer.
+pub(crate) fn refused(r: &wardline_roles::Refusal, peer: Option<std::net::SocketAddr>) -> Status {
+    tracing::warn!(operator = %r.operator, verb = %r.verb, ?peer, "refused: {r}");
+    Status::permission_denied(r.to_string())
 }
 
 fn changes(c: &[ChangeRecord]) -> Vec<v1::Change> {
@@ -568,9 +582,49 @@ impl ControlPlane {
         }
     }
 
-    pub(crate) fn operator<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+    /// An operator's call: a valid operator certificate, not revoked.
+    /// What it may do is [`ControlPlane::allowed`]'s.
+    fn operator<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         self.not_revoked(req)?;
         authorize(req, Role::Operator)
+    }
+
+    /// An operator's call that `verb` allows, by the role bindings in
+    /// force; refusals are logged with who, what and from where.
+    pub(crate) fn allowed<T>(&self, req: &Request<T>, verb: Verb) -> Result<Identity, Status> {
+        let id = self.operator(req)?;
+        self.grants(&id.name)?
+            .allow(verb)
+            .map_err(|r| refused(&r, req.remote_addr()))?;
+        Ok(id)
+    }
+
+    /// An operator's call that asks to change documents: refused at once
+    /// unless some role held changes some kind of them; the change itself
+    /// is checked document by document as it is written.
+    fn may_change<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        let id = self.operator(req)?;
+        let grants = self.grants(&id.name)?;
+        let verbs = [Verb::ChangePolicy, Verb::ChangeNodes, Verb::ChangeRoles];
+        if !verbs.iter().any(|v| grants.allow(*v).is_ok()) {
+            let r = grants
+                .allow(Verb::ChangePolicy)
+                .expect_err("no change verb allowed");
+            return Err(refused(&r, req.remote_addr()));
+        }
+        Ok(id)
+    }
+
+    /// What `operator` holds by the bindings in force; none is known
+    /// before the first view of the policy is built (refused, not open).
+    pub(crate) fn grants(&self, operator: &str) -> Result<wardline_roles::Grants, Status> {
+        let bindings = self
+            .cluster
+            .borrow()
+            .as_ref()
+            .map(|c| c.bindings.clone())
+            .ok_or_else(|| Status::unavailable("the policy in force is not loaded yet"))?;
+        Ok(bindings.grants(operator))
     }
 
     fn agent<T>(&self, req: &Request<T>, node: &str) -> Result<Identity, Status> {
@@ -820,6 +874,7 @@ fn author(id: &Identity) -> String {
 /// certificate it called with, and the address it called from.
 fn change_author<T>(req: &Request<T>, id: &Identity) -> Author {
     Author {
+        operator: id.name.clone(),
         name: author(id),
         fingerprint: req
             .peer_certs()
@@ -870,7 +925,7 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::ValidateRequest>,
     ) -> Result<Response<v1::ValidateResponse>, Status> {
-        self.operator(&req)?;
+        self.allowed(&req, Verb::ReadPolicy)?;
         let source = &req.get_ref().source;
         let (current, _) = self.registry.current().await.map_err(registry_status)?;
         let nodes = self.registry.node_infos().await.map_err(registry_status)?;
@@ -908,7 +963,7 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
-        let id = self.operator(&req)?;
+        let id = self.may_change(&req)?;
         let who = change_author(&req, &id);
         let r = req.into_inner();
         limits::message("message", &r.message)?;
@@ -941,7 +996,7 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::DiffRequest>,
     ) -> Result<Response<v1::DiffResponse>, Status> {
-        self.operator(&req)?;
+        self.allowed(&req, Verb::ReadPolicy)?;
         let source = &req.get_ref().source;
         let (current, _) = self.registry.current().await.map_err(registry_status)?;
         let applied = read_source(source).map_err(registry_status)?;
@@ -973,7 +1028,7 @@ impl Management for ControlPlane {
 
     #[tracing::instrument(skip_all)]
     async fn get(&self, req: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
-        self.operator(&req)?;
+        self.allowed(&req, Verb::ReadPolicy)?;
         let r = req.into_inner();
         let record = if r.revision == 0 {
             self.registry.current().await.map_err(registry_status)?.0
@@ -1017,11 +1072,14 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
-        let id = self.operator(&req)?;
+        let id = self.may_change(&req)?;
         let who = change_author(&req, &id);
         let r = req.into_inner();
         limits::message("message", &r.message)?;
         if r.kind.eq_ignore_ascii_case("node") {
+            self.grants(&id.name)?
+                .allow(Verb::ChangeNodes)
+                .map_err(|e| refused(&e, None))?;
             let registered = self
                 .registry
                 .remove_node(&r.name, &author(&id), &r.message)
@@ -1050,7 +1108,7 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::RevokeRequest>,
     ) -> Result<Response<v1::RevokeResponse>, Status> {
-        let id = self.operator(&req)?;
+        let id = self.allowed(&req, Verb::ChangePki)?;
         let r = req.into_inner();
         limits::message("reason", &r.reason)?;
         let now = format_time(OffsetDateTime::now_utc());
@@ -1136,7 +1194,7 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::UnblockRequest>,
     ) -> Result<Response<v1::UnblockResponse>, Status> {
-        let id = self.operator(&req)?;
+        let id = self.allowed(&req, Verb::ChangeNodes)?;
         let node = &req.get_ref().node;
         if !self
             .registry
@@ -1155,7 +1213,7 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::HistoryRequest>,
     ) -> Result<Response<v1::HistoryResponse>, Status> {
-        self.operator(&req)?;
+        self.allowed(&req, Verb::ReadHistory)?;
         let limit = req.get_ref().limit as usize;
         let mut all = self.registry.history().await.map_err(registry_status)?;
         if limit > 0 {
@@ -1188,7 +1246,7 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::VerifyHistoryRequest>,
     ) -> Result<Response<v1::VerifyHistoryResponse>, Status> {
-        self.operator(&req)?;
+        self.allowed(&req, Verb::ReadHistory)?;
         let head = self
             .registry
             .verify_chain()
@@ -1205,7 +1263,7 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::RollbackRequest>,
     ) -> Result<Response<v1::RollbackResponse>, Status> {
-        let id = self.operator(&req)?;
+        let id = self.may_change(&req)?;
         let who = change_author(&req, &id);
         let r = req.into_inner();
         limits::message("message", &r.message)?;
@@ -1225,8 +1283,13 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
-        self.operator(&req)?;
-        self.status_report().await.map(Response::new)
+        let id = self.allowed(&req, Verb::ReadStatus)?;
+        let grants = self.grants(&id.name)?;
+        let mut report = self.status_report().await?;
+        report.caller = id.name;
+        report.caller_roles = grants.roles().iter().map(|r| r.to_string()).collect();
+        report.roles_unbound = grants.bootstrap;
+        Ok(Response::new(report))
     }
 
     #[tracing::instrument(skip_all)]
@@ -1234,7 +1297,7 @@ impl Management for ControlPlane {
         &self,
         req: Request<v1::DashboardLoginRequest>,
     ) -> Result<Response<v1::DashboardLoginResponse>, Status> {
-        let id = self.operator(&req)?;
+        let id = self.allowed(&req, Verb::ReadFlows)?;
         self.sign_in_link(&author(&id)).map(Response::new)
     }
 }
@@ -1394,6 +1457,10 @@ impl ControlPlane {
                 .as_ref()
                 .and_then(|f| expiry::warning(f.not_before, f.not_after, expiry::now()))
                 .unwrap_or_default(),
+            // The caller's, where there is one (`Management::status`).
+            caller: String::new(),
+            caller_roles: Vec::new(),
+            roles_unbound: false,
         })
     }
 }

@@ -533,8 +533,26 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                         }
                     );
                 }
+                if r.roles_unbound {
+                    warnings += "\nroles: no role binding exists yet, so every operator \
+                                 certificate holds every role; bind an admin (see the \
+                                 governance guide)";
+                }
+                let caller = if r.caller.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "you are {} ({})\n",
+                        r.caller,
+                        if r.caller_roles.is_empty() {
+                            "no role".to_owned()
+                        } else {
+                            r.caller_roles.join(", ")
+                        }
+                    )
+                };
                 format!(
-                    "revision {} (policy sha256 {}), answered by {}\n{}{warnings}",
+                    "revision {} (policy sha256 {}), answered by {}\n{caller}{}{warnings}",
                     r.revision,
                     r.policy_sha256,
                     r.replica,

@@ -1444,6 +1444,16 @@ pub struct StatusResponse {
     pub replica_certificate_not_after: ::prost::alloc::string::String,
     #[prost(string, tag = "9")]
     pub replica_certificate_warning: ::prost::alloc::string::String,
+    /// The caller's certificate name, and the roles it holds by the role
+    /// bindings in force.
+    #[prost(string, tag = "10")]
+    pub caller: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "11")]
+    pub caller_roles: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// No role binding exists yet: every operator certificate holds every
+    /// role (a site being set up).
+    #[prost(bool, tag = "12")]
+    pub roles_unbound: bool,
 }
 /// Which flow records: every field set narrows; unset fields match all.
 #[allow(clippy::all)]
