@@ -151,6 +151,7 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
                 vec!["observe".into(), "--last".into(), "1".into()],
             ),
             ("read-history", vec!["history".into(), "--verify".into()]),
+            ("read-audit", vec!["audit".into(), "--verify".into()]),
             (
                 "change-policy",
                 vec!["apply".into(), "-f".into(), "POLICY".into()],
@@ -182,7 +183,13 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
         ("vic", &["read-policy", "read-status", "read-flows"]),
         (
             "audrey",
-            &["read-policy", "read-status", "read-flows", "read-history"],
+            &[
+                "read-policy",
+                "read-status",
+                "read-flows",
+                "read-history",
+                "read-audit",
+            ],
         ),
         (
             "april",
@@ -215,6 +222,7 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
                 "read-status",
                 "read-flows",
                 "read-history",
+                "read-audit",
                 "change-nodes",
                 "change-roles",
                 "change-pki",
@@ -382,6 +390,30 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
     assert!(
         body.contains(r#"operator \"vic\" may not read flows"#),
         "{body}"
+    );
+    // Every refusal is in the audit trail, which checks out here against
+    // the site CA.
+    let out = site.wardctl_as("audrey", 0, &["audit", "--verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("audit trail verified here"),
+        "{}",
+        text(&out)
+    );
+    let out = site.wardctl_as("audrey", 0, &["audit", "--last", "0", "-o", "json"]);
+    let trail: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        trail.iter().any(|r| r["actor"] == "operator:otto"
+            && r["action"] == "apply"
+            && r["outcome"] == "refused"
+            && r["detail"].as_str().unwrap().contains("otto-admin")),
+        "{trail:#?}"
+    );
+    assert!(
+        trail
+            .iter()
+            .any(|r| r["actor"] == "operator:mallory" && r["outcome"] == "refused"),
+        "mallory's refusals"
     );
     // Every refusal is in the replica's log with who and what.
     let log = site.replicas[0].log();

@@ -39,6 +39,8 @@ pub enum Verb {
     ReadFlows,
     /// Read the revision history and verify its chain.
     ReadHistory,
+    /// Read the audit trail.
+    ReadAudit,
     /// Change segments and policies: apply, delete, roll back.
     ChangePolicy,
     /// Change nodes: `Node` and `NodeApproval` documents, removing and
@@ -52,11 +54,12 @@ pub enum Verb {
 
 impl Verb {
     /// Every verb, in this order.
-    pub const ALL: [Verb; 8] = [
+    pub const ALL: [Verb; 9] = [
         Verb::ReadPolicy,
         Verb::ReadStatus,
         Verb::ReadFlows,
         Verb::ReadHistory,
+        Verb::ReadAudit,
         Verb::ChangePolicy,
         Verb::ChangeNodes,
         Verb::ChangeRoles,
@@ -70,6 +73,7 @@ impl Verb {
             Verb::ReadStatus => "read-status",
             Verb::ReadFlows => "read-flows",
             Verb::ReadHistory => "read-history",
+            Verb::ReadAudit => "read-audit",
             Verb::ChangePolicy => "change-policy",
             Verb::ChangeNodes => "change-nodes",
             Verb::ChangeRoles => "change-roles",
@@ -101,6 +105,7 @@ pub const fn allows(role: Role, verb: Verb) -> bool {
     match verb {
         ReadPolicy | ReadStatus | ReadFlows => true,
         ReadHistory => !matches!(role, Role::Viewer),
+        ReadAudit => matches!(role, Role::Auditor | Role::Admin),
         ChangePolicy => matches!(role, Role::Operator),
         ChangeNodes | ChangeRoles | ChangePki => matches!(role, Role::Admin),
     }

@@ -94,6 +94,7 @@ fn every_role_against_every_verb() {
                 Verb::ReadStatus,
                 Verb::ReadFlows,
                 Verb::ReadHistory,
+                Verb::ReadAudit,
             ],
         ),
         (
@@ -122,6 +123,7 @@ fn every_role_against_every_verb() {
                 Verb::ReadStatus,
                 Verb::ReadFlows,
                 Verb::ReadHistory,
+                Verb::ReadAudit,
                 Verb::ChangeNodes,
                 Verb::ChangeRoles,
                 Verb::ChangePki,

@@ -18,25 +18,13 @@
 //! operator compares `history --verify`'s head hash with one kept
 //! elsewhere (the audit export).
 
-use rustls::pki_types::UnixTime;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-use wardline_signing::{Seal, Signer, Verifier};
+use wardline_signing::{Signer, Verifier};
 
 use crate::registry::RevisionRecord;
 
-/// A replica's seal over a record's hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordSeal {
-    /// The TLS `SignatureScheme` code.
-    pub scheme: u16,
-    /// Hex.
-    pub signature: String,
-    /// The signing replica's certificate, DER in hex.
-    pub signer: String,
-}
+/// A replica's seal over a record's hash (the audit trail's kind).
+pub use wardline_audit::RecordSeal;
 
 /// Why a record breaks the chain.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -79,14 +67,7 @@ pub fn seal(
 ) -> Result<(), String> {
     record.previous_sha256 = previous.record_sha256.clone();
     record.record_sha256 = record_hash(record);
-    let seal = signer
-        .sign(record.record_sha256.as_bytes())
-        .map_err(|e| e.to_string())?;
-    record.seal = Some(RecordSeal {
-        scheme: seal.scheme,
-        signature: hex::encode(&seal.signature),
-        signer: hex::encode(&seal.signer),
-    });
+    record.seal = Some(RecordSeal::make(&record.record_sha256, signer)?);
     Ok(())
 }
 
@@ -108,23 +89,8 @@ pub fn check(
         .seal
         .as_ref()
         .ok_or(ChainError::Unsealed { revision })?;
-    let bad = |reason: String| ChainError::BadSeal { revision, reason };
-    let seal = Seal {
-        scheme: sealed.scheme,
-        signature: hex::decode(&sealed.signature)
-            .ok()
-            .ok_or_else(|| bad("the signature is not hex".into()))?,
-        signer: hex::decode(&sealed.signer)
-            .ok()
-            .ok_or_else(|| bad("the signer is not hex".into()))?,
-    };
-    let at = OffsetDateTime::parse(&record.time, &Rfc3339)
-        .map_err(|e| bad(format!("its time {:?} is not RFC 3339: {e}", record.time)))?;
-    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-        u64::try_from(at.unix_timestamp()).unwrap_or(0),
-    ));
-    verifier
-        .verify(record.record_sha256.as_bytes(), &seal, at)
-        .map_err(|e| bad(e.to_string()))?;
+    sealed
+        .check(&record.record_sha256, &record.time, verifier)
+        .map_err(|reason| ChainError::BadSeal { revision, reason })?;
     Ok(())
 }

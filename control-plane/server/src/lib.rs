@@ -15,11 +15,13 @@
 //! export through `wardline-siem`.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod chain;
 pub mod dashboard;
 pub mod flows;
 pub mod limits;
 pub mod liveness;
+pub mod management;
 pub mod metrics;
 pub mod registry;
 pub mod renewal;

@@ -23,7 +23,7 @@ use wardline_policy::compile::{NodeConflict, NodeInfo};
 use wardline_policy::nodes::{Admission, AdmittedNode};
 use wardline_policy::{CompileOptions, Schedule};
 use wardline_proto::convert::{format_time, validation_errors};
-use wardline_proto::v1::{self, agent_api_server::AgentApi, management_server::Management};
+use wardline_proto::v1::{self, agent_api_server::AgentApi};
 use wardline_roles::Verb;
 use wardline_signing::Signer;
 
@@ -298,6 +298,7 @@ pub struct ControlPlane {
     flows: Option<Arc<Flows>>,
     siem: Option<Arc<wardline_siem::Exporter>>,
     dashboard: Option<Arc<crate::dashboard::Dashboard>>,
+    audit: Arc<crate::audit::Audit>,
 }
 
 /// At most this many agent records in one store transaction (etcd's
@@ -383,6 +384,7 @@ impl ControlPlane {
         );
         let (tx, rx) = watch::channel(None);
         let revoked = RevocationList::default();
+        let follower_signer = signer.clone();
         let follower = Follower {
             registry: registry.clone(),
             tx,
@@ -391,6 +393,8 @@ impl ControlPlane {
         };
         follower.rebuild().await?;
         tokio::spawn(follower.run());
+        let audit =
+            crate::audit::Audit::start(registry.store().clone(), follower_signer, replica.clone());
         let (agents, updates) = mpsc::channel(4 * AGENT_BATCH);
         tokio::spawn(agent_writer(registry.clone(), updates));
         let liveness = Liveness::default();
@@ -412,7 +416,26 @@ impl ControlPlane {
             flows: None,
             siem: None,
             dashboard: None,
+            audit,
         })
+    }
+
+    /// The audit trail this replica writes to.
+    pub(crate) fn audit(&self) -> &Arc<crate::audit::Audit> {
+        &self.audit
+    }
+
+    /// The store the replica keeps its state in.
+    pub(crate) fn store(&self) -> &Arc<dyn wardline_store::Store> {
+        self.registry.store()
+    }
+
+    /// The policy revision in force on this replica (0 before the first).
+    pub(crate) fn revision_in_force(&self) -> u64 {
+        self.cluster
+            .borrow()
+            .as_ref()
+            .map_or(0, |c| c.record.revision)
     }
 
     /// Keeps the flow records agents report in `store`, and answers
@@ -884,44 +907,38 @@ fn change_author<T>(req: &Request<T>, id: &Identity) -> Author {
     }
 }
 
-#[tonic::async_trait]
-impl Management for ControlPlane {
-    type ObserveStream = FlowStream;
-
-    #[tracing::instrument(skip_all)]
-    async fn observe(
+/// The management calls as the replica answers them; `crate::management`
+/// serves them, each recorded in the audit trail.
+impl ControlPlane {
+    pub(crate) async fn observe_call(
         &self,
         req: Request<v1::ObserveRequest>,
-    ) -> Result<Response<Self::ObserveStream>, Status> {
+    ) -> Result<Response<FlowStream>, Status> {
         self.observe_flows(req).await.map(Response::new)
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn flow_matrix(
+    pub(crate) async fn flow_matrix_call(
         &self,
         req: Request<v1::ObserveRequest>,
     ) -> Result<Response<v1::FlowMatrixResponse>, Status> {
         self.count_flows(req).await.map(Response::new)
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn top_flows(
+    pub(crate) async fn top_flows_call(
         &self,
         req: Request<v1::TopRequest>,
     ) -> Result<Response<v1::TopResponse>, Status> {
         self.rank_flows(req).await.map(Response::new)
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn inventory(
+    pub(crate) async fn inventory_call(
         &self,
         req: Request<v1::InventoryRequest>,
     ) -> Result<Response<v1::InventoryResponse>, Status> {
         self.list_inventory(req).await.map(Response::new)
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn validate(
+    pub(crate) async fn validate_call(
         &self,
         req: Request<v1::ValidateRequest>,
     ) -> Result<Response<v1::ValidateResponse>, Status> {
@@ -958,8 +975,7 @@ impl Management for ControlPlane {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn apply(
+    pub(crate) async fn apply_call(
         &self,
         req: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
@@ -991,8 +1007,7 @@ impl Management for ControlPlane {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn diff(
+    pub(crate) async fn diff_call(
         &self,
         req: Request<v1::DiffRequest>,
     ) -> Result<Response<v1::DiffResponse>, Status> {
@@ -1026,8 +1041,10 @@ impl Management for ControlPlane {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn get(&self, req: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+    pub(crate) async fn get_call(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::GetResponse>, Status> {
         self.allowed(&req, Verb::ReadPolicy)?;
         let r = req.into_inner();
         let record = if r.revision == 0 {
@@ -1067,8 +1084,7 @@ impl Management for ControlPlane {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn delete(
+    pub(crate) async fn delete_call(
         &self,
         req: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
@@ -1103,8 +1119,7 @@ impl Management for ControlPlane {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn revoke(
+    pub(crate) async fn revoke_call(
         &self,
         req: Request<v1::RevokeRequest>,
     ) -> Result<Response<v1::RevokeResponse>, Status> {
@@ -1189,8 +1204,7 @@ impl Management for ControlPlane {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn unblock(
+    pub(crate) async fn unblock_call(
         &self,
         req: Request<v1::UnblockRequest>,
     ) -> Result<Response<v1::UnblockResponse>, Status> {
@@ -1208,8 +1222,7 @@ impl Management for ControlPlane {
         Ok(Response::new(v1::UnblockResponse {}))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn history(
+    pub(crate) async fn history_call(
         &self,
         req: Request<v1::HistoryRequest>,
     ) -> Result<Response<v1::HistoryResponse>, Status> {
@@ -1241,8 +1254,7 @@ impl Management for ControlPlane {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn verify_history(
+    pub(crate) async fn verify_history_call(
         &self,
         req: Request<v1::VerifyHistoryRequest>,
     ) -> Result<Response<v1::VerifyHistoryResponse>, Status> {
@@ -1258,8 +1270,7 @@ impl Management for ControlPlane {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn rollback(
+    pub(crate) async fn rollback_call(
         &self,
         req: Request<v1::RollbackRequest>,
     ) -> Result<Response<v1::RollbackResponse>, Status> {
@@ -1278,8 +1289,7 @@ impl Management for ControlPlane {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn status(
+    pub(crate) async fn status_call(
         &self,
         req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
@@ -1292,8 +1302,7 @@ impl Management for ControlPlane {
         Ok(Response::new(report))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn dashboard_login(
+    pub(crate) async fn dashboard_login_call(
         &self,
         req: Request<v1::DashboardLoginRequest>,
     ) -> Result<Response<v1::DashboardLoginResponse>, Status> {

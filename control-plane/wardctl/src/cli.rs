@@ -264,6 +264,20 @@ pub enum RemoteCommand {
         #[arg(long)]
         check: bool,
     },
+    /// The audit trail: every action on the control plane, who, from where
+    /// and how it ended (auditor or admin).
+    Audit {
+        /// The newest this many records (0: every one).
+        #[arg(long, default_value_t = 50)]
+        last: u32,
+        /// Check the whole trail here against the site CA: every record
+        /// sealed by a replica, none edited, removed or reordered (exit 9
+        /// if not).
+        #[arg(long)]
+        verify: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 /// `wardctl dashboard`.

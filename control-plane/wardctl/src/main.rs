@@ -29,7 +29,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Remote(command) => {
             let connection = connect::connection(&cli.connection)?;
             let mut client = connect::client(&connection).await?;
-            remote::run(command, &mut client).await
+            remote::run(command, &mut client, &connection.ca).await
         }
         Command::Pki(PkiCommand::Remote(command)) => {
             let connection = connect::connection(&cli.connection)?;

@@ -8,7 +8,9 @@ use wardline_proto::v1::{self, management_client::ManagementClient};
 use crate::cli::{
     DashboardCommand, FlowFilter, FlowOutput, Output, RemoteCommand, RemotePki, TopBy,
 };
-use crate::failure::{EXIT_UNHEALTHY, Failure, fail, from_status, read_file};
+use crate::failure::{
+    EXIT_FAILURE, EXIT_TAMPERED, EXIT_UNHEALTHY, Failure, fail, from_status, read_file,
+};
 use crate::table::table;
 
 /// How a replica's reason begins when it retires a start-up certificate
@@ -98,7 +100,13 @@ fn changes_text(c: &[v1::Change]) -> String {
         .join(", ")
 }
 
-pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> Result<(), Failure> {
+/// Runs `command` on the control plane `c` reaches; `ca` is the site CA,
+/// against which `audit --verify` checks the trail here.
+pub async fn run(
+    command: RemoteCommand,
+    c: &mut ManagementClient<Channel>,
+    ca: &std::path::Path,
+) -> Result<(), Failure> {
     match command {
         RemoteCommand::Apply {
             file,
@@ -306,6 +314,88 @@ pub async fn run(command: RemoteCommand, c: &mut ManagementClient<Channel>) -> R
                     &rows,
                 )
             });
+        }
+        RemoteCommand::Audit {
+            last,
+            verify,
+            output,
+        } => {
+            let r = c
+                .audit_trail(v1::AuditRequest {
+                    limit: if verify { 0 } else { last },
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let mut records = Vec::with_capacity(r.records.len());
+            for (i, text) in r.records.iter().enumerate() {
+                records.push(
+                    serde_json::from_str::<wardline_audit::AuditRecord>(text).map_err(|e| {
+                        fail(
+                            EXIT_TAMPERED,
+                            format!("the audit trail's record {} is not a record: {e}", i + 1),
+                        )
+                    })?,
+                );
+            }
+            if verify {
+                let verifier = wardline_signing::Verifier::from_ca_file(ca)
+                    .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?;
+                let head =
+                    wardline_audit::verify(&records, &wardline_audit::Head::default(), &verifier)
+                        .map_err(|e| {
+                        fail(
+                            EXIT_TAMPERED,
+                            format!("the audit trail fails verification: {e}"),
+                        )
+                    })?;
+                if head.seq != r.head_seq || head.sha256 != r.head_sha256 {
+                    return Err(fail(
+                        EXIT_TAMPERED,
+                        format!(
+                            "the audit trail fails verification: its records end at {} (sha256 {}), its head says {} (sha256 {}): records were removed",
+                            head.seq, head.sha256, r.head_seq, r.head_sha256
+                        ),
+                    ));
+                }
+                let value = json!({"verified": true, "records": head.seq, "headSha256": head.sha256, "lost": r.lost});
+                print_value(output, &value, || {
+                    format!(
+                        "audit trail verified here against the site CA: {} records, each sealed by a replica of the site and linked to the one before\nhead sha256 {}\n",
+                        head.seq, head.sha256
+                    )
+                });
+            } else {
+                let value = Value::Array(
+                    records
+                        .iter()
+                        .map(|a| serde_json::to_value(a).unwrap_or_default())
+                        .collect(),
+                );
+                print_value(output, &value, || {
+                    let rows: Vec<Vec<String>> = records
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                a.seq.to_string(),
+                                a.time.clone(),
+                                a.actor.clone(),
+                                a.peer.clone(),
+                                a.action.clone(),
+                                a.target.clone(),
+                                a.outcome.as_str().to_owned(),
+                                a.detail.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "SEQ", "TIME", "WHO", "FROM", "ACTION", "TARGET", "OUTCOME", "DETAIL",
+                        ],
+                        &rows,
+                    )
+                });
+            }
         }
         RemoteCommand::Rollback {
             revision,

@@ -1664,6 +1664,29 @@ pub struct DashboardLoginResponse {
     #[prost(uint64, tag = "3")]
     pub session_seconds: u64,
 }
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuditRequest {
+    /// The newest this many records; 0: every one (to verify the trail).
+    #[prost(uint32, tag = "1")]
+    pub limit: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuditResponse {
+    /// Each record as stored: JSON, the exact bytes its hash covers once the
+    /// hash and seal fields are emptied (see docs/governance.md).
+    #[prost(string, repeated, tag = "1")]
+    pub records: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The trail's head as stored: the newest record's number and hash.
+    #[prost(uint64, tag = "2")]
+    pub head_seq: u64,
+    #[prost(string, tag = "3")]
+    pub head_sha256: ::prost::alloc::string::String,
+    /// Actions this replica could not record since the last count recorded.
+    #[prost(uint64, tag = "4")]
+    pub lost: u64,
+}
 /// Generated client implementations.
 pub mod management_client {
     #![allow(
@@ -2142,6 +2165,29 @@ pub mod management_client {
                 .insert(GrpcMethod::new("wardline.v1.Management", "DashboardLogin"));
             self.inner.unary(req, path, codec).await
         }
+        /// The audit trail (auditors and admins): every record as stored, for
+        /// checking on the caller's side against the site CA.
+        pub async fn audit_trail(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AuditRequest>,
+        ) -> std::result::Result<tonic::Response<super::AuditResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/AuditTrail",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "AuditTrail"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2269,6 +2315,12 @@ pub mod management_server {
             tonic::Response<super::DashboardLoginResponse>,
             tonic::Status,
         >;
+        /// The audit trail (auditors and admins): every record as stored, for
+        /// checking on the caller's side against the site CA.
+        async fn audit_trail(
+            &self,
+            request: tonic::Request<super::AuditRequest>,
+        ) -> std::result::Result<tonic::Response<super::AuditResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct ManagementServer<T> {
@@ -3038,6 +3090,49 @@ pub mod management_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DashboardLoginSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/AuditTrail" => {
+                    #[allow(non_camel_case_types)]
+                    struct AuditTrailSvc<T: Management>(pub Arc<T>);
+                    impl<T: Management> tonic::server::UnaryService<super::AuditRequest>
+                    for AuditTrailSvc<T> {
+                        type Response = super::AuditResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AuditRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::audit_trail(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AuditTrailSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
