@@ -1,4 +1,5 @@
-//! What this replica hands the SIEM export (`wardline-siem`): each flow
+//! What this replica hands the SIEM export (`wardline-siem`): each record
+//! of the audit trail it appends, as it appends it; each flow
 //! record it stores itself, as it is stored (replicas sharing one flow
 //! store each export their own agents' records, so that each reaches the
 //! SIEM once), and each policy revision newer than the one in
@@ -55,6 +56,26 @@ pub(crate) fn feed(cp: &ControlPlane, exporter: Arc<Exporter>) {
             }
         });
     }
+    // The audit trail, each record as this replica appends it (every
+    // replica exports its own: each record reaches the SIEM once).
+    let mut appended = cp.audit().subscribe();
+    let audit_exporter = exporter.clone();
+    tokio::spawn(async move {
+        loop {
+            match appended.recv().await {
+                Ok(r) => audit_exporter.audit(wardline_siem::AuditEvent {
+                    time: r.time.clone(),
+                    alarming: r.outcome != wardline_audit::Outcome::Done,
+                    record: serde_json::to_value(&r).unwrap_or_default(),
+                }),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(records = n, "the SIEM export fell behind the audit trail");
+                    audit_exporter.lost(n);
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
     let mut view = cp.cluster_watch();
     tokio::spawn(async move {
         let mut last = view.borrow_and_update().as_ref().map(|c| c.record.revision);

@@ -82,6 +82,26 @@ pub struct Counts {
 enum Event {
     Flow(Arc<v1::Flow>),
     Change(Arc<PolicyChange>),
+    Audit(Arc<AuditEvent>),
+}
+
+/// One record of the audit trail, as the control plane hands it on: its
+/// time, whether it was a refusal or failure, and the record as JSON.
+pub struct AuditEvent {
+    pub time: String,
+    pub alarming: bool,
+    pub record: serde_json::Value,
+}
+
+impl AuditEvent {
+    fn to_json(&self, replica: &str) -> serde_json::Value {
+        serde_json::json!({
+            "event": "audit",
+            "product": "Wardline",
+            "replica": replica,
+            "record": self.record,
+        })
+    }
 }
 
 struct Sink {
@@ -192,6 +212,11 @@ impl Exporter {
         self.offer(Event::Change(Arc::new(c)));
     }
 
+    /// A record of the audit trail, as it is appended, to every sink.
+    pub fn audit(&self, a: AuditEvent) {
+        self.offer(Event::Audit(Arc::new(a)));
+    }
+
     /// Records the replica could not hand to the export at all (its follow
     /// channel lagged): counted as dropped by every sink.
     pub fn lost(&self, n: u64) {
@@ -238,6 +263,17 @@ fn syslog_message(e: &Event, replica: &str) -> Vec<u8> {
             "policy-change",
             syslog::Severity::Notice,
             c.to_json(replica).to_string(),
+        ),
+        Event::Audit(a) => (
+            OffsetDateTime::parse(&a.time, &time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+            "audit",
+            if a.alarming {
+                syslog::Severity::Warning
+            } else {
+                syslog::Severity::Notice
+            },
+            a.to_json(replica).to_string(),
         ),
     };
     syslog::Message {
@@ -341,6 +377,7 @@ async fn run_ocsf(
         let mut line = match &event {
             Event::Flow(f) => ocsf::network_activity(f, &replica),
             Event::Change(c) => c.to_json(&replica),
+            Event::Audit(a) => a.to_json(&replica),
         }
         .to_string();
         line.push('\n');
