@@ -371,6 +371,8 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
         (code.to_owned(), body.to_owned())
     };
     assert_eq!(curl(&link).0, "200", "the sign-in link");
+    // Used once: a second use proves no one.
+    assert_eq!(curl(&link).0, "401", "the link a second time");
     let (code, body) = curl(&format!("{dashboard}/api/agents"));
     assert_eq!(code, "200", "{body}");
     let out = site.wardctl_as("ada", 0, &["delete", "rolebinding", "ward-staff"]);
@@ -400,8 +402,21 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
         "{}",
         text(&out)
     );
-    let out = site.wardctl_as("audrey", 0, &["audit", "--last", "0", "-o", "json"]);
-    let trail: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    // Records are appended a moment after each call: the trail once it
+    // holds the last of them (the dashboard request refused).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let trail: Vec<serde_json::Value> = loop {
+        let out = site.wardctl_as("audrey", 0, &["audit", "--last", "0", "-o", "json"]);
+        let trail: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+        if trail
+            .iter()
+            .any(|r| r["action"] == "dashboard-request" && r["outcome"] == "refused")
+            || std::time::Instant::now() > deadline
+        {
+            break trail;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert!(
         trail.iter().any(|r| r["actor"] == "operator:otto"
             && r["action"] == "apply"
@@ -414,6 +429,27 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
             .iter()
             .any(|r| r["actor"] == "operator:mallory" && r["outcome"] == "refused"),
         "mallory's refusals"
+    );
+    // The dashboard: vic's sign-in, the link used again, and the request
+    // refused once her binding was gone.
+    let has = |actor: &str, action: &str, outcome: &str| {
+        trail.iter().any(|r| {
+            r["actor"].as_str().unwrap().starts_with(actor)
+                && r["action"] == action
+                && r["outcome"] == outcome
+        })
+    };
+    assert!(
+        has("operator:vic", "dashboard-sign-in", "done"),
+        "{trail:#?}"
+    );
+    assert!(
+        has("unidentified", "dashboard-sign-in", "refused"),
+        "{trail:#?}"
+    );
+    assert!(
+        has("operator:vic", "dashboard-request", "refused"),
+        "{trail:#?}"
     );
     // Every refusal is in the replica's log with who and what.
     let log = site.replicas[0].log();

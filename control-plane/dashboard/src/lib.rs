@@ -79,6 +79,10 @@ pub trait Source: Send + Sync + 'static {
     /// what the dashboard shows: asked on every request, so that a role
     /// taken away ends what a session may see at once.
     fn allows(&self, operator: &str) -> Result<(), Status>;
+    /// Records a sign-in, a sign-out or a refusal in the site's audit
+    /// trail: `operator` as signed in (`None`: a link that proved no one),
+    /// `refused` whether it was refused, and why.
+    fn note(&self, operator: Option<&str>, action: &str, refused: bool, detail: String);
 }
 
 struct App<S> {
@@ -198,7 +202,15 @@ impl<S: Source> App<S> {
                     "not signed in, or the session ended: run `wardctl dashboard login`".into(),
                 )
             })?;
-        self.source.allows(&session.operator)?;
+        if let Err(e) = self.source.allows(&session.operator) {
+            self.source.note(
+                Some(&session.operator),
+                "dashboard-request",
+                true,
+                e.message().to_owned(),
+            );
+            return Err(e.into());
+        }
         Ok(session)
     }
 }
@@ -227,7 +239,14 @@ async fn index<S: Source>(State(app): State<Arc<App<S>>>, headers: HeaderMap) ->
 async fn sign_in<S: Source>(State(app): State<Arc<App<S>>>, Query(q): Query<SignIn>) -> Response {
     match app.sessions.sign_in(&q.token, OffsetDateTime::now_utc()) {
         Ok((secret, session)) => {
-            tracing::info!(operator = %session.operator, until = %wardline_proto::convert::format_time(session.expires), "dashboard session opened");
+            let until = wardline_proto::convert::format_time(session.expires);
+            tracing::info!(operator = %session.operator, until = %until, "dashboard session opened");
+            app.source.note(
+                Some(&session.operator),
+                "dashboard-sign-in",
+                false,
+                format!("session until {until}"),
+            );
             let max_age = app.sessions.settings().session.as_secs();
             let cookie = format!(
                 "{COOKIE}={secret}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
@@ -240,6 +259,8 @@ async fn sign_in<S: Source>(State(app): State<Arc<App<S>>>, Query(q): Query<Sign
         }
         Err(e) => {
             tracing::warn!("dashboard sign-in refused: {e}");
+            app.source
+                .note(None, "dashboard-sign-in", true, e.to_string());
             html(StatusCode::UNAUTHORIZED, SIGN_IN)
         }
     }
@@ -248,6 +269,8 @@ async fn sign_in<S: Source>(State(app): State<Arc<App<S>>>, Query(q): Query<Sign
 async fn sign_out<S: Source>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Response {
     if let Some(operator) = cookie_secret(&headers).and_then(|s| app.sessions.end(s)) {
         tracing::info!(%operator, "dashboard session ended by sign-out");
+        app.source
+            .note(Some(&operator), "dashboard-sign-out", false, String::new());
     }
     let mut r = Redirect::to("/").into_response();
     r.headers_mut().insert(

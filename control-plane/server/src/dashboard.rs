@@ -90,6 +90,32 @@ impl Source for ControlPlane {
             .map_err(|r| crate::server::refused(&r, None))
     }
 
+    fn note(&self, operator: Option<&str>, action: &str, refused: bool, detail: String) {
+        // The session says who (`operator:NAME`, as the link was issued);
+        // the browser presented no certificate.
+        let caller = crate::audit::Caller {
+            actor: operator.map_or_else(
+                || "unidentified (a dashboard link that proved no one)".to_owned(),
+                str::to_owned,
+            ),
+            fingerprint: String::new(),
+            peer: String::new(),
+        };
+        let outcome = if refused {
+            wardline_audit::Outcome::Refused
+        } else {
+            wardline_audit::Outcome::Done
+        };
+        self.audit().record(
+            &caller,
+            action,
+            String::new(),
+            outcome,
+            detail,
+            self.revision_in_force(),
+        );
+    }
+
     fn segments(&self) -> Vec<Segment> {
         let Some(c) = self.cluster_view() else {
             return Vec::new();
