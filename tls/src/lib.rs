@@ -37,7 +37,7 @@ mod serve;
 pub use address::{AddressError, ServerAddress};
 pub use identity::{Identity, IdentityError, Role, identity_of};
 pub use revocation::{RevocationList, Revoked};
-pub use serve::{ServingCert, browser_config, incoming, server_config};
+pub use serve::{ServingCert, browser_config, incoming, incoming_reporting, server_config};
 
 use std::fs;
 use std::io;

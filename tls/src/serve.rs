@@ -256,6 +256,17 @@ pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
 ) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    incoming_reporting(listener, config, |_, _| {})
+}
+
+/// [`incoming`], telling `refused` of each failed handshake: the peer and
+/// why (a certificate of another CA, a revoked one, none, a timeout).
+pub fn incoming_reporting(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+    refused: impl Fn(std::net::SocketAddr, String) + Send + Sync + 'static,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    let refused = Arc::new(refused);
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -271,13 +282,20 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let accepted = tx.clone();
+            let refused = refused.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = accepted.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, "TLS handshake failed: {e}");
+                        refused(peer, e.to_string());
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "TLS handshake timed out");
+                        refused(peer, "the handshake timed out".to_owned());
+                    }
                 }
             });
             if tx.is_closed() {

@@ -142,6 +142,88 @@ impl Audit {
     }
 }
 
+/// Handshakes refused (failed authentication at the TLS layer), counted
+/// by peer address and reason and recorded together every
+/// [`HANDSHAKES_EVERY`]: a flood of refused handshakes is a few records
+/// with its counts, not a record each.
+pub struct Handshakes {
+    refused: std::sync::Mutex<std::collections::BTreeMap<(std::net::IpAddr, String), u64>>,
+    /// Refusals past the distinct (address, reason) pairs kept.
+    others: AtomicU64,
+}
+
+/// How often refused handshakes are recorded.
+pub const HANDSHAKES_EVERY: Duration = Duration::from_secs(2);
+/// Distinct (address, reason) pairs counted between records, at most.
+const HANDSHAKE_PAIRS: usize = 1_000;
+
+impl Handshakes {
+    /// Counts refused handshakes and records them into `audit`.
+    pub fn start(
+        audit: Arc<Audit>,
+        revision: impl Fn() -> u64 + Send + 'static,
+    ) -> Arc<Handshakes> {
+        let h = Arc::new(Handshakes {
+            refused: Default::default(),
+            others: AtomicU64::new(0),
+        });
+        let counted = h.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HANDSHAKES_EVERY);
+            loop {
+                tick.tick().await;
+                let taken =
+                    std::mem::take(&mut *counted.refused.lock().unwrap_or_else(|p| p.into_inner()));
+                for ((ip, reason), n) in taken {
+                    let caller = Caller {
+                        actor: "unidentified (TLS handshake)".to_owned(),
+                        fingerprint: String::new(),
+                        peer: ip.to_string(),
+                    };
+                    audit.record(
+                        &caller,
+                        "tls-handshake",
+                        String::new(),
+                        Outcome::Refused,
+                        format!("{n} handshake(s) refused: {reason}"),
+                        revision(),
+                    );
+                }
+                let others = counted.others.swap(0, Ordering::Relaxed);
+                if others > 0 {
+                    audit.record(
+                        &Caller {
+                            actor: "unidentified (TLS handshake)".to_owned(),
+                            ..Caller::default()
+                        },
+                        "tls-handshake",
+                        String::new(),
+                        Outcome::Refused,
+                        format!(
+                            "{others} more handshake(s) refused from addresses past the {HANDSHAKE_PAIRS} counted"
+                        ),
+                        revision(),
+                    );
+                }
+            }
+        });
+        h
+    }
+
+    /// Counts one refused handshake from `peer`.
+    pub fn refused(&self, peer: std::net::SocketAddr, reason: String) {
+        let mut map = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (peer.ip(), reason);
+        if let Some(n) = map.get_mut(&key) {
+            *n += 1;
+        } else if map.len() < HANDSHAKE_PAIRS {
+            map.insert(key, 1);
+        } else {
+            self.others.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The trail's head in `store`, and its key's modification (0: none yet).
 pub async fn head(store: &dyn Store) -> Result<(Head, u64), StoreError> {
     match store.get(HEAD_KEY).await? {

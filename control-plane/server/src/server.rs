@@ -1749,7 +1749,14 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?addr, replica = %cp.replica, "control plane listening (mutual TLS)");
-    let incoming = wardline_tls::incoming(listener, tls);
+    // Refused handshakes (failed authentication) go to the audit trail.
+    let view = cp.cluster_watch();
+    let handshakes = crate::audit::Handshakes::start(cp.audit().clone(), move || {
+        view.borrow().as_ref().map_or(0, |c| c.record.revision)
+    });
+    let incoming = wardline_tls::incoming_reporting(listener, tls, move |peer, reason| {
+        handshakes.refused(peer, reason)
+    });
     tonic::transport::Server::builder()
         .add_service(
             v1::management_server::ManagementServer::new(cp.clone())

@@ -278,3 +278,63 @@ async fn the_newest_records_removed_are_caught_by_the_head() {
         ),
     }
 }
+
+#[tokio::test]
+async fn a_refused_handshake_is_a_record_with_its_count() {
+    let site = wardline_control_plane::testing::site("audit-tls").await;
+    // Eve's operator certificate is another CA's: she trusts the site's
+    // server, the server does not trust her.
+    let elsewhere = wardline_control_plane::testing::scratch("audit-tls-elsewhere");
+    pki::init_ca(&elsewhere.join("ca"), "elsewhere").unwrap();
+    let eve = pki::issue(
+        &elsewhere.join("ca"),
+        Role::Operator,
+        "eve",
+        &[],
+        &elsewhere,
+        30,
+    )
+    .unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(site.dir.join("ca/ca.pem")).unwrap(),
+        ))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(&eve.cert).unwrap(),
+            std::fs::read(&eve.key).unwrap(),
+        ))
+        .domain_name("localhost");
+    for _ in 0..3 {
+        let refused = match tonic::transport::Endpoint::from_shared(site.endpoint.clone())
+            .unwrap()
+            .tls_config(tls.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(channel) => ManagementClient::new(channel)
+                .status(v1::StatusRequest {})
+                .await
+                .is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "a certificate of another CA was let in");
+    }
+    let mut alice = site.operator().await;
+    let (records, _) = trail_with(&mut alice, |r| r.action == "tls-handshake").await;
+    let r = records
+        .iter()
+        .find(|r| r.action == "tls-handshake")
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Refused);
+    assert_eq!(r.peer, "127.0.0.1");
+    assert!(r.actor.starts_with("unidentified"), "{r:?}");
+    assert!(r.detail.contains("handshake(s) refused"), "{r:?}");
+    // Counted together, not a record each.
+    let counted: u64 = records
+        .iter()
+        .filter(|r| r.action == "tls-handshake")
+        .map(|r| r.detail.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!((1..=3).contains(&counted), "{records:#?}");
+}
