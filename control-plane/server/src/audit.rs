@@ -236,18 +236,19 @@ pub async fn head(store: &dyn Store) -> Result<(Head, u64), StoreError> {
     }
 }
 
-/// Every record of the trail up to its head, in order, as stored (JSON),
+/// The records of the trail up to its head, in order, as stored (JSON),
 /// and the head. The head is read first: a head and its records are
 /// written in one transaction, so every record it counts is there, and
 /// records appended after it (numbered past it) are left for the next read.
-pub async fn read(store: &dyn Store) -> Result<(Vec<Vec<u8>>, Head), StoreError> {
+/// Only those numbered after `after`.
+pub async fn read(store: &dyn Store, after: u64) -> Result<(Vec<Vec<u8>>, Head), StoreError> {
     let (head, _) = head(store).await?;
-    let last = record_key(head.seq);
+    let (first, last) = (record_key(after), record_key(head.seq));
     let records = store
         .range(RECORDS_PREFIX)
         .await?
         .into_iter()
-        .filter(|kv| kv.key <= last)
+        .filter(|kv| kv.key > first && kv.key <= last)
         .map(|kv| kv.value)
         .collect();
     Ok((records, head))

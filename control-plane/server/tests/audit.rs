@@ -45,7 +45,10 @@ fn apply(source: &str, message: &str) -> v1::ApplyRequest {
 /// The trail as the replica hands it out, parsed.
 async fn trail(op: &mut ManagementClient<tonic::transport::Channel>) -> (Vec<AuditRecord>, Head) {
     let r = op
-        .audit_trail(v1::AuditRequest { limit: 0 })
+        .audit_trail(v1::AuditRequest {
+            limit: 0,
+            after_seq: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -154,7 +157,10 @@ async fn every_call_is_a_sealed_record_and_an_edit_behind_its_back_is_caught() {
         .await;
     // Vic (a viewer) may not read the trail; that too is a record.
     let e = vic
-        .audit_trail(v1::AuditRequest { limit: 0 })
+        .audit_trail(v1::AuditRequest {
+            limit: 0,
+            after_seq: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
@@ -259,7 +265,10 @@ async fn the_newest_records_removed_are_caught_by_the_head() {
         .await
         .unwrap();
     let r = alice
-        .audit_trail(v1::AuditRequest { limit: 0 })
+        .audit_trail(v1::AuditRequest {
+            limit: 0,
+            after_seq: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -337,4 +346,74 @@ async fn a_refused_handshake_is_a_record_with_its_count() {
         .map(|r| r.detail.split(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert!((1..=3).contains(&counted), "{records:#?}");
+}
+
+#[tokio::test]
+async fn a_long_trail_comes_a_page_at_a_time_and_verifies_across_pages() {
+    let site = wardline_control_plane::testing::site("audit-pages").await;
+    let signer = wardline_signing::Signer::from_pem_files(
+        &site.dir.join("cp.pem"),
+        &site.dir.join("cp-key.pem"),
+    )
+    .unwrap();
+    let verifier = wardline_signing::Verifier::from_ca_file(&site.dir.join("ca/ca.pem")).unwrap();
+    // 2,500 records as a replica writes them, in batches of 100.
+    let mut head = Head::default();
+    for _ in 0..25 {
+        let mut ops = Vec::new();
+        for _ in 0..100 {
+            let mut r = AuditRecord {
+                seq: 0,
+                time: wardline_proto::convert::format_time(time::OffsetDateTime::now_utc()),
+                replica: "replica-0".into(),
+                actor: "operator:alice".into(),
+                fingerprint: String::new(),
+                peer: "127.0.0.1:1".into(),
+                action: "status".into(),
+                target: String::new(),
+                outcome: Outcome::Done,
+                detail: String::new(),
+                revision: 0,
+                previous_sha256: String::new(),
+                record_sha256: String::new(),
+                seal: None,
+            };
+            head = r.link(&head, &signer).unwrap();
+            ops.push(wardline_store::Op::Put {
+                key: wardline_control_plane::audit::record_key(r.seq),
+                value: serde_json::to_vec(&r).unwrap(),
+            });
+        }
+        ops.push(wardline_store::Op::Put {
+            key: wardline_control_plane::audit::HEAD_KEY.into(),
+            value: serde_json::to_vec(&head).unwrap(),
+        });
+        site.store.txn(vec![], ops).await.unwrap();
+    }
+    let mut alice = site.operator().await;
+    let (mut at, mut pages) = (Head::default(), 0);
+    loop {
+        let r = alice
+            .audit_trail(v1::AuditRequest {
+                limit: 0,
+                after_seq: at.seq,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let page: Vec<AuditRecord> = r
+            .records
+            .iter()
+            .map(|j| serde_json::from_str(j).unwrap())
+            .collect();
+        assert!(page.len() <= 1_000);
+        at = wardline_audit::verify(&page, &at, &verifier).unwrap();
+        pages += 1;
+        if !r.more {
+            assert_eq!(at.seq, r.head_seq);
+            break;
+        }
+    }
+    assert_eq!(pages, 3, "2,500 records and more, by 1,000");
+    assert!(at.seq >= 2_500);
 }

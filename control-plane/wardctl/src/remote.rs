@@ -320,35 +320,64 @@ pub async fn run(
             verify,
             output,
         } => {
-            let r = c
-                .audit_trail(v1::AuditRequest {
-                    limit: if verify { 0 } else { last },
-                })
-                .await
-                .map_err(from_status)?
-                .into_inner();
-            let mut records = Vec::with_capacity(r.records.len());
-            for (i, text) in r.records.iter().enumerate() {
-                records.push(
-                    serde_json::from_str::<wardline_audit::AuditRecord>(text).map_err(|e| {
-                        fail(
-                            EXIT_TAMPERED,
-                            format!("the audit trail's record {} is not a record: {e}", i + 1),
-                        )
-                    })?,
-                );
-            }
+            // The newest `last`, or with --verify the whole trail, a page
+            // at a time, each checked from where the one before ended.
+            let verifier = if verify {
+                Some(
+                    wardline_signing::Verifier::from_ca_file(ca)
+                        .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?,
+                )
+            } else {
+                None
+            };
+            let mut head = wardline_audit::Head::default();
+            let mut records = Vec::new();
+            let r = loop {
+                let r = c
+                    .audit_trail(v1::AuditRequest {
+                        limit: if verify { 0 } else { last },
+                        after_seq: head.seq,
+                    })
+                    .await
+                    .map_err(from_status)?
+                    .into_inner();
+                let mut page = Vec::with_capacity(r.records.len());
+                for (i, text) in r.records.iter().enumerate() {
+                    page.push(
+                        serde_json::from_str::<wardline_audit::AuditRecord>(text).map_err(|e| {
+                            fail(
+                                EXIT_TAMPERED,
+                                format!(
+                                    "the audit trail's record {} is not a record: {e}",
+                                    head.seq + i as u64 + 1
+                                ),
+                            )
+                        })?,
+                    );
+                }
+                let Some(verifier) = &verifier else {
+                    // `--last 0`: every record, page after page.
+                    let end = page.last().map(|a| a.seq);
+                    records.extend(page);
+                    match end {
+                        Some(seq) if last == 0 && r.more => {
+                            head.seq = seq;
+                            continue;
+                        }
+                        _ => break r,
+                    }
+                };
+                head = wardline_audit::verify(&page, &head, verifier).map_err(|e| {
+                    fail(
+                        EXIT_TAMPERED,
+                        format!("the audit trail fails verification: {e}"),
+                    )
+                })?;
+                if !r.more || page.is_empty() {
+                    break r;
+                }
+            };
             if verify {
-                let verifier = wardline_signing::Verifier::from_ca_file(ca)
-                    .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?;
-                let head =
-                    wardline_audit::verify(&records, &wardline_audit::Head::default(), &verifier)
-                        .map_err(|e| {
-                        fail(
-                            EXIT_TAMPERED,
-                            format!("the audit trail fails verification: {e}"),
-                        )
-                    })?;
                 if head.seq != r.head_seq || head.sha256 != r.head_sha256 {
                     return Err(fail(
                         EXIT_TAMPERED,

@@ -1667,9 +1667,12 @@ pub struct DashboardLoginResponse {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AuditRequest {
-    /// The newest this many records; 0: every one (to verify the trail).
+    /// The newest this many records; 0: the records after `after_seq`, a page
+    /// at a time (to verify the whole trail).
     #[prost(uint32, tag = "1")]
     pub limit: u32,
+    #[prost(uint64, tag = "2")]
+    pub after_seq: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1686,6 +1689,9 @@ pub struct AuditResponse {
     /// Actions this replica could not record since the last count recorded.
     #[prost(uint64, tag = "4")]
     pub lost: u64,
+    /// More records follow up to the head: ask again after the last one.
+    #[prost(bool, tag = "5")]
+    pub more: bool,
 }
 /// Generated client implementations.
 pub mod management_client {
