@@ -176,6 +176,29 @@ impl Site {
         ManagementClient::new(self.channel_as("alice").await)
     }
 
+    /// Edits the JSON value stored at `key` behind the replica's back, as
+    /// someone with the store would.
+    pub async fn edit_stored(&self, key: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+        let kv = self
+            .store
+            .get(key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{key} is stored"));
+        let mut value: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+        edit(&mut value);
+        self.store
+            .txn(
+                vec![],
+                vec![store::Op::Put {
+                    key: key.to_owned(),
+                    value: serde_json::to_vec(&value).unwrap(),
+                }],
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn agent(&self, node: &str) -> AgentApiClient<Channel> {
         AgentApiClient::new(self.channel_as(node).await)
     }

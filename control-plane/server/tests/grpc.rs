@@ -1477,25 +1477,8 @@ async fn tamper(
     n: u64,
     edit: impl FnOnce(&mut serde_json::Value),
 ) {
-    let key = format!("/wardline/policy/revisions/{n:020}");
-    let kv = site
-        .store
-        .get(&key)
-        .await
-        .unwrap()
-        .expect("the revision is stored");
-    let mut record: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-    edit(&mut record);
-    site.store
-        .txn(
-            vec![],
-            vec![wardline_store::Op::Put {
-                key,
-                value: serde_json::to_vec(&record).unwrap(),
-            }],
-        )
-        .await
-        .unwrap();
+    site.edit_stored(&format!("/wardline/policy/revisions/{n:020}"), edit)
+        .await;
 }
 
 #[tokio::test]
