@@ -21,6 +21,22 @@ pub struct PolicySet {
     pub role_bindings: Vec<RoleBinding>,
     /// Named sets of operators that role bindings name (`kind: Group`).
     pub groups: Vec<Group>,
+    /// Which changes need a second person (`kind: ChangeControl`): one at
+    /// most.
+    pub change_controls: Vec<ChangeControl>,
+}
+
+/// Which changes need a second person's approval, besides those that
+/// always do (`kind: ChangeControl`; the control plane's
+/// `wardline-approvals` applies it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeControl {
+    pub name: String,
+    /// The labels of critical segments; `None`: `critical: "true"`.
+    pub critical_segments: Option<BTreeMap<String, String>>,
+    /// Every change needs approval.
+    pub every_change: bool,
+    pub doc: DocRef,
 }
 
 /// An operator role, as role bindings name it. What each may do is the
@@ -37,16 +53,20 @@ pub enum Role {
     Approver,
     /// Changes role bindings, nodes and the PKI.
     Admin,
+    /// Opens emergency access at once, for a clinical emergency, with no
+    /// approval beforehand (another person reviews it afterwards).
+    BreakGlass,
 }
 
 impl Role {
     /// Every role, in this order.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Viewer,
         Role::Auditor,
         Role::Operator,
         Role::Approver,
         Role::Admin,
+        Role::BreakGlass,
     ];
 
     /// As role bindings write it.
@@ -57,6 +77,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Approver => "approver",
             Role::Admin => "admin",
+            Role::BreakGlass => "break-glass",
         }
     }
 }

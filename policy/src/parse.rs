@@ -22,8 +22,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::{DocLabel, PolicyError, PolicyErrors};
 use crate::model::{
-    Action, DocRef, Group, Mode, Node, NodeApproval, Peer, Policy, PolicySet, PortRule, Protocol,
-    Role, RoleBinding, Segment,
+    Action, ChangeControl, DocRef, Group, Mode, Node, NodeApproval, Peer, Policy, PolicySet,
+    PortRule, Protocol, Role, RoleBinding, Segment,
 };
 use crate::name::NameProblem;
 use crate::yaml::{self, Mapping, POLICY_LIMITS, Value, YamlError};
@@ -50,14 +50,18 @@ pub const ROLE_BINDING_KIND: &str = "RoleBinding";
 /// `kind` of a document that names a set of operators.
 pub const GROUP_KIND: &str = "Group";
 
+/// `kind` of the document that says which changes need a second person.
+pub const CHANGE_CONTROL_KIND: &str = "ChangeControl";
+
 /// Every kind of document, in the order the store lists them.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     SEGMENT_KIND,
     POLICY_KIND,
     NODE_KIND,
     NODE_APPROVAL_KIND,
     ROLE_BINDING_KIND,
     GROUP_KIND,
+    CHANGE_CONTROL_KIND,
 ];
 
 /// Names no segment may take: a policy's `from` and `to` give them a meaning
@@ -74,6 +78,7 @@ const NODE_FIELDS: &[&str] = &["addresses"];
 const NODE_APPROVAL_FIELDS: &[&str] = &["nodes", "addresses", "labels"];
 const ROLE_BINDING_FIELDS: &[&str] = &["role", "users", "groups", "segments"];
 const GROUP_FIELDS: &[&str] = &["members"];
+const CHANGE_CONTROL_FIELDS: &[&str] = &["criticalSegments", "everyChange"];
 const PROTOCOLS: &[&str] = &["tcp", "udp", "sctp", "icmp", "icmpv6", "any"];
 
 /// Reads and validates a policy source: one or more YAML documents
@@ -385,7 +390,7 @@ impl Validator {
             self.error(
                 "kind",
                 format!(
-                    "{text:?} is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding or Group{hint})"
+                    "{text:?} is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding, Group or ChangeControl{hint})"
                 ),
             );
         }
@@ -427,6 +432,20 @@ impl Validator {
                 let group = self.group_spec(spec);
                 if self.errors.len() == errors_before {
                     self.set.groups.push(group);
+                }
+            }
+            Some(CHANGE_CONTROL_KIND) => {
+                let control = self.change_control_spec(spec);
+                if let Some(first) = self.set.change_controls.first() {
+                    let first = first.name.clone();
+                    self.error(
+                        "",
+                        format!(
+                            "a site has one ChangeControl document, and {first:?} is already it"
+                        ),
+                    );
+                } else if self.errors.len() == errors_before {
+                    self.set.change_controls.push(control);
                 }
             }
             Some(_) => {
@@ -683,7 +702,7 @@ impl Validator {
                     self.error(
                         "spec.role",
                         format!(
-                            "{text:?} is not a role (expected viewer, auditor, operator, approver or admin{hint})"
+                            "{text:?} is not a role (expected viewer, auditor, operator, approver, admin or break-glass{hint})"
                         ),
                     );
                 }
@@ -735,6 +754,38 @@ impl Validator {
             group.members = self.operator_names("spec.members", members);
         }
         group
+    }
+
+    /// A `ChangeControl`'s spec: which segments are critical, and whether
+    /// every change needs a second person.
+    fn change_control_spec(&mut self, value: &Value) -> ChangeControl {
+        let mut control = ChangeControl {
+            name: self.doc.name.clone(),
+            critical_segments: None,
+            every_change: false,
+            doc: self.doc.clone(),
+        };
+        let Some(spec) = self.mapping(
+            "spec",
+            value,
+            CHANGE_CONTROL_FIELDS,
+            "a mapping with criticalSegments or everyChange",
+        ) else {
+            return control;
+        };
+        if let Some(selector) = present(spec, "criticalSegments") {
+            control.critical_segments = self.selector("spec.criticalSegments", selector, "segment");
+        }
+        if let Some(every) = present(spec, "everyChange") {
+            match every {
+                Value::Bool(b) => control.every_change = *b,
+                other => self.error(
+                    "spec.everyChange",
+                    format!("expected true or false, found {}", describe(other)),
+                ),
+            }
+        }
+        control
     }
 
     /// A list of operator certificate names (DNS names, as the site PKI

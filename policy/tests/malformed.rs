@@ -171,13 +171,13 @@ fn unknown_kind() {
     assert_rejected(
         "apiVersion: wardline/v1\nkind: Segmnet\nmetadata: {name: pacs}\nspec: {cidrs: [198.18.40.0/24]}\n",
         &[
-            "document 1 (\"pacs\"): kind: \"Segmnet\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding or Group; did you mean \"Segment\"?)",
+            "document 1 (\"pacs\"): kind: \"Segmnet\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding, Group or ChangeControl; did you mean \"Segment\"?)",
         ],
     );
     assert_rejected(
         "apiVersion: wardline/v1\nkind: NetworkPolicy\nmetadata: {name: pacs}\nspec: {}\n",
         &[
-            "document 1 (\"pacs\"): kind: \"NetworkPolicy\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding or Group)",
+            "document 1 (\"pacs\"): kind: \"NetworkPolicy\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding, Group or ChangeControl)",
         ],
     );
 }
@@ -851,13 +851,13 @@ fn bad_role_bindings_and_groups() {
     assert_rejected(
         &rb("{role: superuser, users: [otto]}"),
         &[
-            "document 1 (RoleBinding \"ops\"): spec.role: \"superuser\" is not a role (expected viewer, auditor, operator, approver or admin)",
+            "document 1 (RoleBinding \"ops\"): spec.role: \"superuser\" is not a role (expected viewer, auditor, operator, approver, admin or break-glass)",
         ],
     );
     assert_rejected(
         &rb("{role: oprator, users: [otto]}"),
         &[
-            "document 1 (RoleBinding \"ops\"): spec.role: \"oprator\" is not a role (expected viewer, auditor, operator, approver or admin; did you mean \"operator\"?)",
+            "document 1 (RoleBinding \"ops\"): spec.role: \"oprator\" is not a role (expected viewer, auditor, operator, approver, admin or break-glass; did you mean \"operator\"?)",
         ],
     );
     assert_rejected(

@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use wardline_policy::parse::{
-    GROUP_KIND, NODE_APPROVAL_KIND, NODE_KIND, POLICY_KIND, ROLE_BINDING_KIND, SEGMENT_KIND,
+    CHANGE_CONTROL_KIND, GROUP_KIND, NODE_APPROVAL_KIND, NODE_KIND, POLICY_KIND, ROLE_BINDING_KIND,
+    SEGMENT_KIND,
 };
 use wardline_policy::{Peer, PolicySet, Role, RoleBinding};
 
@@ -46,15 +47,20 @@ pub enum Verb {
     /// Change nodes: `Node` and `NodeApproval` documents, removing and
     /// unblocking nodes.
     ChangeNodes,
-    /// Change role bindings and groups.
+    /// Change role bindings, groups and the change control.
     ChangeRoles,
-    /// Revoke certificates.
+    /// Revoke certificates, and forget an operator's second factor.
     ChangePki,
+    /// Approve or reject a change another person proposed, and sign off
+    /// the review of a break-glass grant.
+    Approve,
+    /// Open emergency access at once.
+    BreakGlass,
 }
 
 impl Verb {
     /// Every verb, in this order.
-    pub const ALL: [Verb; 9] = [
+    pub const ALL: [Verb; 11] = [
         Verb::ReadPolicy,
         Verb::ReadStatus,
         Verb::ReadFlows,
@@ -64,6 +70,8 @@ impl Verb {
         Verb::ChangeNodes,
         Verb::ChangeRoles,
         Verb::ChangePki,
+        Verb::Approve,
+        Verb::BreakGlass,
     ];
 
     /// As refusals, logs and metrics name it.
@@ -78,6 +86,8 @@ impl Verb {
             Verb::ChangeNodes => "change-nodes",
             Verb::ChangeRoles => "change-roles",
             Verb::ChangePki => "change-pki",
+            Verb::Approve => "approve",
+            Verb::BreakGlass => "break-glass",
         }
     }
 
@@ -86,7 +96,7 @@ impl Verb {
         match kind {
             SEGMENT_KIND | POLICY_KIND => Some(Verb::ChangePolicy),
             NODE_KIND | NODE_APPROVAL_KIND => Some(Verb::ChangeNodes),
-            ROLE_BINDING_KIND | GROUP_KIND => Some(Verb::ChangeRoles),
+            ROLE_BINDING_KIND | GROUP_KIND | CHANGE_CONTROL_KIND => Some(Verb::ChangeRoles),
             _ => None,
         }
     }
@@ -108,6 +118,8 @@ pub const fn allows(role: Role, verb: Verb) -> bool {
         ReadAudit => matches!(role, Role::Auditor | Role::Admin),
         ChangePolicy => matches!(role, Role::Operator),
         ChangeNodes | ChangeRoles | ChangePki => matches!(role, Role::Admin),
+        Approve => matches!(role, Role::Approver),
+        BreakGlass => matches!(role, Role::BreakGlass),
     }
 }
 
@@ -325,6 +337,49 @@ impl Grants {
                  again; bind an admin in the same change"
                     .to_owned(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Refuses approving a change to `changed` unless an approver binding
+    /// held reaches every document of it (as [`Grants::allow_change`]
+    /// judges an operator's reach).
+    pub fn allow_approval(
+        &self,
+        changed: &[Changed<'_>],
+        sets: impl FnOnce() -> Result<(PolicySet, PolicySet), String>,
+    ) -> Result<(), Refusal> {
+        self.allow(Verb::Approve)?;
+        let holders: Vec<&Held> = self
+            .held
+            .iter()
+            .filter(|h| allows(h.role, Verb::Approve))
+            .collect();
+        if self.bootstrap || holders.iter().any(|h| h.segments.is_none()) {
+            return Ok(());
+        }
+        let (before, after) = sets().map_err(|e| {
+            self.refusal(
+                Verb::Approve,
+                format!("the change could not be checked: {e}"),
+            )
+        })?;
+        for c in changed {
+            let within = holders.iter().any(|h| {
+                let selector = h.segments.as_ref().expect("only scoped holders remain");
+                within_reach(&before, c, selector) && within_reach(&after, c, selector)
+            });
+            if !within {
+                return Err(self.refusal(
+                    Verb::Approve,
+                    format!(
+                        "{} {:?} is beyond the reach of their approver bindings{}",
+                        c.kind,
+                        c.name,
+                        why_beyond(&before, &after, c)
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -63,6 +63,11 @@ apiVersion: wardline/v1
 kind: RoleBinding
 metadata: {name: ward-staff}
 spec: {role: viewer, users: [vic]}
+---
+apiVersion: wardline/v1
+kind: RoleBinding
+metadata: {name: emergency}
+spec: {role: break-glass, users: [brett]}
 ";
 
 fn site() -> PolicySet {
@@ -82,7 +87,7 @@ fn every_role_against_every_verb() {
     let bindings = Bindings::of(&site());
     // (operator, role) and the verbs that role allows; every other verb
     // is refused.
-    let table: [(&str, &[Verb]); 6] = [
+    let table: [(&str, &[Verb]); 7] = [
         (
             "vic",
             &[Verb::ReadPolicy, Verb::ReadStatus, Verb::ReadFlows],
@@ -114,6 +119,17 @@ fn every_role_against_every_verb() {
                 Verb::ReadStatus,
                 Verb::ReadFlows,
                 Verb::ReadHistory,
+                Verb::Approve,
+            ],
+        ),
+        (
+            "brett",
+            &[
+                Verb::ReadPolicy,
+                Verb::ReadStatus,
+                Verb::ReadFlows,
+                Verb::ReadHistory,
+                Verb::BreakGlass,
             ],
         ),
         (
@@ -322,4 +338,32 @@ fn the_bindings_that_decide_are_those_before_the_change() {
         })
         .unwrap_err();
     assert!(e.message.contains("needs the admin role"), "{e}");
+}
+
+#[test]
+fn a_scoped_approver_approves_only_within_reach() {
+    let site = with(
+        "apiVersion: wardline/v1\nkind: RoleBinding\nmetadata: {name: biomed-approvers}\nspec: {role: approver, users: [bert], segments: {matchLabels: {zone: clinical-devices}}}\n",
+    );
+    let bindings = Bindings::of(&site);
+    let sets = || Ok((site.clone(), site.clone()));
+    let bert = bindings.grants("bert");
+    bert.allow_approval(&changed(POLICY_KIND, "pumps-to-server"), sets)
+        .unwrap();
+    let refused = bert
+        .allow_approval(&changed(POLICY_KIND, "pumps-to-ehr"), sets)
+        .unwrap_err();
+    assert!(refused.message.contains("beyond the reach"), "{refused}");
+    assert!(refused.message.contains("\"ehr\""), "{refused}");
+    // A site-wide approver reaches everything; an operator approves nothing.
+    bindings
+        .grants("april")
+        .allow_approval(&changed(POLICY_KIND, "pumps-to-ehr"), sets)
+        .unwrap();
+    assert!(
+        bindings
+            .grants("otto")
+            .allow_approval(&changed(POLICY_KIND, "pumps-to-server"), sets)
+            .is_err()
+    );
 }
