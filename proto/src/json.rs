@@ -115,6 +115,32 @@ pub fn status(r: &v1::StatusResponse) -> Value {
             "node": b.node, "author": b.author, "time": b.time, "reason": b.reason,
         })).collect::<Vec<_>>(),
         "caller": r.caller, "callerRoles": r.caller_roles, "rolesUnbound": r.roles_unbound,
+        "mfaRequired": r.mfa_required, "callerSessionExpires": r.caller_session_expires,
+        "openChanges": r.open_changes.iter().map(change_request).collect::<Vec<_>>(),
+        "breakGlass": r.break_glass.iter().map(break_glass).collect::<Vec<_>>(),
+    })
+}
+
+/// A change request filed for a second person's approval.
+pub fn change_request(c: &v1::ChangeRequest) -> Value {
+    json!({
+        "id": c.id, "author": c.author, "created": c.created, "baseRevision": c.base_revision,
+        "message": c.message, "prune": c.prune, "state": c.state, "sha256": c.sha256,
+        "changes": c.changes.iter().map(|x| json!({"kind": x.kind, "name": x.name, "action": x.action})).collect::<Vec<_>>(),
+        "needsApproval": c.needs_approval, "diff": c.diff,
+        "decidedBy": c.decided_by, "decidedAt": c.decided_at, "decisionNote": c.decision_note,
+        "appliedRevision": c.applied_revision,
+    })
+}
+
+/// A break-glass grant and its review.
+pub fn break_glass(g: &v1::BreakGlassGrant) -> Value {
+    json!({
+        "id": g.id, "openedBy": g.opened_by, "openedAt": g.opened_at, "expires": g.expires,
+        "from": g.from, "to": g.to, "ports": g.ports, "reason": g.reason, "policy": g.policy,
+        "revision": g.revision, "state": g.state, "reviewedBy": g.reviewed_by,
+        "reviewedAt": g.reviewed_at, "reviewNote": g.review_note, "reviewDue": g.review_due,
+        "reviewOverdue": g.review_overdue,
     })
 }
 

@@ -10,6 +10,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::link::{addr, link_up, veth};
+
+/// Seconds since 1970, as TOTP counts them.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
 use crate::netns::Netns;
 use crate::probe::probe_bin;
 use wardline_proto::v1;
@@ -414,9 +422,67 @@ impl Site {
             .arg(cert)
             .arg("--key")
             .arg(key)
+            .arg("--session")
+            .arg(self.dir.join(format!("{name}.session")))
             .args(args)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Enrols the operator `name` in a second factor with `wardctl mfa
+    /// enroll` (reading the secret it shows, answering with the code an
+    /// authenticator app would show), then opens a session with `wardctl
+    /// login`. Returns the secret.
+    pub fn mfa_login(&self, name: &str, replica: usize) -> String {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let mut child = self
+            .wardctl_command_as(name, replica, &["mfa", "enroll"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wardctl runs");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut shown = String::new();
+        let secret = loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).expect("reads") == 0 {
+                let out = child.wait_with_output().expect("waits");
+                panic!(
+                    "wardctl mfa enroll showed no secret: {shown}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            shown.push_str(&line);
+            if let Some(s) = line.trim().strip_prefix("or enter the secret by hand: ") {
+                break s.to_owned();
+            }
+        };
+        let now = unix_now();
+        let code = wardline_mfa::code_at(&secret, now).expect("a base32 secret");
+        writeln!(child.stdin.take().expect("piped"), "{code}").expect("writes");
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+        let out = child.wait_with_output().expect("waits");
+        assert!(
+            out.status.success(),
+            "wardctl mfa enroll: {shown}{rest}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            shown.contains('▀') || shown.contains('█'),
+            "a QR code: {shown}"
+        );
+        // The next step's code: the enrolment's own is used up.
+        let code = wardline_mfa::code_at(&secret, now + wardline_mfa::STEP).expect("a code");
+        let out = self.wardctl_as(name, replica, &["login", "--code", &code]);
+        assert!(
+            out.status.success(),
+            "wardctl login: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        secret
     }
 
     /// Applies `policy` as the whole policy (`--prune`); returns the revision.

@@ -139,6 +139,26 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
     let status = site.status(0);
     assert_eq!(status["rolesUnbound"], false, "{status}");
     assert_eq!(status["caller"], "ops");
+    // Roles bound: every change needs a second factor from now on. Each
+    // operator with a role enrols through `wardctl mfa enroll` (a QR code
+    // and the secret shown, a code asked back) and opens a session with
+    // `wardctl login`; mallory, with no role, cannot even enrol.
+    let plain = file(
+        &site,
+        "plain.yaml",
+        &policy("no-session", "pumps", "pump-server"),
+    );
+    let out = site.wardctl_as("otto", 0, &["apply", "-f", &plain]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("wardctl login"), "{}", text(&out));
+    for who in ["ada", "otto", "bea", "april", "audrey", "vic"] {
+        site.mfa_login(who, 0);
+    }
+    let out = site.wardctl_as("mallory", 0, &["mfa", "enroll"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("hold no role"), "{}", text(&out));
+    let out = site.wardctl_as("otto", 0, &["status"]);
+    assert!(text(&out).contains("session until"), "{}", text(&out));
 
     // Each identity, each verb: allowed or refused by role, and a refusal
     // names who, what and what they hold.
@@ -160,9 +180,11 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
                 "change-nodes",
                 vec!["delete".into(), "node".into(), "ghost-WHO".into()],
             ),
+            // A change to roles always needs a second person: filing one
+            // is what a role allows.
             (
                 "change-roles",
-                vec!["apply".into(), "-f".into(), "BINDING".into()],
+                vec!["propose".into(), "-f".into(), "BINDING".into()],
             ),
             (
                 "change-pki",
@@ -375,8 +397,46 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
     assert_eq!(curl(&link).0, "401", "the link a second time");
     let (code, body) = curl(&format!("{dashboard}/api/agents"));
     assert_eq!(code, "200", "{body}");
+    // Taking a role away is a change to roles: a second person approves.
     let out = site.wardctl_as("ada", 0, &["delete", "rolebinding", "ward-staff"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("needs a second person's approval"),
+        "{}",
+        text(&out)
+    );
+    let out = site.wardctl_as(
+        "ada",
+        0,
+        &[
+            "propose",
+            "--delete",
+            "rolebinding/ward-staff",
+            "-m",
+            "vic left the ward",
+            "-o",
+            "json",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
+    let request: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let id = request["id"].as_str().expect("an id").to_owned();
+    let out = site.wardctl_as("ada", 0, &["approve", &id]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("may not approve"), "{}", text(&out));
+    let out = site.wardctl_as("april", 0, &["approve", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("approved: applied as revision"),
+        "{}",
+        text(&out)
+    );
+    let out = site.wardctl_as("audrey", 0, &["history", "--limit", "1"]);
+    assert!(
+        text(&out).contains(&format!("april ({id})")),
+        "{}",
+        text(&out)
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let out = site.wardctl_as("vic", 0, &["get"]);

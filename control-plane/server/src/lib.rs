@@ -16,13 +16,16 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod break_glass;
 pub mod chain;
+pub mod changes;
 pub mod dashboard;
 pub mod flows;
 pub mod limits;
 pub mod liveness;
 pub mod management;
 pub mod metrics;
+pub mod mfa;
 pub mod registry;
 pub mod renewal;
 pub mod server;

@@ -364,4 +364,214 @@ impl Management for ControlPlane {
         });
         out
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn mfa_enroll(
+        &self,
+        req: Request<v1::MfaEnrollRequest>,
+    ) -> Result<Response<v1::MfaEnrollResponse>, Status> {
+        let caller = Caller::of(&req);
+        let out = self.mfa_enroll_call(req).await;
+        // The secret is never recorded.
+        self.audited(&caller, "mfa-enroll", String::new(), &out, |r| {
+            if r.get_ref().replaces {
+                "a new secret shown, to replace the one in force".to_owned()
+            } else {
+                "a secret shown, in force once confirmed".to_owned()
+            }
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn mfa_confirm(
+        &self,
+        req: Request<v1::MfaConfirmRequest>,
+    ) -> Result<Response<v1::MfaConfirmResponse>, Status> {
+        let caller = Caller::of(&req);
+        let out = self.mfa_confirm_call(req).await;
+        self.audited(&caller, "mfa-confirm", String::new(), &out, nothing);
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn login(
+        &self,
+        req: Request<v1::LoginRequest>,
+    ) -> Result<Response<v1::LoginResponse>, Status> {
+        let caller = Caller::of(&req);
+        let out = self.login_call(req).await;
+        self.audited(&caller, "login", String::new(), &out, |r| {
+            format!("session until {}", r.get_ref().expires)
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn logout(
+        &self,
+        req: Request<v1::LogoutRequest>,
+    ) -> Result<Response<v1::LogoutResponse>, Status> {
+        let caller = Caller::of(&req);
+        let out = self.logout_call(req).await;
+        self.audited(&caller, "logout", String::new(), &out, nothing);
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn mfa_reset(
+        &self,
+        req: Request<v1::MfaResetRequest>,
+    ) -> Result<Response<v1::MfaResetResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.get_ref();
+        let target = format!("operator {} ({})", r.operator, r.reason);
+        let out = self.mfa_reset_call(req).await;
+        self.audited(&caller, "mfa-reset", target, &out, |r| {
+            format!("{} sessions ended", r.get_ref().sessions)
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn propose(
+        &self,
+        req: Request<v1::ProposeRequest>,
+    ) -> Result<Response<v1::ChangeRequest>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.get_ref();
+        let target = if r.source.is_empty() {
+            format!("delete {}/{}", r.delete_kind, r.delete_name)
+        } else {
+            format!(
+                "{}{}",
+                source(&r.source),
+                if r.prune { ", prune" } else { "" }
+            )
+        };
+        let out = self.propose_call(req).await;
+        self.audited(&caller, "propose", target, &out, |r| {
+            let c = r.get_ref();
+            format!(
+                "change request {} on revision {}, sha256 {}; needs approval: {}",
+                c.id,
+                c.base_revision,
+                c.sha256,
+                if c.needs_approval.is_empty() {
+                    "no".to_owned()
+                } else {
+                    c.needs_approval.join("; ")
+                }
+            )
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_changes(
+        &self,
+        req: Request<v1::ListChangesRequest>,
+    ) -> Result<Response<v1::ListChangesResponse>, Status> {
+        let caller = Caller::of(&req);
+        let target = req.get_ref().id.clone();
+        let out = self.list_changes_call(req).await;
+        self.audited(&caller, "list-changes", target, &out, nothing);
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn approve(
+        &self,
+        req: Request<v1::DecideRequest>,
+    ) -> Result<Response<v1::ApproveResponse>, Status> {
+        let caller = Caller::of(&req);
+        let target = format!("change request {}", req.get_ref().id);
+        let out = self.approve_call(req).await;
+        self.audited(&caller, "approve", target, &out, |r| {
+            let r = r.get_ref();
+            format!(
+                "applied as revision {}, proposed by {}",
+                r.revision,
+                r.change.as_ref().map(|c| c.author.as_str()).unwrap_or("")
+            )
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn reject(
+        &self,
+        req: Request<v1::DecideRequest>,
+    ) -> Result<Response<v1::ChangeRequest>, Status> {
+        let caller = Caller::of(&req);
+        let target = format!("change request {}", req.get_ref().id);
+        let out = self.reject_call(req).await;
+        self.audited(&caller, "reject", target, &out, |r| {
+            format!(
+                "proposed by {}: {}",
+                r.get_ref().author,
+                r.get_ref().decision_note
+            )
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn break_glass(
+        &self,
+        req: Request<v1::BreakGlassRequest>,
+    ) -> Result<Response<v1::BreakGlassGrant>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.get_ref();
+        let target = format!(
+            "from {} to {} ports {} for {} s: {}",
+            r.from.join(","),
+            r.to.join(","),
+            if r.ports.is_empty() {
+                "all".to_owned()
+            } else {
+                r.ports.join(",")
+            },
+            r.seconds,
+            r.reason
+        );
+        let out = self.break_glass_call(req).await;
+        self.audited(&caller, "break-glass", target, &out, |r| {
+            let g = r.get_ref();
+            format!(
+                "grant {} as policy {} in revision {}, until {}; review due {}",
+                g.id, g.policy, g.revision, g.expires, g.review_due
+            )
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn review_break_glass(
+        &self,
+        req: Request<v1::ReviewRequest>,
+    ) -> Result<Response<v1::BreakGlassGrant>, Status> {
+        let caller = Caller::of(&req);
+        let target = format!("grant {}", req.get_ref().id);
+        let out = self.review_break_glass_call(req).await;
+        self.audited(&caller, "break-glass-review", target, &out, |r| {
+            format!(
+                "opened by {}: {}",
+                r.get_ref().opened_by,
+                r.get_ref().review_note
+            )
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_break_glass(
+        &self,
+        req: Request<v1::ListBreakGlassRequest>,
+    ) -> Result<Response<v1::ListBreakGlassResponse>, Status> {
+        let caller = Caller::of(&req);
+        let out = self.list_break_glass_call(req).await;
+        self.audited(&caller, "list-break-glass", String::new(), &out, nothing);
+        out
+    }
 }

@@ -67,17 +67,19 @@ pub enum DocumentKind {
     NodeApproval,
     RoleBinding,
     Group,
+    ChangeControl,
 }
 
 impl DocumentKind {
     /// Every kind, in revision order.
-    pub const ALL: [DocumentKind; 6] = [
+    pub const ALL: [DocumentKind; 7] = [
         DocumentKind::Segment,
         DocumentKind::Policy,
         DocumentKind::Node,
         DocumentKind::NodeApproval,
         DocumentKind::RoleBinding,
         DocumentKind::Group,
+        DocumentKind::ChangeControl,
     ];
 
     /// The kind as documents write it.
@@ -89,6 +91,7 @@ impl DocumentKind {
             DocumentKind::NodeApproval => wardline_policy::parse::NODE_APPROVAL_KIND,
             DocumentKind::RoleBinding => wardline_policy::parse::ROLE_BINDING_KIND,
             DocumentKind::Group => wardline_policy::parse::GROUP_KIND,
+            DocumentKind::ChangeControl => wardline_policy::parse::CHANGE_CONTROL_KIND,
         }
     }
 
@@ -112,6 +115,9 @@ impl DocumentKind {
                 Some(DocumentKind::RoleBinding)
             }
             "group" | "groups" => Some(DocumentKind::Group),
+            "changecontrol" | "changecontrols" | "change-control" => {
+                Some(DocumentKind::ChangeControl)
+            }
             _ => None,
         }
     }
@@ -204,6 +210,13 @@ pub struct RevisionRecord {
     pub record_sha256: String,
     #[serde(default)]
     pub seal: Option<RecordSeal>,
+    /// The second person who approved it, if one did; or the break-glass
+    /// grant it opened. Absent from records that had neither, so their
+    /// hashes stand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRecord>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub break_glass: String,
 }
 
 /// Who made a change: the certificate's name, its fingerprint and the
@@ -235,6 +248,8 @@ impl RevisionRecord {
             previous_sha256: String::new(),
             record_sha256: String::new(),
             seal: None,
+            approval: None,
+            break_glass: String::new(),
         }
         .finish()
     }
@@ -262,7 +277,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn source_of(documents: &[StoredDocument]) -> String {
+pub fn source_of(documents: &[StoredDocument]) -> String {
     documents
         .iter()
         .map(|d| format!("---\n{}", d.text))
@@ -428,6 +443,42 @@ pub enum RegistryError {
     Forbidden(wardline_roles::Refusal),
     #[error("a stored record at {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// The change needs a second person's approval and has none.
+    #[error(
+        "this change needs a second person's approval ({}); file it with `wardctl propose` for an approver; nothing changed",
+        .0.join("; ")
+    )]
+    NeedsApproval(Vec<String>),
+    /// An approved request's revision is no longer current.
+    #[error(
+        "the policy moved from revision {base} to {current} since the change was proposed; it is stale, propose it again; nothing changed"
+    )]
+    Stale { base: u64, current: u64 },
+}
+
+/// What lets a change through the two-person rule (`wardline-approvals`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sanction {
+    /// Nothing: refused if the change needs approval.
+    None,
+    /// Another person approved the change request.
+    Approved(ApprovalRecord),
+    /// An emergency grant, opened by one person with the break-glass role
+    /// and reviewed afterwards; the caller made the documents itself.
+    BreakGlass(String),
+}
+
+/// Who approved a revision: kept in it, so the chain covers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// The change request.
+    pub request: String,
+    /// The approver's certificate name and SHA-256 fingerprint.
+    pub operator: String,
+    pub fingerprint: String,
+    pub time: String,
+    #[serde(default)]
+    pub note: String,
 }
 
 /// The outcome of a planned change.
@@ -595,7 +646,8 @@ fn in_stored_order(mut set: PolicySet) -> PolicySet {
         .chain(set.nodes.iter_mut().map(|d| &mut d.doc))
         .chain(set.approvals.iter_mut().map(|d| &mut d.doc))
         .chain(set.role_bindings.iter_mut().map(|d| &mut d.doc))
-        .chain(set.groups.iter_mut().map(|d| &mut d.doc));
+        .chain(set.groups.iter_mut().map(|d| &mut d.doc))
+        .chain(set.change_controls.iter_mut().map(|d| &mut d.doc));
     for (i, doc) in docs.enumerate() {
         doc.index = i + 1;
     }
@@ -609,15 +661,47 @@ fn allow_change(
     before: &[StoredDocument],
     after: &[StoredDocument],
     changes: &[ChangeRecord],
+    prune: bool,
+    sanction: &Sanction,
 ) -> Result<(), RegistryError> {
+    if let Sanction::BreakGlass(_) = sanction {
+        // The caller checked the break-glass role and made the one
+        // windowed allow itself.
+        return Ok(());
+    }
+    allow_roles(operator, before, after, changes)?;
+    if matches!(sanction, Sanction::Approved(_)) {
+        return Ok(());
+    }
+    let reasons = needs_approval(before, after, changes, prune)?;
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(RegistryError::NeedsApproval(reasons))
+    }
+}
+
+/// The role bindings in force (in `before`).
+pub fn bindings_of(before: &[StoredDocument]) -> Result<wardline_roles::Bindings, RegistryError> {
     let governance: Vec<StoredDocument> = before
         .iter()
         .filter(|d| matches!(d.kind, DocumentKind::RoleBinding | DocumentKind::Group))
         .cloned()
         .collect();
-    let bindings = wardline_policy::parse(&source_of(&governance))
+    wardline_policy::parse(&source_of(&governance))
         .map(|set| wardline_roles::Bindings::of(&set))
-        .map_err(|e| RegistryError::Internal(format!("the role bindings in force: {e}")))?;
+        .map_err(|e| RegistryError::Internal(format!("the role bindings in force: {e}")))
+}
+
+/// Refuses the change unless `operator`'s roles (by the bindings in
+/// `before`) allow it, whoever approves it.
+pub fn allow_roles(
+    operator: &str,
+    before: &[StoredDocument],
+    after: &[StoredDocument],
+    changes: &[ChangeRecord],
+) -> Result<(), RegistryError> {
+    let bindings = bindings_of(before)?;
     let changed: Vec<wardline_roles::Changed<'_>> = changes
         .iter()
         .map(|c| wardline_roles::Changed {
@@ -635,6 +719,34 @@ fn allow_change(
         .grants(operator)
         .allow_change(&changed, sets)
         .map_err(RegistryError::Forbidden)
+}
+
+/// Why the change from `before` to `after` needs a second person
+/// (`wardline-approvals`); empty: it does not.
+pub fn needs_approval(
+    before: &[StoredDocument],
+    after: &[StoredDocument],
+    changes: &[ChangeRecord],
+    prune: bool,
+) -> Result<Vec<String>, RegistryError> {
+    let read = |docs: &[StoredDocument]| {
+        wardline_policy::parse(&source_of(docs))
+            .map_err(|e| RegistryError::Internal(format!("reading the policy: {e}")))
+    };
+    let (before, after) = (read(before)?, read(after)?);
+    if before.role_bindings.is_empty() {
+        return Ok(Vec::new());
+    }
+    let touched: Vec<wardline_approvals::Touched<'_>> = changes
+        .iter()
+        .map(|c| wardline_approvals::Touched {
+            kind: c.kind.as_str(),
+            name: &c.name,
+        })
+        .collect();
+    Ok(wardline_approvals::reasons(
+        &before, &after, &touched, prune,
+    ))
 }
 
 /// Refuses a document the policy language accepts but a revision cannot
@@ -817,6 +929,8 @@ impl Registry {
         action: RevisionAction,
         author: &Author,
         message: &str,
+        prune: bool,
+        sanction: Sanction,
     ) -> Result<RevisionRecord, RegistryError> {
         if let Some(expected) = expected
             && expected != current.revision
@@ -826,9 +940,22 @@ impl Registry {
                 current: current.revision,
             });
         }
-        // The role bindings of the revision this one replaces decide; the
-        // write below lands only if it is still the current one.
-        allow_change(&author.operator, &current.documents, &documents, &changes)?;
+        // The role bindings and change control of the revision this one
+        // replaces decide; the write below lands only if it is still the
+        // current one.
+        allow_change(
+            &author.operator,
+            &current.documents,
+            &documents,
+            &changes,
+            prune,
+            &sanction,
+        )?;
+        let (approval, break_glass) = match sanction {
+            Sanction::None => (None, String::new()),
+            Sanction::Approved(a) => (Some(a), String::new()),
+            Sanction::BreakGlass(id) => (None, id),
+        };
         let mut record = RevisionRecord {
             revision: current.revision + 1,
             author: author.name.clone(),
@@ -843,6 +970,8 @@ impl Registry {
             previous_sha256: String::new(),
             record_sha256: String::new(),
             seal: None,
+            approval,
+            break_glass,
         }
         .finish();
         chain::seal(&mut record, current, &self.signer).map_err(RegistryError::Seal)?;
@@ -884,16 +1013,13 @@ impl Registry {
         Ok(record)
     }
 
-    /// Applies every document of `source`, all or nothing. `Ok(None)`: the
-    /// documents are already current, nothing written.
-    pub async fn apply(
+    /// Reads, plans and validates `source` against the current revision,
+    /// writing nothing: what [`Registry::apply`] and a proposal start from.
+    pub async fn plan_source(
         &self,
         source: &str,
         prune: bool,
-        expected: Option<u64>,
-        author: &Author,
-        message: &str,
-    ) -> Result<(Option<RevisionRecord>, Plan), RegistryError> {
+    ) -> Result<(RevisionRecord, u64, Plan, Validated), RegistryError> {
         let (current, current_mod) = self.current().await?;
         let nodes = self.node_infos().await?;
         // Off the runtime's threads: a large policy takes a while to read,
@@ -907,6 +1033,20 @@ impl Registry {
         })
         .await
         .map_err(|e| RegistryError::Internal(format!("validating: {e}")))??;
+        Ok((current, current_mod, plan, validated))
+    }
+
+    /// Applies every document of `source`, all or nothing. `Ok(None)`: the
+    /// documents are already current, nothing written.
+    pub async fn apply(
+        &self,
+        source: &str,
+        prune: bool,
+        expected: Option<u64>,
+        author: &Author,
+        message: &str,
+    ) -> Result<(Option<RevisionRecord>, Plan), RegistryError> {
+        let (current, current_mod, plan, validated) = self.plan_source(source, prune).await?;
         if let Some(expected) = expected
             && expected != current.revision
         {
@@ -935,19 +1075,20 @@ impl Registry {
                 RevisionAction::Apply,
                 author,
                 message,
+                prune,
+                Sanction::None,
             )
             .await?;
         Ok((Some(record), plan))
     }
 
-    pub async fn delete(
+    /// The current revision without document `kind`/`name`, checked to
+    /// still stand, writing nothing.
+    pub async fn plan_delete(
         &self,
         kind: DocumentKind,
         name: &str,
-        expected: Option<u64>,
-        author: &Author,
-        message: &str,
-    ) -> Result<RevisionRecord, RegistryError> {
+    ) -> Result<(RevisionRecord, u64, Plan), RegistryError> {
         let (current, current_mod) = self.current().await?;
         let before = current.documents.len();
         let documents: Vec<StoredDocument> = current
@@ -971,17 +1112,71 @@ impl Registry {
             name: name.to_owned(),
             action: ChangeAction::Deleted,
         }];
+        Ok((current, current_mod, Plan { documents, changes }))
+    }
+
+    pub async fn delete(
+        &self,
+        kind: DocumentKind,
+        name: &str,
+        expected: Option<u64>,
+        author: &Author,
+        message: &str,
+    ) -> Result<RevisionRecord, RegistryError> {
+        let (current, current_mod, plan) = self.plan_delete(kind, name).await?;
         self.commit(
             &current,
             current_mod,
             expected,
-            documents,
-            changes,
+            plan.documents,
+            plan.changes,
             RevisionAction::Delete,
             author,
             message,
+            false,
+            Sanction::None,
         )
         .await
+    }
+
+    /// Writes a change another person approved, or an emergency grant:
+    /// `plan` as planned on revision `base`, refused as stale unless that
+    /// is still the current revision.
+    #[expect(clippy::too_many_arguments, reason = "a revision's every part")]
+    pub async fn apply_sanctioned(
+        &self,
+        base: u64,
+        plan: Plan,
+        action: RevisionAction,
+        prune: bool,
+        author: &Author,
+        message: &str,
+        sanction: Sanction,
+    ) -> Result<RevisionRecord, RegistryError> {
+        let (current, current_mod) = self.current().await?;
+        if current.revision != base {
+            return Err(RegistryError::Stale {
+                base,
+                current: current.revision,
+            });
+        }
+        self.commit(
+            &current,
+            current_mod,
+            Some(base),
+            plan.documents,
+            plan.changes,
+            action,
+            author,
+            message,
+            prune,
+            sanction,
+        )
+        .await
+        .map_err(|e| match e {
+            RegistryError::Conflict { current, .. } => RegistryError::Stale { base, current },
+            e => e,
+        })
     }
 
     pub async fn rollback(
@@ -1008,6 +1203,8 @@ impl Registry {
             RevisionAction::Rollback,
             author,
             &message,
+            false,
+            Sanction::None,
         )
         .await
     }

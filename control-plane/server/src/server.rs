@@ -240,13 +240,16 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-fn registry_status(e: RegistryError) -> Status {
+pub(crate) fn registry_status(e: RegistryError) -> Status {
     match e {
         RegistryError::Invalid(_) | RegistryError::Compile(_) | RegistryError::TooLarge { .. } => {
             Status::invalid_argument(e.to_string())
         }
         RegistryError::BadDocument { .. } => Status::invalid_argument(e.to_string()),
-        RegistryError::Conflict { .. } => Status::failed_precondition(e.to_string()),
+        RegistryError::Conflict { .. } | RegistryError::Stale { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+        RegistryError::NeedsApproval(_) => Status::permission_denied(e.to_string()),
         RegistryError::NotFound { .. } | RegistryError::NoRevision(_) => {
             Status::not_found(e.to_string())
         }
@@ -268,7 +271,7 @@ pub(crate) fn refused(r: &wardline_roles::Refusal, peer: Option<std::net::Socket
     Status::permission_denied(r.to_string())
 }
 
-fn changes(c: &[ChangeRecord]) -> Vec<v1::Change> {
+pub(crate) fn changes(c: &[ChangeRecord]) -> Vec<v1::Change> {
     c.iter()
         .map(|c| v1::Change {
             kind: c.kind.as_str().to_owned(),
@@ -299,6 +302,8 @@ pub struct ControlPlane {
     siem: Option<Arc<wardline_siem::Exporter>>,
     dashboard: Option<Arc<crate::dashboard::Dashboard>>,
     audit: Arc<crate::audit::Audit>,
+    /// How long a second-factor session lasts.
+    mfa_session: Duration,
 }
 
 /// At most this many agent records in one store transaction (etcd's
@@ -417,7 +422,27 @@ impl ControlPlane {
             siem: None,
             dashboard: None,
             audit,
+            mfa_session: crate::mfa::SESSION,
         })
+    }
+
+    /// Second-factor sessions last `d` instead of [`crate::mfa::SESSION`].
+    pub fn with_mfa_session(mut self, d: Duration) -> Self {
+        self.mfa_session = d;
+        self
+    }
+
+    pub(crate) fn mfa_session(&self) -> Duration {
+        self.mfa_session
+    }
+
+    /// Whether changes need a second factor: once any role binding
+    /// exists (a site being set up has one person, who binds the roles).
+    pub(crate) fn mfa_required(&self) -> bool {
+        self.cluster
+            .borrow()
+            .as_ref()
+            .is_none_or(|c| !c.bindings.bootstrap())
     }
 
     /// The audit trail this replica writes to.
@@ -607,7 +632,7 @@ impl ControlPlane {
 
     /// An operator's call: a valid operator certificate, not revoked.
     /// What it may do is [`ControlPlane::allowed`]'s.
-    fn operator<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+    pub(crate) fn operator<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         self.not_revoked(req)?;
         authorize(req, Role::Operator)
     }
@@ -625,7 +650,7 @@ impl ControlPlane {
     /// An operator's call that asks to change documents: refused at once
     /// unless some role held changes some kind of them; the change itself
     /// is checked document by document as it is written.
-    fn may_change<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+    pub(crate) fn may_change<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         let id = self.operator(req)?;
         let grants = self.grants(&id.name)?;
         let verbs = [Verb::ChangePolicy, Verb::ChangeNodes, Verb::ChangeRoles];
@@ -877,8 +902,10 @@ async fn compact(registry: Registry) {
     }
 }
 
-/// Records that change nothing any agent is sent: agents' acks and the
-/// replicas' liveness summaries.
+/// Records that change nothing any agent is sent: agents' acks, the
+/// replicas' liveness summaries, renewals, and the governance records
+/// (audit trail, second factors, change requests, break-glass grants;
+/// a grant's policy is a revision of its own).
 fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
     let key = match ev {
         wardline_store::WatchEvent::Put(kv) => kv.key.as_str(),
@@ -887,6 +914,17 @@ fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
     key.starts_with(crate::registry::AGENTS_PREFIX)
         || key.starts_with(crate::registry::LIVENESS_PREFIX)
         || key.starts_with(crate::registry::ISSUED_PREFIX)
+        || key.starts_with("/wardline/audit/")
+        || key.starts_with("/wardline/mfa/")
+        || key.starts_with(crate::changes::CHANGES_PREFIX)
+        || key.starts_with(crate::break_glass::GRANTS_PREFIX)
+}
+
+/// SHA-256 (hex) of the certificate a call came with.
+pub(crate) fn fingerprint<T>(req: &Request<T>) -> String {
+    req.peer_certs()
+        .and_then(|c| c.first().map(|leaf| hex::encode(Sha256::digest(leaf))))
+        .unwrap_or_default()
 }
 
 fn author(id: &Identity) -> String {
@@ -895,14 +933,11 @@ fn author(id: &Identity) -> String {
 
 /// Who makes a change: the operator's name, the SHA-256 of the exact
 /// certificate it called with, and the address it called from.
-fn change_author<T>(req: &Request<T>, id: &Identity) -> Author {
+pub(crate) fn change_author<T>(req: &Request<T>, id: &Identity) -> Author {
     Author {
         operator: id.name.clone(),
         name: author(id),
-        fingerprint: req
-            .peer_certs()
-            .and_then(|c| c.first().map(|leaf| hex::encode(Sha256::digest(leaf))))
-            .unwrap_or_default(),
+        fingerprint: fingerprint(req),
         peer: req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
     }
 }
@@ -980,6 +1015,7 @@ impl ControlPlane {
         req: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
         let id = self.may_change(&req)?;
+        self.second_factor(&req, &id).await?;
         let who = change_author(&req, &id);
         let r = req.into_inner();
         limits::message("message", &r.message)?;
@@ -1016,24 +1052,7 @@ impl ControlPlane {
         let (current, _) = self.registry.current().await.map_err(registry_status)?;
         let applied = read_source(source).map_err(registry_status)?;
         let plan = crate::registry::plan(&current.documents, &applied, req.get_ref().prune);
-        let old: BTreeMap<_, _> = current
-            .documents
-            .iter()
-            .map(|d| ((d.kind, d.name.clone()), d.text.clone()))
-            .collect();
-        let mut diff = String::new();
-        for c in &plan.changes {
-            let new = plan
-                .documents
-                .iter()
-                .find(|d| d.kind == c.kind && d.name == c.name)
-                .map(|d| d.text.as_str())
-                .unwrap_or("");
-            let before = old
-                .get(&(c.kind, c.name.clone()))
-                .map_or("", String::as_str);
-            diff.push_str(&unified(&format!("{} {}", c.kind, c.name), before, new));
-        }
+        let diff = plan_diff(&current.documents, &plan);
         Ok(Response::new(v1::DiffResponse {
             revision: current.revision,
             changes: changes(&plan.changes),
@@ -1089,6 +1108,7 @@ impl ControlPlane {
         req: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
         let id = self.may_change(&req)?;
+        self.second_factor(&req, &id).await?;
         let who = change_author(&req, &id);
         let r = req.into_inner();
         limits::message("message", &r.message)?;
@@ -1124,6 +1144,7 @@ impl ControlPlane {
         req: Request<v1::RevokeRequest>,
     ) -> Result<Response<v1::RevokeResponse>, Status> {
         let id = self.allowed(&req, Verb::ChangePki)?;
+        self.second_factor(&req, &id).await?;
         let r = req.into_inner();
         limits::message("reason", &r.reason)?;
         let now = format_time(OffsetDateTime::now_utc());
@@ -1209,6 +1230,7 @@ impl ControlPlane {
         req: Request<v1::UnblockRequest>,
     ) -> Result<Response<v1::UnblockResponse>, Status> {
         let id = self.allowed(&req, Verb::ChangeNodes)?;
+        self.second_factor(&req, &id).await?;
         let node = &req.get_ref().node;
         if !self
             .registry
@@ -1249,6 +1271,22 @@ impl ControlPlane {
                     author_peer: r.author_peer.clone(),
                     record_sha256: r.record_sha256.clone(),
                     previous_sha256: r.previous_sha256.clone(),
+                    approved_by: r
+                        .approval
+                        .as_ref()
+                        .map(|a| a.operator.clone())
+                        .unwrap_or_default(),
+                    approved_at: r
+                        .approval
+                        .as_ref()
+                        .map(|a| a.time.clone())
+                        .unwrap_or_default(),
+                    change_request: r
+                        .approval
+                        .as_ref()
+                        .map(|a| a.request.clone())
+                        .unwrap_or_default(),
+                    break_glass: r.break_glass.clone(),
                 })
                 .collect(),
         }))
@@ -1275,6 +1313,7 @@ impl ControlPlane {
         req: Request<v1::RollbackRequest>,
     ) -> Result<Response<v1::RollbackResponse>, Status> {
         let id = self.may_change(&req)?;
+        self.second_factor(&req, &id).await?;
         let who = change_author(&req, &id);
         let r = req.into_inner();
         limits::message("message", &r.message)?;
@@ -1296,9 +1335,11 @@ impl ControlPlane {
         let id = self.allowed(&req, Verb::ReadStatus)?;
         let grants = self.grants(&id.name)?;
         let mut report = self.status_report().await?;
-        report.caller = id.name;
+        report.caller = id.name.clone();
         report.caller_roles = grants.roles().iter().map(|r| r.to_string()).collect();
         report.roles_unbound = grants.bootstrap;
+        report.mfa_required = self.mfa_required();
+        report.caller_session_expires = self.session_expires(&req, &id).await;
         Ok(Response::new(report))
     }
 
@@ -1470,12 +1511,16 @@ impl ControlPlane {
             caller: String::new(),
             caller_roles: Vec::new(),
             roles_unbound: false,
+            mfa_required: false,
+            caller_session_expires: String::new(),
+            open_changes: self.open_changes(current.revision).await,
+            break_glass: self.pending_grants().await,
         })
     }
 }
 
 /// The kind of document an operator names for a delete.
-fn document_kind(kind: &str) -> Result<DocumentKind, Status> {
+pub(crate) fn document_kind(kind: &str) -> Result<DocumentKind, Status> {
     DocumentKind::named(kind).ok_or_else(|| {
         Status::invalid_argument(format!(
             "{:?} is not a kind: Segment, Policy or Node",
@@ -1485,6 +1530,31 @@ fn document_kind(kind: &str) -> Result<DocumentKind, Status> {
 }
 
 /// A line diff of two texts in unified form.
+/// The unified diff of every document `plan` changes in `current`.
+pub(crate) fn plan_diff(
+    current: &[crate::registry::StoredDocument],
+    plan: &crate::registry::Plan,
+) -> String {
+    let old: BTreeMap<_, _> = current
+        .iter()
+        .map(|d| ((d.kind, d.name.clone()), d.text.clone()))
+        .collect();
+    let mut diff = String::new();
+    for c in &plan.changes {
+        let new = plan
+            .documents
+            .iter()
+            .find(|d| d.kind == c.kind && d.name == c.name)
+            .map(|d| d.text.as_str())
+            .unwrap_or("");
+        let before = old
+            .get(&(c.kind, c.name.clone()))
+            .map_or("", String::as_str);
+        diff.push_str(&unified(&format!("{} {}", c.kind, c.name), before, new));
+    }
+    diff
+}
+
 fn unified(title: &str, before: &str, after: &str) -> String {
     let diff = similar::TextDiff::from_lines(before, after);
     diff.unified_diff()

@@ -66,6 +66,7 @@ pub(crate) fn feed(cp: &ControlPlane, exporter: Arc<Exporter>) {
                 Ok(r) => audit_exporter.audit(wardline_siem::AuditEvent {
                     time: r.time.clone(),
                     alarming: r.outcome != wardline_audit::Outcome::Done,
+                    alert: r.action == "break-glass" && r.outcome == wardline_audit::Outcome::Done,
                     record: serde_json::to_value(&r).unwrap_or_default(),
                 }),
                 Err(RecvError::Lagged(n)) => {

@@ -14,15 +14,42 @@ use std::path::PathBuf;
 use crate::registry::Registry;
 use crate::renewal::Renewal;
 use crate::server::{self, ControlPlane};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use wardline_pki as pki;
-use wardline_proto::v1::{agent_api_client::AgentApiClient, management_client::ManagementClient};
+use wardline_proto::v1::{
+    self, agent_api_client::AgentApiClient, management_client::ManagementClient,
+};
 use wardline_store::{self as store, StoreSpec};
 use wardline_tls as tls;
 use wardline_tls::Role;
 
 /// The lifetime of the agent certificates the test replica renews.
 pub const RENEWED_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A management client whose calls carry a session token.
+pub type SessionClient = ManagementClient<InterceptedService<Channel, Token>>;
+
+/// Adds a session token to each call.
+#[derive(Clone)]
+pub struct Token(pub Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut()
+                .insert(crate::mfa::SESSION_HEADER, t.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
 
 pub struct Site {
     pub dir: PathBuf,
@@ -59,6 +86,14 @@ pub fn scratch(tag: &str) -> PathBuf {
 }
 
 pub async fn site(tag: &str) -> Site {
+    site_configured(tag, |cp| cp).await
+}
+
+/// [`site`], its replica changed by `configure` before it serves.
+pub async fn site_configured(
+    tag: &str,
+    configure: impl FnOnce(ControlPlane) -> ControlPlane,
+) -> Site {
     let dir = scratch(tag);
     let ca = dir.join("ca");
     pki::init_ca(&ca, "test-hospital").unwrap();
@@ -121,7 +156,8 @@ pub async fn site(tag: &str) -> Site {
     // The web dashboard beside gRPC, as `--dashboard-address` serves it.
     let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dashboard = format!("https://{}", web.local_addr().unwrap());
-    let cp = cp.with_dashboard(dashboard.clone(), wardline_dashboard::Settings::default());
+    let cp =
+        configure(cp.with_dashboard(dashboard.clone(), wardline_dashboard::Settings::default()));
     let router = cp.dashboard_router().expect("a dashboard");
     let browser = tls::browser_config(serving.clone()).unwrap();
     tokio::spawn(wardline_dashboard::serve(web, browser, router));
@@ -197,6 +233,59 @@ impl Site {
             )
             .await
             .unwrap();
+    }
+
+    /// Issues an operator certificate for `name`.
+    pub fn issue_operator(&self, name: &str) {
+        pki::issue(
+            &self.dir.join("ca"),
+            Role::Operator,
+            name,
+            &[],
+            &self.dir,
+            30,
+        )
+        .unwrap();
+    }
+
+    /// `name`'s client whose calls carry `token` as their session.
+    pub async fn client_with_token(&self, name: &str, token: Option<&str>) -> SessionClient {
+        let token = token.map(|t| t.parse().expect("a header value"));
+        ManagementClient::with_interceptor(self.channel_as(name).await, Token(token))
+    }
+
+    /// `name` enrolled in a second factor (now) and logged in: their
+    /// client with the session, and their secret.
+    pub async fn logged_in(&self, name: &str) -> (SessionClient, String) {
+        let mut plain = self.client_with_token(name, None).await;
+        let secret = plain
+            .mfa_enroll(v1::MfaEnrollRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .secret;
+        let now = unix_now();
+        plain
+            .mfa_confirm(v1::MfaConfirmRequest {
+                code: wardline_mfa::code_at(&secret, now).unwrap(),
+            })
+            .await
+            .unwrap();
+        let token = self.login(name, &secret, 1).await;
+        (self.client_with_token(name, Some(&token)).await, secret)
+    }
+
+    /// A session token for `name`, with the code `steps` steps ahead of
+    /// now (each code is good once, and for a step either side).
+    pub async fn login(&self, name: &str, secret: &str, steps: u64) -> String {
+        let code = wardline_mfa::code_at(secret, unix_now() + steps * wardline_mfa::STEP).unwrap();
+        self.client_with_token(name, None)
+            .await
+            .login(v1::LoginRequest { code })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
     }
 
     pub async fn agent(&self, node: &str) -> AgentApiClient<Channel> {

@@ -121,8 +121,10 @@ async fn every_call_is_a_sealed_record_and_an_edit_behind_its_back_is_caught() {
     assert_eq!(e.code(), Code::PermissionDenied);
     let e = mallory.get(v1::GetRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    // Failed: a bad policy.
-    let e = alice
+    // Failed: a bad policy (a change, so with a second factor now that
+    // roles are bound).
+    let (mut alice_session, _) = site.logged_in("alice").await;
+    let e = alice_session
         .apply(apply("kind: Segmnet\n", "typo"))
         .await
         .unwrap_err();

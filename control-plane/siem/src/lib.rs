@@ -90,6 +90,9 @@ enum Event {
 pub struct AuditEvent {
     pub time: String,
     pub alarming: bool,
+    /// Action needed now (emergency access opened): syslog severity
+    /// alert, message id `alert`.
+    pub alert: bool,
     pub record: serde_json::Value,
 }
 
@@ -267,8 +270,10 @@ fn syslog_message(e: &Event, replica: &str) -> Vec<u8> {
         Event::Audit(a) => (
             OffsetDateTime::parse(&a.time, &time::format_description::well_known::Rfc3339)
                 .unwrap_or_else(|_| OffsetDateTime::now_utc()),
-            "audit",
-            if a.alarming {
+            if a.alert { "alert" } else { "audit" },
+            if a.alert {
+                syslog::Severity::Alert
+            } else if a.alarming {
                 syslog::Severity::Warning
             } else {
                 syslog::Severity::Notice

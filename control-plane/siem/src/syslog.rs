@@ -15,6 +15,7 @@ const FACILITY_LOG_AUDIT: u8 = 13;
 /// The severities Wardline uses (RFC 5424, table 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Severity {
+    Alert = 1,
     Warning = 4,
     Notice = 5,
     Informational = 6,

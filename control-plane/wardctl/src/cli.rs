@@ -13,6 +13,7 @@ pub mod env {
     pub const CA: &str = "WARDCTL_CA";
     pub const CERT: &str = "WARDCTL_CERT";
     pub const KEY: &str = "WARDCTL_KEY";
+    pub const SESSION: &str = "WARDCTL_SESSION";
 }
 
 /// Operate the Wardline control plane.
@@ -46,6 +47,10 @@ pub struct ConnectionArgs {
     /// Config file (else ~/.config/wardline/wardctl.yaml).
     #[arg(long, global = true, env = env::CONFIG)]
     pub config: Option<PathBuf>,
+    /// Where `login` keeps the session token (else one file per
+    /// certificate under ~/.cache/wardline).
+    #[arg(long, global = true, env = env::SESSION)]
+    pub session: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +59,8 @@ pub enum Command {
     Local(LocalCommand),
     #[command(flatten)]
     Remote(RemoteCommand),
+    #[command(flatten)]
+    Governance(GovernanceCommand),
     /// The site's certificates.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -277,6 +284,108 @@ pub enum RemoteCommand {
         verify: bool,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+    },
+}
+
+/// A second factor, two-person changes and emergency access
+/// (docs/governance.md).
+#[derive(Subcommand)]
+pub enum GovernanceCommand {
+    /// Your second factor (TOTP, as authenticator apps make it).
+    #[command(subcommand)]
+    Mfa(MfaCommand),
+    /// Exchange a code from your authenticator app for a session: changes
+    /// need one once the site has role bindings. It lasts 30 minutes
+    /// (unless the control plane says otherwise) and works only with this
+    /// certificate.
+    Login {
+        /// The six digits (else asked for on the terminal).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// End the session.
+    Logout,
+    /// File a change for another person's approval: a policy file (as
+    /// `apply` takes it) or one document to delete.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["file", "delete"])))]
+    Propose {
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        #[arg(long, requires = "file")]
+        prune: bool,
+        /// KIND/NAME, e.g. policy/ws-to-ehr.
+        #[arg(long)]
+        delete: Option<String>,
+        /// Why (shown to the approver, kept in the history).
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Change requests; with an id, one with its diff.
+    Changes {
+        id: Option<String>,
+        /// open, approved, rejected or stale.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Approve another person's change request (approver): it is applied
+    /// as shown, on the revision it was proposed against.
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Reject a change request (approver), or withdraw your own.
+    Reject {
+        id: String,
+        #[arg(long)]
+        note: String,
+    },
+    /// Open emergency access at once (break-glass role): an allow that the
+    /// kernel closes on time, alerted to the SIEM, to be reviewed by
+    /// another person afterwards.
+    BreakGlass {
+        /// Segments (or world), comma-separated or repeated.
+        #[arg(long, required = true, value_delimiter = ',')]
+        from: Vec<String>,
+        #[arg(long, required = true, value_delimiter = ',')]
+        to: Vec<String>,
+        /// tcp/443, udp/5000-5010, icmp; none: every port.
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<String>,
+        /// How long: 30m, 2h (1 minute to 12 hours).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// The clinical emergency.
+        #[arg(long)]
+        reason: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Sign off the review of a break-glass grant someone else opened
+    /// (approver).
+    Review {
+        id: String,
+        #[arg(long)]
+        note: String,
+    },
+}
+
+/// `wardctl mfa`.
+#[derive(Subcommand)]
+pub enum MfaCommand {
+    /// Enrol (or replace, within a session) your second factor: shows a
+    /// QR code for an authenticator app, then asks for a code from it.
+    Enroll,
+    /// Forget an operator's second factor (admin): they enrol again, and
+    /// their sessions end.
+    Reset {
+        operator: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 

@@ -1,10 +1,14 @@
 //! Reaching the control plane: the address and files from the flags,
 //! their environment variables or the config file, and the channel.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use wardline_policy::yaml::{self, Limits, YamlError};
 use wardline_proto::v1::management_client::ManagementClient;
@@ -41,6 +45,64 @@ pub struct Connection {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Where `wardctl login` keeps the second-factor session's token.
+    pub session: PathBuf,
+}
+
+/// The header a session's token travels in.
+pub const SESSION_HEADER: &str = "x-wardline-session";
+
+/// A management client whose every call carries the session's token, if
+/// there is one.
+pub type Client = ManagementClient<InterceptedService<Channel, SessionToken>>;
+
+/// Adds the token to each call.
+#[derive(Clone)]
+pub struct SessionToken(Option<AsciiMetadataValue>);
+
+impl Interceptor for SessionToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert(SESSION_HEADER, token.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The default session file: one per operator certificate, under
+/// `$XDG_CACHE_HOME/wardline` (else `~/.cache/wardline`).
+fn default_session(cert: &Path) -> Option<PathBuf> {
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let which = std::fs::read(cert).ok()?;
+    let id = hex::encode(&Sha256::digest(&which)[..8]);
+    Some(dir.join("wardline").join(format!("session-{id}")))
+}
+
+/// The token of the session file, if there is one.
+pub fn read_session(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let token = text.trim();
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+/// Keeps `token` where only this user can read it.
+pub fn write_session(path: &Path, token: &str) -> Result<(), Failure> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let err = |e: std::io::Error| fail(EXIT_FAILURE, format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(format!("{token}\n").as_bytes()).map_err(err)
 }
 
 /// Each setting from its flag or environment variable (clap reads both),
@@ -82,11 +144,23 @@ pub fn connection(args: &ConnectionArgs) -> Result<Connection, Failure> {
             )
         })
     };
+    let cert = need(args.cert.clone().or(file.cert_file), "cert")?;
+    let session = args
+        .session
+        .clone()
+        .or_else(|| default_session(&cert))
+        .ok_or_else(|| {
+            fail(
+                EXIT_FAILURE,
+                "no place for the session file: give --session, WARDCTL_SESSION, or set HOME",
+            )
+        })?;
     Ok(Connection {
         endpoint,
         ca: need(args.ca.clone().or(file.ca_file), "ca")?,
-        cert: need(args.cert.clone().or(file.cert_file), "cert")?,
+        cert,
         key: need(args.key.clone().or(file.key_file), "key")?,
+        session,
     })
 }
 
@@ -97,7 +171,7 @@ fn config_file(text: &str) -> Result<ConfigFile, YamlError> {
 
 /// A management client over mutual TLS, built by `wardline-tls` with its
 /// checks of the files and its connect timeout.
-pub async fn client(c: &Connection) -> Result<ManagementClient<Channel>, Failure> {
+pub async fn client(c: &Connection) -> Result<Client, Failure> {
     let channel = wardline_tls::client_endpoint(&c.endpoint, &c.ca, &c.cert, &c.key)
         .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?
         .timeout(CALL_TIMEOUT)
@@ -112,9 +186,14 @@ pub async fn client(c: &Connection) -> Result<ManagementClient<Channel>, Failure
             }
             fail(EXIT_UNAVAILABLE, msg)
         })?;
-    Ok(ManagementClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    // A token that is no header value is not sent: the control plane then
+    // asks for a new session, which replaces the file.
+    let token = read_session(&c.session).and_then(|t| MetadataValue::try_from(t).ok());
+    Ok(
+        ManagementClient::with_interceptor(channel, SessionToken(token))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }
 
 #[cfg(test)]

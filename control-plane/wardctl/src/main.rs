@@ -15,6 +15,7 @@ mod cli;
 mod connect;
 mod failure;
 mod flows;
+mod governance;
 mod local;
 mod remote;
 mod table;
@@ -30,6 +31,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let connection = connect::connection(&cli.connection)?;
             let mut client = connect::client(&connection).await?;
             remote::run(command, &mut client, &connection.ca).await
+        }
+        Command::Governance(command) => {
+            let connection = connect::connection(&cli.connection)?;
+            let mut client = connect::client(&connection).await?;
+            governance::run(command, &mut client, &connection).await
         }
         Command::Pki(PkiCommand::Remote(command)) => {
             let connection = connect::connection(&cli.connection)?;

@@ -2,8 +2,9 @@
 //! their answers are shown (`-o table`, `yaml`, `json`).
 
 use serde_json::{Value, json};
-use tonic::transport::Channel;
-use wardline_proto::v1::{self, management_client::ManagementClient};
+use wardline_proto::v1;
+
+use crate::connect::Client;
 
 use crate::cli::{
     DashboardCommand, FlowFilter, FlowOutput, Output, RemoteCommand, RemotePki, TopBy,
@@ -29,7 +30,7 @@ fn print_value(output: Output, value: &Value, table: impl FnOnce() -> String) {
 }
 
 /// `wardctl pki revoke`.
-pub async fn pki(command: RemotePki, c: &mut ManagementClient<Channel>) -> Result<(), Failure> {
+pub async fn pki(command: RemotePki, c: &mut Client) -> Result<(), Failure> {
     let RemotePki::Revoke {
         serial,
         certificate,
@@ -104,7 +105,7 @@ fn changes_text(c: &[v1::Change]) -> String {
 /// against which `audit --verify` checks the trail here.
 pub async fn run(
     command: RemoteCommand,
-    c: &mut ManagementClient<Channel>,
+    c: &mut Client,
     ca: &std::path::Path,
 ) -> Result<(), Failure> {
     match command {
@@ -279,7 +280,9 @@ pub async fn run(
                                "recordSha256": h.record_sha256, "previousSha256": h.previous_sha256,
                                "action": h.action, "message": h.message,
                                "changes": changes_json(&h.changes), "policySha256": h.policy_sha256,
-                               "segments": h.segments, "policies": h.policies})
+                               "segments": h.segments, "policies": h.policies,
+                               "approvedBy": h.approved_by, "approvedAt": h.approved_at,
+                               "changeRequest": h.change_request, "breakGlass": h.break_glass})
                     })
                     .collect(),
             );
@@ -294,6 +297,13 @@ pub async fn run(
                             h.author.clone(),
                             h.author_fingerprint.chars().take(16).collect(),
                             h.author_peer.clone(),
+                            if !h.approved_by.is_empty() {
+                                format!("{} ({})", h.approved_by, h.change_request)
+                            } else if !h.break_glass.is_empty() {
+                                format!("BREAK-GLASS {}", h.break_glass)
+                            } else {
+                                String::new()
+                            },
                             h.action.clone(),
                             changes_text(&h.changes),
                             h.message.clone(),
@@ -307,6 +317,7 @@ pub async fn run(
                         "AUTHOR",
                         "CERTIFICATE",
                         "FROM",
+                        "APPROVED BY",
                         "ACTION",
                         "CHANGES",
                         "MESSAGE",
@@ -657,11 +668,47 @@ pub async fn run(
                                  certificate holds every role; bind an admin (see the \
                                  governance guide)";
                 }
+                for g in &r.break_glass {
+                    warnings += &format!(
+                        "\nbreak-glass {} ({}): {} -> {} {} by {} until {}; review {}",
+                        g.id,
+                        g.state,
+                        g.from.join(","),
+                        g.to.join(","),
+                        if g.ports.is_empty() {
+                            "all ports".to_owned()
+                        } else {
+                            g.ports.join(",")
+                        },
+                        g.opened_by,
+                        g.expires,
+                        if !g.reviewed_by.is_empty() {
+                            format!("signed off by {}", g.reviewed_by)
+                        } else if g.review_overdue {
+                            format!("OVERDUE since {}", g.review_due)
+                        } else {
+                            format!("due by {}", g.review_due)
+                        }
+                    );
+                }
+                for c in &r.open_changes {
+                    warnings += &format!(
+                        "\nchange request {} by {} waits for approval ({} on revision {}): {}",
+                        c.id, c.author, c.state, c.base_revision, c.message
+                    );
+                }
                 let caller = if r.caller.is_empty() {
                     String::new()
                 } else {
+                    let session = if !r.mfa_required {
+                        String::new()
+                    } else if r.caller_session_expires.is_empty() {
+                        "; no session: `wardctl login` before a change".to_owned()
+                    } else {
+                        format!("; session until {}", r.caller_session_expires)
+                    };
                     format!(
-                        "you are {} ({})\n",
+                        "you are {} ({}){session}\n",
                         r.caller,
                         if r.caller_roles.is_empty() {
                             "no role".to_owned()

@@ -1310,6 +1310,17 @@ pub struct RevisionInfo {
     pub record_sha256: ::prost::alloc::string::String,
     #[prost(string, tag = "13")]
     pub previous_sha256: ::prost::alloc::string::String,
+    /// The second person who approved the change (two-person changes): their
+    /// certificate name, when, and the change request; or the break-glass
+    /// grant the revision opened.
+    #[prost(string, tag = "14")]
+    pub approved_by: ::prost::alloc::string::String,
+    #[prost(string, tag = "15")]
+    pub approved_at: ::prost::alloc::string::String,
+    #[prost(string, tag = "16")]
+    pub change_request: ::prost::alloc::string::String,
+    #[prost(string, tag = "17")]
+    pub break_glass: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1454,6 +1465,18 @@ pub struct StatusResponse {
     /// role (a site being set up).
     #[prost(bool, tag = "12")]
     pub roles_unbound: bool,
+    /// Changes need a second factor (any role binding exists), and until
+    /// when the caller's session lasts (RFC 3339; empty: none).
+    #[prost(bool, tag = "13")]
+    pub mfa_required: bool,
+    #[prost(string, tag = "14")]
+    pub caller_session_expires: ::prost::alloc::string::String,
+    /// Change requests waiting for a decision.
+    #[prost(message, repeated, tag = "15")]
+    pub open_changes: ::prost::alloc::vec::Vec<ChangeRequest>,
+    /// Break-glass grants open now, and those whose review is not signed off.
+    #[prost(message, repeated, tag = "16")]
+    pub break_glass: ::prost::alloc::vec::Vec<BreakGlassGrant>,
 }
 /// Which flow records: every field set narrows; unset fields match all.
 #[allow(clippy::all)]
@@ -1692,6 +1715,254 @@ pub struct AuditResponse {
     /// More records follow up to the head: ask again after the last one.
     #[prost(bool, tag = "5")]
     pub more: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MfaEnrollRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MfaEnrollResponse {
+    /// Base32, as authenticator apps take it by hand.
+    #[prost(string, tag = "1")]
+    pub secret: ::prost::alloc::string::String,
+    /// otpauth:// URI, for the QR code.
+    #[prost(string, tag = "2")]
+    pub uri: ::prost::alloc::string::String,
+    /// Replacing a factor in force (needs its session), not a first one.
+    #[prost(bool, tag = "3")]
+    pub replaces: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MfaConfirmRequest {
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MfaConfirmResponse {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LoginRequest {
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LoginResponse {
+    /// Secret: kept by the caller only; the store keeps its hash.
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+    /// RFC 3339.
+    #[prost(string, tag = "2")]
+    pub expires: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogoutRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogoutResponse {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MfaResetRequest {
+    #[prost(string, tag = "1")]
+    pub operator: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MfaResetResponse {
+    /// Sessions ended with it.
+    #[prost(uint32, tag = "1")]
+    pub sessions: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProposeRequest {
+    /// Either a policy source (with prune, as Apply takes it) ...
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub prune: bool,
+    /// ... or one document to delete.
+    #[prost(string, tag = "3")]
+    pub delete_kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub delete_name: ::prost::alloc::string::String,
+    /// Why: shown to the approver and kept in the history.
+    #[prost(string, tag = "5")]
+    pub message: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ChangeRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// The operator who proposed it, and when (RFC 3339).
+    #[prost(string, tag = "2")]
+    pub author: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub created: ::prost::alloc::string::String,
+    /// The revision it was proposed against: it is applied on that one only.
+    #[prost(uint64, tag = "4")]
+    pub base_revision: u64,
+    #[prost(string, tag = "5")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "6")]
+    pub changes: ::prost::alloc::vec::Vec<Change>,
+    /// Unified diff of the documents' canonical YAML.
+    #[prost(string, tag = "7")]
+    pub diff: ::prost::alloc::string::String,
+    /// Why it needs a second person (empty: it does not; filed to be seen).
+    #[prost(string, repeated, tag = "8")]
+    pub needs_approval: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// open | approved | rejected | stale (the policy moved under it)
+    #[prost(string, tag = "9")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(string, tag = "10")]
+    pub decided_by: ::prost::alloc::string::String,
+    #[prost(string, tag = "11")]
+    pub decided_at: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub decision_note: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "13")]
+    pub applied_revision: u64,
+    /// SHA-256 of what an approval applies: author, base revision and the
+    /// documents. Approve with it to approve exactly what was shown.
+    #[prost(string, tag = "14")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(bool, tag = "15")]
+    pub prune: bool,
+    /// Observed flows the change would stop: connections of the last 7 days
+    /// that were allowed or audited and that the proposed policy would drop.
+    #[prost(message, repeated, tag = "16")]
+    pub would_drop: ::prost::alloc::vec::Vec<WouldDrop>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WouldDrop {
+    #[prost(string, tag = "1")]
+    pub src_segment: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub dst_segment: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub protocol: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "4")]
+    pub port: u32,
+    #[prost(uint64, tag = "5")]
+    pub connections: u64,
+    /// RFC 3339.
+    #[prost(string, tag = "6")]
+    pub last_seen: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListChangesRequest {
+    /// One request by id; empty: every one (of `state`, if given).
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub state: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListChangesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub changes: ::prost::alloc::vec::Vec<ChangeRequest>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DecideRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Approve: the request's sha256 as shown; refused if it changed.
+    #[prost(string, tag = "2")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub note: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ApproveResponse {
+    #[prost(message, optional, tag = "1")]
+    pub change: ::core::option::Option<ChangeRequest>,
+    #[prost(uint64, tag = "2")]
+    pub revision: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BreakGlassRequest {
+    /// Segment names (or "world").
+    #[prost(string, repeated, tag = "1")]
+    pub from: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "2")]
+    pub to: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// "tcp/443", "udp/5000-5010", "icmp"; empty: every port.
+    #[prost(string, repeated, tag = "3")]
+    pub ports: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "4")]
+    pub seconds: u64,
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BreakGlassGrant {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub opened_by: ::prost::alloc::string::String,
+    /// RFC 3339.
+    #[prost(string, tag = "3")]
+    pub opened_at: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub expires: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "5")]
+    pub from: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "6")]
+    pub to: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "7")]
+    pub ports: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "8")]
+    pub reason: ::prost::alloc::string::String,
+    /// The Policy document it is, and the revision that made it.
+    #[prost(string, tag = "9")]
+    pub policy: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "10")]
+    pub revision: u64,
+    /// open | expired
+    #[prost(string, tag = "11")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub reviewed_by: ::prost::alloc::string::String,
+    #[prost(string, tag = "13")]
+    pub reviewed_at: ::prost::alloc::string::String,
+    #[prost(string, tag = "14")]
+    pub review_note: ::prost::alloc::string::String,
+    /// The review must be signed off by this time (RFC 3339).
+    #[prost(string, tag = "15")]
+    pub review_due: ::prost::alloc::string::String,
+    #[prost(bool, tag = "16")]
+    pub review_overdue: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReviewRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub note: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListBreakGlassRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListBreakGlassResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub grants: ::prost::alloc::vec::Vec<BreakGlassGrant>,
 }
 /// Generated client implementations.
 pub mod management_client {
@@ -2194,6 +2465,294 @@ pub mod management_client {
                 .insert(GrpcMethod::new("wardline.v1.Management", "AuditTrail"));
             self.inner.unary(req, path, codec).await
         }
+        /// The second factor (docs/governance.md). Enrol: a new secret for the
+        /// caller, in force once MfaConfirm is given a code made from it.
+        pub async fn mfa_enroll(
+            &mut self,
+            request: impl tonic::IntoRequest<super::MfaEnrollRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MfaEnrollResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/MfaEnroll",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "MfaEnroll"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn mfa_confirm(
+            &mut self,
+            request: impl tonic::IntoRequest<super::MfaConfirmRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MfaConfirmResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/MfaConfirm",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "MfaConfirm"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A code for a session: its token goes with every later call, in the
+        /// `x-wardline-session` header, with the same certificate.
+        pub async fn login(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LoginRequest>,
+        ) -> std::result::Result<tonic::Response<super::LoginResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Login",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Login"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Ends the session of the call's token.
+        pub async fn logout(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LogoutRequest>,
+        ) -> std::result::Result<tonic::Response<super::LogoutResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Logout",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Logout"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// An admin forgets an operator's second factor (a lost phone): they
+        /// enrol again; their sessions end.
+        pub async fn mfa_reset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::MfaResetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MfaResetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/MfaReset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "MfaReset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Two-person changes: a change filed for another person's approval.
+        pub async fn propose(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ProposeRequest>,
+        ) -> std::result::Result<tonic::Response<super::ChangeRequest>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Propose",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Propose"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_changes(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListChangesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListChangesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/ListChanges",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "ListChanges"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Another person with the approver role approves: the change is applied
+        /// as proposed, on the revision it was proposed against, or not at all.
+        pub async fn approve(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DecideRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ApproveResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Approve",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Approve"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn reject(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DecideRequest>,
+        ) -> std::result::Result<tonic::Response<super::ChangeRequest>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Reject",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Reject"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Emergency access: a time-bounded allow at once, by one person with
+        /// the break-glass role, reviewed afterwards by another.
+        pub async fn break_glass(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BreakGlassRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BreakGlassGrant>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/BreakGlass",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "BreakGlass"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn review_break_glass(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReviewRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BreakGlassGrant>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/ReviewBreakGlass",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "ReviewBreakGlass"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_break_glass(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListBreakGlassRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListBreakGlassResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/ListBreakGlass",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "ListBreakGlass"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2327,6 +2886,81 @@ pub mod management_server {
             &self,
             request: tonic::Request<super::AuditRequest>,
         ) -> std::result::Result<tonic::Response<super::AuditResponse>, tonic::Status>;
+        /// The second factor (docs/governance.md). Enrol: a new secret for the
+        /// caller, in force once MfaConfirm is given a code made from it.
+        async fn mfa_enroll(
+            &self,
+            request: tonic::Request<super::MfaEnrollRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MfaEnrollResponse>,
+            tonic::Status,
+        >;
+        async fn mfa_confirm(
+            &self,
+            request: tonic::Request<super::MfaConfirmRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MfaConfirmResponse>,
+            tonic::Status,
+        >;
+        /// A code for a session: its token goes with every later call, in the
+        /// `x-wardline-session` header, with the same certificate.
+        async fn login(
+            &self,
+            request: tonic::Request<super::LoginRequest>,
+        ) -> std::result::Result<tonic::Response<super::LoginResponse>, tonic::Status>;
+        /// Ends the session of the call's token.
+        async fn logout(
+            &self,
+            request: tonic::Request<super::LogoutRequest>,
+        ) -> std::result::Result<tonic::Response<super::LogoutResponse>, tonic::Status>;
+        /// An admin forgets an operator's second factor (a lost phone): they
+        /// enrol again; their sessions end.
+        async fn mfa_reset(
+            &self,
+            request: tonic::Request<super::MfaResetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MfaResetResponse>,
+            tonic::Status,
+        >;
+        /// Two-person changes: a change filed for another person's approval.
+        async fn propose(
+            &self,
+            request: tonic::Request<super::ProposeRequest>,
+        ) -> std::result::Result<tonic::Response<super::ChangeRequest>, tonic::Status>;
+        async fn list_changes(
+            &self,
+            request: tonic::Request<super::ListChangesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListChangesResponse>,
+            tonic::Status,
+        >;
+        /// Another person with the approver role approves: the change is applied
+        /// as proposed, on the revision it was proposed against, or not at all.
+        async fn approve(
+            &self,
+            request: tonic::Request<super::DecideRequest>,
+        ) -> std::result::Result<tonic::Response<super::ApproveResponse>, tonic::Status>;
+        async fn reject(
+            &self,
+            request: tonic::Request<super::DecideRequest>,
+        ) -> std::result::Result<tonic::Response<super::ChangeRequest>, tonic::Status>;
+        /// Emergency access: a time-bounded allow at once, by one person with
+        /// the break-glass role, reviewed afterwards by another.
+        async fn break_glass(
+            &self,
+            request: tonic::Request<super::BreakGlassRequest>,
+        ) -> std::result::Result<tonic::Response<super::BreakGlassGrant>, tonic::Status>;
+        async fn review_break_glass(
+            &self,
+            request: tonic::Request<super::ReviewRequest>,
+        ) -> std::result::Result<tonic::Response<super::BreakGlassGrant>, tonic::Status>;
+        async fn list_break_glass(
+            &self,
+            request: tonic::Request<super::ListBreakGlassRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListBreakGlassResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct ManagementServer<T> {
@@ -3139,6 +3773,536 @@ pub mod management_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = AuditTrailSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/MfaEnroll" => {
+                    #[allow(non_camel_case_types)]
+                    struct MfaEnrollSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::MfaEnrollRequest>
+                    for MfaEnrollSvc<T> {
+                        type Response = super::MfaEnrollResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MfaEnrollRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::mfa_enroll(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MfaEnrollSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/MfaConfirm" => {
+                    #[allow(non_camel_case_types)]
+                    struct MfaConfirmSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::MfaConfirmRequest>
+                    for MfaConfirmSvc<T> {
+                        type Response = super::MfaConfirmResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MfaConfirmRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::mfa_confirm(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MfaConfirmSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Login" => {
+                    #[allow(non_camel_case_types)]
+                    struct LoginSvc<T: Management>(pub Arc<T>);
+                    impl<T: Management> tonic::server::UnaryService<super::LoginRequest>
+                    for LoginSvc<T> {
+                        type Response = super::LoginResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LoginRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::login(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = LoginSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Logout" => {
+                    #[allow(non_camel_case_types)]
+                    struct LogoutSvc<T: Management>(pub Arc<T>);
+                    impl<T: Management> tonic::server::UnaryService<super::LogoutRequest>
+                    for LogoutSvc<T> {
+                        type Response = super::LogoutResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LogoutRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::logout(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = LogoutSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/MfaReset" => {
+                    #[allow(non_camel_case_types)]
+                    struct MfaResetSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::MfaResetRequest>
+                    for MfaResetSvc<T> {
+                        type Response = super::MfaResetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MfaResetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::mfa_reset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MfaResetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Propose" => {
+                    #[allow(non_camel_case_types)]
+                    struct ProposeSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::ProposeRequest>
+                    for ProposeSvc<T> {
+                        type Response = super::ChangeRequest;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ProposeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::propose(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ProposeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/ListChanges" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListChangesSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::ListChangesRequest>
+                    for ListChangesSvc<T> {
+                        type Response = super::ListChangesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListChangesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::list_changes(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListChangesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Approve" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApproveSvc<T: Management>(pub Arc<T>);
+                    impl<T: Management> tonic::server::UnaryService<super::DecideRequest>
+                    for ApproveSvc<T> {
+                        type Response = super::ApproveResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DecideRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::approve(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApproveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Reject" => {
+                    #[allow(non_camel_case_types)]
+                    struct RejectSvc<T: Management>(pub Arc<T>);
+                    impl<T: Management> tonic::server::UnaryService<super::DecideRequest>
+                    for RejectSvc<T> {
+                        type Response = super::ChangeRequest;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DecideRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::reject(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RejectSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/BreakGlass" => {
+                    #[allow(non_camel_case_types)]
+                    struct BreakGlassSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::BreakGlassRequest>
+                    for BreakGlassSvc<T> {
+                        type Response = super::BreakGlassGrant;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BreakGlassRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::break_glass(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BreakGlassSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/ReviewBreakGlass" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReviewBreakGlassSvc<T: Management>(pub Arc<T>);
+                    impl<T: Management> tonic::server::UnaryService<super::ReviewRequest>
+                    for ReviewBreakGlassSvc<T> {
+                        type Response = super::BreakGlassGrant;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReviewRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::review_break_glass(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReviewBreakGlassSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/ListBreakGlass" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListBreakGlassSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::ListBreakGlassRequest>
+                    for ListBreakGlassSvc<T> {
+                        type Response = super::ListBreakGlassResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListBreakGlassRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::list_break_glass(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListBreakGlassSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
