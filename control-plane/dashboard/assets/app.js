@@ -306,7 +306,38 @@ async function inventoryView(main, params) {
     el("p", { class: "note" }, r.known.toLocaleString("en") + " devices known" + (r.refusedFull ? "; " + r.refusedFull + " not recorded (inventory full)" : "") + "."));
 }
 
-const VIEWS = { matrix: matrixView, flows: flowsView, top: topView, map: mapView, agents: agentsView, inventory: inventoryView };
+// Emergency access open now or not yet reviewed, and change requests
+// waiting for a second person: what a change board looks at first.
+async function governanceView(main) {
+  const r = await api("agents");
+  const grants = r.breakGlass.map(g => el("tr", { "data-grant": g.id, "data-state": g.state },
+    el("td", {}, g.id),
+    el("td", { class: g.state === "open" ? "bad" : "" }, g.state === "open" ? "OPEN" : "expired"),
+    el("td", {}, g.from.join(", ") + " → " + g.to.join(", ")),
+    el("td", {}, g.ports.length ? g.ports.join(" ") : "all"),
+    el("td", {}, g.openedBy),
+    el("td", {}, g.expires),
+    el("td", {}, g.reason),
+    el("td", { class: g.reviewOverdue ? "bad" : "" },
+      g.reviewedBy ? "signed off by " + g.reviewedBy : (g.reviewOverdue ? "OVERDUE since " : "due by ") + g.reviewDue)));
+  const changes = r.openChanges.map(c => el("tr", { "data-change": c.id, "data-state": c.state },
+    el("td", {}, c.id),
+    el("td", { class: c.state === "stale" ? "bad" : "" }, c.state),
+    el("td", {}, c.author),
+    num(c.baseRevision),
+    el("td", {}, c.created),
+    el("td", {}, c.needsApproval.join("; ") || "no"),
+    el("td", {}, c.message)));
+  main.append(
+    el("h2", {}, "Break-glass grants open or awaiting review"),
+    grants.length ? table(["grant", "state", "between", "ports", "opened by", "until", "reason", "review"], grants, { id: "break-glass" })
+      : el("p", { class: "note", id: "break-glass" }, "None."),
+    el("h2", {}, "Change requests awaiting a second person"),
+    changes.length ? table(["request", "state", "author", "on revision", "filed", "why it needs approval", "message"], changes, { id: "changes" })
+      : el("p", { class: "note", id: "changes" }, "None."));
+}
+
+const VIEWS = { matrix: matrixView, flows: flowsView, top: topView, map: mapView, agents: agentsView, inventory: inventoryView, governance: governanceView };
 
 function ready() {
   document.body.dataset.state = "ready";

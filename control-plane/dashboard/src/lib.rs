@@ -83,6 +83,16 @@ pub trait Source: Send + Sync + 'static {
     /// trail: `operator` as signed in (`None`: a link that proved no one),
     /// `refused` whether it was refused, and why.
     fn note(&self, operator: Option<&str>, action: &str, refused: bool, detail: String);
+    /// Whether signing in needs a code of the operator's second factor
+    /// (as every change does: the site has role bindings).
+    fn needs_code(&self) -> bool;
+    /// Checks a code of `operator`'s second factor as `wardctl login`
+    /// does: once, wrong ones counted towards the lock-out.
+    fn check_code(
+        &self,
+        operator: &str,
+        code: &str,
+    ) -> impl Future<Output = Result<(), Status>> + Send;
 }
 
 struct App<S> {
@@ -217,6 +227,7 @@ impl<S: Source> App<S> {
 
 const INDEX: &str = include_str!("../assets/index.html");
 const SIGN_IN: &str = include_str!("../assets/signin.html");
+const CODE: &str = include_str!("../assets/code.html");
 const SCRIPT: &str = include_str!("../assets/app.js");
 const STYLE: &str = include_str!("../assets/app.css");
 
@@ -236,8 +247,92 @@ async fn index<S: Source>(State(app): State<Arc<App<S>>>, headers: HeaderMap) ->
     }
 }
 
+/// The page that asks for the second factor's code, carrying the link.
+fn code_page(token: &str, problem: &str) -> Response {
+    // The link is hex; anything else never reaches here.
+    let page = CODE
+        .replace("{{token}}", token)
+        .replace("{{problem}}", &escape(problem));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
+        .into_response()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn hex_token(token: &str) -> bool {
+    !token.is_empty() && token.len() <= 128 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 async fn sign_in<S: Source>(State(app): State<Arc<App<S>>>, Query(q): Query<SignIn>) -> Response {
-    match app.sessions.sign_in(&q.token, OffsetDateTime::now_utc()) {
+    if app.source.needs_code() {
+        // The link is used only once the code is right.
+        return match app.sessions.pending(&q.token, OffsetDateTime::now_utc()) {
+            Some(_) if hex_token(&q.token) => code_page(&q.token, ""),
+            _ => {
+                app.source.note(
+                    None,
+                    "dashboard-sign-in",
+                    true,
+                    "unknown or used link".into(),
+                );
+                html(StatusCode::UNAUTHORIZED, SIGN_IN)
+            }
+        };
+    }
+    open_session(&app, &q.token)
+}
+
+/// The code form's fields.
+#[derive(Deserialize)]
+struct CodeForm {
+    token: String,
+    code: String,
+}
+
+async fn sign_in_with_code<S: Source>(
+    State(app): State<Arc<App<S>>>,
+    axum::Form(f): axum::Form<CodeForm>,
+) -> Response {
+    let Some(operator) = app
+        .sessions
+        .pending(&f.token, OffsetDateTime::now_utc())
+        .filter(|_| hex_token(&f.token))
+    else {
+        app.source.note(
+            None,
+            "dashboard-sign-in",
+            true,
+            "unknown or used link".into(),
+        );
+        return html(StatusCode::UNAUTHORIZED, SIGN_IN);
+    };
+    if let Err(e) = app.source.check_code(&operator, &f.code).await {
+        tracing::warn!(%operator, "dashboard sign-in refused: {}", e.message());
+        app.source.note(
+            Some(&operator),
+            "dashboard-sign-in",
+            true,
+            format!("second factor: {}", e.message()),
+        );
+        let mut r = code_page(&f.token, e.message());
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        return r;
+    }
+    open_session(&app, &f.token)
+}
+
+fn open_session<S: Source>(app: &App<S>, token: &str) -> Response {
+    match app.sessions.sign_in(token, OffsetDateTime::now_utc()) {
         Ok((secret, session)) => {
             let until = wardline_proto::convert::format_time(session.expires);
             tracing::info!(operator = %session.operator, until = %until, "dashboard session opened");
@@ -420,7 +515,7 @@ pub fn router<S: Source>(source: S, sessions: Arc<Sessions>) -> Router {
     let app = Arc::new(App { source, sessions });
     Router::new()
         .route("/", get(index::<S>))
-        .route("/login", get(sign_in::<S>))
+        .route("/login", get(sign_in::<S>).post(sign_in_with_code::<S>))
         .route("/logout", post(sign_out::<S>))
         .route(
             "/assets/app.js",

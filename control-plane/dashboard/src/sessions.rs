@@ -150,6 +150,13 @@ impl Sessions {
         Ok(Link { secret, expires })
     }
 
+    /// Whose a link is, if it is still good, without using it.
+    pub fn pending(&self, link: &str, now: OffsetDateTime) -> Option<String> {
+        let mut t = self.tables();
+        self.purge(&mut t, now);
+        t.links.get(&digest(link)).map(|e| e.operator.clone())
+    }
+
     /// Uses a link: the session secret for the cookie, and the session.
     /// A link works once.
     pub fn sign_in(&self, link: &str, now: OffsetDateTime) -> Result<(String, Session), Refused> {

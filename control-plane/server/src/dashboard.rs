@@ -90,6 +90,15 @@ impl Source for ControlPlane {
             .map_err(|r| crate::server::refused(&r, None))
     }
 
+    fn needs_code(&self) -> bool {
+        self.mfa_required()
+    }
+
+    async fn check_code(&self, operator: &str, code: &str) -> Result<(), Status> {
+        let name = operator.strip_prefix("operator:").unwrap_or(operator);
+        self.check_code(name, code).await
+    }
+
     fn note(&self, operator: Option<&str>, action: &str, refused: bool, detail: String) {
         // The session says who (`operator:NAME`, as the link was issued);
         // the browser presented no certificate.

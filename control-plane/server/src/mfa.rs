@@ -184,6 +184,15 @@ impl ControlPlane {
         ))
     }
 
+    /// Checks a code of `operator`'s second factor: once, within a step
+    /// either side, wrong ones counted (`wardline-mfa`), on every replica.
+    pub(crate) async fn check_code(&self, operator: &str, code: &str) -> Result<(), Status> {
+        let code = code.trim().to_owned();
+        let now = unix(OffsetDateTime::now_utc());
+        self.update_enrolment(operator, |e| e.check(&code, now).map_err(code_status))
+            .await?
+    }
+
     pub(crate) async fn mfa_enroll_call(
         &self,
         req: Request<v1::MfaEnrollRequest>,
@@ -247,15 +256,11 @@ impl ControlPlane {
         req: Request<v1::LoginRequest>,
     ) -> Result<Response<v1::LoginResponse>, Status> {
         let id = self.allowed(&req, Verb::ReadStatus)?;
-        let code = req.get_ref().code.trim().to_owned();
-        let now = unix(OffsetDateTime::now_utc());
-        let checked = self
-            .update_enrolment(&id.name, |e| e.check(&code, now).map_err(code_status))
-            .await?;
-        if let Err(e) = checked {
+        if let Err(e) = self.check_code(&id.name, &req.get_ref().code).await {
             tracing::warn!(operator = %id.name, peer = ?req.remote_addr(), "second factor refused: {}", e.message());
             return Err(e);
         }
+        let now = unix(OffsetDateTime::now_utc());
         let (token, hash) = wardline_mfa::new_token();
         let record = SessionRecord {
             operator: id.name.clone(),

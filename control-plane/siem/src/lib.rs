@@ -102,6 +102,7 @@ impl AuditEvent {
             "event": "audit",
             "product": "Wardline",
             "replica": replica,
+            "alert": self.alert,
             "record": self.record,
         })
     }

@@ -497,6 +497,17 @@ async fn fetch(
     path: &str,
     cookie: Option<&str>,
 ) -> Page {
+    send(site, method, path, cookie, None).await
+}
+
+/// [`fetch`], with a form as the body.
+async fn send(
+    site: &wardline_control_plane::testing::Site,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<String>,
+) -> Page {
     use http_body_util::BodyExt as _;
     use rustls::pki_types::pem::PemObject as _;
 
@@ -530,13 +541,11 @@ async fn fetch(
     if let Some(c) = cookie {
         req = req.header("cookie", c);
     }
-    let r = send
-        .send_request(
-            req.body(http_body_util::Empty::<hyper::body::Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    if form.is_some() {
+        req = req.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let body = http_body_util::Full::new(hyper::body::Bytes::from(form.unwrap_or_default()));
+    let r = send.send_request(req.body(body).unwrap()).await.unwrap();
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r.into_body().collect().await.unwrap().to_bytes();
@@ -674,4 +683,138 @@ async fn dashboard_sign_in_links_work_once_and_only_sessions_read_flows() {
             .status,
         401
     );
+}
+
+#[tokio::test]
+async fn the_dashboard_asks_for_the_second_factor_once_roles_are_bound() {
+    let site = site("wardctl-dashboard-mfa").await;
+    site.issue_operator("otto");
+    let bindings = "apiVersion: wardline/v1\nkind: RoleBinding\nmetadata: {name: admins}\nspec: {role: admin, users: [alice]}\n---\napiVersion: wardline/v1\nkind: RoleBinding\nmetadata: {name: ops}\nspec: {role: operator, users: [otto]}\n";
+    site.operator()
+        .await
+        .apply(v1::ApplyRequest {
+            source: bindings.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut otto = site.client_with_token("otto", None).await;
+    for _ in 0..100 {
+        if otto
+            .status(v1::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .mfa_required
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let secret = otto
+        .mfa_enroll(v1::MfaEnrollRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let now = wardline_control_plane::testing::unix_now();
+    otto.mfa_confirm(v1::MfaConfirmRequest {
+        code: wardline_mfa::code_at(&secret, now).unwrap(),
+    })
+    .await
+    .unwrap();
+    let link = |otto: &mut wardline_control_plane::testing::SessionClient| {
+        let mut otto = otto.clone();
+        async move {
+            let url = otto
+                .dashboard_login(v1::DashboardLoginRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .url;
+            url.split_once("/login?token=").unwrap().1.to_owned()
+        }
+    };
+    let token = link(&mut otto).await;
+    // The link asks for the code and is not used up by asking.
+    let asked = fetch(&site, "GET", &format!("/login?token={token}"), None).await;
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    assert!(asked.body.contains("Second factor"), "{}", asked.body);
+    assert!(asked.headers.get("set-cookie").is_none());
+    // A wrong code: no session, and the page says why.
+    let right = wardline_mfa::code_at(&secret, now + wardline_mfa::STEP).unwrap();
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let refused = send(
+        &site,
+        "POST",
+        "/login",
+        None,
+        Some(format!("token={token}&code={wrong}")),
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.headers.get("set-cookie").is_none());
+    assert!(
+        refused.body.contains("wrong or expired"),
+        "{}",
+        refused.body
+    );
+    // The right one: a session.
+    let opened = send(
+        &site,
+        "POST",
+        "/login",
+        None,
+        Some(format!("token={token}&code={right}")),
+    )
+    .await;
+    assert_eq!(opened.status, 303, "{}", opened.body);
+    let cookie = opened.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        fetch(&site, "GET", "/api/session", Some(&cookie))
+            .await
+            .status,
+        200
+    );
+    // The link is used; the code is too, on a new link.
+    let again = send(
+        &site,
+        "POST",
+        "/login",
+        None,
+        Some(format!("token={token}&code={right}")),
+    )
+    .await;
+    assert_eq!(again.status, 401);
+    let token = link(&mut otto).await;
+    let replayed = send(
+        &site,
+        "POST",
+        "/login",
+        None,
+        Some(format!("token={token}&code={right}")),
+    )
+    .await;
+    assert_eq!(replayed.status, 401);
+    assert!(replayed.body.contains("already used"), "{}", replayed.body);
+    // A forged link gets no form.
+    let forged = fetch(
+        &site,
+        "GET",
+        &format!("/login?token={}", "ab".repeat(32)),
+        None,
+    )
+    .await;
+    assert_eq!(forged.status, 401);
+    assert!(!forged.body.contains("Second factor"));
 }
