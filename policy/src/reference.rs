@@ -156,6 +156,11 @@ impl<'a> Reference<'a> {
         self
     }
 
+    /// The id of the segment `name` (world's when there is none).
+    pub fn segment_named(&self, name: &str) -> u32 {
+        self.segment_id(name)
+    }
+
     fn segment_id(&self, name: &str) -> u32 {
         self.segment_ids
             .iter()

@@ -904,3 +904,40 @@ fn bad_role_bindings_and_groups() {
         ],
     );
 }
+
+#[test]
+fn bad_change_controls() {
+    let cc = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: wardline/v1\nkind: ChangeControl\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+        )
+    };
+    assert_rejected(
+        &cc("site", "{everyChange: yes please}"),
+        &[
+            "document 1 (ChangeControl \"site\"): spec.everyChange: expected true or false, found a string (\"yes please\")",
+        ],
+    );
+    assert_rejected(
+        &cc("site", "{criticalSegments: {matchLabels: {}}}"),
+        &[
+            "document 1 (ChangeControl \"site\"): spec.criticalSegments.matchLabels: must name at least one label (an empty selector would match every segment)",
+        ],
+    );
+    assert_rejected(
+        &cc("site", "{critical: {matchLabels: {zone: icu}}}"),
+        &[
+            "document 1 (ChangeControl \"site\"): spec.critical: unknown field (expected one of: criticalSegments, everyChange)",
+        ],
+    );
+    assert_rejected(
+        &format!(
+            "{}---\n{}",
+            cc("site", "{everyChange: true}"),
+            cc("other", "{everyChange: false}")
+        ),
+        &[
+            "document 2 (ChangeControl \"other\"): a site has one ChangeControl document, and \"site\" is already it",
+        ],
+    );
+}

@@ -130,6 +130,10 @@ pub fn change_request(c: &v1::ChangeRequest) -> Value {
         "needsApproval": c.needs_approval, "diff": c.diff,
         "decidedBy": c.decided_by, "decidedAt": c.decided_at, "decisionNote": c.decision_note,
         "appliedRevision": c.applied_revision,
+        "wouldDrop": c.would_drop.iter().map(|d| json!({
+            "srcSegment": d.src_segment, "dstSegment": d.dst_segment, "protocol": d.protocol,
+            "port": d.port, "connections": d.connections, "lastSeen": d.last_seen,
+        })).collect::<Vec<_>>(),
     })
 }
 

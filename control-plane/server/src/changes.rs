@@ -56,7 +56,24 @@ pub struct RequestRecord {
     #[serde(default)]
     pub applied_revision: u64,
     pub sha256: String,
+    /// Observed connections the change would stop, when it was proposed.
+    #[serde(default)]
+    pub would_drop: Vec<DropRecord>,
 }
+
+/// Observed connections of one kind a change would stop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropRecord {
+    pub src_segment: String,
+    pub dst_segment: String,
+    pub protocol: u8,
+    pub port: u16,
+    pub connections: u64,
+    pub last_seen: String,
+}
+
+/// How far back a proposal looks for the flows it would stop.
+const OBSERVED: &str = "7d";
 
 impl RequestRecord {
     /// The hash of what an approval applies: who proposed it, on which
@@ -70,6 +87,7 @@ impl RequestRecord {
             "action": self.action.as_str(),
             "documents": self.documents,
             "changes": self.changes,
+            "would_drop": self.would_drop,
         });
         hex::encode(Sha256::digest(content.to_string().as_bytes()))
     }
@@ -96,7 +114,18 @@ impl RequestRecord {
             applied_revision: self.applied_revision,
             sha256: self.sha256.clone(),
             prune: self.prune,
-            would_drop: Vec::new(),
+            would_drop: self
+                .would_drop
+                .iter()
+                .map(|d| v1::WouldDrop {
+                    src_segment: d.src_segment.clone(),
+                    dst_segment: d.dst_segment.clone(),
+                    protocol: wardline_proto::convert::protocol_name(u32::from(d.protocol)),
+                    port: u32::from(d.port),
+                    connections: d.connections,
+                    last_seen: d.last_seen.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -110,6 +139,51 @@ fn now() -> String {
 }
 
 impl ControlPlane {
+    /// Observed connections of the last [`OBSERVED`] that `documents`
+    /// would stop; none without a flow store.
+    async fn would_drop(&self, documents: &[StoredDocument]) -> Result<Vec<DropRecord>, Status> {
+        let Some(flows) = self.flows() else {
+            return Ok(Vec::new());
+        };
+        let set = wardline_policy::parse(&crate::registry::source_of(documents))
+            .map_err(|e| Status::internal(format!("reading the proposed policy: {e}")))?;
+        let store = flows.store.clone();
+        let now = OffsetDateTime::now_utc();
+        tokio::task::spawn_blocking(move || {
+            let mut observed = Vec::new();
+            for verdict in ["allowed", "audited"] {
+                let q = wardline_flows::Query::parse(
+                    &v1::ObserveRequest {
+                        since: OBSERVED.into(),
+                        verdict: verdict.into(),
+                        last: wardline_flows::filter::MAX_RESULTS as u32,
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .map_err(|e| Status::internal(e.to_string()))?;
+                observed.extend(
+                    store
+                        .query(&q)
+                        .map_err(|e| Status::unavailable(format!("flow store: {e}")))?,
+                );
+            }
+            Ok(wardline_simulation::would_drop(&set, now, &observed)
+                .into_iter()
+                .map(|d| DropRecord {
+                    src_segment: d.src_segment,
+                    dst_segment: d.dst_segment,
+                    protocol: d.protocol,
+                    port: d.port,
+                    connections: d.connections,
+                    last_seen: d.last_seen,
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
     async fn request(&self, id: &str) -> Result<(RequestRecord, u64), Status> {
         if id.is_empty()
             || id.len() > 64
@@ -254,6 +328,7 @@ impl ControlPlane {
             prune,
         )
         .map_err(registry_status)?;
+        let would_drop = self.would_drop(&plan.documents).await?;
         let mut record = RequestRecord {
             id: format!("cr-{}", hex::encode(rand_bytes())),
             author: who.operator.clone(),
@@ -275,6 +350,7 @@ impl ControlPlane {
             decision_note: String::new(),
             applied_revision: 0,
             sha256: String::new(),
+            would_drop,
         };
         record.sha256 = record.content_hash();
         self.forget_old_requests().await?;

@@ -397,6 +397,46 @@ async fn a_narrowed_critical_allow_needs_another_person_who_approves_exactly_wha
     let site = governed("two-person").await;
     let (mut otto, _) = site.logged_in("otto").await;
     let (mut april, _) = site.logged_in("april").await;
+    // Two monitors were seen sending telemetry to port 5008, one to 5001.
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let seen = |seq: u64, host: u8, dport: u32| v1::Flow {
+        time: now.clone(),
+        kind: "new".into(),
+        interface: "eth1".into(),
+        direction: "ingress".into(),
+        src: vec![198, 18, 30, host],
+        dst: vec![198, 18, 31, 5],
+        sport: 40_000,
+        dport,
+        protocol: 17,
+        src_segment: "monitors".into(),
+        dst_segment: "central-station".into(),
+        verdict: "allowed".into(),
+        reason: "policy-allow".into(),
+        policy: "telemetry".into(),
+        generation: 1,
+        revision: 1,
+        packets: 1,
+        bytes: 100,
+        sequence: seq,
+        node: "gw-1".into(),
+        ..Default::default()
+    };
+    let stored = site
+        .agent("gw-1")
+        .await
+        .report_flows(v1::FlowBatch {
+            node: "gw-1".into(),
+            flows: vec![seen(1, 7, 5008), seen(2, 8, 5008), seen(3, 7, 5001)],
+            dropped: 0,
+            buffer: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.accepted, 3, "{stored:?}");
     // Straight in: refused, told to propose.
     let msg = refused(
         otto.apply(apply(&narrower_telemetry())).await,
@@ -426,6 +466,19 @@ async fn a_narrowed_critical_allow_needs_another_person_who_approves_exactly_wha
     assert_eq!(
         request.needs_approval,
         ["it narrows allow \"telemetry\", which reaches critical segment \"monitors\""]
+    );
+    // What the approver sees it would stop: the two monitors on 5008.
+    assert_eq!(request.would_drop.len(), 1, "{:?}", request.would_drop);
+    let stopped = &request.would_drop[0];
+    assert_eq!(
+        (
+            stopped.src_segment.as_str(),
+            stopped.dst_segment.as_str(),
+            stopped.protocol.as_str(),
+            stopped.port,
+            stopped.connections
+        ),
+        ("monitors", "central-station", "udp", 5008, 2)
     );
     let decide = |sha256: &str| v1::DecideRequest {
         id: request.id.clone(),

@@ -67,6 +67,15 @@ fn request_text(c: &v1::ChangeRequest) -> String {
             out += &format!("  - {r}\n");
         }
     }
+    if !c.would_drop.is_empty() {
+        out += "observed connections of the last 7 days it would stop:\n";
+        for d in &c.would_drop {
+            out += &format!(
+                "  {} -> {} {}/{}: {} connection(s), last {}\n",
+                d.src_segment, d.dst_segment, d.protocol, d.port, d.connections, d.last_seen
+            );
+        }
+    }
     if !c.decided_by.is_empty() {
         out += &format!(
             "{} by {} at {}{}\n",
