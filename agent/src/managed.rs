@@ -37,6 +37,8 @@ const ENFORCED_FILE: &str = "enforced";
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// How long a heartbeat may take before it is given up (not the stream).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the agent attests what it enforces when nothing changes.
+const ATTEST_EVERY: Duration = Duration::from_secs(3600);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// A snapshot handed from the connection task to the enforcing loop, and
@@ -744,6 +746,53 @@ impl Session {
         }
     }
 
+    /// Signs and sends what the kernel enforces now (`why`: applied or
+    /// periodic). A failure is logged: enforcement never waits on it.
+    async fn attest(
+        &self,
+        client: &mut AgentApiClient<tonic::transport::Channel>,
+        signer: &wardline_signing::Signer,
+        why: &str,
+    ) {
+        let statement = {
+            let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(revision) = state.revision else {
+                return;
+            };
+            v1::AttestationStatement {
+                node: self.config.node.clone(),
+                revision,
+                generation: state.generation,
+                tables_sha256: state.tables_sha256.clone().unwrap_or_default(),
+                policy_sha256: state.policy_sha256.clone().unwrap_or_default(),
+                time: OffsetDateTime::now_utc()
+                    .format(&Rfc3339)
+                    .unwrap_or_default(),
+                why: why.to_owned(),
+            }
+        };
+        let bytes = statement.encode_to_vec();
+        let seal = match signer.sign(&bytes) {
+            Ok(seal) => seal,
+            Err(e) => {
+                tracing::warn!("signing an attestation: {e}");
+                return;
+            }
+        };
+        let sent = client
+            .attest(v1::Attestation {
+                statement: bytes,
+                scheme: u32::from(seal.scheme),
+                signature: seal.signature,
+                signer: seal.signer,
+            })
+            .await;
+        match sent {
+            Ok(_) => tracing::debug!(revision = statement.revision, why, "attested"),
+            Err(e) => tracing::warn!("attesting revision {}: {}", statement.revision, e.message()),
+        }
+    }
+
     fn enforced(&self) -> (u64, u32) {
         let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         (state.revision.unwrap_or(0), state.generation)
@@ -884,6 +933,11 @@ impl Session {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(
             registered.heartbeat_seconds.max(1),
         )));
+        // Attestations are signed with the key this connection presents.
+        let attester = wardline_signing::Signer::from_pem_files(&presented.cert, &presented.key)
+            .context("loading the key attestations are signed with")?;
+        let mut attested = tokio::time::Instant::now();
+        self.attest(&mut client, &attester, "periodic").await;
         loop {
             tokio::select! {
                 message = stream.message() => {
@@ -902,10 +956,15 @@ impl Session {
                         Ok(g) => (g, String::new(), false),
                         Err(e) => (0, e.message, e.resync),
                     };
+                    let applied = error.is_empty();
                     client
                         .ack(v1::AckRequest { node: node.clone(), revision, policy_sha256: sha, generation, error, tables_sha256: tables })
                         .await
                         .context("acknowledging")?;
+                    if applied {
+                        self.attest(&mut client, &attester, "applied").await;
+                        attested = tokio::time::Instant::now();
+                    }
                     if resync {
                         // A change to tables this agent does not hold: a
                         // new stream starts with whole tables.
@@ -920,6 +979,10 @@ impl Session {
                 _ = heartbeat.tick() => {
                     if self.renew_if_due(&mut client, &presented, registered.certificate_lifetime_seconds).await {
                         return Ok(Ended::Renewed);
+                    }
+                    if attested.elapsed() >= ATTEST_EVERY {
+                        self.attest(&mut client, &attester, "periodic").await;
+                        attested = tokio::time::Instant::now();
                     }
                     // A heartbeat that fails or hangs is reported, never a
                     // reason to drop the snapshot stream: policy delivery

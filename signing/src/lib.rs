@@ -71,6 +71,8 @@ pub enum VerifyError {
     Untrusted(String),
     #[error("the signer is {0}, not a control-plane replica")]
     NotControlPlane(Identity),
+    #[error("the signer is {0}, not an agent")]
+    NotAgent(Identity),
     #[error("signature scheme {0:#06x} is not one agents accept")]
     UnknownScheme(u16),
     #[error("the signature does not match the signed bytes (altered, or signed by another key)")]
@@ -227,25 +229,48 @@ impl Verifier {
         seal: &Seal,
         at: UnixTime,
     ) -> Result<Identity, VerifyError> {
+        self.verify_as(payload, seal, at, Role::ControlPlane)
+    }
+
+    /// Checks that `seal` is an agent's signature over `payload` (an
+    /// attestation of what it enforces), with its certificate valid at
+    /// `at`. Returns the signer: its name is the node.
+    pub fn verify_agent(
+        &self,
+        payload: &[u8],
+        seal: &Seal,
+        at: UnixTime,
+    ) -> Result<Identity, VerifyError> {
+        self.verify_as(payload, seal, at, Role::Agent)
+    }
+
+    fn verify_as(
+        &self,
+        payload: &[u8],
+        seal: &Seal,
+        at: UnixTime,
+        role: Role,
+    ) -> Result<Identity, VerifyError> {
         let provider = rustls::crypto::ring::default_provider();
         let algorithms = provider.signature_verification_algorithms;
         let der = CertificateDer::from(seal.signer.as_slice());
         let cert = webpki::EndEntityCert::try_from(&der)
             .map_err(|e| VerifyError::BadCertificate(format!("{e:?}")))?;
-        cert.verify_for_usage(
-            algorithms.all,
-            &self.anchors,
-            &[],
-            at,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| VerifyError::Untrusted(format!("{e:?}")))?;
+        let usage = if role == Role::Agent {
+            webpki::KeyUsage::client_auth()
+        } else {
+            webpki::KeyUsage::server_auth()
+        };
+        cert.verify_for_usage(algorithms.all, &self.anchors, &[], at, usage, None, None)
+            .map_err(|e| VerifyError::Untrusted(format!("{e:?}")))?;
         let identity =
             identity_of(&seal.signer).map_err(|e| VerifyError::BadCertificate(e.to_string()))?;
-        if identity.role != Role::ControlPlane {
-            return Err(VerifyError::NotControlPlane(identity));
+        if identity.role != role {
+            return Err(if role == Role::Agent {
+                VerifyError::NotAgent(identity)
+            } else {
+                VerifyError::NotControlPlane(identity)
+            });
         }
         let scheme = SignatureScheme::from(seal.scheme);
         let candidates = algorithms

@@ -144,6 +144,22 @@ fn privileged_break_glass_opens_at_once_alerts_the_siem_and_closes_on_time_with_
     let revision = grant["revision"].as_u64().unwrap();
     site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
     assert_eq!(open(&routed), (true, true), "open at once");
+    // The agent signed what it now enforces: checked here against the CA.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = site.wardctl_as("april", 0, &["attest", &agent.node, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["revision"] == revision && v["verified"] == true {
+            assert_eq!(v["why"], "applied", "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no attestation of revision {revision}: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The SIEM has it as an alert, now.
     let deadline = Instant::now() + Duration::from_secs(5);

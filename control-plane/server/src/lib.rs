@@ -15,6 +15,7 @@
 //! export through `wardline-siem`.
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod audit;
 pub mod break_glass;
 pub mod chain;

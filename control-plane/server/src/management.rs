@@ -574,4 +574,23 @@ impl Management for ControlPlane {
         self.audited(&caller, "list-break-glass", String::new(), &out, nothing);
         out
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn attested(
+        &self,
+        req: Request<v1::AttestedRequest>,
+    ) -> Result<Response<v1::AttestedResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.get_ref();
+        let target = format!(
+            "node {} at {}",
+            r.node,
+            if r.at.is_empty() { "now" } else { &r.at }
+        );
+        let out = self.attested_call(req).await.map(Response::new);
+        self.audited(&caller, "attested", target, &out, |r| {
+            format!("{} attestations kept", r.get_ref().kept)
+        });
+        out
+    }
 }

@@ -809,6 +809,11 @@ fn now() -> String {
 impl Registry {
     /// `signer`: this replica's certificate and key; `verifier`: the site
     /// CA, whose control-plane certificates seal revisions.
+    /// The site CA's verifier.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
     pub fn new(store: Arc<dyn Store>, signer: Signer, verifier: Verifier) -> Registry {
         Registry {
             store,

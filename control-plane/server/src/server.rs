@@ -918,6 +918,7 @@ fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
         || key.starts_with("/wardline/mfa/")
         || key.starts_with(crate::changes::CHANGES_PREFIX)
         || key.starts_with(crate::break_glass::GRANTS_PREFIX)
+        || key.starts_with(crate::attest::ATTESTATIONS_PREFIX)
 }
 
 /// SHA-256 (hex) of the certificate a call came with.
@@ -1713,6 +1714,14 @@ impl AgentApi for ControlPlane {
         req: Request<v1::FlowBatch>,
     ) -> Result<Response<v1::FlowBatchResponse>, Status> {
         self.ingest_flows(req).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn attest(
+        &self,
+        req: Request<v1::Attestation>,
+    ) -> Result<Response<v1::AttestResponse>, Status> {
+        self.keep_attestation(req).await.map(Response::new)
     }
 
     #[tracing::instrument(skip_all, fields(node = %req.get_ref().node))]

@@ -365,6 +365,16 @@ pub enum GovernanceCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// What NODE enforced at a time: the attestation its agent signed
+    /// then, checked here against the site CA (exit 9 if it fails).
+    Attest {
+        node: String,
+        /// RFC 3339, or a duration back from now (2h); default now.
+        #[arg(long, default_value = "")]
+        at: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Sign off the review of a break-glass grant someone else opened
     /// (approver).
     Review {

@@ -10,7 +10,7 @@ use wardline_proto::v1;
 
 use crate::cli::{GovernanceCommand, MfaCommand, Output};
 use crate::connect::{Client, Connection, write_session};
-use crate::failure::{EXIT_FAILURE, Failure, fail, from_status, read_file};
+use crate::failure::{EXIT_FAILURE, EXIT_TAMPERED, Failure, fail, from_status, read_file};
 use crate::table::table;
 
 fn print_value(output: Output, value: &Value, table: impl FnOnce() -> String) {
@@ -127,6 +127,47 @@ fn grant_text(g: &v1::BreakGlassGrant) -> String {
             )
         }
     )
+}
+
+/// The statement of `a`, once its signature checks out here: by the
+/// agent of `node`, with a certificate of the site CA valid when signed.
+fn checked(
+    verifier: &wardline_signing::Verifier,
+    node: &str,
+    a: &v1::Attestation,
+) -> Result<v1::AttestationStatement, Failure> {
+    use prost::Message as _;
+    let tampered = |why: String| {
+        fail(
+            EXIT_TAMPERED,
+            format!("the attestation fails verification: {why}"),
+        )
+    };
+    let statement = v1::AttestationStatement::decode(a.statement.as_slice())
+        .map_err(|e| tampered(e.to_string()))?;
+    let time = time::OffsetDateTime::parse(
+        &statement.time,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|e| tampered(format!("its time: {e}")))?;
+    let seal = wardline_signing::Seal {
+        scheme: u16::try_from(a.scheme).map_err(|_| tampered("its scheme".into()))?,
+        signature: a.signature.clone(),
+        signer: a.signer.clone(),
+    };
+    let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        time.unix_timestamp().max(0) as u64,
+    ));
+    let signer = verifier
+        .verify_agent(&a.statement, &seal, at)
+        .map_err(|e| tampered(e.to_string()))?;
+    if signer.name != node || statement.node != node {
+        return Err(tampered(format!(
+            "it is about {:?}, signed by {signer}, not node {node:?}",
+            statement.node
+        )));
+    }
+    Ok(statement)
 }
 
 pub async fn run(
@@ -324,6 +365,57 @@ pub async fn run(
                 .map_err(from_status)?
                 .into_inner();
             print_value(output, &break_glass(&r), || grant_text(&r));
+        }
+        GovernanceCommand::Attest { node, at, output } => {
+            let r = c
+                .attested(v1::AttestedRequest {
+                    node: node.clone(),
+                    at: at.clone(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let verifier = wardline_signing::Verifier::from_ca_file(&connection.ca)
+                .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?;
+            let a = r
+                .attestation
+                .ok_or_else(|| fail(EXIT_FAILURE, "the control plane sent no attestation"))?;
+            let statement = checked(&verifier, &node, &a)?;
+            let next = match &r.next {
+                Some(n) => Some(checked(&verifier, &node, n)?),
+                None => None,
+            };
+            let value = json!({
+                "node": statement.node, "revision": statement.revision,
+                "generation": statement.generation, "tablesSha256": statement.tables_sha256,
+                "policySha256": statement.policy_sha256, "time": statement.time,
+                "why": statement.why, "verified": true,
+                "next": next.as_ref().map(|n| json!({"revision": n.revision, "time": n.time, "why": n.why, "tablesSha256": n.tables_sha256})),
+                "kept": r.kept,
+            });
+            print_value(output, &value, || {
+                format!(
+                    "node {} enforced revision {} (generation {}): tables sha256 {}, policy sha256 {}
+                     attested {} at {}, signed by the node's own certificate: verified here against the site CA
+{}",
+                    statement.node,
+                    statement.revision,
+                    statement.generation,
+                    statement.tables_sha256,
+                    statement.policy_sha256,
+                    statement.why,
+                    statement.time,
+                    match &next {
+                        Some(n) => format!(
+                            "next attestation: revision {} ({}) at {}
+",
+                            n.revision, n.why, n.time
+                        ),
+                        None => "no later attestation yet
+".to_owned(),
+                    }
+                )
+            });
         }
         GovernanceCommand::Review { id, note } => {
             let r = c

@@ -818,3 +818,143 @@ async fn the_dashboard_asks_for_the_second_factor_once_roles_are_bound() {
     assert_eq!(forged.status, 401);
     assert!(!forged.body.contains("Second factor"));
 }
+
+/// `statement` signed with the certificate and key of `who` in the site.
+fn signed(
+    site: &wardline_control_plane::testing::Site,
+    who: &str,
+    statement: &v1::AttestationStatement,
+) -> v1::Attestation {
+    use prost::Message as _;
+    let signer = wardline_signing::Signer::from_pem_files(
+        &site.dir.join(format!("{who}.pem")),
+        &site.dir.join(format!("{who}-key.pem")),
+    )
+    .unwrap();
+    let bytes = statement.encode_to_vec();
+    let seal = signer.sign(&bytes).unwrap();
+    v1::Attestation {
+        statement: bytes,
+        scheme: u32::from(seal.scheme),
+        signature: seal.signature,
+        signer: seal.signer,
+    }
+}
+
+#[tokio::test]
+async fn what_a_node_enforced_at_a_time_is_its_own_signed_word_checked_here() {
+    let site = site("wardctl-attest").await;
+    let env = alice(&site);
+    let at = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let statement = |revision: u64, t: time::OffsetDateTime| v1::AttestationStatement {
+        node: "gw-1".into(),
+        revision,
+        generation: revision as u32,
+        tables_sha256: format!("{revision:064x}"),
+        policy_sha256: format!("{:064x}", revision + 100),
+        time: at(t),
+        why: "applied".into(),
+    };
+    let mut gw1 = site.agent("gw-1").await;
+    let earlier = now - time::Duration::seconds(120);
+    gw1.attest(signed(&site, "gw-1", &statement(3, earlier)))
+        .await
+        .unwrap();
+    gw1.attest(signed(&site, "gw-1", &statement(4, now)))
+        .await
+        .unwrap();
+
+    // Lies an agent or a thief might tell, each refused.
+    let refused = |r: Result<tonic::Response<v1::AttestResponse>, tonic::Status>, says: &str| {
+        let e = r.expect_err("refused");
+        assert!(
+            e.message().contains(says),
+            "{:?} lacks {says:?}",
+            e.message()
+        );
+    };
+    // gw-2's key speaking for gw-1, over gw-1's channel or its own.
+    refused(
+        gw1.attest(signed(&site, "gw-2", &statement(5, now))).await,
+        "signed with the certificate the agent calls with",
+    );
+    let mut gw2 = site.agent("gw-2").await;
+    refused(
+        gw2.attest(signed(&site, "gw-2", &statement(5, now))).await,
+        "cannot speak for node \"gw-1\"",
+    );
+    // An operator's certificate signing for a node.
+    let mut by_alice =
+        wardline_proto::v1::agent_api_client::AgentApiClient::new(site.channel_as("alice").await);
+    assert!(
+        by_alice
+            .attest(signed(&site, "alice", &statement(5, now)))
+            .await
+            .is_err()
+    );
+    // The statement altered after signing.
+    let mut altered = signed(&site, "gw-1", &statement(5, now));
+    let last = altered.statement.len() - 1;
+    altered.statement[last] ^= 1;
+    assert!(gw1.attest(altered).await.is_err());
+    // A statement from far in the past, to fill in history.
+    refused(
+        gw1.attest(signed(
+            &site,
+            "gw-1",
+            &statement(1, now - time::Duration::days(30)),
+        ))
+        .await,
+        "from the replica's clock",
+    );
+
+    // Between the two: revision 3, with 4 as the next.
+    let between = at(now - time::Duration::seconds(60));
+    let o = run(&["attest", "gw-1", "--at", &between, "-o", "json"], &env).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["revision"], 3, "{v}");
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["next"]["revision"], 4);
+    let o = run(&["attest", "gw-1"], &env).await;
+    assert!(text(&o).contains("enforced revision 4"), "{}", text(&o));
+    assert!(
+        text(&o).contains("verified here against the site CA"),
+        "{}",
+        text(&o)
+    );
+    // Before any: not found, named.
+    let o = run(&["attest", "gw-1", "--at", "1h"], &env).await;
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert!(
+        text(&o).contains("no attestation at or before"),
+        "{}",
+        text(&o)
+    );
+
+    // Someone with the store rewrites what gw-1 said it enforced: wardctl
+    // catches it here, whatever the replica hands out.
+    let key = site
+        .store
+        .range("/wardline/attestations/gw-1/")
+        .await
+        .unwrap()
+        .into_iter()
+        .last()
+        .unwrap()
+        .key;
+    site.edit_stored(&key, |v| {
+        use prost::Message as _;
+        let mut s = statement(4, now);
+        s.revision = 2;
+        v["statement"] = serde_json::Value::String(hex::encode(s.encode_to_vec()));
+    })
+    .await;
+    let o = run(&["attest", "gw-1"], &env).await;
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(text(&o).contains("fails verification"), "{}", text(&o));
+}
