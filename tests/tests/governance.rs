@@ -2,11 +2,14 @@
 //! person with the break-glass role and a second factor passes traffic at
 //! once, reaches the SIEM as an alert before anything else is done, and
 //! closes on time in the kernel while the control plane is down; the
-//! review is signed off by another person afterwards.
+//! review is signed off by another person afterwards; the auditor's
+//! report shows it all, rendered by headless Chromium (screenshot of its
+//! first page in `target/report/`).
 
 use std::time::{Duration, Instant};
 
 use wardline_tests::agent::managed_gateway;
+use wardline_tests::browser::Browser;
 use wardline_tests::docs::policy;
 use wardline_tests::matrix::{Cell, Family, Service, probe_cells};
 use wardline_tests::require_root;
@@ -52,6 +55,11 @@ apiVersion: wardline/v1
 kind: RoleBinding
 metadata: {name: emergency}
 spec: {role: break-glass, users: [brett]}
+---
+apiVersion: wardline/v1
+kind: RoleBinding
+metadata: {name: compliance}
+spec: {role: auditor, users: [audrey]}
 "#;
 
 fn text(out: &std::process::Output) -> String {
@@ -90,7 +98,7 @@ fn privileged_break_glass_opens_at_once_alerts_the_siem_and_closes_on_time_with_
     site.replica_flags = vec!["--siem-ocsf".into(), ocsf.display().to_string()];
     let (routed, agent) = managed_gateway(&mut site);
     let store = site.embedded_store();
-    for who in ["april", "brett"] {
+    for who in ["april", "brett", "audrey"] {
         site.issue("operator", who);
     }
     let revision = site.apply(
@@ -237,4 +245,48 @@ fn privileged_break_glass_opens_at_once_alerts_the_siem_and_closes_on_time_with_
         "{}",
         text(&out)
     );
+
+    // The auditor's report of the last hour: rendered by Chromium, it
+    // shows the grant and its review, the agent's verified attestation,
+    // every change with its author, and names each requirement.
+    let dir = site.dir.join("report");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (html, pdf) = (dir.join("report.html"), dir.join("report.pdf"));
+    let out = site.wardctl_as(
+        "audrey",
+        0,
+        &[
+            "report",
+            "--since",
+            "1h",
+            "--out",
+            html.to_str().unwrap(),
+            "--pdf",
+            pdf.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::read(&pdf).unwrap().starts_with(b"%PDF"));
+    let mut browser = Browser::new(&site.ns, &site.dir.join("cp.pem"), &dir);
+    let url = format!("file://{}", html.display());
+    let dom = browser.dom(&url);
+    for wanted in [
+        "Wardline evidence report",
+        "§164.312(a)(2)(ii) emergency access procedure",
+        "§164.312(b) audit controls",
+        "HICP practice 6",
+        "HICP practice 5",
+        id.as_str(),
+        "signed off by april",
+        "signature verified",
+        "operator:brett",
+        "id=\"segment-map\"",
+        "ws-ehr-web",
+    ] {
+        assert!(dom.contains(wanted), "the report lacks {wanted:?}");
+    }
+    assert!(!dom.contains("FAILED"), "{dom}");
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/report");
+    std::fs::create_dir_all(&shots).unwrap();
+    browser.screenshot(&url, &shots.join("report.png"));
 }

@@ -375,6 +375,24 @@ pub enum GovernanceCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Evidence for auditors: the policy in force, what each node attested,
+    /// changes with their authors and approvals, break-glass grants, role
+    /// bindings, flows and the inventory, as one HTML page (and PDF).
+    Report {
+        /// RFC 3339, or a duration back from now.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        #[arg(long, default_value = "")]
+        until: String,
+        /// The HTML file to write.
+        #[arg(long, default_value = "wardline-report.html")]
+        out: PathBuf,
+        /// Also print it to this PDF (headless Chromium).
+        #[arg(long)]
+        pdf: Option<PathBuf>,
+        #[arg(long, env = "WARDCTL_CHROMIUM", default_value = "/usr/bin/chromium")]
+        chromium: PathBuf,
+    },
     /// Sign off the review of a break-glass grant someone else opened
     /// (approver).
     Review {

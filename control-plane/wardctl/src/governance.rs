@@ -131,7 +131,7 @@ fn grant_text(g: &v1::BreakGlassGrant) -> String {
 
 /// The statement of `a`, once its signature checks out here: by the
 /// agent of `node`, with a certificate of the site CA valid when signed.
-fn checked(
+pub(crate) fn checked(
     verifier: &wardline_signing::Verifier,
     node: &str,
     a: &v1::Attestation,
@@ -416,6 +416,15 @@ pub async fn run(
                     }
                 )
             });
+        }
+        GovernanceCommand::Report {
+            since,
+            until,
+            out,
+            pdf,
+            chromium,
+        } => {
+            crate::report::run(c, connection, &since, &until, &out, pdf, &chromium).await?;
         }
         GovernanceCommand::Review { id, note } => {
             let r = c

@@ -18,6 +18,7 @@ mod flows;
 mod governance;
 mod local;
 mod remote;
+mod report;
 mod table;
 
 use cli::{Cli, Command, PkiCommand};
