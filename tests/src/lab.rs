@@ -394,6 +394,8 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         wait_for_output(&site, &new, "NEW")
     );
 
+    governance(&site, &agent, ns_of("vendor"), addr_of("pump-server"))?;
+
     let status = agent.status_json(&gw);
     println!(
         "\nCounters: {} packets allowed, {} audited, {} dropped. Flow log: {}",
@@ -446,6 +448,268 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
     drop(agent);
     drop(site);
     drop(switches);
+    Ok(())
+}
+
+/// The site's roles: ops administers and operates, carol approves, bob
+/// holds break-glass, audra audits; pumps and monitors (zone clinical)
+/// are critical.
+const ROLES: &str = "apiVersion: wardline/v1
+kind: RoleBinding
+metadata: {name: site-admins}
+spec: {role: admin, users: [ops]}
+---
+apiVersion: wardline/v1
+kind: RoleBinding
+metadata: {name: netops}
+spec: {role: operator, users: [ops]}
+---
+apiVersion: wardline/v1
+kind: RoleBinding
+metadata: {name: change-board}
+spec: {role: approver, users: [carol]}
+---
+apiVersion: wardline/v1
+kind: RoleBinding
+metadata: {name: emergency}
+spec: {role: break-glass, users: [bob]}
+---
+apiVersion: wardline/v1
+kind: RoleBinding
+metadata: {name: compliance}
+spec: {role: auditor, users: [audra]}
+---
+apiVersion: wardline/v1
+kind: ChangeControl
+metadata: {name: site}
+spec:
+  criticalSegments: {matchLabels: {zone: clinical}}
+";
+
+/// `wardctl ARGS` as `who`, printed with its output; fails the lab
+/// unless it ends as `succeed` says.
+fn show(site: &Site, who: &str, args: &[&str], succeed: bool) -> anyhow::Result<String> {
+    println!("{who}$ wardctl {}", args.join(" "));
+    let out = site.wardctl_as(who, 0, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    print!("{text}");
+    anyhow::ensure!(
+        out.status.success() == succeed,
+        "wardctl {} as {who} {}",
+        args.join(" "),
+        if succeed { "failed" } else { "was not refused" }
+    );
+    Ok(text)
+}
+
+/// Roles and a second factor, a two-person change (one rejected for the
+/// clinical flow it would stop, one approved), a break-glass grant that
+/// the kernel closes on time, and the auditors' report.
+fn governance(
+    site: &Site,
+    agent: &Agent,
+    vendor: &Netns,
+    pump_server: IpAddr,
+) -> anyhow::Result<()> {
+    println!("\nGovernance. Binding roles ends set-up mode:");
+    for who in ["carol", "bob", "audra"] {
+        site.issue("operator", who);
+    }
+    let roles = site.dir.join("roles.yaml");
+    std::fs::write(&roles, ROLES)?;
+    show(
+        site,
+        "ops",
+        &[
+            "apply",
+            "-f",
+            &roles.display().to_string(),
+            "-m",
+            "CHG-1200: roles for go-live",
+        ],
+        true,
+    )?;
+    println!("From now on every change needs a second factor:");
+    show(
+        site,
+        "ops",
+        &["delete", "policy", "pumps-to-pump-server"],
+        false,
+    )?;
+    for who in ["ops", "carol", "bob", "audra"] {
+        site.mfa_login(who, 0);
+    }
+    println!("(ops, carol, bob and audra each ran `wardctl mfa enroll` and `wardctl login`)");
+    println!("\nA change that would stop a critical flow needs a second person:");
+    show(
+        site,
+        "ops",
+        &["delete", "policy", "pumps-to-pump-server"],
+        false,
+    )?;
+    let proposed = show(
+        site,
+        "ops",
+        &[
+            "propose",
+            "--delete",
+            "policy/pumps-to-pump-server",
+            "-m",
+            "CHG-1201: retire the old pump server",
+        ],
+        true,
+    )?;
+    let id = |text: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("change request ")
+                    .and_then(|r| r.split(' ').next())
+            })
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no change request id in {text}"))
+    };
+    let first = id(&proposed)?;
+    show(
+        site,
+        "carol",
+        &[
+            "reject",
+            &first,
+            "--note",
+            "it would stop the pumps' drug-library downloads",
+        ],
+        true,
+    )?;
+    let proposed = show(
+        site,
+        "ops",
+        &[
+            "propose",
+            "--delete",
+            "policy/workstations-to-central-station",
+            "-m",
+            "CHG-1202: ward screens moved to the EHR",
+        ],
+        true,
+    )?;
+    let second = id(&proposed)?;
+    let approved = show(
+        site,
+        "carol",
+        &[
+            "approve",
+            &second,
+            "--note",
+            "no flows of the last week use it",
+        ],
+        true,
+    )?;
+    let revision: u64 = approved
+        .rsplit("applied as revision ")
+        .next()
+        .and_then(|r| r.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no revision in {approved}"))?;
+    site.wait_acked(0, &[agent.node.as_str()], revision, Duration::from_secs(10));
+
+    println!("\nBreak-glass: the vendor is needed now, outside its window:");
+    let before = vendor.tcp_ok(pump_server, 443);
+    println!(
+        "vendor -> pump-server tcp/443: {}",
+        if before {
+            "open (unexpected)"
+        } else {
+            "DROPPED"
+        }
+    );
+    let grant = show(
+        site,
+        "bob",
+        &[
+            "break-glass",
+            "--from",
+            "vendor-support",
+            "--to",
+            "pump-server",
+            "--ports",
+            "tcp/443",
+            "--for",
+            "1m",
+            "--reason",
+            "drug-library server down during a code blue; vendor on the phone",
+        ],
+        true,
+    )?;
+    let grant_id = grant
+        .split_whitespace()
+        .find(|w| w.starts_with("bg-"))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no grant id in {grant}"))?;
+    let revision: u64 = grant
+        .split("revision ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no revision in {grant}"))?;
+    site.wait_acked(0, &[agent.node.as_str()], revision, Duration::from_secs(10));
+    let during = vendor.tcp_ok(pump_server, 443);
+    println!(
+        "vendor -> pump-server tcp/443: {}",
+        if during {
+            "OPEN (break-glass)"
+        } else {
+            "dropped (unexpected)"
+        }
+    );
+    anyhow::ensure!(during, "the break-glass grant did not open");
+    println!(
+        "(the SIEM received the grant as an alert; waiting for it to end on its own, in the kernel...)"
+    );
+    std::thread::sleep(Duration::from_secs(61));
+    let after = vendor.tcp_ok(pump_server, 443);
+    println!(
+        "vendor -> pump-server tcp/443: {}",
+        if after {
+            "still open (unexpected)"
+        } else {
+            "DROPPED: the grant ended on time"
+        }
+    );
+    anyhow::ensure!(!after, "the break-glass grant did not close");
+    show(
+        site,
+        "carol",
+        &[
+            "review",
+            &grant_id,
+            "--note",
+            "vendor restarted the service; call recorded",
+        ],
+        true,
+    )?;
+    show(site, "audra", &["attest", &agent.node], true)?;
+    show(site, "audra", &["history", "--limit", "4"], true)?;
+
+    let dir = std::env::current_dir()?.join("target/lab");
+    std::fs::create_dir_all(&dir)?;
+    let (html, pdf) = (dir.join("report.html"), dir.join("report.pdf"));
+    show(
+        site,
+        "audra",
+        &[
+            "report",
+            "--since",
+            "1h",
+            "--out",
+            &html.display().to_string(),
+            "--pdf",
+            &pdf.display().to_string(),
+        ],
+        true,
+    )?;
     Ok(())
 }
 

@@ -139,14 +139,21 @@ fn now() -> String {
 }
 
 impl ControlPlane {
-    /// Observed connections of the last [`OBSERVED`] that `documents`
-    /// would stop; none without a flow store.
-    async fn would_drop(&self, documents: &[StoredDocument]) -> Result<Vec<DropRecord>, Status> {
+    /// Observed connections of the last [`OBSERVED`] that `current` lets
+    /// through and `documents` would stop; none without a flow store.
+    async fn would_drop(
+        &self,
+        current: &[StoredDocument],
+        documents: &[StoredDocument],
+    ) -> Result<Vec<DropRecord>, Status> {
         let Some(flows) = self.flows() else {
             return Ok(Vec::new());
         };
-        let set = wardline_policy::parse(&crate::registry::source_of(documents))
-            .map_err(|e| Status::internal(format!("reading the proposed policy: {e}")))?;
+        let read = |docs: &[StoredDocument]| {
+            wardline_policy::parse(&crate::registry::source_of(docs))
+                .map_err(|e| Status::internal(format!("reading the policy: {e}")))
+        };
+        let (before, set) = (read(current)?, read(documents)?);
         let store = flows.store.clone();
         let now = OffsetDateTime::now_utc();
         tokio::task::spawn_blocking(move || {
@@ -168,17 +175,19 @@ impl ControlPlane {
                         .map_err(|e| Status::unavailable(format!("flow store: {e}")))?,
                 );
             }
-            Ok(wardline_simulation::would_drop(&set, now, &observed)
-                .into_iter()
-                .map(|d| DropRecord {
-                    src_segment: d.src_segment,
-                    dst_segment: d.dst_segment,
-                    protocol: d.protocol,
-                    port: d.port,
-                    connections: d.connections,
-                    last_seen: d.last_seen,
-                })
-                .collect())
+            Ok(
+                wardline_simulation::would_drop(&before, &set, now, &observed)
+                    .into_iter()
+                    .map(|d| DropRecord {
+                        src_segment: d.src_segment,
+                        dst_segment: d.dst_segment,
+                        protocol: d.protocol,
+                        port: d.port,
+                        connections: d.connections,
+                        last_seen: d.last_seen,
+                    })
+                    .collect(),
+            )
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -328,7 +337,7 @@ impl ControlPlane {
             prune,
         )
         .map_err(registry_status)?;
-        let would_drop = self.would_drop(&plan.documents).await?;
+        let would_drop = self.would_drop(&current.documents, &plan.documents).await?;
         let mut record = RequestRecord {
             id: format!("cr-{}", hex::encode(rand_bytes())),
             author: who.operator.clone(),

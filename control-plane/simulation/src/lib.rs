@@ -39,15 +39,19 @@ fn address(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// The flows of `observed` that were let through and that `proposed`
-/// would drop at `now`, one entry per segment pair, protocol and port,
-/// the most connections first. Only first records count (`new`): one per
-/// connection.
+/// The flows of `observed` that were let through, that `current` lets
+/// through at `now` and that `proposed` would drop: what the change takes
+/// away (a connection `current` drops already is not the change's doing).
+/// One entry per segment pair (as `proposed` names them), protocol and
+/// port, the most connections first. Only first records count (`new`):
+/// one per connection.
 pub fn would_drop(
+    current: &PolicySet,
     proposed: &PolicySet,
     now: OffsetDateTime,
     observed: &[v1::Flow],
 ) -> Vec<WouldDrop> {
+    let before = Reference::new(current, now, &[], &[]);
     let judge = Reference::new(proposed, now, &[], &[]);
     let name_of = |id: u32| {
         if id == SEGMENT_WORLD {
@@ -59,13 +63,25 @@ pub fn would_drop(
             .find(|s| judge.segment_named(&s.name) == id)
             .map_or_else(|| "world".to_owned(), |s| s.name.clone())
     };
-    let segment = |bytes: &[u8], recorded: &str| {
+    let segment = |judge: &Reference<'_>, bytes: &[u8], recorded: &str| {
         let by_prefix = address(bytes).map_or(SEGMENT_WORLD, |a| judge.segment_of(a));
         if by_prefix != SEGMENT_WORLD || recorded.is_empty() {
             by_prefix
         } else {
             judge.segment_named(recorded)
         }
+    };
+    let passes = |judge: &Reference<'_>, f: &v1::Flow, protocol: u8, port: u16| {
+        let (src, dst) = (
+            segment(judge, &f.src, &f.src_segment),
+            segment(judge, &f.dst, &f.dst_segment),
+        );
+        let (reason, _) = judge.decide(src, dst, protocol, port);
+        (
+            matches!(reason, Reason::PolicyAllow | Reason::Monitor),
+            src,
+            dst,
+        )
     };
     let mut out: BTreeMap<(String, String, u8, u16), (u64, String)> = BTreeMap::new();
     for f in observed {
@@ -75,12 +91,9 @@ pub fn would_drop(
         let (Ok(protocol), Ok(port)) = (u8::try_from(f.protocol), u16::try_from(f.dport)) else {
             continue;
         };
-        let (src, dst) = (
-            segment(&f.src, &f.src_segment),
-            segment(&f.dst, &f.dst_segment),
-        );
-        let (reason, _) = judge.decide(src, dst, protocol, port);
-        if matches!(reason, Reason::PolicyAllow | Reason::Monitor) {
+        let (now_passes, _, _) = passes(&before, f, protocol, port);
+        let (still_passes, src, dst) = passes(&judge, f, protocol, port);
+        if !now_passes || still_passes {
             continue;
         }
         let e = out
@@ -152,6 +165,7 @@ spec:
     fn connections_a_narrower_allow_would_stop_are_counted_by_kind() {
         let narrower =
             wardline_policy::parse(&SITE.replace("endPort: 5010", "endPort: 5005")).unwrap();
+        let current = wardline_policy::parse(SITE).unwrap();
         let observed = [
             flow(
                 [198, 18, 30, 7],
@@ -194,7 +208,7 @@ spec:
         ];
         let now = OffsetDateTime::now_utc();
         assert_eq!(
-            would_drop(&narrower, now, &observed),
+            would_drop(&current, &narrower, now, &observed),
             [WouldDrop {
                 src_segment: "monitors".into(),
                 dst_segment: "central-station".into(),
@@ -204,8 +218,21 @@ spec:
                 last_seen: "2026-12-01T11:00:00Z".into(),
             }]
         );
-        let same = wardline_policy::parse(SITE).unwrap();
-        assert!(would_drop(&same, now, &observed).is_empty());
+        assert!(would_drop(&current, &current, now, &observed).is_empty());
+        // Allowed when seen, dropped already by the policy in force (a
+        // device quarantined since): not the change's doing.
+        let quarantined = wardline_policy::parse(&format!(
+            "{SITE}---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: quarantine}}\nspec: {{cidrs: [198.18.30.7/32]}}\n"
+        ))
+        .unwrap();
+        let narrower_too = wardline_policy::parse(&format!(
+            "{}---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: quarantine}}\nspec: {{cidrs: [198.18.30.7/32]}}\n",
+            SITE.replace("endPort: 5010", "endPort: 5005")
+        ))
+        .unwrap();
+        let left = would_drop(&quarantined, &narrower_too, now, &observed);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].connections, 1, "only the monitor not quarantined");
     }
 
     #[test]
@@ -219,11 +246,19 @@ spec:
             "new",
             "2026-12-01T10:00:00Z",
         );
-        assert!(would_drop(&set, OffsetDateTime::now_utc(), std::slice::from_ref(&f)).is_empty());
+        assert!(
+            would_drop(
+                &set,
+                &set,
+                OffsetDateTime::now_utc(),
+                std::slice::from_ref(&f)
+            )
+            .is_empty()
+        );
         let narrower =
             wardline_policy::parse(&SITE.replace("endPort: 5010", "endPort: 5005")).unwrap();
         assert_eq!(
-            would_drop(&narrower, OffsetDateTime::now_utc(), &[f])[0].src_segment,
+            would_drop(&set, &narrower, OffsetDateTime::now_utc(), &[f])[0].src_segment,
             "monitors"
         );
     }

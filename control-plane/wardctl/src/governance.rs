@@ -395,9 +395,7 @@ pub async fn run(
             });
             print_value(output, &value, || {
                 format!(
-                    "node {} enforced revision {} (generation {}): tables sha256 {}, policy sha256 {}
-                     attested {} at {}, signed by the node's own certificate: verified here against the site CA
-{}",
+                    "node {} enforced revision {} (generation {}): tables sha256 {}, policy sha256 {}\nattested {} at {}, signed by the node's own certificate: verified here against the site CA\n{}",
                     statement.node,
                     statement.revision,
                     statement.generation,
@@ -412,7 +410,8 @@ pub async fn run(
                             n.revision, n.why, n.time
                         ),
                         None => "no later attestation yet
-".to_owned(),
+"
+                        .to_owned(),
                     }
                 )
             });
