@@ -11,6 +11,16 @@ use std::time::{Duration, Instant};
 
 use crate::link::{addr, link_up, veth};
 
+/// A code of `secret` not used yet by a login made before this call:
+/// waits for the next 30-second step (a code is good once), then gives
+/// the code of the step after it.
+pub fn fresh_code(secret: &str) -> String {
+    let step = wardline_mfa::STEP;
+    let now = unix_now();
+    std::thread::sleep(std::time::Duration::from_secs(step - now % step));
+    wardline_mfa::code_at(secret, unix_now() + step).expect("a base32 secret")
+}
+
 /// Seconds since 1970, as TOTP counts them.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -434,6 +444,26 @@ impl Site {
     /// authenticator app would show), then opens a session with `wardctl
     /// login`. Returns the secret.
     pub fn mfa_login(&self, name: &str, replica: usize) -> String {
+        let (secret, now) = self.enroll(name, replica);
+        // The next step's code: the enrolment's own is used up.
+        let code = wardline_mfa::code_at(&secret, now + wardline_mfa::STEP).expect("a code");
+        let out = self.wardctl_as(name, replica, &["login", "--code", &code]);
+        assert!(
+            out.status.success(),
+            "wardctl login: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        secret
+    }
+
+    /// [`Site::mfa_login`]'s enrolment alone: the secret.
+    pub fn mfa_enroll(&self, name: &str, replica: usize) -> String {
+        self.enroll(name, replica).0
+    }
+
+    /// Enrols `name`: the secret, and the time of the code that confirmed it.
+    fn enroll(&self, name: &str, replica: usize) -> (String, u64) {
         use std::io::{BufRead as _, BufReader, Write as _};
         let mut child = self
             .wardctl_command_as(name, replica, &["mfa", "enroll"])
@@ -473,16 +503,7 @@ impl Site {
             shown.contains('▀') || shown.contains('█'),
             "a QR code: {shown}"
         );
-        // The next step's code: the enrolment's own is used up.
-        let code = wardline_mfa::code_at(&secret, now + wardline_mfa::STEP).expect("a code");
-        let out = self.wardctl_as(name, replica, &["login", "--code", &code]);
-        assert!(
-            out.status.success(),
-            "wardctl login: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        secret
+        (secret, now)
     }
 
     /// Applies `policy` as the whole policy (`--prune`); returns the revision.

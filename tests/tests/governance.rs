@@ -290,3 +290,129 @@ fn privileged_break_glass_opens_at_once_alerts_the_siem_and_closes_on_time_with_
     std::fs::create_dir_all(&shots).unwrap();
     browser.screenshot(&url, &shots.join("report.png"));
 }
+
+/// Roles, second factors, two-person changes, break-glass and the audit
+/// trail on the etcd backend, across two replicas: a session opened on
+/// one works on the other, a code used on one is refused on the other, a
+/// change proposed on one is approved on the other.
+#[test]
+#[ignore = "needs root (network namespaces, etcd): run via cargo xtask test"]
+fn privileged_governance_holds_across_two_replicas_on_etcd() {
+    require_root();
+    let mut site = Site::new();
+    let store = site.start_etcd(1);
+    site.start_replica(0, &store);
+    site.start_replica(1, &store);
+    for who in ["april", "brett", "audrey"] {
+        site.issue("operator", who);
+    }
+    site.apply(
+        0,
+        &format!(
+            "{SITE}{}",
+            policy(
+                "ws-pump",
+                "allow",
+                "ws",
+                "pump",
+                "[{protocol: tcp, port: 443}, {protocol: tcp, port: 8080}]"
+            )
+        ),
+    );
+    // A session opened on replica 0 works on replica 1.
+    site.mfa_login("ops", 0);
+    let labs = "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: labs}\nspec: {cidrs: [\"198.18.60.0/24\"]}\n";
+    let file = site.dir.join("labs.yaml");
+    std::fs::write(&file, labs).unwrap();
+    let out = site.wardctl_as("ops", 1, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // A code used on one replica is refused on the other.
+    let secret = site.mfa_enroll("april", 0);
+    let code = wardline_mfa::code_at(&secret, wardline_tests::site::unix_now() + 30).unwrap();
+    let out = site.wardctl_as("april", 0, &["login", "--code", &code]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = site.wardctl_as("april", 1, &["login", "--code", &code]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("already used"), "{}", text(&out));
+
+    // Proposed on replica 0, approved on replica 1.
+    let narrower = policy(
+        "ws-pump",
+        "allow",
+        "ws",
+        "pump",
+        "[{protocol: tcp, port: 443}]",
+    );
+    let file = site.dir.join("narrower.yaml");
+    std::fs::write(&file, &narrower).unwrap();
+    let out = site.wardctl_as("ops", 0, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        text(&out).contains("needs a second person's approval"),
+        "{}",
+        text(&out)
+    );
+    let out = site.wardctl_as(
+        "ops",
+        0,
+        &["propose", "-f", file.to_str().unwrap(), "-o", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let request: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = request["id"].as_str().unwrap().to_owned();
+    let out = site.wardctl_as("april", 1, &["approve", &id, "--note", "checked"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = site.wardctl_as("ops", 0, &["history", "--limit", "1", "-o", "json"]);
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history[0]["approvedBy"], "april", "{history}");
+    assert_eq!(history[0]["author"], "operator:ops");
+
+    // Break-glass on replica 1 shows on replica 0.
+    site.mfa_login("brett", 1);
+    let out = site.wardctl_as(
+        "brett",
+        1,
+        &[
+            "break-glass",
+            "--from",
+            "ws",
+            "--to",
+            "ehr",
+            "--ports",
+            "tcp/22",
+            "--for",
+            "5m",
+            "--reason",
+            "etcd test",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let grant: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = site.wardctl_as("april", 0, &["status"]);
+    assert!(
+        text(&out).contains(grant["id"].as_str().unwrap()),
+        "{}",
+        text(&out)
+    );
+
+    // One audit trail of both replicas, verified against the site CA.
+    let out = site.wardctl_as("audrey", 1, &["audit", "--verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = site.wardctl_as("audrey", 0, &["audit", "--last", "0", "-o", "json"]);
+    let trail: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for replica in ["replica-0", "replica-1"] {
+        assert!(
+            trail
+                .iter()
+                .any(|r| r["replica"] == replica && r["action"] == "login"),
+            "no login recorded by {replica}"
+        );
+    }
+    assert!(trail.iter().any(|r| r["action"] == "approve"
+        && r["outcome"] == "done"
+        && r["replica"] == "replica-1"));
+    assert!(trail.iter().any(|r| r["action"] == "login"
+        && r["outcome"] == "refused"
+        && r["detail"].as_str().unwrap_or("").contains("already used")));
+}

@@ -151,8 +151,9 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
     let out = site.wardctl_as("otto", 0, &["apply", "-f", &plain]);
     assert!(!out.status.success());
     assert!(text(&out).contains("wardctl login"), "{}", text(&out));
+    let mut secrets = std::collections::BTreeMap::new();
     for who in ["ada", "otto", "bea", "april", "audrey", "vic"] {
-        site.mfa_login(who, 0);
+        secrets.insert(who, site.mfa_login(who, 0));
     }
     let out = site.wardctl_as("mallory", 0, &["mfa", "enroll"]);
     assert!(!out.status.success());
@@ -376,15 +377,19 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
     assert!(out.status.success(), "{}", text(&out));
     let link = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let jar = site.dir.join("vic.cookies");
-    let curl = |url: &str| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", site.ns.name(), "curl", "-s", "-L"])
+    let curl_with = |url: &str, form: Option<&str>| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", site.ns.name(), "curl", "-s", "-L"])
             .arg("--cacert")
             .arg(site.ca())
             .arg("-c")
             .arg(&jar)
             .arg("-b")
-            .arg(&jar)
+            .arg(&jar);
+        if let Some(form) = form {
+            cmd.args(["--data", form]);
+        }
+        let out = cmd
             .args(["-w", "\n%{http_code}", url])
             .output()
             .expect("curl runs");
@@ -392,7 +397,18 @@ fn privileged_every_role_against_every_verb_over_mutual_tls() {
         let (body, code) = said.rsplit_once('\n').unwrap_or(("", ""));
         (code.to_owned(), body.to_owned())
     };
-    assert_eq!(curl(&link).0, "200", "the sign-in link");
+    let curl = |url: &str| curl_with(url, None);
+    // Roles are bound: the link asks for the second factor's code first.
+    let (code, body) = curl(&link);
+    assert_eq!(code, "200", "the sign-in link");
+    assert!(body.contains("Second factor"), "{body}");
+    let token = link.split_once("token=").expect("a token").1.to_owned();
+    let code = wardline_tests::site::fresh_code(&secrets["vic"]);
+    let (status, body) = curl_with(
+        &format!("{dashboard}/login"),
+        Some(&format!("token={token}&code={code}")),
+    );
+    assert_eq!(status, "200", "signed in with the code: {body}");
     // Used once: a second use proves no one.
     assert_eq!(curl(&link).0, "401", "the link a second time");
     let (code, body) = curl(&format!("{dashboard}/api/agents"));

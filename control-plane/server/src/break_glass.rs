@@ -361,6 +361,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_review_not_signed_off_in_time_is_overdue_and_stays_shown() {
+        let now = OffsetDateTime::now_utc();
+        let ended = now - REVIEW_WITHIN - time::Duration::minutes(1);
+        let mut g = GrantRecord {
+            id: "bg-1".into(),
+            opened_by: "brett".into(),
+            opened_fingerprint: String::new(),
+            opened_at: format_time(ended - time::Duration::minutes(30)),
+            expires: format_time(ended),
+            from: vec!["ws".into()],
+            to: vec!["pump".into()],
+            ports: vec![],
+            reason: "r".into(),
+            policy: "break-glass-1".into(),
+            revision: 3,
+            reviewed_by: String::new(),
+            reviewed_at: String::new(),
+            review_note: String::new(),
+        };
+        let shown = g.wire(now);
+        assert_eq!(shown.state, "expired");
+        assert!(shown.review_overdue);
+        assert!(g.pending(now));
+        // Signed off: no longer overdue, no longer shown in status.
+        g.reviewed_by = "april".into();
+        assert!(!g.wire(now).review_overdue);
+        assert!(!g.pending(now));
+        // Open, whatever the review: shown.
+        g.expires = format_time(now + time::Duration::minutes(5));
+        assert_eq!(g.wire(now).state, "open");
+        assert!(g.pending(now));
+    }
+
+    #[test]
     fn ports_are_read_or_named_wrong() {
         assert_eq!(port_item("tcp/443").unwrap(), "{protocol: tcp, port: 443}");
         assert_eq!(
