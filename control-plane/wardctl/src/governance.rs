@@ -4,25 +4,15 @@
 
 use std::io::{BufRead as _, Write as _};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use wardline_proto::json::{break_glass, change_request};
 use wardline_proto::v1;
 
-use crate::cli::{GovernanceCommand, MfaCommand, Output};
+use crate::cli::{GovernanceCommand, MfaCommand};
 use crate::connect::{Client, Connection, write_session};
 use crate::failure::{EXIT_FAILURE, EXIT_TAMPERED, Failure, fail, from_status, read_file};
+use crate::remote::print_value;
 use crate::table::table;
-
-fn print_value(output: Output, value: &Value, table: impl FnOnce() -> String) {
-    match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(value).unwrap_or_default()),
-        Output::Table => print!("{}", table()),
-    }
-}
 
 /// A line from standard input, after `prompt` on standard error.
 fn ask(prompt: &str) -> Result<String, Failure> {

@@ -18,7 +18,7 @@ use crate::table::table;
 /// that its agent renewed (management.proto, `Revocation.reason`).
 const RETIRED: &str = "retired:";
 
-fn print_value(output: Output, value: &Value, table: impl FnOnce() -> String) {
+pub(crate) fn print_value(output: Output, value: &Value, table: impl FnOnce() -> String) {
     match output {
         Output::Json => println!(
             "{}",
