@@ -13,7 +13,7 @@ use wardline_proto::v1;
 use wardline_roles::Verb;
 use wardline_signing::Seal;
 
-use crate::server::{ControlPlane, fingerprint};
+use crate::server::{ControlPlane, fingerprint, store_unavailable};
 
 /// Each attestation: `/wardline/attestations/<node>/<unix seconds, 20
 /// digits>-<why>`.
@@ -23,10 +23,6 @@ pub const ATTESTATIONS_PREFIX: &str = "/wardline/attestations/";
 const KEPT_PER_NODE: usize = 20_000;
 /// How far an agent's clock may be from the replica's.
 const CLOCK_SKEW: i64 = 300;
-
-fn store_error(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("store: {e}"))
-}
 
 /// An attestation as the store keeps it.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -138,8 +134,15 @@ impl ControlPlane {
             signer: hex::encode(&seal.signer),
         };
         let value = serde_json::to_vec(&kept).map_err(|e| Status::internal(e.to_string()))?;
-        self.store().put(&key, value).await.map_err(store_error)?;
-        let all = self.store().range(&prefix).await.map_err(store_error)?;
+        self.store()
+            .put(&key, value)
+            .await
+            .map_err(store_unavailable)?;
+        let all = self
+            .store()
+            .range(&prefix)
+            .await
+            .map_err(store_unavailable)?;
         for old in all.iter().take(all.len().saturating_sub(KEPT_PER_NODE)) {
             let _ = self.store().delete(&old.key).await;
         }
@@ -158,7 +161,11 @@ impl ControlPlane {
             .map_err(|e| Status::invalid_argument(format!("node: {e}")))?;
         let at = instant(&r.at, OffsetDateTime::now_utc())?;
         let prefix = format!("{ATTESTATIONS_PREFIX}{}/", r.node);
-        let all = self.store().range(&prefix).await.map_err(store_error)?;
+        let all = self
+            .store()
+            .range(&prefix)
+            .await
+            .map_err(store_unavailable)?;
         let cut = format!("{prefix}{:020}.", at.unix_timestamp());
         let read = |kv: &wardline_store::KeyValue| {
             serde_json::from_slice::<Kept>(&kv.value)

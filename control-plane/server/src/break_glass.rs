@@ -18,10 +18,9 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use wardline_proto::v1;
 use wardline_roles::Verb;
-use wardline_store::{Compare, Op};
 
 use crate::registry::{RevisionAction, Sanction};
-use crate::server::{ControlPlane, change_author, registry_status};
+use crate::server::{ControlPlane, change_author, registry_status, store_unavailable};
 
 /// Each grant: `/wardline/break-glass/<id>`.
 pub const GRANTS_PREFIX: &str = "/wardline/break-glass/";
@@ -165,10 +164,6 @@ fn policy_source(
     ))
 }
 
-fn store_error(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("store: {e}"))
-}
-
 impl ControlPlane {
     async fn grants_stored(&self) -> Result<Vec<(GrantRecord, u64)>, Status> {
         let mut out = Vec::new();
@@ -176,7 +171,7 @@ impl ControlPlane {
             .store()
             .range(GRANTS_PREFIX)
             .await
-            .map_err(store_error)?
+            .map_err(store_unavailable)?
         {
             match serde_json::from_slice::<GrantRecord>(&kv.value) {
                 Ok(g) => out.push((g, kv.mod_revision)),
@@ -277,7 +272,7 @@ impl ControlPlane {
         self.store()
             .put(&format!("{GRANTS_PREFIX}{grant}"), value)
             .await
-            .map_err(store_error)?;
+            .map_err(store_unavailable)?;
         tracing::warn!(grant = %grant, by = %id.name, until = %g.expires, revision = record.revision,
             "break-glass access opened");
         Ok(Response::new(g.wire(OffsetDateTime::now_utc())))
@@ -301,7 +296,7 @@ impl ControlPlane {
             .store()
             .get(&key)
             .await
-            .map_err(store_error)?
+            .map_err(store_unavailable)?
             .ok_or_else(|| Status::not_found(format!("no break-glass grant {:?}", r.id)))?;
         let mut g: GrantRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| Status::internal(format!("{key}: unreadable: {e}")))?;
@@ -321,19 +316,7 @@ impl ControlPlane {
         g.reviewed_by = id.name.clone();
         g.reviewed_at = format_time(OffsetDateTime::now_utc());
         g.review_note = r.note.clone();
-        let value = serde_json::to_vec(&g).map_err(|e| Status::internal(e.to_string()))?;
-        let written = self
-            .store()
-            .txn(
-                vec![Compare::ModRevision {
-                    key: key.clone(),
-                    revision: kv.mod_revision,
-                }],
-                vec![Op::put(&key, value)],
-            )
-            .await
-            .map_err(store_error)?;
-        if !written.succeeded {
+        if !self.put_if_unchanged(&key, &g, kv.mod_revision).await? {
             return Err(Status::aborted("the grant was reviewed meanwhile"));
         }
         Ok(Response::new(g.wire(OffsetDateTime::now_utc())))

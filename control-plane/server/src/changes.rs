@@ -12,13 +12,13 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use wardline_proto::v1;
 use wardline_roles::Verb;
-use wardline_store::{Compare, Op};
 
 use crate::registry::{
     ApprovalRecord, Author, ChangeRecord, Plan, RevisionAction, Sanction, StoredDocument,
 };
 use crate::server::{
     ControlPlane, change_author, changes, document_kind, fingerprint, plan_diff, registry_status,
+    store_unavailable,
 };
 
 /// Each request: `/wardline/changes/<id>`.
@@ -130,10 +130,6 @@ impl RequestRecord {
     }
 }
 
-fn store_error(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("store: {e}"))
-}
-
 fn now() -> String {
     wardline_proto::convert::format_time(OffsetDateTime::now_utc())
 }
@@ -207,7 +203,7 @@ impl ControlPlane {
             .store()
             .get(&key)
             .await
-            .map_err(store_error)?
+            .map_err(store_unavailable)?
             .ok_or_else(|| Status::not_found(format!("no change request {id:?}")))?;
         let record: RequestRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| Status::internal(format!("{key}: unreadable: {e}")))?;
@@ -223,19 +219,7 @@ impl ControlPlane {
     /// Writes `record` back if it is still at `revision`.
     async fn put_request(&self, record: &RequestRecord, revision: u64) -> Result<(), Status> {
         let key = format!("{CHANGES_PREFIX}{}", record.id);
-        let value = serde_json::to_vec(record).map_err(|e| Status::internal(e.to_string()))?;
-        let written = self
-            .store()
-            .txn(
-                vec![Compare::ModRevision {
-                    key: key.clone(),
-                    revision,
-                }],
-                vec![Op::put(&key, value)],
-            )
-            .await
-            .map_err(store_error)?;
-        if written.succeeded {
+        if self.put_if_unchanged(&key, record, revision).await? {
             Ok(())
         } else {
             Err(Status::aborted(format!(
@@ -251,7 +235,7 @@ impl ControlPlane {
             .store()
             .range(CHANGES_PREFIX)
             .await
-            .map_err(store_error)?
+            .map_err(store_unavailable)?
         {
             match serde_json::from_slice::<RequestRecord>(&kv.value) {
                 Ok(r) => out.push((r, kv.mod_revision)),
@@ -385,7 +369,7 @@ impl ControlPlane {
                 .delete(&format!("{CHANGES_PREFIX}{}", r.id))
                 .await
                 .map(|_| ())
-                .map_err(store_error),
+                .map_err(store_unavailable),
             None => Err(Status::resource_exhausted(format!(
                 "{MAX_REQUESTS} change requests are open: decide some first"
             ))),

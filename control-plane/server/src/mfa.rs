@@ -14,10 +14,9 @@ use tonic::{Request, Response, Status};
 use wardline_mfa::{CodeError, Enrolment, SessionRecord};
 use wardline_proto::v1;
 use wardline_roles::Verb;
-use wardline_store::{Compare, Op};
 use wardline_tls::Identity;
 
-use crate::server::{ControlPlane, fingerprint};
+use crate::server::{ControlPlane, fingerprint, store_unavailable};
 
 /// Each operator's enrolment: `/wardline/mfa/operators/<name>`.
 pub const OPERATORS_PREFIX: &str = "/wardline/mfa/operators/";
@@ -41,10 +40,6 @@ fn rfc3339(unix: u64) -> String {
         .unwrap_or_default()
 }
 
-fn store_error(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("store: {e}"))
-}
-
 fn code_status(e: CodeError) -> Status {
     match e {
         CodeError::NotEnrolled | CodeError::NothingPending => {
@@ -52,6 +47,17 @@ fn code_status(e: CodeError) -> Status {
         }
         _ => Status::unauthenticated(e.to_string()),
     }
+}
+
+/// Whether session `s` was opened by the caller, with the certificate the
+/// call came with.
+fn callers<T>(s: &SessionRecord, req: &Request<T>, id: &Identity) -> bool {
+    s.operator == id.name && s.fingerprint == fingerprint(req)
+}
+
+/// Whether session `s` has not ended.
+fn live(s: &SessionRecord) -> bool {
+    s.expires > unix(OffsetDateTime::now_utc())
 }
 
 /// The session token a call carries, if any.
@@ -81,7 +87,7 @@ impl ControlPlane {
                  first if {:?} has none)",
                 id.name
             ))),
-            Some((_, s)) if s.operator != id.name || s.fingerprint != fingerprint(req) => {
+            Some((_, s)) if !callers(&s, req, id) => {
                 tracing::warn!(certificate = %id.name, session = %s.operator, peer = ?req.remote_addr(),
                     "refused: a session presented with another certificate");
                 Err(Status::unauthenticated(
@@ -110,7 +116,7 @@ impl ControlPlane {
             )));
         }
         let key = format!("{SESSIONS_PREFIX}{}", wardline_mfa::token_hash(&token));
-        let Some(kv) = self.store().get(&key).await.map_err(store_error)? else {
+        let Some(kv) = self.store().get(&key).await.map_err(store_unavailable)? else {
             return Err(Status::unauthenticated(
                 "the session is unknown or was ended: run `wardctl login`",
             ));
@@ -123,13 +129,7 @@ impl ControlPlane {
     /// Until when the caller's session lasts (RFC 3339; empty: none).
     pub(crate) async fn session_expires<T>(&self, req: &Request<T>, id: &Identity) -> String {
         match self.session_of(req).await {
-            Ok(Some((_, s)))
-                if s.operator == id.name
-                    && s.fingerprint == fingerprint(req)
-                    && s.expires > unix(OffsetDateTime::now_utc()) =>
-            {
-                rfc3339(s.expires)
-            }
+            Ok(Some((_, s))) if callers(&s, req, id) && live(&s) => rfc3339(s.expires),
             _ => String::new(),
         }
     }
@@ -143,7 +143,7 @@ impl ControlPlane {
     ) -> Result<Result<R, Status>, Status> {
         let key = format!("{OPERATORS_PREFIX}{operator}");
         for _ in 0..CAS_TRIES {
-            let kv = self.store().get(&key).await.map_err(store_error)?;
+            let kv = self.store().get(&key).await.map_err(store_unavailable)?;
             let (mut e, revision) = match &kv {
                 Some(kv) => (
                     serde_json::from_slice::<Enrolment>(&kv.value)
@@ -163,19 +163,7 @@ impl ControlPlane {
             if e == before {
                 return Ok(outcome);
             }
-            let value = serde_json::to_vec(&e).map_err(|e| Status::internal(e.to_string()))?;
-            let written = self
-                .store()
-                .txn(
-                    vec![Compare::ModRevision {
-                        key: key.clone(),
-                        revision,
-                    }],
-                    vec![Op::put(&key, value)],
-                )
-                .await
-                .map_err(store_error)?;
-            if written.succeeded {
+            if self.put_if_unchanged(&key, &e, revision).await? {
                 return Ok(outcome);
             }
         }
@@ -199,7 +187,7 @@ impl ControlPlane {
     ) -> Result<Response<v1::MfaEnrollResponse>, Status> {
         let id = self.allowed(&req, Verb::ReadStatus)?;
         let key = format!("{OPERATORS_PREFIX}{}", id.name);
-        let enrolled = match self.store().get(&key).await.map_err(store_error)? {
+        let enrolled = match self.store().get(&key).await.map_err(store_unavailable)? {
             Some(kv) => serde_json::from_slice::<Enrolment>(&kv.value)
                 .map(|e| e.enrolled())
                 .unwrap_or(false),
@@ -221,13 +209,7 @@ impl ControlPlane {
     /// [`ControlPlane::second_factor`], also on a site being set up.
     async fn second_factor_always<T>(&self, req: &Request<T>, id: &Identity) -> Result<(), Status> {
         match self.session_of(req).await? {
-            Some((_, s))
-                if s.operator == id.name
-                    && s.fingerprint == fingerprint(req)
-                    && s.expires > unix(OffsetDateTime::now_utc()) =>
-            {
-                Ok(())
-            }
+            Some((_, s)) if callers(&s, req, id) && live(&s) => Ok(()),
             _ => Err(Status::unauthenticated(
                 "a second factor is enrolled already: replacing it needs a session of it \
                  (`wardctl login`), or an admin's `wardctl mfa reset`",
@@ -272,7 +254,7 @@ impl ControlPlane {
         self.store()
             .put(&format!("{SESSIONS_PREFIX}{hash}"), value)
             .await
-            .map_err(store_error)?;
+            .map_err(store_unavailable)?;
         self.forget_ended_sessions(now).await;
         tracing::info!(operator = %id.name, until = %rfc3339(record.expires), "second-factor session opened");
         Ok(Response::new(v1::LoginResponse {
@@ -302,10 +284,9 @@ impl ControlPlane {
     ) -> Result<Response<v1::LogoutResponse>, Status> {
         let id = self.allowed(&req, Verb::ReadStatus)?;
         if let Some((key, s)) = self.session_of(&req).await?
-            && s.operator == id.name
-            && s.fingerprint == fingerprint(&req)
+            && callers(&s, &req, &id)
         {
-            self.store().delete(&key).await.map_err(store_error)?;
+            self.store().delete(&key).await.map_err(store_unavailable)?;
         }
         Ok(Response::new(v1::LogoutResponse {}))
     }
@@ -324,24 +305,33 @@ impl ControlPlane {
             ));
         }
         let key = format!("{OPERATORS_PREFIX}{}", r.operator);
-        if self.store().get(&key).await.map_err(store_error)?.is_none() {
+        if self
+            .store()
+            .get(&key)
+            .await
+            .map_err(store_unavailable)?
+            .is_none()
+        {
             return Err(Status::not_found(format!(
                 "operator {:?} has no second factor enrolled",
                 r.operator
             )));
         }
-        self.store().delete(&key).await.map_err(store_error)?;
+        self.store().delete(&key).await.map_err(store_unavailable)?;
         let mut ended = 0;
         for kv in self
             .store()
             .range(SESSIONS_PREFIX)
             .await
-            .map_err(store_error)?
+            .map_err(store_unavailable)?
         {
             if serde_json::from_slice::<SessionRecord>(&kv.value)
                 .is_ok_and(|s| s.operator == r.operator)
             {
-                self.store().delete(&kv.key).await.map_err(store_error)?;
+                self.store()
+                    .delete(&kv.key)
+                    .await
+                    .map_err(store_unavailable)?;
                 ended += 1;
             }
         }

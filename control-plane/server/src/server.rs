@@ -921,6 +921,36 @@ fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
         || key.starts_with(crate::attest::ATTESTATIONS_PREFIX)
 }
 
+/// A store failure as a call's answer: unavailable, try again.
+pub(crate) fn store_unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("store: {e}"))
+}
+
+impl ControlPlane {
+    /// Writes `value` at `key` (JSON) only if the key is still at store
+    /// revision `revision` (0: absent); false if someone wrote it first.
+    pub(crate) async fn put_if_unchanged(
+        &self,
+        key: &str,
+        value: &impl serde::Serialize,
+        revision: u64,
+    ) -> Result<bool, Status> {
+        let value = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+        let written = self
+            .store()
+            .txn(
+                vec![wardline_store::Compare::ModRevision {
+                    key: key.to_owned(),
+                    revision,
+                }],
+                vec![wardline_store::Op::put(key, value)],
+            )
+            .await
+            .map_err(store_unavailable)?;
+        Ok(written.succeeded)
+    }
+}
+
 /// SHA-256 (hex) of the certificate a call came with.
 pub(crate) fn fingerprint<T>(req: &Request<T>) -> String {
     req.peer_certs()
