@@ -25,8 +25,8 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use wardline_ebpf_abi as abi;
 use wardline_ebpf_abi::{
-    ABI_VERSION, Config, FailsafeData, LocalAddr, MonitorKey, PrefixData, PrefixKey, PrefixLens,
-    RuleKey, RulePortsKey, RuleValue, ScheduleEntry, config_flags, slot_of,
+    ABI_VERSION, Config, FailsafeData, LocalAddr, MarkKey, PrefixData, PrefixKey, PrefixLens,
+    RuleKey, RulePortsKey, RuleValue, ScheduleEntry, SegmentMarks, config_flags, slot_of,
 };
 use wardline_policy::Dataplane;
 use wardline_policy::reference::{FailsafeDirection, FailsafeFlow};
@@ -142,7 +142,7 @@ pub struct Enforcer {
     prefix_lens: Array<MapData, PrefixLens>,
     prefix_trie: LpmTrie<MapData, PrefixData, u32>,
     vlans: HashMap<MapData, u32, u32>,
-    monitor: HashMap<MapData, MonitorKey, u32>,
+    marks: HashMap<MapData, MarkKey, SegmentMarks>,
     rules: HashMap<MapData, RuleKey, RuleValue>,
     rule_ports: HashMap<MapData, RulePortsKey, u32>,
     failsafe: LpmTrie<MapData, FailsafeData, u32>,
@@ -287,7 +287,7 @@ impl Enforcer {
         let prefix_lens = take(&mut ebpf, abi::MAP_PREFIX_LENS)?;
         let prefix_trie = take(&mut ebpf, abi::MAP_PREFIX_TRIE)?;
         let vlans = take(&mut ebpf, abi::MAP_VLANS)?;
-        let monitor = take(&mut ebpf, abi::MAP_MONITOR)?;
+        let marks = take(&mut ebpf, abi::MAP_MARKS)?;
         let rules = take(&mut ebpf, abi::MAP_RULES)?;
         let rule_ports = take(&mut ebpf, abi::MAP_RULE_PORTS)?;
         let failsafe = take(&mut ebpf, abi::MAP_FAILSAFE)?;
@@ -309,7 +309,7 @@ impl Enforcer {
             prefix_lens,
             prefix_trie,
             vlans,
-            monitor,
+            marks,
             rules,
             rule_ports,
             failsafe,
@@ -711,14 +711,14 @@ impl Enforcer {
                 .insert(abi::vlan_key(slot, *vid), id, 0)
                 .map_err(map_err(abi::MAP_VLANS))?;
         }
-        for id in &dp.monitor {
-            let key = MonitorKey {
+        for (id, marks) in &dp.marks {
+            let key = MarkKey {
                 slot: slot as u32,
                 segment: *id,
             };
-            self.monitor
-                .insert(key, 1, 0)
-                .map_err(map_err(abi::MAP_MONITOR))?;
+            self.marks
+                .insert(key, marks, 0)
+                .map_err(map_err(abi::MAP_MARKS))?;
         }
         let mut ports: std::collections::BTreeMap<RulePortsKey, u32> = Default::default();
         for r in &dp.rules {
@@ -826,13 +826,13 @@ impl Enforcer {
             self.vlans.remove(&k).map_err(map_err(abi::MAP_VLANS))?;
         }
         let keys: Vec<_> = self
-            .monitor
+            .marks
             .keys()
             .filter_map(Result::ok)
             .filter(|k| drop(k.slot as u8))
             .collect();
         for k in keys {
-            self.monitor.remove(&k).map_err(map_err(abi::MAP_MONITOR))?;
+            self.marks.remove(&k).map_err(map_err(abi::MAP_MARKS))?;
         }
         Ok(())
     }

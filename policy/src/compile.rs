@@ -17,8 +17,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use time::OffsetDateTime;
 use wardline_ebpf_abi::{
-    PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RuleValue, SEGMENT_ANY,
-    SEGMENT_WORLD, config_flags,
+    MARK_MONITOR, MARK_QUARANTINE, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, RuleValue, SEGMENT_ANY, SEGMENT_WORLD, SegmentMarks, config_flags,
 };
 
 use crate::model::{Action, Mode, Peer, PolicySet, Protocol};
@@ -127,8 +127,8 @@ pub struct Dataplane {
     pub prefixes: Vec<(IpNet, u32)>,
     /// VLAN id to segment id.
     pub vlans: Vec<(u16, u32)>,
-    /// Ids of segments in monitor mode.
-    pub monitor: Vec<u32>,
+    /// Segments in monitor mode or quarantine, and their marks.
+    pub marks: Vec<(u32, SegmentMarks)>,
     pub rules: Vec<RuleEntry>,
     /// Nodes left out of segment membership, and why.
     pub node_conflicts: Vec<NodeConflict>,
@@ -219,10 +219,24 @@ impl Dataplane {
             .flat_map(|s| s.vlans.iter().map(|v| (*v, ids.segment(&s.name))))
             .collect();
         vlans.sort_unstable();
-        let monitor: Vec<u32> = segments
+        let marks: Vec<(u32, SegmentMarks)> = set
+            .segments
             .iter()
-            .filter(|s| s.mode == Mode::Monitor)
-            .map(|s| s.id)
+            .filter_map(|s| {
+                let mut flags = 0;
+                if s.mode == Mode::Monitor {
+                    flags |= MARK_MONITOR;
+                }
+                if s.quarantine.is_some() {
+                    flags |= MARK_QUARANTINE;
+                }
+                let origin = s
+                    .quarantine
+                    .as_ref()
+                    .and_then(|q| q.origin.as_deref())
+                    .map_or(SEGMENT_WORLD, |o| ids.segment(o));
+                (flags != 0).then_some((ids.segment(&s.name), SegmentMarks { flags, origin }))
+            })
             .collect();
 
         let policies: Vec<CompiledPolicy> = set
@@ -237,8 +251,13 @@ impl Dataplane {
             .collect();
 
         let (rules, mut flags) = rules(set, &ids, options.now);
-        if !monitor.is_empty() {
-            flags |= config_flags::HAS_MONITOR;
+        for (_, m) in &marks {
+            if m.flags & MARK_MONITOR != 0 {
+                flags |= config_flags::HAS_MONITOR;
+            }
+            if m.flags & MARK_QUARANTINE != 0 {
+                flags |= config_flags::HAS_QUARANTINE;
+            }
         }
         if rules.len() > RULE_LIMIT {
             return Err(CompileError::TooManyRules {
@@ -273,7 +292,7 @@ impl Dataplane {
             policies,
             prefixes,
             vlans,
-            monitor,
+            marks,
             rules,
             node_conflicts,
             flags,
@@ -306,8 +325,25 @@ impl Dataplane {
         use wardline_ebpf_abi::Reason;
         let mut deny = 0;
         let mut allow = 0;
-        for s in [src, SEGMENT_ANY] {
-            for d in [dst, SEGMENT_ANY] {
+        let marks = |id: u32| {
+            self.marks
+                .iter()
+                .find(|(s, _)| *s == id)
+                .map_or(0, |(_, m)| m.flags)
+        };
+        let (src_marks, dst_marks) = (marks(src), marks(dst));
+        let srcs: &[u32] = if src_marks & MARK_QUARANTINE != 0 {
+            &[src]
+        } else {
+            &[src, SEGMENT_ANY]
+        };
+        let dsts: &[u32] = if dst_marks & MARK_QUARANTINE != 0 {
+            &[dst]
+        } else {
+            &[dst, SEGMENT_ANY]
+        };
+        for &s in srcs {
+            for &d in dsts {
                 for (p, n) in [(proto, port), (PROTO_ANY, 0)] {
                     let hit = self.rules.iter().find(|r| {
                         r.proto == p
@@ -330,7 +366,9 @@ impl Dataplane {
             (Reason::PolicyDeny, deny)
         } else if allow != 0 {
             (Reason::PolicyAllow, allow)
-        } else if self.monitor.contains(&src) || self.monitor.contains(&dst) {
+        } else if (src_marks | dst_marks) & MARK_MONITOR != 0
+            && (src_marks | dst_marks) & MARK_QUARANTINE == 0
+        {
             (Reason::Monitor, 0)
         } else {
             (Reason::DefaultDeny, 0)

@@ -24,6 +24,87 @@ pub struct PolicySet {
     /// Which changes need a second person (`kind: ChangeControl`): one at
     /// most.
     pub change_controls: Vec<ChangeControl>,
+    /// The flows a quarantined device keeps (`kind: KeepProfile`).
+    pub keep_profiles: Vec<KeepProfile>,
+    /// Vendors who may be given time-bounded access (`kind: Vendor`).
+    pub vendors: Vec<Vendor>,
+    /// Flows patient care depends on (`kind: CriticalFlow`): a segment
+    /// is promoted to enforce only if none of them would be dropped.
+    pub critical_flows: Vec<CriticalFlow>,
+}
+
+/// A vendor with a business associate agreement on file (`kind: Vendor`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vendor {
+    pub name: String,
+    /// Who to call: a name, a mail address, a telephone number.
+    pub contact: String,
+    /// The business associate agreement on file ends: no access is
+    /// granted past it.
+    pub baa_expires: OffsetDateTime,
+    /// The segment the vendor's connections come from (its VPN pool or
+    /// jump host): a grant's initiator.
+    pub segment: String,
+    pub doc: DocRef,
+}
+
+/// A flow patient care depends on (`kind: CriticalFlow`): central-station
+/// telemetry, the infusion pumps' drug library, PACS to the modalities.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CriticalFlow {
+    pub name: String,
+    pub from: Vec<Peer>,
+    pub to: Vec<Peer>,
+    /// Empty: every protocol and port.
+    pub ports: Vec<PortRule>,
+    pub doc: DocRef,
+}
+
+impl CriticalFlow {
+    /// Whether a connection from segment `src` to `dst` (by name; `world`
+    /// for none) on `protocol` (IANA number) and `port` is this flow.
+    pub fn covers(&self, src: &str, dst: &str, protocol: u8, port: u16) -> bool {
+        let named = |peers: &[Peer], seg: &str| {
+            peers.iter().any(|p| match p {
+                Peer::Any => true,
+                Peer::World => seg == "world",
+                Peer::Segment(name) => name == seg,
+            })
+        };
+        named(&self.from, src)
+            && named(&self.to, dst)
+            && (self.ports.is_empty() || self.ports.iter().any(|r| r.covers(protocol, port)))
+    }
+}
+
+/// The flows a quarantined device keeps, for patient safety (`kind:
+/// KeepProfile`): telemetry to the central station, alarms, NTP, DNS.
+/// A quarantine that names the profile allows these and nothing else.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeepProfile {
+    pub name: String,
+    /// At least one.
+    pub flows: Vec<KeepFlow>,
+    pub doc: DocRef,
+}
+
+/// One flow of a keep-profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeepFlow {
+    pub direction: KeepDirection,
+    /// The other end: segment names, `world` or `any`.
+    pub peers: Vec<Peer>,
+    /// At least one: a keep flow names its service.
+    pub ports: Vec<PortRule>,
+}
+
+/// Who opens a keep flow's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepDirection {
+    /// The quarantined device opens them (`to:`).
+    Opens,
+    /// The peers open them to the device (`from:`).
+    Accepts,
 }
 
 /// Which changes need a second person's approval, besides those that
@@ -180,7 +261,18 @@ pub struct Segment {
     /// Managed mode: labels a node must carry for its addresses to join.
     pub node_selector: Option<BTreeMap<String, String>>,
     pub mode: Mode,
+    /// A quarantine (`quarantine:`): never audited, never part of `any`.
+    pub quarantine: Option<Quarantine>,
     pub doc: DocRef,
+}
+
+/// What marks a segment as a quarantine (`docs/verdicts.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The segment the quarantined addresses belong to without it: frames
+    /// tagged with its VLANs from these addresses are the quarantine's,
+    /// not spoofed. `None`: tagged frames from them are spoofed.
+    pub origin: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -230,6 +322,20 @@ pub struct PortRule {
 }
 
 impl PortRule {
+    /// Whether the entry covers `port` of IANA protocol `protocol`.
+    pub fn covers(&self, protocol: u8, port: u16) -> bool {
+        let (lo, hi) = self.range();
+        match self.protocol {
+            Protocol::Tcp => protocol == 6 && (lo..=hi).contains(&port),
+            Protocol::Udp => protocol == 17 && (lo..=hi).contains(&port),
+            Protocol::Sctp => protocol == 132 && (lo..=hi).contains(&port),
+            Protocol::Icmp => protocol == 1,
+            Protocol::Icmpv6 => protocol == 58,
+            Protocol::Any if self.port.is_none() => true,
+            Protocol::Any => matches!(protocol, 6 | 17 | 132) && (lo..=hi).contains(&port),
+        }
+    }
+
     /// The inclusive port range this entry covers.
     pub fn range(&self) -> (u16, u16) {
         match (self.port, self.end_port) {

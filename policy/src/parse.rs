@@ -22,8 +22,9 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::{DocLabel, PolicyError, PolicyErrors};
 use crate::model::{
-    Action, ChangeControl, DocRef, Group, Mode, Node, NodeApproval, Peer, Policy, PolicySet,
-    PortRule, Protocol, Role, RoleBinding, Segment,
+    Action, ChangeControl, CriticalFlow, DocRef, Group, KeepDirection, KeepFlow, KeepProfile, Mode,
+    Node, NodeApproval, Peer, Policy, PolicySet, PortRule, Protocol, Quarantine, Role, RoleBinding,
+    Segment, Vendor,
 };
 use crate::name::NameProblem;
 use crate::yaml::{self, Mapping, POLICY_LIMITS, Value, YamlError};
@@ -53,8 +54,17 @@ pub const GROUP_KIND: &str = "Group";
 /// `kind` of the document that says which changes need a second person.
 pub const CHANGE_CONTROL_KIND: &str = "ChangeControl";
 
+/// `kind` of a document that names the flows a quarantined device keeps.
+pub const KEEP_PROFILE_KIND: &str = "KeepProfile";
+
+/// `kind` of a document that names a vendor and its agreement.
+pub const VENDOR_KIND: &str = "Vendor";
+
+/// `kind` of a document that names a flow patient care depends on.
+pub const CRITICAL_FLOW_KIND: &str = "CriticalFlow";
+
 /// Every kind of document, in the order the store lists them.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 10] = [
     SEGMENT_KIND,
     POLICY_KIND,
     NODE_KIND,
@@ -62,6 +72,9 @@ pub const KINDS: [&str; 7] = [
     ROLE_BINDING_KIND,
     GROUP_KIND,
     CHANGE_CONTROL_KIND,
+    KEEP_PROFILE_KIND,
+    VENDOR_KIND,
+    CRITICAL_FLOW_KIND,
 ];
 
 /// Names no segment may take: a policy's `from` and `to` give them a meaning
@@ -70,7 +83,12 @@ pub const RESERVED_SEGMENT_NAMES: [&str; 2] = ["world", "any"];
 
 const DOCUMENT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 const METADATA_FIELDS: &[&str] = &["name", "labels"];
-const SEGMENT_FIELDS: &[&str] = &["cidrs", "vlans", "nodeSelector", "mode"];
+const SEGMENT_FIELDS: &[&str] = &["cidrs", "vlans", "nodeSelector", "mode", "quarantine"];
+const QUARANTINE_FIELDS: &[&str] = &["origin"];
+const KEEP_PROFILE_FIELDS: &[&str] = &["flows"];
+const KEEP_FLOW_FIELDS: &[&str] = &["to", "from", "ports"];
+const VENDOR_FIELDS: &[&str] = &["contact", "baaExpires", "segment"];
+const CRITICAL_FLOW_FIELDS: &[&str] = &["from", "to", "ports"];
 const NODE_SELECTOR_FIELDS: &[&str] = &["matchLabels"];
 const POLICY_FIELDS: &[&str] = &["action", "from", "to", "ports", "validFrom", "validUntil"];
 const PORT_FIELDS: &[&str] = &["protocol", "port", "endPort"];
@@ -390,7 +408,7 @@ impl Validator {
             self.error(
                 "kind",
                 format!(
-                    "{text:?} is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding, Group or ChangeControl{hint})"
+                    "{text:?} is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding, Group, ChangeControl, KeepProfile, Vendor or CriticalFlow{hint})"
                 ),
             );
         }
@@ -446,6 +464,26 @@ impl Validator {
                     );
                 } else if self.errors.len() == errors_before {
                     self.set.change_controls.push(control);
+                }
+            }
+            Some(VENDOR_KIND) => {
+                let vendor = self.vendor_spec(spec);
+                if self.errors.len() == errors_before
+                    && let Some(vendor) = vendor
+                {
+                    self.set.vendors.push(vendor);
+                }
+            }
+            Some(CRITICAL_FLOW_KIND) => {
+                let flow = self.critical_flow_spec(spec);
+                if self.errors.len() == errors_before {
+                    self.set.critical_flows.push(flow);
+                }
+            }
+            Some(KEEP_PROFILE_KIND) => {
+                let profile = self.keep_profile_spec(spec);
+                if self.errors.len() == errors_before {
+                    self.set.keep_profiles.push(profile);
                 }
             }
             Some(_) => {
@@ -585,13 +623,14 @@ impl Validator {
             vlans: Vec::new(),
             node_selector: None,
             mode: Mode::default(),
+            quarantine: None,
             doc: self.doc.clone(),
         };
         let Some(spec) = self.mapping(
             "spec",
             value,
             SEGMENT_FIELDS,
-            "a mapping with cidrs, vlans, nodeSelector and mode",
+            "a mapping with cidrs, vlans, nodeSelector, mode and quarantine",
         ) else {
             return segment;
         };
@@ -623,7 +662,179 @@ impl Validator {
                 "a segment needs at least one of cidrs, vlans or nodeSelector, or it has no members",
             );
         }
+        if let Some(quarantine) = present(spec, "quarantine") {
+            segment.quarantine = self.quarantine(quarantine);
+            if !empty(vlans) || node_selector.is_some() {
+                self.error(
+                    "spec.quarantine",
+                    "a quarantine holds addresses only (cidrs): its devices keep their VLAN through origin",
+                );
+            }
+            if segment.mode == Mode::Monitor {
+                self.error(
+                    "spec.mode",
+                    "a quarantine is never in monitor mode: it drops what its policies do not allow",
+                );
+            }
+        }
         segment
+    }
+
+    /// `spec.quarantine`: `{}` or `{origin: SEGMENT}`.
+    fn quarantine(&mut self, value: &Value) -> Option<Quarantine> {
+        const FIELD: &str = "spec.quarantine";
+        let spec = self.mapping(FIELD, value, QUARANTINE_FIELDS, "a mapping with origin")?;
+        let mut quarantine = Quarantine { origin: None };
+        if let Some(origin) = present(spec, "origin") {
+            let field = join(FIELD, "origin");
+            let name = self.string(&field, origin, "a segment name")?;
+            if name == self.doc.name {
+                self.error(&field, "names the quarantine itself");
+            } else if self.segment_name_set.contains(name) || !self.complete {
+                quarantine.origin = Some(name.to_owned());
+            } else {
+                self.error(&field, format!("{name:?} is not a segment"));
+            }
+        }
+        Some(quarantine)
+    }
+
+    /// A `Vendor`'s spec: whom to call, when its agreement ends, and the
+    /// segment its connections come from.
+    fn vendor_spec(&mut self, value: &Value) -> Option<Vendor> {
+        let spec = self.mapping(
+            "spec",
+            value,
+            VENDOR_FIELDS,
+            "a mapping with contact, baaExpires and segment",
+        )?;
+        let contact = self.required_string_at("spec", spec, "contact");
+        if contact.is_some_and(|c| c.trim().is_empty()) {
+            self.error(
+                "spec.contact",
+                "names nobody: whom to call about this vendor",
+            );
+        }
+        if present(spec, "baaExpires").is_none() {
+            self.error(
+                "spec.baaExpires",
+                "required field is missing: when the business associate agreement on file ends",
+            );
+        }
+        let baa = self.timestamp(spec, "baaExpires");
+        let segment = self.required_string_at("spec", spec, "segment");
+        if let Some(name) = segment
+            && !self.segment_name_set.contains(name)
+            && self.complete
+        {
+            self.error(
+                "spec.segment",
+                format!("{name:?} is not a segment (the one the vendor's connections come from)"),
+            );
+        }
+        Some(Vendor {
+            name: self.doc.name.clone(),
+            contact: contact?.to_owned(),
+            baa_expires: baa?.0,
+            segment: segment?.to_owned(),
+            doc: self.doc.clone(),
+        })
+    }
+
+    /// A `CriticalFlow`'s spec: from, to and (optionally) ports, as a
+    /// policy writes them.
+    fn critical_flow_spec(&mut self, value: &Value) -> CriticalFlow {
+        let mut flow = CriticalFlow {
+            name: self.doc.name.clone(),
+            from: Vec::new(),
+            to: Vec::new(),
+            ports: Vec::new(),
+            doc: self.doc.clone(),
+        };
+        let Some(spec) = self.mapping(
+            "spec",
+            value,
+            CRITICAL_FLOW_FIELDS,
+            "a mapping with from, to and ports",
+        ) else {
+            return flow;
+        };
+        flow.from = self.peers(spec, "from");
+        flow.to = self.peers(spec, "to");
+        if let Some(ports) = present(spec, "ports") {
+            flow.ports = self.ports(ports);
+        }
+        flow
+    }
+
+    /// A `KeepProfile`'s spec: the flows a quarantined device keeps, each
+    /// with `to` (the device opens) or `from` (opened to it), and ports.
+    fn keep_profile_spec(&mut self, value: &Value) -> KeepProfile {
+        let mut profile = KeepProfile {
+            name: self.doc.name.clone(),
+            flows: Vec::new(),
+            doc: self.doc.clone(),
+        };
+        let Some(spec) = self.mapping("spec", value, KEEP_PROFILE_FIELDS, "a mapping with flows")
+        else {
+            return profile;
+        };
+        let Some(flows) = self.required_at("spec", spec, "flows") else {
+            return profile;
+        };
+        let Some(items) = self.sequence(
+            "spec.flows",
+            flows,
+            "a list of flows such as {to: [central-station], ports: [{protocol: udp, port: 5000}]}",
+        ) else {
+            return profile;
+        };
+        if items.is_empty() {
+            self.error("spec.flows", "must name at least one flow the device keeps");
+        }
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("spec.flows[{i}]");
+            let Some(flow) = self.mapping(
+                &field,
+                item,
+                KEEP_FLOW_FIELDS,
+                "a flow with to or from, and ports",
+            ) else {
+                continue;
+            };
+            let direction = match (present(flow, "to"), present(flow, "from")) {
+                (Some(_), None) => KeepDirection::Opens,
+                (None, Some(_)) => KeepDirection::Accepts,
+                _ => {
+                    self.error(
+                        &field,
+                        "needs exactly one of to (the device opens the connection) or from (opened to the device)",
+                    );
+                    continue;
+                }
+            };
+            let key = match direction {
+                KeepDirection::Opens => "to",
+                KeepDirection::Accepts => "from",
+            };
+            let peers = self.peers_at(&field, flow, key);
+            let ports = match present(flow, "ports") {
+                Some(ports) => self.ports_at(&join(&field, "ports"), ports),
+                None => Vec::new(),
+            };
+            if ports.is_empty() {
+                self.error(
+                    &join(&field, "ports"),
+                    "a kept flow names its service: at least one port entry",
+                );
+            }
+            profile.flows.push(KeepFlow {
+                direction,
+                peers,
+                ports,
+            });
+        }
+        profile
     }
 
     /// A `Node`'s spec: the address ranges it may claim.
@@ -1125,9 +1336,14 @@ impl Validator {
 
     /// `spec.from` or `spec.to`: at least one segment name, `world` or `any`.
     fn peers(&mut self, spec: &Mapping, key: &str) -> Vec<Peer> {
-        let field = format!("spec.{key}");
+        self.peers_at("spec", spec, key)
+    }
+
+    /// `from` or `to` of the mapping at `parent`.
+    fn peers_at(&mut self, parent: &str, spec: &Mapping, key: &str) -> Vec<Peer> {
+        let field = join(parent, key);
         let mut peers = Vec::new();
-        let Some(value) = self.required_at("spec", spec, key) else {
+        let Some(value) = self.required_at(parent, spec, key) else {
             return peers;
         };
         if let Value::String(name) = value {
@@ -1174,16 +1390,21 @@ impl Validator {
 
     /// `spec.ports`: `{protocol, port?, endPort?}` entries.
     fn ports(&mut self, value: &Value) -> Vec<PortRule> {
+        self.ports_at("spec.ports", value)
+    }
+
+    /// Port entries at `field`.
+    fn ports_at(&mut self, field: &str, value: &Value) -> Vec<PortRule> {
         let mut rules = Vec::new();
         let Some(items) = self.sequence(
-            "spec.ports",
+            field,
             value,
             "a list of port entries, such as [{protocol: tcp, port: 443}]",
         ) else {
             return rules;
         };
         for (i, item) in items.iter().enumerate() {
-            if let Some(rule) = self.port_rule(&format!("spec.ports[{i}]"), item) {
+            if let Some(rule) = self.port_rule(&format!("{field}[{i}]"), item) {
                 rules.push(rule);
             }
         }

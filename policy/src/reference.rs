@@ -202,9 +202,20 @@ impl<'a> Reference<'a> {
             .any(|s| s.mode == Mode::Monitor && self.segment_id(&s.name) == id)
     }
 
+    /// The quarantine segment `id`, if it is one.
+    fn quarantine(&self, id: u32) -> Option<&crate::model::Quarantine> {
+        self.set
+            .segments
+            .iter()
+            .find(|s| self.segment_id(&s.name) == id)
+            .and_then(|s| s.quarantine.as_ref())
+    }
+
+    /// Whether `peers` take in segment `seg`: `any` takes in every
+    /// segment but a quarantine.
     fn peer_matches(&self, peers: &[Peer], seg: u32) -> bool {
         peers.iter().any(|p| match p {
-            Peer::Any => true,
+            Peer::Any => self.quarantine(seg).is_none(),
             Peer::World => seg == SEGMENT_WORLD,
             Peer::Segment(name) => self.segment_id(name) == seg,
         })
@@ -235,7 +246,10 @@ impl<'a> Reference<'a> {
             (Reason::PolicyDeny, deny)
         } else if allow != 0 {
             (Reason::PolicyAllow, allow)
-        } else if self.monitored(src) || self.monitored(dst) {
+        } else if (self.monitored(src) || self.monitored(dst))
+            && self.quarantine(src).is_none()
+            && self.quarantine(dst).is_none()
+        {
             (Reason::Monitor, 0)
         } else {
             (Reason::DefaultDeny, 0)
@@ -275,6 +289,15 @@ impl<'a> Reference<'a> {
         };
         let by_address = self.segment_of(packet_ip(p, &p.src));
         if by_address != SEGMENT_WORLD && by_address != vseg {
+            // A quarantined device's frames on its own VLAN are the
+            // quarantine's.
+            let origin = self
+                .quarantine(by_address)
+                .and_then(|q| q.origin.as_deref())
+                .map(|o| self.segment_id(o));
+            if origin == Some(vseg) {
+                return Ok(Some(by_address));
+            }
             return Err(Outcome {
                 reason: Reason::SpoofedSource,
                 policy: 0,

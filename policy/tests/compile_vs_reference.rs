@@ -12,7 +12,7 @@ use wardline_ebpf_abi::{
 use wardline_policy::reference::Reference;
 use wardline_policy::{
     Action, CompileOptions, Dataplane, DocRef, Mode, Peer, Policy, PolicySet, PortRule, Protocol,
-    Segment,
+    Quarantine, Segment,
 };
 
 fn random_set(rng: &mut StdRng, now: OffsetDateTime) -> PolicySet {
@@ -29,6 +29,8 @@ fn random_set(rng: &mut StdRng, now: OffsetDateTime) -> PolicySet {
             } else {
                 Mode::Enforce
             },
+            // Some segments are quarantines: out of `any`, never audited.
+            quarantine: rng.random_bool(0.2).then_some(Quarantine { origin: None }),
             doc: DocRef::default(),
         })
         .collect();
@@ -145,6 +147,7 @@ fn hundred_thousand_rules_compile_within_capacity() {
             vlans: vec![],
             node_selector: None,
             mode: Mode::Enforce,
+            quarantine: None,
             doc: DocRef::default(),
         })
         .collect();

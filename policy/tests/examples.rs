@@ -95,6 +95,7 @@ fn hospital_example_is_valid() {
             vlans: vec![30],
             node_selector: None,
             mode: Mode::Enforce,
+            quarantine: None,
             doc: doc(1, "Segment", "infusion-pumps"),
         }
     );

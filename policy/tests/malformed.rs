@@ -171,13 +171,13 @@ fn unknown_kind() {
     assert_rejected(
         "apiVersion: wardline/v1\nkind: Segmnet\nmetadata: {name: pacs}\nspec: {cidrs: [198.18.40.0/24]}\n",
         &[
-            "document 1 (\"pacs\"): kind: \"Segmnet\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding, Group or ChangeControl; did you mean \"Segment\"?)",
+            "document 1 (\"pacs\"): kind: \"Segmnet\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding, Group, ChangeControl, KeepProfile, Vendor or CriticalFlow; did you mean \"Segment\"?)",
         ],
     );
     assert_rejected(
         "apiVersion: wardline/v1\nkind: NetworkPolicy\nmetadata: {name: pacs}\nspec: {}\n",
         &[
-            "document 1 (\"pacs\"): kind: \"NetworkPolicy\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding, Group or ChangeControl)",
+            "document 1 (\"pacs\"): kind: \"NetworkPolicy\" is not a kind of document (expected Segment, Policy, Node, NodeApproval, RoleBinding, Group, ChangeControl, KeepProfile, Vendor or CriticalFlow)",
         ],
     );
 }
@@ -938,6 +938,125 @@ fn bad_change_controls() {
         ),
         &[
             "document 2 (ChangeControl \"other\"): a site has one ChangeControl document, and \"site\" is already it",
+        ],
+    );
+}
+
+// Clinical operations: quarantines, keep-profiles, vendors, critical flows.
+
+const PUMPS: &str = "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: infusion-pumps}\nspec: {cidrs: [198.18.30.0/24], vlans: [30]}\n---\n";
+
+fn doc(kind: &str, name: &str, spec: &str) -> String {
+    format!(
+        "{PUMPS}apiVersion: wardline/v1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    )
+}
+
+#[test]
+fn bad_quarantines() {
+    assert_rejected(
+        &doc(
+            "Segment",
+            "q1",
+            "{cidrs: [198.18.30.7/32], vlans: [31], quarantine: {origin: infusion-pumps}}",
+        ),
+        &[
+            "document 2 (Segment \"q1\"): spec.quarantine: a quarantine holds addresses only (cidrs): its devices keep their VLAN through origin",
+        ],
+    );
+    assert_rejected(
+        &doc(
+            "Segment",
+            "q1",
+            "{cidrs: [198.18.30.7/32], mode: monitor, quarantine: {}}",
+        ),
+        &[
+            "document 2 (Segment \"q1\"): spec.mode: a quarantine is never in monitor mode: it drops what its policies do not allow",
+        ],
+    );
+    assert_rejected(
+        &doc(
+            "Segment",
+            "q1",
+            "{cidrs: [198.18.30.7/32], quarantine: {origin: pumps}}",
+        ),
+        &["document 2 (Segment \"q1\"): spec.quarantine.origin: \"pumps\" is not a segment"],
+    );
+    assert_rejected(
+        &doc(
+            "Segment",
+            "q1",
+            "{cidrs: [198.18.30.7/32], quarantine: {origin: q1}}",
+        ),
+        &["document 2 (Segment \"q1\"): spec.quarantine.origin: names the quarantine itself"],
+    );
+}
+
+#[test]
+fn bad_keep_profiles() {
+    assert_rejected(
+        &doc("KeepProfile", "pump", "{flows: []}"),
+        &[
+            "document 2 (KeepProfile \"pump\"): spec.flows: must name at least one flow the device keeps",
+        ],
+    );
+    assert_rejected(
+        &doc(
+            "KeepProfile",
+            "pump",
+            "{flows: [{to: [central-station], ports: [{protocol: udp, port: 5000}]}]}",
+        ),
+        &[
+            "document 2 (KeepProfile \"pump\"): spec.flows[0].to[0]: \"central-station\" is not a segment (no Segment document has this name)",
+        ],
+    );
+    assert_rejected(
+        &doc(
+            "KeepProfile",
+            "pump",
+            "{flows: [{to: [infusion-pumps], from: [infusion-pumps], ports: [{protocol: udp, port: 5000}]}, {to: [world]}, {to: [world], ports: [{protocol: udp, port: 70000}]}]}",
+        ),
+        &[
+            "document 2 (KeepProfile \"pump\"): spec.flows[0]: needs exactly one of to (the device opens the connection) or from (opened to the device)",
+            "document 2 (KeepProfile \"pump\"): spec.flows[1].ports: a kept flow names its service: at least one port entry",
+            "document 2 (KeepProfile \"pump\"): spec.flows[2].ports[0].port: 70000 is not a valid port (must be 1..=65535)",
+            "document 2 (KeepProfile \"pump\"): spec.flows[2].ports: a kept flow names its service: at least one port entry",
+        ],
+    );
+}
+
+#[test]
+fn bad_vendors_and_critical_flows() {
+    assert_rejected(
+        &doc(
+            "Vendor",
+            "acme",
+            "{contact: \"\", baaExpires: 2027-13-01T00:00:00Z, segment: vendors}",
+        ),
+        &[
+            "document 2 (Vendor \"acme\"): spec.contact: names nobody: whom to call about this vendor",
+            "document 2 (Vendor \"acme\"): spec.baaExpires: \"2027-13-01T00:00:00Z\" is not an RFC 3339 date and time such as 2026-01-01T08:00:00Z (month was not in range)",
+            "document 2 (Vendor \"acme\"): spec.segment: \"vendors\" is not a segment (the one the vendor's connections come from)",
+        ],
+    );
+    assert_rejected(
+        &doc(
+            "Vendor",
+            "acme",
+            "{contact: ops@acme.example, segment: infusion-pumps}",
+        ),
+        &[
+            "document 2 (Vendor \"acme\"): spec.baaExpires: required field is missing: when the business associate agreement on file ends",
+        ],
+    );
+    assert_rejected(
+        &doc(
+            "CriticalFlow",
+            "telemetry",
+            "{from: [infusion-pumps], to: [central]}",
+        ),
+        &[
+            "document 2 (CriticalFlow \"telemetry\"): spec.to[0]: \"central\" is not a segment (no Segment document has this name)",
         ],
     );
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use wardline_ebpf_abi::RuleValue;
+use wardline_ebpf_abi::{MARK_MONITOR, MARK_QUARANTINE, RuleValue, SEGMENT_WORLD, SegmentMarks};
 use wardline_policy::compile::{CompiledPolicy, CompiledSegment, NodeInfo, RuleEntry};
 use wardline_policy::{Action, Dataplane, Mode, PolicyErrors, Schedule};
 
@@ -69,6 +69,42 @@ pub fn protocol_number(name: &str) -> Option<u32> {
 
 pub fn format_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Which way a duration counts from now when [`instant`] reads one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Towards {
+    /// "2h": two hours ago (a query's since).
+    Past,
+    /// "2h": in two hours (a grant's until).
+    Future,
+}
+
+/// A time as operators write it: RFC 3339, or a duration from now (`10m`,
+/// `2h`, `7d`) counted `towards` the past or the future. The error says
+/// what was expected.
+pub fn instant(
+    text: &str,
+    now: OffsetDateTime,
+    towards: Towards,
+) -> Result<OffsetDateTime, String> {
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t);
+    }
+    let way = match towards {
+        Towards::Past => "back from now",
+        Towards::Future => "from now",
+    };
+    let length = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time nor a duration {way} such as 10m or 2h")
+    })?;
+    let length =
+        time::Duration::try_from(length).map_err(|_| format!("{text:?} is too long a duration"))?;
+    match towards {
+        Towards::Past => now.checked_sub(length),
+        Towards::Future => now.checked_add(length),
+    }
+    .ok_or_else(|| format!("{text:?} is too long a duration"))
 }
 
 /// The address 4 or 16 bytes on the wire hold; `None` for any other length.
@@ -174,7 +210,15 @@ impl From<&Dataplane> for v1::Dataplane {
                     segment: *seg,
                 })
                 .collect(),
-            monitor: dp.monitor.clone(),
+            marks: dp
+                .marks
+                .iter()
+                .map(|(segment, m)| v1::SegmentMark {
+                    segment: *segment,
+                    flags: m.flags,
+                    origin: m.origin,
+                })
+                .collect(),
             rules: dp
                 .rules
                 .iter()
@@ -285,12 +329,28 @@ impl TryFrom<&v1::Dataplane> for Dataplane {
                 known_segment(format!("{field}.segment"), v.segment, false)?,
             ));
         }
-        let monitor = w
-            .monitor
-            .iter()
-            .enumerate()
-            .map(|(i, id)| known_segment(format!("dataplane.monitor[{i}]"), *id, false))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut marks = Vec::with_capacity(w.marks.len());
+        for (i, m) in w.marks.iter().enumerate() {
+            let field = format!("dataplane.marks[{i}]");
+            let known = MARK_MONITOR | MARK_QUARANTINE;
+            if m.flags & !known != 0 || m.flags == 0 {
+                return Err(wire_err(
+                    format!("{field}.flags"),
+                    format!("{:#x} is not a set of segment marks", m.flags),
+                ));
+            }
+            marks.push((
+                known_segment(format!("{field}.segment"), m.segment, false)?,
+                SegmentMarks {
+                    flags: m.flags,
+                    origin: if m.origin == SEGMENT_WORLD {
+                        SEGMENT_WORLD
+                    } else {
+                        known_segment(format!("{field}.origin"), m.origin, false)?
+                    },
+                },
+            ));
+        }
         let mut rules = Vec::with_capacity(w.rules.len());
         for (i, r) in w.rules.iter().enumerate() {
             let field = format!("dataplane.rules[{i}]");
@@ -318,7 +378,7 @@ impl TryFrom<&v1::Dataplane> for Dataplane {
             policies,
             prefixes,
             vlans,
-            monitor,
+            marks,
             rules,
             // Which nodes were left out is the control plane's report to
             // operators; an agent only programs the tables.

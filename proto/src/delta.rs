@@ -69,7 +69,7 @@ fn same_but_prefixes(a: &Dataplane, b: &Dataplane) -> bool {
     a.segments == b.segments
         && a.policies == b.policies
         && a.vlans == b.vlans
-        && a.monitor == b.monitor
+        && a.marks == b.marks
         && a.rules == b.rules
         && a.flags == b.flags
         && a.next_change == b.next_change

@@ -118,6 +118,16 @@ pub fn status(r: &v1::StatusResponse) -> Value {
         "mfaRequired": r.mfa_required, "callerSessionExpires": r.caller_session_expires,
         "openChanges": r.open_changes.iter().map(change_request).collect::<Vec<_>>(),
         "breakGlass": r.break_glass.iter().map(break_glass).collect::<Vec<_>>(),
+        "quarantines": r.quarantines.iter().map(|q| json!({
+            "id": q.id, "target": q.target, "addresses": q.addresses, "keep": q.keep,
+            "keepPolicies": q.keep_policies, "by": q.by, "at": q.at, "reason": q.reason,
+            "segment": q.segment, "revision": q.revision, "origin": q.origin,
+        })).collect::<Vec<_>>(),
+        "vendorGrants": r.vendor_grants.iter().map(|g| json!({
+            "id": g.id, "vendor": g.vendor, "source": g.source, "to": g.to, "ports": g.ports,
+            "from": g.from, "until": g.until, "ticket": g.ticket, "state": g.state,
+            "policy": g.policy,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -8,6 +8,9 @@
 //! - a change to role bindings or groups;
 //! - a change to the change control itself (what needs approval is under
 //!   two-person control too);
+//! - a change to a critical flow (it gates promotion to enforce), a
+//!   keep-profile (what a quarantined device keeps) or a vendor (who may
+//!   be given access, until when);
 //! - any `--prune`.
 //!
 //! And every change that could take away an allowed flow of a critical
@@ -29,8 +32,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use wardline_policy::parse::{
-    CHANGE_CONTROL_KIND, GROUP_KIND, NODE_APPROVAL_KIND, NODE_KIND, POLICY_KIND, ROLE_BINDING_KIND,
-    SEGMENT_KIND,
+    CHANGE_CONTROL_KIND, CRITICAL_FLOW_KIND, GROUP_KIND, KEEP_PROFILE_KIND, NODE_APPROVAL_KIND,
+    NODE_KIND, POLICY_KIND, ROLE_BINDING_KIND, SEGMENT_KIND, VENDOR_KIND,
 };
 use wardline_policy::{Action, Peer, Policy, PolicySet, PortRule};
 
@@ -76,6 +79,18 @@ pub fn reasons(
             }
             CHANGE_CONTROL_KIND => out.push(format!(
                 "it changes the change control {:?}, which decides what needs approval",
+                t.name
+            )),
+            CRITICAL_FLOW_KIND => out.push(format!(
+                "it changes critical flow {:?}, which gates promotion to enforce",
+                t.name
+            )),
+            KEEP_PROFILE_KIND => out.push(format!(
+                "it changes keep-profile {:?}: what a quarantined device keeps",
+                t.name
+            )),
+            VENDOR_KIND => out.push(format!(
+                "it changes vendor {:?}: who may be given access, and until when",
                 t.name
             )),
             _ => {}

@@ -5,7 +5,6 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use wardline_proto::v1;
 
 use wardline_proto::convert::protocol_number;
@@ -109,18 +108,9 @@ pub(crate) fn instant(
     if text.is_empty() {
         return Ok(None);
     }
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(Some(t));
-    }
-    let ago = humantime::parse_duration(text).map_err(|_| {
-        refuse(
-            field,
-            format!("{text:?} is neither RFC 3339 nor a duration such as 10m or 2h"),
-        )
-    })?;
-    let ago = time::Duration::try_from(ago)
-        .map_err(|_| refuse(field, format!("{text:?} is too long ago")))?;
-    Ok(Some(now - ago))
+    wardline_proto::convert::instant(text, now, wardline_proto::convert::Towards::Past)
+        .map(Some)
+        .map_err(|e| refuse(field, e))
 }
 
 fn name(field: &'static str, text: &str) -> Result<Option<String>, QueryError> {
@@ -263,7 +253,11 @@ mod tests {
     use crate::record::tests::flow;
 
     fn now() -> OffsetDateTime {
-        OffsetDateTime::parse("2026-12-02T12:00:00Z", &Rfc3339).unwrap()
+        OffsetDateTime::parse(
+            "2026-12-02T12:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use wardline_policy::parse::{
-    CHANGE_CONTROL_KIND, GROUP_KIND, NODE_APPROVAL_KIND, NODE_KIND, POLICY_KIND, ROLE_BINDING_KIND,
-    SEGMENT_KIND,
+    CHANGE_CONTROL_KIND, CRITICAL_FLOW_KIND, GROUP_KIND, KEEP_PROFILE_KIND, NODE_APPROVAL_KIND,
+    NODE_KIND, POLICY_KIND, ROLE_BINDING_KIND, SEGMENT_KIND, VENDOR_KIND,
 };
 use wardline_policy::{Peer, PolicySet, Role, RoleBinding};
 
@@ -94,7 +94,9 @@ impl Verb {
     /// The verb a change to a document of `kind` asks for.
     pub fn of_kind(kind: &str) -> Option<Verb> {
         match kind {
-            SEGMENT_KIND | POLICY_KIND => Some(Verb::ChangePolicy),
+            SEGMENT_KIND | POLICY_KIND | KEEP_PROFILE_KIND | VENDOR_KIND | CRITICAL_FLOW_KIND => {
+                Some(Verb::ChangePolicy)
+            }
             NODE_KIND | NODE_APPROVAL_KIND => Some(Verb::ChangeNodes),
             ROLE_BINDING_KIND | GROUP_KIND | CHANGE_CONTROL_KIND => Some(Verb::ChangeRoles),
             _ => None,

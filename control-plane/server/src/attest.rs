@@ -56,18 +56,8 @@ fn instant(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Status> {
     if text.is_empty() {
         return Ok(now);
     }
-    if let Ok(t) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
-        return Ok(t);
-    }
-    humantime::parse_duration(text)
-        .ok()
-        .and_then(|d| time::Duration::try_from(d).ok())
-        .map(|d| now - d)
-        .ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "at: {text:?} is neither an RFC 3339 time nor a duration back from now (2h)"
-            ))
-        })
+    wardline_proto::convert::instant(text, now, wardline_proto::convert::Towards::Past)
+        .map_err(|e| Status::invalid_argument(format!("at: {e}")))
 }
 
 impl ControlPlane {

@@ -99,7 +99,7 @@ impl GrantRecord {
 
 /// One `--ports` entry as a policy's `ports` item: `tcp/443`,
 /// `udp/5000-5010`, `icmp`.
-fn port_item(text: &str) -> Result<String, String> {
+pub(crate) fn port_item(text: &str) -> Result<String, String> {
     let (protocol, ports) = match text.split_once('/') {
         Some((p, rest)) => (p, Some(rest)),
         None => (text, None),

@@ -142,51 +142,31 @@ impl ControlPlane {
         current: &[StoredDocument],
         documents: &[StoredDocument],
     ) -> Result<Vec<DropRecord>, Status> {
-        let Some(flows) = self.flows() else {
+        if self.flows().is_none() {
             return Ok(Vec::new());
-        };
+        }
         let read = |docs: &[StoredDocument]| {
             wardline_policy::parse(&crate::registry::source_of(docs))
                 .map_err(|e| Status::internal(format!("reading the policy: {e}")))
         };
         let (before, set) = (read(current)?, read(documents)?);
-        let store = flows.store.clone();
         let now = OffsetDateTime::now_utc();
-        tokio::task::spawn_blocking(move || {
-            let mut observed = Vec::new();
-            for verdict in ["allowed", "audited"] {
-                let q = wardline_flows::Query::parse(
-                    &v1::ObserveRequest {
-                        since: OBSERVED.into(),
-                        verdict: verdict.into(),
-                        last: wardline_flows::filter::MAX_RESULTS as u32,
-                        ..Default::default()
-                    },
-                    now,
-                )
-                .map_err(|e| Status::internal(e.to_string()))?;
-                observed.extend(
-                    store
-                        .query(&q)
-                        .map_err(|e| Status::unavailable(format!("flow store: {e}")))?,
-                );
-            }
-            Ok(
-                wardline_simulation::would_drop(&before, &set, now, &observed)
-                    .into_iter()
-                    .map(|d| DropRecord {
-                        src_segment: d.src_segment,
-                        dst_segment: d.dst_segment,
-                        protocol: d.protocol,
-                        port: d.port,
-                        connections: d.connections,
-                        last_seen: d.last_seen,
-                    })
-                    .collect(),
-            )
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
+        let observed = self
+            .observed_flows(OBSERVED, &["allowed", "audited"])
+            .await?;
+        Ok(
+            wardline_simulation::would_drop(&before, &set, now, &observed)
+                .into_iter()
+                .map(|d| DropRecord {
+                    src_segment: d.src_segment,
+                    dst_segment: d.dst_segment,
+                    protocol: d.protocol,
+                    port: d.port,
+                    connections: d.connections,
+                    last_seen: d.last_seen,
+                })
+                .collect(),
+        )
     }
 
     async fn request(&self, id: &str) -> Result<(RequestRecord, u64), Status> {
@@ -299,6 +279,24 @@ impl ControlPlane {
                 ));
             }
         };
+        self.file_request(&who, current, plan, action, prune, r.message, Vec::new())
+            .await
+            .map(Response::new)
+    }
+
+    /// Files `plan` (on `current`) as a change request by `who`, needing
+    /// approval for the reasons the change control gives and for `more`.
+    #[expect(clippy::too_many_arguments, reason = "a request's every part")]
+    pub(crate) async fn file_request(
+        &self,
+        who: &Author,
+        current: crate::registry::RevisionRecord,
+        plan: Plan,
+        action: RevisionAction,
+        prune: bool,
+        message: String,
+        more: Vec<String>,
+    ) -> Result<v1::ChangeRequest, Status> {
         if plan.changes.is_empty() {
             return Err(Status::invalid_argument(format!(
                 "nothing would change: revision {} already has these documents",
@@ -314,13 +312,14 @@ impl ControlPlane {
             &plan.changes,
         )
         .map_err(registry_status)?;
-        let needs = crate::registry::needs_approval(
+        let mut needs = crate::registry::needs_approval(
             &current.documents,
             &plan.documents,
             &plan.changes,
             prune,
         )
         .map_err(registry_status)?;
+        needs.extend(more);
         let would_drop = self.would_drop(&current.documents, &plan.documents).await?;
         let mut record = RequestRecord {
             id: format!("cr-{}", hex::encode(rand_bytes())),
@@ -329,7 +328,7 @@ impl ControlPlane {
             author_peer: who.peer.clone(),
             created: now(),
             base_revision: current.revision,
-            message: r.message,
+            message,
             prune,
             action,
             diff: plan_diff(&current.documents, &plan),
@@ -349,7 +348,7 @@ impl ControlPlane {
         self.forget_old_requests().await?;
         self.put_request(&record, 0).await?;
         tracing::info!(id = %record.id, author = %record.author, base = record.base_revision, "change proposed");
-        Ok(Response::new(record.wire(current.revision)))
+        Ok(record.wire(current.revision))
     }
 
     /// Keeps the store's requests under [`MAX_REQUESTS`]: the oldest

@@ -236,4 +236,40 @@ impl ControlPlane {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(store_status)
     }
+
+    /// The records of connections observed since `since` (RFC 3339 or a
+    /// duration back) with one of `verdicts`, newest last, at most
+    /// [`wardline_flows::filter::MAX_RESULTS`] of each verdict.
+    pub(crate) async fn observed_flows(
+        &self,
+        since: &str,
+        verdicts: &[&str],
+    ) -> Result<Vec<v1::Flow>, Status> {
+        let store = self.flow_store()?.store.clone();
+        let now = OffsetDateTime::now_utc();
+        let mut queries = Vec::new();
+        for verdict in verdicts {
+            queries.push(
+                wardline_flows::Query::parse(
+                    &v1::ObserveRequest {
+                        since: since.into(),
+                        verdict: (*verdict).into(),
+                        last: wardline_flows::filter::MAX_RESULTS as u32,
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            );
+        }
+        tokio::task::spawn_blocking(move || {
+            let mut observed = Vec::new();
+            for q in &queries {
+                observed.extend(store.query(q).map_err(store_status)?);
+            }
+            Ok(observed)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
 }

@@ -27,9 +27,12 @@ pub mod liveness;
 pub mod management;
 pub mod metrics;
 pub mod mfa;
+pub mod promotion;
+pub mod quarantine;
 pub mod registry;
 pub mod renewal;
 pub mod server;
 pub mod siem;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod vendor;

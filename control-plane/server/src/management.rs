@@ -593,4 +593,183 @@ impl Management for ControlPlane {
         });
         out
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn quarantine(
+        &self,
+        req: Request<v1::QuarantineRequest>,
+    ) -> Result<Response<v1::QuarantineRecord>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.get_ref();
+        let target = format!(
+            "{} keeping {}: {}",
+            r.target,
+            if r.keep.is_empty() {
+                "nothing"
+            } else {
+                &r.keep
+            },
+            r.reason
+        );
+        let out = self.quarantine_call(req).await;
+        self.audited(&caller, "quarantine", target, &out, |r| {
+            let q = r.get_ref();
+            format!(
+                "{} as segment {} in revision {}: addresses {}, kept policies {}",
+                q.id,
+                q.segment,
+                q.revision,
+                q.addresses.join(","),
+                if q.keep_policies.is_empty() {
+                    "none".to_owned()
+                } else {
+                    q.keep_policies.join(",")
+                }
+            )
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn release(
+        &self,
+        req: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::QuarantineRecord>, Status> {
+        let caller = Caller::of(&req);
+        let target = format!("{}: {}", req.get_ref().id, req.get_ref().reason);
+        let out = self.release_call(req).await;
+        self.audited(&caller, "release", target, &out, |r| {
+            let q = r.get_ref();
+            format!(
+                "{} of {} in revision {}",
+                q.id, q.target, q.released_revision
+            )
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_quarantines(
+        &self,
+        req: Request<v1::ListQuarantinesRequest>,
+    ) -> Result<Response<v1::ListQuarantinesResponse>, Status> {
+        let caller = Caller::of(&req);
+        let out = self.list_quarantines_call(req).await;
+        self.audited(&caller, "list-quarantines", String::new(), &out, nothing);
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn vendor_grant(
+        &self,
+        req: Request<v1::VendorGrantRequest>,
+    ) -> Result<Response<v1::VendorAccess>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.get_ref();
+        let target = format!(
+            "{} to {} ports {} from {} until {}, ticket {}",
+            r.vendor,
+            r.to,
+            r.ports.join(","),
+            if r.from.is_empty() { "now" } else { &r.from },
+            r.until,
+            r.ticket
+        );
+        let out = self.vendor_grant_call(req).await;
+        self.audited(&caller, "vendor-grant", target, &out, |r| {
+            let g = r.get_ref();
+            format!(
+                "{} as policy {} in revision {}, {} to {}",
+                g.id, g.policy, g.revision, g.from, g.until
+            )
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_vendor_grants(
+        &self,
+        req: Request<v1::ListVendorGrantsRequest>,
+    ) -> Result<Response<v1::ListVendorGrantsResponse>, Status> {
+        let caller = Caller::of(&req);
+        let target = req.get_ref().id.clone();
+        let out = self.list_vendor_grants_call(req).await;
+        self.audited(&caller, "list-vendor-grants", target, &out, nothing);
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn promote(
+        &self,
+        req: Request<v1::PromoteRequest>,
+    ) -> Result<Response<v1::PromoteResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.get_ref();
+        let target = format!(
+            "{} over {} days{}",
+            r.segment,
+            if r.days == 0 { 7 } else { r.days },
+            if r.r#override {
+                format!(", override: {}", r.reason)
+            } else {
+                String::new()
+            }
+        );
+        let out = self.promote_call(req).await;
+        self.audited(&caller, "promote", target, &out, |r| {
+            let p = r.get_ref();
+            match (&p.change, p.revision) {
+                (Some(c), _) => format!(
+                    "{} critical flows in the way: change request {} filed for an approver",
+                    p.critical.len(),
+                    c.id
+                ),
+                (None, 0) => format!(
+                    "refused: {} critical flows would be dropped",
+                    p.critical.len()
+                ),
+                (None, n) => format!(
+                    "enforcing from revision {n}, {} connections judged",
+                    p.judged
+                ),
+            }
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn simulate(
+        &self,
+        req: Request<v1::SimulateRequest>,
+    ) -> Result<Response<v1::SimulateResponse>, Status> {
+        let caller = Caller::of(&req);
+        let target = source(&req.get_ref().source);
+        let out = self.simulate_call(req).await;
+        self.audited(&caller, "simulate", target, &out, |r| {
+            format!(
+                "{} connections judged, {} verdict changes",
+                r.get_ref().judged,
+                r.get_ref().changes.len()
+            )
+        });
+        out
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn recommend(
+        &self,
+        req: Request<v1::RecommendRequest>,
+    ) -> Result<Response<v1::RecommendResponse>, Status> {
+        let caller = Caller::of(&req);
+        let target = format!("{} since {}", req.get_ref().segment, req.get_ref().since);
+        let out = self.recommend_call(req).await;
+        self.audited(&caller, "recommend", target, &out, |r| {
+            format!(
+                "{} policies from {} connections",
+                r.get_ref().policies,
+                r.get_ref().flows
+            )
+        });
+        out
+    }
 }

@@ -68,11 +68,14 @@ pub enum DocumentKind {
     RoleBinding,
     Group,
     ChangeControl,
+    KeepProfile,
+    Vendor,
+    CriticalFlow,
 }
 
 impl DocumentKind {
     /// Every kind, in revision order.
-    pub const ALL: [DocumentKind; 7] = [
+    pub const ALL: [DocumentKind; 10] = [
         DocumentKind::Segment,
         DocumentKind::Policy,
         DocumentKind::Node,
@@ -80,6 +83,9 @@ impl DocumentKind {
         DocumentKind::RoleBinding,
         DocumentKind::Group,
         DocumentKind::ChangeControl,
+        DocumentKind::KeepProfile,
+        DocumentKind::Vendor,
+        DocumentKind::CriticalFlow,
     ];
 
     /// The kind as documents write it.
@@ -92,6 +98,9 @@ impl DocumentKind {
             DocumentKind::RoleBinding => wardline_policy::parse::ROLE_BINDING_KIND,
             DocumentKind::Group => wardline_policy::parse::GROUP_KIND,
             DocumentKind::ChangeControl => wardline_policy::parse::CHANGE_CONTROL_KIND,
+            DocumentKind::KeepProfile => wardline_policy::parse::KEEP_PROFILE_KIND,
+            DocumentKind::Vendor => wardline_policy::parse::VENDOR_KIND,
+            DocumentKind::CriticalFlow => wardline_policy::parse::CRITICAL_FLOW_KIND,
         }
     }
 
@@ -117,6 +126,13 @@ impl DocumentKind {
             "group" | "groups" => Some(DocumentKind::Group),
             "changecontrol" | "changecontrols" | "change-control" => {
                 Some(DocumentKind::ChangeControl)
+            }
+            "keepprofile" | "keepprofiles" | "keep-profile" | "keep-profiles" => {
+                Some(DocumentKind::KeepProfile)
+            }
+            "vendor" | "vendors" => Some(DocumentKind::Vendor),
+            "criticalflow" | "criticalflows" | "critical-flow" | "critical-flows" => {
+                Some(DocumentKind::CriticalFlow)
             }
             _ => None,
         }
@@ -217,6 +233,9 @@ pub struct RevisionRecord {
     pub approval: Option<ApprovalRecord>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub break_glass: String,
+    /// The clinical operation that made it (`quarantine q-…`), if one did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation: String,
 }
 
 /// Who made a change: the certificate's name, its fingerprint and the
@@ -250,6 +269,7 @@ impl RevisionRecord {
             seal: None,
             approval: None,
             break_glass: String::new(),
+            operation: String::new(),
         }
         .finish()
     }
@@ -466,6 +486,10 @@ pub enum Sanction {
     /// An emergency grant, opened by one person with the break-glass role
     /// and reviewed afterwards; the caller made the documents itself.
     BreakGlass(String),
+    /// A clinical operation (quarantine, release, vendor grant, a
+    /// promotion with no critical flow in its way), named as the history
+    /// shows it: the caller checked the role and made the documents.
+    Operation(String),
 }
 
 /// Who approved a revision: kept in it, so the chain covers it.
@@ -664,7 +688,7 @@ fn allow_change(
     prune: bool,
     sanction: &Sanction,
 ) -> Result<(), RegistryError> {
-    if let Sanction::BreakGlass(_) = sanction {
+    if let Sanction::BreakGlass(_) | Sanction::Operation(_) = sanction {
         // The caller checked the break-glass role and made the one
         // windowed allow itself.
         return Ok(());
@@ -956,10 +980,11 @@ impl Registry {
             prune,
             &sanction,
         )?;
-        let (approval, break_glass) = match sanction {
-            Sanction::None => (None, String::new()),
-            Sanction::Approved(a) => (Some(a), String::new()),
-            Sanction::BreakGlass(id) => (None, id),
+        let (approval, break_glass, operation) = match sanction {
+            Sanction::None => (None, String::new(), String::new()),
+            Sanction::Approved(a) => (Some(a), String::new(), String::new()),
+            Sanction::BreakGlass(id) => (None, id, String::new()),
+            Sanction::Operation(what) => (None, String::new(), what),
         };
         let mut record = RevisionRecord {
             revision: current.revision + 1,
@@ -977,6 +1002,7 @@ impl Registry {
             seal: None,
             approval,
             break_glass,
+            operation,
         }
         .finish();
         chain::seal(&mut record, current, &self.signer).map_err(RegistryError::Seal)?;

@@ -919,6 +919,8 @@ fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
         || key.starts_with(crate::changes::CHANGES_PREFIX)
         || key.starts_with(crate::break_glass::GRANTS_PREFIX)
         || key.starts_with(crate::attest::ATTESTATIONS_PREFIX)
+        || key.starts_with(crate::quarantine::QUARANTINES_PREFIX)
+        || key.starts_with(crate::vendor::VENDOR_GRANTS_PREFIX)
 }
 
 /// A store failure as a call's answer: unavailable, try again.
@@ -1318,6 +1320,7 @@ impl ControlPlane {
                         .map(|a| a.request.clone())
                         .unwrap_or_default(),
                     break_glass: r.break_glass.clone(),
+                    operation: r.operation.clone(),
                 })
                 .collect(),
         }))
@@ -1546,6 +1549,8 @@ impl ControlPlane {
             caller_session_expires: String::new(),
             open_changes: self.open_changes(current.revision).await,
             break_glass: self.pending_grants().await,
+            quarantines: self.active_quarantines().await,
+            vendor_grants: self.current_vendor_grants().await,
         })
     }
 }

@@ -15,6 +15,10 @@ use wardline_siem::{Exporter, PolicyChange};
 use crate::registry::{RevisionAction, RevisionRecord};
 use crate::server::ControlPlane;
 
+/// Audit actions that reach the SIEM as alerts when done: emergency
+/// access, and devices isolated or trusted again.
+const ALERTS: [&str; 3] = ["break-glass", "quarantine", "release"];
+
 fn change_of(r: &RevisionRecord) -> PolicyChange {
     PolicyChange {
         revision: r.revision,
@@ -66,7 +70,8 @@ pub(crate) fn feed(cp: &ControlPlane, exporter: Arc<Exporter>) {
                 Ok(r) => audit_exporter.audit(wardline_siem::AuditEvent {
                     time: r.time.clone(),
                     alarming: r.outcome != wardline_audit::Outcome::Done,
-                    alert: r.action == "break-glass" && r.outcome == wardline_audit::Outcome::Done,
+                    alert: ALERTS.contains(&r.action.as_str())
+                        && r.outcome == wardline_audit::Outcome::Done,
                     record: serde_json::to_value(&r).unwrap_or_default(),
                 }),
                 Err(RecvError::Lagged(n)) => {

@@ -1,7 +1,8 @@
-//! A policy judged against observed flows (`docs/governance.md`): the
-//! connections that were let through (allowed, or audited in monitor
-//! mode) and that a proposed policy would drop, grouped by segment pair,
-//! protocol and port, with how many and when last seen.
+//! A policy judged against observed flows (`docs/governance.md`,
+//! `docs/clinical-operations.md`): the connections whose verdict a
+//! proposed policy would change (allowed or audited to dropped, dropped to
+//! allowed), and those that were let through and would be dropped, grouped
+//! by segment pair, protocol and port, with how many and when last seen.
 //!
 //! Each connection is judged as the kernel judges a new one
 //! (`wardline_policy::reference`): its ends' segments by the proposed
@@ -39,69 +40,174 @@ fn address(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Observed connections of one kind whose verdict a change changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerdictChange {
+    pub src_segment: String,
+    pub dst_segment: String,
+    pub protocol: u8,
+    pub port: u16,
+    /// `allowed`, `audited` or `dropped`: by the policy in force, and by
+    /// the proposed one.
+    pub before: &'static str,
+    pub after: &'static str,
+    pub connections: u64,
+    /// RFC 3339, as the newest record has it.
+    pub last_seen: String,
+}
+
+/// A new connection's verdict as flow records name it.
+fn verdict_of(reason: Reason) -> &'static str {
+    match reason {
+        Reason::PolicyAllow => "allowed",
+        Reason::Monitor => "audited",
+        _ => "dropped",
+    }
+}
+
+/// One policy set judging observed connections as new ones.
+struct Judge<'a> {
+    reference: Reference<'a>,
+}
+
+impl<'a> Judge<'a> {
+    fn new(set: &'a PolicySet, now: OffsetDateTime) -> Self {
+        Judge {
+            reference: Reference::new(set, now, &[], &[]),
+        }
+    }
+
+    /// An end's segment: by this set's prefixes, else as recorded (VLAN or
+    /// node membership).
+    fn segment(&self, bytes: &[u8], recorded: &str) -> u32 {
+        let by_prefix = address(bytes).map_or(SEGMENT_WORLD, |a| self.reference.segment_of(a));
+        if by_prefix != SEGMENT_WORLD || recorded.is_empty() {
+            by_prefix
+        } else {
+            self.reference.segment_named(recorded)
+        }
+    }
+
+    /// The verdict of `f` as a new connection, and its ends' segments.
+    fn judge(&self, f: &v1::Flow, protocol: u8, port: u16) -> (&'static str, u32, u32) {
+        let src = self.segment(&f.src, &f.src_segment);
+        let dst = self.segment(&f.dst, &f.dst_segment);
+        let (reason, _) = self.reference.decide(src, dst, protocol, port);
+        (verdict_of(reason), src, dst)
+    }
+}
+
+/// A segment id of `set` by name; `world` for none.
+fn name_in(set: &PolicySet, judge: &Judge<'_>, id: u32) -> String {
+    if id == SEGMENT_WORLD {
+        return "world".to_owned();
+    }
+    set.segments
+        .iter()
+        .find(|s| judge.reference.segment_named(&s.name) == id)
+        .map_or_else(|| "world".to_owned(), |s| s.name.clone())
+}
+
+/// The first record of each connection of `observed` (`new`, or `drop`
+/// for one dropped at once), with its protocol and port.
+fn connections(observed: &[v1::Flow]) -> impl Iterator<Item = (&v1::Flow, u8, u16)> {
+    observed.iter().filter_map(|f| {
+        if !matches!(f.kind.as_str(), "new" | "drop") {
+            return None;
+        }
+        Some((
+            f,
+            u8::try_from(f.protocol).ok()?,
+            u16::try_from(f.dport).ok()?,
+        ))
+    })
+}
+
+/// Every connection of `observed` whose verdict `proposed` would change
+/// from the one `current` gives it at `now`, grouped by segment pair (as
+/// `proposed` names them), protocol, port and change; the most
+/// connections first.
+pub fn verdict_changes(
+    current: &PolicySet,
+    proposed: &PolicySet,
+    now: OffsetDateTime,
+    observed: &[v1::Flow],
+) -> Vec<VerdictChange> {
+    let (before, after) = (Judge::new(current, now), Judge::new(proposed, now));
+    // (from, to, protocol, port, before, after) -> (connections, last seen).
+    type Kind = (String, String, u8, u16, &'static str, &'static str);
+    let mut out: BTreeMap<Kind, (u64, String)> = BTreeMap::new();
+    for (f, protocol, port) in connections(observed) {
+        let (was, _, _) = before.judge(f, protocol, port);
+        let (will, src, dst) = after.judge(f, protocol, port);
+        if was == will {
+            continue;
+        }
+        let key = (
+            name_in(proposed, &after, src),
+            name_in(proposed, &after, dst),
+            protocol,
+            port,
+            was,
+            will,
+        );
+        let e = out.entry(key).or_insert((0, String::new()));
+        e.0 += 1;
+        if f.time > e.1 {
+            e.1 = f.time.clone();
+        }
+    }
+    let mut list: Vec<VerdictChange> = out
+        .into_iter()
+        .map(
+            |(
+                (src_segment, dst_segment, protocol, port, before, after),
+                (connections, last_seen),
+            )| {
+                VerdictChange {
+                    src_segment,
+                    dst_segment,
+                    protocol,
+                    port,
+                    before,
+                    after,
+                    connections,
+                    last_seen,
+                }
+            },
+        )
+        .collect();
+    list.sort_by_key(|d| std::cmp::Reverse(d.connections));
+    list
+}
+
 /// The flows of `observed` that were let through, that `current` lets
 /// through at `now` and that `proposed` would drop: what the change takes
 /// away (a connection `current` drops already is not the change's doing).
 /// One entry per segment pair (as `proposed` names them), protocol and
-/// port, the most connections first. Only first records count (`new`):
-/// one per connection.
+/// port, the most connections first.
 pub fn would_drop(
     current: &PolicySet,
     proposed: &PolicySet,
     now: OffsetDateTime,
     observed: &[v1::Flow],
 ) -> Vec<WouldDrop> {
-    let before = Reference::new(current, now, &[], &[]);
-    let judge = Reference::new(proposed, now, &[], &[]);
-    let name_of = |id: u32| {
-        if id == SEGMENT_WORLD {
-            return "world".to_owned();
-        }
-        proposed
-            .segments
-            .iter()
-            .find(|s| judge.segment_named(&s.name) == id)
-            .map_or_else(|| "world".to_owned(), |s| s.name.clone())
-    };
-    let segment = |judge: &Reference<'_>, bytes: &[u8], recorded: &str| {
-        let by_prefix = address(bytes).map_or(SEGMENT_WORLD, |a| judge.segment_of(a));
-        if by_prefix != SEGMENT_WORLD || recorded.is_empty() {
-            by_prefix
-        } else {
-            judge.segment_named(recorded)
-        }
-    };
-    let passes = |judge: &Reference<'_>, f: &v1::Flow, protocol: u8, port: u16| {
-        let (src, dst) = (
-            segment(judge, &f.src, &f.src_segment),
-            segment(judge, &f.dst, &f.dst_segment),
-        );
-        let (reason, _) = judge.decide(src, dst, protocol, port);
-        (
-            matches!(reason, Reason::PolicyAllow | Reason::Monitor),
-            src,
-            dst,
-        )
-    };
+    let let_through: Vec<v1::Flow> = observed
+        .iter()
+        .filter(|f| f.kind == "new" && matches!(f.verdict.as_str(), "allowed" | "audited"))
+        .cloned()
+        .collect();
     let mut out: BTreeMap<(String, String, u8, u16), (u64, String)> = BTreeMap::new();
-    for f in observed {
-        if f.kind != "new" || !matches!(f.verdict.as_str(), "allowed" | "audited") {
-            continue;
-        }
-        let (Ok(protocol), Ok(port)) = (u8::try_from(f.protocol), u16::try_from(f.dport)) else {
-            continue;
-        };
-        let (now_passes, _, _) = passes(&before, f, protocol, port);
-        let (still_passes, src, dst) = passes(&judge, f, protocol, port);
-        if !now_passes || still_passes {
+    for c in verdict_changes(current, proposed, now, &let_through) {
+        if c.after != "dropped" {
             continue;
         }
         let e = out
-            .entry((name_of(src), name_of(dst), protocol, port))
+            .entry((c.src_segment, c.dst_segment, c.protocol, c.port))
             .or_insert((0, String::new()));
-        e.0 += 1;
-        if f.time > e.1 {
-            e.1 = f.time.clone();
+        e.0 += c.connections;
+        if c.last_seen > e.1 {
+            e.1 = c.last_seen;
         }
     }
     let mut list: Vec<WouldDrop> = out

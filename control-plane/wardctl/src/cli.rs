@@ -61,6 +61,8 @@ pub enum Command {
     Remote(RemoteCommand),
     #[command(flatten)]
     Governance(GovernanceCommand),
+    #[command(flatten)]
+    Clinical(ClinicalCommand),
     /// The site's certificates.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -159,12 +161,19 @@ pub enum RemoteCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// What applying a file would change.
+    /// What applying a file would change; with --against-flows, which
+    /// observed connections would change verdict.
     Diff {
         #[arg(short, long)]
         file: PathBuf,
         #[arg(long)]
         prune: bool,
+        /// Judge the flows observed since then (RFC 3339, or a duration
+        /// back from now: 7d) with the file applied.
+        #[arg(long)]
+        against_flows: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Show documents: wardctl get [segment|policy] [NAME].
     Get {
@@ -399,6 +408,107 @@ pub enum GovernanceCommand {
         id: String,
         #[arg(long)]
         note: String,
+    },
+}
+
+/// Clinical operations (docs/clinical-operations.md): quarantine, vendor
+/// windows, promotion to enforce, recommendation.
+#[derive(Subcommand)]
+pub enum ClinicalCommand {
+    /// Isolate a device at once, fleet-wide: its connections are cut and
+    /// everything but the flows of its keep-profile dropped.
+    Quarantine {
+        /// An IP address, or an Ethernet address the inventory has seen.
+        target: String,
+        /// What the device did (kept in the incident record).
+        #[arg(long)]
+        reason: String,
+        /// A KeepProfile: the flows the device keeps (telemetry, alarms).
+        #[arg(long, default_value = "")]
+        keep: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// End a quarantine (by its id, or the target it was given).
+    Release {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Quarantines, in force and released.
+    Quarantines {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Vendor access windows.
+    #[command(subcommand)]
+    Vendor(VendorCommand),
+    /// Switch a segment from monitor to enforce, only if no critical flow
+    /// of the last days would have been dropped (else they are listed).
+    Promote {
+        segment: String,
+        /// Days of observed flows to judge.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Critical flows in the way: file the promotion for an approver.
+        #[arg(long = "override", requires = "reason")]
+        override_: bool,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Draft Policy YAML allowing exactly what a segment in monitor mode
+    /// was seen doing.
+    Recommend {
+        #[arg(long)]
+        segment: String,
+        /// RFC 3339, or a duration back from now.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Write the draft here (else to standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `wardctl vendor`.
+#[derive(Subcommand)]
+pub enum VendorCommand {
+    /// Give a vendor time-bounded access to a segment: the kernel opens
+    /// and closes it on time; refused past the vendor's BAA.
+    Grant {
+        vendor: String,
+        #[arg(long)]
+        to: String,
+        /// tcp/22, tcp/443, udp/5000-5010.
+        #[arg(long, required = true, value_delimiter = ',')]
+        ports: Vec<String>,
+        /// RFC 3339, or a duration from now; default now.
+        #[arg(long, default_value = "")]
+        from: String,
+        /// RFC 3339, or a duration from now (2h).
+        #[arg(long)]
+        until: String,
+        /// The change ticket that authorises it.
+        #[arg(long)]
+        ticket: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Vendor grants; with an id, one.
+    Grants {
+        id: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Every flow of a grant's window that its policy decided.
+    Flows {
+        grant: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: FlowOutput,
     },
 }
 

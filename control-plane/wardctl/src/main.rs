@@ -5,13 +5,15 @@
 //! 4 stale revision (someone changed the policy first); 5 not found;
 //! 6 control plane unreachable; 7 refused (certificate not accepted or not
 //! allowed); 8 `status --check`: an agent is disconnected or behind; 9 the
-//! stored history fails verification (`history --verify`).
+//! stored history fails verification (`history --verify`); 10 `promote`:
+//! refused, critical flows would be dropped.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 mod cli;
+mod clinical;
 mod connect;
 mod failure;
 mod flows;
@@ -37,6 +39,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let connection = connect::connection(&cli.connection)?;
             let mut client = connect::client(&connection).await?;
             governance::run(command, &mut client, &connection).await
+        }
+        Command::Clinical(command) => {
+            let connection = connect::connection(&cli.connection)?;
+            let mut client = connect::client(&connection).await?;
+            clinical::run(command, &mut client).await
         }
         Command::Pki(PkiCommand::Remote(command)) => {
             let connection = connect::connection(&cli.connection)?;

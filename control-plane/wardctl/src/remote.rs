@@ -143,7 +143,48 @@ pub async fn run(
                 }
             });
         }
-        RemoteCommand::Diff { file, prune } => {
+        RemoteCommand::Diff {
+            file,
+            prune,
+            against_flows: Some(since),
+            output,
+        } => {
+            let source = read_file(&file)?;
+            let r = c
+                .simulate(v1::SimulateRequest {
+                    source,
+                    prune,
+                    since,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let value = json!({
+                "revision": r.revision, "judged": r.judged,
+                "changes": crate::clinical::verdict_changes_json(&r.changes),
+            });
+            print_value(output, &value, || {
+                if r.changes.is_empty() {
+                    format!(
+                        "against revision {}: no observed connection would change verdict ({} judged)\n",
+                        r.revision, r.judged
+                    )
+                } else {
+                    format!(
+                        "against revision {}: {} judged, these would change verdict:\n{}",
+                        r.revision,
+                        r.judged,
+                        crate::clinical::verdict_changes_table(&r.changes)
+                    )
+                }
+            });
+        }
+        RemoteCommand::Diff {
+            file,
+            prune,
+            against_flows: None,
+            output: _,
+        } => {
             let source = read_file(&file)?;
             let r = c
                 .diff(v1::DiffRequest { source, prune })
@@ -282,7 +323,8 @@ pub async fn run(
                                "changes": changes_json(&h.changes), "policySha256": h.policy_sha256,
                                "segments": h.segments, "policies": h.policies,
                                "approvedBy": h.approved_by, "approvedAt": h.approved_at,
-                               "changeRequest": h.change_request, "breakGlass": h.break_glass})
+                               "changeRequest": h.change_request, "breakGlass": h.break_glass,
+                               "operation": h.operation})
                     })
                     .collect(),
             );
@@ -301,6 +343,8 @@ pub async fn run(
                                 format!("{} ({})", h.approved_by, h.change_request)
                             } else if !h.break_glass.is_empty() {
                                 format!("BREAK-GLASS {}", h.break_glass)
+                            } else if !h.operation.is_empty() {
+                                h.operation.to_uppercase()
                             } else {
                                 String::new()
                             },
@@ -689,6 +733,36 @@ pub async fn run(
                         } else {
                             format!("due by {}", g.review_due)
                         }
+                    );
+                }
+                for q in &r.quarantines {
+                    warnings += &format!(
+                        "\nQUARANTINED {} ({}): {} by {} at {}, keeps {}: {}",
+                        q.target,
+                        q.id,
+                        q.addresses.join(","),
+                        q.by,
+                        q.at,
+                        if q.keep.is_empty() {
+                            "nothing"
+                        } else {
+                            &q.keep
+                        },
+                        q.reason
+                    );
+                }
+                for g in &r.vendor_grants {
+                    warnings += &format!(
+                        "\nvendor {} ({} {}): {} -> {} {} from {} until {}, ticket {}",
+                        g.vendor,
+                        g.id,
+                        g.state,
+                        g.source,
+                        g.to,
+                        g.ports.join(","),
+                        g.from,
+                        g.until,
+                        g.ticket
                     );
                 }
                 for c in &r.open_changes {

@@ -20,7 +20,7 @@
 use core::mem::offset_of;
 
 /// Bumped whenever a map layout, a map name or a program's meaning changes.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Generation slots in the policy tables: the live one and up to
 /// [`MAX_SCHEDULED`] scheduled ones.
@@ -44,7 +44,7 @@ pub const MAP_PREFIXES: &str = "WL_PREFIXES";
 pub const MAP_PREFIX_LENS: &str = "WL_PREFIX_LENS";
 pub const MAP_PREFIX_TRIE: &str = "WL_PREFIX_TRIE";
 pub const MAP_VLANS: &str = "WL_VLANS";
-pub const MAP_MONITOR: &str = "WL_MONITOR";
+pub const MAP_MARKS: &str = "WL_MARKS";
 pub const MAP_RULES: &str = "WL_RULES";
 pub const MAP_RULE_PORTS: &str = "WL_RULE_PORTS";
 pub const MAP_FAILSAFE: &str = "WL_FAILSAFE";
@@ -66,7 +66,7 @@ pub const ALL_MAPS: [&str; 18] = [
     MAP_PREFIX_LENS,
     MAP_PREFIX_TRIE,
     MAP_VLANS,
-    MAP_MONITOR,
+    MAP_MARKS,
     MAP_RULES,
     MAP_RULE_PORTS,
     MAP_FAILSAFE,
@@ -98,7 +98,7 @@ pub const MAX_RULE_ENTRIES: u32 = SLOTS * RULES_PER_GENERATION;
 pub const RANGED_TRIPLES_PER_GENERATION: u32 = 32_768;
 pub const MAX_RANGED_TRIPLES: u32 = SLOTS * RANGED_TRIPLES_PER_GENERATION;
 pub const MAX_VLAN_ENTRIES: u32 = SLOTS * 4096;
-pub const MAX_MONITOR_ENTRIES: u32 = SLOTS * 65_536;
+pub const MAX_MARK_ENTRIES: u32 = SLOTS * 65_536;
 pub const MAX_FAILSAFE: u32 = 1024;
 /// The node's own addresses (failsafe flows are the node's own).
 pub const MAX_LOCAL_ADDRS: u32 = 4096;
@@ -163,9 +163,12 @@ pub mod config_flags {
     pub const HAS_SCHEDULE: u32 = 1 << 5;
     /// Some segment is in monitor mode in the live generation.
     pub const HAS_MONITOR: u32 = 1 << 6;
+    /// Some segment is a quarantine in the live generation.
+    pub const HAS_QUARANTINE: u32 = 1 << 7;
     /// The flags a generation's compiled policy sets; the others belong to
     /// the agent's configuration and hold across generations.
-    pub const POLICY_FLAGS: u32 = HAS_SRC_ANY | HAS_DST_ANY | HAS_PROTO_ANY | HAS_MONITOR;
+    pub const POLICY_FLAGS: u32 =
+        HAS_SRC_ANY | HAS_DST_ANY | HAS_PROTO_ANY | HAS_MONITOR | HAS_QUARANTINE;
 }
 
 // ---------------------------------------------------------------------------
@@ -493,13 +496,31 @@ pub const fn vlan_key(slot: u8, vid: u16) -> u32 {
     ((slot as u32) << 16) | vid as u32
 }
 
-/// `WL_MONITOR` key: a segment in monitor mode in a slot; value: 1.
+/// `WL_MARKS` key: a segment of a slot that is in monitor mode or is a
+/// quarantine.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct MonitorKey {
+pub struct MarkKey {
     pub slot: u32,
     pub segment: u32,
 }
+
+/// `WL_MARKS` value: what sets a segment apart (`docs/verdicts.md`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SegmentMarks {
+    /// [`MARK_MONITOR`], [`MARK_QUARANTINE`].
+    pub flags: u32,
+    /// A quarantine's: the segment its addresses belong to without it, the
+    /// one whose VLAN their frames may still carry; [`SEGMENT_WORLD`] when
+    /// none does.
+    pub origin: u32,
+}
+
+/// The segment is in monitor mode.
+pub const MARK_MONITOR: u32 = 1 << 0;
+/// The segment is a quarantine: never audited, never part of `any`.
+pub const MARK_QUARANTINE: u32 = 1 << 1;
 
 /// A `WL_RULES` key: the rules of one (protocol, source segment,
 /// destination segment) for one prefix of the responder's port, `port`
@@ -807,7 +828,8 @@ const _: () = {
     assert!(core::mem::size_of::<PrefixLens>() == 16);
     assert!(core::mem::size_of::<PrefixData>() == 20);
     assert!(PREFIX_KEY_FIXED_BITS == 32);
-    assert!(core::mem::size_of::<MonitorKey>() == 8);
+    assert!(core::mem::size_of::<MarkKey>() == 8);
+    assert!(core::mem::size_of::<SegmentMarks>() == 8);
     assert!(core::mem::size_of::<RuleKey>() == 16);
     assert!(core::mem::size_of::<RulePortsKey>() == 12);
     assert!(core::mem::size_of::<RuleValue>() == 8);
@@ -838,7 +860,8 @@ mod user {
         PrefixKey,
         PrefixLens,
         PrefixData,
-        MonitorKey,
+        MarkKey,
+        SegmentMarks,
         RuleKey,
         RulePortsKey,
         RuleValue,

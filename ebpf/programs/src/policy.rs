@@ -1,14 +1,16 @@
 //! The verdict of a new connection from the compiled rule table
 //! (`docs/verdicts.md`, "The verdict of a new connection"): deny wins, then
-//! allow, then monitor mode, then default deny.
+//! allow, then monitor mode, then default deny; a quarantine is never part
+//! of `any` and never audited.
 
 use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, macros::map, maps::HashMap};
 use wardline_ebpf_abi::{
-    MAX_RANGED_TRIPLES, MAX_RULE_ENTRIES, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
-    RuleKey, RulePortsKey, RuleValue, SEGMENT_ANY, config_flags, mask_port, slot_of,
+    MARK_MONITOR, MARK_QUARANTINE, MAX_RANGED_TRIPLES, MAX_RULE_ENTRIES, PROTO_ANY, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, Reason, RuleKey, RulePortsKey, RuleValue, SEGMENT_ANY, config_flags,
+    mask_port, slot_of,
 };
 
-use crate::segments::monitored;
+use crate::segments::marks;
 use crate::verdict::Env;
 
 /// `(slot, protocol, port prefix, source, destination)` to the lowest deny
@@ -135,14 +137,22 @@ fn decide_packed(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> u64
         allow: 0,
     };
     let any_proto = flags & config_flags::HAS_PROTO_ANY != 0;
+    // A quarantine is never part of `any`, and monitor mode at either end
+    // never lets its connections through.
+    let (src_marks, dst_marks) =
+        if flags & (config_flags::HAS_MONITOR | config_flags::HAS_QUARANTINE) != 0 {
+            (marks(slot, src).flags, marks(slot, dst).flags)
+        } else {
+            (0, 0)
+        };
     let srcs = [src, SEGMENT_ANY];
     let dsts = [dst, SEGMENT_ANY];
-    let nsrc = if flags & config_flags::HAS_SRC_ANY != 0 {
+    let nsrc = if flags & config_flags::HAS_SRC_ANY != 0 && src_marks & MARK_QUARANTINE == 0 {
         2
     } else {
         1
     };
-    let ndst = if flags & config_flags::HAS_DST_ANY != 0 {
+    let ndst = if flags & config_flags::HAS_DST_ANY != 0 && dst_marks & MARK_QUARANTINE == 0 {
         2
     } else {
         1
@@ -159,8 +169,8 @@ fn decide_packed(env: &Env<'_>, src: u32, dst: u32, proto: u8, port: u16) -> u64
         (Reason::PolicyDeny, ids.deny)
     } else if ids.allow != 0 {
         (Reason::PolicyAllow, ids.allow)
-    } else if flags & config_flags::HAS_MONITOR != 0
-        && (monitored(slot, src) || monitored(slot, dst))
+    } else if (src_marks | dst_marks) & MARK_MONITOR != 0
+        && (src_marks | dst_marks) & MARK_QUARANTINE == 0
     {
         (Reason::Monitor, 0)
     } else {

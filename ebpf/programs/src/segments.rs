@@ -1,6 +1,7 @@
 //! Segment membership: the longest prefix that holds an address (IPv4 and
 //! IPv6 kept apart by a family byte), the segment a VLAN tag names, and the
-//! segments in monitor mode; every key starts with its generation's slot.
+//! marks of segments in monitor mode or quarantine; every key starts with
+//! its generation's slot.
 //!
 //! Prefixes are a hash probed once per prefix length in use, longest first:
 //! the cost of a lookup follows how many lengths a policy uses (a site of
@@ -14,9 +15,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
 };
 use wardline_ebpf_abi::{
-    MAX_MONITOR_ENTRIES, MAX_PREFIXES, MAX_VLAN_ENTRIES, MonitorKey, PREFIX_KEY_FIXED_BITS,
+    MAX_MARK_ENTRIES, MAX_PREFIXES, MAX_VLAN_ENTRIES, MarkKey, PREFIX_KEY_FIXED_BITS,
     PREFIX_LENS_ENTRIES, PREFIX_PROBES, PrefixData, PrefixKey, PrefixLens, SEGMENT_WORLD,
-    mask_address, prefix_lens_index, vlan_key,
+    SegmentMarks, mask_address, prefix_lens_index, vlan_key,
 };
 
 /// Address prefixes to segment ids, per slot, one key per prefix.
@@ -34,10 +35,11 @@ static WL_PREFIX_TRIE: LpmTrie<PrefixData, u32> = LpmTrie::with_max_entries(MAX_
 /// only the VLANs its policy names.
 #[map]
 static WL_VLANS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VLAN_ENTRIES, BPF_F_NO_PREALLOC);
-/// Segments in monitor mode, per slot; the value is not used.
+/// Segments in monitor mode or quarantine, per slot, and their marks.
+/// Allocated per entry.
 #[map]
-static WL_MONITOR: HashMap<MonitorKey, u32> =
-    HashMap::with_max_entries(MAX_MONITOR_ENTRIES, BPF_F_NO_PREALLOC);
+static WL_MARKS: HashMap<MarkKey, SegmentMarks> =
+    HashMap::with_max_entries(MAX_MARK_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The segment of an address (16-byte form, IPv4-mapped for IPv4): the
 /// first hit over the slot's probed prefix lengths, longest first, then
@@ -90,12 +92,13 @@ pub fn vlan_segment(slot: u8, vid: u16) -> Option<u32> {
     unsafe { WL_VLANS.get(vlan_key(slot, vid)) }.copied()
 }
 
+/// A segment's marks; none for a segment without any.
 #[inline(always)]
-pub fn monitored(slot: u8, segment: u32) -> bool {
-    let key = MonitorKey {
+pub fn marks(slot: u8, segment: u32) -> SegmentMarks {
+    let key = MarkKey {
         slot: slot as u32,
         segment,
     };
-    // SAFETY: a lookup whose value is not read.
-    unsafe { WL_MONITOR.get(key) }.is_some()
+    // SAFETY: a lookup whose value is copied out at once.
+    unsafe { WL_MARKS.get(key) }.copied().unwrap_or_default()
 }

@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use wardline_ebpf_abi::{
-    DIR_INGRESS, EVENT_DROP, EVENT_NEW, FLOW_DENIED, FlowKey, Reason, SEGMENT_WORLD, Verdict,
-    config_flags, slot_of,
+    DIR_INGRESS, EVENT_DROP, EVENT_NEW, FLOW_DENIED, FlowKey, MARK_QUARANTINE, Reason,
+    SEGMENT_WORLD, SegmentMarks, Verdict, config_flags, slot_of,
 };
 
 use crate::conntrack::{
@@ -28,7 +28,7 @@ use crate::parse::{
     Parsed, parse,
 };
 use crate::policy::{Judged, decide, policy_port};
-use crate::segments::{segment_of, vlan_segment};
+use crate::segments::{marks, segment_of, vlan_segment};
 
 /// Per-CPU scratch for the packet being judged: the BPF stack is 512 bytes
 /// for the whole call chain. Not pinned: it holds nothing between packets.
@@ -145,11 +145,23 @@ fn judge_ip(env: &mut Env<'_>, p: &mut Packet) -> Reason {
     {
         let by_address = segment_of(slot, p.family, &p.src);
         if by_address != SEGMENT_WORLD && by_address != seg {
-            let dst = segment_of(slot, p.family, &p.dst);
-            drop_event_segments(env, p, Reason::SpoofedSource, seg, dst);
-            return Reason::SpoofedSource;
+            // A quarantined device keeps its VLAN: its frames are its
+            // quarantine's when the VLAN is the one its address belongs
+            // to without the quarantine; from any other VLAN, spoofed.
+            let quarantine = if env.flags & config_flags::HAS_QUARANTINE != 0 {
+                marks(slot, by_address)
+            } else {
+                SegmentMarks::default()
+            };
+            if quarantine.flags & MARK_QUARANTINE == 0 || quarantine.origin != seg {
+                let dst = segment_of(slot, p.family, &p.dst);
+                drop_event_segments(env, p, Reason::SpoofedSource, seg, dst);
+                return Reason::SpoofedSource;
+            }
+            env.vlan_segment = by_address;
+        } else {
+            env.vlan_segment = seg;
         }
-        env.vlan_segment = seg;
     }
 
     if p.fragment == FRAG_LATER {

@@ -131,6 +131,19 @@ pub struct Vlan {
     #[prost(uint32, tag = "2")]
     pub segment: u32,
 }
+/// A segment in monitor mode or quarantine (wardline_ebpf_abi::SegmentMarks).
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SegmentMark {
+    #[prost(uint32, tag = "1")]
+    pub segment: u32,
+    /// MARK_MONITOR | MARK_QUARANTINE.
+    #[prost(uint32, tag = "2")]
+    pub flags: u32,
+    /// A quarantine's origin segment; 0 (world) for none.
+    #[prost(uint32, tag = "3")]
+    pub origin: u32,
+}
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Rule {
@@ -161,8 +174,6 @@ pub struct Dataplane {
     pub prefixes: ::prost::alloc::vec::Vec<Prefix>,
     #[prost(message, repeated, tag = "4")]
     pub vlans: ::prost::alloc::vec::Vec<Vlan>,
-    #[prost(uint32, repeated, tag = "5")]
-    pub monitor: ::prost::alloc::vec::Vec<u32>,
     #[prost(message, repeated, tag = "6")]
     pub rules: ::prost::alloc::vec::Vec<Rule>,
     #[prost(uint32, tag = "7")]
@@ -170,6 +181,8 @@ pub struct Dataplane {
     /// RFC 3339; empty when no window opens or closes.
     #[prost(string, tag = "8")]
     pub next_change: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "9")]
+    pub marks: ::prost::alloc::vec::Vec<SegmentMark>,
 }
 /// The tables in force from `at` (a policy window opens or closes then).
 #[allow(clippy::all)]
@@ -1434,6 +1447,10 @@ pub struct RevisionInfo {
     pub change_request: ::prost::alloc::string::String,
     #[prost(string, tag = "17")]
     pub break_glass: ::prost::alloc::string::String,
+    /// The clinical operation that made it: "quarantine q-…", "release q-…",
+    /// "vendor-grant vg-…", "promote SEGMENT".
+    #[prost(string, tag = "18")]
+    pub operation: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1590,6 +1607,12 @@ pub struct StatusResponse {
     /// Break-glass grants open now, and those whose review is not signed off.
     #[prost(message, repeated, tag = "16")]
     pub break_glass: ::prost::alloc::vec::Vec<BreakGlassGrant>,
+    /// Devices in quarantine now.
+    #[prost(message, repeated, tag = "17")]
+    pub quarantines: ::prost::alloc::vec::Vec<QuarantineRecord>,
+    /// Vendor grants open now or still to come.
+    #[prost(message, repeated, tag = "18")]
+    pub vendor_grants: ::prost::alloc::vec::Vec<VendorAccess>,
 }
 /// Which flow records: every field set narrows; unset fields match all.
 #[allow(clippy::all)]
@@ -2097,6 +2120,249 @@ pub struct AttestedResponse {
     /// Attestations kept for the node.
     #[prost(uint64, tag = "3")]
     pub kept: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct QuarantineRequest {
+    /// An address, an Ethernet address (aa:bb:cc:dd:ee:ff) or an inventory
+    /// device's address.
+    #[prost(string, tag = "1")]
+    pub target: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    /// A KeepProfile's name; empty: the device keeps nothing.
+    #[prost(string, tag = "3")]
+    pub keep: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct QuarantineRecord {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub target: ::prost::alloc::string::String,
+    /// The addresses isolated.
+    #[prost(string, repeated, tag = "3")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The segment they belonged to (their VLAN's, if tagged); empty: world.
+    #[prost(string, tag = "4")]
+    pub origin: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub keep: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub by: ::prost::alloc::string::String,
+    /// RFC 3339.
+    #[prost(string, tag = "8")]
+    pub at: ::prost::alloc::string::String,
+    /// The quarantine's Segment document, and the revision that made it.
+    #[prost(string, tag = "9")]
+    pub segment: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "10")]
+    pub revision: u64,
+    /// quarantined | released
+    #[prost(string, tag = "11")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub released_by: ::prost::alloc::string::String,
+    #[prost(string, tag = "13")]
+    pub released_at: ::prost::alloc::string::String,
+    #[prost(string, tag = "14")]
+    pub release_reason: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "15")]
+    pub released_revision: u64,
+    /// The policies its keep-profile gave it.
+    #[prost(string, repeated, tag = "16")]
+    pub keep_policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseRequest {
+    /// A quarantine's id, or its target.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListQuarantinesRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListQuarantinesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub quarantines: ::prost::alloc::vec::Vec<QuarantineRecord>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VendorGrantRequest {
+    /// A Vendor document's name.
+    #[prost(string, tag = "1")]
+    pub vendor: ::prost::alloc::string::String,
+    /// The segment the vendor may reach.
+    #[prost(string, tag = "2")]
+    pub to: ::prost::alloc::string::String,
+    /// "tcp/443", "udp/5000-5010"; at least one.
+    #[prost(string, repeated, tag = "3")]
+    pub ports: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// RFC 3339, or a duration from now ("30m"); empty from: now.
+    #[prost(string, tag = "4")]
+    pub from: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub until: ::prost::alloc::string::String,
+    /// The change ticket that authorises it.
+    #[prost(string, tag = "6")]
+    pub ticket: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VendorAccess {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub vendor: ::prost::alloc::string::String,
+    /// The vendor's own segment (its Vendor document's), the initiator.
+    #[prost(string, tag = "3")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub to: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "5")]
+    pub ports: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// RFC 3339.
+    #[prost(string, tag = "6")]
+    pub from: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub until: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub ticket: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub granted_by: ::prost::alloc::string::String,
+    #[prost(string, tag = "10")]
+    pub granted_at: ::prost::alloc::string::String,
+    /// The Policy document it is, and the revision that made it.
+    #[prost(string, tag = "11")]
+    pub policy: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "12")]
+    pub revision: u64,
+    /// scheduled | open | expired
+    #[prost(string, tag = "13")]
+    pub state: ::prost::alloc::string::String,
+    /// The vendor's business associate agreement ends (RFC 3339).
+    #[prost(string, tag = "14")]
+    pub baa_expires: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListVendorGrantsRequest {
+    /// One grant by id; empty: every one.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListVendorGrantsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub grants: ::prost::alloc::vec::Vec<VendorAccess>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PromoteRequest {
+    #[prost(string, tag = "1")]
+    pub segment: ::prost::alloc::string::String,
+    /// How far back flows are judged; 0: 7 days.
+    #[prost(uint32, tag = "2")]
+    pub days: u32,
+    /// Critical flows would be dropped: file the promotion as a change
+    /// request an approver must approve, with this reason.
+    #[prost(bool, tag = "3")]
+    pub r#override: bool,
+    #[prost(string, tag = "4")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PromoteResponse {
+    /// Switched to enforce by this revision (0: not switched).
+    #[prost(uint64, tag = "1")]
+    pub revision: u64,
+    /// Critical flows enforcement would have dropped.
+    #[prost(message, repeated, tag = "2")]
+    pub critical: ::prost::alloc::vec::Vec<VerdictChange>,
+    /// The change request filed by an override.
+    #[prost(message, optional, tag = "3")]
+    pub change: ::core::option::Option<ChangeRequest>,
+    /// Connections judged.
+    #[prost(uint64, tag = "4")]
+    pub judged: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SimulateRequest {
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub prune: bool,
+    /// RFC 3339, or a duration back from now ("7d"); empty: 7 days.
+    #[prost(string, tag = "3")]
+    pub since: ::prost::alloc::string::String,
+}
+/// Observed connections whose verdict a change would change, one entry per
+/// segment pair, protocol, port and change.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerdictChange {
+    #[prost(string, tag = "1")]
+    pub src_segment: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub dst_segment: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub protocol: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "4")]
+    pub port: u32,
+    /// allowed | audited | dropped
+    #[prost(string, tag = "5")]
+    pub before: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub after: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "7")]
+    pub connections: u64,
+    /// RFC 3339.
+    #[prost(string, tag = "8")]
+    pub last_seen: ::prost::alloc::string::String,
+    /// Why it is critical (promotion), empty otherwise.
+    #[prost(string, tag = "9")]
+    pub critical: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SimulateResponse {
+    #[prost(uint64, tag = "1")]
+    pub revision: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub changes: ::prost::alloc::vec::Vec<VerdictChange>,
+    #[prost(uint64, tag = "3")]
+    pub judged: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RecommendRequest {
+    #[prost(string, tag = "1")]
+    pub segment: ::prost::alloc::string::String,
+    /// RFC 3339, or a duration back from now; empty: 7 days.
+    #[prost(string, tag = "2")]
+    pub since: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RecommendResponse {
+    /// Draft Policy documents, validated against the policy in force.
+    #[prost(string, tag = "1")]
+    pub yaml: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub flows: u64,
+    #[prost(uint32, tag = "3")]
+    pub policies: u32,
 }
 /// Generated client implementations.
 pub mod management_client {
@@ -2914,6 +3180,202 @@ pub mod management_client {
                 .insert(GrpcMethod::new("wardline.v1.Management", "Attested"));
             self.inner.unary(req, path, codec).await
         }
+        /// Clinical operations (docs/clinical-operations.md). A device isolated
+        /// at once, keeping the flows its keep-profile names; released again.
+        pub async fn quarantine(
+            &mut self,
+            request: impl tonic::IntoRequest<super::QuarantineRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::QuarantineRecord>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Quarantine",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Quarantine"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn release(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReleaseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::QuarantineRecord>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Release",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Release"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_quarantines(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListQuarantinesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListQuarantinesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/ListQuarantines",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "ListQuarantines"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A vendor's time-bounded access, refused past its BAA's expiry.
+        pub async fn vendor_grant(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VendorGrantRequest>,
+        ) -> std::result::Result<tonic::Response<super::VendorAccess>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/VendorGrant",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "VendorGrant"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_vendor_grants(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListVendorGrantsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListVendorGrantsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/ListVendorGrants",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "ListVendorGrants"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A segment from monitor to enforce, only if no critical flow of the
+        /// last days would have been dropped (else an approver must agree).
+        pub async fn promote(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PromoteRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PromoteResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Promote",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Promote"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// What a policy source would change for the flows observed.
+        pub async fn simulate(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SimulateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SimulateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Simulate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Simulate"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Draft policy allowing exactly a segment's observed flows.
+        pub async fn recommend(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RecommendRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RecommendResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/wardline.v1.Management/Recommend",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("wardline.v1.Management", "Recommend"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3130,6 +3592,63 @@ pub mod management_server {
             request: tonic::Request<super::AttestedRequest>,
         ) -> std::result::Result<
             tonic::Response<super::AttestedResponse>,
+            tonic::Status,
+        >;
+        /// Clinical operations (docs/clinical-operations.md). A device isolated
+        /// at once, keeping the flows its keep-profile names; released again.
+        async fn quarantine(
+            &self,
+            request: tonic::Request<super::QuarantineRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::QuarantineRecord>,
+            tonic::Status,
+        >;
+        async fn release(
+            &self,
+            request: tonic::Request<super::ReleaseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::QuarantineRecord>,
+            tonic::Status,
+        >;
+        async fn list_quarantines(
+            &self,
+            request: tonic::Request<super::ListQuarantinesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListQuarantinesResponse>,
+            tonic::Status,
+        >;
+        /// A vendor's time-bounded access, refused past its BAA's expiry.
+        async fn vendor_grant(
+            &self,
+            request: tonic::Request<super::VendorGrantRequest>,
+        ) -> std::result::Result<tonic::Response<super::VendorAccess>, tonic::Status>;
+        async fn list_vendor_grants(
+            &self,
+            request: tonic::Request<super::ListVendorGrantsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListVendorGrantsResponse>,
+            tonic::Status,
+        >;
+        /// A segment from monitor to enforce, only if no critical flow of the
+        /// last days would have been dropped (else an approver must agree).
+        async fn promote(
+            &self,
+            request: tonic::Request<super::PromoteRequest>,
+        ) -> std::result::Result<tonic::Response<super::PromoteResponse>, tonic::Status>;
+        /// What a policy source would change for the flows observed.
+        async fn simulate(
+            &self,
+            request: tonic::Request<super::SimulateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SimulateResponse>,
+            tonic::Status,
+        >;
+        /// Draft policy allowing exactly a segment's observed flows.
+        async fn recommend(
+            &self,
+            request: tonic::Request<super::RecommendRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RecommendResponse>,
             tonic::Status,
         >;
     }
@@ -4519,6 +5038,366 @@ pub mod management_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = AttestedSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Quarantine" => {
+                    #[allow(non_camel_case_types)]
+                    struct QuarantineSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::QuarantineRequest>
+                    for QuarantineSvc<T> {
+                        type Response = super::QuarantineRecord;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::QuarantineRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::quarantine(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = QuarantineSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Release" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReleaseSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::ReleaseRequest>
+                    for ReleaseSvc<T> {
+                        type Response = super::QuarantineRecord;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReleaseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::release(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReleaseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/ListQuarantines" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListQuarantinesSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::ListQuarantinesRequest>
+                    for ListQuarantinesSvc<T> {
+                        type Response = super::ListQuarantinesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListQuarantinesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::list_quarantines(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListQuarantinesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/VendorGrant" => {
+                    #[allow(non_camel_case_types)]
+                    struct VendorGrantSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::VendorGrantRequest>
+                    for VendorGrantSvc<T> {
+                        type Response = super::VendorAccess;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VendorGrantRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::vendor_grant(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VendorGrantSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/ListVendorGrants" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListVendorGrantsSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::ListVendorGrantsRequest>
+                    for ListVendorGrantsSvc<T> {
+                        type Response = super::ListVendorGrantsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListVendorGrantsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::list_vendor_grants(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListVendorGrantsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Promote" => {
+                    #[allow(non_camel_case_types)]
+                    struct PromoteSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::PromoteRequest>
+                    for PromoteSvc<T> {
+                        type Response = super::PromoteResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PromoteRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::promote(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PromoteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Simulate" => {
+                    #[allow(non_camel_case_types)]
+                    struct SimulateSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::SimulateRequest>
+                    for SimulateSvc<T> {
+                        type Response = super::SimulateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SimulateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::simulate(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SimulateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/wardline.v1.Management/Recommend" => {
+                    #[allow(non_camel_case_types)]
+                    struct RecommendSvc<T: Management>(pub Arc<T>);
+                    impl<
+                        T: Management,
+                    > tonic::server::UnaryService<super::RecommendRequest>
+                    for RecommendSvc<T> {
+                        type Response = super::RecommendResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RecommendRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Management>::recommend(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RecommendSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -260,6 +260,7 @@ impl Scale {
                 vlans: Vec::new(),
                 node_selector: None,
                 mode: Mode::Enforce,
+                quarantine: None,
             });
         }
         for i in 0..self.n {

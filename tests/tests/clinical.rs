@@ -1,0 +1,605 @@
+//! Clinical operations against the real kernel, across three managed
+//! agents: a compromised workstation quarantined fleet-wide (its
+//! established connection cut, the EHR lost on every agent, back on
+//! release), a pump quarantined keeping only its telemetry flow on its own
+//! VLAN, shown in status, the audit trail and the SIEM; bad targets and
+//! profiles refused with nothing changed. Then a vendor grant that the
+//! kernel opens and closes on time, refused past the vendor's BAA; a
+//! promotion refused while a critical flow would be dropped, a
+//! recommendation that, applied, leaves the observed flows passing, and
+//! the promotion that then goes through.
+
+use std::time::{Duration, Instant};
+
+use wardline_tests::agent::{Agent, managed_gateway};
+use wardline_tests::docs::policy;
+use wardline_tests::require_root;
+use wardline_tests::site::Site;
+use wardline_tests::topology;
+
+const SEGMENTS: &str = r#"
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ws}
+spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: pump}
+spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"], vlans: [30]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ehr}
+spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: pump-server, labels: {role: central-station}}
+spec: {cidrs: ["198.18.42.0/24", "2001:db8:42::/64"]}
+---
+apiVersion: wardline/v1
+kind: KeepProfile
+metadata: {name: pump-telemetry}
+spec:
+  flows:
+    - to: [pump-server]
+      ports: [{protocol: udp, port: 5000}]
+"#;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", text(out));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, eBPF): run via cargo xtask test"]
+fn privileged_quarantine_cuts_a_workstation_and_keeps_a_pump_s_telemetry_across_three_agents() {
+    require_root();
+    let mut site = Site::new();
+    let ocsf = site.dir.join("ocsf.jsonl");
+    site.replica_flags = vec!["--siem-ocsf".into(), ocsf.display().to_string()];
+    site.start_replica(0, &site.embedded_store());
+    let routed = topology::routed_gateway();
+    let host = topology::host_agent();
+    let bridge = topology::vlan_bridge();
+    for t in [&routed, &host, &bridge] {
+        site.connect(t.agent_ns());
+    }
+    let endpoints = [Site::endpoint(0)];
+    let agents: Vec<Agent> = [
+        (&routed, "{role: gateway}"),
+        (&host, "{role: ehr-server}"),
+        (&bridge, "{role: bridge}"),
+    ]
+    .into_iter()
+    .map(|(t, labels)| {
+        Agent::start_managed(t.agent_ns(), &t.interfaces(), &site, labels, &endpoints)
+    })
+    .collect();
+    let nodes: Vec<&str> = agents.iter().map(|a| a.node.as_str()).collect();
+    let revision = site.apply(
+        0,
+        &format!(
+            "{SEGMENTS}{}{}",
+            policy(
+                "ws-ehr-web",
+                "allow",
+                "ws",
+                "ehr",
+                "[{protocol: tcp, port: 443}]"
+            ),
+            policy(
+                "pumps-to-server",
+                "allow",
+                "pump",
+                "pump-server",
+                "[{protocol: tcp, port: 443}, {protocol: udp, port: 5000, endPort: 5010}]"
+            ),
+        ),
+    );
+    site.wait_acked(0, &nodes, revision, Duration::from_secs(10));
+    let (ws, ehr) = (routed.host("ws"), routed.host("ehr"));
+    let (host_ws, host_ehr) = (host.host("ws"), host.host("ehr"));
+    let (pump, server) = (bridge.host("pump"), bridge.host("pump-server"));
+    assert!(ws.ns.tcp_ok(ehr.v4, 443), "routed: ws reaches the EHR");
+    assert!(
+        host_ws.ns.tcp_ok(host_ehr.v4, 443),
+        "host: ws reaches the EHR"
+    );
+    assert!(
+        pump.ns.tcp_ok(server.v4, 443),
+        "bridge: the pump reaches its server"
+    );
+    assert!(
+        pump.ns.udp_ok(server.v4, 5000),
+        "bridge: the pump's telemetry"
+    );
+
+    // Bad input: refused, naming what is wrong, nothing written.
+    let pump_v4 = pump.v4.to_string();
+    for (args, says) in [
+        (
+            vec!["quarantine", "198.51.100.250", "--reason", "x"],
+            "matches nothing",
+        ),
+        (
+            vec!["quarantine", "02:00:00:00:99:99", "--reason", "x"],
+            "matches nothing",
+        ),
+        (
+            vec![
+                "quarantine",
+                &pump_v4,
+                "--reason",
+                "x",
+                "--keep",
+                "pump-telemetery",
+            ],
+            "no KeepProfile has this name",
+        ),
+        (
+            vec!["quarantine", "pump-7", "--reason", "x"],
+            "neither an IP address nor an Ethernet address",
+        ),
+        (
+            vec!["quarantine", "198.18.20.10", "--reason", ""],
+            "needs a reason",
+        ),
+    ] {
+        let out = site.wardctl(0, &args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    assert_eq!(site.status(0)["revision"], revision, "nothing written");
+
+    // The workstation, mid-session with the EHR, is quarantined.
+    let mut stream = ws
+        .ns
+        .spawn_probe(["stream", &ehr.v4.to_string(), "443", "--seconds", "30"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let start = Instant::now();
+    let q = json(&site.wardctl(
+        0,
+        &[
+            "quarantine",
+            &ws.v4.to_string(),
+            "--reason",
+            "IR-2291: beaconing to a known C2 address",
+            "-o",
+            "json",
+        ],
+    ));
+    let answered = start.elapsed();
+    // In force when every agent has programmed it into the kernel (each
+    // acknowledges a revision once its tables are written).
+    site.wait_acked(
+        0,
+        &nodes,
+        q["revision"].as_u64().unwrap(),
+        Duration::from_secs(10),
+    );
+    let in_force = start.elapsed();
+    eprintln!(
+        "quarantine of the workstation: answered in {answered:?}, in force on all 3 agents {in_force:?} after the command"
+    );
+    assert!(
+        !ws.ns.tcp_ok(ehr.v4, 443),
+        "routed: ws still reaches the EHR"
+    );
+    assert!(
+        !host_ws.ns.tcp_ok(host_ehr.v4, 443),
+        "host: ws still reaches the EHR"
+    );
+    let status = stream.wait().expect("the stream ends");
+    assert!(
+        !status.success(),
+        "the established connection was not cut by the quarantine"
+    );
+    assert_eq!(q["state"], "quarantined");
+    assert_eq!(q["addresses"][0], ws.v4.to_string());
+
+    // The pump keeps its telemetry flow, on its own VLAN, and nothing else.
+    let start = Instant::now();
+    let p = json(&site.wardctl(
+        0,
+        &[
+            "quarantine",
+            &pump.v4.to_string(),
+            "--reason",
+            "IR-2292: firmware integrity check failed",
+            "--keep",
+            "pump-telemetry",
+            "-o",
+            "json",
+        ],
+    ));
+    site.wait_acked(
+        0,
+        &nodes,
+        p["revision"].as_u64().unwrap(),
+        Duration::from_secs(10),
+    );
+    eprintln!(
+        "quarantine of the pump: in force on all 3 agents {:?} after the command",
+        start.elapsed()
+    );
+    assert!(
+        !pump.ns.tcp_ok(server.v4, 443),
+        "the quarantined pump still reaches its server on tcp/443"
+    );
+    assert_eq!(p["origin"], "pump", "{p}");
+    assert!(
+        pump.ns.udp_ok(server.v4, 5000),
+        "the pump's telemetry (udp/5000, its keep-profile) must still pass"
+    );
+    assert!(
+        pump.ns.udp_ok(server.v6, 5000) && pump.ns.tcp_ok(server.v6, 443),
+        "the pump's IPv6 address was not named: it is untouched"
+    );
+
+    // Shown in status, the audit trail and the SIEM (as alerts).
+    let out = site.wardctl(0, &["status"]);
+    for id in [&q["id"], &p["id"]] {
+        assert!(
+            text(&out).contains(&format!("({})", id.as_str().unwrap())),
+            "{}",
+            text(&out)
+        );
+    }
+    assert!(text(&out).contains("QUARANTINED"), "{}", text(&out));
+    let audit = text(&site.wardctl(0, &["audit", "-o", "json"]));
+    assert!(audit.contains("\"quarantine\""), "{audit}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = std::fs::read_to_string(&ocsf).unwrap_or_default();
+        let alerts = lines
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["record"]["action"] == "quarantine" && v["alert"] == true)
+            .count();
+        if alerts == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{alerts} quarantine alerts in {lines}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Quarantining it again is refused: it is in quarantine.
+    let out = site.wardctl(0, &["quarantine", &ws.v4.to_string(), "--reason", "again"]);
+    assert!(
+        text(&out).contains("in quarantine already"),
+        "{}",
+        text(&out)
+    );
+
+    // Released: the workstation reaches the EHR again, on both agents.
+    let r = json(&site.wardctl(
+        0,
+        &[
+            "release",
+            q["id"].as_str().unwrap(),
+            "--reason",
+            "reimaged, IR-2291 closed",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(r["state"], "released");
+    site.wait_acked(
+        0,
+        &nodes,
+        r["releasedRevision"].as_u64().unwrap(),
+        Duration::from_secs(10),
+    );
+    assert!(ws.ns.tcp_ok(ehr.v4, 443) && host_ws.ns.tcp_ok(host_ehr.v4, 443));
+    assert!(
+        !pump.ns.tcp_ok(server.v4, 443),
+        "the pump stays quarantined"
+    );
+    let out = site.wardctl(0, &["history"]);
+    assert!(
+        text(&out).contains(&format!("RELEASE {}", q["id"].as_str().unwrap()).to_uppercase()),
+        "{}",
+        text(&out)
+    );
+}
+
+const VENDOR_SITE: &str = r#"
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ws}
+spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: pump, labels: {critical: "true"}}
+spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ehr}
+spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: vendor-vpn}
+spec: {cidrs: ["198.51.100.0/24"]}
+"#;
+
+fn vendor(name: &str, baa: &str) -> String {
+    format!(
+        "---\napiVersion: wardline/v1\nkind: Vendor\nmetadata: {{name: {name}}}\nspec: {{contact: \"support@{name}.example\", baaExpires: {baa}, segment: vendor-vpn}}\n"
+    )
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, eBPF): run via cargo xtask test"]
+fn privileged_a_vendor_grant_opens_and_closes_on_time_and_never_past_the_baa() {
+    require_root();
+    let mut site = Site::new();
+    let (routed, agent) = managed_gateway(&mut site);
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::minutes(10);
+    let baa = wardline_proto::convert::format_time(soon.replace_nanosecond(0).unwrap());
+    let revision = site.apply(
+        0,
+        &format!(
+            "{VENDOR_SITE}{}{}",
+            vendor("infusion-co", "2030-01-01T00:00:00Z"),
+            vendor("lapsed-co", &baa)
+        ),
+    );
+    site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
+    // The vendor's jump host is `ext` (198.51.100.x), the pump `pump`.
+    let (ext, pump) = (routed.host("ext"), routed.host("pump"));
+    assert!(!ext.ns.tcp_ok(pump.v4, 22), "closed before the grant");
+
+    for (args, says) in [
+        (
+            vec![
+                "vendor", "grant", "nobody", "--to", "pump", "--ports", "tcp/22", "--until", "1h",
+                "--ticket", "CHG-1",
+            ],
+            "no Vendor \"nobody\"",
+        ),
+        (
+            vec![
+                "vendor",
+                "grant",
+                "lapsed-co",
+                "--to",
+                "pump",
+                "--ports",
+                "tcp/22",
+                "--until",
+                "1h",
+                "--ticket",
+                "CHG-1",
+            ],
+            "business associate agreement on file for \"lapsed-co\" ends",
+        ),
+        (
+            vec![
+                "vendor",
+                "grant",
+                "infusion-co",
+                "--to",
+                "pump",
+                "--ports",
+                "tcp/22",
+                "--from",
+                "2h",
+                "--until",
+                "1h",
+                "--ticket",
+                "CHG-1",
+            ],
+            "is not after --from",
+        ),
+        (
+            vec![
+                "vendor",
+                "grant",
+                "infusion-co",
+                "--to",
+                "pumps",
+                "--ports",
+                "tcp/22",
+                "--until",
+                "1h",
+                "--ticket",
+                "CHG-1",
+            ],
+            "no such segment",
+        ),
+    ] {
+        let out = site.wardctl(0, &args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    assert_eq!(site.status(0)["revision"], revision, "nothing written");
+
+    let g = json(&site.wardctl(
+        0,
+        &[
+            "vendor",
+            "grant",
+            "infusion-co",
+            "--to",
+            "pump",
+            "--ports",
+            "tcp/22",
+            "--until",
+            "8s",
+            "--ticket",
+            "CHG-4410",
+            "-o",
+            "json",
+        ],
+    ));
+    let end = time::OffsetDateTime::parse(
+        g["until"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    site.wait_acked(
+        0,
+        &[&agent.node],
+        g["revision"].as_u64().unwrap(),
+        Duration::from_secs(10),
+    );
+    assert!(ext.ns.tcp_ok(pump.v4, 22), "open inside the grant");
+    assert!(!ext.ns.tcp_ok(pump.v4, 443), "only the granted port");
+    let status = text(&site.wardctl(0, &["status"]));
+    assert!(status.contains(g["id"].as_str().unwrap()), "{status}");
+    let left = Duration::try_from(end - time::OffsetDateTime::now_utc()).unwrap_or_default();
+    std::thread::sleep(left + Duration::from_millis(1200));
+    assert!(!ext.ns.tcp_ok(pump.v4, 22), "closed on time by the kernel");
+
+    // The grant's flows, by its policy.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = site.wardctl(0, &["vendor", "flows", g["id"].as_str().unwrap()]);
+        if out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains(g["policy"].as_str().unwrap())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no flow of the grant: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let grants = json(&site.wardctl(0, &["vendor", "grants", "-o", "json"]));
+    assert_eq!(grants[0]["state"], "expired", "{grants}");
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, eBPF): run via cargo xtask test"]
+fn privileged_promotion_is_refused_over_a_critical_flow_until_the_recommendation_allows_it() {
+    require_root();
+    let mut site = Site::new();
+    let (routed, agent) = managed_gateway(&mut site);
+    let monitored = VENDOR_SITE.replace(
+        "metadata: {name: ws}\nspec: {cidrs: [\"198.18.20.0/24\", \"2001:db8:20::/64\"]}",
+        "metadata: {name: ws}\nspec: {cidrs: [\"198.18.20.0/24\", \"2001:db8:20::/64\"], mode: monitor}",
+    );
+    assert_ne!(monitored, VENDOR_SITE);
+    let revision = site.apply(0, &monitored);
+    site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
+    let (ws, pump, ehr) = (routed.host("ws"), routed.host("pump"), routed.host("ehr"));
+    // Monitor mode: these pass, audited.
+    assert!(ws.ns.tcp_ok(pump.v4, 443) && ws.ns.udp_ok(pump.v4, 5000));
+    assert!(ws.ns.tcp_ok(ehr.v4, 443) && ws.ns.tcp_ok(ehr.v4, 8080));
+
+    // Wait for the records to reach the control plane.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = site.wardctl(0, &["observe", "--verdict", "audited", "--since", "5m"]);
+        let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+        if lines >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "audited records: {}", text(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The simulation of enforcing names the flows it would drop.
+    let enforce = site.dir.join("enforce.yaml");
+    std::fs::write(&enforce, VENDOR_SITE).unwrap();
+    let d = json(&site.wardctl(
+        0,
+        &[
+            "diff",
+            "-f",
+            enforce.to_str().unwrap(),
+            "--against-flows",
+            "1h",
+            "-o",
+            "json",
+        ],
+    ));
+    let changes = d["changes"].as_array().unwrap();
+    assert!(
+        changes.iter().any(|c| c["from"] == "ws"
+            && c["to"] == "pump"
+            && c["port"] == 443
+            && c["before"] == "audited"
+            && c["after"] == "dropped"),
+        "{d}"
+    );
+
+    // Promotion is refused: ws -> pump is critical (the pump is).
+    let out = site.wardctl(0, &["promote", "ws", "--days", "1"]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    assert!(
+        text(&out).contains("segment pump is critical"),
+        "{}",
+        text(&out)
+    );
+    let out = site.wardctl(0, &["promote", "ehr"]);
+    assert!(
+        text(&out).contains("is not in monitor mode"),
+        "{}",
+        text(&out)
+    );
+    let out = site.wardctl(0, &["promote", "pumps"]);
+    assert!(
+        text(&out).contains("no segment \"pumps\""),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(site.status(0)["revision"], revision, "nothing written");
+
+    // The recommendation allows exactly what was observed; applied, the
+    // promotion goes through and the flows still pass, enforced.
+    let draft = site.dir.join("draft.yaml");
+    let out = site.wardctl(
+        0,
+        &[
+            "recommend",
+            "--segment",
+            "ws",
+            "--since",
+            "1h",
+            "--out",
+            draft.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml = std::fs::read_to_string(&draft).unwrap();
+    for expected in [
+        "ws-to-pump-tcp-443",
+        "ws-to-pump-udp-5000",
+        "ws-to-ehr-tcp-443",
+        "ws-to-ehr-tcp-8080",
+    ] {
+        assert!(yaml.contains(expected), "{expected} in\n{yaml}");
+    }
+    let out = site.wardctl(0, &["apply", "-f", draft.to_str().unwrap(), "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let p = json(&site.wardctl(0, &["promote", "ws", "--days", "1", "-o", "json"]));
+    let promoted = p["revision"].as_u64().unwrap();
+    assert!(promoted > 0, "{p}");
+    site.wait_acked(0, &[&agent.node], promoted, Duration::from_secs(10));
+    assert!(ws.ns.tcp_ok(pump.v4, 443) && ws.ns.udp_ok(pump.v4, 5000));
+    assert!(ws.ns.tcp_ok(ehr.v4, 443) && ws.ns.tcp_ok(ehr.v4, 8080));
+    assert!(
+        !ws.ns.tcp_ok(ehr.v4, 22),
+        "never observed: dropped, enforced"
+    );
+    let history = text(&site.wardctl(0, &["history"]));
+    assert!(history.contains("PROMOTE WS"), "{history}");
+}
