@@ -62,6 +62,10 @@ pub struct Packet {
     pub tcp_flags: u8,
     pub icmp: IcmpKind,
     pub fragment: Fragment,
+    /// Sent to a group: an Ethernet multicast or broadcast destination, an
+    /// IPv4 multicast or limited-broadcast address, IPv6 multicast. Never
+    /// tracked: nothing answers a group as a reply.
+    pub group: bool,
 }
 
 impl Packet {
@@ -193,14 +197,33 @@ pub fn parse(frame: &[u8], skb_vlan: SkbVlan) -> Result<Parsed, Reason> {
             return Err(Reason::UnsupportedL2);
         }
     }
+    let group_frame = b.u8(0)? & 1 != 0;
+    let to_group = |parsed: Result<Parsed, Reason>| {
+        parsed.map(|parsed| match parsed {
+            Parsed::Ip(mut p) => {
+                p.group = group_frame || group_address(&p);
+                Parsed::Ip(p)
+            }
+            other => other,
+        })
+    };
     match ethertype {
         ETH_P_ARP => Ok(Parsed::L2Pass),
-        ETH_P_IP => parse_ipv4(&b, off, vlan),
-        ETH_P_IPV6 => parse_ipv6(&b, off, vlan),
+        ETH_P_IP => to_group(parse_ipv4(&b, off, vlan)),
+        ETH_P_IPV6 => to_group(parse_ipv6(&b, off, vlan)),
         // An IEEE 802.3 frame: the field is its length, not an ethertype.
         len if len < ETH_P_802_3_MIN => Ok(Parsed::Ethertype(ETHERTYPE_802_3)),
         other => Ok(Parsed::Ethertype(other)),
     }
+}
+
+/// A multicast destination (224.0.0.0/4, ff00::/8) or the limited
+/// broadcast 255.255.255.255.
+fn group_address(p: &Packet) -> bool {
+    if p.family == 6 {
+        return p.dst[0] == 0xff;
+    }
+    (224..240).contains(&p.dst[12]) || p.dst[12..16] == [255; 4]
 }
 
 fn parse_ipv4(b: &Bytes<'_>, off: usize, vlan: u16) -> Result<Parsed, Reason> {
@@ -240,6 +263,7 @@ fn parse_ipv4(b: &Bytes<'_>, off: usize, vlan: u16) -> Result<Parsed, Reason> {
         tcp_flags: 0,
         icmp: IcmpKind::NotIcmp,
         fragment,
+        group: false,
     };
     if let Fragment::Later(_) = fragment {
         return Ok(Parsed::Ip(p));
@@ -307,6 +331,7 @@ fn parse_ipv6(b: &Bytes<'_>, off: usize, vlan: u16) -> Result<Parsed, Reason> {
         tcp_flags: 0,
         icmp: IcmpKind::NotIcmp,
         fragment,
+        group: false,
     };
     if let Fragment::Later(_) = fragment {
         return Ok(Parsed::Ip(p));

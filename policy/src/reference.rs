@@ -16,7 +16,7 @@ use wardline_ebpf_abi::{
     BOUND_ORIG, BOUND_REPLY_VLAN, DIR_EGRESS, DIR_INGRESS, FLOW_ALLOWED, FLOW_AUDITED, FLOW_DENIED,
     FLOW_FAILSAFE, FlowKey, FragmentKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
     PROTO_UDP, Reason, SEGMENT_WORLD, TCP_FIN_ORIG, TCP_FIN_REPLY, TCP_RST, TCP_SEEN_REPLY,
-    TIMEOUT_DENIED, TIMEOUT_FRAGMENT, flow_timeout,
+    TIMEOUT_DENIED, TIMEOUT_FRAGMENT, TO_GROUP, flow_timeout,
 };
 
 use crate::model::{Action, Mode, Peer, PolicySet, Protocol};
@@ -485,6 +485,7 @@ impl Tracker {
         let key = p.flow_key();
         let (which, trackable) = match p.icmp {
             IcmpKind::Error(_) | IcmpKind::Other => (0, false),
+            _ if p.group => (AS_INITIATOR, true),
             IcmpKind::EchoRequest => (AS_INITIATOR, true),
             IcmpKind::EchoReply => (AS_REPLY, false),
             IcmpKind::NotIcmp => (AS_INITIATOR | AS_REPLY, true),
@@ -512,7 +513,11 @@ impl Tracker {
         }
         if which & AS_REPLY != 0 {
             let initiator = key.reversed();
-            if self.belongs(cx, &initiator, true) {
+            let to_group = self
+                .flows
+                .get(&initiator)
+                .is_some_and(|f| f.binding & TO_GROUP != 0);
+            if !to_group && self.belongs(cx, &initiator, true) {
                 return Some(self.established(cx, &initiator, true));
             }
         }
@@ -692,7 +697,7 @@ impl Tracker {
         // A tuple tracked (in either orientation: one connection for both
         // directions, but for echo, whose requester is always first) for a
         // connection that lives elsewhere stays as it is.
-        let echo = matches!(cx.p.icmp, IcmpKind::EchoRequest);
+        let echo = matches!(cx.p.icmp, IcmpKind::EchoRequest) || cx.p.group;
         if !echo && self.flows.contains_key(&key.reversed()) {
             return;
         }
@@ -701,7 +706,7 @@ impl Tracker {
             generation: cx.generation,
             status: status_of(reason),
             tcp,
-            binding: if ingress { BOUND_ORIG } else { 0 },
+            binding: if ingress { BOUND_ORIG } else { 0 } | if cx.p.group { TO_GROUP } else { 0 },
             orig_ifindex: if ingress { cx.hook.ifindex } else { 0 },
             orig_vlan: if ingress { cx.p.vlan } else { 0 },
             reply_ifindex: if ingress { 0 } else { cx.hook.ifindex },

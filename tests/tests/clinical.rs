@@ -603,3 +603,145 @@ fn privileged_promotion_is_refused_over_a_critical_flow_until_the_recommendation
     let history = text(&site.wardctl(0, &["history"]));
     assert!(history.contains("PROMOTE WS"), "{history}");
 }
+
+/// Segments of the VLAN bridge with a second access VLAN, the quarantined
+/// pump (198.18.30.10, from `pumps`) keeping udp/5000 to the pump server,
+/// and the groups pumps announce themselves to: WS-Discovery's multicast
+/// groups and the pump server subnet's broadcast address.
+fn quarantined_pump_site() -> String {
+    format!(
+        "{}---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: vlan40}}\nspec: {{cidrs: [\"198.18.40.0/24\", \"2001:db8:40::/64\"], vlans: [40]}}\n\
+         ---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: quarantine-1}}\nspec: {{cidrs: [\"198.18.30.10/32\"], quarantine: {{origin: pumps}}}}\n\
+         ---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: discovery}}\nspec: {{cidrs: [\"239.255.255.250/32\", \"ff02::c/128\", \"198.18.42.255/32\"]}}\n{}{}{}",
+        wardline_tests::scenarios::VLAN_SEGMENTS,
+        policy(
+            "quarantine-1-keep-0",
+            "allow",
+            "quarantine-1",
+            "pump-server",
+            "[{protocol: udp, port: 5000}]"
+        ),
+        policy(
+            "pumps-announce",
+            "allow",
+            "pumps",
+            "discovery",
+            "[{protocol: udp, port: 3702}]"
+        ),
+        policy("anything-to-world", "allow", "any", "world", ""),
+    )
+}
+
+/// Attack: the pump 198.18.30.10 is quarantined, keeping only its
+/// telemetry (udp/5000 to the pump server), on its own VLAN 30. A host on
+/// access VLAN 40 sends that telemetry with the pump's address, tagged 40,
+/// to have forged readings taken as the pump's. And `any -> world` must
+/// not reach the quarantined pump.
+///
+/// Expected: the genuine telemetry arrives (VLAN 30 is its origin's); the
+/// forged copy from VLAN 40 is dropped as a spoofed source; the pump's
+/// tcp/8080 to an outside address (allowed `any -> world`) does not pass.
+#[test]
+#[ignore = "needs root (network namespaces, eBPF): run via cargo xtask test"]
+fn attack_a_quarantined_device_s_kept_flow_forged_from_another_vlan() {
+    require_root();
+    let topo = topology::vlan_bridge_with_second_vlan();
+    let _agent = Agent::start(
+        topo.agent_ns(),
+        &topo.interfaces(),
+        &quarantined_pump_site(),
+    );
+    let (pump, server, attacker) = (
+        topo.host("pump"),
+        topo.host("pump-server"),
+        topo.host("vlan40"),
+    );
+    let server_mac = wardline_tests::forge::mac_of(&server.ns, "eth0");
+    let telemetry = wardline_tests::forge::Forged::udp(
+        std::net::SocketAddr::new(pump.v4, 40_001),
+        std::net::SocketAddr::new(server.v4, 5000),
+    );
+    assert!(
+        pump.ns
+            .forge_and_count("eth0", &server_mac, &telemetry, &server.ns, "eth0", Some(1))
+            > 0,
+        "the quarantined pump's own telemetry, on VLAN 30, must pass"
+    );
+    let forged =
+        attacker
+            .ns
+            .forge_and_count("eth0", &server_mac, &telemetry, &server.ns, "eth0", None);
+    assert_eq!(
+        forged, 0,
+        "{forged} copies of the pump's telemetry forged from VLAN 40 reached the pump server"
+    );
+    let web = wardline_tests::forge::Forged::tcp(
+        std::net::SocketAddr::new(pump.v4, 40_002),
+        std::net::SocketAddr::new(server.v4, 443),
+    );
+    assert_eq!(
+        pump.ns
+            .forge_and_count("eth0", &server_mac, &web, &server.ns, "eth0", None),
+        0,
+        "the quarantined pump reached the pump server beyond its keep-profile"
+    );
+}
+
+/// Multicast and broadcast clinical traffic on the VLAN bridge: a pump's
+/// WS-Discovery probe to 239.255.255.250 (IPv4) and ff02::c (IPv6) UDP
+/// 3702, and its announcement to the pump server subnet's broadcast
+/// address, pass by policy like any other; another port to the same groups
+/// is dropped; and a "reply" from the group's address to the probe's
+/// source port is judged as a new connection (no reply tracking for
+/// groups) and dropped.
+#[test]
+#[ignore = "needs root (network namespaces, eBPF): run via cargo xtask test"]
+fn privileged_multicast_and_broadcast_are_enforced_without_reply_tracking() {
+    require_root();
+    let topo = topology::vlan_bridge_with_second_vlan();
+    // Without `any -> world`: the pump below is `world` by its address.
+    let site = quarantined_pump_site().replace(
+        &policy("anything-to-world", "allow", "any", "world", ""),
+        "",
+    );
+    let agent = Agent::start(topo.agent_ns(), &topo.interfaces(), &site);
+    // A pump by its VLAN (30), its address in no segment: 198.18.30.10 is
+    // quarantined here.
+    let (pump, server) = (topo.host("vlan-only"), topo.host("pump-server"));
+    let (v4, v6) = (pump.v4.to_string(), pump.v6.to_string());
+    let sock = |ip: &str, port| std::net::SocketAddr::new(ip.parse().unwrap(), port);
+    for (src, group, mac) in [
+        (v4.as_str(), "239.255.255.250", "01:00:5e:7f:ff:fa"),
+        (v6.as_str(), "ff02::c", "33:33:00:00:00:0c"),
+        (v4.as_str(), "198.18.42.255", "ff:ff:ff:ff:ff:ff"),
+    ] {
+        let probe = wardline_tests::forge::Forged::udp(sock(src, 40_100), sock(group, 3702));
+        assert!(
+            pump.ns
+                .forge_and_count("eth0", mac, &probe, &server.ns, "eth0", Some(1))
+                > 0,
+            "{src} -> {group} udp/3702 is allowed and must pass"
+        );
+        let other = wardline_tests::forge::Forged::udp(sock(src, 40_101), sock(group, 3703));
+        assert_eq!(
+            pump.ns
+                .forge_and_count("eth0", mac, &other, &server.ns, "eth0", None),
+            0,
+            "{src} -> {group} udp/3703 is allowed by no policy"
+        );
+        // A reply from the group to the probe's port, sent from the core
+        // side where the group's frames went: a new connection from
+        // `discovery` to `pumps`, which no policy allows.
+        let pump_mac = wardline_tests::forge::mac_of(&pump.ns, "eth0");
+        let reply = wardline_tests::forge::Forged::udp(sock(group, 3702), sock(src, 40_100));
+        let leaked = server
+            .ns
+            .forge_and_count("eth0", &pump_mac, &reply, &pump.ns, "eth0", None);
+        assert_eq!(
+            leaked, 0,
+            "{leaked} replies from {group} reached the pump as part of its probe"
+        );
+    }
+    let status = agent.status_json(topo.agent_ns());
+    assert!(status["ready"] == true, "{status}");
+}

@@ -652,6 +652,10 @@ pub const BOUND_REPLY_VLAN: u8 = 1 << 1;
 /// keyed with their lower end first, so one lookup serves both directions;
 /// ICMP echo with the requester first).
 pub const INITIATOR_FIRST: u8 = 1 << 2;
+/// Sent to a group (multicast, broadcast): tracked in its initiator's
+/// orientation only, so that the node forwarding it knows it on every
+/// port it floods to; nothing is ever taken as its reply.
+pub const TO_GROUP: u8 = 1 << 3;
 
 /// [`FlowState::tcp`] bits.
 pub const TCP_SEEN_REPLY: u8 = 1 << 0;

@@ -13,7 +13,7 @@ use wardline_ebpf_abi::{
     EVENT_CLOSE, EVENT_REVOKED, FLOW_AUDITED, FLOW_DENIED, FLOW_FAILSAFE, FlowKey, FlowState,
     INITIATOR_FIRST, MAX_CONNECTIONS, MAX_DENIED, MAX_UNCONFIRMED, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_TCP, Reason, TCP_CLOSE_REPORTED, TCP_FIN_ORIG, TCP_FIN_REPLY, TCP_RST, TCP_SEEN_REPLY,
-    TIMEOUT_DENIED, flow_timeout, slot_of,
+    TIMEOUT_DENIED, TO_GROUP, flow_timeout, slot_of,
 };
 
 use crate::events::{EventFlow, count_slot, flow_event};
@@ -177,7 +177,7 @@ pub fn tracked(env: &Env<'_>, p: &mut Packet, packet_key: &FlowKey, which: u8) -
     }
     let reply = src_first != (st.binding & INITIATOR_FIRST != 0);
     let allowed = if reply { AS_REPLY } else { AS_INITIATOR };
-    if which & allowed == 0 {
+    if which & allowed == 0 || (reply && st.binding & TO_GROUP != 0) {
         return 0;
     }
     match bound(env, p, st, reply) {
@@ -469,7 +469,8 @@ pub fn track(env: &Env<'_>, p: &Packet, packet_key: &FlowKey, which: u8, j: &Jud
         reason: j.reason as u8,
         tcp,
         binding: if ingress { BOUND_ORIG } else { 0 }
-            | if initiator_first { INITIATOR_FIRST } else { 0 },
+            | if initiator_first { INITIATOR_FIRST } else { 0 }
+            | if p.to_group() { TO_GROUP } else { 0 },
     };
     // The tuple (in either orientation) tracked for a connection that
     // lives elsewhere stays as it is: this packet got its own verdict.

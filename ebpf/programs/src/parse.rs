@@ -41,9 +41,29 @@ pub struct Packet {
     pub icmp: u8,
     pub fragment: u8,
     pub has_inner: bool,
+    /// Sent to a group: an Ethernet multicast or broadcast destination,
+    /// an IPv4 multicast or limited-broadcast address, IPv6 multicast.
+    /// Never tracked: nothing answers a group as a reply.
+    pub group: bool,
 }
 
 impl Packet {
+    /// Whether the packet is sent to a group: its frame to a multicast or
+    /// broadcast Ethernet address, or its IP destination multicast
+    /// (224.0.0.0/4, ff00::/8) or the limited broadcast 255.255.255.255.
+    #[inline(always)]
+    pub fn to_group(&self) -> bool {
+        if self.group {
+            return true;
+        }
+        if self.family == 6 {
+            return self.dst[0] == 0xff;
+        }
+        let first = self.dst[12];
+        (224..240).contains(&first)
+            || (first == 255 && self.dst[13] == 255 && self.dst[14] == 255 && self.dst[15] == 255)
+    }
+
     /// Every field cleared: what `reset` writes.
     pub const EMPTY: Packet = Packet {
         src: [0; 16],
@@ -67,6 +87,7 @@ impl Packet {
         icmp: 0,
         fragment: 0,
         has_inner: false,
+        group: false,
     };
 
     /// Clears the per-CPU scratch packet before each parse. All zeros, so
@@ -156,6 +177,8 @@ fn v6_at(ctx: &TcContext, at: usize) -> Result<[u8; 16], Reason> {
 #[inline(never)]
 pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<Parsed, Reason> {
     need(ctx, 14)?;
+    // The I/G bit of the destination: multicast and broadcast frames.
+    p.group = (u16_at(ctx, 0)? >> 8) & 1 != 0;
     let mut ethertype = u16_at(ctx, 12)?;
     let mut off = 14usize;
     let mut tagged = false;

@@ -180,8 +180,11 @@ fn judge_ip(env: &mut Env<'_>, p: &mut Packet) -> Reason {
     // ICMP errors and other ICMP messages are never tracked themselves.
     // `which`: the orientations a packet may belong to a connection in;
     // `creates`: those a new connection of it is tracked in (none: never).
+    // What is sent to a group (multicast, broadcast) is tracked in its
+    // initiator's orientation only: nothing answers a group as a reply.
     let (which, creates) = match p.icmp {
         ICMP_ERROR | ICMP_OTHER => (0, 0),
+        _ if p.to_group() => (AS_INITIATOR, AS_INITIATOR),
         ICMP_ECHO_REQUEST => (AS_INITIATOR, AS_INITIATOR),
         ICMP_ECHO_REPLY => (AS_REPLY, 0),
         _ => (AS_INITIATOR | AS_REPLY, AS_INITIATOR | AS_REPLY),
