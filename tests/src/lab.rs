@@ -2,7 +2,10 @@
 //! (embedded store) on a management network holds `examples/hospital.yaml`,
 //! applied with `wardctl`; a managed agent on the gateway enforces it.
 //! Example traffic includes a blocked lateral-movement attempt, then the
-//! compromised workstation is quarantined with one `wardctl apply`.
+//! compromised workstation is quarantined with `wardctl quarantine`; with
+//! roles bound, two-person changes, break-glass, a pump quarantined keeping
+//! its telemetry, a vendor window closing on time, a promotion refused for
+//! a critical flow, a recommendation, and the auditors' report.
 //! `cargo xtask lab` runs it.
 //!
 //! ```text
@@ -327,36 +330,33 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
     );
     println!("\nThe lateral-movement attempt from the workstation to the pump was dropped.");
 
-    // The workstation is compromised: quarantine it. Its /32 in a segment
-    // of its own wins over clinician-workstations (longest prefix), and no
-    // policy lets a quarantined host talk to anything.
-    println!("\nQuarantining the compromised workstation:\n$ wardctl apply -f quarantine.yaml");
-    let quarantine = "apiVersion: wardline/v1\nkind: Segment\nmetadata:\n  name: quarantine\n  labels: {incident: ir-2291}\nspec:\n  cidrs: [\"198.18.20.10/32\"]\n";
-    let file = site.dir.join("quarantine.yaml");
-    std::fs::write(&file, quarantine)?;
-    let out = site.wardctl(
-        0,
-        &[
-            "apply",
-            "-f",
-            file.to_str().unwrap_or_default(),
-            "-m",
-            "IR-2291: workstation beaconing",
-            "-o",
-            "json",
-        ],
+    // The workstation is compromised: quarantine it, fleet-wide, at once.
+    let args = [
+        "quarantine",
+        "198.18.20.10",
+        "--reason",
+        "IR-2291: workstation beaconing",
+        "-o",
+        "json",
+    ];
+    println!(
+        "\nQuarantining the compromised workstation:\n$ wardctl {}",
+        args[..4].join(" ")
     );
+    let started = std::time::Instant::now();
+    let out = site.wardctl(0, &args);
     anyhow::ensure!(
         out.status.success(),
-        "wardctl apply: {}",
+        "wardctl quarantine: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let applied: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let revision = applied["revision"].as_u64().unwrap_or(0);
-    let took = site.wait_acked(0, &[agent.node.as_str()], revision, Duration::from_secs(10));
+    let quarantine: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let revision = quarantine["revision"].as_u64().unwrap_or(0);
+    site.wait_acked(0, &[agent.node.as_str()], revision, Duration::from_secs(10));
     println!(
-        "revision {revision} enforced on the gateway {} ms after apply.",
-        took.as_millis()
+        "quarantine {} (revision {revision}) enforced on the gateway {} ms after the command.",
+        quarantine["id"].as_str().unwrap_or("?"),
+        started.elapsed().as_millis()
     );
     let ehr = addr_of("ehr");
     let before = ns_of("workstation").tcp_ok(ehr, 443);
@@ -394,7 +394,13 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         wait_for_output(&site, &new, "NEW")
     );
 
-    governance(&site, &agent, ns_of("vendor"), addr_of("pump-server"))?;
+    governance(
+        &site,
+        &agent,
+        &devices,
+        ns_of("vendor"),
+        addr_of("pump-server"),
+    )?;
 
     let status = agent.status_json(&gw);
     println!(
@@ -497,6 +503,9 @@ fn show(site: &Site, who: &str, args: &[&str], succeed: bool) -> anyhow::Result<
         String::from_utf8_lossy(&out.stderr)
     );
     print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
     anyhow::ensure!(
         out.status.success() == succeed,
         "wardctl {} as {who} {}",
@@ -512,6 +521,7 @@ fn show(site: &Site, who: &str, args: &[&str], succeed: bool) -> anyhow::Result<
 fn governance(
     site: &Site,
     agent: &Agent,
+    devices: &[Device],
     vendor: &Netns,
     pump_server: IpAddr,
 ) -> anyhow::Result<()> {
@@ -690,8 +700,9 @@ fn governance(
         ],
         true,
     )?;
+    clinical(site, agent, devices)?;
     show(site, "audra", &["attest", &agent.node], true)?;
-    show(site, "audra", &["history", "--limit", "4"], true)?;
+    show(site, "audra", &["history", "--limit", "6"], true)?;
 
     let dir = std::env::current_dir()?.join("target/lab");
     std::fs::create_dir_all(&dir)?;
@@ -710,6 +721,172 @@ fn governance(
         ],
         true,
     )?;
+    Ok(())
+}
+
+/// The clinical operations, with roles bound: a pump quarantined keeping
+/// its telemetry and released, a vendor window the kernel closes on time,
+/// a promotion refused for the critical flow it would drop, and the draft
+/// policy recommended from what the CT scanner was seen doing.
+fn clinical(site: &Site, agent: &Agent, devices: &[Device]) -> anyhow::Result<()> {
+    let device = |name: &str| devices.iter().find(|d| d.name == name).expect("device");
+    let ip = |name: &str| -> IpAddr { device(name).addr.parse().expect("address") };
+    let said = |ok: bool, yes: &str, no: &str| if ok { yes.to_owned() } else { no.to_owned() };
+    let revision_of = |text: &str| -> anyhow::Result<u64> {
+        text.split("revision ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no revision in {text}"))
+    };
+    let (pump, server) = (&device("pump-1").ns, ip("pump-server"));
+
+    println!(
+        "\nClinical operations. pump-1 fails its firmware check: quarantine it, keeping its telemetry:"
+    );
+    let q = show(
+        site,
+        "ops",
+        &[
+            "quarantine",
+            "198.18.30.11",
+            "--reason",
+            "IR-2292: firmware integrity check failed",
+            "--keep",
+            "pump-telemetry",
+        ],
+        true,
+    )?;
+    site.wait_acked(
+        0,
+        &[agent.node.as_str()],
+        revision_of(&q)?,
+        Duration::from_secs(10),
+    );
+    let (library, telemetry) = (pump.tcp_ok(server, 443), pump.udp_ok(server, 5000));
+    println!(
+        "pump-1 -> pump-server tcp/443 (drug library): {}\npump-1 -> pump-server udp/5000 (status, its keep-profile): {}",
+        said(library, "open (unexpected)", "DROPPED: quarantined"),
+        said(telemetry, "STILL FLOWING: kept", "dropped (unexpected)")
+    );
+    anyhow::ensure!(
+        !library && telemetry,
+        "the quarantine did not keep exactly the telemetry"
+    );
+    show(site, "ops", &["status"], true)?;
+    let id = q
+        .split_whitespace()
+        .find(|w| w.starts_with("q-"))
+        .ok_or_else(|| anyhow::anyhow!("no quarantine id in {q}"))?
+        .to_owned();
+    let released = show(
+        site,
+        "ops",
+        &[
+            "release",
+            &id,
+            "--reason",
+            "reflashed by biomed, IR-2292 closed",
+        ],
+        true,
+    )?;
+    let revision = released
+        .split("in revision ")
+        .last()
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    site.wait_acked(0, &[agent.node.as_str()], revision, Duration::from_secs(10));
+    println!(
+        "pump-1 -> pump-server tcp/443: {}",
+        said(
+            pump.tcp_ok(server, 443),
+            "open again",
+            "dropped (unexpected)"
+        )
+    );
+
+    println!("\nA vendor window: the pump vendor for 20 seconds, against a change ticket:");
+    let vendor = &device("vendor").ns;
+    let grant = show(
+        site,
+        "ops",
+        &[
+            "vendor",
+            "grant",
+            "pump-vendor",
+            "--to",
+            "pump-server",
+            "--ports",
+            "tcp/443",
+            "--until",
+            "20s",
+            "--ticket",
+            "CHG-1300",
+        ],
+        true,
+    )?;
+    site.wait_acked(
+        0,
+        &[agent.node.as_str()],
+        revision_of(&grant)?,
+        Duration::from_secs(10),
+    );
+    let open = vendor.tcp_ok(server, 443);
+    println!(
+        "vendor -> pump-server tcp/443: {}",
+        said(open, "OPEN (vendor grant)", "dropped (unexpected)")
+    );
+    anyhow::ensure!(open, "the vendor grant did not open");
+    println!("(waiting for the window to end, in the kernel...)");
+    std::thread::sleep(Duration::from_secs(21));
+    let after = vendor.tcp_ok(server, 443);
+    println!(
+        "vendor -> pump-server tcp/443: {}",
+        said(
+            after,
+            "still open (unexpected)",
+            "DROPPED: the window ended on time"
+        )
+    );
+    anyhow::ensure!(!after, "the vendor grant did not close");
+    let grant_id = grant
+        .split_whitespace()
+        .find(|w| w.starts_with("vg-"))
+        .ok_or_else(|| anyhow::anyhow!("no grant id in {grant}"))?
+        .to_owned();
+    println!("$ wardctl vendor flows {grant_id}");
+    print!(
+        "{}",
+        wait_for_output(site, &["vendor", "flows", &grant_id], "vendor-grant-")
+    );
+
+    println!("\nThe CT scanner's segment, in monitor mode, is not ready for enforce:");
+    show(
+        site,
+        "ops",
+        &["promote", "imaging-modalities", "--days", "1"],
+        false,
+    )?;
+    println!("\nWhat it was seen doing, as draft policy for the change board:");
+    let out = site.wardctl_as(
+        "ops",
+        0,
+        &[
+            "recommend",
+            "--segment",
+            "imaging-modalities",
+            "--since",
+            "1h",
+        ],
+    );
+    let draft = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("ops$ wardctl recommend --segment imaging-modalities --since 1h\n{draft}");
+    anyhow::ensure!(
+        draft.contains("imaging-modalities-to-ehr-tcp-443"),
+        "the recommendation lacks the scanner's EHR flow: {draft}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 

@@ -66,7 +66,12 @@ fn privileged_quarantine_cuts_a_workstation_and_keeps_a_pump_s_telemetry_across_
     require_root();
     let mut site = Site::new();
     let ocsf = site.dir.join("ocsf.jsonl");
-    site.replica_flags = vec!["--siem-ocsf".into(), ocsf.display().to_string()];
+    site.replica_flags = vec![
+        "--siem-ocsf".into(),
+        ocsf.display().to_string(),
+        "--dashboard-address".into(),
+        format!("{}:8443", wardline_tests::site::REPLICAS[0]),
+    ];
     site.start_replica(0, &site.embedded_store());
     let routed = topology::routed_gateway();
     let host = topology::host_agent();
@@ -275,6 +280,19 @@ fn privileged_quarantine_cuts_a_workstation_and_keeps_a_pump_s_telemetry_across_
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // And on the dashboard's governance page, in Chromium.
+    let out = site.wardctl(0, &["dashboard", "login"]);
+    let url = format!("{}#governance", String::from_utf8_lossy(&out.stdout).trim());
+    let mut browser =
+        wardline_tests::browser::Browser::new(&site.ns, &site.dir.join("cp.pem"), &site.dir);
+    let dom = browser.dom(&url);
+    for id in [&q["id"], &p["id"]] {
+        assert!(
+            dom.contains(&format!("data-quarantine=\"{}\"", id.as_str().unwrap())),
+            "{dom}"
+        );
+    }
+    assert!(dom.contains("pump-telemetry"), "{dom}");
     // Quarantining it again is refused: it is in quarantine.
     let out = site.wardctl(0, &["quarantine", &ws.v4.to_string(), "--reason", "again"]);
     assert!(
@@ -309,9 +327,65 @@ fn privileged_quarantine_cuts_a_workstation_and_keeps_a_pump_s_telemetry_across_
     );
     let out = site.wardctl(0, &["history"]);
     assert!(
-        text(&out).contains(&format!("RELEASE {}", q["id"].as_str().unwrap()).to_uppercase()),
+        text(&out).contains(&format!("RELEASE {}", q["id"].as_str().unwrap())),
         "{}",
         text(&out)
+    );
+
+    // By its Ethernet address, once the inventory has seen it: the pump,
+    // released first, then quarantined again by its MAC.
+    let r = json(&site.wardctl(
+        0,
+        &[
+            "release",
+            &pump.v4.to_string(),
+            "--reason",
+            "checked",
+            "-o",
+            "json",
+        ],
+    ));
+    site.wait_acked(
+        0,
+        &nodes,
+        r["releasedRevision"].as_u64().unwrap(),
+        Duration::from_secs(10),
+    );
+    assert!(pump.ns.tcp_ok(server.v4, 443), "released, the pump is back");
+    let mac = wardline_tests::forge::mac_of(&pump.ns, "eth0");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !text(&site.wardctl(0, &["inventory", "-o", "json"])).contains(&mac) {
+        assert!(Instant::now() < deadline, "the inventory never saw {mac}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let m = json(&site.wardctl(
+        0,
+        &[
+            "quarantine",
+            &mac,
+            "--reason",
+            "IR-2293: by MAC",
+            "-o",
+            "json",
+        ],
+    ));
+    assert!(
+        m["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == &pump.v4.to_string()),
+        "{m}"
+    );
+    site.wait_acked(
+        0,
+        &nodes,
+        m["revision"].as_u64().unwrap(),
+        Duration::from_secs(10),
+    );
+    assert!(
+        !pump.ns.tcp_ok(server.v4, 443),
+        "quarantined by its MAC, the pump still reaches its server"
     );
 }
 
@@ -484,6 +558,24 @@ fn privileged_a_vendor_grant_opens_and_closes_on_time_and_never_past_the_baa() {
     }
     let grants = json(&site.wardctl(0, &["vendor", "grants", "-o", "json"]));
     assert_eq!(grants[0]["state"], "expired", "{grants}");
+    // The evidence report lists the grant and what the vendor did.
+    let report = site.dir.join("report.html");
+    let out = site.wardctl(
+        0,
+        &["report", "--since", "1h", "--out", report.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let page = std::fs::read_to_string(&report).unwrap();
+    let section = page
+        .split("id=\"vendors\"")
+        .nth(1)
+        .expect("a vendors section");
+    assert!(section.contains(g["id"].as_str().unwrap()), "{section}");
+    assert!(section.contains("CHG-4410"), "{section}");
+    assert!(
+        section.contains(&format!("{} → {}/22", ext.v4, pump.v4)),
+        "{section}"
+    );
 }
 
 #[test]
@@ -601,7 +693,7 @@ fn privileged_promotion_is_refused_over_a_critical_flow_until_the_recommendation
         "never observed: dropped, enforced"
     );
     let history = text(&site.wardctl(0, &["history"]));
-    assert!(history.contains("PROMOTE WS"), "{history}");
+    assert!(history.contains("PROMOTE ws"), "{history}");
 }
 
 /// Segments of the VLAN bridge with a second access VLAN, the quarantined

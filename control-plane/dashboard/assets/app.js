@@ -327,13 +327,40 @@ async function governanceView(main) {
     num(c.baseRevision),
     el("td", {}, c.created),
     el("td", {}, c.needsApproval.join("; ") || "no"),
+    el("td", { class: c.wouldDrop.length ? "bad" : "" }, c.wouldDrop.map(d =>
+      d.srcSegment + " → " + d.dstSegment + " " + d.protocol + (d.port ? "/" + d.port : "") +
+      " ×" + d.connections + " (last " + d.lastSeen + ")").join("; ") || "none"),
     el("td", {}, c.message)));
+  const quarantines = r.quarantines.map(q => el("tr", { "data-quarantine": q.id },
+    el("td", {}, q.id),
+    el("td", { class: "bad" }, q.target),
+    el("td", {}, q.addresses.join(" ")),
+    el("td", {}, q.origin || "world"),
+    el("td", {}, q.keep ? q.keep + " (" + q.keepPolicies.join(", ") + ")" : "nothing"),
+    el("td", {}, q.by),
+    el("td", {}, q.at),
+    el("td", {}, q.reason)));
+  const vendors = r.vendorGrants.map(g => el("tr", { "data-vendor-grant": g.id, "data-state": g.state },
+    el("td", {}, g.id),
+    el("td", { class: g.state === "open" ? "bad" : "" }, g.state),
+    el("td", {}, g.vendor),
+    el("td", {}, g.source + " → " + g.to),
+    el("td", {}, g.ports.join(" ")),
+    el("td", {}, g.from),
+    el("td", {}, g.until),
+    el("td", {}, g.ticket)));
   main.append(
+    el("h2", {}, "Devices in quarantine"),
+    quarantines.length ? table(["quarantine", "target", "addresses", "from segment", "keeps", "by", "at", "reason"], quarantines, { id: "quarantines" })
+      : el("p", { class: "note", id: "quarantines" }, "None."),
+    el("h2", {}, "Vendor access open or scheduled"),
+    vendors.length ? table(["grant", "state", "vendor", "between", "ports", "from", "until", "ticket"], vendors, { id: "vendor-grants" })
+      : el("p", { class: "note", id: "vendor-grants" }, "None."),
     el("h2", {}, "Break-glass grants open or awaiting review"),
     grants.length ? table(["grant", "state", "between", "ports", "opened by", "until", "reason", "review"], grants, { id: "break-glass" })
       : el("p", { class: "note", id: "break-glass" }, "None."),
     el("h2", {}, "Change requests awaiting a second person"),
-    changes.length ? table(["request", "state", "author", "on revision", "filed", "why it needs approval", "message"], changes, { id: "changes" })
+    changes.length ? table(["request", "state", "author", "on revision", "filed", "why it needs approval", "observed flows it would stop", "message"], changes, { id: "changes" })
       : el("p", { class: "note", id: "changes" }, "None."));
 }
 

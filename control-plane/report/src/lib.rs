@@ -55,6 +55,11 @@ pub struct Evidence {
     /// Change requests decided or filed within the range.
     pub requests: Vec<v1::ChangeRequest>,
     pub break_glass: Vec<v1::BreakGlassGrant>,
+    /// Vendor grants of the range, each with the flow records its policy
+    /// decided during its window.
+    pub vendor_grants: Vec<(v1::VendorAccess, Vec<v1::Flow>)>,
+    /// Quarantines of the range.
+    pub quarantines: Vec<v1::QuarantineRecord>,
     pub nodes: Vec<NodeEvidence>,
     pub matrix: v1::FlowMatrixResponse,
     pub top_dropped: v1::TopResponse,
@@ -463,6 +468,106 @@ pub fn html(e: &Evidence) -> String {
 
     section(
         &mut out,
+        "vendors",
+        "Vendor access windows and what each vendor did",
+        "HIPAA §164.308(b)(1) business associate contracts, §164.312(a)(1) access control, §164.312(b) audit controls",
+    );
+    let rows: Vec<Vec<String>> = e
+        .vendor_grants
+        .iter()
+        .map(|(g, flows)| {
+            let dropped = flows.iter().filter(|f| f.verdict == "dropped").count();
+            let mut peers: Vec<String> = flows
+                .iter()
+                .filter(|f| f.kind == "new")
+                .map(|f| {
+                    format!(
+                        "{} → {}/{}",
+                        wardline_proto::json::address(&f.src),
+                        wardline_proto::json::address(&f.dst),
+                        f.dport
+                    )
+                })
+                .collect();
+            peers.sort();
+            peers.dedup();
+            vec![
+                g.id.clone(),
+                g.vendor.clone(),
+                format!("{} → {} {}", g.source, g.to, g.ports.join(",")),
+                format!("{} to {}", g.from, g.until),
+                g.ticket.clone(),
+                g.granted_by.clone(),
+                g.baa_expires.clone(),
+                format!(
+                    "{} records ({dropped} dropped): {}",
+                    flows.len(),
+                    if peers.is_empty() {
+                        "no connection".to_owned()
+                    } else {
+                        peers.join("; ")
+                    }
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        "vendor-grants",
+        &[
+            "grant",
+            "vendor",
+            "access",
+            "window",
+            "ticket",
+            "granted by",
+            "BAA ends",
+            "flows during the grant",
+        ],
+        &rows,
+    );
+    out.push_str("</section>");
+
+    section(
+        &mut out,
+        "quarantines",
+        "Devices quarantined and released",
+        "HIPAA §164.308(a)(6)(ii) security incident response, HICP practice 8",
+    );
+    let rows: Vec<Vec<String>> = e
+        .quarantines
+        .iter()
+        .map(|q| {
+            vec![
+                q.id.clone(),
+                format!("{} [{}]", q.target, q.addresses.join(", ")),
+                format!("{} at {}: {}", q.by, q.at, q.reason),
+                if q.keep.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    q.keep.clone()
+                },
+                if q.released_by.is_empty() {
+                    "in quarantine".to_owned()
+                } else {
+                    format!(
+                        "released by {} at {}: {}",
+                        q.released_by, q.released_at, q.release_reason
+                    )
+                },
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        "quarantine-list",
+        &["quarantine", "device", "by, when, why", "kept", "state"],
+        &rows,
+    );
+    out.push_str("</section>");
+
+    section(
+        &mut out,
         "roles",
         "Who could change what: role bindings and the change control",
         "HIPAA §164.312(a)(1) access control, §164.308(a)(4) information access management",
@@ -611,6 +716,18 @@ mod tests {
                 review_due: "2026-12-01T00:00:00Z".into(),
                 ..Default::default()
             }],
+            vendor_grants: vec![(
+                v1::VendorAccess {
+                    id: "vg-1".into(),
+                    ticket: "<b>CHG</b>".into(),
+                    ..Default::default()
+                },
+                vec![],
+            )],
+            quarantines: vec![v1::QuarantineRecord {
+                reason: "<script>x</script>".into(),
+                ..Default::default()
+            }],
             map: Map {
                 segments: vec![
                     ("a".into(), "enforce".into()),
@@ -631,11 +748,13 @@ mod tests {
             "§164.312(e)(1)",
             "HICP practice 5",
             "HICP practice 6",
+            "§164.308(b)(1)",
+            "§164.308(a)(6)(ii)",
         ] {
             assert!(page.contains(requirement), "{requirement}");
         }
         assert!(
-            !page.contains("<script>") && !page.contains("<img"),
+            !page.contains("<script>") && !page.contains("<img") && !page.contains("<b>"),
             "{page}"
         );
         assert!(page.contains("&lt;script&gt;"));

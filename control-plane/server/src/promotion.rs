@@ -186,6 +186,7 @@ impl ControlPlane {
                 r.segment
             )));
         }
+        self.within_reach(&id.name, &current, &r.segment)?;
         let source = segment_document(segment, Mode::Enforce);
         let (base, _, plan, _) = self
             .registry()

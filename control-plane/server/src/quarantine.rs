@@ -361,6 +361,9 @@ impl ControlPlane {
                 )));
             }
             let (addresses, origin) = self.resolve(&target, &r.target, &set).await?;
+            if let Some(o) = &origin {
+                self.within_reach(&id.name, &current, o)?;
+            }
             let (source, keep_policies) =
                 documents(&qid, &segment, &addresses, origin.as_deref(), &set, &r.keep);
             let (base, _, plan, _) = self
@@ -450,6 +453,16 @@ impl ControlPlane {
                 Status::not_found(format!("no device is in quarantine as {wanted:?}"))
             })?;
         let who = change_author(&req, &id);
+        if !q.origin.is_empty() {
+            let (current, _) = self.registry().current().await.map_err(registry_status)?;
+            if current
+                .documents
+                .iter()
+                .any(|d| d.kind == DocumentKind::Segment && d.name == q.origin)
+            {
+                self.within_reach(&id.name, &current, &q.origin)?;
+            }
+        }
         let mut released = None;
         for _ in 0..ATTEMPTS {
             let (current, _) = self.registry().current().await.map_err(registry_status)?;
@@ -533,6 +546,24 @@ impl ControlPlane {
                 .map(|(q, _)| q.wire())
                 .collect(),
         }))
+    }
+
+    /// Refuses `operator` a clinical operation on `segment` unless its
+    /// bindings reach that segment (a scoped operator acts only on the
+    /// segments its bindings name by label, as its changes do).
+    pub(crate) fn within_reach(
+        &self,
+        operator: &str,
+        current: &RevisionRecord,
+        segment: &str,
+    ) -> Result<(), Status> {
+        let touched = [ChangeRecord {
+            kind: DocumentKind::Segment,
+            name: segment.to_owned(),
+            action: ChangeAction::Updated,
+        }];
+        crate::registry::allow_roles(operator, &current.documents, &current.documents, &touched)
+            .map_err(registry_status)
     }
 
     /// The policy set of a revision, read again from its documents.

@@ -874,3 +874,117 @@ async fn break_glass_opens_a_windowed_allow_at_once_and_another_person_reviews_i
         && r.actor == "operator:brett"
         && r.detail.contains(&grant.id)));
 }
+
+/// Clinical operations are changes: an operator with a session of the
+/// second factor quarantines and releases, vendor grants and promotes; a
+/// viewer may not, nor may a stolen certificate without a session; a
+/// keep-profile needs a second person; every act is in the trail.
+#[tokio::test]
+async fn clinical_operations_need_the_operator_role_and_a_session() {
+    let site = governed("clinical").await;
+    let (mut otto, _) = site.logged_in("otto").await;
+    let (mut vic, _) = site.logged_in("vic").await;
+    let quarantine = v1::QuarantineRequest {
+        target: "198.18.40.7".into(),
+        reason: "IR-7: beaconing".into(),
+        keep: String::new(),
+    };
+    refused(
+        vic.quarantine(quarantine.clone()).await,
+        Code::PermissionDenied,
+        "operator",
+    );
+    let mut otto_cert_only = site.client_with_token("otto", None).await;
+    refused(
+        otto_cert_only.quarantine(quarantine.clone()).await,
+        Code::Unauthenticated,
+        "second factor",
+    );
+    // A keep-profile decides what a quarantined device keeps: a second
+    // person must agree to it.
+    let profile = "apiVersion: wardline/v1\nkind: KeepProfile\nmetadata: {name: telemetry-only}\nspec:\n  flows:\n    - {to: [central-station], ports: [{protocol: udp, port: 5000}]}\n";
+    refused(
+        otto.apply(apply(profile)).await,
+        Code::PermissionDenied,
+        "keep-profile",
+    );
+    refused(
+        otto.quarantine(v1::QuarantineRequest {
+            keep: "telemetry-only".into(),
+            ..quarantine.clone()
+        })
+        .await,
+        Code::NotFound,
+        "no KeepProfile has this name",
+    );
+    // Isolation needs no approval beforehand.
+    let q = otto
+        .quarantine(quarantine.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(q.state, "quarantined");
+    assert_eq!(q.origin, "workstations");
+    let status = otto
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.quarantines.len(), 1, "{:?}", status.quarantines);
+    let released = otto
+        .release(v1::ReleaseRequest {
+            id: "198.18.40.7".into(),
+            reason: "reimaged".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.state, "released");
+    assert!(released.released_revision > q.revision);
+    refused(
+        otto.release(v1::ReleaseRequest {
+            id: q.id.clone(),
+            reason: "again".into(),
+        })
+        .await,
+        Code::NotFound,
+        "no device is in quarantine",
+    );
+    // Promotion of a segment that enforces already, and a vendor no
+    // document names: refused, named.
+    refused(
+        otto.promote(v1::PromoteRequest {
+            segment: "monitors".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::FailedPrecondition,
+        "is not in monitor mode",
+    );
+    refused(
+        otto.vendor_grant(v1::VendorGrantRequest {
+            vendor: "acme".into(),
+            to: "monitors".into(),
+            ports: vec!["tcp/22".into()],
+            until: "1h".into(),
+            ticket: "CHG-9".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "no Vendor \"acme\"",
+    );
+    let (mut alice, _) = site.logged_in("alice").await;
+    let records = trail_with(&mut alice, |r| r.action == "release").await;
+    let q_rec = records
+        .iter()
+        .find(|r| r.action == "quarantine" && r.outcome == Outcome::Done)
+        .expect("the quarantine in the trail");
+    assert_eq!(q_rec.actor, "operator:otto");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.action == "quarantine" && r.outcome == Outcome::Refused),
+        "the viewer's attempt is in the trail too"
+    );
+}

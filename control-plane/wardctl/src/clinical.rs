@@ -194,6 +194,11 @@ pub async fn run(command: ClinicalCommand, c: &mut Client) -> Result<(), Failure
             reason,
             output,
         } => {
+            let span = if days == 1 {
+                "day".to_owned()
+            } else {
+                format!("{days} days")
+            };
             let r = c
                 .promote(v1::PromoteRequest {
                     segment: segment.clone(),
@@ -213,12 +218,12 @@ pub async fn run(command: ClinicalCommand, c: &mut Client) -> Result<(), Failure
                 let mut out = String::new();
                 if r.revision != 0 {
                     out += &format!(
-                        "segment {segment} enforces from revision {}: no critical flow of the last {days} days would have been dropped ({} connections judged)\n",
+                        "segment {segment} enforces from revision {}: no critical flow of the last {span} would have been dropped ({} connections judged)\n",
                         r.revision, r.judged
                     );
                 } else {
                     out += &format!(
-                        "segment {segment} stays in monitor mode: enforcing would have dropped these critical flows of the last {days} days:\n{}",
+                        "segment {segment} stays in monitor mode: enforcing would have dropped these critical flows of the last {span}:\n{}",
                         verdict_changes_table(&r.critical)
                     );
                     if let Some(change) = &r.change {

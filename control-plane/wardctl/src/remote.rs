@@ -344,7 +344,14 @@ pub async fn run(
                             } else if !h.break_glass.is_empty() {
                                 format!("BREAK-GLASS {}", h.break_glass)
                             } else if !h.operation.is_empty() {
-                                h.operation.to_uppercase()
+                                // "QUARANTINE q-…": the act in capitals, as
+                                // BREAK-GLASS is.
+                                match h.operation.split_once(' ') {
+                                    Some((act, what)) => {
+                                        format!("{} {what}", act.to_uppercase())
+                                    }
+                                    None => h.operation.to_uppercase(),
+                                }
                             } else {
                                 String::new()
                             },

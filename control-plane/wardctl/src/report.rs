@@ -121,6 +121,49 @@ async fn gather(
                 || (g.reviewed_by.is_empty() && time_of(&g.opened_at).is_some_and(|t| t <= until))
         })
         .collect();
+    let mut vendor_grants = Vec::new();
+    for g in c
+        .list_vendor_grants(v1::ListVendorGrantsRequest::default())
+        .await
+        .map_err(from_status)?
+        .into_inner()
+        .grants
+    {
+        let (Some(from), Some(to)) = (time_of(&g.from), time_of(&g.until)) else {
+            continue;
+        };
+        if to < since || from > until {
+            continue;
+        }
+        let mut flows = Vec::new();
+        let mut stream = c
+            .observe(v1::ObserveRequest {
+                since: g.from.clone(),
+                until: g.until.clone(),
+                policy: g.policy.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        while let Some(f) = stream.message().await.map_err(from_status)? {
+            flows.push(f);
+        }
+        vendor_grants.push((g, flows));
+    }
+    let quarantines = c
+        .list_quarantines(v1::ListQuarantinesRequest {})
+        .await
+        .map_err(from_status)?
+        .into_inner()
+        .quarantines
+        .into_iter()
+        .filter(|q| {
+            within(&q.at, since, until)
+                || within(&q.released_at, since, until)
+                || (q.released_by.is_empty() && time_of(&q.at).is_some_and(|t| t <= until))
+        })
+        .collect();
     let verifier = wardline_signing::Verifier::from_ca_file(&connection.ca)
         .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?;
     let mut nodes = Vec::new();
@@ -190,6 +233,8 @@ async fn gather(
         changes,
         requests,
         break_glass,
+        vendor_grants,
+        quarantines,
         nodes,
         matrix,
         top_dropped,

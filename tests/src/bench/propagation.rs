@@ -529,6 +529,11 @@ struct Scale {
     node_missing: usize,
     /// The largest snapshot a simulated agent received for a node change.
     node_snapshot_bytes: usize,
+    /// From `wardctl quarantine` starting to each simulated agent's Ack of
+    /// the quarantine's revision, and to the real agent enforcing it.
+    quarantine_acked: Vec<Duration>,
+    quarantine_real: Vec<Duration>,
+    quarantine_missing: usize,
     /// CPUs busy during the applies: (control plane, bench process).
     cpu: Option<(f64, f64)>,
     connect: Duration,
@@ -593,6 +598,12 @@ struct FleetFigures {
     node_change_missing_acknowledgements: usize,
     /// The largest snapshot a simulated agent received for a node change.
     node_change_snapshot_bytes: usize,
+    quarantines: usize,
+    /// From `wardctl quarantine` starting to each simulated agent's Ack.
+    quarantine_ack_ms: Summary<f64>,
+    /// To the real agent's `/status` showing it enforced, per quarantine.
+    quarantine_real_agent_enforced_ms: Vec<f64>,
+    quarantine_missing_acknowledgements: usize,
     cpus_busy_during_applies: Option<CpusBusy>,
     control_plane_rss_bytes: u64,
     control_plane_open_files: usize,
@@ -619,6 +630,10 @@ impl Scale {
             node_change_ack_ms: summary_ms(&self.node_acked),
             node_change_missing_acknowledgements: self.node_missing,
             node_change_snapshot_bytes: self.node_snapshot_bytes,
+            quarantines: self.rounds,
+            quarantine_ack_ms: summary_ms(&self.quarantine_acked),
+            quarantine_real_agent_enforced_ms: in_ms(&self.quarantine_real),
+            quarantine_missing_acknowledgements: self.quarantine_missing,
             cpus_busy_during_applies: self.cpu.map(|(control_plane, bench_process)| CpusBusy {
                 control_plane,
                 bench_process,
@@ -847,6 +862,9 @@ fn measure_fleet(
                 node_acked: Vec::new(),
                 node_missing: 0,
                 node_snapshot_bytes: 0,
+                quarantine_acked: Vec::new(),
+                quarantine_real: Vec::new(),
+                quarantine_missing: 0,
                 cpu: None,
                 connect,
                 rss,
@@ -934,6 +952,72 @@ fn measure_fleet(
                     scale.node_snapshot_bytes = scale.node_snapshot_bytes.max(a.bytes);
                     scale.node_acked.push(a.acked.saturating_duration_since(t0));
                 }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            // Quarantines: a pump isolated with `wardctl quarantine`
+            // (keeping its telemetry), then released.
+            for _ in 0..cx.rounds {
+                round += 1;
+                let target = format!("198.18.30.{}", 100 + round % 150);
+                let before = revision;
+                let t0 = Instant::now();
+                let (q, enforced) = std::thread::scope(|scope| {
+                    let poll = scope.spawn(|| wait_enforced(cx.agent, cx.agent_ns, before));
+                    let out = cx.site.wardctl(
+                        0,
+                        &[
+                            "quarantine",
+                            &target,
+                            "--reason",
+                            "bench",
+                            "--keep",
+                            "pump-telemetry",
+                            "-o",
+                            "json",
+                        ],
+                    );
+                    (out, poll.join().ok().flatten())
+                });
+                ensure!(
+                    q.status.success(),
+                    "wardctl quarantine: {}",
+                    String::from_utf8_lossy(&q.stderr)
+                );
+                let q: Value = serde_json::from_slice(&q.stdout)?;
+                revision = q["revision"]
+                    .as_u64()
+                    .context("the quarantine's revision")?;
+                let Some(at) = enforced else {
+                    bail!(
+                        "the real agent did not enforce quarantine revision {revision} within {ACK_WITHIN:?}"
+                    );
+                };
+                scale.quarantine_real.push(at.saturating_duration_since(t0));
+                let waited = wait_caught_up(&cx.fleet, n, revision, ACK_WITHIN);
+                let acks = cx.fleet.acks_of(revision);
+                scale.quarantine_missing += n.saturating_sub(acks.len());
+                for a in &acks {
+                    scale
+                        .quarantine_acked
+                        .push(a.acked.saturating_duration_since(t0));
+                }
+                if let Err(e) = waited {
+                    cx.fleet.check()?;
+                    eprintln!("propagation: {e:#}");
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                let id = q["id"].as_str().unwrap_or_default().to_owned();
+                let out = cx
+                    .site
+                    .wardctl(0, &["release", &id, "--reason", "bench", "-o", "json"]);
+                ensure!(
+                    out.status.success(),
+                    "wardctl release: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let r: Value = serde_json::from_slice(&out.stdout)?;
+                revision = r["releasedRevision"].as_u64().unwrap_or(revision);
+                wait_caught_up(&cx.fleet, n, revision, ACK_WITHIN).ok();
                 std::thread::sleep(Duration::from_millis(300));
             }
             scales.push(scale);
@@ -1178,6 +1262,26 @@ impl Results for PropagationResults {
             );
         }
         table.push_str(
+            "\n| simulated agents | quarantines | `wardctl quarantine` → every agent's ack p50 | p99 | max | missing | real agent enforced (per quarantine) |\n|---:|---:|---:|---:|---:|---:|---|\n",
+        );
+        for f in &self.fleets {
+            let _ = writeln!(
+                table,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                f.simulated_agents,
+                f.quarantines,
+                ms(f.quarantine_ack_ms.median),
+                ms(f.quarantine_ack_ms.p99),
+                ms(f.quarantine_ack_ms.max),
+                f.quarantine_missing_acknowledgements,
+                f.quarantine_real_agent_enforced_ms
+                    .iter()
+                    .map(|v| ms(*v))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        }
+        table.push_str(
             "\n| simulated agents | snapshot per agent | fleet connected in | CPUs busy during the applies: control plane / bench process |\n|---:|---:|---:|---:|\n",
         );
         for f in &self.fleets {
@@ -1263,6 +1367,20 @@ impl Results for PropagationResults {
                 ),
                 met(f),
             )];
+            targets.push(Target::new(
+                format!(
+                    "quarantine in force fleet-wide under 1 s: `wardctl quarantine` → every agent's acknowledgement at 1,000 simulated agents (max {}{})",
+                    ms(f.quarantine_ack_ms.max),
+                    if f.quarantine_missing_acknowledgements > 0 {
+                        format!(", {} acknowledgements missing", f.quarantine_missing_acknowledgements)
+                    } else {
+                        String::new()
+                    }
+                ),
+                f.quarantines > 0
+                    && f.quarantine_ack_ms.max < 1000.0
+                    && f.quarantine_missing_acknowledgements == 0,
+            ));
             if let Some(f) = self.fleets.iter().find(|f| f.simulated_agents == 5_000) {
                 targets.push(Target::new(
                     format!(
@@ -1318,6 +1436,12 @@ range; the clock starts before the Register call and stops at each simulated age
 the tables the real agent then shows. Only a prefix moves, so every stream that sent the tables \
 before sends the signed change alone (a `TablesDelta`). **CPUs busy**: CPU time the control plane, and the bench process (the simulated \
 agents), used during the applies over their wall time (2.00 would be both cores).\n\
+- **quarantine**: then, as many times, `wardctl quarantine 198.18.30.x --keep pump-telemetry` \
+(a pump of the example isolated keeping its telemetry: a segment and a keep policy in a \
+revision of its own, no approval) and its release; the clock starts when `wardctl` is started \
+and stops at each simulated agent's Ack of the quarantine's revision, and at the real agent's \
+`/status` showing it enforced. The target: in force fleet-wide within 1 s at 1,000 agents, \
+every agent (the max, not a percentile).\n\
 - **control-plane memory**: VmRSS of the replica from `/proc/PID/status`, after the fleet \
 connected and settled, less the figure with only the real agent, divided by the number of \
 simulated agents. Open files: `/proc/PID/fd`. Before starting the replica, which inherits it, \
