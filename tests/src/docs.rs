@@ -19,6 +19,31 @@ metadata: {name: ehr}
 spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
 "#;
 
+/// The segments of a managed fleet across the routed, host and VLAN-bridge
+/// topologies: workstations, pumps (by address and VLAN 30), the EHR and
+/// the pump server.
+pub const FLEET_SEGMENTS: &str = r#"
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ws}
+spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: pump}
+spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"], vlans: [30]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: ehr}
+spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
+---
+apiVersion: wardline/v1
+kind: Segment
+metadata: {name: pump-server}
+spec: {cidrs: ["198.18.42.0/24", "2001:db8:42::/64"]}
+"#;
+
 /// [`WS_PUMP_EHR`] with one policy, `ws-ehr-web`: ws may reach ehr on
 /// TCP 443, nothing else is allowed.
 pub fn ws_ehr_web() -> String {

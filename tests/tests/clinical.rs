@@ -12,40 +12,18 @@
 use std::time::{Duration, Instant};
 
 use wardline_tests::agent::{Agent, managed_gateway};
-use wardline_tests::docs::policy;
+use wardline_tests::docs::{FLEET_SEGMENTS, WS_PUMP_EHR, policy};
 use wardline_tests::require_root;
 use wardline_tests::site::Site;
 use wardline_tests::topology;
 
-const SEGMENTS: &str = r#"
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ws}
-spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: pump}
-spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"], vlans: [30]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ehr}
-spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: pump-server, labels: {role: central-station}}
-spec: {cidrs: ["198.18.42.0/24", "2001:db8:42::/64"]}
----
-apiVersion: wardline/v1
-kind: KeepProfile
-metadata: {name: pump-telemetry}
-spec:
-  flows:
-    - to: [pump-server]
-      ports: [{protocol: udp, port: 5000}]
-"#;
+/// The fleet's segments, and what a quarantined pump keeps: its
+/// telemetry to the pump server.
+fn segments() -> String {
+    format!(
+        "{FLEET_SEGMENTS}---\napiVersion: wardline/v1\nkind: KeepProfile\nmetadata: {{name: pump-telemetry}}\nspec:\n  flows:\n    - to: [pump-server]\n      ports: [{{protocol: udp, port: 5000}}]\n"
+    )
+}
 
 fn text(out: &std::process::Output) -> String {
     format!(
@@ -94,7 +72,8 @@ fn privileged_quarantine_cuts_a_workstation_and_keeps_a_pump_s_telemetry_across_
     let revision = site.apply(
         0,
         &format!(
-            "{SEGMENTS}{}{}",
+            "{}{}{}",
+            segments(),
             policy(
                 "ws-ehr-web",
                 "allow",
@@ -389,27 +368,17 @@ fn privileged_quarantine_cuts_a_workstation_and_keeps_a_pump_s_telemetry_across_
     );
 }
 
-const VENDOR_SITE: &str = r#"
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ws}
-spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: pump, labels: {critical: "true"}}
-spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ehr}
-spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: vendor-vpn}
-spec: {cidrs: ["198.51.100.0/24"]}
-"#;
+/// The routed topology's segments, the pumps critical, and the vendors'
+/// VPN pool (the outside host, `ext`).
+fn vendor_site() -> String {
+    format!(
+        "{}---\napiVersion: wardline/v1\nkind: Segment\nmetadata: {{name: vendor-vpn}}\nspec: {{cidrs: [\"198.51.100.0/24\"]}}\n",
+        WS_PUMP_EHR.replace(
+            "metadata: {name: pump}",
+            "metadata: {name: pump, labels: {critical: \"true\"}}"
+        )
+    )
+}
 
 fn vendor(name: &str, baa: &str) -> String {
     format!(
@@ -428,7 +397,8 @@ fn privileged_a_vendor_grant_opens_and_closes_on_time_and_never_past_the_baa() {
     let revision = site.apply(
         0,
         &format!(
-            "{VENDOR_SITE}{}{}",
+            "{}{}{}",
+            vendor_site(),
             vendor("infusion-co", "2030-01-01T00:00:00Z"),
             vendor("lapsed-co", &baa)
         ),
@@ -584,11 +554,12 @@ fn privileged_promotion_is_refused_over_a_critical_flow_until_the_recommendation
     require_root();
     let mut site = Site::new();
     let (routed, agent) = managed_gateway(&mut site);
-    let monitored = VENDOR_SITE.replace(
+    let enforced = vendor_site();
+    let monitored = enforced.replace(
         "metadata: {name: ws}\nspec: {cidrs: [\"198.18.20.0/24\", \"2001:db8:20::/64\"]}",
         "metadata: {name: ws}\nspec: {cidrs: [\"198.18.20.0/24\", \"2001:db8:20::/64\"], mode: monitor}",
     );
-    assert_ne!(monitored, VENDOR_SITE);
+    assert_ne!(monitored, enforced);
     let revision = site.apply(0, &monitored);
     site.wait_acked(0, &[&agent.node], revision, Duration::from_secs(10));
     let (ws, pump, ehr) = (routed.host("ws"), routed.host("pump"), routed.host("ehr"));
@@ -610,7 +581,7 @@ fn privileged_promotion_is_refused_over_a_critical_flow_until_the_recommendation
 
     // The simulation of enforcing names the flows it would drop.
     let enforce = site.dir.join("enforce.yaml");
-    std::fs::write(&enforce, VENDOR_SITE).unwrap();
+    std::fs::write(&enforce, &enforced).unwrap();
     let d = json(&site.wardctl(
         0,
         &[

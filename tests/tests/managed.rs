@@ -13,27 +13,7 @@ use wardline_tests::scenarios::{self, Managed};
 use wardline_tests::site::Site;
 use wardline_tests::topology;
 
-const SEGMENTS: &str = r#"
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ws}
-spec: {cidrs: ["198.18.20.0/24", "2001:db8:20::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: pump}
-spec: {cidrs: ["198.18.30.0/24", "2001:db8:30::/64"], vlans: [30]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: ehr}
-spec: {cidrs: ["198.18.41.0/24", "2001:db8:41::/64"]}
----
-apiVersion: wardline/v1
-kind: Segment
-metadata: {name: pump-server}
-spec: {cidrs: ["198.18.42.0/24", "2001:db8:42::/64"]}
-"#;
+use wardline_tests::docs::FLEET_SEGMENTS as SEGMENTS;
 
 fn is(c: &Cell, from: &str, to: &str) -> bool {
     c.from == from && c.to == to

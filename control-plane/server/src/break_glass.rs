@@ -20,7 +20,7 @@ use wardline_proto::v1;
 use wardline_roles::Verb;
 
 use crate::registry::{RevisionAction, Sanction};
-use crate::server::{ControlPlane, change_author, registry_status, store_unavailable};
+use crate::server::{ControlPlane, change_author, or_logged, registry_status, store_unavailable};
 
 /// Each grant: `/wardline/break-glass/<id>`.
 pub const GRANTS_PREFIX: &str = "/wardline/break-glass/";
@@ -166,18 +166,8 @@ fn policy_source(
 
 impl ControlPlane {
     async fn grants_stored(&self) -> Result<Vec<(GrantRecord, u64)>, Status> {
-        let mut out = Vec::new();
-        for kv in self
-            .store()
-            .range(GRANTS_PREFIX)
-            .await
-            .map_err(store_unavailable)?
-        {
-            match serde_json::from_slice::<GrantRecord>(&kv.value) {
-                Ok(g) => out.push((g, kv.mod_revision)),
-                Err(e) => tracing::warn!(key = %kv.key, "unreadable break-glass grant: {e}"),
-            }
-        }
+        let mut out: Vec<(GrantRecord, u64)> =
+            self.stored_json(GRANTS_PREFIX, "break-glass grant").await?;
         out.sort_by(|a, b| a.0.opened_at.cmp(&b.0.opened_at));
         Ok(out)
     }
@@ -185,17 +175,11 @@ impl ControlPlane {
     /// Grants open now or not yet reviewed, as status shows them.
     pub(crate) async fn pending_grants(&self) -> Vec<v1::BreakGlassGrant> {
         let now = OffsetDateTime::now_utc();
-        match self.grants_stored().await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|(g, _)| g.pending(now))
-                .map(|(g, _)| g.wire(now))
-                .collect(),
-            Err(e) => {
-                tracing::warn!("reading break-glass grants: {}", e.message());
-                Vec::new()
-            }
-        }
+        or_logged(self.grants_stored().await, "break-glass grants")
+            .into_iter()
+            .filter(|(g, _)| g.pending(now))
+            .map(|(g, _)| g.wire(now))
+            .collect()
     }
 
     pub(crate) async fn break_glass_call(

@@ -17,8 +17,8 @@ use crate::registry::{
     ApprovalRecord, Author, ChangeRecord, Plan, RevisionAction, Sanction, StoredDocument,
 };
 use crate::server::{
-    ControlPlane, change_author, changes, document_kind, fingerprint, plan_diff, registry_status,
-    store_unavailable,
+    ControlPlane, change_author, changes, document_kind, fingerprint, or_logged, plan_diff,
+    registry_status, store_unavailable,
 };
 
 /// Each request: `/wardline/changes/<id>`.
@@ -210,35 +210,19 @@ impl ControlPlane {
     }
 
     async fn requests(&self) -> Result<Vec<(RequestRecord, u64)>, Status> {
-        let mut out = Vec::new();
-        for kv in self
-            .store()
-            .range(CHANGES_PREFIX)
-            .await
-            .map_err(store_unavailable)?
-        {
-            match serde_json::from_slice::<RequestRecord>(&kv.value) {
-                Ok(r) => out.push((r, kv.mod_revision)),
-                Err(e) => tracing::warn!(key = %kv.key, "unreadable change request: {e}"),
-            }
-        }
+        let mut out: Vec<(RequestRecord, u64)> =
+            self.stored_json(CHANGES_PREFIX, "change request").await?;
         out.sort_by(|a, b| a.0.created.cmp(&b.0.created).then(a.0.id.cmp(&b.0.id)));
         Ok(out)
     }
 
     /// Open requests, as status shows them.
     pub(crate) async fn open_changes(&self, current: u64) -> Vec<v1::ChangeRequest> {
-        match self.requests().await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|(r, _)| r.state == "open")
-                .map(|(r, _)| r.wire(current))
-                .collect(),
-            Err(e) => {
-                tracing::warn!("reading change requests: {}", e.message());
-                Vec::new()
-            }
-        }
+        or_logged(self.requests().await, "change requests")
+            .into_iter()
+            .filter(|(r, _)| r.state == "open")
+            .map(|(r, _)| r.wire(current))
+            .collect()
     }
 
     pub(crate) async fn propose_call(

@@ -18,7 +18,7 @@ use wardline_policy::{Mode, PolicySet, Segment};
 use wardline_proto::v1;
 use wardline_roles::Verb;
 
-use crate::registry::{RevisionAction, Sanction};
+use crate::registry::RevisionAction;
 use crate::server::{ControlPlane, change_author, registry_status};
 
 /// How far back flows are judged by default, and at most, in days.
@@ -224,18 +224,16 @@ impl ControlPlane {
         let who = change_author(&req, &id);
         if in_the_way.is_empty() {
             let record = self
-                .registry()
-                .apply_sanctioned(
+                .write_operation(
                     base.revision,
                     plan,
                     RevisionAction::Apply,
-                    false,
                     &who,
                     &format!(
                         "promote {} to enforce: no critical flow of the last {days} days would be dropped ({judged} connections judged)",
                         r.segment
                     ),
-                    Sanction::Operation(format!("promote {}", r.segment)),
+                    format!("promote {}", r.segment),
                 )
                 .await
                 .map_err(registry_status)?;

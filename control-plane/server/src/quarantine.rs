@@ -24,10 +24,11 @@ use wardline_proto::v1;
 use wardline_roles::Verb;
 
 use crate::registry::{
-    ChangeAction, ChangeRecord, DocumentKind, Plan, RevisionAction, RevisionRecord, Sanction,
-    source_of,
+    ChangeAction, ChangeRecord, DocumentKind, Plan, RevisionAction, RevisionRecord, source_of,
 };
-use crate::server::{ControlPlane, change_author, registry_status, store_unavailable};
+use crate::server::{
+    ControlPlane, change_author, known_names, or_logged, registry_status, store_unavailable,
+};
 
 /// Each quarantine: `/wardline/quarantines/<id>`.
 pub const QUARANTINES_PREFIX: &str = "/wardline/quarantines/";
@@ -206,35 +207,19 @@ fn documents(
 
 impl ControlPlane {
     async fn quarantines_stored(&self) -> Result<Vec<(QuarantineRecord, u64)>, Status> {
-        let mut out = Vec::new();
-        for kv in self
-            .store()
-            .range(QUARANTINES_PREFIX)
-            .await
-            .map_err(store_unavailable)?
-        {
-            match serde_json::from_slice::<QuarantineRecord>(&kv.value) {
-                Ok(q) => out.push((q, kv.mod_revision)),
-                Err(e) => tracing::warn!(key = %kv.key, "unreadable quarantine: {e}"),
-            }
-        }
+        let mut out: Vec<(QuarantineRecord, u64)> =
+            self.stored_json(QUARANTINES_PREFIX, "quarantine").await?;
         out.sort_by(|a, b| a.0.at.cmp(&b.0.at));
         Ok(out)
     }
 
     /// Devices in quarantine now, as status shows them.
     pub(crate) async fn active_quarantines(&self) -> Vec<v1::QuarantineRecord> {
-        match self.quarantines_stored().await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|(q, _)| q.active())
-                .map(|(q, _)| q.wire())
-                .collect(),
-            Err(e) => {
-                tracing::warn!("reading quarantines: {}", e.message());
-                Vec::new()
-            }
-        }
+        or_logged(self.quarantines_stored().await, "quarantines")
+            .into_iter()
+            .filter(|(q, _)| q.active())
+            .map(|(q, _)| q.wire())
+            .collect()
     }
 
     /// The addresses `target` stands for, and the segment they belong to
@@ -349,15 +334,10 @@ impl ControlPlane {
             let (current, _) = self.registry().current().await.map_err(registry_status)?;
             let set = self.policy_of(&current)?;
             if !r.keep.is_empty() && !set.keep_profiles.iter().any(|p| p.name == r.keep) {
-                let known: Vec<&str> = set.keep_profiles.iter().map(|p| p.name.as_str()).collect();
                 return Err(Status::not_found(format!(
-                    "--keep {:?}: no KeepProfile has this name (there are: {})",
+                    "--keep {:?}: no KeepProfile has this name ({})",
                     r.keep,
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
+                    known_names(set.keep_profiles.iter().map(|p| p.name.as_str()))
                 )));
             }
             let (addresses, origin) = self.resolve(&target, &r.target, &set).await?;
@@ -372,15 +352,13 @@ impl ControlPlane {
                 .await
                 .map_err(registry_status)?;
             match self
-                .registry()
-                .apply_sanctioned(
+                .write_operation(
                     base.revision,
                     plan,
                     RevisionAction::Apply,
-                    false,
                     &who,
                     &format!("quarantine {qid} of {}: {}", r.target, r.reason),
-                    Sanction::Operation(format!("quarantine {qid}")),
+                    format!("quarantine {qid}"),
                 )
                 .await
             {
@@ -498,15 +476,13 @@ impl ControlPlane {
                 ))
             })?;
             match self
-                .registry()
-                .apply_sanctioned(
+                .write_operation(
                     current.revision,
                     Plan { documents, changes },
                     RevisionAction::Delete,
-                    false,
                     &who,
                     &format!("release {} of {}: {}", q.id, q.target, r.reason),
-                    Sanction::Operation(format!("release {}", q.id)),
+                    format!("release {}", q.id),
                 )
                 .await
             {

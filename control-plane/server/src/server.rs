@@ -923,12 +923,76 @@ fn is_agent_record(ev: &wardline_store::WatchEvent) -> bool {
         || key.starts_with(crate::vendor::VENDOR_GRANTS_PREFIX)
 }
 
+/// What status shows of a list it could not read: nothing, logged.
+pub(crate) fn or_logged<T>(list: Result<Vec<T>, Status>, what: &str) -> Vec<T> {
+    list.unwrap_or_else(|e| {
+        tracing::warn!("reading {what}: {}", e.message());
+        Vec::new()
+    })
+}
+
+/// The names a refusal offers instead of an unknown one.
+pub(crate) fn known_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "there are none".to_owned()
+    } else {
+        format!("there are: {}", names.join(", "))
+    }
+}
+
 /// A store failure as a call's answer: unavailable, try again.
 pub(crate) fn store_unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("store: {e}"))
 }
 
 impl ControlPlane {
+    /// Every record kept under `prefix` (JSON), with its store revision;
+    /// one that does not read is logged as a `what` and left out.
+    pub(crate) async fn stored_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        what: &str,
+    ) -> Result<Vec<(T, u64)>, Status> {
+        let mut out = Vec::new();
+        for kv in self
+            .store()
+            .range(prefix)
+            .await
+            .map_err(store_unavailable)?
+        {
+            match serde_json::from_slice::<T>(&kv.value) {
+                Ok(r) => out.push((r, kv.mod_revision)),
+                Err(e) => tracing::warn!(key = %kv.key, "unreadable {what}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A clinical operation's documents (`plan`, planned on revision
+    /// `base`) as a revision of its own, named `operation` in the history.
+    pub(crate) async fn write_operation(
+        &self,
+        base: u64,
+        plan: crate::registry::Plan,
+        action: crate::registry::RevisionAction,
+        who: &crate::registry::Author,
+        message: &str,
+        operation: String,
+    ) -> Result<crate::registry::RevisionRecord, RegistryError> {
+        self.registry()
+            .apply_sanctioned(
+                base,
+                plan,
+                action,
+                false,
+                who,
+                message,
+                crate::registry::Sanction::Operation(operation),
+            )
+            .await
+    }
+
     /// Writes `value` at `key` (JSON) only if the key is still at store
     /// revision `revision` (0: absent); false if someone wrote it first.
     pub(crate) async fn put_if_unchanged(

@@ -20,8 +20,10 @@ use wardline_proto::convert::{Towards, format_time, instant};
 use wardline_proto::v1;
 use wardline_roles::Verb;
 
-use crate::registry::{RevisionAction, Sanction};
-use crate::server::{ControlPlane, change_author, registry_status, store_unavailable};
+use crate::registry::RevisionAction;
+use crate::server::{
+    ControlPlane, change_author, known_names, or_logged, registry_status, store_unavailable,
+};
 
 /// Each grant: `/wardline/vendor-grants/<id>`.
 pub const VENDOR_GRANTS_PREFIX: &str = "/wardline/vendor-grants/";
@@ -83,18 +85,12 @@ impl GrantRecord {
 
 impl ControlPlane {
     async fn vendor_grants_stored(&self) -> Result<Vec<GrantRecord>, Status> {
-        let mut out = Vec::new();
-        for kv in self
-            .store()
-            .range(VENDOR_GRANTS_PREFIX)
-            .await
-            .map_err(store_unavailable)?
-        {
-            match serde_json::from_slice::<GrantRecord>(&kv.value) {
-                Ok(g) => out.push(g),
-                Err(e) => tracing::warn!(key = %kv.key, "unreadable vendor grant: {e}"),
-            }
-        }
+        let mut out: Vec<GrantRecord> = self
+            .stored_json(VENDOR_GRANTS_PREFIX, "vendor grant")
+            .await?
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
         out.sort_by(|a, b| a.from.cmp(&b.from));
         Ok(out)
     }
@@ -102,17 +98,11 @@ impl ControlPlane {
     /// Vendor grants open now or still to come, as status shows them.
     pub(crate) async fn current_vendor_grants(&self) -> Vec<v1::VendorAccess> {
         let now = OffsetDateTime::now_utc();
-        match self.vendor_grants_stored().await {
-            Ok(all) => all
-                .iter()
-                .filter(|g| g.state(now) != "expired")
-                .map(|g| g.wire(now))
-                .collect(),
-            Err(e) => {
-                tracing::warn!("reading vendor grants: {}", e.message());
-                Vec::new()
-            }
-        }
+        or_logged(self.vendor_grants_stored().await, "vendor grants")
+            .iter()
+            .filter(|g| g.state(now) != "expired")
+            .map(|g| g.wire(now))
+            .collect()
     }
 
     pub(crate) async fn vendor_grant_call(
@@ -187,15 +177,10 @@ impl ControlPlane {
             .iter()
             .find(|v| v.name == r.vendor)
             .ok_or_else(|| {
-                let known: Vec<&str> = set.vendors.iter().map(|v| v.name.as_str()).collect();
                 Status::not_found(format!(
-                    "no Vendor {:?} (there are: {})",
+                    "no Vendor {:?} ({})",
                     r.vendor,
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
+                    known_names(set.vendors.iter().map(|v| v.name.as_str()))
                 ))
             })?;
         if until > vendor.baa_expires {
@@ -230,18 +215,16 @@ impl ControlPlane {
             .map_err(registry_status)?;
         let who = change_author(&req, &id);
         let record = self
-            .registry()
-            .apply_sanctioned(
+            .write_operation(
                 base.revision,
                 plan,
                 RevisionAction::Apply,
-                false,
                 &who,
                 &format!(
                     "vendor grant {grant}: {} to {} for ticket {}",
                     vendor.name, r.to, r.ticket
                 ),
-                Sanction::Operation(format!("vendor-grant {grant}")),
+                format!("vendor-grant {grant}"),
             )
             .await
             .map_err(registry_status)?;

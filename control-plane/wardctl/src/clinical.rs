@@ -326,31 +326,25 @@ async fn vendor(command: VendorCommand, c: &mut Client) -> Result<(), Failure> {
                 .grants
                 .first()
                 .ok_or_else(|| fail(EXIT_FAILURE, "the control plane sent no grant"))?;
-            let mut stream = c
-                .observe(v1::ObserveRequest {
-                    since: g.from.clone(),
-                    until: g.until.clone(),
-                    policy: g.policy.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(from_status)?
-                .into_inner();
-            let mut n = 0;
-            while let Some(flow) = stream.message().await.map_err(from_status)? {
-                n += 1;
+            let flows = crate::flows::records(c, crate::report::grant_window(g)).await?;
+            for flow in &flows {
                 println!(
                     "{}",
                     match output {
-                        FlowOutput::Json => wardline_proto::json::flow(&flow).to_string(),
-                        FlowOutput::Table => crate::flows::line(&flow),
+                        FlowOutput::Json => wardline_proto::json::flow(flow).to_string(),
+                        FlowOutput::Table => crate::flows::line(flow),
                     }
                 );
             }
             if matches!(output, FlowOutput::Table) {
                 eprintln!(
-                    "{n} records of grant {} ({} to {}, {} to {})",
-                    g.id, g.vendor, g.to, g.from, g.until
+                    "{} records of grant {} ({} to {}, {} to {})",
+                    flows.len(),
+                    g.id,
+                    g.vendor,
+                    g.to,
+                    g.from,
+                    g.until
                 );
             }
         }

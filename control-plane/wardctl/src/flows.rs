@@ -201,6 +201,27 @@ pub fn line(f: &v1::Flow) -> String {
     s
 }
 
+/// Every record an Observe call answers (one that does not follow).
+pub async fn records(
+    c: &mut crate::connect::Client,
+    request: v1::ObserveRequest,
+) -> Result<Vec<v1::Flow>, crate::failure::Failure> {
+    let mut stream = c
+        .observe(request)
+        .await
+        .map_err(crate::failure::from_status)?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(f) = stream
+        .message()
+        .await
+        .map_err(crate::failure::from_status)?
+    {
+        out.push(f);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,20 +135,7 @@ async fn gather(
         if to < since || from > until {
             continue;
         }
-        let mut flows = Vec::new();
-        let mut stream = c
-            .observe(v1::ObserveRequest {
-                since: g.from.clone(),
-                until: g.until.clone(),
-                policy: g.policy.clone(),
-                ..Default::default()
-            })
-            .await
-            .map_err(from_status)?
-            .into_inner();
-        while let Some(f) = stream.message().await.map_err(from_status)? {
-            flows.push(f);
-        }
+        let flows = crate::flows::records(c, grant_window(&g)).await?;
         vendor_grants.push((g, flows));
     }
     let quarantines = c
@@ -363,4 +350,14 @@ pub async fn run(
         println!("printed to {}", pdf.display());
     }
     Ok(())
+}
+
+/// The records of a vendor grant's window that its policy decided.
+pub(crate) fn grant_window(g: &v1::VendorAccess) -> v1::ObserveRequest {
+    v1::ObserveRequest {
+        since: g.from.clone(),
+        until: g.until.clone(),
+        policy: g.policy.clone(),
+        ..Default::default()
+    }
 }
