@@ -63,8 +63,9 @@ pub struct Packet {
     pub icmp: IcmpKind,
     pub fragment: Fragment,
     /// Sent to a group: an Ethernet multicast or broadcast destination, an
-    /// IPv4 multicast or limited-broadcast address, IPv6 multicast. Never
-    /// tracked: nothing answers a group as a reply.
+    /// IPv4 multicast or limited-broadcast address, IPv6 multicast. Tracked
+    /// in its initiator's orientation only: nothing answers a group as a
+    /// reply.
     pub group: bool,
 }
 

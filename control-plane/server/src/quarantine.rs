@@ -231,7 +231,16 @@ impl ControlPlane {
         text: &str,
         set: &PolicySet,
     ) -> Result<(Vec<IpAddr>, Option<String>), Status> {
-        let inventory = match self.inventory_of(&v1::InventoryRequest::default()).await {
+        // An address is looked up alone; an Ethernet address among every
+        // device the inventory knows.
+        let query = match target {
+            Target::Address(a) => v1::InventoryRequest {
+                address: a.to_string(),
+                ..Default::default()
+            },
+            Target::Mac(_) => v1::InventoryRequest::default(),
+        };
+        let inventory = match self.inventory_of(&query).await {
             Ok(i) => i.devices,
             Err(e) if matches!(target, Target::Mac(_)) => {
                 return Err(Status::failed_precondition(format!(
@@ -542,8 +551,12 @@ impl ControlPlane {
             .map_err(registry_status)
     }
 
-    /// The policy set of a revision, read again from its documents.
+    /// The policy set of a revision: as the registry validated it when
+    /// it is the one it holds, else read again from its documents.
     pub(crate) fn policy_of(&self, record: &RevisionRecord) -> Result<PolicySet, Status> {
+        if let Some(v) = self.registry().validated(record) {
+            return Ok(v.set.clone());
+        }
         wardline_policy::parse(&source_of(&record.documents))
             .map_err(|e| Status::internal(format!("the policy in force does not read: {e}")))
     }

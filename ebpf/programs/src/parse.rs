@@ -43,7 +43,8 @@ pub struct Packet {
     pub has_inner: bool,
     /// Sent to a group: an Ethernet multicast or broadcast destination,
     /// an IPv4 multicast or limited-broadcast address, IPv6 multicast.
-    /// Never tracked: nothing answers a group as a reply.
+    /// Tracked in its initiator's orientation only: nothing answers a
+    /// group as a reply.
     pub group: bool,
 }
 
