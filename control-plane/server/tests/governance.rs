@@ -988,3 +988,123 @@ async fn clinical_operations_need_the_operator_role_and_a_session() {
         "the viewer's attempt is in the trail too"
     );
 }
+
+/// A promotion with a critical flow in its way is refused, listing it; an
+/// override is no way around the second person: it files a change
+/// request the operator who filed it cannot approve, and only another
+/// approver's approval switches the segment to enforce.
+#[tokio::test]
+async fn an_overridden_promotion_needs_another_person() {
+    let site = governed("promotion").await;
+    let (mut otto, _) = site.logged_in("otto").await;
+    let (mut april, _) = site.logged_in("april").await;
+    let monitored = "apiVersion: wardline/v1\nkind: Segment\nmetadata: {name: workstations}\nspec: {cidrs: [198.18.40.0/24], mode: monitor}\n";
+    otto.apply(apply(monitored)).await.unwrap();
+    // A workstation was seen (audited) opening the monitors' web UI: no
+    // policy allows it, and the monitors are critical.
+    let stored = site
+        .agent("gw-1")
+        .await
+        .report_flows(v1::FlowBatch {
+            node: "gw-1".into(),
+            flows: vec![v1::Flow {
+                time: wardline_proto::convert::format_time(time::OffsetDateTime::now_utc()),
+                kind: "new".into(),
+                interface: "eth1".into(),
+                direction: "ingress".into(),
+                src: vec![198, 18, 40, 9],
+                dst: vec![198, 18, 30, 7],
+                sport: 40_000,
+                dport: 443,
+                protocol: 6,
+                src_segment: "workstations".into(),
+                dst_segment: "monitors".into(),
+                verdict: "audited".into(),
+                reason: "monitor".into(),
+                generation: 1,
+                revision: 2,
+                packets: 1,
+                bytes: 100,
+                sequence: 1,
+                node: "gw-1".into(),
+                ..Default::default()
+            }],
+            dropped: 0,
+            buffer: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.accepted, 1, "{stored:?}");
+    let promote = v1::PromoteRequest {
+        segment: "workstations".into(),
+        days: 1,
+        ..Default::default()
+    };
+    let refused_promotion = otto.promote(promote.clone()).await.unwrap().into_inner();
+    assert_eq!(refused_promotion.revision, 0);
+    assert!(refused_promotion.change.is_none());
+    assert_eq!(refused_promotion.critical.len(), 1, "{refused_promotion:?}");
+    let c = &refused_promotion.critical[0];
+    assert_eq!(
+        (
+            c.dst_segment.as_str(),
+            c.port,
+            c.before.as_str(),
+            c.after.as_str()
+        ),
+        ("monitors", 443, "audited", "dropped")
+    );
+    assert_eq!(c.critical, "segment monitors is critical");
+    refused(
+        otto.promote(v1::PromoteRequest {
+            r#override: true,
+            ..promote.clone()
+        })
+        .await,
+        Code::InvalidArgument,
+        "an override needs a reason",
+    );
+    let filed = otto
+        .promote(v1::PromoteRequest {
+            r#override: true,
+            reason: "CAB-77: the web UI is retired".into(),
+            ..promote
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filed.revision, 0, "an override switches nothing itself");
+    let request = filed.change.expect("a change request");
+    assert!(
+        request
+            .needs_approval
+            .iter()
+            .any(|r| r.contains("critical flows seen in the last 1 days")),
+        "{:?}",
+        request.needs_approval
+    );
+    let decide = v1::DecideRequest {
+        id: request.id.clone(),
+        sha256: request.sha256.clone(),
+        note: "biomed agrees".into(),
+    };
+    refused(
+        otto.approve(decide.clone()).await,
+        Code::PermissionDenied,
+        "a second person must",
+    );
+    let approved = april.approve(decide).await.unwrap().into_inner();
+    assert!(approved.revision > 0);
+    let doc = april
+        .get(v1::GetRequest {
+            kind: "segment".into(),
+            name: "workstations".into(),
+            revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let yaml: String = doc.documents.iter().map(|d| d.yaml.clone()).collect();
+    assert!(yaml.contains("mode: enforce"), "{yaml}");
+}
